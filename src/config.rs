@@ -1,0 +1,304 @@
+//! Configuration values and their validation. Pure: no I/O, so every bad
+//! input is caught, with a typed error naming the value, before a
+//! connection is touched.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Largest accepted `ring_size`.
+///
+/// Every member keeps O(`ring_size`) state (a bitset for the lock-free hot
+/// path, an owner table for O(1) `owner_of`, a token per partition), so the
+/// ring size is capped at 2^20 partitions — far more units of work than any
+/// fleet can use, and it keeps a view rebuild in the milliseconds. Sizes
+/// above it (including everything above 2^31−1) are rejected with
+/// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig).
+pub const MAX_RING_SIZE: u32 = 1 << 20;
+
+/// Smallest accepted lease TTL: below it the renewal interval and the safety
+/// margin become comparable to scheduling noise.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(500);
+
+/// Longest accepted lease TTL (one day).
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest accepted ring id and node id, in bytes.
+pub const MAX_ID_LEN: usize = 200;
+
+/// The settings of one ring member. Built by [`Builder`](crate::Builder);
+/// usable on its own to validate settings without a database.
+///
+/// ```
+/// use std::time::Duration;
+/// use leasering::Config;
+///
+/// let mut cfg = Config::new("orders");
+/// cfg.lease_ttl = Duration::from_secs(10);
+/// cfg.validate().unwrap();
+/// assert_eq!(cfg.effective_margin(), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The ring's name: any UTF-8 string of 1..=200 bytes without NUL. Data,
+    /// never spliced into SQL.
+    pub ring_id: String,
+    /// This member's id; `None` draws `node_` + 16 random hex digits.
+    pub node_id: Option<String>,
+    /// Positions this member holds on the ring (its weight). Default 8.
+    pub vnode_count: u32,
+    /// Number of partitions, `1..=MAX_RING_SIZE`. Default 1024. Must match
+    /// the ring stored in the database.
+    pub ring_size: u32,
+    /// Lease time-to-live. Default 30 s.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed. `None`: `lease_ttl / 3`.
+    pub heartbeat_interval: Option<Duration>,
+    /// Safety margin by which the local lease ends before the database's.
+    /// `None`: `lease_ttl / 10`.
+    pub margin: Option<Duration>,
+    /// Schema holding the tables. Default `leasering`.
+    pub schema: String,
+    /// Create (or migrate) the schema at start. Default `true`; turn off to
+    /// run with a role that has only DML rights after [`migrate`](crate::migrate).
+    pub create_schema: bool,
+    /// Use `LISTEN`/`NOTIFY` for fast handoffs. Default `true`; turn off for
+    /// poolers in transaction mode (handoffs then wait for the heartbeat).
+    pub notifications: bool,
+    /// How long `start()` may take before it fails. Default 10 s.
+    pub start_timeout: Duration,
+    /// How long `stop()` may take before it fails. Default 5 s.
+    pub stop_timeout: Duration,
+    /// Server-side bound on each statement leasering runs. `None`:
+    /// `lease_ttl / 3`, clamped to 1..=10 s.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// The defaults for a ring named `ring_id`.
+    pub fn new(ring_id: impl Into<String>) -> Config {
+        Config {
+            ring_id: ring_id.into(),
+            node_id: None,
+            vnode_count: 8,
+            ring_size: 1024,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: None,
+            margin: None,
+            schema: "leasering".to_string(),
+            create_schema: true,
+            notifications: true,
+            start_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+        }
+    }
+
+    /// The renewal interval in force.
+    pub fn effective_heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval.unwrap_or(self.lease_ttl / 3)
+    }
+
+    /// The safety margin in force.
+    pub fn effective_margin(&self) -> Duration {
+        self.margin.unwrap_or(self.lease_ttl / 10)
+    }
+
+    /// The per-statement bound in force.
+    pub fn effective_statement_timeout(&self) -> Duration {
+        self.statement_timeout.unwrap_or_else(|| {
+            (self.lease_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+        })
+    }
+
+    /// How long a member may trail the ring's epoch before its renewals are
+    /// refused (DESIGN §4 "lag bound"): half the TTL.
+    pub fn lag_limit(&self) -> Duration {
+        self.lease_ttl / 2
+    }
+
+    /// Checks every value; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        validate_id("ring id", &self.ring_id)?;
+        if let Some(node_id) = &self.node_id {
+            validate_id("node id", node_id)?;
+        }
+        validate_schema(&self.schema)?;
+        if self.ring_size == 0 || self.ring_size > MAX_RING_SIZE {
+            return Err(Error::config(format!(
+                "ring_size {} is out of range: it must be 1..={MAX_RING_SIZE}",
+                self.ring_size
+            )));
+        }
+        if self.vnode_count == 0 || self.vnode_count > self.ring_size {
+            return Err(Error::config(format!(
+                "vnode_count {} is out of range: it must be 1..={} (the ring size)",
+                self.vnode_count, self.ring_size
+            )));
+        }
+        let ttl = self.lease_ttl;
+        if ttl < MIN_LEASE_TTL || ttl > MAX_LEASE_TTL {
+            return Err(Error::config(format!(
+                "lease_ttl {ttl:?} is out of range: it must be {MIN_LEASE_TTL:?}..={MAX_LEASE_TTL:?}"
+            )));
+        }
+        let margin = self.effective_margin();
+        if margin.is_zero() || margin >= ttl / 2 {
+            return Err(Error::config(format!(
+                "margin {margin:?} does not fit lease_ttl {ttl:?}: it must be above zero and below half the TTL"
+            )));
+        }
+        let hb = self.effective_heartbeat_interval();
+        // At least two renewals must fit into the local lease, so that one
+        // lost renewal does not fence a healthy member.
+        if hb.is_zero() || hb * 2 > ttl - margin {
+            return Err(Error::config(format!(
+                "heartbeat_interval {hb:?} does not fit lease_ttl {ttl:?} with margin {margin:?}: \
+                 two intervals must fit in TTL minus margin"
+            )));
+        }
+        let st = self.effective_statement_timeout();
+        if st < Duration::from_millis(10) {
+            return Err(Error::config(format!(
+                "statement_timeout {st:?} is too small: it must be at least 10ms"
+            )));
+        }
+        if self.start_timeout.is_zero() {
+            return Err(Error::config("start_timeout must be above zero"));
+        }
+        if self.stop_timeout.is_zero() {
+            return Err(Error::config("stop_timeout must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::config(format!("{what} is empty: it must be 1..={MAX_ID_LEN} bytes")));
+    }
+    if id.len() > MAX_ID_LEN {
+        let shown: String = id.chars().take(40).collect();
+        return Err(Error::config(format!(
+            "{what} {shown:?}… is {} bytes long: it must be 1..={MAX_ID_LEN} bytes",
+            id.len()
+        )));
+    }
+    if id.contains('\0') {
+        return Err(Error::config(format!(
+            "{what} {id:?} contains a NUL byte, which PostgreSQL text cannot store"
+        )));
+    }
+    Ok(())
+}
+
+/// A schema name must be a plain lowercase identifier: it is the only name
+/// ever formatted into SQL (and then quoted as well).
+pub(crate) fn validate_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok && !schema.starts_with("pg_") {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "schema name {schema:?} is invalid: it must match [a-z_][a-z0-9_]{{0,62}} and not start with pg_"
+        )))
+    }
+}
+
+/// `node_` + 16 random hex digits, from the kernel's random source (falls
+/// back to time and pid, which is unique enough for an id that is also
+/// checked against the live members at join).
+pub(crate) fn random_node_id() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !random {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mixed = crate::placement::fmix64(t ^ ((std::process::id() as u64) << 32));
+        buf = mixed.to_be_bytes();
+    }
+    let mut s = String::from("node_");
+    for b in buf {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn bad(cfg: Config, needle: &str) {
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        assert!(err.message().contains(needle), "{err} should name {needle}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::new("orders").validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        bad(Config::new(""), "ring id");
+        bad(Config::new("x".repeat(201)), "201 bytes");
+        Config::new("é".repeat(100)).validate().unwrap();
+        bad(Config::new("a\0b"), "NUL");
+        let mut c = Config::new("r");
+        c.ring_size = 0;
+        bad(c, "ring_size 0");
+        let mut c = Config::new("r");
+        c.ring_size = u32::MAX;
+        bad(c, "ring_size 4294967295");
+        let mut c = Config::new("r");
+        c.vnode_count = 0;
+        bad(c, "vnode_count 0");
+        let mut c = Config::new("r");
+        c.ring_size = 16;
+        c.vnode_count = 17;
+        bad(c, "vnode_count 17");
+        let mut c = Config::new("r");
+        c.lease_ttl = Duration::from_millis(100);
+        bad(c, "lease_ttl 100ms");
+        let mut c = Config::new("r");
+        c.heartbeat_interval = Some(Duration::from_secs(20));
+        bad(c, "heartbeat_interval 20s");
+        let mut c = Config::new("r");
+        c.margin = Some(Duration::from_secs(20));
+        bad(c, "margin 20s");
+        let mut c = Config::new("r");
+        c.schema = "Robert'); DROP TABLE x;--".into();
+        bad(c, "schema name");
+        let mut c = Config::new("r");
+        c.schema = "pg_catalog".into();
+        bad(c, "pg_catalog");
+        let mut c = Config::new("r");
+        c.node_id = Some(String::new());
+        bad(c, "node id");
+    }
+
+    #[test]
+    fn random_ids_look_right() {
+        let a = random_node_id();
+        let b = random_node_id();
+        assert_eq!(a.len(), 21);
+        assert!(a.starts_with("node_"));
+        assert_ne!(a, b);
+    }
+}

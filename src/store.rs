@@ -1,0 +1,695 @@
+//! The PostgreSQL side (DESIGN §3): schema creation and migration, and each
+//! protocol step as one statement or one short transaction. All lease times
+//! are computed by the database (`now()`); every call runs under a
+//! statement and lock timeout.
+//!
+//! Nothing here holds state between calls except prepared statements on a
+//! connection a thread keeps ([`HeldConn`]).
+
+use std::time::{Duration, Instant};
+
+use postgres::{Client, GenericClient, Statement};
+
+use crate::config::validate_schema;
+use crate::error::{Error, ErrorKind, Result};
+use crate::placement::{choose_positions, fmix64, fnv1a64};
+use crate::ring::{Change, RingView};
+
+/// Version of the schema this build creates and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// How many change-log entries a ring keeps: members further behind re-read
+/// the whole ring instead.
+const CHANGES_KEPT: i64 = 1000;
+
+/// Everything needed to talk about one member of one ring.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    /// The quoted schema name, the only identifier formatted into SQL.
+    s: String,
+    schema: String,
+    pub(crate) ring_id: String,
+    pub(crate) node_id: String,
+    ring_size: u32,
+    vnode_count: u32,
+    ttl_s: f64,
+    lag_s: f64,
+    statement_timeout_ms: u64,
+    /// The NOTIFY channel of this ring.
+    pub(crate) channel: String,
+}
+
+/// The answer to a renewal/acknowledgement ([`Store::sync`]) — also the
+/// barrier snapshot: every field comes from one statement, so one snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncReply {
+    /// The ring's epoch.
+    pub epoch: u64,
+    /// `None`: this member has no live lease row (removed or expired) — it
+    /// must rejoin. `Some(false)`: the row is there but the renewal was
+    /// refused by the lag bound.
+    pub renewed: Option<bool>,
+    /// Smallest `acked_epoch` among the other live members.
+    pub others_min_ack: Option<u64>,
+    /// The other member whose lease ends first, and in how long (database
+    /// time; negative if already expired).
+    pub next_expiry: Option<(String, f64)>,
+}
+
+/// A read of the change log (or, on a gap, of the whole ring).
+#[derive(Debug)]
+pub(crate) enum Catchup {
+    /// Changes `from+1..=epoch`, in order.
+    Changes(Vec<Change>),
+    /// The whole ring at its epoch (a jump).
+    Full(RingView),
+}
+
+/// What a join committed.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub view: RingView,
+    pub positions: Vec<u32>,
+    pub removed: Vec<String>,
+}
+
+/// Result of a cleanup pass.
+#[derive(Debug, Default)]
+pub(crate) struct Cleaned {
+    pub removed: Vec<String>,
+    pub epoch: Option<u64>,
+    pub next_expiry: Option<(String, f64)>,
+}
+
+/// A pooled connection a thread keeps, with its prepared statements.
+pub(crate) struct HeldConn {
+    pub client: crate::pool::Conn,
+    sync: Statement,
+    barrier: Statement,
+    changes: Statement,
+    full: Statement,
+}
+
+fn pg_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl Store {
+    pub(crate) fn new(cfg: &crate::Config, node_id: &str) -> Result<Store> {
+        validate_schema(&cfg.schema)?;
+        let h = fmix64(fnv1a64(&[
+            cfg.schema.as_bytes(),
+            &[0],
+            cfg.ring_id.as_bytes(),
+        ]));
+        Ok(Store {
+            s: format!("\"{}\"", cfg.schema),
+            schema: cfg.schema.clone(),
+            ring_id: cfg.ring_id.clone(),
+            node_id: node_id.to_string(),
+            ring_size: cfg.ring_size,
+            vnode_count: cfg.vnode_count,
+            ttl_s: cfg.lease_ttl.as_secs_f64(),
+            lag_s: cfg.lag_limit().as_secs_f64(),
+            statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,
+            channel: format!("leasering_{h:016x}"),
+        })
+    }
+
+    fn timeouts_sql(&self, scope: &str) -> String {
+        format!(
+            "SET {scope} statement_timeout = {ms}; SET {scope} lock_timeout = {ms}; \
+             SET {scope} idle_in_transaction_session_timeout = {idle}",
+            ms = self.statement_timeout_ms,
+            idle = self.statement_timeout_ms * 4,
+        )
+    }
+
+    fn begin<'a>(&self, client: &'a mut Client) -> Result<postgres::Transaction<'a>> {
+        let mut tx = client
+            .transaction()
+            .map_err(|e| Error::db("begin transaction", e))?;
+        tx.batch_execute(&self.timeouts_sql("LOCAL"))
+            .map_err(|e| Error::db("set timeouts", e))?;
+        Ok(tx)
+    }
+
+    // ---- schema ---------------------------------------------------------
+
+    /// The installed schema version, if the schema exists.
+    fn installed_version(&self, client: &mut impl GenericClient) -> Result<Option<i32>> {
+        let row = client
+            .query_one(
+                "SELECT to_regclass(format('%I.schema_version', $1::text)) IS NOT NULL",
+                &[&self.schema],
+            )
+            .map_err(|e| Error::db("look for the schema", e))?;
+        if !row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let row = client
+            .query_one(
+                &format!("SELECT max(version) FROM {}.schema_version", self.s),
+                &[],
+            )
+            .map_err(|e| Error::db(format!("read {}.schema_version", self.schema), e))?;
+        Ok(row.get::<_, Option<i32>>(0))
+    }
+
+    /// Creates or migrates the schema; idempotent, and safe when many nodes
+    /// start at once (the DDL runs under a transaction-scoped advisory lock).
+    pub(crate) fn migrate(&self, client: &mut Client) -> Result<()> {
+        if self.installed_version(client)? == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        let lock_key = fnv1a64(&[b"leasering schema ", self.schema.as_bytes()]) as i64;
+        let mut tx = self.begin(client)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
+            .map_err(|e| Error::db("take the schema advisory lock", e))?;
+        match self.installed_version(&mut tx)? {
+            Some(v) if v == SCHEMA_VERSION => return Ok(()),
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "schema {} has version {v}, newer than this build's {SCHEMA_VERSION}: upgrade leasering",
+                        self.schema
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let s = &self.s;
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                 version int NOT NULL,
+                 installed_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {s}.rings (
+                 ring_id text PRIMARY KEY,
+                 ring_size int NOT NULL CHECK (ring_size > 0),
+                 epoch bigint NOT NULL DEFAULT 0,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 changed_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {s}.members (
+                 ring_id text NOT NULL REFERENCES {s}.rings ON DELETE CASCADE,
+                 node_id text NOT NULL,
+                 vnode_count int NOT NULL,
+                 acked_epoch bigint NOT NULL,
+                 expires_at timestamptz NOT NULL,
+                 behind_since timestamptz,
+                 joined_at timestamptz NOT NULL DEFAULT now(),
+                 renewed_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, node_id));
+             CREATE TABLE IF NOT EXISTS {s}.vnodes (
+                 ring_id text NOT NULL,
+                 position int NOT NULL,
+                 node_id text NOT NULL,
+                 vnode_idx int NOT NULL,
+                 PRIMARY KEY (ring_id, position),
+                 FOREIGN KEY (ring_id, node_id) REFERENCES {s}.members ON DELETE CASCADE);
+             CREATE INDEX IF NOT EXISTS vnodes_by_member ON {s}.vnodes (ring_id, node_id);
+             CREATE TABLE IF NOT EXISTS {s}.changes (
+                 ring_id text NOT NULL REFERENCES {s}.rings ON DELETE CASCADE,
+                 epoch bigint NOT NULL,
+                 removed text[] NOT NULL,
+                 added text,
+                 positions int[] NOT NULL,
+                 at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, epoch));"
+        );
+        tx.batch_execute(&ddl).map_err(|e| {
+            let err = Error::db(format!("create schema {}", self.schema), e);
+            if err.kind() == ErrorKind::Privileges {
+                Error::new(
+                    ErrorKind::Privileges,
+                    format!(
+                        "{}; run leasering::migrate as a role that may create schema {}, then start nodes with create_schema(false)",
+                        err.message(),
+                        self.schema
+                    ),
+                )
+            } else {
+                err
+            }
+        })?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
+            &[&SCHEMA_VERSION],
+        )
+        .map_err(|e| Error::db("record the schema version", e))?;
+        tx.commit()
+            .map_err(|e| Error::db("commit the schema", e))?;
+        log::info!(target: "leasering", "created schema {} (version {SCHEMA_VERSION})", self.schema);
+        Ok(())
+    }
+
+    /// With `create_schema` off: the schema must exist at our version.
+    pub(crate) fn check_schema(&self, client: &mut Client) -> Result<()> {
+        match self.installed_version(client)? {
+            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(v) => Err(Error::new(
+                ErrorKind::Schema,
+                format!("schema {} has version {v}; this build needs {SCHEMA_VERSION}", self.schema),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "schema {} does not exist (or this role cannot see it) and create_schema is off: run leasering::migrate first",
+                    self.schema
+                ),
+            )),
+        }
+    }
+
+    // ---- membership changes (under the ring row lock) -------------------
+
+    /// Records a change: epoch bump, change log, NOTIFY. Runs inside the
+    /// transaction that made the change.
+    fn commit_change(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        epoch: u64,
+        removed: &[String],
+        added: Option<(&str, &[u32])>,
+    ) -> Result<()> {
+        let s = &self.s;
+        let e = pg_i64(epoch);
+        let positions: Vec<i32> = added
+            .map(|(_, ps)| ps.iter().map(|p| *p as i32).collect())
+            .unwrap_or_default();
+        tx.execute(
+            &format!("UPDATE {s}.rings SET epoch = $2, changed_at = now() WHERE ring_id = $1"),
+            &[&self.ring_id, &e],
+        )
+        .map_err(|e| Error::db("bump the epoch", e))?;
+        tx.execute(
+            &format!(
+                "WITH ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
+                              VALUES ($1, $2, $3, $4, $5))
+                 DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= $2 - $6"
+            ),
+            &[
+                &self.ring_id,
+                &e,
+                &removed,
+                &added.map(|(n, _)| n),
+                &positions,
+                &CHANGES_KEPT,
+            ],
+        )
+        .map_err(|e| Error::db("record the change", e))?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.channel, &epoch.to_string()],
+        )
+        .map_err(|e| Error::db("notify the ring", e))?;
+        Ok(())
+    }
+
+    fn lock_ring(&self, tx: &mut postgres::Transaction<'_>) -> Result<Option<(u32, u64)>> {
+        let row = tx
+            .query_opt(
+                &format!("SELECT ring_size, epoch FROM {}.rings WHERE ring_id = $1 FOR UPDATE", self.s),
+                &[&self.ring_id],
+            )
+            .map_err(|e| Error::db("lock the ring", e))?;
+        Ok(row.map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)))
+    }
+
+    fn delete_expired(&self, tx: &mut postgres::Transaction<'_>) -> Result<Vec<String>> {
+        let rows = tx
+            .query(
+                &format!(
+                    "DELETE FROM {}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id",
+                    self.s
+                ),
+                &[&self.ring_id],
+            )
+            .map_err(|e| Error::db("remove expired members", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The join transaction (DESIGN §4 "Join").
+    pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
+        let s = &self.s;
+        let mut tx = self.begin(client)?;
+        tx.execute(
+            &format!("INSERT INTO {s}.rings (ring_id, ring_size) VALUES ($1, $2) ON CONFLICT (ring_id) DO NOTHING"),
+            &[&self.ring_id, &(self.ring_size as i32)],
+        )
+        .map_err(|e| Error::db("create the ring", e))?;
+        let (stored_size, epoch) = self.lock_ring(&mut tx)?.ok_or_else(|| {
+            Error::new(ErrorKind::Database, format!("ring {:?} vanished during join", self.ring_id))
+        })?;
+        if stored_size != self.ring_size {
+            return Err(Error::new(
+                ErrorKind::RingSizeMismatch,
+                format!(
+                    "ring {:?} has ring_size {stored_size} in the database, but this node was configured with ring_size {}",
+                    self.ring_id, self.ring_size
+                ),
+            ));
+        }
+        let removed = self.delete_expired(&mut tx)?;
+        let in_use = tx
+            .query_opt(
+                &format!("SELECT 1 FROM {s}.members WHERE ring_id = $1 AND node_id = $2"),
+                &[&self.ring_id, &self.node_id],
+            )
+            .map_err(|e| Error::db("check the node id", e))?;
+        if in_use.is_some() {
+            return Err(Error::new(
+                ErrorKind::NodeIdInUse,
+                format!(
+                    "node id {:?} is held by a live member of ring {:?}",
+                    self.node_id, self.ring_id
+                ),
+            ));
+        }
+        let rows = tx
+            .query(
+                &format!("SELECT position, node_id FROM {s}.vnodes WHERE ring_id = $1"),
+                &[&self.ring_id],
+            )
+            .map_err(|e| Error::db("read the ring", e))?;
+        let mut taken = vec![false; self.ring_size as usize];
+        let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len() + 8);
+        for r in &rows {
+            let p = r.get::<_, i32>(0) as u32;
+            if let Some(t) = taken.get_mut(p as usize) {
+                *t = true;
+            }
+            pairs.push((p, r.get(1)));
+        }
+        let positions = choose_positions(&self.node_id, self.vnode_count, self.ring_size, |p| {
+            taken[p as usize]
+        })
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::RingFull,
+                format!(
+                    "ring {:?} has {} free positions, node {:?} needs vnode_count {}",
+                    self.ring_id,
+                    taken.iter().filter(|t| !**t).count(),
+                    self.node_id,
+                    self.vnode_count
+                ),
+            )
+        })?;
+        let new_epoch = epoch + 1;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at)
+                 VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second')"
+            ),
+            &[
+                &self.ring_id,
+                &self.node_id,
+                &(self.vnode_count as i32),
+                &pg_i64(new_epoch),
+                &self.ttl_s,
+            ],
+        )
+        .map_err(|e| Error::db("insert the member", e))?;
+        let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
+        let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
+                 SELECT $1, p, $2, i FROM unnest($3::int[], $4::int[]) AS t(p, i)"
+            ),
+            &[&self.ring_id, &self.node_id, &pos_i32, &idx_i32],
+        )
+        .map_err(|e| Error::db("insert the vnodes", e))?;
+        self.commit_change(&mut tx, new_epoch, &removed, Some((&self.node_id, &positions)))?;
+        tx.commit().map_err(|e| Error::db("commit the join", e))?;
+        pairs.retain(|(_, n)| !removed.contains(n));
+        pairs.extend(positions.iter().map(|p| (*p, self.node_id.clone())));
+        let view = RingView::build(
+            new_epoch,
+            self.ring_size,
+            pairs.iter().map(|(p, n)| (*p, n.as_str())),
+        );
+        Ok(Joined {
+            view,
+            positions,
+            removed,
+        })
+    }
+
+    /// Graceful leave: removes this member and its vnodes, bumps the epoch
+    /// and notifies. Returns the new epoch, or `None` if the member was
+    /// already gone.
+    pub(crate) fn leave(&self, client: &mut Client) -> Result<Option<u64>> {
+        let mut tx = self.begin(client)?;
+        let Some((_, epoch)) = self.lock_ring(&mut tx)? else {
+            return Ok(None);
+        };
+        let n = tx
+            .execute(
+                &format!("DELETE FROM {}.members WHERE ring_id = $1 AND node_id = $2", self.s),
+                &[&self.ring_id, &self.node_id],
+            )
+            .map_err(|e| Error::db("delete the member", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let removed = vec![self.node_id.clone()];
+        self.commit_change(&mut tx, epoch + 1, &removed, None)?;
+        tx.commit().map_err(|e| Error::db("commit the leave", e))?;
+        Ok(Some(epoch + 1))
+    }
+
+    /// Removes every member whose lease has expired in the database (crash
+    /// cleanup; idempotent). Checks without the ring lock first, so that
+    /// many members firing at once mostly do a cheap read.
+    pub(crate) fn cleanup(&self, client: &mut Client) -> Result<Cleaned> {
+        let s = &self.s;
+        let mut tx = self.begin(client)?;
+        let any = tx
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {s}.members WHERE ring_id = $1 AND expires_at <= now())"),
+                &[&self.ring_id],
+            )
+            .map_err(|e| Error::db("look for expired members", e))?
+            .get::<_, bool>(0);
+        let mut out = Cleaned::default();
+        if any {
+            if let Some((_, epoch)) = self.lock_ring(&mut tx)? {
+                let removed = self.delete_expired(&mut tx)?;
+                if !removed.is_empty() {
+                    self.commit_change(&mut tx, epoch + 1, &removed, None)?;
+                    out.epoch = Some(epoch + 1);
+                    out.removed = removed;
+                }
+            }
+        }
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT node_id, (extract(epoch FROM expires_at - now()) * 1000)::float8
+                     FROM {s}.members WHERE ring_id = $1 AND node_id <> $2
+                     ORDER BY expires_at LIMIT 1"
+                ),
+                &[&self.ring_id, &self.node_id],
+            )
+            .map_err(|e| Error::db("read the next expiry", e))?;
+        out.next_expiry = row.map(|r| (r.get(0), r.get(1)));
+        tx.commit().map_err(|e| Error::db("commit the cleanup", e))?;
+        Ok(out)
+    }
+
+    // ---- the per-member hot statements on a held connection -------------
+
+    /// Prepares a connection a thread will keep: session timeouts, LISTEN
+    /// (if wanted) and the prepared statements.
+    pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
+        let s = &self.s;
+        client
+            .batch_execute(&self.timeouts_sql("SESSION"))
+            .map_err(|e| Error::db("set session timeouts", e))?;
+        if listen {
+            client
+                .batch_execute(&format!("LISTEN \"{}\"", self.channel))
+                .map_err(|e| Error::db("listen for ring changes", e))?;
+        }
+        let sync = client
+            .prepare(&format!(
+                "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                 u AS (
+                   UPDATE {s}.members m SET
+                     acked_epoch = GREATEST(m.acked_epoch, $3),
+                     behind_since = CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
+                                         ELSE COALESCE(m.behind_since, now()) END,
+                     expires_at = CASE WHEN GREATEST(m.acked_epoch, $3) < r.epoch
+                                        AND m.behind_since IS NOT NULL
+                                        AND m.behind_since <= now() - $5 * interval '1 second'
+                                       THEN m.expires_at
+                                       ELSE now() + $4 * interval '1 second' END,
+                     renewed_at = now()
+                   FROM r
+                   WHERE m.ring_id = $1 AND m.node_id = $2 AND m.expires_at > now()
+                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed),
+                 o AS (SELECT min(acked_epoch) AS min_ack FROM {s}.members
+                       WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now()),
+                 n AS (SELECT node_id, (extract(epoch FROM expires_at - now()) * 1000)::float8 AS ms
+                       FROM {s}.members WHERE ring_id = $1 AND node_id <> $2
+                       ORDER BY expires_at LIMIT 1)
+                 SELECT r.epoch, (SELECT renewed FROM u), o.min_ack, n.node_id, n.ms
+                 FROM r CROSS JOIN o LEFT JOIN n ON true"
+            ))
+            .map_err(|e| Error::db("prepare the renewal", e))?;
+        let barrier = client
+            .prepare(&format!(
+                "SELECT r.epoch,
+                        (SELECT min(acked_epoch) FROM {s}.members
+                          WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now())
+                 FROM {s}.rings r WHERE r.ring_id = $1"
+            ))
+            .map_err(|e| Error::db("prepare the barrier read", e))?;
+        let changes = client
+            .prepare(&format!(
+                "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions
+                 FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
+                 WHERE r.ring_id = $1 ORDER BY c.epoch"
+            ))
+            .map_err(|e| Error::db("prepare the change read", e))?;
+        let full = client
+            .prepare(&format!(
+                "SELECT r.epoch, v.position, v.node_id
+                 FROM {s}.rings r LEFT JOIN {s}.vnodes v ON v.ring_id = r.ring_id
+                 WHERE r.ring_id = $1"
+            ))
+            .map_err(|e| Error::db("prepare the ring read", e))?;
+        Ok(HeldConn {
+            client,
+            sync,
+            barrier,
+            changes,
+            full,
+        })
+    }
+
+    /// Renewal + acknowledgement of `ack` + barrier snapshot, in one
+    /// statement (DESIGN §4 "Heartbeat"). It only ever updates this
+    /// member's own row, and only while that row's lease is live: an expired
+    /// lease is never resurrected — the member rejoins instead.
+    pub(crate) fn sync(&self, conn: &mut HeldConn, ack: u64) -> Result<SyncReply> {
+        let row = conn
+            .client
+            .query_opt(
+                &conn.sync,
+                &[&self.ring_id, &self.node_id, &pg_i64(ack), &self.ttl_s, &self.lag_s],
+            )
+            .map_err(|e| Error::db("renew the lease", e))?;
+        let Some(row) = row else {
+            // The ring row itself is gone: nobody is a member.
+            return Ok(SyncReply {
+                epoch: 0,
+                renewed: None,
+                others_min_ack: None,
+                next_expiry: None,
+            });
+        };
+        let name: Option<String> = row.get(3);
+        let ms: Option<f64> = row.get(4);
+        Ok(SyncReply {
+            epoch: row.get::<_, i64>(0) as u64,
+            renewed: row.get(1),
+            others_min_ack: row.get::<_, Option<i64>>(2).map(|v| v as u64),
+            next_expiry: name.zip(ms),
+        })
+    }
+
+    /// Read-only barrier snapshot: the ring's epoch and the smallest ack of
+    /// the other live members.
+    pub(crate) fn barrier(&self, conn: &mut HeldConn) -> Result<(u64, Option<u64>)> {
+        let row = conn
+            .client
+            .query_opt(&conn.barrier, &[&self.ring_id, &self.node_id])
+            .map_err(|e| Error::db("read the barrier", e))?;
+        Ok(match row {
+            Some(r) => (
+                r.get::<_, i64>(0) as u64,
+                r.get::<_, Option<i64>>(1).map(|v| v as u64),
+            ),
+            None => (0, None),
+        })
+    }
+
+    /// Catches up from epoch `from`: the change log if it reaches back far
+    /// enough, else the whole ring.
+    pub(crate) fn catch_up(&self, conn: &mut HeldConn, from: u64) -> Result<Catchup> {
+        let rows = conn
+            .client
+            .query(&conn.changes, &[&self.ring_id, &pg_i64(from)])
+            .map_err(|e| Error::db("read the change log", e))?;
+        let ring_epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut expect = from + 1;
+        let mut contiguous = true;
+        for r in &rows {
+            let Some(e) = r.get::<_, Option<i64>>(1) else {
+                continue;
+            };
+            let e = e as u64;
+            if e != expect {
+                contiguous = false;
+                break;
+            }
+            expect += 1;
+            let added: Option<String> = r.get(3);
+            let positions: Vec<i32> = r.get(4);
+            changes.push(Change {
+                epoch: e,
+                removed: r.get(2),
+                added: added.map(|n| (n, positions.iter().map(|p| *p as u32).collect())),
+            });
+        }
+        if contiguous && expect == ring_epoch + 1 {
+            return Ok(Catchup::Changes(changes));
+        }
+        self.read_ring(conn).map(Catchup::Full)
+    }
+
+    /// The whole ring, consistently (one statement).
+    pub(crate) fn read_ring(&self, conn: &mut HeldConn) -> Result<RingView> {
+        let rows = conn
+            .client
+            .query(&conn.full, &[&self.ring_id])
+            .map_err(|e| Error::db("read the ring", e))?;
+        let epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let pairs: Vec<(u32, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let p: Option<i32> = r.get(1);
+                let n: Option<String> = r.get(2);
+                p.zip(n).map(|(p, n)| (p as u32, n))
+            })
+            .collect();
+        Ok(RingView::build(
+            epoch,
+            self.ring_size,
+            pairs.iter().map(|(p, n)| (*p, n.as_str())),
+        ))
+    }
+
+    /// Best-effort reset of what [`Store::hold`] changed, before a held
+    /// connection goes back to the pool.
+    pub(crate) fn release(&self, mut conn: HeldConn) {
+        let _ = conn
+            .client
+            .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout");
+    }
+}
+
+/// Converts a database-relative "in `ms` milliseconds" read at `read_at`
+/// into a local instant.
+pub(crate) fn local_instant(read_at: Instant, ms: f64) -> Instant {
+    if ms <= 0.0 {
+        read_at
+    } else {
+        read_at + Duration::from_secs_f64(ms / 1000.0)
+    }
+}
