@@ -57,6 +57,7 @@ const WATCH_TICK: Duration = Duration::from_millis(100);
 pub struct Builder {
     pool: Arc<dyn ConnSource>,
     cfg: Config,
+    subscribers: Vec<Sender<Event>>,
 }
 
 impl Builder {
@@ -126,6 +127,15 @@ impl Builder {
         self.cfg.statement_timeout = Some(t);
         self
     }
+    /// A receiver of the member's events that is registered *before* it
+    /// starts, so that it sees everything: [`Event::Joined`] and the first
+    /// [`Event::Acquired`] included. Like [`RingNode::subscribe`] otherwise.
+    pub fn subscribe(&mut self) -> Receiver<Event> {
+        let (tx, rx) = unbounded();
+        self.subscribers.push(tx);
+        rx
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -137,7 +147,11 @@ impl Builder {
     /// active (with an [`Event::Acquired`]) as soon as their previous owners
     /// have let go — milliseconds on a healthy ring.
     pub fn start(self) -> Result<RingNode> {
-        let Builder { pool, mut cfg } = self;
+        let Builder {
+            pool,
+            mut cfg,
+            subscribers,
+        } = self;
         cfg.validate()?;
         if pool.max_size() < MIN_POOL_SIZE {
             return Err(Error::config(format!(
@@ -170,6 +184,7 @@ impl Builder {
         let joined = store.join(&mut conn)?;
         drop(conn);
         let inner = Arc::new(Inner::new(cfg, node_id, store, pool));
+        *inner.subscribers.lock() = subscribers;
         {
             let mut st = inner.state.write();
             let acts = st.joined(joined.view.clone(), sent_at);
@@ -241,6 +256,7 @@ impl RingNode {
         Builder {
             pool: Arc::new(pool),
             cfg: Config::new(ring_id),
+            subscribers: Vec::new(),
         }
     }
 
@@ -1037,18 +1053,19 @@ impl Inner {
         }) = control
         {
             drop(shutdown);
-            let mut finished = 0;
-            while finished < threads.len() {
+            let mut finished: Vec<&'static str> = Vec::new();
+            while finished.len() < threads.len() {
                 match done.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(1))) {
-                    Ok(_) => finished += 1,
+                    Ok(name) => finished.push(name),
                     Err(_) => break,
                 }
             }
             for t in threads {
-                if t.is_finished() {
+                let name = t.thread().name().unwrap_or("?").to_string();
+                if finished.iter().any(|f| name.starts_with(&format!("leasering-{f}-"))) {
                     let _ = t.join();
                 } else {
-                    stuck.push(t.thread().name().unwrap_or("?").to_string());
+                    stuck.push(name);
                 }
             }
         }

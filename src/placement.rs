@@ -2,16 +2,16 @@
 //! vnodes and the partition of a key. Pure functions, identical in every
 //! process, so that all members agree without talking.
 
-/// 64-bit FNV-1a.
+use std::hash::Hasher;
+
+/// 64-bit FNV-1a over the concatenation of `parts` (the `fnv` crate's
+/// hasher, which is FNV-1a).
 pub(crate) fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = fnv::FnvHasher::default();
     for part in parts {
-        for &b in *part {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.write(part);
     }
-    h
+    h.finish()
 }
 
 /// MurmurHash3's 64-bit finalizer: spreads FNV's weak low bits over the

@@ -1,0 +1,300 @@
+//! Real faults against a real PostgreSQL: a member process killed with
+//! `kill -9`, a member frozen past its TTL, the database stopped for longer
+//! than the TTL, a connection stalled or cut by a loopback proxy.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use leasering::testkit::{ProxyMode, TcpProxy, TestPostgres};
+use leasering::{Event, ReleaseReason, RingNode};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(2);
+
+fn member_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("member");
+    assert!(bin.exists(), "member example not built at {} (cargo test builds examples)", bin.display());
+    bin
+}
+
+/// Instant at which a database timestamp happens, on this machine (the
+/// database runs here and shares the wall clock).
+fn instant_of(ts: SystemTime) -> Instant {
+    let (now_sys, now) = (SystemTime::now(), Instant::now());
+    match ts.duration_since(now_sys) {
+        Ok(ahead) => now + ahead,
+        Err(e) => now - e.duration(),
+    }
+}
+
+/// Installs an audit trigger on `schema.members` recording every write
+/// with the writing connection's application_name.
+fn install_audit(db: &TestPostgres, schema: &str) {
+    leasering::migrate(&mut db.client().unwrap(), schema).unwrap();
+    db.client()
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.audit (op text, node_id text, app text, expires_at timestamptz, at timestamptz DEFAULT clock_timestamp());
+             CREATE FUNCTION {schema}.audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF TG_OP = 'DELETE' THEN
+                 INSERT INTO {schema}.audit (op, node_id, app, expires_at)
+                 VALUES (TG_OP, OLD.node_id, current_setting('application_name'), OLD.expires_at);
+                 RETURN OLD;
+               END IF;
+               INSERT INTO {schema}.audit (op, node_id, app, expires_at)
+               VALUES (TG_OP, NEW.node_id, current_setting('application_name'), NEW.expires_at);
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {schema}.members
+               FOR EACH ROW EXECUTE FUNCTION {schema}.audit_fn();"
+        ))
+        .unwrap();
+}
+
+#[test]
+fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
+    init_logs();
+    let db = db();
+    let ring = ring_name("kill9");
+    let dir = std::env::temp_dir().join(ring_name("kill9ev"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events_file = dir.join("victim.log");
+    let mut child = Command::new(member_binary())
+        .args([&db.url(), &ring, "victim", &TTL.as_millis().to_string(), "leasering", events_file.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "member said {line:?}");
+    let recorder = Recorder::default();
+    let survivors: Vec<RingNode> = (0..2)
+        .map(|i| recorder.start(builder(pool(4), &ring, &format!("s{i}"))))
+        .collect();
+    wait_until(SETTLE, "survivors to see 3 members", || {
+        survivors.iter().all(|n| n.ring().members().len() == 3)
+    });
+    wait_until(SETTLE, "survivors to hold their share", || {
+        survivors.iter().all(|n| n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len())
+    });
+    let victim_parts = survivors[0].ring().partitions_of("victim");
+    assert!(!victim_parts.is_empty());
+    // Let it renew a few times, then kill it hard.
+    std::thread::sleep(TTL / 2);
+    let killed_at = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    // Its lease ends when the database says so.
+    let expires: SystemTime = db
+        .client()
+        .unwrap()
+        .query_one("SELECT expires_at FROM leasering.members WHERE ring_id = $1 AND node_id = 'victim'", &[&ring])
+        .map(|r| r.get(0))
+        .expect("the victim's row is there until its lease ends");
+    let lease_end = instant_of(expires);
+    wait_until(TTL * 3, "survivors to cover the victim's partitions", || {
+        victim_parts.iter().all(|p| survivors.iter().any(|n| n.owns(*p)))
+    });
+    let covered_at = Instant::now();
+    // Only after the lease ended...
+    let first_take = recorder
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Acquired { partitions, at, .. } if at > killed_at && partitions.iter().any(|p| victim_parts.contains(p)) => Some(at),
+            _ => None,
+        })
+        .min()
+        .expect("an Acquired of the victim's partitions");
+    assert!(
+        first_take >= lease_end - Duration::from_millis(5),
+        "partitions taken {:?} before the victim's lease ended",
+        lease_end - first_take
+    );
+    // ...and then without waiting for another lease period.
+    assert!(
+        covered_at < lease_end + TTL / 2,
+        "covered {:?} after the lease ended",
+        covered_at - lease_end
+    );
+    assert_eq!(rows_of(db, "leasering", &ring, "victim"), 0, "the crashed member's rows were removed");
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in &survivors {
+        n.stop().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
+    init_logs();
+    let db = db();
+    let schema = ring_name("pause");
+    install_audit(db, &schema);
+    let ring = ring_name("pausering");
+    let recorder = Recorder::default();
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..3 {
+        let name = format!("p{i}");
+        let b = builder(named_pool(db, &name, 4), &ring, &name).schema(schema.clone());
+        nodes.lock().unwrap().push(recorder.start(b));
+    }
+    let all = nodes.lock().unwrap().clone();
+    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&all, 1024));
+    let sampler = Sampler::start(nodes.clone());
+    let sleeper = all[0].clone();
+    let its = sleeper.owned_partitions().to_vec();
+    let snapshot = sleeper.owned_partitions();
+    sleeper.pause_threads_for(TTL * 2);
+    // Its hot path stops reporting at the local deadline, with every
+    // thread of it frozen (the fence thread too).
+    wait_until(TTL * 2, "the paused member to stop reporting its partitions", || {
+        its.iter().all(|p| !sleeper.owns(*p)) && sleeper.owned_partitions().is_empty()
+    });
+    assert!(!snapshot.is_valid() && snapshot.is_empty(), "an old snapshot must not report past the deadline");
+    // The others take over once the database lease ends and it is removed.
+    let others = all[1..].to_vec();
+    wait_until(SETTLE, "the others to cover the ring", || covered_exactly_once(&others, 1024));
+    // When it wakes, it finds itself removed and rejoins.
+    wait_until(SETTLE, "the paused member to rejoin and the ring to settle", || {
+        covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
+    });
+    sampler.finish();
+    recorder.assert_no_overlap_and_tokens_increase();
+    let evs: Vec<Event> = recorder.events().into_iter().filter(|(n, _)| n == "p0").map(|(_, e)| e).collect();
+    let joins = evs.iter().filter(|e| matches!(e, Event::Joined { .. })).count();
+    assert_eq!(joins, 2, "joined, then rejoined: {evs:?}");
+    assert!(evs.iter().any(|e| matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired, .. })));
+    for n in &all {
+        n.stop().unwrap();
+    }
+    // The audit: every INSERT/UPDATE of a row was made by that member
+    // itself; rows of others were only ever deleted (expired cleanup).
+    let mut c = db.client().unwrap();
+    let foreign: Vec<(String, String, String)> = c
+        .query(&format!("SELECT op, node_id, app FROM {schema}.audit WHERE op <> 'DELETE' AND node_id <> app"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(foreign.is_empty(), "members wrote rows of others: {foreign:?}");
+    // p0's row was deleted by another member (expired) and inserted anew by p0;
+    // no UPDATE of p0's row happened between its removal and its rejoin.
+    let ops: Vec<(String, String)> = c
+        .query(&format!("SELECT op, app FROM {schema}.audit WHERE node_id = 'p0' ORDER BY at"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let del = ops.iter().position(|(op, app)| op == "DELETE" && app != "p0").expect("p0 removed by another member");
+    assert_eq!(ops[del + 1].0, "INSERT", "after its removal p0 rejoined (no resurrecting UPDATE): {ops:?}");
+}
+
+#[test]
+fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
+    init_logs();
+    let server = TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let schema = "leasering";
+    install_audit(&server, schema);
+    let ring = ring_name("dbdown");
+    let recorder = Recorder::default();
+    let nodes: Vec<RingNode> = (0..3)
+        .map(|i| {
+            let name = format!("d{i}");
+            recorder.start(builder(named_pool(&server, &name, 4), &ring, &name))
+        })
+        .collect();
+    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&nodes, 1024));
+    let stopped_at = Instant::now();
+    server.stop_fast().unwrap();
+    // Everyone lets go of everything, with the lease-expired reason.
+    wait_until(TTL * 3, "every member to release everything", || {
+        nodes.iter().all(|n| n.owned_partitions().is_empty())
+    });
+    std::thread::sleep(TTL); // down for longer than the TTL
+    for n in &nodes {
+        assert!(!n.status().stopped, "{} gave up", n.node_id());
+    }
+    let restarted = SystemTime::now();
+    server.start_again().unwrap();
+    wait_until(SETTLE, "the ring to form again after the outage", || covered_exactly_once(&nodes, 1024));
+    recorder.assert_no_overlap_and_tokens_increase();
+    // Each member released before its lease ended in the database.
+    let mut c = server.client().unwrap();
+    for n in &nodes {
+        let last: SystemTime = c
+            .query_one(
+                &format!("SELECT max(expires_at) FROM {schema}.audit WHERE node_id = $1 AND at < $2"),
+                &[&n.node_id(), &restarted],
+            )
+            .unwrap()
+            .get(0);
+        let db_end = instant_of(last);
+        let release = recorder
+            .events()
+            .into_iter()
+            .filter(|(who, _)| who == n.node_id())
+            .find_map(|(_, e)| match e {
+                Event::Released { reason: ReleaseReason::LeaseExpired, at, .. } if at > stopped_at => Some(at),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} never released with LeaseExpired", n.node_id()));
+        assert!(release < db_end, "{} released {:?} after its database lease ended", n.node_id(), release - db_end);
+    }
+    for n in &nodes {
+        n.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
+    init_logs();
+    let db = db();
+    let ring = ring_name("stall");
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", db.port()).parse().unwrap()).unwrap();
+    let recorder = Recorder::default();
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let proxied = {
+        let pool = db.pool_via(proxy.port(), 4).unwrap();
+        recorder.start(builder(pool, &ring, "behind-proxy").stop_timeout(Duration::from_secs(2)))
+    };
+    nodes.lock().unwrap().push(proxied.clone());
+    for i in 0..2 {
+        nodes.lock().unwrap().push(recorder.start(builder(pool(4), &ring, &format!("direct{i}"))));
+    }
+    let all = nodes.lock().unwrap().clone();
+    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&all, 1024));
+    let sampler = Sampler::start(nodes.clone());
+    // A cut: connections die, the member reconnects, nothing is lost.
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(200));
+    wait_until(SETTLE, "the ring to be covered after the cut", || covered_exactly_once(&all, 1024));
+    // A stall longer than the TTL: the member fences itself, the others
+    // take over after its lease ends, and it comes back when the stall ends.
+    proxy.set_mode(ProxyMode::Stall);
+    wait_until(TTL * 2, "the stalled member to fence itself", || proxied.owned_partitions().is_empty());
+    let others = all[1..].to_vec();
+    wait_until(SETTLE, "the others to cover the ring", || covered_exactly_once(&others, 1024));
+    proxy.set_mode(ProxyMode::Pass);
+    wait_until(SETTLE, "the stalled member to come back", || {
+        covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
+    });
+    sampler.finish();
+    recorder.assert_no_overlap_and_tokens_increase();
+    assert!(recorder.events().iter().any(|(n, e)| n == "behind-proxy"
+        && matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired, .. })));
+    for n in &all {
+        n.stop().unwrap();
+    }
+}

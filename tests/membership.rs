@@ -1,0 +1,238 @@
+//! Joins, leaves and convergence against a real PostgreSQL, with two
+//! independent overlap checkers watching every change.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use leasering::{Event, ReleaseReason, RingNode};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_single_member_owns_every_partition_with_a_token() {
+    init_logs();
+    let ring = ring_name("single");
+    let node = builder(pool(4), &ring, "solo").ring_size(256).start().unwrap();
+    wait_until(SETTLE, "the lone member to own all 256 partitions", || {
+        node.owned_partitions().len() == 256
+    });
+    let owned = node.owned_partitions();
+    let epoch = node.ring().epoch();
+    for p in 0..256 {
+        assert!(node.owns(p), "partition {p}");
+        assert_eq!(owned.token(p), Some(epoch), "token of {p}");
+        assert_eq!(node.ring().owner_of(p), Some("solo"));
+    }
+    assert!(!node.owns(256));
+    assert_eq!(node.partition_for(b"k"), leasering::partition_for(b"k", 256));
+    node.stop().unwrap();
+    assert!(node.owned_partitions().is_empty());
+    assert!((0..256).all(|p| !node.owns(p)));
+}
+
+fn converge_checked(join_at_once: bool) {
+    init_logs();
+    let ring = ring_name(if join_at_once { "burst" } else { "onebyone" });
+    let size = 1024;
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Recorder::default();
+    let first = recorder.start(builder(pool(4), &ring, "m0"));
+    nodes.lock().unwrap().push(first.clone());
+    wait_until(SETTLE, "m0 to own everything", || first.owned_partitions().len() == size);
+    let sampler = Sampler::start(nodes.clone());
+    if join_at_once {
+        let handles: Vec<_> = (1..8)
+            .map(|i| {
+                let (ring, recorder) = (ring.clone(), recorder.clone());
+                std::thread::spawn(move || recorder.start(builder(pool(4), &ring, &format!("m{i}"))))
+            })
+            .collect();
+        for h in handles {
+            let n = h.join().unwrap();
+            nodes.lock().unwrap().push(n);
+        }
+    } else {
+        for i in 1..8 {
+            let n = recorder.start(builder(pool(4), &ring, &format!("m{i}")));
+            nodes.lock().unwrap().push(n);
+            let all = nodes.lock().unwrap().clone();
+            wait_until(SETTLE, &format!("{} members to cover the ring exactly once", i + 1), || {
+                covered_exactly_once(&all, size as u32)
+            });
+        }
+    }
+    let all = nodes.lock().unwrap().clone();
+    wait_until(SETTLE, "8 members to cover the ring exactly once", || covered_exactly_once(&all, size as u32));
+    // Every member's active set is what the (common) view assigns it.
+    wait_until(SETTLE, "all views at one epoch", || {
+        let e = all[0].ring().epoch();
+        all.iter().all(|n| n.ring().epoch() == e)
+    });
+    for n in &all {
+        assert_eq!(n.owned_partitions().to_vec(), n.ring().partitions_of(n.node_id()));
+    }
+    let samples = sampler.finish();
+    assert!(samples > 10, "sampler ran {samples} times");
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in &all {
+        n.stop().unwrap();
+    }
+}
+
+#[test]
+fn members_joining_one_by_one_converge_without_overlap() {
+    converge_checked(false);
+}
+
+#[test]
+fn eight_members_joining_at_once_converge_without_overlap() {
+    converge_checked(true);
+}
+
+#[test]
+fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
+    init_logs();
+    let ring = ring_name("leave");
+    let size = 512u32;
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Recorder::default();
+    for i in 0..4 {
+        let n = recorder.start(builder(pool(4), &ring, &format!("l{i}")).ring_size(size));
+        nodes.lock().unwrap().push(n);
+    }
+    let all = nodes.lock().unwrap().clone();
+    wait_until(SETTLE, "4 members to cover the ring", || covered_exactly_once(&all, size));
+    let sampler = Sampler::start(nodes.clone());
+    let leaver = all[1].clone();
+    let its = leaver.owned_partitions().to_vec();
+    assert!(!its.is_empty());
+    let events = leaver.subscribe();
+    leaver.stop().unwrap();
+    assert!(leaver.owned_partitions().is_empty(), "owned after stop");
+    assert!(its.iter().all(|p| !leaver.owns(*p)));
+    // Its last event says why it let go.
+    let evs: Vec<Event> = events.try_iter().collect();
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::Released { reason: ReleaseReason::Stopping, partitions, .. } if *partitions == its)),
+        "expected Released(Stopping) of its partitions, got {evs:?}"
+    );
+    assert_eq!(rows_of(db(), "leasering", &ring, leaver.node_id()), 0, "rows left behind");
+    let rest: Vec<RingNode> = all.iter().filter(|n| n.node_id() != leaver.node_id()).cloned().collect();
+    wait_until(SETTLE, "the other 3 to cover the ring", || covered_exactly_once(&rest, size));
+    sampler.finish();
+    recorder.assert_no_overlap_and_tokens_increase();
+    // Stopping twice is fine.
+    leaver.stop().unwrap();
+    for n in &rest {
+        n.stop().unwrap();
+        assert_eq!(rows_of(db(), "leasering", &ring, n.node_id()), 0);
+    }
+}
+
+#[test]
+fn twenty_members_start_at_once_on_an_empty_database() {
+    init_logs();
+    let schema = ring_name("fresh");
+    let ring = ring_name("twenty");
+    let barrier = Arc::new(std::sync::Barrier::new(20));
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let (schema, ring, barrier) = (schema.clone(), ring.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let p = pool(3);
+                barrier.wait();
+                builder(p, &ring, &format!("t{i}")).schema(schema).start()
+            })
+        })
+        .collect();
+    let nodes: Vec<RingNode> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("start failed: {e}")))
+        .collect();
+    wait_until(SETTLE, "20 members to cover the ring", || covered_exactly_once(&nodes, 1024));
+    for n in &nodes {
+        n.stop().unwrap();
+    }
+}
+
+#[test]
+fn tokens_increase_from_owner_to_owner_through_churn() {
+    init_logs();
+    let ring = ring_name("tokens");
+    let size = 128;
+    let recorder = Recorder::default();
+    let mut live: Vec<RingNode> = Vec::new();
+    for round in 0..6 {
+        let n = recorder.start(builder(pool(4), &ring, &format!("k{round}")).ring_size(size).vnode_count(4));
+        live.push(n);
+        wait_until(SETTLE, "coverage after a join", || covered_exactly_once(&live, size));
+        if round % 2 == 1 {
+            let gone = live.remove(0);
+            gone.stop().unwrap();
+            wait_until(SETTLE, "coverage after a leave", || covered_exactly_once(&live, size));
+        }
+    }
+    recorder.assert_no_overlap_and_tokens_increase();
+    // Every partition changed hands at least once, and tokens rose each time.
+    let ivs = recorder.intervals();
+    assert!(ivs.values().filter(|v| v.len() > 1).count() > size as usize / 2);
+    for n in &live {
+        n.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_live_node_id_cannot_be_taken_over() {
+    init_logs();
+    let ring = ring_name("dupe");
+    let a = builder(pool(4), &ring, "same").start().unwrap();
+    let err = builder(pool(4), &ring, "same").start().unwrap_err();
+    assert_eq!(err.kind(), leasering::ErrorKind::NodeIdInUse, "{err}");
+    assert!(err.to_string().contains("same"), "{err}");
+    a.stop().unwrap();
+    // Once it left, the id is free again, with the same positions.
+    let positions = |n: &RingNode| n.ring().member(n.node_id()).unwrap().positions().to_vec();
+    let b = builder(pool(4), &ring, "same").start().unwrap();
+    let first = positions(&b);
+    b.stop().unwrap();
+    let c = builder(pool(4), &ring, "same").start().unwrap();
+    assert_eq!(positions(&c), first);
+    c.stop().unwrap();
+}
+
+#[test]
+fn ring_size_must_match_the_stored_ring() {
+    init_logs();
+    let ring = ring_name("size");
+    let a = builder(pool(4), &ring, "a").ring_size(64).start().unwrap();
+    let err = builder(pool(4), &ring, "b").ring_size(128).start().unwrap_err();
+    assert_eq!(err.kind(), leasering::ErrorKind::RingSizeMismatch, "{err}");
+    assert!(err.message().contains("64") && err.message().contains("128"), "{err}");
+    a.stop().unwrap();
+}
+
+#[test]
+fn notifications_off_still_hands_over() {
+    init_logs();
+    let ring = ring_name("nonotify");
+    let quiet = |name: &str| {
+        builder(pool(4), &ring, name)
+            .ring_size(64)
+            .lease_ttl(Duration::from_millis(900))
+            .notifications(false)
+            .start()
+            .unwrap()
+    };
+    let a = quiet("a");
+    let b = quiet("b");
+    let both = vec![a.clone(), b.clone()];
+    wait_until(SETTLE, "two members without notifications to cover the ring", || {
+        covered_exactly_once(&both, 64)
+    });
+    b.stop().unwrap();
+    wait_until(SETTLE, "a to take over everything", || a.owned_partitions().len() == 64);
+    a.stop().unwrap();
+}
