@@ -35,13 +35,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]".into());
     }
     let url = &args[1];
-    let ttl_ms: u64 = args[4].parse().map_err(|_| format!("bad ttl-ms {:?}", args[4]))?;
+    let ttl_ms: u64 = args[4]
+        .parse()
+        .map_err(|_| format!("bad ttl-ms {:?}", args[4]))?;
     let manager = PostgresConnectionManager::new(url.parse()?, NoTls);
     let pool = r2d2::Pool::builder()
         .max_size(5)
         .connection_timeout(Duration::from_secs(2))
         .build_unchecked(manager);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&args[6])?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args[6])?;
     let node = RingNode::builder(pool.clone(), args[2].clone())
         .node_id(args[3].clone())
         .lease_ttl(Duration::from_millis(ttl_ms))
@@ -50,7 +55,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .start()?;
     let events = node.subscribe();
     // Events that happened before subscribe() (the join) are replayed from status.
-    writeln!(file, "{} joined {}", monotonic_ns(std::time::Instant::now()), node.status().epoch)?;
+    writeln!(
+        file,
+        "{} joined {}",
+        monotonic_ns(std::time::Instant::now()),
+        node.status().epoch
+    )?;
     file.flush()?;
     let fenced = args.get(7).cloned();
     let writer_node = node.clone();
@@ -61,11 +71,31 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let logger = std::thread::spawn(move || -> std::io::Result<()> {
         for ev in events {
             let line = match ev {
-                Event::Acquired { partitions, token, epoch, at, .. } => {
-                    format!("{} acquired {token} {epoch} {}", monotonic_ns(at), csv(&partitions))
+                Event::Acquired {
+                    partitions,
+                    token,
+                    epoch,
+                    at,
+                    ..
+                } => {
+                    format!(
+                        "{} acquired {token} {epoch} {}",
+                        monotonic_ns(at),
+                        csv(&partitions)
+                    )
                 }
-                Event::Released { partitions, reason, epoch, at, .. } => {
-                    format!("{} released {reason:?} {epoch} {}", monotonic_ns(at), csv(&partitions))
+                Event::Released {
+                    partitions,
+                    reason,
+                    epoch,
+                    at,
+                    ..
+                } => {
+                    format!(
+                        "{} released {reason:?} {epoch} {}",
+                        monotonic_ns(at),
+                        csv(&partitions)
+                    )
                 }
                 Event::Joined { epoch, at, .. } => format!("{} joined {epoch}", monotonic_ns(at)),
                 _ => continue,
@@ -92,7 +122,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn csv(ps: &[u32]) -> String {
-    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    ps.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Writes a row per owned partition into a fenced table, the way a user's
@@ -107,7 +140,8 @@ fn fenced_writer(
          ON CONFLICT (partition) DO UPDATE SET token = excluded.token, node_id = excluded.node_id, writes = t.writes + 1
          WHERE t.token <= excluded.token"
     );
-    let rejected_sql = format!("INSERT INTO {table}_rejected (partition, token, node_id) VALUES ($1, $2, $3)");
+    let rejected_sql =
+        format!("INSERT INTO {table}_rejected (partition, token, node_id) VALUES ($1, $2, $3)");
     loop {
         std::thread::sleep(Duration::from_millis(20));
         let Ok(mut c) = pool.get() else { continue };
@@ -116,10 +150,15 @@ fn fenced_writer(
             return;
         }
         for p in owned.iter() {
-            let Some(token) = owned.token(p) else { continue };
+            let Some(token) = owned.token(p) else {
+                continue;
+            };
             match c.execute(&sql, &[&(p as i32), &(token as i64), &node.node_id()]) {
                 Ok(0) => {
-                    let _ = c.execute(&rejected_sql, &[&(p as i32), &(token as i64), &node.node_id()]);
+                    let _ = c.execute(
+                        &rejected_sql,
+                        &[&(p as i32), &(token as i64), &node.node_id()],
+                    );
                 }
                 Ok(_) => {}
                 Err(_) => break,

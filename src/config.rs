@@ -176,7 +176,9 @@ impl Config {
 
 fn validate_id(what: &str, id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::config(format!("{what} is empty: it must be 1..={MAX_ID_LEN} bytes")));
+        return Err(Error::config(format!(
+            "{what} is empty: it must be 1..={MAX_ID_LEN} bytes"
+        )));
     }
     if id.len() > MAX_ID_LEN {
         let shown: String = id.chars().take(40).collect();

@@ -192,9 +192,7 @@ impl Builder {
         }
         inner.spawn_threads()?;
         Ok(RingNode {
-            handle: Arc::new(Handle {
-                inner,
-            }),
+            handle: Arc::new(Handle { inner }),
         })
     }
 }
@@ -246,7 +244,10 @@ pub struct NodeStatus {
 
 impl RingNode {
     /// A builder for a member of ring `ring_id` using `pool`.
-    pub fn builder<T>(pool: Pool<PostgresConnectionManager<T>>, ring_id: impl Into<String>) -> Builder
+    pub fn builder<T>(
+        pool: Pool<PostgresConnectionManager<T>>,
+        ring_id: impl Into<String>,
+    ) -> Builder
     where
         T: MakeTlsConnect<Socket> + Clone + 'static + Sync + Send,
         T::TlsConnect: Send,
@@ -334,7 +335,11 @@ impl RingNode {
             .filter(|d| !d.is_zero());
         NodeStatus {
             epoch: st.view_epoch(),
-            active: if lease_left.is_some() { st.active_count() } else { 0 },
+            active: if lease_left.is_some() {
+                st.active_count()
+            } else {
+                0
+            },
             pending: st.pending().count() as u32,
             lease_left,
             joined: st.status() == Status::Member,
@@ -378,6 +383,9 @@ impl std::fmt::Debug for RingNode {
     }
 }
 
+/// A member's lease end, as learned from the database: (node id, instant).
+type Expiry = (String, Instant);
+
 struct Control {
     shutdown: Sender<()>,
     threads: Vec<JoinHandle<()>>,
@@ -399,7 +407,8 @@ struct Inner {
     control: Mutex<Option<Control>>,
     wake_watcher: (Sender<u64>, Receiver<u64>),
     wake_fence: (Sender<()>, Receiver<()>),
-    cleanup: (Sender<(String, Instant)>, Receiver<(String, Instant)>),
+    /// Expiry hints for the cleanup thread: (node id, when its lease ends).
+    cleanup: (Sender<Expiry>, Receiver<Expiry>),
     frozen_until: Mutex<Option<Instant>>,
     /// Serialises rejoin against stop, so a stopping member cannot rejoin.
     membership: Mutex<()>,
@@ -468,7 +477,8 @@ impl Inner {
             match a {
                 Action::Release { partitions, .. } => {
                     for p in partitions {
-                        self.bits[(*p >> 6) as usize].fetch_and(!(1u64 << (p & 63)), Ordering::AcqRel);
+                        self.bits[(*p >> 6) as usize]
+                            .fetch_and(!(1u64 << (p & 63)), Ordering::AcqRel);
                     }
                 }
                 Action::Acquire { partitions, .. } => {
@@ -509,7 +519,10 @@ impl Inner {
                     }
                 }
                 Action::Acquire { partitions, token } => {
-                    let waited = self.pending_since.lock().map(|t| at.saturating_duration_since(t));
+                    let waited = self
+                        .pending_since
+                        .lock()
+                        .map(|t| at.saturating_duration_since(t));
                     log::info!(target: "leasering",
                         "node {}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
                         self.node_id, partitions.len(),
@@ -540,7 +553,13 @@ impl Inner {
         }
     }
 
-    fn after_join(&self, st: &mut Ownership, acts: Vec<Action>, positions: &[u32], removed: &[String]) {
+    fn after_join(
+        &self,
+        st: &mut Ownership,
+        acts: Vec<Action>,
+        positions: &[u32],
+        removed: &[String],
+    ) {
         let now = Instant::now();
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.publish(st, acts, now);
@@ -676,7 +695,9 @@ impl Inner {
                     body(&inner, &rx);
                     let _ = done.send(name);
                 })
-                .map_err(|e| Error::with_source(ErrorKind::Database, format!("spawn the {name} thread"), e))?;
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Database, format!("spawn the {name} thread"), e)
+                })?;
             threads.push(handle);
         }
         *self.control.lock() = Some(Control {
@@ -692,11 +713,7 @@ impl Inner {
         let retry = (interval / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let mut conn: Option<HeldConn> = None;
         let mut next = interval;
-        loop {
-            match shutdown.recv_timeout(next) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => break,
-            }
+        while let Err(RecvTimeoutError::Timeout) = shutdown.recv_timeout(next) {
             if !self.honor_freeze(shutdown) {
                 break;
             }
@@ -727,7 +744,10 @@ impl Inner {
                 }
             }
             let c = conn.as_mut().expect("connection held above");
-            let (ack, generation) = (self.state.read().view_epoch(), self.generation.load(Ordering::SeqCst));
+            let (ack, generation) = (
+                self.state.read().view_epoch(),
+                self.generation.load(Ordering::SeqCst),
+            );
             let sent_at = Instant::now();
             match self.store.sync(c, ack) {
                 Ok(reply) => {
@@ -754,7 +774,10 @@ impl Inner {
         let mut acked: (u64, u64) = (0, 0); // (generation, epoch) last acknowledged here
         let mut backoff = Duration::from_millis(1);
         loop {
-            if matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)) {
+            if matches!(
+                shutdown.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            ) {
                 break;
             }
             if !self.honor_freeze(shutdown) {
@@ -771,7 +794,9 @@ impl Inner {
                     }
                     Err(e) => {
                         log::warn!(target: "leasering", "node {}: watcher cannot connect: {e}", self.node_id);
-                        if let Err(RecvTimeoutError::Disconnected) = shutdown.recv_timeout(WATCH_TICK) {
+                        if let Err(RecvTimeoutError::Disconnected) =
+                            shutdown.recv_timeout(WATCH_TICK)
+                        {
                             break;
                         }
                         continue;
@@ -814,7 +839,11 @@ impl Inner {
         for _ in 0..64 {
             let (status, view_epoch, generation) = {
                 let st = self.state.read();
-                (st.status(), st.view_epoch(), self.generation.load(Ordering::SeqCst))
+                (
+                    st.status(),
+                    st.view_epoch(),
+                    self.generation.load(Ordering::SeqCst),
+                )
             };
             if status != Status::Member {
                 return Ok(false);
@@ -824,10 +853,14 @@ impl Inner {
                     Catchup::Changes(changes) => {
                         let mut st = self.state.write();
                         for ch in changes {
-                            if self.generation.load(Ordering::SeqCst) != generation || ch.epoch != st.view_epoch() + 1 {
+                            if self.generation.load(Ordering::SeqCst) != generation
+                                || ch.epoch != st.view_epoch() + 1
+                            {
                                 break;
                             }
-                            let Some(next) = st.view().map(|v| v.apply(&ch)) else { break };
+                            let Some(next) = st.view().map(|v| v.apply(&ch)) else {
+                                break;
+                            };
                             self.adopt(&mut st, next);
                         }
                     }
@@ -938,7 +971,9 @@ impl Inner {
             if !self.honor_freeze(shutdown) {
                 break;
             }
-            let Some((node, at)) = target.take() else { continue };
+            let Some((node, at)) = target.take() else {
+                continue;
+            };
             if Instant::now() < at {
                 target = Some((node, at));
                 continue;
@@ -997,9 +1032,10 @@ impl Inner {
             }
             let mut st = self.state.write();
             let now = Instant::now();
-            let hot_deadline = st
-                .valid_until()
-                .map(|v| v.checked_sub(Duration::from_nanos(coarse_resolution_ns())).unwrap_or(v));
+            let hot_deadline = st.valid_until().map(|v| {
+                v.checked_sub(Duration::from_nanos(coarse_resolution_ns()))
+                    .unwrap_or(v)
+            });
             let acts = st.fence(now);
             if !acts.is_empty() {
                 self.publish(&st, acts, hot_deadline.unwrap_or(now));
@@ -1031,7 +1067,11 @@ impl Inner {
             let _m = self.membership.lock();
             result = self
                 .pool
-                .get(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
+                .get(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                )
                 .map_err(|e| Error::pool("leave", e))
                 .and_then(|mut conn| self.store.leave(&mut conn));
             match &result {
@@ -1062,7 +1102,10 @@ impl Inner {
             }
             for t in threads {
                 let name = t.thread().name().unwrap_or("?").to_string();
-                if finished.iter().any(|f| name.starts_with(&format!("leasering-{f}-"))) {
+                if finished
+                    .iter()
+                    .any(|f| name.starts_with(&format!("leasering-{f}-")))
+                {
                     let _ = t.join();
                 } else {
                     stuck.push(name);
@@ -1085,6 +1128,13 @@ impl Inner {
 }
 
 fn short_id(node_id: &str) -> String {
-    let s: String = node_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
-    if s.len() > 16 { s[s.len() - 16..].to_string() } else { s }
+    let s: String = node_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    if s.len() > 16 {
+        s[s.len() - 16..].to_string()
+    } else {
+        s
+    }
 }

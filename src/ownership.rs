@@ -468,7 +468,13 @@ mod tests {
         m.joined(RingView::build(3, 4, [(0, "a")]), t0);
         m.barrier(3, None, t0);
         let acts = m.stop();
-        assert!(matches!(&acts[0], Action::Release { reason: ReleaseReason::Stopping, .. }));
+        assert!(matches!(
+            &acts[0],
+            Action::Release {
+                reason: ReleaseReason::Stopping,
+                ..
+            }
+        ));
         assert!(m.joined(RingView::build(4, 4, [(0, "a")]), t0).is_empty());
         assert_eq!(m.status(), Status::Stopped);
     }
@@ -483,7 +489,7 @@ mod tests {
 
     struct SimDb {
         epoch: u64,
-        history: Vec<RingView>, // index = epoch
+        history: Vec<RingView>,  // index = epoch
         acked: Vec<Option<u64>>, // per member id; None = not a member
     }
 
@@ -496,7 +502,12 @@ mod tests {
                 .filter(|(_, m)| m.token(p).is_some())
                 .map(|(i, _)| i)
                 .collect();
-            prop_assert!(holders.len() <= 1, "partition {} active on {:?}", p, holders);
+            prop_assert!(
+                holders.len() <= 1,
+                "partition {} active on {:?}",
+                p,
+                holders
+            );
             if let Some(&i) = holders.first() {
                 let tok = members[i].token(p).unwrap();
                 let (lt, lo) = last[p as usize];

@@ -87,10 +87,8 @@ impl RingView {
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
     ) -> RingView {
-        let mut pairs: Vec<(u32, &str)> = vnodes
-            .into_iter()
-            .filter(|(p, _)| *p < ring_size)
-            .collect();
+        let mut pairs: Vec<(u32, &str)> =
+            vnodes.into_iter().filter(|(p, _)| *p < ring_size).collect();
         pairs.sort_unstable();
         pairs.dedup_by_key(|(p, _)| *p);
         let mut names: Vec<&str> = pairs.iter().map(|(_, n)| *n).collect();
@@ -241,7 +239,11 @@ impl RingView {
             .map(|i| {
                 let (p, idx) = v[i];
                 let pred = if i == 0 { v[v.len() - 1].0 } else { v[i - 1].0 };
-                let start = if v.len() == 1 { (p + 1) % n } else { (pred + 1) % n };
+                let start = if v.len() == 1 {
+                    (p + 1) % n
+                } else {
+                    (pred + 1) % n
+                };
                 (
                     RingArc { start, end: p },
                     &*self.inner.members[idx as usize].node_id,

@@ -238,8 +238,7 @@ impl Store {
             &[&SCHEMA_VERSION],
         )
         .map_err(|e| Error::db("record the schema version", e))?;
-        tx.commit()
-            .map_err(|e| Error::db("commit the schema", e))?;
+        tx.commit().map_err(|e| Error::db("commit the schema", e))?;
         log::info!(target: "leasering", "created schema {} (version {SCHEMA_VERSION})", self.schema);
         Ok(())
     }
@@ -310,7 +309,10 @@ impl Store {
     fn lock_ring(&self, tx: &mut postgres::Transaction<'_>) -> Result<Option<(u32, u64)>> {
         let row = tx
             .query_opt(
-                &format!("SELECT ring_size, epoch FROM {}.rings WHERE ring_id = $1 FOR UPDATE", self.s),
+                &format!(
+                    "SELECT ring_size, epoch FROM {}.rings WHERE ring_id = $1 FOR UPDATE",
+                    self.s
+                ),
                 &[&self.ring_id],
             )
             .map_err(|e| Error::db("lock the ring", e))?;
@@ -340,7 +342,10 @@ impl Store {
         )
         .map_err(|e| Error::db("create the ring", e))?;
         let (stored_size, epoch) = self.lock_ring(&mut tx)?.ok_or_else(|| {
-            Error::new(ErrorKind::Database, format!("ring {:?} vanished during join", self.ring_id))
+            Error::new(
+                ErrorKind::Database,
+                format!("ring {:?} vanished during join", self.ring_id),
+            )
         })?;
         if stored_size != self.ring_size {
             return Err(Error::new(
@@ -422,7 +427,12 @@ impl Store {
             &[&self.ring_id, &self.node_id, &pos_i32, &idx_i32],
         )
         .map_err(|e| Error::db("insert the vnodes", e))?;
-        self.commit_change(&mut tx, new_epoch, &removed, Some((&self.node_id, &positions)))?;
+        self.commit_change(
+            &mut tx,
+            new_epoch,
+            &removed,
+            Some((&self.node_id, &positions)),
+        )?;
         tx.commit().map_err(|e| Error::db("commit the join", e))?;
         pairs.retain(|(_, n)| !removed.contains(n));
         pairs.extend(positions.iter().map(|p| (*p, self.node_id.clone())));
@@ -448,7 +458,10 @@ impl Store {
         };
         let n = tx
             .execute(
-                &format!("DELETE FROM {}.members WHERE ring_id = $1 AND node_id = $2", self.s),
+                &format!(
+                    "DELETE FROM {}.members WHERE ring_id = $1 AND node_id = $2",
+                    self.s
+                ),
                 &[&self.ring_id, &self.node_id],
             )
             .map_err(|e| Error::db("delete the member", e))?;
@@ -496,7 +509,8 @@ impl Store {
             )
             .map_err(|e| Error::db("read the next expiry", e))?;
         out.next_expiry = row.map(|r| (r.get(0), r.get(1)));
-        tx.commit().map_err(|e| Error::db("commit the cleanup", e))?;
+        tx.commit()
+            .map_err(|e| Error::db("commit the cleanup", e))?;
         Ok(out)
     }
 
@@ -580,7 +594,13 @@ impl Store {
             .client
             .query_opt(
                 &conn.sync,
-                &[&self.ring_id, &self.node_id, &pg_i64(ack), &self.ttl_s, &self.lag_s],
+                &[
+                    &self.ring_id,
+                    &self.node_id,
+                    &pg_i64(ack),
+                    &self.ttl_s,
+                    &self.lag_s,
+                ],
             )
             .map_err(|e| Error::db("renew the lease", e))?;
         let Some(row) = row else {

@@ -21,7 +21,11 @@ fn member_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("examples").join("member");
-    assert!(bin.exists(), "member example not built at {} (cargo test builds examples)", bin.display());
+    assert!(
+        bin.exists(),
+        "member example not built at {} (cargo test builds examples)",
+        bin.display()
+    );
     bin
 }
 
@@ -69,7 +73,14 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let events_file = dir.join("victim.log");
     let mut child = Command::new(member_binary())
-        .args([&db.url(), &ring, "victim", &TTL.as_millis().to_string(), "leasering", events_file.to_str().unwrap()])
+        .args([
+            &db.url(),
+            &ring,
+            "victim",
+            &TTL.as_millis().to_string(),
+            "leasering",
+            events_file.to_str().unwrap(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -86,7 +97,9 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
         survivors.iter().all(|n| n.ring().members().len() == 3)
     });
     wait_until(SETTLE, "survivors to hold their share", || {
-        survivors.iter().all(|n| n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len())
+        survivors
+            .iter()
+            .all(|n| n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len())
     });
     let victim_parts = survivors[0].ring().partitions_of("victim");
     assert!(!victim_parts.is_empty());
@@ -99,20 +112,33 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     let expires: SystemTime = db
         .client()
         .unwrap()
-        .query_one("SELECT expires_at FROM leasering.members WHERE ring_id = $1 AND node_id = 'victim'", &[&ring])
+        .query_one(
+            "SELECT expires_at FROM leasering.members WHERE ring_id = $1 AND node_id = 'victim'",
+            &[&ring],
+        )
         .map(|r| r.get(0))
         .expect("the victim's row is there until its lease ends");
     let lease_end = instant_of(expires);
-    wait_until(TTL * 3, "survivors to cover the victim's partitions", || {
-        victim_parts.iter().all(|p| survivors.iter().any(|n| n.owns(*p)))
-    });
+    wait_until(
+        TTL * 3,
+        "survivors to cover the victim's partitions",
+        || {
+            victim_parts
+                .iter()
+                .all(|p| survivors.iter().any(|n| n.owns(*p)))
+        },
+    );
     let covered_at = Instant::now();
     // Only after the lease ended...
     let first_take = recorder
         .events()
         .into_iter()
         .filter_map(|(_, e)| match e {
-            Event::Acquired { partitions, at, .. } if at > killed_at && partitions.iter().any(|p| victim_parts.contains(p)) => Some(at),
+            Event::Acquired { partitions, at, .. }
+                if at > killed_at && partitions.iter().any(|p| victim_parts.contains(p)) =>
+            {
+                Some(at)
+            }
             _ => None,
         })
         .min()
@@ -128,7 +154,11 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
         "covered {:?} after the lease ended",
         covered_at - lease_end
     );
-    assert_eq!(rows_of(db, "leasering", &ring, "victim"), 0, "the crashed member's rows were removed");
+    assert_eq!(
+        rows_of(db, "leasering", &ring, "victim"),
+        0,
+        "the crashed member's rows were removed"
+    );
     recorder.assert_no_overlap_and_tokens_increase();
     for n in &survivors {
         n.stop().unwrap();
@@ -151,7 +181,9 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
         nodes.lock().unwrap().push(recorder.start(b));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&all, 1024));
+    wait_until(SETTLE, "3 members to cover the ring", || {
+        covered_exactly_once(&all, 1024)
+    });
     let sampler = Sampler::start(nodes.clone());
     let sleeper = all[0].clone();
     let its = sleeper.owned_partitions().to_vec();
@@ -159,23 +191,46 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
     sleeper.pause_threads_for(TTL * 2);
     // Its hot path stops reporting at the local deadline, with every
     // thread of it frozen (the fence thread too).
-    wait_until(TTL * 2, "the paused member to stop reporting its partitions", || {
-        its.iter().all(|p| !sleeper.owns(*p)) && sleeper.owned_partitions().is_empty()
-    });
-    assert!(!snapshot.is_valid() && snapshot.is_empty(), "an old snapshot must not report past the deadline");
+    wait_until(
+        TTL * 2,
+        "the paused member to stop reporting its partitions",
+        || its.iter().all(|p| !sleeper.owns(*p)) && sleeper.owned_partitions().is_empty(),
+    );
+    assert!(
+        !snapshot.is_valid() && snapshot.is_empty(),
+        "an old snapshot must not report past the deadline"
+    );
     // The others take over once the database lease ends and it is removed.
     let others = all[1..].to_vec();
-    wait_until(SETTLE, "the others to cover the ring", || covered_exactly_once(&others, 1024));
-    // When it wakes, it finds itself removed and rejoins.
-    wait_until(SETTLE, "the paused member to rejoin and the ring to settle", || {
-        covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
+    wait_until(SETTLE, "the others to cover the ring", || {
+        covered_exactly_once(&others, 1024)
     });
+    // When it wakes, it finds itself removed and rejoins.
+    wait_until(
+        SETTLE,
+        "the paused member to rejoin and the ring to settle",
+        || covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3),
+    );
     sampler.finish();
     recorder.assert_no_overlap_and_tokens_increase();
-    let evs: Vec<Event> = recorder.events().into_iter().filter(|(n, _)| n == "p0").map(|(_, e)| e).collect();
-    let joins = evs.iter().filter(|e| matches!(e, Event::Joined { .. })).count();
+    let evs: Vec<Event> = recorder
+        .events()
+        .into_iter()
+        .filter(|(n, _)| n == "p0")
+        .map(|(_, e)| e)
+        .collect();
+    let joins = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Joined { .. }))
+        .count();
     assert_eq!(joins, 2, "joined, then rejoined: {evs:?}");
-    assert!(evs.iter().any(|e| matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired, .. })));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::Released {
+            reason: ReleaseReason::LeaseExpired,
+            ..
+        }
+    )));
     for n in &all {
         n.stop().unwrap();
     }
@@ -188,17 +243,30 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert!(foreign.is_empty(), "members wrote rows of others: {foreign:?}");
+    assert!(
+        foreign.is_empty(),
+        "members wrote rows of others: {foreign:?}"
+    );
     // p0's row was deleted by another member (expired) and inserted anew by p0;
     // no UPDATE of p0's row happened between its removal and its rejoin.
     let ops: Vec<(String, String)> = c
-        .query(&format!("SELECT op, app FROM {schema}.audit WHERE node_id = 'p0' ORDER BY at"), &[])
+        .query(
+            &format!("SELECT op, app FROM {schema}.audit WHERE node_id = 'p0' ORDER BY at"),
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let del = ops.iter().position(|(op, app)| op == "DELETE" && app != "p0").expect("p0 removed by another member");
-    assert_eq!(ops[del + 1].0, "INSERT", "after its removal p0 rejoined (no resurrecting UPDATE): {ops:?}");
+    let del = ops
+        .iter()
+        .position(|(op, app)| op == "DELETE" && app != "p0")
+        .expect("p0 removed by another member");
+    assert_eq!(
+        ops[del + 1].0,
+        "INSERT",
+        "after its removal p0 rejoined (no resurrecting UPDATE): {ops:?}"
+    );
 }
 
 #[test]
@@ -215,27 +283,66 @@ fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
             recorder.start(builder(named_pool(&server, &name, 4), &ring, &name))
         })
         .collect();
-    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&nodes, 1024));
+    wait_until(SETTLE, "3 members to cover the ring", || {
+        covered_exactly_once(&nodes, 1024)
+    });
     let stopped_at = Instant::now();
     server.stop_fast().unwrap();
     // Everyone lets go of everything, with the lease-expired reason.
-    wait_until(TTL * 3, "every member to release everything", || {
-        nodes.iter().all(|n| n.owned_partitions().is_empty())
-    });
-    std::thread::sleep(TTL); // down for longer than the TTL
+    wait_until(
+        TTL * 3,
+        "every member to release everything with reason LeaseExpired",
+        || {
+            let evs = recorder.events();
+            nodes.iter().all(|n| {
+            n.owned_partitions().is_empty()
+                && evs.iter().any(|(who, e)| {
+                    who == n.node_id()
+                        && matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired, at, .. } if *at > stopped_at)
+                })
+        })
+        },
+    );
     for n in &nodes {
         assert!(!n.status().stopped, "{} gave up", n.node_id());
     }
+    // A stop while the database is away returns an error within its
+    // timeout, and nothing is owned afterwards.
+    let leaver = nodes[2].clone();
+    let t = Instant::now();
+    let err = leaver
+        .stop()
+        .expect_err("stop cannot leave while the database is down");
+    assert!(
+        t.elapsed() < Duration::from_secs(5) + Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        leaver.owned_partitions().is_empty() && leaver.status().stopped,
+        "{err}"
+    );
+    std::thread::sleep(TTL); // down for longer than the TTL
     let restarted = SystemTime::now();
     server.start_again().unwrap();
-    wait_until(SETTLE, "the ring to form again after the outage", || covered_exactly_once(&nodes, 1024));
+    let nodes = &nodes[..2];
+    wait_until(SETTLE, "the ring to form again after the outage", || {
+        covered_exactly_once(nodes, 1024)
+    });
+    wait_until(
+        SETTLE,
+        "the member that stopped during the outage to be cleaned up",
+        || rows_of(&server, "leasering", &ring, leaver.node_id()) == 0,
+    );
     recorder.assert_no_overlap_and_tokens_increase();
     // Each member released before its lease ended in the database.
     let mut c = server.client().unwrap();
-    for n in &nodes {
+    for n in nodes.iter().chain([&leaver]) {
         let last: SystemTime = c
             .query_one(
-                &format!("SELECT max(expires_at) FROM {schema}.audit WHERE node_id = $1 AND at < $2"),
+                &format!(
+                    "SELECT max(expires_at) FROM {schema}.audit WHERE node_id = $1 AND at < $2"
+                ),
                 &[&n.node_id(), &restarted],
             )
             .unwrap()
@@ -246,13 +353,22 @@ fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
             .into_iter()
             .filter(|(who, _)| who == n.node_id())
             .find_map(|(_, e)| match e {
-                Event::Released { reason: ReleaseReason::LeaseExpired, at, .. } if at > stopped_at => Some(at),
+                Event::Released {
+                    reason: ReleaseReason::LeaseExpired,
+                    at,
+                    ..
+                } if at > stopped_at => Some(at),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("{} never released with LeaseExpired", n.node_id()));
-        assert!(release < db_end, "{} released {:?} after its database lease ended", n.node_id(), release - db_end);
+        assert!(
+            release < db_end,
+            "{} released {:?} after its database lease ended",
+            n.node_id(),
+            release - db_end
+        );
     }
-    for n in &nodes {
+    for n in nodes {
         n.stop().unwrap();
     }
 }
@@ -271,21 +387,32 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     };
     nodes.lock().unwrap().push(proxied.clone());
     for i in 0..2 {
-        nodes.lock().unwrap().push(recorder.start(builder(pool(4), &ring, &format!("direct{i}"))));
+        nodes
+            .lock()
+            .unwrap()
+            .push(recorder.start(builder(pool(4), &ring, &format!("direct{i}"))));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&all, 1024));
+    wait_until(SETTLE, "3 members to cover the ring", || {
+        covered_exactly_once(&all, 1024)
+    });
     let sampler = Sampler::start(nodes.clone());
     // A cut: connections die, the member reconnects, nothing is lost.
     proxy.cut();
     std::thread::sleep(Duration::from_millis(200));
-    wait_until(SETTLE, "the ring to be covered after the cut", || covered_exactly_once(&all, 1024));
+    wait_until(SETTLE, "the ring to be covered after the cut", || {
+        covered_exactly_once(&all, 1024)
+    });
     // A stall longer than the TTL: the member fences itself, the others
     // take over after its lease ends, and it comes back when the stall ends.
     proxy.set_mode(ProxyMode::Stall);
-    wait_until(TTL * 2, "the stalled member to fence itself", || proxied.owned_partitions().is_empty());
+    wait_until(TTL * 2, "the stalled member to fence itself", || {
+        proxied.owned_partitions().is_empty()
+    });
     let others = all[1..].to_vec();
-    wait_until(SETTLE, "the others to cover the ring", || covered_exactly_once(&others, 1024));
+    wait_until(SETTLE, "the others to cover the ring", || {
+        covered_exactly_once(&others, 1024)
+    });
     proxy.set_mode(ProxyMode::Pass);
     wait_until(SETTLE, "the stalled member to come back", || {
         covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
@@ -293,7 +420,13 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     sampler.finish();
     recorder.assert_no_overlap_and_tokens_increase();
     assert!(recorder.events().iter().any(|(n, e)| n == "behind-proxy"
-        && matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired, .. })));
+        && matches!(
+            e,
+            Event::Released {
+                reason: ReleaseReason::LeaseExpired,
+                ..
+            }
+        )));
     for n in &all {
         n.stop().unwrap();
     }

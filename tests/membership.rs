@@ -15,7 +15,10 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn a_single_member_owns_every_partition_with_a_token() {
     init_logs();
     let ring = ring_name("single");
-    let node = builder(pool(4), &ring, "solo").ring_size(256).start().unwrap();
+    let node = builder(pool(4), &ring, "solo")
+        .ring_size(256)
+        .start()
+        .unwrap();
     wait_until(SETTLE, "the lone member to own all 256 partitions", || {
         node.owned_partitions().len() == 256
     });
@@ -27,7 +30,10 @@ fn a_single_member_owns_every_partition_with_a_token() {
         assert_eq!(node.ring().owner_of(p), Some("solo"));
     }
     assert!(!node.owns(256));
-    assert_eq!(node.partition_for(b"k"), leasering::partition_for(b"k", 256));
+    assert_eq!(
+        node.partition_for(b"k"),
+        leasering::partition_for(b"k", 256)
+    );
     node.stop().unwrap();
     assert!(node.owned_partitions().is_empty());
     assert!((0..256).all(|p| !node.owns(p)));
@@ -41,13 +47,17 @@ fn converge_checked(join_at_once: bool) {
     let recorder = Recorder::default();
     let first = recorder.start(builder(pool(4), &ring, "m0"));
     nodes.lock().unwrap().push(first.clone());
-    wait_until(SETTLE, "m0 to own everything", || first.owned_partitions().len() == size);
+    wait_until(SETTLE, "m0 to own everything", || {
+        first.owned_partitions().len() == size
+    });
     let sampler = Sampler::start(nodes.clone());
     if join_at_once {
         let handles: Vec<_> = (1..8)
             .map(|i| {
                 let (ring, recorder) = (ring.clone(), recorder.clone());
-                std::thread::spawn(move || recorder.start(builder(pool(4), &ring, &format!("m{i}"))))
+                std::thread::spawn(move || {
+                    recorder.start(builder(pool(4), &ring, &format!("m{i}")))
+                })
             })
             .collect();
         for h in handles {
@@ -59,20 +69,27 @@ fn converge_checked(join_at_once: bool) {
             let n = recorder.start(builder(pool(4), &ring, &format!("m{i}")));
             nodes.lock().unwrap().push(n);
             let all = nodes.lock().unwrap().clone();
-            wait_until(SETTLE, &format!("{} members to cover the ring exactly once", i + 1), || {
-                covered_exactly_once(&all, size as u32)
-            });
+            wait_until(
+                SETTLE,
+                &format!("{} members to cover the ring exactly once", i + 1),
+                || covered_exactly_once(&all, size as u32),
+            );
         }
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "8 members to cover the ring exactly once", || covered_exactly_once(&all, size as u32));
+    wait_until(SETTLE, "8 members to cover the ring exactly once", || {
+        covered_exactly_once(&all, size as u32)
+    });
     // Every member's active set is what the (common) view assigns it.
     wait_until(SETTLE, "all views at one epoch", || {
         let e = all[0].ring().epoch();
         all.iter().all(|n| n.ring().epoch() == e)
     });
     for n in &all {
-        assert_eq!(n.owned_partitions().to_vec(), n.ring().partitions_of(n.node_id()));
+        assert_eq!(
+            n.owned_partitions().to_vec(),
+            n.ring().partitions_of(n.node_id())
+        );
     }
     let samples = sampler.finish();
     assert!(samples > 10, "sampler ran {samples} times");
@@ -104,7 +121,9 @@ fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
         nodes.lock().unwrap().push(n);
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "4 members to cover the ring", || covered_exactly_once(&all, size));
+    wait_until(SETTLE, "4 members to cover the ring", || {
+        covered_exactly_once(&all, size)
+    });
     let sampler = Sampler::start(nodes.clone());
     let leaver = all[1].clone();
     let its = leaver.owned_partitions().to_vec();
@@ -119,9 +138,19 @@ fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
         evs.iter().any(|e| matches!(e, Event::Released { reason: ReleaseReason::Stopping, partitions, .. } if *partitions == its)),
         "expected Released(Stopping) of its partitions, got {evs:?}"
     );
-    assert_eq!(rows_of(db(), "leasering", &ring, leaver.node_id()), 0, "rows left behind");
-    let rest: Vec<RingNode> = all.iter().filter(|n| n.node_id() != leaver.node_id()).cloned().collect();
-    wait_until(SETTLE, "the other 3 to cover the ring", || covered_exactly_once(&rest, size));
+    assert_eq!(
+        rows_of(db(), "leasering", &ring, leaver.node_id()),
+        0,
+        "rows left behind"
+    );
+    let rest: Vec<RingNode> = all
+        .iter()
+        .filter(|n| n.node_id() != leaver.node_id())
+        .cloned()
+        .collect();
+    wait_until(SETTLE, "the other 3 to cover the ring", || {
+        covered_exactly_once(&rest, size)
+    });
     sampler.finish();
     recorder.assert_no_overlap_and_tokens_increase();
     // Stopping twice is fine.
@@ -150,9 +179,15 @@ fn twenty_members_start_at_once_on_an_empty_database() {
         .collect();
     let nodes: Vec<RingNode> = handles
         .into_iter()
-        .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("start failed: {e}")))
+        .map(|h| {
+            h.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("start failed: {e}"))
+        })
         .collect();
-    wait_until(SETTLE, "20 members to cover the ring", || covered_exactly_once(&nodes, 1024));
+    wait_until(SETTLE, "20 members to cover the ring", || {
+        covered_exactly_once(&nodes, 1024)
+    });
     for n in &nodes {
         n.stop().unwrap();
     }
@@ -166,13 +201,21 @@ fn tokens_increase_from_owner_to_owner_through_churn() {
     let recorder = Recorder::default();
     let mut live: Vec<RingNode> = Vec::new();
     for round in 0..6 {
-        let n = recorder.start(builder(pool(4), &ring, &format!("k{round}")).ring_size(size).vnode_count(4));
+        let n = recorder.start(
+            builder(pool(4), &ring, &format!("k{round}"))
+                .ring_size(size)
+                .vnode_count(4),
+        );
         live.push(n);
-        wait_until(SETTLE, "coverage after a join", || covered_exactly_once(&live, size));
+        wait_until(SETTLE, "coverage after a join", || {
+            covered_exactly_once(&live, size)
+        });
         if round % 2 == 1 {
             let gone = live.remove(0);
             gone.stop().unwrap();
-            wait_until(SETTLE, "coverage after a leave", || covered_exactly_once(&live, size));
+            wait_until(SETTLE, "coverage after a leave", || {
+                covered_exactly_once(&live, size)
+            });
         }
     }
     recorder.assert_no_overlap_and_tokens_increase();
@@ -208,9 +251,15 @@ fn ring_size_must_match_the_stored_ring() {
     init_logs();
     let ring = ring_name("size");
     let a = builder(pool(4), &ring, "a").ring_size(64).start().unwrap();
-    let err = builder(pool(4), &ring, "b").ring_size(128).start().unwrap_err();
+    let err = builder(pool(4), &ring, "b")
+        .ring_size(128)
+        .start()
+        .unwrap_err();
     assert_eq!(err.kind(), leasering::ErrorKind::RingSizeMismatch, "{err}");
-    assert!(err.message().contains("64") && err.message().contains("128"), "{err}");
+    assert!(
+        err.message().contains("64") && err.message().contains("128"),
+        "{err}"
+    );
     a.stop().unwrap();
 }
 
@@ -229,10 +278,14 @@ fn notifications_off_still_hands_over() {
     let a = quiet("a");
     let b = quiet("b");
     let both = vec![a.clone(), b.clone()];
-    wait_until(SETTLE, "two members without notifications to cover the ring", || {
-        covered_exactly_once(&both, 64)
-    });
+    wait_until(
+        SETTLE,
+        "two members without notifications to cover the ring",
+        || covered_exactly_once(&both, 64),
+    );
     b.stop().unwrap();
-    wait_until(SETTLE, "a to take over everything", || a.owned_partitions().len() == 64);
+    wait_until(SETTLE, "a to take over everything", || {
+        a.owned_partitions().len() == 64
+    });
     a.stop().unwrap();
 }

@@ -1064,7 +1064,7 @@ fn find_bin_dir() -> Result<PathBuf, TestkitError> {
                 continue;
             };
             let dir = entry.path().join("bin");
-            if has_server(&dir) && best.as_ref().map_or(true, |(v, _)| version > *v) {
+            if has_server(&dir) && best.as_ref().is_none_or(|(v, _)| version > *v) {
                 best = Some((version, dir));
             }
         }

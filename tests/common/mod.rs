@@ -13,6 +13,9 @@ use leasering::testkit::{unique_name, TestPostgres};
 use leasering::{Builder, Event, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
+/// An activity interval of one member on one partition: (node, token, from, until).
+pub type Interval = (String, u64, Instant, Option<Instant>);
+
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// The test binary's shared server (started once, torn down at exit).
@@ -111,14 +114,19 @@ impl Recorder {
     }
 
     /// Intervals of activity per partition: (node, token, from, to).
-    pub fn intervals(&self) -> HashMap<u32, Vec<(String, u64, Instant, Option<Instant>)>> {
+    pub fn intervals(&self) -> HashMap<u32, Vec<Interval>> {
         let mut evs = self.events();
         evs.sort_by_key(|(_, e)| e.at());
         let mut open: HashMap<(String, u32), (u64, Instant)> = HashMap::new();
-        let mut out: HashMap<u32, Vec<(String, u64, Instant, Option<Instant>)>> = HashMap::new();
+        let mut out: HashMap<u32, Vec<Interval>> = HashMap::new();
         for (node, e) in evs {
             match e {
-                Event::Acquired { partitions, token, at, .. } => {
+                Event::Acquired {
+                    partitions,
+                    token,
+                    at,
+                    ..
+                } => {
                     for p in partitions {
                         open.insert((node.clone(), p), (token, at));
                     }
@@ -126,7 +134,9 @@ impl Recorder {
                 Event::Released { partitions, at, .. } => {
                     for p in partitions {
                         if let Some((token, from)) = open.remove(&(node.clone(), p)) {
-                            out.entry(p).or_default().push((node.clone(), token, from, Some(at)));
+                            out.entry(p)
+                                .or_default()
+                                .push((node.clone(), token, from, Some(at)));
                         }
                     }
                 }
@@ -159,8 +169,18 @@ impl Recorder {
                 }
             }
         }
-        assert!(overlaps.is_empty(), "{} overlaps, first: {:?}", overlaps.len(), overlaps.first());
-        assert!(regressions.is_empty(), "{} token regressions, first: {:?}", regressions.len(), regressions.first());
+        assert!(
+            overlaps.is_empty(),
+            "{} overlaps, first: {:?}",
+            overlaps.len(),
+            overlaps.first()
+        );
+        assert!(
+            regressions.is_empty(),
+            "{} token regressions, first: {:?}",
+            regressions.len(),
+            regressions.first()
+        );
     }
 }
 
@@ -183,8 +203,14 @@ impl Sampler {
             let mut violations = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let members: Vec<RingNode> = nodes.lock().unwrap().clone();
-                let first: Vec<Vec<u32>> = members.iter().map(|n| n.owned_partitions().to_vec()).collect();
-                let second: Vec<Vec<u32>> = members.iter().map(|n| n.owned_partitions().to_vec()).collect();
+                let first: Vec<Vec<u32>> = members
+                    .iter()
+                    .map(|n| n.owned_partitions().to_vec())
+                    .collect();
+                let second: Vec<Vec<u32>> = members
+                    .iter()
+                    .map(|n| n.owned_partitions().to_vec())
+                    .collect();
                 for x in 0..members.len() {
                     for p in &first[x] {
                         if second[x].binary_search(p).is_err() {
@@ -210,14 +236,22 @@ impl Sampler {
             }
             (samples, violations)
         });
-        Sampler { stop, handle: Some(handle) }
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stops sampling; panics if any overlap was seen. Returns the sample count.
     pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         let (samples, violations) = self.handle.take().unwrap().join().unwrap();
-        assert!(violations.is_empty(), "sampler saw {} overlaps: {:?}", violations.len(), &violations[..violations.len().min(5)]);
+        assert!(
+            violations.is_empty(),
+            "sampler saw {} overlaps: {:?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
         samples
     }
 }
