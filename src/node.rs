@@ -468,23 +468,25 @@ impl Inner {
     /// it), then the snapshot, then subscribers. Called with the state
     /// write lock held, so events leave in the order of the changes.
     fn publish(&self, st: &Ownership, actions: Vec<Action>, at: Instant) {
+        // Releases reach the hot path before a (possibly extended) deadline
+        // does, and acquisitions after it: no instant at which a released
+        // partition answers `true` under a new deadline.
+        for a in &actions {
+            if let Action::Release { partitions, .. } = a {
+                for p in partitions {
+                    self.bits[(*p >> 6) as usize].fetch_and(!(1u64 << (p & 63)), Ordering::AcqRel);
+                }
+            }
+        }
         self.deadline_ns
             .store(hot_deadline_ns(st.valid_until()), Ordering::Release);
         if actions.is_empty() {
             return;
         }
         for a in &actions {
-            match a {
-                Action::Release { partitions, .. } => {
-                    for p in partitions {
-                        self.bits[(*p >> 6) as usize]
-                            .fetch_and(!(1u64 << (p & 63)), Ordering::AcqRel);
-                    }
-                }
-                Action::Acquire { partitions, .. } => {
-                    for p in partitions {
-                        self.bits[(*p >> 6) as usize].fetch_or(1u64 << (p & 63), Ordering::AcqRel);
-                    }
+            if let Action::Acquire { partitions, .. } = a {
+                for p in partitions {
+                    self.bits[(*p >> 6) as usize].fetch_or(1u64 << (p & 63), Ordering::AcqRel);
                 }
             }
         }
@@ -692,7 +694,13 @@ impl Inner {
             let handle = std::thread::Builder::new()
                 .name(format!("leasering-{name}-{short}"))
                 .spawn(move || {
-                    body(&inner, &rx);
+                    let run = std::panic::AssertUnwindSafe(|| body(&inner, &rx));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A bug, not an input: the lease runs out and the
+                        // hot path stops reporting on its own.
+                        log::error!(target: "leasering",
+                            "node {}: the {name} thread panicked; this member will fence itself", inner.node_id);
+                    }
                     let _ = done.send(name);
                 })
                 .map_err(|e| {
