@@ -1,0 +1,243 @@
+//! Command-line flags (clap) and their parsing helpers.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Most members the demo runs at once: each keeps two or three connections
+/// and the throwaway server allows 200.
+pub const MAX_MEMBERS: u32 = 50;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringnode",
+    version,
+    about = "The leasering demo: partitions shared through a consistent-hashing ring whose \
+             membership is kept as leases in PostgreSQL",
+    long_about = None,
+    after_help = "Without a subcommand, runs `ringnode demo`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N members in this process on a throwaway PostgreSQL, with a live dashboard
+    /// (keys: j join, l leave, k crash, p pause, c churn, q quit)
+    Demo(DemoArgs),
+    /// One member in this process against a shared database: run one per terminal
+    Node(NodeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Members to start with
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_MEMBERS as i64))]
+    pub nodes: u32,
+    /// Use this PostgreSQL instead of starting a throwaway one
+    /// (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Name of the ring
+    #[arg(long, default_value = "demo", value_name = "ID")]
+    pub ring_id: String,
+    /// Partitions in the ring
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub ring_size: u32,
+    /// Vnodes (ring positions) per member
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub vnodes: u32,
+    /// Lease time-to-live: a crashed or paused member's partitions move after about this long
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Join, leave, crash and pause members at random
+    #[arg(long)]
+    pub churn: bool,
+    /// Mean time between two churn actions
+    #[arg(long, default_value = "1.5s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub churn_every: Duration,
+    /// How long `p` freezes a member [default: 1.5 × lease TTL]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub pause: Option<Duration>,
+    /// No terminal UI: one line per event, a status line per second, and a final
+    /// `demo: members=… partitions_active=… overlaps=… handoffs=…` line
+    #[arg(long)]
+    pub plain: bool,
+    /// Stop by itself after this many seconds (churn stops early enough for the
+    /// ring to settle before the final count)
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub seconds: Option<Duration>,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
+    /// Seed of the churn's random choices [default: from the clock]
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl Default for DemoArgs {
+    fn default() -> DemoArgs {
+        DemoArgs {
+            nodes: 5,
+            database_url: None,
+            ring_id: "demo".into(),
+            ring_size: 1024,
+            vnodes: 8,
+            lease_ttl: Duration::from_secs(3),
+            churn: false,
+            churn_every: Duration::from_millis(1500),
+            pause: None,
+            plain: false,
+            seconds: None,
+            schema: "leasering".into(),
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The shared PostgreSQL (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the ring
+    #[arg(long, default_value = "ringnode", value_name = "ID")]
+    pub ring_id: String,
+    /// This member's id [default: node_ + 16 random hex digits]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Vnodes (ring positions) of this member: its weight
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub vnodes: u32,
+    /// Partitions in the ring (every member must agree)
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub ring_size: u32,
+    /// Lease time-to-live
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
+    /// Ctrl+C (or q) exits without leaving, like a crash: the others take over
+    /// when the lease runs out
+    #[arg(long)]
+    pub crash: bool,
+    /// No terminal UI: one line per event and a status line per second
+    /// (also when stdout is not a terminal)
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// Parses `1.5s`, `500ms`, `2m`, `1h`, `750us`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 3s, 500ms, 1.5s, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{s:?} is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{s:?} is too short: at least 10ms"));
+    }
+    Ok(d)
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// A clap error as one line, without the usage block and tips.
+pub fn one_line_clap(e: &clap::Error) -> String {
+    // The message is the first paragraph (a missing argument is named on
+    // the lines after "not provided:"); usage and tips follow a blank line.
+    let text = e.render().to_string();
+    let para: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = para.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line).trim();
+    if line.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_seconds("0").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["ringnode", "demo", "--plain", "--seconds", "10", "--churn"])
+                .unwrap();
+        match cli.command {
+            Some(Command::Demo(a)) => {
+                assert!(a.plain && a.churn);
+                assert_eq!(a.seconds, Some(Duration::from_secs(10)));
+                assert_eq!(a.nodes, 5);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Cli::try_parse_from(["ringnode", "demo", "--nodes", "0"]).unwrap_err();
+        assert!(
+            one_line_clap(&e).contains("--nodes"),
+            "{}",
+            one_line_clap(&e)
+        );
+        let e = Cli::try_parse_from(["ringnode", "node"]).unwrap_err();
+        let line = one_line_clap(&e);
+        assert!(line.contains("not provided: --database-url"), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
+    }
+}

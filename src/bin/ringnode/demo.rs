@@ -1,0 +1,1066 @@
+//! `ringnode demo`: a throwaway PostgreSQL (or `--database-url`), N members
+//! in this process, and either a live dashboard or, with `--plain`, one
+//! line per event, a status line per second and a final summary line.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver};
+use crossterm::event::{
+    self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
+};
+use leasering::testkit::TestPostgres;
+use leasering::Config;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line as TextLine, Span};
+use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
+
+use crate::checker::Sampler;
+use crate::cli::{DemoArgs, MAX_MEMBERS};
+use crate::cluster::{Cell, Cluster, Counts, Msg, Phase, Settings, Snapshot};
+use crate::journal::{Journal, Line, Tone};
+use crate::signals;
+use crate::ui::{self, member_color, Screen};
+use crate::util::{
+    clock, describe_target, human, parse_database_url, preflight, AppError, AppResult, Rng,
+};
+
+/// Why the demo ends.
+enum Quit {
+    Key,
+    TimeUp,
+    Signal(i32),
+    Panic,
+    Failed(AppError),
+}
+
+/// Random joins, leaves, crashes and pauses.
+struct Churn {
+    on: bool,
+    rng: Rng,
+    seed: u64,
+    every: Duration,
+    next: Instant,
+    pause: Duration,
+    ttl: Duration,
+    min_live: usize,
+    max_members: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Join,
+    Leave,
+    Crash,
+    Pause,
+}
+
+impl Churn {
+    fn step(&mut self, now: Instant, cluster: &Arc<Cluster>, end: Option<Instant>) {
+        if !self.on || now < self.next {
+            return;
+        }
+        self.next = now + self.every.mul_f64(0.5 + self.rng.unit());
+        let c = cluster.counts();
+        // Near the end of a timed run, only actions the ring recovers from
+        // before the end: the final count then sees a settled ring.
+        let room = |settle: Duration| end.is_none_or(|e| now + settle <= e);
+        let quick = Duration::from_secs(1);
+        let members = c.total - c.crashed;
+        let mut options: Vec<(u32, Action)> = Vec::new();
+        if c.live < self.min_live {
+            if members < self.max_members && room(quick) {
+                options.push((1, Action::Join));
+            }
+        } else {
+            if members < self.max_members && room(quick) {
+                options.push((3, Action::Join));
+            }
+            if c.live > self.min_live && room(quick) {
+                options.push((2, Action::Leave));
+            }
+            if c.live > self.min_live
+                && c.crashed == 0
+                && room(self.ttl + Duration::from_millis(1500))
+            {
+                options.push((1, Action::Crash));
+            }
+            if c.live > self.min_live
+                && c.paused == 0
+                && room(self.pause + Duration::from_millis(1500))
+            {
+                options.push((1, Action::Pause));
+            }
+        }
+        let total: u32 = options.iter().map(|o| o.0).sum();
+        if total == 0 {
+            return;
+        }
+        let mut pick = self.rng.below(total as usize) as u32;
+        let mut action = options[0].1;
+        for (w, a) in &options {
+            if pick < *w {
+                action = *a;
+                break;
+            }
+            pick -= w;
+        }
+        perform(cluster, action, None, self.pause, "churn", &mut self.rng);
+    }
+}
+
+/// Does `action` to `target`, or to a random live member.
+fn perform(
+    cluster: &Arc<Cluster>,
+    action: Action,
+    target: Option<String>,
+    pause: Duration,
+    origin: &str,
+    rng: &mut Rng,
+) {
+    if let Action::Join = action {
+        cluster.join(origin);
+        return;
+    }
+    let Some(name) = target.or_else(|| cluster.pick(rng)) else {
+        return;
+    };
+    match action {
+        Action::Leave => cluster.leave(&name, origin),
+        Action::Crash => cluster.crash(&name, origin),
+        Action::Pause => cluster.pause(&name, pause, origin),
+        Action::Join => {}
+    }
+}
+
+struct Demo {
+    cluster: Arc<Cluster>,
+    rx: Receiver<Msg>,
+    journal: Journal,
+    churn: Churn,
+    start: Instant,
+    end: Option<Instant>,
+    settle_until: Option<Instant>,
+    pause: Duration,
+    ttl: Duration,
+    ring_size: u32,
+    sampler: Option<Sampler>,
+    db_desc: String,
+    rng: Rng,
+}
+
+impl Demo {
+    /// Moves messages into the journal; returns the lines ready to show.
+    fn pump(&mut self, flush: bool) -> Vec<Line> {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Event {
+                    member,
+                    slot,
+                    event,
+                    recv,
+                } => self.journal.push_event(member, slot, event, recv),
+                Msg::Line(l) => self.journal.push_line(l),
+                Msg::Label { member, label } => self.journal.label(&member, label),
+            }
+        }
+        self.journal.drain(Instant::now(), flush)
+    }
+
+    fn step(&mut self, now: Instant) {
+        self.cluster.tick();
+        self.churn.step(now, &self.cluster, self.end);
+    }
+
+    fn note(&mut self, tone: Tone, text: String) {
+        self.journal.push_line(Line {
+            at: Instant::now(),
+            member: None,
+            tone,
+            text,
+        });
+    }
+
+    fn sampled(&self) -> (u64, u64) {
+        self.sampler.as_ref().map_or((0, 0), |s| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                s.stats.samples.load(Relaxed),
+                s.stats.overlaps.load(Relaxed),
+            )
+        })
+    }
+
+    fn overlaps(&self) -> u64 {
+        self.journal.checker().overlaps() + self.sampled().1
+    }
+
+    fn settled(&self, snap: &Snapshot, c: &Counts) -> bool {
+        snap.active == self.ring_size
+            && snap.double == 0
+            && c.starting + c.paused + c.leaving + c.crashed == 0
+            && snap.rows.iter().all(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.joined && s.pending == 0)
+            })
+    }
+
+    /// With `--seconds`: time up, and the ring settled (or waited long enough).
+    fn time_up(&mut self, now: Instant) -> bool {
+        let Some(end) = self.end else {
+            return false;
+        };
+        if now < end {
+            return false;
+        }
+        let snap = self.cluster.snapshot();
+        let counts = self.cluster.counts();
+        if self.settled(&snap, &counts) {
+            return true;
+        }
+        match self.settle_until {
+            None => {
+                let wait = self.pause + self.ttl * 2 + Duration::from_secs(5);
+                self.settle_until = Some(now + wait);
+                self.churn.on = false;
+                self.note(
+                    Tone::Info,
+                    format!(
+                        "time is up: waiting for the ring to settle (at most {})",
+                        human(wait)
+                    ),
+                );
+                false
+            }
+            Some(t) => now >= t,
+        }
+    }
+
+    fn status_line(&self, snap: &Snapshot, c: &Counts) -> String {
+        format!(
+            "status t={:.1}s epoch={} members={} paused={} crashed={} active={}/{} pending={} waiting={} overlaps={} handoffs={}",
+            self.start.elapsed().as_secs_f64(),
+            snap.epoch,
+            snap.in_ring,
+            c.paused,
+            c.crashed,
+            snap.active,
+            self.ring_size,
+            snap.pending,
+            snap.waiting,
+            self.overlaps(),
+            self.journal.handoffs()
+        )
+    }
+
+    /// Stops every member, drains their last events, stops the checks and
+    /// tears the database down. `show` gets the last lines.
+    fn finish(&mut self, db: Option<TestPostgres>, mut show: impl FnMut(&Line)) -> Summary {
+        let snap = self.cluster.snapshot();
+        self.note(Tone::Info, "stopping every member (graceful leave)…".into());
+        self.cluster
+            .stop_all(Instant::now() + Duration::from_secs(10));
+        for l in self.pump(true) {
+            show(&l);
+        }
+        let (samples, sampled) = self.sampled();
+        let sampler_examples = self.sampler.take().map(|s| s.finish()).unwrap_or_default();
+        self.cluster.forget_all();
+        if let Some(db) = db {
+            drop(db);
+            self.note(
+                Tone::Info,
+                "throwaway PostgreSQL stopped and removed".into(),
+            );
+        }
+        for l in self.pump(true) {
+            show(&l);
+        }
+        let checker = self.journal.checker();
+        let mut examples: Vec<String> = checker.examples().to_vec();
+        examples.extend(sampler_examples);
+        Summary {
+            members: snap.in_ring,
+            active: snap.active,
+            overlaps: checker.overlaps() + sampled,
+            handoffs: self.journal.handoffs(),
+            intervals: checker.intervals(),
+            regressions: checker.regressions(),
+            samples,
+            gaps: self.journal.gap_stats(),
+            examples,
+            ran: self.start.elapsed(),
+        }
+    }
+}
+
+struct Summary {
+    members: usize,
+    active: u32,
+    overlaps: u64,
+    handoffs: u64,
+    intervals: u64,
+    regressions: u64,
+    samples: u64,
+    gaps: Option<(Duration, Duration)>,
+    examples: Vec<String>,
+    ran: Duration,
+}
+
+impl Summary {
+    fn check_line(&self) -> String {
+        let gaps = match self.gaps {
+            Some((median, max)) => format!(
+                " handoff_median={} handoff_max={}",
+                human(median),
+                human(max)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "check: ran={} intervals={} token_regressions={} samples={}{gaps}",
+            clock(self.ran),
+            self.intervals,
+            self.regressions,
+            self.samples
+        )
+    }
+
+    fn final_line(&self) -> String {
+        format!(
+            "demo: members={} partitions_active={} overlaps={} handoffs={}",
+            self.members, self.active, self.overlaps, self.handoffs
+        )
+    }
+}
+
+/// Lines to stdout; a closed stdout (`| head`) just ends the printing.
+struct Out {
+    broken: bool,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) {
+        if self.broken {
+            return;
+        }
+        let mut o = std::io::stdout().lock();
+        if writeln!(o, "{s}").and_then(|_| o.flush()).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+pub fn run(args: DemoArgs) -> AppResult<u8> {
+    let ttl = args.lease_ttl;
+    let mut cfg = Config::new(args.ring_id.clone());
+    cfg.ring_size = args.ring_size;
+    cfg.vnode_count = args.vnodes;
+    cfg.lease_ttl = ttl;
+    cfg.schema = args.schema.clone();
+    cfg.validate()?;
+    let pause = args.pause.unwrap_or(ttl * 3 / 2);
+    let plain = args.plain || !ui::stdout_is_tty();
+    let external = match &args.database_url {
+        Some(url) => Some(parse_database_url(url)?),
+        None => None,
+    };
+    signals::install();
+    let mut out = Out { broken: false };
+
+    // The database.
+    let (db, pg, db_desc) = match external {
+        Some(pg) => {
+            let version = preflight(&pg)?;
+            let desc = format!("PostgreSQL {version} at {}", describe_target(&pg));
+            (None, pg, desc)
+        }
+        None => {
+            if plain {
+                out.line("demo: starting a throwaway PostgreSQL (initdb)…");
+            } else {
+                eprintln!("ringnode: starting a throwaway PostgreSQL (initdb)…");
+            }
+            let db = TestPostgres::start().map_err(|e| {
+                let mut lines = e.message().lines();
+                let first = lines.next().unwrap_or("unknown error").to_string();
+                let more = lines.count();
+                AppError(if more > 0 {
+                    format!("cannot start a throwaway PostgreSQL: {first} (and {more} more lines; use --database-url to use another server)")
+                } else {
+                    format!("cannot start a throwaway PostgreSQL: {first}")
+                })
+            })?;
+            let pg = db.config();
+            let version = preflight(&pg)?;
+            let desc = format!("throwaway PostgreSQL {version} on 127.0.0.1:{}", db.port());
+            (Some(db), pg, desc)
+        }
+    };
+
+    let (tx, rx) = unbounded::<Msg>();
+    if plain {
+        ui::init_logging(None);
+    } else {
+        let tx = tx.clone();
+        ui::init_logging(Some(Box::new(move |l| {
+            let _ = tx.send(Msg::Line(l));
+        })));
+    }
+
+    let settings = Settings {
+        pg,
+        ring_id: args.ring_id.clone(),
+        ring_size: args.ring_size,
+        vnodes: args.vnodes,
+        ttl,
+        schema: args.schema.clone(),
+    };
+    let cluster = Cluster::new(settings, tx);
+    let start = Instant::now();
+    let (rng, seed) = match args.seed {
+        Some(s) => (Rng::new(s), s),
+        None => Rng::from_clock(),
+    };
+    let mut demo = Demo {
+        cluster: cluster.clone(),
+        rx,
+        journal: Journal::new(args.ring_size, start),
+        churn: Churn {
+            on: args.churn,
+            rng,
+            seed,
+            every: args.churn_every,
+            next: start + Duration::from_millis(800),
+            pause,
+            ttl,
+            min_live: 2,
+            max_members: (args.nodes as usize + 3).clamp(6, MAX_MEMBERS as usize),
+        },
+        start,
+        end: args.seconds.map(|s| start + s),
+        settle_until: None,
+        pause,
+        ttl,
+        ring_size: args.ring_size,
+        sampler: None,
+        db_desc,
+        rng: Rng::new(seed ^ 0x5eed),
+    };
+    demo.journal.show_views = plain;
+
+    let header = format!(
+        "demo: {} · ring {:?} · {} partitions · {} members × {} vnodes · lease TTL {} · churn {}",
+        demo.db_desc,
+        args.ring_id,
+        args.ring_size,
+        args.nodes,
+        args.vnodes,
+        human(ttl),
+        if args.churn {
+            format!("on (seed {})", demo.churn.seed)
+        } else {
+            "off".into()
+        }
+    );
+    if plain {
+        if !args.plain {
+            out.line("demo: stdout is not a terminal: plain output (as with --plain)");
+        }
+        out.line(&header);
+    }
+
+    // The first members, in parallel; a failure here ends the demo with
+    // one line (bad ring size for an existing ring, privileges, ...).
+    let starts: Vec<_> = (0..args.nodes)
+        .map(|_| {
+            let (name, slot) = cluster.reserve();
+            let c = cluster.clone();
+            std::thread::spawn(move || c.start_reserved(name, slot))
+        })
+        .collect();
+    let mut failure = None;
+    for h in starts {
+        match h.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                failure = failure.or(Some(AppError(format!("could not start a member: {e}"))))
+            }
+            Err(_) => failure = failure.or(Some(AppError("a member's start panicked".into()))),
+        }
+    }
+    if let Some(e) = failure {
+        cluster.stop_all(Instant::now() + Duration::from_secs(10));
+        cluster.forget_all();
+        drop(db);
+        return Err(e);
+    }
+    demo.sampler = Some(Sampler::start(Duration::from_millis(2), {
+        let c = cluster.clone();
+        move || c.nodes()
+    }));
+
+    let quit = if plain {
+        plain_loop(&mut demo, &mut out)
+    } else {
+        tui_loop(&mut demo)
+    };
+
+    let summary = demo.finish(db, |l| {
+        if plain {
+            out.line(&l.plain(start));
+        }
+    });
+    let code = match &quit {
+        Quit::Key | Quit::TimeUp => 0,
+        Quit::Signal(sig) => 128 + *sig as u8,
+        Quit::Panic | Quit::Failed(_) => 1,
+    };
+    if !plain {
+        // The dashboard is gone: a short report on the shell.
+        out.line(&header);
+    }
+    out.line(&summary.check_line());
+    for e in &summary.examples {
+        eprintln!("ringnode: OVERLAP {e}");
+    }
+    out.line(&summary.final_line());
+    match quit {
+        Quit::Failed(e) => Err(e),
+        Quit::Panic => Err(AppError(
+            "a thread panicked (message above); members stopped, database torn down".into(),
+        )),
+        Quit::Signal(sig) => {
+            eprintln!("ringnode: stopped by {}", signals::name(sig));
+            Ok(code)
+        }
+        _ if summary.overlaps > 0 => {
+            eprintln!("ringnode: {} overlaps found", summary.overlaps);
+            Ok(1)
+        }
+        _ => Ok(code),
+    }
+}
+
+fn plain_loop(demo: &mut Demo, out: &mut Out) -> Quit {
+    let mut next_status = demo.start + Duration::from_secs(1);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = Instant::now();
+        demo.step(now);
+        for l in demo.pump(false) {
+            out.line(&l.plain(demo.start));
+        }
+        if ui::panicked() {
+            return Quit::Panic;
+        }
+        if let Some(sig) = signals::received() {
+            return Quit::Signal(sig);
+        }
+        if now >= next_status {
+            let snap = demo.cluster.snapshot();
+            let counts = demo.cluster.counts();
+            out.line(&demo.status_line(&snap, &counts));
+            while next_status <= now {
+                next_status += Duration::from_secs(1);
+            }
+        }
+        if demo.time_up(now) {
+            return Quit::TimeUp;
+        }
+    }
+}
+
+/// What the dashboard keeps between frames.
+struct Board {
+    log: VecDeque<Line>,
+    scroll: usize,
+    selected: Option<String>,
+    quitting: bool,
+}
+
+const LOG_KEEP: usize = 5000;
+
+fn tui_loop(demo: &mut Demo) -> Quit {
+    let mut screen = match Screen::enter() {
+        Ok(s) => s,
+        Err(e) => {
+            return Quit::Failed(AppError(format!(
+                "cannot use the terminal: {e} (try --plain)"
+            )))
+        }
+    };
+    let mut board = Board {
+        log: VecDeque::new(),
+        scroll: 0,
+        selected: None,
+        quitting: false,
+    };
+    let frame = Duration::from_millis(100);
+    let mut next_frame = Instant::now();
+    let quit = loop {
+        let wait = next_frame
+            .saturating_duration_since(Instant::now())
+            .min(frame);
+        match term_event::poll(wait) {
+            Ok(true) => match term_event::read() {
+                Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                    if let Some(q) = on_key(demo, &mut board, k.code, k.modifiers) {
+                        break q;
+                    }
+                    next_frame = Instant::now();
+                }
+                Ok(TermEvent::Resize(..)) => next_frame = Instant::now(),
+                Ok(_) => {}
+                Err(e) => break Quit::Failed(AppError(format!("terminal input: {e}"))),
+            },
+            Ok(false) => {}
+            Err(e) => break Quit::Failed(AppError(format!("terminal input: {e}"))),
+        }
+        if ui::panicked() {
+            break Quit::Panic;
+        }
+        if let Some(sig) = signals::received() {
+            break Quit::Signal(sig);
+        }
+        let now = Instant::now();
+        if now >= next_frame {
+            demo.step(now);
+            let lines = demo.pump(false);
+            push_log(&mut board, lines);
+            if demo.time_up(now) {
+                break Quit::TimeUp;
+            }
+            let snap = demo.cluster.snapshot();
+            if let Some(sel) = &board.selected {
+                if !snap.rows.iter().any(|r| &r.name == sel) {
+                    board.selected = None; // it left, or was forgotten after a crash
+                }
+            }
+            if let Err(e) = screen.term.draw(|f| draw(f, demo, &snap, &board)) {
+                break Quit::Failed(AppError(format!("terminal output: {e}")));
+            }
+            next_frame = now + frame;
+        }
+    };
+    board.quitting = true;
+    let lines = demo.pump(false);
+    push_log(&mut board, lines);
+    let snap = demo.cluster.snapshot();
+    let _ = screen.term.draw(|f| draw(f, demo, &snap, &board));
+    quit
+}
+
+fn push_log(board: &mut Board, lines: Vec<Line>) {
+    for l in lines {
+        board.log.push_back(l);
+        if board.scroll > 0 {
+            board.scroll += 1;
+        }
+    }
+    while board.log.len() > LOG_KEEP {
+        board.log.pop_front();
+    }
+    board.scroll = board.scroll.min(board.log.len().saturating_sub(1));
+}
+
+fn on_key(demo: &mut Demo, board: &mut Board, code: KeyCode, mods: KeyModifiers) -> Option<Quit> {
+    let target = |demo: &Demo, board: &Board| -> Option<String> {
+        let name = board.selected.clone()?;
+        let snap_phase = demo
+            .cluster
+            .snapshot()
+            .rows
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.phase);
+        matches!(snap_phase, Some(Phase::Live)).then_some(name)
+    };
+    let action = match code {
+        KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => return Some(Quit::Key),
+        KeyCode::Char('q') | KeyCode::Char('Q') => return Some(Quit::Key),
+        KeyCode::Char('j') => Some(Action::Join),
+        KeyCode::Char('l') => Some(Action::Leave),
+        KeyCode::Char('k') => Some(Action::Crash),
+        KeyCode::Char('p') => Some(Action::Pause),
+        KeyCode::Char('c') => {
+            demo.churn.on = !demo.churn.on;
+            demo.churn.next = Instant::now() + Duration::from_millis(300);
+            let state = if demo.churn.on { "on" } else { "off" };
+            demo.note(Tone::Action, format!("[c] churn {state}"));
+            None
+        }
+        KeyCode::Char('v') => {
+            demo.journal.show_views = !demo.journal.show_views;
+            let state = if demo.journal.show_views {
+                "shown"
+            } else {
+                "hidden"
+            };
+            demo.note(Tone::Action, format!("[v] view changes {state}"));
+            None
+        }
+        KeyCode::Up | KeyCode::Down => {
+            let names: Vec<String> = demo
+                .cluster
+                .snapshot()
+                .rows
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            let pos = board
+                .selected
+                .as_ref()
+                .and_then(|s| names.iter().position(|n| n == s));
+            board.selected = match (code, pos) {
+                (_, _) if names.is_empty() => None,
+                (KeyCode::Up, None) => names.last().cloned(),
+                (KeyCode::Up, Some(0)) => None,
+                (KeyCode::Up, Some(i)) => Some(names[i - 1].clone()),
+                (_, None) => Some(names[0].clone()),
+                (_, Some(i)) if i + 1 >= names.len() => None,
+                (_, Some(i)) => Some(names[i + 1].clone()),
+            };
+            None
+        }
+        KeyCode::Esc => {
+            board.selected = None;
+            None
+        }
+        KeyCode::PageUp => {
+            board.scroll = (board.scroll + 10).min(board.log.len().saturating_sub(1));
+            None
+        }
+        KeyCode::PageDown => {
+            board.scroll = board.scroll.saturating_sub(10);
+            None
+        }
+        KeyCode::End => {
+            board.scroll = 0;
+            None
+        }
+        KeyCode::Home => {
+            board.scroll = board.log.len().saturating_sub(1);
+            None
+        }
+        _ => None,
+    };
+    if let Some(action) = action {
+        let key = match action {
+            Action::Join => "j",
+            Action::Leave => "l",
+            Action::Crash => "k",
+            Action::Pause => "p",
+        };
+        let counts = demo.cluster.counts();
+        match action {
+            Action::Join if counts.total - counts.crashed >= MAX_MEMBERS as usize => {
+                demo.note(
+                    Tone::Warn,
+                    format!("[j] already {MAX_MEMBERS} members: no more joins"),
+                );
+            }
+            Action::Join => perform(&demo.cluster, action, None, demo.pause, key, &mut demo.rng),
+            _ => {
+                let t = target(demo, board);
+                if t.is_none() && board.selected.is_some() {
+                    demo.note(
+                        Tone::Warn,
+                        format!(
+                            "[{key}] {} is not live (paused, crashed, leaving or starting): nothing done",
+                            board.selected.as_deref().unwrap_or("?")
+                        ),
+                    );
+                } else if t.is_none() && counts.live == 0 {
+                    demo.note(Tone::Warn, format!("[{key}] no live member"));
+                } else {
+                    perform(&demo.cluster, action, t, demo.pause, key, &mut demo.rng);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
+    let area = f.area();
+    let inner_w = area.width.saturating_sub(2) as usize;
+    let max_band = 8;
+    let band_h = ui::band_rows(snap.cells.len(), inner_w, max_band) as u16;
+    let table_h = (snap.rows.len() as u16 + 3).clamp(4, 16);
+    let [head, ring, table, log, foot] = Layout::vertical([
+        Constraint::Length(5),
+        Constraint::Length(band_h + 2),
+        Constraint::Length(table_h),
+        Constraint::Min(4),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+
+    // Header.
+    let counts = demo.cluster.counts();
+    let overlaps = demo.overlaps();
+    let (samples, _) = demo.sampled();
+    let ok = Style::new().fg(Color::Green).add_modifier(Modifier::BOLD);
+    let bad = Style::new()
+        .fg(Color::White)
+        .bg(Color::Red)
+        .add_modifier(Modifier::BOLD);
+    let dim = Style::new().fg(Color::DarkGray);
+    let s = &demo.cluster.settings;
+    let line1 = TextLine::from(vec![
+        Span::styled("leasering demo", Style::new().bold()),
+        Span::raw(format!(
+            " · ring {:?} · {} partitions · {} vnodes a member · lease TTL {} · {} · up {}",
+            s.ring_id,
+            s.ring_size,
+            s.vnodes,
+            human(s.ttl),
+            demo.db_desc,
+            clock(demo.start.elapsed())
+        )),
+    ]);
+    let mut spans2 = vec![
+        Span::raw(format!("epoch {} · members in the ring ", snap.epoch)),
+        Span::styled(snap.in_ring.to_string(), Style::new().bold()),
+    ];
+    let others: Vec<String> = [
+        (counts.starting, "joining"),
+        (counts.paused, "paused"),
+        (counts.leaving, "leaving"),
+        (counts.crashed, "crashed"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if !others.is_empty() {
+        spans2.push(Span::raw(format!(" ({})", others.join(", "))));
+    }
+    spans2.push(Span::raw(" · active "));
+    spans2.push(Span::styled(
+        format!("{}/{}", snap.active, s.ring_size),
+        if snap.active == s.ring_size {
+            ok
+        } else {
+            Style::new().fg(Color::Yellow).bold()
+        },
+    ));
+    spans2.push(Span::raw(format!(
+        " · pending {} · waiting {} · churn ",
+        snap.pending, snap.waiting
+    )));
+    spans2.push(if demo.churn.on {
+        Span::styled("ON", Style::new().fg(Color::LightMagenta).bold())
+    } else {
+        Span::raw("off")
+    });
+    let gaps = match demo.journal.gap_stats() {
+        Some((median, max)) => format!(" (median {}, max {})", human(median), human(max)),
+        None => String::new(),
+    };
+    let line3 = TextLine::from(vec![
+        Span::raw(format!(
+            "handoffs {}{gaps} · overlaps ",
+            demo.journal.handoffs()
+        )),
+        Span::styled(overlaps.to_string(), if overlaps == 0 { ok } else { bad }),
+        Span::styled(
+            format!(
+                " — checked: {} activity intervals from events, {} samples of owned_partitions()",
+                demo.journal.checker().intervals(),
+                samples
+            ),
+            dim,
+        ),
+    ]);
+    f.render_widget(
+        Paragraph::new(vec![line1, TextLine::from(spans2), line3]).block(Block::bordered()),
+        head,
+    );
+
+    // The ring.
+    let (lines, per) = ui::band(
+        &snap.cells,
+        inner_w,
+        max_band,
+        |c| c == Cell::Double,
+        |c, starts| match c {
+            Cell::Active(slot) if starts => (
+                ui::slot_label(slot),
+                Style::new().fg(Color::Black).bg(member_color(slot)).bold(),
+            ),
+            Cell::Active(slot) => ('█', Style::new().fg(member_color(slot))),
+            Cell::Pending(slot) if starts => (
+                ui::slot_label(slot),
+                Style::new().fg(member_color(slot)).bold(),
+            ),
+            Cell::Pending(slot) => ('░', Style::new().fg(member_color(slot))),
+            Cell::Waiting(slot) => ('·', Style::new().fg(member_color(slot)).bold()),
+            Cell::Free => ('·', dim),
+            Cell::Double => ('!', bad),
+        },
+    );
+    let unit = if per == 1 {
+        "a cell a partition".to_string()
+    } else {
+        format!("a cell per {per} partitions")
+    };
+    let title = format!(
+        " ring: {} partitions in ring order ({unit}, runs labelled by member): █ active  ░ pending  · waiting for a crashed/paused owner ",
+        s.ring_size
+    );
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
+        ring,
+    );
+
+    // Members.
+    let now = Instant::now();
+    let header = TableRow::new(
+        [
+            "",
+            "member",
+            "state",
+            "vnodes",
+            "epoch",
+            "active",
+            "pending",
+            "lease left",
+            "token",
+            "renewals",
+        ]
+        .map(|h| TableCell::from(h).style(Style::new().bold())),
+    );
+    let rows: Vec<TableRow> = snap
+        .rows
+        .iter()
+        .map(|r| {
+            let st = r.status.as_ref();
+            let (state, tone) = match r.phase {
+                Phase::Starting => ("joining…".to_string(), Color::Cyan),
+                Phase::Live => match st {
+                    Some(s) if !s.joined => ("rejoining".into(), Color::Cyan),
+                    Some(s) if s.lease_left.is_none() => {
+                        ("fenced (no lease)".into(), Color::LightMagenta)
+                    }
+                    _ => ("live".into(), Color::Green),
+                },
+                Phase::Paused { until } => {
+                    let left = human(until.saturating_duration_since(now));
+                    let fenced = st.is_some_and(|s| s.lease_left.is_none());
+                    (
+                        format!("paused {left}{}", if fenced { ", fenced" } else { "" }),
+                        Color::LightMagenta,
+                    )
+                }
+                Phase::Leaving => ("leaving…".into(), Color::Yellow),
+                Phase::Crashed { at } => (
+                    format!("crashed {} ago", human(now.saturating_duration_since(at))),
+                    Color::LightRed,
+                ),
+            };
+            let dash = || "—".to_string();
+            let num = |v: Option<String>| v.unwrap_or_else(dash);
+            let crashed = matches!(r.phase, Phase::Crashed { .. });
+            let selected = board.selected.as_deref() == Some(r.name.as_str());
+            let cells = vec![
+                TableCell::from(if selected { "▶▶" } else { "██" })
+                    .style(Style::new().fg(member_color(r.slot))),
+                TableCell::from(r.name.clone()).style(Style::new().fg(member_color(r.slot)).bold()),
+                TableCell::from(state).style(Style::new().fg(tone)),
+                TableCell::from(num(r.vnodes.map(|v| v.to_string()))),
+                TableCell::from(num(st.filter(|_| !crashed).map(|s| s.epoch.to_string()))),
+                TableCell::from(num(st.map(|s| s.active.to_string()))),
+                TableCell::from(num(st.filter(|_| !crashed).map(|s| s.pending.to_string()))),
+                TableCell::from(num(st.and_then(|s| s.lease_left).map(human))),
+                TableCell::from(num(demo.journal.last_token(&r.name).map(|t| t.to_string()))),
+                TableCell::from(num(st.map(|s| s.renewals.to_string()))),
+            ];
+            let row = TableRow::new(cells);
+            if selected {
+                row.style(Style::new().add_modifier(Modifier::REVERSED))
+            } else {
+                row
+            }
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(2),
+        Constraint::Length(10),
+        Constraint::Length(24),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(6),
+        Constraint::Length(8),
+    ];
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title(" members ")),
+        table,
+    );
+
+    // The log, newest at the bottom.
+    let lines = ui::log_tail(
+        board.log.iter(),
+        board.scroll,
+        demo.start,
+        log.width.saturating_sub(2) as usize,
+        log.height.saturating_sub(2) as usize,
+    );
+    let title = if board.scroll > 0 {
+        format!(
+            " events — scrolled back {} lines (End: follow) ",
+            board.scroll
+        )
+    } else {
+        " events (handoff = old owner's release → new owner's activation) ".to_string()
+    };
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
+        log,
+    );
+
+    // Keys.
+    let footer = if board.quitting {
+        TextLine::from(Span::styled(
+            " quitting: stopping every member, then the database… ",
+            Style::new().fg(Color::Black).bg(Color::Yellow),
+        ))
+    } else {
+        let target = match &board.selected {
+            Some(n) => n.clone(),
+            None => "random".into(),
+        };
+        let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Black).bg(Color::Gray));
+        TextLine::from(vec![
+            key(" j "),
+            Span::raw(" join  "),
+            key(" l "),
+            Span::raw(" leave  "),
+            key(" k "),
+            Span::raw(" crash  "),
+            key(" p "),
+            Span::raw(format!(" pause {}  ", human(demo.pause))),
+            key(" c "),
+            Span::raw(" churn  "),
+            key(" v "),
+            Span::raw(" view events  "),
+            key(" ↑↓ "),
+            Span::raw(format!(" target: {target}  ")),
+            key(" PgUp/PgDn "),
+            Span::raw(" scroll  "),
+            key(" q "),
+            Span::raw(" quit"),
+        ])
+    };
+    f.render_widget(Paragraph::new(footer), foot);
+}

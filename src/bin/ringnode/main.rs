@@ -1,0 +1,60 @@
+//! `ringnode`: the leasering demo program.
+//!
+//! * `ringnode demo` — N members in this process on a throwaway PostgreSQL
+//!   (or `--database-url`), with a live terminal dashboard; `--plain` prints
+//!   one line per event instead, for scripts and CI.
+//! * `ringnode node` — one member in this process against a shared database,
+//!   one per terminal, with a live view of the ring from its eyes.
+//!
+//! Errors are one line on stderr and a non-zero exit (2 for bad flags, 1
+//! for everything else), never a panic.
+
+mod checker;
+mod cli;
+mod cluster;
+mod demo;
+mod journal;
+mod node_cmd;
+mod signals;
+mod ui;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, DemoArgs};
+
+fn main() -> ExitCode {
+    ui::install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                _ => {
+                    eprintln!(
+                        "ringnode: {} (see `ringnode --help`)",
+                        cli::one_line_clap(&e)
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Demo(args)) => demo::run(args),
+        Some(Command::Node(args)) => node_cmd::run(args),
+        None => demo::run(DemoArgs::default()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ringnode: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

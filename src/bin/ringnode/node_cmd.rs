@@ -1,0 +1,500 @@
+//! `ringnode node`: one member in this process against a shared database —
+//! run one per terminal, like the Go demo — with a live view of the ring as
+//! this member sees it. `q` or Ctrl+C leaves gracefully (the successors take
+//! over within milliseconds); with `--crash` they exit without leaving (the
+//! others take over when the lease runs out).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver};
+use crossterm::event::{
+    self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
+};
+use leasering::{Config, Event, ReleaseReason, RingNode, RingView};
+use r2d2_postgres::postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line as TextLine, Span};
+use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
+
+use crate::cli::NodeArgs;
+use crate::journal::{Line, Tone};
+use crate::signals;
+use crate::ui::{self, member_color, Screen};
+use crate::util::{
+    clock, describe_target, human, parse_database_url, preflight, slot_of, AppError, AppResult,
+};
+
+/// Turns this member's events into lines.
+struct Story {
+    me: String,
+    slot: usize,
+    /// When the last view change (or the join) made partitions pending.
+    changed_at: Option<Instant>,
+    members: BTreeSet<String>,
+    last_token: Option<u64>,
+}
+
+impl Story {
+    fn line(&mut self, ev: &Event, view: &RingView) -> Option<Line> {
+        let (tone, text) = match ev {
+            Event::Joined {
+                epoch,
+                positions,
+                at,
+                ..
+            } => {
+                self.changed_at = Some(*at);
+                self.members = names(view);
+                (
+                    Tone::Join,
+                    format!(
+                        "joined at epoch {epoch} with {} vnodes: {positions:?}",
+                        positions.len()
+                    ),
+                )
+            }
+            Event::ViewChanged {
+                epoch, members, at, ..
+            } => {
+                self.changed_at = Some(*at);
+                let now = names(view);
+                let came: Vec<&String> = now.difference(&self.members).collect();
+                let went: Vec<&String> = self.members.difference(&now).collect();
+                let mut text = format!("view: epoch {epoch}, {members} members");
+                if !came.is_empty() {
+                    text.push_str(&format!(" · joined: {}", join(&came)));
+                }
+                if !went.is_empty() {
+                    text.push_str(&format!(" · gone: {}", join(&went)));
+                }
+                self.members = now;
+                (Tone::View, text)
+            }
+            Event::Acquired {
+                partitions,
+                token,
+                epoch,
+                at,
+                ..
+            } => {
+                self.last_token = Some(*token);
+                let mut text = format!(
+                    "+{} acquired, token {token} (epoch {epoch})",
+                    partitions.len()
+                );
+                if let Some(c) = self.changed_at {
+                    text.push_str(&format!(
+                        " — {} after the change that assigned them (handoff barrier)",
+                        human(at.saturating_duration_since(c))
+                    ));
+                }
+                (Tone::Acquire, text)
+            }
+            Event::Released {
+                partitions,
+                reason,
+                epoch,
+                ..
+            } => {
+                let why = match reason {
+                    ReleaseReason::Handoff => "handoff: another member's arc now",
+                    ReleaseReason::LeaseExpired => "lease expired locally: fenced itself",
+                    ReleaseReason::Evicted => "evicted: its lease was gone from the database",
+                    ReleaseReason::Stopping => "stopping",
+                    _ => "released",
+                };
+                let tone = match reason {
+                    ReleaseReason::Handoff | ReleaseReason::Stopping => Tone::Release,
+                    _ => Tone::Warn,
+                };
+                (
+                    tone,
+                    format!("−{} released ({why}) at epoch {epoch}", partitions.len()),
+                )
+            }
+            _ => return None,
+        };
+        Some(Line {
+            at: ev.at(),
+            member: Some((self.me.clone(), self.slot)),
+            tone,
+            text,
+        })
+    }
+}
+
+fn names(view: &RingView) -> BTreeSet<String> {
+    view.members()
+        .iter()
+        .map(|m| m.node_id().to_string())
+        .collect()
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+pub fn run(args: NodeArgs) -> AppResult<u8> {
+    let mut cfg = Config::new(args.ring_id.clone());
+    cfg.ring_size = args.ring_size;
+    cfg.vnode_count = args.vnodes;
+    cfg.lease_ttl = args.lease_ttl;
+    cfg.schema = args.schema.clone();
+    cfg.node_id = args.node_id.clone();
+    cfg.validate()?;
+    let pg = parse_database_url(&args.database_url)?;
+    let version = preflight(&pg)?;
+    let target = describe_target(&pg);
+    signals::install();
+    let plain = args.plain || !ui::stdout_is_tty();
+    let (log_tx, log_rx) = unbounded::<Line>();
+    if plain {
+        ui::init_logging(None);
+    } else {
+        ui::init_logging(Some(Box::new(move |l| {
+            let _ = log_tx.send(l);
+        })));
+    }
+
+    let pool = r2d2::Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(3))
+        .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
+    let mut b = RingNode::builder(pool, args.ring_id.clone())
+        .vnode_count(args.vnodes)
+        .ring_size(args.ring_size)
+        .lease_ttl(args.lease_ttl)
+        .schema(args.schema.clone())
+        .start_timeout(Duration::from_secs(10));
+    if let Some(id) = &args.node_id {
+        b = b.node_id(id.clone());
+    }
+    let events = b.subscribe();
+    let node = b.start()?;
+    let me = node.node_id().to_string();
+    let mut app = App {
+        story: Story {
+            me: me.clone(),
+            slot: slot_of(&me),
+            changed_at: None,
+            members: BTreeSet::new(),
+            last_token: None,
+        },
+        start: Instant::now(),
+        node: node.clone(),
+        events,
+        log_rx,
+        log: VecDeque::new(),
+        header: format!(
+            "ring {:?} · {} partitions · lease TTL {} · PostgreSQL {version} at {target}",
+            args.ring_id,
+            args.ring_size,
+            human(args.lease_ttl)
+        ),
+        crash: args.crash,
+    };
+    let outcome = if plain { app.plain() } else { app.tui() };
+    // Leave (or crash) whatever ended the loop.
+    let t0 = Instant::now();
+    let farewell = if args.crash {
+        node.crash();
+        format!(
+            "{me}: exited without leaving (--crash): the others take over when its lease ends, within {}",
+            human(args.lease_ttl)
+        )
+    } else {
+        match node.stop() {
+            Ok(()) => format!("{me}: left the ring in {}", human(t0.elapsed())),
+            Err(e) => format!("{me}: leave failed, its lease will expire instead: {e}"),
+        }
+    };
+    drop(node);
+    match outcome {
+        Ok(code) => {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{farewell}");
+            Ok(code)
+        }
+        Err(e) => {
+            eprintln!("ringnode: {farewell}");
+            Err(e)
+        }
+    }
+}
+
+struct App {
+    story: Story,
+    start: Instant,
+    node: RingNode,
+    events: Receiver<Event>,
+    log_rx: Receiver<Line>,
+    log: VecDeque<Line>,
+    header: String,
+    crash: bool,
+}
+
+impl App {
+    fn pump(&mut self) -> Vec<Line> {
+        let view = self.node.ring();
+        let mut out: Vec<Line> = self
+            .events
+            .try_iter()
+            .filter_map(|ev| self.story.line(&ev, &view))
+            .collect();
+        out.extend(self.log_rx.try_iter());
+        out
+    }
+
+    fn status_line(&self) -> String {
+        let st = self.node.status();
+        format!(
+            "status t={:.1}s epoch={} members={} joined={} active={} pending={} lease_left={} renewals={} token={}",
+            self.start.elapsed().as_secs_f64(),
+            st.epoch,
+            self.node.ring().members().len(),
+            st.joined,
+            st.active,
+            st.pending,
+            st.lease_left.map(human).unwrap_or_else(|| "none".into()),
+            st.renewals,
+            self.story.last_token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+        )
+    }
+
+    fn plain(&mut self) -> AppResult<u8> {
+        let mut out = std::io::stdout();
+        let mut say = |s: &str| {
+            let _ = writeln!(out, "{s}").and_then(|_| out.flush());
+        };
+        say(&format!("node: {} · {}", self.story.me, self.header));
+        let mut next_status = self.start + Duration::from_secs(1);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            for l in self.pump() {
+                say(&l.plain(self.start));
+            }
+            if ui::panicked() {
+                return Err(AppError("a thread panicked (message above)".into()));
+            }
+            if let Some(sig) = signals::received() {
+                say(&format!("node: {} received", signals::name(sig)));
+                return Ok(0);
+            }
+            if Instant::now() >= next_status {
+                say(&self.status_line());
+                next_status += Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn tui(&mut self) -> AppResult<u8> {
+        let mut screen = Screen::enter()
+            .map_err(|e| AppError(format!("cannot use the terminal: {e} (try --plain)")))?;
+        let frame = Duration::from_millis(100);
+        let mut next_frame = Instant::now();
+        loop {
+            let wait = next_frame
+                .saturating_duration_since(Instant::now())
+                .min(frame);
+            if term_event::poll(wait)? {
+                if let TermEvent::Key(k) = term_event::read()? {
+                    if k.kind != KeyEventKind::Release {
+                        let ctrl_c = k.code == KeyCode::Char('c')
+                            && k.modifiers.contains(KeyModifiers::CONTROL);
+                        if ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Char('Q')) {
+                            return Ok(0);
+                        }
+                    }
+                }
+                next_frame = Instant::now();
+            }
+            if ui::panicked() {
+                return Err(AppError("a thread panicked (message above)".into()));
+            }
+            if signals::received().is_some() {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            if now >= next_frame {
+                for l in self.pump() {
+                    self.log.push_back(l);
+                }
+                while self.log.len() > 2000 {
+                    self.log.pop_front();
+                }
+                screen.term.draw(|f| self.draw(f))?;
+                next_frame = now + frame;
+            }
+        }
+    }
+
+    fn draw(&self, f: &mut ratatui::Frame) {
+        let area = f.area();
+        let view = self.node.ring();
+        let owned = self.node.owned_partitions();
+        let st = self.node.status();
+        let me = &self.story.me;
+        let inner_w = area.width.saturating_sub(2) as usize;
+        let band_h = ui::band_rows(view.ring_size() as usize, inner_w, 8) as u16;
+        let table_h = (view.members().len() as u16 + 3).clamp(4, 14);
+        let [head, ring, table, log, foot] = Layout::vertical([
+            Constraint::Length(4),
+            Constraint::Length(band_h + 2),
+            Constraint::Length(table_h),
+            Constraint::Min(4),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+
+        let mine = Style::new().fg(member_color(self.story.slot)).bold();
+        let state = if st.stopped {
+            "stopped".to_string()
+        } else if !st.joined {
+            "rejoining".to_string()
+        } else if st.lease_left.is_none() {
+            "fenced (no lease)".to_string()
+        } else {
+            "member".to_string()
+        };
+        let line1 = TextLine::from(vec![
+            Span::styled("leasering node ", Style::new().bold()),
+            Span::styled(me.clone(), mine),
+            Span::raw(format!(" · {}", self.header)),
+        ]);
+        let line2 = TextLine::from(vec![Span::raw(format!(
+            "{state} · epoch {} · members {} · active {} · pending {} · lease left {} · renewals {} (failed {}) · last token {} · up {}",
+            st.epoch,
+            view.members().len(),
+            st.active,
+            st.pending,
+            st.lease_left.map(human).unwrap_or_else(|| "—".into()),
+            st.renewals,
+            st.renewal_failures,
+            self.story.last_token.map(|t| t.to_string()).unwrap_or_else(|| "—".into()),
+            clock(self.start.elapsed())
+        ))]);
+        f.render_widget(
+            Paragraph::new(vec![line1, line2]).block(Block::bordered()),
+            head,
+        );
+
+        #[derive(Clone, Copy, PartialEq)]
+        enum C {
+            Mine(bool),
+            Other(usize),
+            Free,
+        }
+        let cells: Vec<C> = (0..view.ring_size())
+            .map(|p| match view.owner_of(p) {
+                Some(o) if o == me.as_str() => C::Mine(owned.contains(p)),
+                Some(o) => C::Other(slot_of(o)),
+                None => C::Free,
+            })
+            .collect();
+        let my = member_color(self.story.slot);
+        let (lines, per) = ui::band(
+            &cells,
+            inner_w,
+            8,
+            |_| false,
+            |c, _| match c {
+                C::Mine(true) => ('█', Style::new().fg(my)),
+                C::Mine(false) => ('░', Style::new().fg(my)),
+                C::Other(slot) => (
+                    '▒',
+                    Style::new()
+                        .fg(member_color(slot))
+                        .add_modifier(Modifier::DIM),
+                ),
+                C::Free => ('·', Style::new().fg(Color::DarkGray)),
+            },
+        );
+        let unit = if per == 1 {
+            String::new()
+        } else {
+            format!(", one cell per {per} partitions")
+        };
+        let title = format!(
+            " the ring as {me} sees it (epoch {}{unit}) — █ mine, active  ░ mine, pending  ▒ another member's arc ",
+            view.epoch()
+        );
+        f.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title(title)),
+            ring,
+        );
+
+        let size = view.ring_size().max(1) as f64;
+        let rows: Vec<TableRow> = view
+            .members()
+            .iter()
+            .map(|m| {
+                let slot = slot_of(m.node_id());
+                let name = if m.node_id() == me.as_str() {
+                    format!("{} (this one)", m.node_id())
+                } else {
+                    m.node_id().to_string()
+                };
+                TableRow::new(vec![
+                    TableCell::from("██").style(Style::new().fg(member_color(slot))),
+                    TableCell::from(name).style(Style::new().fg(member_color(slot)).bold()),
+                    TableCell::from(m.positions().len().to_string()),
+                    TableCell::from(m.partition_count().to_string()),
+                    TableCell::from(format!(
+                        "{:.1} %",
+                        m.partition_count() as f64 * 100.0 / size
+                    )),
+                ])
+            })
+            .collect();
+        let header = TableRow::new(
+            ["", "member", "vnodes", "partitions", "share"]
+                .map(|h| TableCell::from(h).style(Style::new().bold())),
+        );
+        let widths = [
+            Constraint::Length(2),
+            Constraint::Length(40),
+            Constraint::Length(7),
+            Constraint::Length(11),
+            Constraint::Length(8),
+        ];
+        f.render_widget(
+            Table::new(rows, widths)
+                .header(header)
+                .block(Block::bordered().title(" members in this view (arcs, not activity) ")),
+            table,
+        );
+
+        let lines = ui::log_tail(
+            self.log.iter(),
+            0,
+            self.start,
+            log.width.saturating_sub(2) as usize,
+            log.height.saturating_sub(2) as usize,
+        );
+        f.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title(" events of this member ")),
+            log,
+        );
+
+        let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Black).bg(Color::Gray));
+        let what = if self.crash {
+            " exit WITHOUT leaving (--crash): the others wait for the lease to end"
+        } else {
+            " leave gracefully: the successors take over within milliseconds"
+        };
+        f.render_widget(
+            Paragraph::new(TextLine::from(vec![
+                key(" q "),
+                Span::raw(" or "),
+                key(" Ctrl+C "),
+                Span::raw(what),
+            ])),
+            foot,
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The `ringnode` program, run as a user would run it.
+//!
+//! * `ringnode demo --plain --seconds 10 --churn` starts its own throwaway
+//!   PostgreSQL (as the `postgres` user when run as root), runs members with
+//!   random joins, leaves, crashes and pauses, and must end with the line
+//!   `demo: members=<n> partitions_active=<ring size> overlaps=0 handoffs=<n>0`
+//!   — and leave no server behind.
+//! * Two `ringnode node --plain` processes share a database; Ctrl+C (SIGINT)
+//!   makes one leave gracefully and the other take its partitions over.
+//! * Bad input ends with one line on stderr and a non-zero exit, never a
+//!   panic.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn ringnode() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringnode"));
+    c.env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for `child` at most `limit`, killing it after that.
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    // Drain the pipes on threads so that a chatty child never blocks.
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut out) = out {
+            let _ = out.read_to_end(&mut v);
+        }
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut err) = err {
+            let _ = err.read_to_end(&mut v);
+        }
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait after kill");
+            panic!(
+                "ringnode did not finish within {limit:?} ({status}); stdout so far:\n{}",
+                String::from_utf8_lossy(&t_out.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+fn run(args: &[&str], limit: Duration) -> Output {
+    let child = ringnode()
+        .args(args)
+        .spawn()
+        .expect("spawn the ringnode binary");
+    wait_output(child, limit)
+}
+
+/// `demo: members=5 partitions_active=1024 overlaps=0 handoffs=7` → numbers.
+fn parse_final(line: &str) -> Option<[u64; 4]> {
+    let rest = line.strip_prefix("demo: ")?;
+    let keys = ["members", "partitions_active", "overlaps", "handoffs"];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.len() != keys.len() {
+        return None;
+    }
+    let mut out = [0u64; 4];
+    for (i, (field, key)) in fields.iter().zip(keys).enumerate() {
+        let (k, v) = field.split_once('=')?;
+        if k != key {
+            return None;
+        }
+        out[i] = v.parse().ok()?;
+    }
+    Some(out)
+}
+
+/// Whether a process whose command line contains `needle` is running.
+fn process_running(needle: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let c: Vec<u8> = c
+                    .into_iter()
+                    .map(|b| if b == 0 { b' ' } else { b })
+                    .collect();
+                String::from_utf8_lossy(&c).contains(needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn plain_demo_with_churn_ends_with_a_clean_final_line() {
+    let out = run(
+        &["demo", "--plain", "--seconds", "10", "--churn"],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+    let last = stdout.lines().last().unwrap_or("");
+    let [members, active, overlaps, handoffs] = parse_final(last)
+        .unwrap_or_else(|| panic!("unexpected final line {last:?}\nstdout:\n{stdout}"));
+    assert!(members > 0, "{last}");
+    assert_eq!(active, 1024, "{last}\nstdout:\n{stdout}");
+    assert_eq!(overlaps, 0, "{last}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(handoffs > 0, "{last}");
+    // The story is told: status lines every second, events, churn actions.
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("status t="))
+            .count()
+            >= 9,
+        "{stdout}"
+    );
+    assert!(stdout.contains(" acquired, token "), "{stdout}");
+    assert!(stdout.contains("[churn]"), "{stdout}");
+    // Its throwaway server is gone.
+    let port = stdout
+        .lines()
+        .find_map(|l| l.split("on 127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no server port in the header:\n{stdout}"));
+    assert!(
+        !process_running(&format!("-p {port} ")),
+        "a PostgreSQL on port {port} is still running"
+    );
+}
+
+/// Bad input: a non-zero exit, one line on stderr naming the problem, no
+/// panic, and nothing started.
+fn rejects(args: &[&str], code: i32, needle: &str) {
+    let out = run(args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: stderr {stderr:?}");
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
+    assert!(lines[0].starts_with("ringnode: "), "{args:?}: {stderr:?}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {stderr:?} should mention {needle:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?}: stdout {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn unused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2() {
+    rejects(&["demo", "--nodes", "0"], 2, "--nodes");
+    rejects(&["demo", "--nodes", "many"], 2, "--nodes");
+    rejects(&["demo", "--lease-ttl", "soon"], 2, "--lease-ttl");
+    rejects(&["demo", "--seconds", "0"], 2, "--seconds");
+    rejects(&["demo", "--churn-every", "1ms"], 2, "--churn-every");
+    rejects(&["demo", "--bogus"], 2, "--bogus");
+    rejects(&["node"], 2, "--database-url");
+    rejects(&["frobnicate"], 2, "frobnicate");
+}
+
+#[test]
+fn bad_values_are_one_line_and_exit_1() {
+    rejects(&["demo", "--lease-ttl", "1ms"], 1, "lease_ttl 1ms");
+    rejects(&["demo", "--vnodes", "0"], 1, "vnode_count 0");
+    rejects(&["demo", "--ring-size", "0"], 1, "ring_size 0");
+    rejects(&["demo", "--ring-id", ""], 1, "ring id is empty");
+    rejects(&["demo", "--schema", "Bad-Name"], 1, "schema name");
+    rejects(
+        &["demo", "--database-url", "not a url"],
+        1,
+        "invalid --database-url",
+    );
+    rejects(
+        &[
+            "node",
+            "--database-url",
+            "host=localhost",
+            "--lease-ttl",
+            "1ms",
+        ],
+        1,
+        "lease_ttl 1ms",
+    );
+    rejects(
+        &["node", "--database-url", "=", "--vnodes", "3"],
+        1,
+        "invalid --database-url",
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_one_line() {
+    let port = unused_port();
+    let url = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2");
+    let t = Instant::now();
+    rejects(
+        &["demo", "--database-url", &url],
+        1,
+        "cannot connect to the database",
+    );
+    rejects(
+        &["node", "--database-url", &url],
+        1,
+        "cannot connect to the database",
+    );
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    rejects(
+        &["node", "--database-url", &url],
+        1,
+        "cannot connect to the database",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+/// Reads a child's stdout lines on a thread.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line matching `want`, returning every line seen.
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    want: impl Fn(&str) -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = want(&line);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Err(_) => panic!(
+                "no line with {what} within 30 s; lines:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[test]
+fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
+    let db = leasering::testkit::TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = db.url();
+    let ring = leasering::testkit::unique_name("nodes");
+    let spawn = |id: &str| {
+        ringnode()
+            .args([
+                "node",
+                "--plain",
+                "--ring-id",
+                &ring,
+                "--node-id",
+                id,
+                "--lease-ttl",
+                "2s",
+            ])
+            .env("DATABASE_URL", &url)
+            .spawn()
+            .expect("spawn ringnode node")
+    };
+    let mut a = spawn("alpha");
+    let a_lines = lines_of(&mut a);
+    let mut a_seen = Vec::new();
+    wait_line(
+        &a_lines,
+        &mut a_seen,
+        |l| l.contains("+1024 acquired"),
+        "alpha acquiring the ring",
+    );
+
+    let mut b = spawn("beta");
+    let b_lines = lines_of(&mut b);
+    let mut b_seen = Vec::new();
+    wait_line(
+        &b_lines,
+        &mut b_seen,
+        |l| l.contains(" acquired, token "),
+        "beta acquiring",
+    );
+    wait_line(
+        &a_lines,
+        &mut a_seen,
+        |l| l.contains("released (handoff"),
+        "alpha handing off",
+    );
+
+    // Ctrl+C: alpha leaves gracefully, beta takes everything over at once.
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(a.id() as libc::pid_t, libc::SIGINT) };
+    let t = Instant::now();
+    wait_line(
+        &b_lines,
+        &mut b_seen,
+        |l| l.contains("view: epoch") && l.contains("gone: alpha"),
+        "beta seeing alpha go",
+    );
+    wait_line(
+        &b_lines,
+        &mut b_seen,
+        |l| l.contains(" acquired, token "),
+        "beta taking over",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "takeover took {:?} (TTL 2 s): not a graceful leave?",
+        t.elapsed()
+    );
+    let a_out = wait_output(a, Duration::from_secs(20));
+    let rest: Vec<String> = a_lines.try_iter().collect();
+    assert!(
+        a_out.status.success(),
+        "alpha exit {}: {}",
+        a_out.status,
+        String::from_utf8_lossy(&a_out.stderr)
+    );
+    assert!(
+        rest.iter()
+            .chain(a_seen.iter())
+            .any(|l| l.contains("alpha: left the ring in")),
+        "alpha's lines:\n{}\n{}",
+        a_seen.join("\n"),
+        rest.join("\n")
+    );
+
+    // SIGTERM also leaves cleanly.
+    // SAFETY: as above.
+    unsafe { libc::kill(b.id() as libc::pid_t, libc::SIGTERM) };
+    let b_out = wait_output(b, Duration::from_secs(20));
+    assert!(b_out.status.success(), "beta exit {}", b_out.status);
+    let stderr = String::from_utf8_lossy(&b_out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
