@@ -647,11 +647,14 @@ fn tui_loop(demo: &mut Demo) -> Quit {
             next_frame = now + frame;
         }
     };
-    board.quitting = true;
-    let lines = demo.pump(false);
-    push_log(&mut board, lines);
-    let snap = demo.cluster.snapshot();
-    let _ = screen.term.draw(|f| draw(f, demo, &snap, &board));
+    if !ui::panicked() {
+        // (After a panic the hook has restored the terminal already.)
+        board.quitting = true;
+        let lines = demo.pump(false);
+        push_log(&mut board, lines);
+        let snap = demo.cluster.snapshot();
+        let _ = screen.term.draw(|f| draw(f, demo, &snap, &board));
+    }
     quit
 }
 
@@ -969,8 +972,12 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
             let crashed = matches!(r.phase, Phase::Crashed { .. });
             let selected = board.selected.as_deref() == Some(r.name.as_str());
             let cells = vec![
-                TableCell::from(if selected { "▶▶" } else { "██" })
-                    .style(Style::new().fg(member_color(r.slot))),
+                TableCell::from(if selected {
+                    "▶▶".to_string()
+                } else {
+                    format!("{}█", ui::slot_label(r.slot))
+                })
+                .style(Style::new().fg(member_color(r.slot)).bold()),
                 TableCell::from(r.name.clone()).style(Style::new().fg(member_color(r.slot)).bold()),
                 TableCell::from(state).style(Style::new().fg(tone)),
                 TableCell::from(num(r.vnodes.map(|v| v.to_string()))),

@@ -365,7 +365,7 @@ impl Journal {
             parts.push(format!("{fresh} never owned before"));
         }
         if again > 0 {
-            parts.push(format!("{again} it had before"));
+            parts.push(format!("{again} back again"));
         }
         if !from.is_empty() {
             self.handoffs += 1;

@@ -32,8 +32,12 @@ use crate::util::{
 struct Story {
     me: String,
     slot: usize,
-    /// When the last view change (or the join) made partitions pending.
-    changed_at: Option<Instant>,
+    /// When each recent epoch was adopted (or joined): a partition's token
+    /// is the epoch that assigned it, so `Acquired.at` minus this is how
+    /// long its handoff took.
+    adopted: VecDeque<(u64, Instant)>,
+    /// The last (re)join, until the first acquisition after it.
+    joined_at: Option<Instant>,
     members: BTreeSet<String>,
     last_token: Option<u64>,
 }
@@ -47,7 +51,8 @@ impl Story {
                 at,
                 ..
             } => {
-                self.changed_at = Some(*at);
+                self.adopted.push_back((*epoch, *at));
+                self.joined_at = Some(*at);
                 self.members = names(view);
                 (
                     Tone::Join,
@@ -60,7 +65,10 @@ impl Story {
             Event::ViewChanged {
                 epoch, members, at, ..
             } => {
-                self.changed_at = Some(*at);
+                self.adopted.push_back((*epoch, *at));
+                if self.adopted.len() > 256 {
+                    self.adopted.pop_front();
+                }
                 let now = names(view);
                 let came: Vec<&String> = now.difference(&self.members).collect();
                 let went: Vec<&String> = self.members.difference(&now).collect();
@@ -86,10 +94,15 @@ impl Story {
                     "+{} acquired, token {token} (epoch {epoch})",
                     partitions.len()
                 );
-                if let Some(c) = self.changed_at {
+                if let Some(j) = self.joined_at.take() {
                     text.push_str(&format!(
-                        " — {} after the change that assigned them (handoff barrier)",
-                        human(at.saturating_duration_since(c))
+                        " — {} after its join",
+                        human(at.saturating_duration_since(j))
+                    ));
+                } else if let Some((_, c)) = self.adopted.iter().rev().find(|(e, _)| e == token) {
+                    text.push_str(&format!(
+                        " — handoff {} after epoch {token} assigned them",
+                        human(at.saturating_duration_since(*c))
                     ));
                 }
                 (Tone::Acquire, text)
@@ -175,17 +188,19 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
         b = b.node_id(id.clone());
     }
     let events = b.subscribe();
+    let start = Instant::now();
     let node = b.start()?;
     let me = node.node_id().to_string();
     let mut app = App {
         story: Story {
             me: me.clone(),
             slot: slot_of(&me),
-            changed_at: None,
+            adopted: VecDeque::new(),
+            joined_at: None,
             members: BTreeSet::new(),
             last_token: None,
         },
-        start: Instant::now(),
+        start,
         node: node.clone(),
         events,
         log_rx,
@@ -402,8 +417,16 @@ impl App {
             inner_w,
             8,
             |_| false,
-            |c, _| match c {
+            |c, starts| match c {
+                C::Mine(true) if starts => (
+                    ui::slot_label(self.story.slot),
+                    Style::new().fg(Color::Black).bg(my).bold(),
+                ),
                 C::Mine(true) => ('█', Style::new().fg(my)),
+                C::Other(slot) if starts => (
+                    ui::slot_label(slot),
+                    Style::new().fg(member_color(slot)).bold(),
+                ),
                 C::Mine(false) => ('░', Style::new().fg(my)),
                 C::Other(slot) => (
                     '▒',
@@ -420,7 +443,7 @@ impl App {
             format!(", one cell per {per} partitions")
         };
         let title = format!(
-            " the ring as {me} sees it (epoch {}{unit}) — █ mine, active  ░ mine, pending  ▒ another member's arc ",
+            " the ring as {me} sees it (epoch {}{unit}, runs labelled by member) — █ mine, active  ░ mine, pending  ▒ another member's arc ",
             view.epoch()
         );
         f.render_widget(
@@ -440,7 +463,8 @@ impl App {
                     m.node_id().to_string()
                 };
                 TableRow::new(vec![
-                    TableCell::from("██").style(Style::new().fg(member_color(slot))),
+                    TableCell::from(format!("{}█", ui::slot_label(slot)))
+                        .style(Style::new().fg(member_color(slot)).bold()),
                     TableCell::from(name).style(Style::new().fg(member_color(slot)).bold()),
                     TableCell::from(m.positions().len().to_string()),
                     TableCell::from(m.partition_count().to_string()),

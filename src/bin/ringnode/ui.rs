@@ -235,14 +235,18 @@ pub fn log_tail<'a>(
 ) -> Vec<TextLine<'static>> {
     let mut rows: Vec<TextLine<'static>> = Vec::new();
     for l in log.rev().skip(skip) {
-        if rows.len() >= height {
-            break;
-        }
         let mut lines = log_lines(l, start, width);
+        if rows.len() + lines.len() > height {
+            if rows.is_empty() {
+                // Taller than the panel: its last rows.
+                lines.drain(..lines.len() - height);
+            } else {
+                break; // no entry is shown without its first row
+            }
+        }
         lines.reverse();
         rows.extend(lines);
     }
-    rows.truncate(height);
     rows.reverse();
     rows
 }
