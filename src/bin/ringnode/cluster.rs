@@ -212,6 +212,19 @@ impl Cluster {
                     }
                     return Ok(name);
                 }
+                Err(e)
+                    if e.kind() == ErrorKind::Timeout
+                        && attempts < 4
+                        && !self.closing.load(Ordering::SeqCst) =>
+                {
+                    // Many joins at once queue on the ring's row lock; with
+                    // a short TTL the statement timeout is short too.
+                    self.note(
+                        Some((&name, slot)),
+                        Tone::Warn,
+                        format!("join timed out ({e}): trying again"),
+                    );
+                }
                 Err(e) if e.kind() == ErrorKind::NodeIdInUse && attempts < 20 => {
                     let next = self.next_slot.fetch_add(1, Ordering::SeqCst);
                     let new_name = format!("node-{next}");
@@ -597,6 +610,13 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Forgets members reserved but never started.
+    pub fn forget_starting(&self) {
+        self.members
+            .lock()
+            .retain(|m| !(m.phase == Phase::Starting && m.node.is_none()));
     }
 
     /// Drops every member handle (after `stop_all`), so that collectors end.

@@ -476,30 +476,42 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
 
     // The first members, in parallel; a failure here ends the demo with
     // one line (bad ring size for an existing ring, privileges, ...).
-    let starts: Vec<_> = (0..args.nodes)
-        .map(|_| {
-            let (name, slot) = cluster.reserve();
-            let c = cluster.clone();
-            std::thread::spawn(move || c.start_reserved(name, slot))
-        })
-        .collect();
+    // A few at a time: joins serialise on the ring's row lock, and with a
+    // short TTL the statement timeout is short too (TTL/3, at least 1 s).
     let mut failure = None;
-    for h in starts {
-        match h.join() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                failure = failure.or(Some(AppError(format!("could not start a member: {e}"))))
+    let reserved: Vec<(String, usize)> = (0..args.nodes).map(|_| cluster.reserve()).collect();
+    for batch in reserved.chunks(4) {
+        let starts: Vec<_> = batch
+            .iter()
+            .cloned()
+            .map(|(name, slot)| {
+                let c = cluster.clone();
+                std::thread::spawn(move || c.start_reserved(name, slot))
+            })
+            .collect();
+        for h in starts {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    failure = failure.or(Some(AppError(format!("could not start a member: {e}"))))
+                }
+                Err(_) => failure = failure.or(Some(AppError("a member's start panicked".into()))),
             }
-            Err(_) => failure = failure.or(Some(AppError("a member's start panicked".into()))),
+        }
+        if failure.is_some() || signals::received().is_some() {
+            break;
         }
     }
     if let Some(e) = failure {
+        cluster.forget_starting();
         cluster.stop_all(Instant::now() + Duration::from_secs(10));
         cluster.forget_all();
         drop(db);
         return Err(e);
     }
-    demo.sampler = Some(Sampler::start(Duration::from_millis(2), {
+    // Every 2 ms for scripts and CI; the dashboard is lighter on the CPU.
+    let every = Duration::from_millis(if plain { 2 } else { 5 });
+    demo.sampler = Some(Sampler::start(every, {
         let c = cluster.clone();
         move || c.nodes()
     }));
@@ -1008,11 +1020,25 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         Constraint::Length(6),
         Constraint::Length(8),
     ];
-    f.render_widget(
+    // Scrolls to the selected member when they do not all fit.
+    let mut state = ratatui::widgets::TableState::default().with_selected(
+        board
+            .selected
+            .as_ref()
+            .and_then(|sel| snap.rows.iter().position(|r| &r.name == sel)),
+    );
+    let shown = table.height.saturating_sub(3) as usize;
+    let title = if snap.rows.len() > shown {
+        format!(" members ({} — ↑↓ to see them all) ", snap.rows.len())
+    } else {
+        " members ".to_string()
+    };
+    f.render_stateful_widget(
         Table::new(rows, widths)
             .header(header)
-            .block(Block::bordered().title(" members ")),
+            .block(Block::bordered().title(title)),
         table,
+        &mut state,
     );
 
     // The log, newest at the bottom.
