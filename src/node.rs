@@ -164,25 +164,53 @@ impl Builder {
         cfg.node_id = Some(node_id.clone());
         let store = Store::new(&cfg, &node_id)?;
         let deadline = Instant::now() + cfg.start_timeout;
-        let remaining = || deadline.saturating_duration_since(Instant::now());
-        let mut conn = pool.get(remaining()).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Database,
-                format!(
-                    "could not connect to the database within start_timeout {:?}: {e}",
-                    cfg.start_timeout
-                ),
-                e,
-            )
-        })?;
-        if cfg.create_schema {
-            store.migrate(&mut conn)?;
-        } else {
-            store.check_schema(&mut conn)?;
+        // The connection, migration and join run on a helper thread so that
+        // start() keeps its bound even if a pooled connection hangs (a
+        // stalled network does not time out on its own). If the caller has
+        // given up by the time the join commits, the helper leaves again.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let job = {
+            let (pool, store, abandoned) = (pool.clone(), store.clone(), abandoned.clone());
+            let (create, start_timeout) = (cfg.create_schema, cfg.start_timeout);
+            move || -> Result<(crate::store::Joined, Instant)> {
+                // A little under the caller's bound, so that a plain
+                // connection failure arrives as such rather than as a timeout.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = remaining - (remaining / 10).min(Duration::from_millis(100));
+                let mut conn = pool.get(remaining.max(Duration::from_millis(1))).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Database,
+                        format!("could not connect to the database within start_timeout {start_timeout:?}: {e}"),
+                        e,
+                    )
+                })?;
+                if create {
+                    store.migrate(&mut conn)?;
+                } else {
+                    store.check_schema(&mut conn)?;
+                }
+                let sent_at = Instant::now();
+                let joined = store.join(&mut conn)?;
+                if abandoned.load(Ordering::SeqCst) {
+                    let _ = store.leave(&mut conn);
+                }
+                Ok((joined, sent_at))
+            }
+        };
+        let started = bounded("start", deadline, job);
+        if started.is_err() {
+            abandoned.store(true, Ordering::SeqCst);
         }
-        let sent_at = Instant::now();
-        let joined = store.join(&mut conn)?;
-        drop(conn);
+        let (joined, sent_at) = started.map_err(|e| {
+            if e.kind() == ErrorKind::Timeout && e.message().starts_with("start did not finish") {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("start did not finish within start_timeout {:?} (database unreachable or stalled)", cfg.start_timeout),
+                )
+            } else {
+                e
+            }
+        })?;
         let inner = Arc::new(Inner::new(cfg, node_id, store, pool));
         *inner.subscribers.lock() = subscribers;
         {
@@ -649,11 +677,24 @@ impl Inner {
     }
 
     fn hold_conn(&self, listen: bool) -> Result<HeldConn> {
+        let t = Instant::now();
         let conn = self
             .pool
             .get(self.cfg.effective_statement_timeout())
-            .map_err(|e| Error::pool("hold a connection", e))?;
-        self.store.hold(conn, listen)
+            .map_err(|e| {
+                let (all, idle) = self.pool.state();
+                Error::pool(
+                    format!(
+                        "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
+                        t.elapsed()
+                    ),
+                    e,
+                )
+            })?;
+        let held = self.store.hold(conn, listen);
+        log::debug!(target: "leasering", "node {}: connection {} in {:?} (listen: {listen})",
+            self.node_id, if held.is_ok() { "ready" } else { "failed" }, t.elapsed());
+        held
     }
 
     /// Sleeps while the test hook says this member is paused.
@@ -757,7 +798,9 @@ impl Inner {
                 self.generation.load(Ordering::SeqCst),
             );
             let sent_at = Instant::now();
-            match self.store.sync(c, ack) {
+            let result = self.store.sync(c, ack);
+            log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
+            match result {
                 Ok(reply) => {
                     let evicted = self.on_sync(&reply, sent_at, generation);
                     next = if evicted { Duration::ZERO } else { interval };
@@ -1073,15 +1116,14 @@ impl Inner {
         let mut result: Result<Option<u64>> = Ok(None);
         if leave {
             let _m = self.membership.lock();
-            result = self
-                .pool
-                .get(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1)),
-                )
-                .map_err(|e| Error::pool("leave", e))
-                .and_then(|mut conn| self.store.leave(&mut conn));
+            let (pool, store) = (self.pool.clone(), self.store.clone());
+            result = bounded("leave", deadline, move || {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let mut conn = pool
+                    .get(remaining.max(Duration::from_millis(1)))
+                    .map_err(|e| Error::pool("leave", e))?;
+                store.leave(&mut conn)
+            });
             match &result {
                 Ok(epoch) => log::info!(target: "leasering",
                     "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
@@ -1132,6 +1174,32 @@ impl Inner {
             ));
         }
         result
+    }
+}
+
+/// Runs `job` on a helper thread and waits for it until `deadline`: a bound
+/// that holds even when the job is stuck in a socket that never times out.
+/// A job that misses the deadline finishes (or stays stuck) on its own.
+fn bounded<T: Send + 'static>(
+    what: &'static str,
+    deadline: Instant,
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("leasering-{what}"))
+        .spawn(move || {
+            let _ = tx.send(job());
+        })
+        .map_err(|e| {
+            Error::with_source(ErrorKind::Database, format!("spawn the {what} thread"), e)
+        })?;
+    match rx.recv_deadline(deadline) {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("{what} did not finish in time (database unreachable or stalled)"),
+        )),
     }
 }
 

@@ -398,8 +398,24 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     });
     let sampler = Sampler::start(nodes.clone());
     // A cut: connections die, the member reconnects, nothing is lost.
+    let renewals = proxied.status().renewals;
     proxy.cut();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(
+        SETTLE,
+        "the member behind the cut to renew on new connections",
+        || proxied.status().renewals >= renewals + 2,
+    );
+    assert!(
+        !recorder.events().iter().any(|(n, e)| n == "behind-proxy"
+            && matches!(
+                e,
+                Event::Released {
+                    reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted,
+                    ..
+                }
+            )),
+        "a cut connection cost the member its lease"
+    );
     wait_until(SETTLE, "the ring to be covered after the cut", || {
         covered_exactly_once(&all, 1024)
     });
@@ -417,6 +433,29 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     wait_until(SETTLE, "the stalled member to come back", || {
         covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
     });
+    // A stop while the connection is stalled keeps its bound and owns
+    // nothing afterwards; the member's row goes once its lease ends.
+    proxy.set_mode(ProxyMode::Stall);
+    let t = Instant::now();
+    let err = proxied
+        .stop()
+        .expect_err("stop cannot finish through a stalled connection");
+    let took = t.elapsed();
+    // A bound on behaviour (it gives up at stop_timeout), not a speed figure.
+    assert!(
+        took < Duration::from_secs(2 + 3),
+        "stop took {took:?}: {err}"
+    );
+    assert!(proxied.owned_partitions().is_empty());
+    wait_until(
+        SETTLE,
+        "the others to cover the ring after the stalled stop",
+        || covered_exactly_once(&others, 1024),
+    );
+    proxy.set_mode(ProxyMode::Pass);
+    wait_until(SETTLE, "no row of the stopped member left", || {
+        rows_of(db, "leasering", &ring, "behind-proxy") == 0
+    });
     sampler.finish();
     recorder.assert_no_overlap_and_tokens_increase();
     assert!(recorder.events().iter().any(|(n, e)| n == "behind-proxy"
@@ -427,7 +466,7 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
                 ..
             }
         )));
-    for n in &all {
+    for n in &others {
         n.stop().unwrap();
     }
 }
