@@ -83,10 +83,12 @@
 //! ## Differences from DESIGN.md, and why
 //!
 //! * A renewal only extends a lease that is still live in the database
-//!   (`expires_at > now()`). This closes an interleaving the randomised
-//!   model can miss: a renewal delayed in the network past the lease's end,
-//!   applied after a joiner's barrier had (rightly) ignored the expired
-//!   member, would otherwise make its stale partitions valid again.
+//!   (`expires_at > now()`), and a renewal answered after the local deadline
+//!   fences before it extends. Either closes an interleaving that DESIGN's
+//!   model leaves to its fencing tick: a renewal delayed in the network past
+//!   the lease's end, applied after a joiner's barrier had (rightly) ignored
+//!   the expired member, would otherwise make its stale partitions valid
+//!   again.
 //! * The change log (`changes` table) carries each membership change, so
 //!   a member behind by a few epochs applies deltas instead of re-reading
 //!   the ring; `NOTIFY` payloads carry only the epoch.
