@@ -12,10 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use leasering::testkit::{ProxyMode, TcpProxy, TestPostgres};
-use leasering::{Event, ReleaseReason, RingNode};
+use leasering::{Builder, Event, ReleaseReason, RingNode};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);
+
+/// The common test builder with the short TTL these fault tests are about.
+fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
+    common::builder(pool, ring, node).lease_ttl(TTL)
+}
 
 fn member_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -256,11 +256,14 @@ impl Sampler {
     }
 }
 
-/// A builder with test-friendly settings: small TTL, unique schema optional.
+/// A builder with test settings. The TTL is 10 s: membership tests do not
+/// depend on it (joins and leaves are driven by notifications), and a
+/// loaded machine must not make members fence themselves by accident.
+/// Fault tests set a short TTL themselves.
 pub fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
     RingNode::builder(pool, ring)
         .node_id(node)
-        .lease_ttl(Duration::from_secs(2))
+        .lease_ttl(Duration::from_secs(10))
         .start_timeout(Duration::from_secs(20))
 }
 
