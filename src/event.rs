@@ -27,7 +27,12 @@ pub enum ReleaseReason {
 /// Events go out in the order of the state changes they describe, each
 /// stamped with the instant the change took effect (`at`): for `Released`
 /// with [`ReleaseReason::LeaseExpired`] that is the local deadline itself,
-/// the moment [`owns`](crate::RingNode::owns) stopped answering `true`.
+/// the moment [`owns`](crate::RingNode::owns) stopped answering `true`. The
+/// same holds for any `Released` that comes after the local lease had
+/// already run out (a member waking from a pause to a newer view, an
+/// eviction, a `stop()` or crash while paused): its `at` is that deadline,
+/// not the later moment the event was emitted, so intervals built from
+/// `Acquired.at`/`Released.at` are the intervals of real activity.
 /// [`monotonic_ns`](crate::monotonic_ns) turns `at` into `CLOCK_MONOTONIC`
 /// nanoseconds, comparable across processes on one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::clock::{coarse_now_ns, coarse_resolution_ns, hot_deadline_ns};
+use crate::clock::{coarse_now_ns, coarse_resolution_ns, hot_deadline_ns, monotonic_ns};
 use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, ReleaseReason};
@@ -496,6 +496,10 @@ impl Inner {
     /// it), then the snapshot, then subscribers. Called with the state
     /// write lock held, so events leave in the order of the changes.
     fn publish(&self, st: &Ownership, actions: Vec<Action>, at: Instant) {
+        // Partitions released after the local lease had already run out (a
+        // member waking from a pause to a new view, an eviction or a stop)
+        // stopped being active at that deadline, not now: stamp them so.
+        let released_at = release_instant(at, self.deadline_ns.load(Ordering::Acquire));
         // Releases reach the hot path before a (possibly extended) deadline
         // does, and acquisitions after it: no instant at which a released
         // partition answers `true` under a new deadline.
@@ -546,7 +550,7 @@ impl Inner {
                         partitions,
                         reason,
                         epoch,
-                        at,
+                        at: released_at,
                     }
                 }
                 Action::Acquire { partitions, token } => {
@@ -1206,6 +1210,19 @@ fn bounded<T: Send + 'static>(
             ErrorKind::Timeout,
             format!("{what} did not finish in time (database unreachable or stalled)"),
         )),
+    }
+}
+
+/// When a release at `at` took effect, given the hot-path deadline in force
+/// until then (`CLOCK_MONOTONIC` nanoseconds, 0 = none): `at`, or the
+/// deadline if that passed first — `owns()` stopped answering `true` there.
+fn release_instant(at: Instant, deadline_ns: u64) -> Instant {
+    let at_ns = monotonic_ns(at);
+    if deadline_ns != 0 && deadline_ns < at_ns {
+        at.checked_sub(Duration::from_nanos(at_ns - deadline_ns))
+            .unwrap_or(at)
+    } else {
+        at
     }
 }
 
