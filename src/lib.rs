@@ -156,6 +156,7 @@ mod placement;
 mod pool;
 mod ring;
 mod store;
+pub mod telemetry;
 pub mod testkit;
 
 pub use clock::monotonic_ns;

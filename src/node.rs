@@ -270,6 +270,15 @@ pub struct NodeStatus {
     pub renewal_failures: u64,
 }
 
+impl NodeStatus {
+    /// Healthy: in the ring, not stopped, and the local lease runs — what a
+    /// readiness probe should check. (Pending partitions are normal for a
+    /// few milliseconds after a change and do not count against it.)
+    pub fn is_healthy(&self) -> bool {
+        self.joined && !self.stopped && self.lease_left.is_some()
+    }
+}
+
 impl RingNode {
     /// A builder for a member of ring `ring_id` using `pool`.
     pub fn builder<T>(
@@ -446,11 +455,13 @@ struct Inner {
     pending_since: Mutex<Option<Instant>>,
     renewals: AtomicU64,
     renewal_failures: AtomicU64,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Inner {
     fn new(cfg: Config, node_id: String, store: Store, pool: Arc<dyn ConnSource>) -> Inner {
         let words = (cfg.ring_size as usize).div_ceil(64);
+        let telemetry = crate::telemetry::Telemetry::new(&cfg.ring_id, &node_id);
         let state = Ownership::new(
             &node_id,
             cfg.ring_size,
@@ -477,6 +488,7 @@ impl Inner {
             pending_since: Mutex::new(None),
             renewals: AtomicU64::new(0),
             renewal_failures: AtomicU64::new(0),
+            telemetry,
             cfg,
         }
     }
@@ -546,6 +558,7 @@ impl Inner {
                         _ => log::info!(target: "leasering",
                             "node {}: released {} partitions ({reason:?})", self.node_id, partitions.len()),
                     }
+                    self.telemetry.released(partitions.len(), reason);
                     Event::Released {
                         partitions,
                         reason,
@@ -562,6 +575,7 @@ impl Inner {
                         "node {}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
                         self.node_id, partitions.len(),
                         waited.unwrap_or_default().as_secs_f64() * 1000.0);
+                    self.telemetry.acquired(partitions.len(), waited);
                     Event::Acquired {
                         partitions,
                         token,
@@ -575,6 +589,8 @@ impl Inner {
         if !st.has_pending() {
             *self.pending_since.lock() = None;
         }
+        self.telemetry
+            .state(st.active_count(), st.pending().count() as u32, epoch);
         if acquired {
             // The fence thread sleeps while nothing is active: it must learn
             // of the new deadline to guard, whichever path activated.
@@ -646,12 +662,15 @@ impl Inner {
                 return true;
             }
             Some(false) => {
+                self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.renewal(false);
                 log::warn!(target: "leasering",
                     "node {}: renewal refused: this member's acknowledged epoch has trailed ring epoch {} for over {:?}",
                     self.node_id, reply.epoch, self.cfg.lag_limit());
             }
             Some(true) => {
                 self.renewals.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.renewal(true);
                 let acts = st.renewed(sent_at, now);
                 self.publish(&st, acts, now);
                 let _ = self.wake_fence.0.send(());
@@ -796,6 +815,7 @@ impl Inner {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                        self.telemetry.renewal(false);
                         log::warn!(target: "leasering", "node {}: lease renewal failed: {e}", self.node_id);
                         next = retry;
                         continue;
@@ -817,6 +837,7 @@ impl Inner {
                 }
                 Err(e) => {
                     self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.renewal(false);
                     log::warn!(target: "leasering", "node {}: lease renewal failed: {e}", self.node_id);
                     conn = None;
                     next = retry;
@@ -1051,6 +1072,7 @@ impl Inner {
             match result {
                 Ok(cleaned) => {
                     if !cleaned.removed.is_empty() {
+                        self.telemetry.removed_members(cleaned.removed.len());
                         log::info!(target: "leasering",
                             "node {}: removed expired members {:?} (lease of {node:?} ended {:.1} ms ago), epoch {:?}",
                             self.node_id, cleaned.removed,

@@ -30,6 +30,7 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     // renewal: the joiner then activates through its barrier reads.
     let slow = TcpProxy::start(target).unwrap();
     let a = builder(db.pool_via(slow.port(), 4).unwrap(), &ring, "a")
+        .lease_ttl(TTL)
         .stop_timeout(Duration::from_secs(3))
         .start()
         .unwrap();
@@ -39,6 +40,7 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     slow.set_mode(ProxyMode::Delay(Duration::from_millis(40)));
     let link = TcpProxy::start(target).unwrap();
     let mut b = builder(db.pool_via(link.port(), 4).unwrap(), &ring, "b")
+        .lease_ttl(TTL)
         .stop_timeout(Duration::from_secs(3));
     let events = b.subscribe();
     let b = b.start().unwrap();
