@@ -186,8 +186,8 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
         nodes.lock().unwrap().push(recorder.start(b));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || {
-        covered_exactly_once(&all, 1024)
+    wait_until(SETTLE, "3 members to settle", || {
+        covered_exactly_once(&all, 1024) && settled(&all)
     });
     let sampler = Sampler::start(nodes.clone());
     let sleeper = all[0].clone();
@@ -408,8 +408,8 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
             .push(recorder.start(builder(pool(4), &ring, &format!("direct{i}"))));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || {
-        covered_exactly_once(&all, 1024)
+    wait_until(SETTLE, "3 members to settle", || {
+        covered_exactly_once(&all, 1024) && settled(&all)
     });
     let sampler = Sampler::start(nodes.clone());
     // A cut: connections die, the member reconnects, nothing is lost.

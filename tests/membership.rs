@@ -124,8 +124,8 @@ fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
         nodes.lock().unwrap().push(n);
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "4 members to cover the ring", || {
-        covered_exactly_once(&all, size)
+    wait_until(SETTLE, "4 members to settle", || {
+        covered_exactly_once(&all, size) && settled(&all)
     });
     let sampler = Sampler::start(nodes.clone());
     let leaver = all[1].clone();
