@@ -83,10 +83,12 @@
 //! ## Differences from DESIGN.md, and why
 //!
 //! * A renewal only extends a lease that is still live in the database
-//!   (`expires_at > now()`). This closes an interleaving the randomised
-//!   model can miss: a renewal delayed in the network past the lease's end,
-//!   applied after a joiner's barrier had (rightly) ignored the expired
-//!   member, would otherwise make its stale partitions valid again.
+//!   (`expires_at > now()`), and a renewal answered after the local deadline
+//!   fences before it extends. Either closes an interleaving that DESIGN's
+//!   model leaves to its fencing tick: a renewal delayed in the network past
+//!   the lease's end, applied after a joiner's barrier had (rightly) ignored
+//!   the expired member, would otherwise make its stale partitions valid
+//!   again.
 //! * The change log (`changes` table) carries each membership change, so
 //!   a member behind by a few epochs applies deltas instead of re-reading
 //!   the ring; `NOTIFY` payloads carry only the epoch.
@@ -132,6 +134,68 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Events
+//!
+//! [`RingNode::subscribe`] (or [`Builder::subscribe`], before start, to miss
+//! nothing) gives an unbounded `crossbeam-channel` receiver: a slow consumer
+//! never blocks the member. Events leave in the order of the state changes,
+//! each stamped with the instant it took effect. The channel disconnects
+//! when the member stops — the usual crossbeam shutdown signal.
+//!
+//! ```no_run
+//! # fn demo(node: leasering::RingNode) {
+//! use leasering::{Event, ReleaseReason};
+//! for ev in node.subscribe() {
+//!     match ev {
+//!         Event::Acquired { partitions, token, .. } => println!("start {partitions:?} with token {token}"),
+//!         Event::Released { partitions, reason: ReleaseReason::LeaseExpired, .. } => {
+//!             println!("lost contact: stop {partitions:?} at once")
+//!         }
+//!         Event::Released { partitions, .. } => println!("hand over {partitions:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! // the loop ends when the node stops
+//! # }
+//! ```
+//!
+//! ## Fencing writes with the token
+//!
+//! Between `owns(p)` and a write to some other system a process can be
+//! paused (GC, swap, `SIGSTOP`) for longer than its lease. Make such writes
+//! conditional on the token, and the store refuses the stale one:
+//!
+//! ```sql
+//! INSERT INTO results AS r (partition, token, value) VALUES ($1, $2, $3)
+//! ON CONFLICT (partition) DO UPDATE SET token = excluded.token, value = excluded.value
+//! WHERE r.token <= excluded.token;   -- 0 rows: a newer owner has written
+//! ```
+//!
+//! ## Threads
+//!
+//! Each member runs four named threads: `leasering-heartbeat-*` (renewal),
+//! `leasering-watcher-*` (LISTEN, adopting views, the barrier),
+//! `leasering-cleanup-*` (removing crashed members at the moment their lease
+//! ends) and `leasering-fence-*` (self-fencing; it does no I/O).
+//! [`RingNode::stop`] joins them; a thread stuck in a stalled socket is left
+//! to finish on its own, and `stop()` still returns within `stop_timeout`.
+//!
+//! ## Health and metrics
+//!
+//! [`RingNode::status`] answers a readiness probe
+//! ([`NodeStatus::is_healthy`]) and feeds dashboards (epoch, active and
+//! pending partitions, lease time left, renewals). With the `metrics`
+//! feature, counters, gauges and a handoff-latency histogram go to whatever
+//! [`metrics`](https://docs.rs/metrics) recorder the application installs;
+//! the names are listed in [`telemetry`].
+//!
+//! ## Testing your service
+//!
+//! [`testkit`] starts a throwaway PostgreSQL from the machine's server
+//! binaries (as root it runs the server as the `postgres` user) and a TCP
+//! proxy that can cut, stall or delay a member's connections — the same
+//! tools this crate's own fault tests use.
+//!
 //! ## What the database needs
 //!
 //! PostgreSQL 12 or newer. The role needs `CREATE` on the database (for the
@@ -154,6 +218,7 @@ mod placement;
 mod pool;
 mod ring;
 mod store;
+pub mod telemetry;
 pub mod testkit;
 
 pub use clock::monotonic_ns;

@@ -164,25 +164,53 @@ impl Builder {
         cfg.node_id = Some(node_id.clone());
         let store = Store::new(&cfg, &node_id)?;
         let deadline = Instant::now() + cfg.start_timeout;
-        let remaining = || deadline.saturating_duration_since(Instant::now());
-        let mut conn = pool.get(remaining()).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Database,
-                format!(
-                    "could not connect to the database within start_timeout {:?}: {e}",
-                    cfg.start_timeout
-                ),
-                e,
-            )
-        })?;
-        if cfg.create_schema {
-            store.migrate(&mut conn)?;
-        } else {
-            store.check_schema(&mut conn)?;
+        // The connection, migration and join run on a helper thread so that
+        // start() keeps its bound even if a pooled connection hangs (a
+        // stalled network does not time out on its own). If the caller has
+        // given up by the time the join commits, the helper leaves again.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let job = {
+            let (pool, store, abandoned) = (pool.clone(), store.clone(), abandoned.clone());
+            let (create, start_timeout) = (cfg.create_schema, cfg.start_timeout);
+            move || -> Result<(crate::store::Joined, Instant)> {
+                // A little under the caller's bound, so that a plain
+                // connection failure arrives as such rather than as a timeout.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = remaining - (remaining / 10).min(Duration::from_millis(100));
+                let mut conn = pool.get(remaining.max(Duration::from_millis(1))).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Database,
+                        format!("could not connect to the database within start_timeout {start_timeout:?}: {e}"),
+                        e,
+                    )
+                })?;
+                if create {
+                    store.migrate(&mut conn)?;
+                } else {
+                    store.check_schema(&mut conn)?;
+                }
+                let sent_at = Instant::now();
+                let joined = store.join(&mut conn)?;
+                if abandoned.load(Ordering::SeqCst) {
+                    let _ = store.leave(&mut conn);
+                }
+                Ok((joined, sent_at))
+            }
+        };
+        let started = bounded("start", deadline, job);
+        if started.is_err() {
+            abandoned.store(true, Ordering::SeqCst);
         }
-        let sent_at = Instant::now();
-        let joined = store.join(&mut conn)?;
-        drop(conn);
+        let (joined, sent_at) = started.map_err(|e| {
+            if e.kind() == ErrorKind::Timeout && e.message().starts_with("start did not finish") {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("start did not finish within start_timeout {:?} (database unreachable or stalled)", cfg.start_timeout),
+                )
+            } else {
+                e
+            }
+        })?;
         let inner = Arc::new(Inner::new(cfg, node_id, store, pool));
         *inner.subscribers.lock() = subscribers;
         {
@@ -240,6 +268,15 @@ pub struct NodeStatus {
     pub renewals: u64,
     /// Failed renewals so far.
     pub renewal_failures: u64,
+}
+
+impl NodeStatus {
+    /// Healthy: in the ring, not stopped, and the local lease runs — what a
+    /// readiness probe should check. (Pending partitions are normal for a
+    /// few milliseconds after a change and do not count against it.)
+    pub fn is_healthy(&self) -> bool {
+        self.joined && !self.stopped && self.lease_left.is_some()
+    }
 }
 
 impl RingNode {
@@ -418,11 +455,13 @@ struct Inner {
     pending_since: Mutex<Option<Instant>>,
     renewals: AtomicU64,
     renewal_failures: AtomicU64,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Inner {
     fn new(cfg: Config, node_id: String, store: Store, pool: Arc<dyn ConnSource>) -> Inner {
         let words = (cfg.ring_size as usize).div_ceil(64);
+        let telemetry = crate::telemetry::Telemetry::new(&cfg.ring_id, &node_id);
         let state = Ownership::new(
             &node_id,
             cfg.ring_size,
@@ -449,6 +488,7 @@ impl Inner {
             pending_since: Mutex::new(None),
             renewals: AtomicU64::new(0),
             renewal_failures: AtomicU64::new(0),
+            telemetry,
             cfg,
         }
     }
@@ -501,6 +541,7 @@ impl Inner {
             tokens,
         });
         let epoch = st.view_epoch();
+        let acquired = actions.iter().any(|a| matches!(a, Action::Acquire { .. }));
         for a in actions {
             let ev = match a {
                 Action::Release { partitions, reason } => {
@@ -517,6 +558,7 @@ impl Inner {
                         _ => log::info!(target: "leasering",
                             "node {}: released {} partitions ({reason:?})", self.node_id, partitions.len()),
                     }
+                    self.telemetry.released(partitions.len(), reason);
                     Event::Released {
                         partitions,
                         reason,
@@ -533,6 +575,7 @@ impl Inner {
                         "node {}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
                         self.node_id, partitions.len(),
                         waited.unwrap_or_default().as_secs_f64() * 1000.0);
+                    self.telemetry.acquired(partitions.len(), waited);
                     Event::Acquired {
                         partitions,
                         token,
@@ -545,6 +588,13 @@ impl Inner {
         }
         if !st.has_pending() {
             *self.pending_since.lock() = None;
+        }
+        self.telemetry
+            .state(st.active_count(), st.pending().count() as u32, epoch);
+        if acquired {
+            // The fence thread sleeps while nothing is active: it must learn
+            // of the new deadline to guard, whichever path activated.
+            let _ = self.wake_fence.0.send(());
         }
     }
 
@@ -612,12 +662,15 @@ impl Inner {
                 return true;
             }
             Some(false) => {
+                self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.renewal(false);
                 log::warn!(target: "leasering",
                     "node {}: renewal refused: this member's acknowledged epoch has trailed ring epoch {} for over {:?}",
                     self.node_id, reply.epoch, self.cfg.lag_limit());
             }
             Some(true) => {
                 self.renewals.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.renewal(true);
                 let acts = st.renewed(sent_at, now);
                 self.publish(&st, acts, now);
                 let _ = self.wake_fence.0.send(());
@@ -653,11 +706,24 @@ impl Inner {
     }
 
     fn hold_conn(&self, listen: bool) -> Result<HeldConn> {
+        let t = Instant::now();
         let conn = self
             .pool
             .get(self.cfg.effective_statement_timeout())
-            .map_err(|e| Error::pool("hold a connection", e))?;
-        self.store.hold(conn, listen)
+            .map_err(|e| {
+                let (all, idle) = self.pool.state();
+                Error::pool(
+                    format!(
+                        "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
+                        t.elapsed()
+                    ),
+                    e,
+                )
+            })?;
+        let held = self.store.hold(conn, listen);
+        log::debug!(target: "leasering", "node {}: connection {} in {:?} (listen: {listen})",
+            self.node_id, if held.is_ok() { "ready" } else { "failed" }, t.elapsed());
+        held
     }
 
     /// Sleeps while the test hook says this member is paused.
@@ -749,6 +815,7 @@ impl Inner {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                        self.telemetry.renewal(false);
                         log::warn!(target: "leasering", "node {}: lease renewal failed: {e}", self.node_id);
                         next = retry;
                         continue;
@@ -761,13 +828,16 @@ impl Inner {
                 self.generation.load(Ordering::SeqCst),
             );
             let sent_at = Instant::now();
-            match self.store.sync(c, ack) {
+            let result = self.store.sync(c, ack);
+            log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
+            match result {
                 Ok(reply) => {
                     let evicted = self.on_sync(&reply, sent_at, generation);
                     next = if evicted { Duration::ZERO } else { interval };
                 }
                 Err(e) => {
                     self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.renewal(false);
                     log::warn!(target: "leasering", "node {}: lease renewal failed: {e}", self.node_id);
                     conn = None;
                     next = retry;
@@ -1002,6 +1072,7 @@ impl Inner {
             match result {
                 Ok(cleaned) => {
                     if !cleaned.removed.is_empty() {
+                        self.telemetry.removed_members(cleaned.removed.len());
                         log::info!(target: "leasering",
                             "node {}: removed expired members {:?} (lease of {node:?} ended {:.1} ms ago), epoch {:?}",
                             self.node_id, cleaned.removed,
@@ -1077,15 +1148,14 @@ impl Inner {
         let mut result: Result<Option<u64>> = Ok(None);
         if leave {
             let _m = self.membership.lock();
-            result = self
-                .pool
-                .get(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1)),
-                )
-                .map_err(|e| Error::pool("leave", e))
-                .and_then(|mut conn| self.store.leave(&mut conn));
+            let (pool, store) = (self.pool.clone(), self.store.clone());
+            result = bounded("leave", deadline, move || {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let mut conn = pool
+                    .get(remaining.max(Duration::from_millis(1)))
+                    .map_err(|e| Error::pool("leave", e))?;
+                store.leave(&mut conn)
+            });
             match &result {
                 Ok(epoch) => log::info!(target: "leasering",
                     "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
@@ -1136,6 +1206,32 @@ impl Inner {
             ));
         }
         result
+    }
+}
+
+/// Runs `job` on a helper thread and waits for it until `deadline`: a bound
+/// that holds even when the job is stuck in a socket that never times out.
+/// A job that misses the deadline finishes (or stays stuck) on its own.
+fn bounded<T: Send + 'static>(
+    what: &'static str,
+    deadline: Instant,
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("leasering-{what}"))
+        .spawn(move || {
+            let _ = tx.send(job());
+        })
+        .map_err(|e| {
+            Error::with_source(ErrorKind::Database, format!("spawn the {what} thread"), e)
+        })?;
+    match rx.recv_deadline(deadline) {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("{what} did not finish in time (database unreachable or stalled)"),
+        )),
     }
 }
 

@@ -28,6 +28,8 @@ impl DerefMut for Conn {
 pub(crate) trait ConnSource: Send + Sync {
     fn get(&self, timeout: Duration) -> Result<Conn, r2d2::Error>;
     fn max_size(&self) -> u32;
+    /// (connections, idle) for diagnostics.
+    fn state(&self) -> (u32, u32);
 }
 
 struct Wrapper<T>(PooledConnection<PostgresConnectionManager<T>>)
@@ -75,5 +77,9 @@ where
     }
     fn max_size(&self) -> u32 {
         Pool::max_size(self)
+    }
+    fn state(&self) -> (u32, u32) {
+        let s = Pool::state(self);
+        (s.connections, s.idle_connections)
     }
 }

@@ -68,7 +68,9 @@ fn configuration_errors_name_the_value() {
     expect(
         ErrorKind::InvalidConfig,
         "heartbeat_interval 1.5s",
-        builder(pool(4), &ring, "n").heartbeat_interval(Duration::from_millis(1500)),
+        builder(pool(4), &ring, "n")
+            .lease_ttl(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(1500)),
     );
     expect(
         ErrorKind::InvalidConfig,

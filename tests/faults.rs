@@ -12,10 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use leasering::testkit::{ProxyMode, TcpProxy, TestPostgres};
-use leasering::{Event, ReleaseReason, RingNode};
+use leasering::{Builder, Event, ReleaseReason, RingNode};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);
+
+/// The common test builder with the short TTL these fault tests are about.
+fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
+    common::builder(pool, ring, node).lease_ttl(TTL)
+}
 
 fn member_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -181,8 +186,8 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
         nodes.lock().unwrap().push(recorder.start(b));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || {
-        covered_exactly_once(&all, 1024)
+    wait_until(SETTLE, "3 members to settle", || {
+        covered_exactly_once(&all, 1024) && settled(&all)
     });
     let sampler = Sampler::start(nodes.clone());
     let sleeper = all[0].clone();
@@ -283,9 +288,19 @@ fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
             recorder.start(builder(named_pool(&server, &name, 4), &ring, &name))
         })
         .collect();
-    wait_until(SETTLE, "3 members to cover the ring", || {
-        covered_exactly_once(&nodes, 1024)
-    });
+    // Every member must hold its share before the outage (coverage alone
+    // can hold while the last joiner's partitions are still with the others).
+    wait_until(
+        SETTLE,
+        "3 members to cover the ring, each with its share",
+        || {
+            covered_exactly_once(&nodes, 1024)
+                && nodes.iter().all(|n| {
+                    n.ring().members().len() == 3
+                        && n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len()
+                })
+        },
+    );
     let stopped_at = Instant::now();
     server.stop_fast().unwrap();
     // Everyone lets go of everything, with the lease-expired reason.
@@ -393,13 +408,29 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
             .push(recorder.start(builder(pool(4), &ring, &format!("direct{i}"))));
     }
     let all = nodes.lock().unwrap().clone();
-    wait_until(SETTLE, "3 members to cover the ring", || {
-        covered_exactly_once(&all, 1024)
+    wait_until(SETTLE, "3 members to settle", || {
+        covered_exactly_once(&all, 1024) && settled(&all)
     });
     let sampler = Sampler::start(nodes.clone());
     // A cut: connections die, the member reconnects, nothing is lost.
+    let renewals = proxied.status().renewals;
     proxy.cut();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(
+        SETTLE,
+        "the member behind the cut to renew on new connections",
+        || proxied.status().renewals >= renewals + 2,
+    );
+    assert!(
+        !recorder.events().iter().any(|(n, e)| n == "behind-proxy"
+            && matches!(
+                e,
+                Event::Released {
+                    reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted,
+                    ..
+                }
+            )),
+        "a cut connection cost the member its lease"
+    );
     wait_until(SETTLE, "the ring to be covered after the cut", || {
         covered_exactly_once(&all, 1024)
     });
@@ -417,6 +448,29 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     wait_until(SETTLE, "the stalled member to come back", || {
         covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
     });
+    // A stop while the connection is stalled keeps its bound and owns
+    // nothing afterwards; the member's row goes once its lease ends.
+    proxy.set_mode(ProxyMode::Stall);
+    let t = Instant::now();
+    let err = proxied
+        .stop()
+        .expect_err("stop cannot finish through a stalled connection");
+    let took = t.elapsed();
+    // A bound on behaviour (it gives up at stop_timeout), not a speed figure.
+    assert!(
+        took < Duration::from_secs(2 + 3),
+        "stop took {took:?}: {err}"
+    );
+    assert!(proxied.owned_partitions().is_empty());
+    wait_until(
+        SETTLE,
+        "the others to cover the ring after the stalled stop",
+        || covered_exactly_once(&others, 1024),
+    );
+    proxy.set_mode(ProxyMode::Pass);
+    wait_until(SETTLE, "no row of the stopped member left", || {
+        rows_of(db, "leasering", &ring, "behind-proxy") == 0
+    });
     sampler.finish();
     recorder.assert_no_overlap_and_tokens_increase();
     assert!(recorder.events().iter().any(|(n, e)| n == "behind-proxy"
@@ -427,7 +481,7 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
                 ..
             }
         )));
-    for n in &all {
+    for n in &others {
         n.stop().unwrap();
     }
 }

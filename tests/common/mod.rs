@@ -80,13 +80,34 @@ pub fn covered_exactly_once(nodes: &[RingNode], ring_size: u32) -> bool {
     seen.iter().all(|c| *c == 1)
 }
 
+/// Whether the ring has settled: every member's view at one epoch with all
+/// of them in it, and each member holding exactly its share. (Coverage alone
+/// can hold mid-handoff, while a joiner's partitions are still active on
+/// their former owners.)
+pub fn settled(nodes: &[RingNode]) -> bool {
+    let Some(first) = nodes.first() else {
+        return true;
+    };
+    let e = first.ring().epoch();
+    nodes.iter().all(|n| {
+        let view = n.ring();
+        view.epoch() == e
+            && view.members().len() == nodes.len()
+            && n.owned_partitions().to_vec() == view.partitions_of(n.node_id())
+    })
+}
+
 /// Records every member's events, on one clock, for the event-based overlap
 /// and token checks.
+///
+/// Receivers are drained synchronously whenever events are read: an
+/// asynchronous collector could lag behind one member while another's later
+/// event is already in, and make a handoff look like an overlap.
 #[derive(Clone, Default)]
 pub struct Recorder {
     // (node, event)
     events: Arc<Mutex<Vec<(String, Event)>>>,
-    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    receivers: Arc<Mutex<Vec<(String, crossbeam_channel::Receiver<Event>)>>>,
 }
 
 impl Recorder {
@@ -95,22 +116,21 @@ impl Recorder {
     pub fn start(&self, mut b: Builder) -> RingNode {
         let rx = b.subscribe();
         let node = b.start().unwrap_or_else(|e| panic!("start failed: {e}"));
-        self.collect(node.node_id().to_string(), rx);
+        self.receivers
+            .lock()
+            .unwrap()
+            .push((node.node_id().to_string(), rx));
         node
     }
 
-    fn collect(&self, name: String, rx: crossbeam_channel::Receiver<Event>) {
-        let events = self.events.clone();
-        let h = std::thread::spawn(move || {
-            for e in rx {
-                events.lock().unwrap().push((name.clone(), e));
-            }
-        });
-        self.threads.lock().unwrap().push(h);
-    }
-
+    /// Every event so far, of every member.
     pub fn events(&self) -> Vec<(String, Event)> {
-        self.events.lock().unwrap().clone()
+        let receivers = self.receivers.lock().unwrap();
+        let mut events = self.events.lock().unwrap();
+        for (name, rx) in receivers.iter() {
+            events.extend(rx.try_iter().map(|e| (name.clone(), e)));
+        }
+        events.clone()
     }
 
     /// Intervals of activity per partition: (node, token, from, to).
@@ -256,11 +276,14 @@ impl Sampler {
     }
 }
 
-/// A builder with test-friendly settings: small TTL, unique schema optional.
+/// A builder with test settings. The TTL is 10 s: membership tests do not
+/// depend on it (joins and leaves are driven by notifications), and a
+/// loaded machine must not make members fence themselves by accident.
+/// Fault tests set a short TTL themselves.
 pub fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
     RingNode::builder(pool, ring)
         .node_id(node)
-        .lease_ttl(Duration::from_secs(2))
+        .lease_ttl(Duration::from_secs(10))
         .start_timeout(Duration::from_secs(20))
 }
 
