@@ -189,8 +189,23 @@ impl Builder {
                 } else {
                     store.check_schema(&mut conn)?;
                 }
-                let sent_at = Instant::now();
-                let joined = store.join(&mut conn)?;
+                // Many members starting at once queue on the ring's row
+                // lock; a join that timed out there is tried again while
+                // start_timeout allows.
+                let (sent_at, joined) = loop {
+                    let sent_at = Instant::now();
+                    match store.join(&mut conn) {
+                        Ok(joined) => break (sent_at, joined),
+                        Err(e)
+                            if e.kind() == ErrorKind::Timeout
+                                && Instant::now() + Duration::from_millis(100) < deadline =>
+                        {
+                            log::debug!(target: "leasering", "join timed out ({e}); trying again");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 if abandoned.load(Ordering::SeqCst) {
                     let _ = store.leave(&mut conn);
                 }

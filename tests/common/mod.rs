@@ -80,6 +80,9 @@ pub fn covered_exactly_once(nodes: &[RingNode], ring_size: u32) -> bool {
     seen.iter().all(|c| *c == 1)
 }
 
+/// A member's name and its event receiver.
+type Subscription = (String, crossbeam_channel::Receiver<Event>);
+
 /// Whether the ring has settled: every member's view at one epoch with all
 /// of them in it, and each member holding exactly its share. (Coverage alone
 /// can hold mid-handoff, while a joiner's partitions are still active on
@@ -107,7 +110,7 @@ pub fn settled(nodes: &[RingNode]) -> bool {
 pub struct Recorder {
     // (node, event)
     events: Arc<Mutex<Vec<(String, Event)>>>,
-    receivers: Arc<Mutex<Vec<(String, crossbeam_channel::Receiver<Event>)>>>,
+    receivers: Arc<Mutex<Vec<Subscription>>>,
 }
 
 impl Recorder {
