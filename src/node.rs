@@ -485,6 +485,7 @@ impl Inner {
             tokens,
         });
         let epoch = st.view_epoch();
+        let acquired = actions.iter().any(|a| matches!(a, Action::Acquire { .. }));
         for a in actions {
             let ev = match a {
                 Action::Release { partitions, reason } => {
@@ -526,6 +527,11 @@ impl Inner {
         }
         if !st.has_pending() {
             *self.pending_since.lock() = None;
+        }
+        if acquired {
+            // The fence thread sleeps while nothing is active: it must learn
+            // of the new deadline to guard, whichever path activated.
+            let _ = self.wake_fence.0.send(());
         }
     }
 

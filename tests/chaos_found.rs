@@ -1,0 +1,72 @@
+//! Bugs of the core found by the chaos harness (`tests/chaos.rs`), each
+//! reproduced on its own, deterministically enough to fail without its fix.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use leasering::testkit::{ProxyMode, TcpProxy};
+use leasering::{Event, ReleaseReason};
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// Found by the chaos harness (and by the flaky
+/// `database_down_longer_than_ttl_fences_everyone_before_their_lease_ends`):
+/// the fence thread sleeps "forever" while nothing is active and was only
+/// woken by renewals. Partitions activated by the watcher's barrier read
+/// (not by a renewal reply) did not wake it, so a member that lost the
+/// database right after such an activation never emitted
+/// `Released { LeaseExpired }` — its event subscribers kept working on
+/// partitions that others took over once its lease ended.
+#[test]
+fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
+    init_logs();
+    let db = db();
+    let ring = ring_name("fencewake");
+    let target = format!("127.0.0.1:{}", db.port()).parse().unwrap();
+    // The first member sits behind a slow link, so that its acknowledgement
+    // of the second member's join arrives after the joiner's own first
+    // renewal: the joiner then activates through its barrier reads.
+    let slow = TcpProxy::start(target).unwrap();
+    let a = builder(db.pool_via(slow.port(), 4).unwrap(), &ring, "a")
+        .stop_timeout(Duration::from_secs(3))
+        .start()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "a to own everything", || a.owned_partitions().len() == 1024);
+    slow.set_mode(ProxyMode::Delay(Duration::from_millis(40)));
+    let link = TcpProxy::start(target).unwrap();
+    let mut b = builder(db.pool_via(link.port(), 4).unwrap(), &ring, "b").stop_timeout(Duration::from_secs(3));
+    let events = b.subscribe();
+    let b = b.start().unwrap();
+    // The moment b acquires, its link stalls: no renewal gets through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = events
+            .recv_deadline(deadline)
+            .expect("b acquires its partitions within 20 s");
+        if matches!(ev, Event::Acquired { .. }) {
+            link.set_mode(ProxyMode::Stall);
+            break;
+        }
+    }
+    let stalled_at = Instant::now();
+    // Its local lease (TTL minus margin from its last renewal) runs out
+    // within one TTL: it must say so with an event, not only in owns().
+    let fenced = loop {
+        match events.recv_deadline(stalled_at + TTL + Duration::from_secs(1)) {
+            Ok(Event::Released { reason: ReleaseReason::LeaseExpired, at, .. }) => break Some(at),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    link.set_mode(ProxyMode::Pass);
+    slow.set_mode(ProxyMode::Pass);
+    let fenced = fenced.unwrap_or_else(|| {
+        panic!("b kept its partitions (no Released {{ LeaseExpired }}) for {:?} of stalled link", stalled_at.elapsed())
+    });
+    assert!(fenced <= stalled_at + TTL, "fenced {:?} after the stall began", fenced - stalled_at);
+    assert!(b.owned_partitions().is_empty());
+    let _ = b.stop();
+    let _ = a.stop();
+}
