@@ -33,10 +33,13 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
         .stop_timeout(Duration::from_secs(3))
         .start()
         .unwrap();
-    wait_until(Duration::from_secs(30), "a to own everything", || a.owned_partitions().len() == 1024);
+    wait_until(Duration::from_secs(30), "a to own everything", || {
+        a.owned_partitions().len() == 1024
+    });
     slow.set_mode(ProxyMode::Delay(Duration::from_millis(40)));
     let link = TcpProxy::start(target).unwrap();
-    let mut b = builder(db.pool_via(link.port(), 4).unwrap(), &ring, "b").stop_timeout(Duration::from_secs(3));
+    let mut b = builder(db.pool_via(link.port(), 4).unwrap(), &ring, "b")
+        .stop_timeout(Duration::from_secs(3));
     let events = b.subscribe();
     let b = b.start().unwrap();
     // The moment b acquires, its link stalls: no renewal gets through.
@@ -55,7 +58,11 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     // within one TTL: it must say so with an event, not only in owns().
     let fenced = loop {
         match events.recv_deadline(stalled_at + TTL + Duration::from_secs(1)) {
-            Ok(Event::Released { reason: ReleaseReason::LeaseExpired, at, .. }) => break Some(at),
+            Ok(Event::Released {
+                reason: ReleaseReason::LeaseExpired,
+                at,
+                ..
+            }) => break Some(at),
             Ok(_) => continue,
             Err(_) => break None,
         }
@@ -63,9 +70,16 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     link.set_mode(ProxyMode::Pass);
     slow.set_mode(ProxyMode::Pass);
     let fenced = fenced.unwrap_or_else(|| {
-        panic!("b kept its partitions (no Released {{ LeaseExpired }}) for {:?} of stalled link", stalled_at.elapsed())
+        panic!(
+            "b kept its partitions (no Released {{ LeaseExpired }}) for {:?} of stalled link",
+            stalled_at.elapsed()
+        )
     });
-    assert!(fenced <= stalled_at + TTL, "fenced {:?} after the stall began", fenced - stalled_at);
+    assert!(
+        fenced <= stalled_at + TTL,
+        "fenced {:?} after the stall began",
+        fenced - stalled_at
+    );
     assert!(b.owned_partitions().is_empty());
     let _ = b.stop();
     let _ = a.stop();
