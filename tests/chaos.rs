@@ -7,8 +7,9 @@
 //! CLOCK_MONOTONIC. Faults are drawn from a seeded generator and injected
 //! one after the other, the ring settling in between: `kill -9` (and a
 //! replacement), `SIGSTOP` for 0.5–3 × TTL, graceful restart, join bursts
-//! (with or without a member paused meanwhile), cut or stalled or slow
-//! links of one member, PostgreSQL stopped (fast, immediate, killed) and
+//! (with or without a member paused meanwhile, or a newcomer stalled the
+//! moment it acquires), cut, refused, stalled (mostly longer than the TTL)
+//! or slow links of one member, PostgreSQL stopped (fast, immediate, killed) and
 //! started again, PostgreSQL restarted under the members. Then every member
 //! stops and the checker (`chaos_support::checker`) judges the logs.
 //!
@@ -295,8 +296,15 @@ impl Chaos {
                 };
             }
             Kind::Stall => {
+                // Mostly longer than the TTL (the member's lease ends in the
+                // database); now and then just under it (it fenced itself,
+                // its lease is still live when the stall ends).
                 let v = self.victim();
-                let d = self.ttl_times(1.2, 2.5);
+                let d = if self.rng.chance(0.25) {
+                    self.ttl_times(0.7, 1.0)
+                } else {
+                    self.ttl_times(1.2, 2.5)
+                };
                 self.cluster.members[v].proxy.set_mode(ProxyMode::Stall);
                 self.sleep(d);
                 self.cluster.members[v].proxy.set_mode(ProxyMode::Pass);
