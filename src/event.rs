@@ -27,7 +27,8 @@ pub enum ReleaseReason {
 /// Events go out in the order of the state changes they describe, each
 /// stamped with the instant the change took effect (`at`): for `Released`
 /// with [`ReleaseReason::LeaseExpired`] that is the local deadline itself,
-/// the moment [`owns`](crate::RingNode::owns) stopped answering `true`.
+/// the moment [`owns`](crate::RingNode::owns) stopped answering `true` (and
+/// so it is for any release made after that deadline had passed).
 /// [`monotonic_ns`](crate::monotonic_ns) turns `at` into `CLOCK_MONOTONIC`
 /// nanoseconds, comparable across processes on one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::clock::{coarse_now_ns, coarse_resolution_ns, hot_deadline_ns};
+use crate::clock::{coarse_now_ns, coarse_resolution_ns, hot_deadline_ns, monotonic_ns};
 use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, ReleaseReason};
@@ -459,11 +459,17 @@ impl Inner {
     /// it), then the snapshot, then subscribers. Called with the state
     /// write lock held, so events leave in the order of the changes.
     fn publish(&self, st: &Ownership, actions: Vec<Action>, at: Instant) {
-        self.deadline_ns
-            .store(hot_deadline_ns(st.valid_until()), Ordering::Release);
+        let previous_deadline_ns = self
+            .deadline_ns
+            .swap(hot_deadline_ns(st.valid_until()), Ordering::AcqRel);
         if actions.is_empty() {
             return;
         }
+        // Partitions released after the lease they were held under had run
+        // out (threads held up: a paused process, a late renewal reply, an
+        // eviction found on waking) stopped being usable at its deadline,
+        // when owns() stopped answering true, not now.
+        let released_at = released_at(at, previous_deadline_ns);
         for a in &actions {
             match a {
                 Action::Release { partitions, .. } => {
@@ -506,7 +512,7 @@ impl Inner {
                         partitions,
                         reason,
                         epoch,
-                        at,
+                        at: released_at,
                     }
                 }
                 Action::Acquire { partitions, token } => {
@@ -1088,6 +1094,17 @@ impl Inner {
         }
         result
     }
+}
+
+/// The instant a release takes effect: `at`, or the hot-path deadline
+/// (`CLOCK_MONOTONIC` ns, 0 = none) in force until then if that was earlier.
+fn released_at(at: Instant, deadline_ns: u64) -> Instant {
+    let at_ns = monotonic_ns(at);
+    if deadline_ns == 0 || deadline_ns >= at_ns {
+        return at;
+    }
+    at.checked_sub(Duration::from_nanos(at_ns - deadline_ns))
+        .unwrap_or(at)
 }
 
 fn short_id(node_id: &str) -> String {
