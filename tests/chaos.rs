@@ -440,15 +440,24 @@ fn chaos() {
             }
         };
         let label = fault.label.clone();
+        let (start, from) = (fault.start, fault.from);
         chaos.faults.push(fault);
-        match chaos.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT) {
-            Ok(took) => println!(
-                "chaos-fault: #{n} at {} {}: {label}; settled {} later",
-                secs(chaos.began.elapsed()),
+        let settled = chaos.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT);
+        note(
+            &dir,
+            &format!(
+                "chaos-fault: #{n} {} at mono {:.3}s (counted from {:.3}s): {label}; {}",
                 kind.name(),
-                secs(took)
+                start as f64 / 1e9,
+                from as f64 / 1e9,
+                match &settled {
+                    Ok(took) => format!("settled {} later", secs(*took)),
+                    Err(_) => "did not settle".to_string(),
+                }
             ),
-            Err(e) => failures.push(format!("after fault #{n} ({label}): {e}")),
+        );
+        if let Err(e) = settled {
+            failures.push(format!("after fault #{n} ({label}): {e}"));
         }
     }
 
@@ -518,6 +527,19 @@ fn chaos() {
             failures.join("\n  "),
             report.summary_line()
         );
+    }
+}
+
+/// Prints a line and appends it to `faults.log` in the run's directory.
+fn note(dir: &std::path::Path, line: &str) {
+    println!("{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("faults.log"))
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
     }
 }
 
