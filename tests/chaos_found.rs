@@ -11,14 +11,15 @@ use leasering::{Event, ReleaseReason};
 
 const TTL: Duration = Duration::from_secs(2);
 
-/// Found by the chaos harness (and by the flaky
-/// `database_down_longer_than_ttl_fences_everyone_before_their_lease_ends`):
-/// the fence thread sleeps "forever" while nothing is active and was only
-/// woken by renewals. Partitions activated by the watcher's barrier read
-/// (not by a renewal reply) did not wake it, so a member that lost the
-/// database right after such an activation never emitted
-/// `Released { LeaseExpired }` — its event subscribers kept working on
-/// partitions that others took over once its lease ended.
+/// First seen as the flaky `database_down_longer_than_ttl_fences_everyone_before_their_lease_ends`
+/// (under load), and found by the chaos harness's `stall_after_join` fault
+/// (35 overlaps in one run without the fix): the fence thread sleeps
+/// "forever" while nothing is active and was only woken by renewals.
+/// Partitions activated by the watcher's barrier read (not by a renewal
+/// reply) did not wake it, so a member that lost the database right after
+/// such an activation never emitted `Released { LeaseExpired }` — its event
+/// subscribers kept working on partitions that others took over once its
+/// lease ended (`owns()` did stop at the deadline).
 #[test]
 fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     init_logs();
