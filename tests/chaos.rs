@@ -19,7 +19,9 @@
 //!   for a long run.
 //! * `LEASERING_CHAOS_SEED=<n>` replays the fault schedule of a run (the
 //!   seed is printed first); `LEASERING_CHAOS_KEEP=1` keeps the logs of a
-//!   passing run (a failing run always keeps them and prints where).
+//!   passing run (a failing run always keeps them and prints where), with
+//!   `faults.log` listing each fault and its worst uncovered partition;
+//!   `LEASERING_CHAOS_KINDS=stall,pause` restricts the kinds of fault.
 //!
 //! The last line is the summary:
 //! `chaos: transitions=<n> overlaps=<n> token_regressions=<n> stale_writes=<n> max_uncovered_ms=<n> faults=<n> leaked_rows=<n>`.
@@ -365,6 +367,34 @@ impl Chaos {
     }
 }
 
+/// The kinds of fault of this run: all, or those named (comma-separated)
+/// in `LEASERING_CHAOS_KINDS`, for chasing one problem.
+fn selected_kinds() -> Vec<Kind> {
+    let Ok(list) = std::env::var("LEASERING_CHAOS_KINDS") else {
+        return KINDS.to_vec();
+    };
+    let kinds: Vec<Kind> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            KINDS
+                .iter()
+                .copied()
+                .find(|k| k.name() == name)
+                .unwrap_or_else(|| {
+                    let all: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
+                    panic!(
+                        "LEASERING_CHAOS_KINDS: unknown kind {name:?}; kinds: {}",
+                        all.join(",")
+                    )
+                })
+        })
+        .collect();
+    assert!(!kinds.is_empty(), "LEASERING_CHAOS_KINDS names no kind");
+    kinds
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     Some(
@@ -390,7 +420,8 @@ fn chaos() {
     let settings = Settings {
         ttl,
         ring_size: 256,
-        vnodes: 8,
+        vnodes: (4, 12),
+        seed,
         write_every_ms: 25,
         write_sample: 16,
     };
@@ -415,13 +446,14 @@ fn chaos() {
 
     // Faults: first every kind once (in a seeded order), then at random
     // until the budget is spent.
-    let mut first_round = KINDS.to_vec();
+    let kinds = selected_kinds();
+    let mut first_round = kinds.clone();
     chaos.rng.shuffle(&mut first_round);
     while failures.is_empty() {
         let kind = match first_round.pop() {
             Some(k) => k,
             None if chaos.began.elapsed() + LONGEST_FAULT < budget => {
-                KINDS[chaos.rng.below(KINDS.len() as u64) as usize]
+                kinds[chaos.rng.below(kinds.len() as u64) as usize]
             }
             None => break,
         };
@@ -503,9 +535,12 @@ fn chaos() {
     print_details(&report, &chaos, &shown);
     println!("{}", report.summary_line());
 
-    let kinds: std::collections::BTreeSet<Kind> = chaos.faults.iter().map(|f| f.kind).collect();
-    if failures.is_empty() && kinds.len() < 5 {
-        failures.push(format!("only {} kinds of fault were injected", kinds.len()));
+    let injected: std::collections::BTreeSet<Kind> = chaos.faults.iter().map(|f| f.kind).collect();
+    if failures.is_empty() && injected.len() < kinds.len().min(5) {
+        failures.push(format!(
+            "only {} kinds of fault were injected",
+            injected.len()
+        ));
     }
     failures.extend(report.violations());
     // Tear everything down before judging, so nothing is left behind even
@@ -544,6 +579,40 @@ fn note(dir: &std::path::Path, line: &str) {
 }
 
 fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
+    // Every fault's worst uncovered partition goes to faults.log; the three
+    // closest to their bound are printed.
+    let dir = &chaos.cluster.dir;
+    for c in &report.coverage {
+        let line = format!(
+            "chaos-uncovered: {}: partition {} for {:.1} ms (bound {} ms)",
+            c.label,
+            c.partition,
+            c.worst_ns as f64 / 1e6,
+            c.bound_ms
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("faults.log"))
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    let mut closest: Vec<_> = report.coverage.iter().collect();
+    closest.sort_by(|a, b| {
+        let r = |c: &&chaos_support::checker::Coverage| c.worst_ns as f64 / c.bound_ms as f64;
+        r(b).total_cmp(&r(a))
+    });
+    for c in closest.iter().take(3) {
+        println!(
+            "chaos-closest: {} ({}): partition {} uncovered {:.1} ms of {} ms allowed",
+            c.label,
+            c.kind,
+            c.partition,
+            c.worst_ns as f64 / 1e6,
+            c.bound_ms
+        );
+    }
     let mut by_kind: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     for c in &report.coverage {
         let e = by_kind.entry(c.kind.as_str()).or_insert((0, 0, c.bound_ms));

@@ -17,6 +17,7 @@ use leasering::testkit::{TcpProxy, TestPostgres};
 
 use super::checker::{End, Run};
 use super::logs::{parse_event, parse_events, parse_writes, Ev};
+use super::rng::Rng;
 
 pub const RING: &str = "chaos";
 pub const SCHEMA: &str = "leasering";
@@ -31,7 +32,10 @@ pub fn mono_now() -> u64 {
 pub struct Settings {
     pub ttl: Duration,
     pub ring_size: u32,
-    pub vnodes: u32,
+    /// Vnodes of each member process, drawn in this range (weights differ).
+    pub vnodes: (u32, u32),
+    /// Seeds the draws of the cluster (vnode counts).
+    pub seed: u64,
     pub write_every_ms: u64,
     pub write_sample: usize,
 }
@@ -208,6 +212,7 @@ pub struct Cluster {
     pub members: Vec<Member>,
     next_node: usize,
     processes_of: HashMap<String, usize>,
+    rng: Rng,
 }
 
 impl Cluster {
@@ -237,6 +242,7 @@ impl Cluster {
         Cluster {
             db,
             dir,
+            rng: Rng::new(settings.seed ^ 0x5eed_c1a5),
             settings,
             bin,
             members: Vec::new(),
@@ -267,6 +273,9 @@ impl Cluster {
             "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2 application_name={node_id}",
             proxy.port()
         );
+        let vnodes = self
+            .rng
+            .range(self.settings.vnodes.0 as u64, self.settings.vnodes.1 as u64);
         let s = &self.settings;
         let mut cmd = Command::new(&self.bin);
         cmd.args([
@@ -279,7 +288,7 @@ impl Cluster {
             SINK,
         ])
         .arg(format!("--ring-size={}", s.ring_size))
-        .arg(format!("--vnodes={}", s.vnodes))
+        .arg(format!("--vnodes={vnodes}"))
         .arg(format!("--writes={}", writes_path.display()))
         .arg(format!("--write-every-ms={}", s.write_every_ms))
         .arg(format!("--write-sample={}", s.write_sample))
