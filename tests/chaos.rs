@@ -412,10 +412,11 @@ fn chaos() {
     let keep = std::env::var("LEASERING_CHAOS_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
     let dir = std::env::temp_dir().join(unique_name("chaos"));
     println!(
-        "chaos-run: seed={seed} secs={} ttl_ms={} logs={} (replay with LEASERING_CHAOS_SEED={seed})",
+        "chaos-run: seed={seed} secs={} ttl_ms={} logs={} load={} (replay with LEASERING_CHAOS_SEED={seed})",
         budget.as_secs(),
         ttl.as_millis(),
-        dir.display()
+        dir.display(),
+        loadavg()
     );
     let settings = Settings {
         ttl,
@@ -565,6 +566,14 @@ fn chaos() {
     }
 }
 
+/// The machine's load averages (1, 5, 15 min): timing bounds are judged
+/// on a shared machine, and the load says how shared it was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join("/"))
+        .unwrap_or_else(|_| "?".to_string())
+}
+
 /// Prints a line and appends it to `faults.log` in the run's directory.
 fn note(dir: &std::path::Path, line: &str) {
     println!("{line}");
@@ -629,12 +638,13 @@ fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
         println!("chaos-sink: {line}");
     }
     println!(
-        "chaos-detail: members={} writes_accepted={} writes_rejected={} snapshot_violations={} anomalies={} elapsed={}",
+        "chaos-detail: members={} writes_accepted={} writes_rejected={} snapshot_violations={} anomalies={} elapsed={} load={}",
         chaos.cluster.members.len(),
         report.writes_accepted,
         report.writes_rejected,
         report.snapshot_violations,
         report.anomalies.len(),
-        secs(chaos.began.elapsed())
+        secs(chaos.began.elapsed()),
+        loadavg()
     );
 }
