@@ -1,0 +1,716 @@
+//! The independent checker of a chaos run: a pure function from what the
+//! member processes logged (and what the harness recorded) to a [`Report`].
+//! It never looks at the library's state, only at the logs merged on the
+//! one CLOCK_MONOTONIC clock of the machine.
+//!
+//! What it judges, and how:
+//!
+//! * **Ownership intervals.** Each member process (a *run*) logs
+//!   `Acquired`/`Released` with the instant each change took effect. A
+//!   partition is active on a run from an `Acquired` to the next `Released`
+//!   of it. A run killed with `SIGKILL` is active until the instant the
+//!   harness sent the signal (the harness kills only members of a settled
+//!   ring, whose logs have been quiet for a while, so nothing was in flight
+//!   that its log could have missed); a gracefully stopped run must have
+//!   released everything itself (else: an anomaly).
+//! * **Overlaps**: two runs active on one partition at one instant
+//!   (intervals are half-open, `[acquired, released)`).
+//! * **Token regressions**: per partition, in order of acquisition, a token
+//!   lower than one seen before, or equal to one of *another* run.
+//! * **Coverage**: for each fault, from its `from` instant (its start, or the
+//!   moment the database came back) to `to` (the next fault), the longest
+//!   time any partition was active nowhere; it must stay under the fault's
+//!   bound.
+//! * **Stale writes accepted**: (a) the sink's own record of accepted
+//!   writes that went against its order (a lower token than stored, or the
+//!   same token from another node — counted by a trigger in the database),
+//!   and (b) accepted writes whose snapshot was taken (`t0`) after *another*
+//!   run had already acquired that partition with a higher token: the
+//!   writer's `owned_partitions()` still listed a partition it had lost.
+//!   Writes merely *delivered* late (taken while owner, then paused) are
+//!   not stale in this sense: the sink orders them by token. Rejected
+//!   writes that fail test (b) are counted apart, as snapshot violations.
+//!   Both tests are sound: each flags only what the library's guarantees
+//!   exclude, with no slack on the shared clock.
+
+use std::collections::HashMap;
+
+use super::logs::{Ev, WriteRec};
+
+/// How a member process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Stopped gracefully (or still running at the end of the run: never).
+    Exited(u64),
+    /// `SIGKILL` sent at this instant.
+    Killed(u64),
+}
+
+impl End {
+    fn at(self) -> u64 {
+        match self {
+            End::Exited(t) | End::Killed(t) => t,
+        }
+    }
+}
+
+/// One member process and what it logged.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Unique per process, e.g. `m3#2`.
+    pub name: String,
+    pub events: Vec<Ev>,
+    pub writes: Vec<WriteRec>,
+    pub end: End,
+}
+
+/// A window over which coverage is judged after one fault.
+#[derive(Debug, Clone)]
+pub struct FaultSpan {
+    pub kind: String,
+    pub label: String,
+    /// Uncovered time counts from here (fault start, or database back).
+    pub from: u64,
+    /// ...to here (start of the next fault, or of the final shutdown).
+    pub to: u64,
+    pub bound_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub ring_size: u32,
+    pub runs: Vec<Run>,
+    pub faults: Vec<FaultSpan>,
+    /// Accepted writes against the sink's order, counted in the database.
+    pub sink_anomalies: u64,
+    /// Membership rows left after every member stopped.
+    pub leaked_rows: u64,
+    /// Problems found while collecting the input (unreadable logs, members
+    /// that failed), reported as anomalies.
+    pub notes: Vec<String>,
+}
+
+/// Coverage after one fault.
+#[derive(Debug, Clone)]
+pub struct Coverage {
+    pub kind: String,
+    pub label: String,
+    pub bound_ms: u64,
+    pub worst_ns: u64,
+    pub partition: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub transitions: u64,
+    pub overlaps: u64,
+    pub token_regressions: u64,
+    pub stale_writes: u64,
+    pub snapshot_violations: u64,
+    pub max_uncovered_ms: u64,
+    pub faults: usize,
+    pub leaked_rows: u64,
+    pub writes_accepted: u64,
+    pub writes_rejected: u64,
+    pub coverage: Vec<Coverage>,
+    pub anomalies: Vec<String>,
+    /// The first few of each kind of violation, for the failure message.
+    pub examples: Vec<String>,
+}
+
+const EXAMPLES_PER_KIND: usize = 5;
+
+/// An interval of activity of one run on one partition, `[from, to)`.
+#[derive(Debug, Clone, Copy)]
+struct Interval {
+    run: usize,
+    token: u64,
+    from: u64,
+    to: u64,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Report {
+    /// The one summary line of a run.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "chaos: transitions={} overlaps={} token_regressions={} stale_writes={} max_uncovered_ms={} faults={} leaked_rows={}",
+            self.transitions,
+            self.overlaps,
+            self.token_regressions,
+            self.stale_writes,
+            self.max_uncovered_ms,
+            self.faults,
+            self.leaked_rows
+        )
+    }
+
+    /// Coverage results over their bound.
+    pub fn coverage_violations(&self) -> Vec<&Coverage> {
+        self.coverage
+            .iter()
+            .filter(|c| c.worst_ns >= c.bound_ms * 1_000_000)
+            .collect()
+    }
+
+    /// Everything that makes the run fail, in words; empty when it passed.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.overlaps > 0 {
+            v.push(format!("{} overlaps", self.overlaps));
+        }
+        if self.token_regressions > 0 {
+            v.push(format!("{} token regressions", self.token_regressions));
+        }
+        if self.stale_writes > 0 {
+            v.push(format!("{} stale writes accepted", self.stale_writes));
+        }
+        if self.snapshot_violations > 0 {
+            v.push(format!(
+                "{} writes from snapshots listing a partition another member had taken",
+                self.snapshot_violations
+            ));
+        }
+        for c in self.coverage_violations() {
+            v.push(format!(
+                "after {} ({}): partition {} uncovered for {:.1} ms, bound {} ms",
+                c.label,
+                c.kind,
+                c.partition,
+                ms(c.worst_ns),
+                c.bound_ms
+            ));
+        }
+        if self.leaked_rows > 0 {
+            v.push(format!("{} membership rows left behind", self.leaked_rows));
+        }
+        for a in &self.anomalies {
+            v.push(format!("log anomaly: {a}"));
+        }
+        v
+    }
+}
+
+/// Judges a run. Pure: same input, same report.
+pub fn check(input: &Input) -> Report {
+    let mut report = Report {
+        faults: input.faults.len(),
+        leaked_rows: input.leaked_rows,
+        anomalies: input.notes.clone(),
+        ..Report::default()
+    };
+    let n = input.ring_size as usize;
+    let mut by_part: Vec<Vec<Interval>> = vec![Vec::new(); n];
+    // Acquisitions per partition: (at, token, run).
+    let mut acqs: Vec<Vec<(u64, u64, usize)>> = vec![Vec::new(); n];
+
+    for (ri, run) in input.runs.iter().enumerate() {
+        let mut open: HashMap<u32, (u64, u64)> = HashMap::new();
+        for ev in &run.events {
+            match ev {
+                Ev::Acquired {
+                    at, token, parts, ..
+                } => {
+                    for &p in parts {
+                        if p as usize >= n {
+                            report.anomalies.push(format!(
+                                "{} acquired partition {p} outside the ring",
+                                run.name
+                            ));
+                            continue;
+                        }
+                        if open.insert(p, (*token, *at)).is_some() {
+                            report.anomalies.push(format!(
+                                "{} acquired partition {p} at {at} while holding it",
+                                run.name
+                            ));
+                        }
+                        acqs[p as usize].push((*at, *token, ri));
+                    }
+                }
+                Ev::Released { at, parts, .. } => {
+                    for &p in parts {
+                        match open.remove(&p) {
+                            Some((token, from)) => by_part[p as usize].push(Interval {
+                                run: ri,
+                                token,
+                                from,
+                                to: (*at).max(from),
+                            }),
+                            None => report.anomalies.push(format!(
+                                "{} released partition {p} at {at} without holding it",
+                                run.name
+                            )),
+                        }
+                    }
+                }
+                Ev::Joined { .. } | Ev::View { .. } => {}
+            }
+        }
+        let mut left: Vec<(u32, (u64, u64))> = open.into_iter().collect();
+        left.sort_unstable();
+        if let (End::Exited(_), Some((p, _))) = (run.end, left.first()) {
+            report.anomalies.push(format!(
+                "{} stopped gracefully still holding {} partitions (first {p})",
+                run.name,
+                left.len()
+            ));
+        }
+        for (p, (token, from)) in left {
+            by_part[p as usize].push(Interval {
+                run: ri,
+                token,
+                from,
+                to: run.end.at().max(from),
+            });
+        }
+    }
+
+    let name = |ri: usize| input.runs[ri].name.as_str();
+    let mut examples: HashMap<&'static str, usize> = HashMap::new();
+    let mut example = |kind: &'static str, text: String, out: &mut Vec<String>| {
+        let c = examples.entry(kind).or_insert(0);
+        if *c < EXAMPLES_PER_KIND {
+            out.push(format!("{kind}: {text}"));
+        }
+        *c += 1;
+    };
+
+    let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+    for (p, ivs) in by_part.iter_mut().enumerate() {
+        ivs.sort_by_key(|iv| (iv.from, iv.to));
+        // Transitions: the owner changed (the first owner counts).
+        let mut last_owner: Option<usize> = None;
+        // Token order: the highest token so far and whose it was.
+        let mut max_token: Option<(u64, usize)> = None;
+        // Overlaps: intervals still running at the current start.
+        let mut live: Vec<Interval> = Vec::new();
+        for iv in ivs.iter() {
+            if last_owner != Some(iv.run) {
+                report.transitions += 1;
+                last_owner = Some(iv.run);
+            }
+            if let Some((t, r)) = max_token {
+                if iv.token < t || (iv.token == t && iv.run != r) {
+                    report.token_regressions += 1;
+                    example(
+                        "token regression",
+                        format!(
+                            "partition {p}: {} acquired with token {} at {} after {} had token {t}",
+                            name(iv.run),
+                            iv.token,
+                            iv.from,
+                            name(r)
+                        ),
+                        &mut report.examples,
+                    );
+                }
+            }
+            if max_token.is_none_or(|(t, _)| iv.token > t) {
+                max_token = Some((iv.token, iv.run));
+            }
+            if iv.to == iv.from {
+                continue;
+            }
+            live.retain(|l| l.to > iv.from);
+            for l in &live {
+                if l.run != iv.run {
+                    report.overlaps += 1;
+                    example(
+                        "overlap",
+                        format!(
+                            "partition {p}: {} (token {}, [{}, {})) and {} (token {}, [{}, {})), {:.3} ms",
+                            name(l.run),
+                            l.token,
+                            l.from,
+                            l.to,
+                            name(iv.run),
+                            iv.token,
+                            iv.from,
+                            iv.to,
+                            ms(l.to.min(iv.to) - iv.from)
+                        ),
+                        &mut report.examples,
+                    );
+                }
+            }
+            live.push(*iv);
+            // Coverage: merge.
+            match covered[p].last_mut() {
+                Some(last) if iv.from <= last.1 => last.1 = last.1.max(iv.to),
+                _ => covered[p].push((iv.from, iv.to)),
+            }
+        }
+    }
+
+    for f in &input.faults {
+        let mut worst = (0u64, 0u32);
+        for (p, cov) in covered.iter().enumerate() {
+            let g = longest_gap(cov, f.from, f.to);
+            if g > worst.0 {
+                worst = (g, p as u32);
+            }
+        }
+        report.max_uncovered_ms = report.max_uncovered_ms.max(worst.0 / 1_000_000);
+        report.coverage.push(Coverage {
+            kind: f.kind.clone(),
+            label: f.label.clone(),
+            bound_ms: f.bound_ms,
+            worst_ns: worst.0,
+            partition: worst.1,
+        });
+    }
+
+    // Stale writes (b): per partition, acquisitions in time order with the
+    // highest token so far, and the highest among runs other than its owner.
+    let mut best: Vec<Vec<(u64, u64, usize, u64)>> = Vec::with_capacity(n);
+    for a in acqs.iter_mut() {
+        a.sort_unstable();
+        let mut out = Vec::with_capacity(a.len());
+        let (mut t1, mut r1, mut t2) = (0u64, usize::MAX, 0u64);
+        for &(at, token, run) in a.iter() {
+            if run == r1 {
+                t1 = t1.max(token);
+            } else if token > t1 {
+                t2 = t1;
+                t1 = token;
+                r1 = run;
+            } else {
+                t2 = t2.max(token);
+            }
+            out.push((at, t1, r1, t2));
+        }
+        best.push(out);
+    }
+    let superseded = |run: usize, p: u32, token: u64, t0: u64| -> Option<u64> {
+        let b = best.get(p as usize)?;
+        let i = b.partition_point(|e| e.0 < t0);
+        let &(_, t1, r1, t2) = b.get(i.checked_sub(1)?)?;
+        let other = if r1 != run { t1 } else { t2 };
+        (other > token).then_some(other)
+    };
+    report.stale_writes = input.sink_anomalies;
+    if input.sink_anomalies > 0 {
+        report.examples.push(format!(
+            "stale write: the sink's trigger recorded {} accepted writes against its token order",
+            input.sink_anomalies
+        ));
+    }
+    for (ri, run) in input.runs.iter().enumerate() {
+        for w in &run.writes {
+            report.writes_accepted += w.accepted.len() as u64;
+            report.writes_rejected += w.rejected.len() as u64;
+            for (accepted, list) in [(true, &w.accepted), (false, &w.rejected)] {
+                for &(p, token) in list.iter() {
+                    if let Some(newer) = superseded(ri, p, token, w.t0) {
+                        let text = format!(
+                            "{} wrote partition {p} with token {token} from a snapshot taken at {} after another member acquired it with token {newer}",
+                            run.name, w.t0
+                        );
+                        if accepted {
+                            report.stale_writes += 1;
+                            example("stale write", text, &mut report.examples);
+                        } else {
+                            report.snapshot_violations += 1;
+                            example("snapshot violation", text, &mut report.examples);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// The longest stretch of `[lo, hi)` not covered by `covered` (sorted,
+/// disjoint, non-touching intervals).
+fn longest_gap(covered: &[(u64, u64)], lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        return 0;
+    }
+    let mut cursor = lo;
+    let mut best = 0;
+    let start = covered.partition_point(|c| c.1 <= lo);
+    for c in &covered[start..] {
+        if c.0 >= hi {
+            break;
+        }
+        if c.0 > cursor {
+            best = best.max(c.0 - cursor);
+        }
+        cursor = cursor.max(c.1);
+        if cursor >= hi {
+            break;
+        }
+    }
+    if cursor < hi {
+        best = best.max(hi - cursor);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn acq(at: u64, token: u64, parts: &[u32]) -> Ev {
+        Ev::Acquired {
+            at: at * MS,
+            token,
+            epoch: token,
+            parts: parts.to_vec(),
+        }
+    }
+
+    fn rel(at: u64, parts: &[u32]) -> Ev {
+        Ev::Released {
+            at: at * MS,
+            reason: "Handoff".into(),
+            epoch: 0,
+            parts: parts.to_vec(),
+        }
+    }
+
+    fn run(name: &str, events: Vec<Ev>, end: End) -> Run {
+        Run {
+            name: name.into(),
+            events,
+            writes: Vec::new(),
+            end,
+        }
+    }
+
+    fn exited(at: u64) -> End {
+        End::Exited(at * MS)
+    }
+
+    fn input(runs: Vec<Run>) -> Input {
+        Input {
+            ring_size: 4,
+            runs,
+            ..Input::default()
+        }
+    }
+
+    /// a holds 0..4 from 0 ms, hands 2 and 3 to b at 100 ms (b acquires at
+    /// 101 ms), both stop at 1000 ms.
+    fn clean() -> Input {
+        input(vec![
+            run(
+                "a",
+                vec![
+                    acq(0, 1, &[0, 1, 2, 3]),
+                    rel(100, &[2, 3]),
+                    rel(1000, &[0, 1]),
+                ],
+                exited(1000),
+            ),
+            run(
+                "b",
+                vec![acq(101, 2, &[2, 3]), rel(1000, &[2, 3])],
+                exited(1000),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_clean_handoff_passes() {
+        let r = check(&clean());
+        assert_eq!(r.overlaps, 0);
+        assert_eq!(r.token_regressions, 0);
+        assert_eq!(r.transitions, 6);
+        assert!(r.violations().is_empty(), "{:?}", r.violations());
+        assert_eq!(
+            r.summary_line(),
+            "chaos: transitions=6 overlaps=0 token_regressions=0 stale_writes=0 max_uncovered_ms=0 faults=0 leaked_rows=0"
+        );
+    }
+
+    #[test]
+    fn a_synthetic_overlap_is_flagged() {
+        let mut i = clean();
+        // b acquires partition 2 at 99 ms, a releases it at 100 ms.
+        i.runs[1].events[0] = acq(99, 2, &[2, 3]);
+        let r = check(&i);
+        assert_eq!(r.overlaps, 2, "{:?}", r.examples);
+        assert!(r.violations().iter().any(|v| v.contains("2 overlaps")));
+        assert!(r.examples[0].contains("partition 2"), "{:?}", r.examples);
+    }
+
+    #[test]
+    fn touching_intervals_do_not_overlap() {
+        let mut i = clean();
+        i.runs[1].events[0] = acq(100, 2, &[2, 3]);
+        assert_eq!(check(&i).overlaps, 0);
+    }
+
+    #[test]
+    fn a_killed_member_owns_until_the_kill() {
+        let mk = |b_at: u64| {
+            input(vec![
+                run("a", vec![acq(0, 1, &[0, 1, 2, 3])], End::Killed(500 * MS)),
+                run(
+                    "b",
+                    vec![acq(b_at, 2, &[0, 1, 2, 3]), rel(1000, &[0, 1, 2, 3])],
+                    exited(1000),
+                ),
+            ])
+        };
+        let after = check(&mk(2500));
+        assert_eq!(after.overlaps, 0);
+        assert!(after.anomalies.is_empty());
+        assert_eq!(check(&mk(400)).overlaps, 4);
+    }
+
+    #[test]
+    fn token_regressions_and_shared_tokens_are_flagged() {
+        let mut i = clean();
+        i.runs[1].events[0] = acq(101, 1, &[2, 3]);
+        let r = check(&i);
+        assert_eq!(r.token_regressions, 2, "equal token of another member");
+        i.runs[0].events[0] = acq(0, 5, &[0, 1, 2, 3]);
+        assert_eq!(check(&i).token_regressions, 2, "lower token");
+        // The same member re-acquiring with the same token is fine (fence
+        // then barrier within one epoch).
+        let same = input(vec![run(
+            "a",
+            vec![
+                acq(0, 3, &[0]),
+                rel(10, &[0]),
+                acq(20, 3, &[0]),
+                rel(30, &[0]),
+            ],
+            exited(30),
+        )]);
+        assert_eq!(check(&same).token_regressions, 0);
+    }
+
+    #[test]
+    fn uncovered_time_is_measured_per_fault_from_its_start() {
+        let mut i = clean();
+        i.runs[1].events[0] = acq(400, 2, &[2, 3]); // 300 ms uncovered from 100 ms
+        i.faults = vec![
+            FaultSpan {
+                kind: "restart".into(),
+                label: "restart a".into(),
+                from: 50 * MS,
+                to: 900 * MS,
+                bound_ms: 1000,
+            },
+            FaultSpan {
+                kind: "join".into(),
+                label: "late".into(),
+                from: 250 * MS,
+                to: 900 * MS,
+                bound_ms: 100,
+            },
+        ];
+        let r = check(&i);
+        assert_eq!(r.coverage[0].worst_ns, 300 * MS);
+        assert_eq!(
+            r.coverage[1].worst_ns,
+            150 * MS,
+            "counted from the fault's start"
+        );
+        assert_eq!(r.max_uncovered_ms, 300);
+        let v = r.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("late") && v[0].contains("bound 100 ms"),
+            "{v:?}"
+        );
+        // A partition never covered in the window counts whole.
+        i.runs[1].events = vec![];
+        let r = check(&i);
+        assert_eq!(r.coverage[0].worst_ns, 800 * MS);
+    }
+
+    #[test]
+    fn longest_gap_edges() {
+        let c = [(10, 20), (30, 40)];
+        assert_eq!(longest_gap(&c, 0, 50), 10);
+        assert_eq!(longest_gap(&c, 12, 38), 10);
+        assert_eq!(longest_gap(&c, 12, 18), 0);
+        assert_eq!(longest_gap(&c, 15, 32), 10);
+        assert_eq!(longest_gap(&c, 41, 45), 4);
+        assert_eq!(longest_gap(&[], 5, 9), 4);
+        assert_eq!(longest_gap(&c, 9, 9), 0);
+    }
+
+    fn write(t0: u64, accepted: &[(u32, u64)], rejected: &[(u32, u64)]) -> WriteRec {
+        WriteRec {
+            t0: t0 * MS,
+            t1: t0 * MS + 1,
+            accepted: accepted.to_vec(),
+            rejected: rejected.to_vec(),
+        }
+    }
+
+    #[test]
+    fn stale_writes_are_those_from_snapshots_taken_after_another_owner_took_over() {
+        let mut i = clean();
+        // Before the handoff: fine. A snapshot taken at 99 ms but delivered
+        // late is fine too (t0 is what counts).
+        i.runs[0].writes = vec![write(50, &[(2, 1)], &[]), write(99, &[(2, 1)], &[])];
+        i.runs[1].writes = vec![write(200, &[(2, 2), (3, 2)], &[])];
+        let r = check(&i);
+        assert_eq!((r.stale_writes, r.snapshot_violations), (0, 0));
+        assert_eq!((r.writes_accepted, r.writes_rejected), (4, 0));
+        // a's snapshot at 150 ms still lists partition 2, which b took at 101 ms.
+        i.runs[0].writes.push(write(150, &[(2, 1)], &[(3, 1)]));
+        let r = check(&i);
+        assert_eq!(r.stale_writes, 1);
+        assert_eq!(r.snapshot_violations, 1);
+        assert!(r
+            .violations()
+            .iter()
+            .any(|v| v.contains("1 stale writes accepted")));
+        // The database's own count adds up.
+        i.sink_anomalies = 2;
+        assert_eq!(check(&i).stale_writes, 3);
+    }
+
+    #[test]
+    fn a_member_writing_after_taking_a_partition_back_is_not_stale() {
+        // a: token 1, b: token 2 from 101 ms to 300 ms, a again with token 3.
+        let mut i = input(vec![
+            run(
+                "a",
+                vec![
+                    acq(0, 1, &[0]),
+                    rel(100, &[0]),
+                    acq(301, 3, &[0]),
+                    rel(1000, &[0]),
+                ],
+                exited(1000),
+            ),
+            run("b", vec![acq(101, 2, &[0]), rel(300, &[0])], exited(1000)),
+        ]);
+        i.runs[0].writes = vec![write(400, &[(0, 3)], &[])];
+        i.runs[1].writes = vec![write(200, &[(0, 2)], &[])];
+        let r = check(&i);
+        assert_eq!((r.stale_writes, r.snapshot_violations), (0, 0));
+        // b writing with token 2 after a took it back with 3: stale.
+        i.runs[1].writes.push(write(350, &[], &[(0, 2)]));
+        assert_eq!(check(&i).snapshot_violations, 1);
+    }
+
+    #[test]
+    fn inconsistent_logs_and_leaks_are_reported() {
+        let mut i = clean();
+        i.runs[1].events.push(rel(1001, &[0]));
+        i.runs[0].events.pop(); // a stops gracefully holding 0 and 1
+        i.leaked_rows = 3;
+        let r = check(&i);
+        let v = r.violations();
+        assert!(v.iter().any(|x| x.contains("without holding")), "{v:?}");
+        assert!(v.iter().any(|x| x.contains("still holding 2")), "{v:?}");
+        assert!(v.iter().any(|x| x.contains("3 membership rows")), "{v:?}");
+        assert!(r.summary_line().ends_with("leaked_rows=3"));
+    }
+}
