@@ -73,7 +73,7 @@ fn converge_checked(join_at_once: bool) {
     });
     // Right after the last join the older members may still cover the ring
     // and then release to the newcomer, whose barrier follows: wait for it.
-    wait_until(SETTLE, "every member to hold what the common view assigns it", || {
+    wait_until(SETTLE, "every member to hold its share", || {
         all.iter()
             .all(|n| n.owned_partitions().to_vec() == n.ring().partitions_of(n.node_id()))
     });
