@@ -215,7 +215,15 @@ fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
             recorder.start(builder(named_pool(&server, &name, 4), &ring, &name))
         })
         .collect();
-    wait_until(SETTLE, "3 members to cover the ring", || covered_exactly_once(&nodes, 1024));
+    // Every member must hold its share before the outage (coverage alone
+    // can hold while the last joiner's partitions are still with the others).
+    wait_until(SETTLE, "3 members to cover the ring, each with its share", || {
+        covered_exactly_once(&nodes, 1024)
+            && nodes.iter().all(|n| {
+                n.ring().members().len() == 3
+                    && n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len()
+            })
+    });
     let stopped_at = Instant::now();
     server.stop_fast().unwrap();
     // Everyone lets go of everything, with the lease-expired reason.
