@@ -24,8 +24,23 @@ use crate::owned::{OwnedInner, OwnedPartitions};
 use crate::ownership::{Action, Ownership, Status};
 use crate::placement::{fnv1a64, partition_for};
 use crate::pool::ConnSource;
-use crate::ring::RingView;
-use crate::store::{local_instant, Catchup, HeldConn, Store, SyncReply};
+use crate::ring::{Change, RingView};
+use crate::store::{local_instant, parse_payload, Catchup, HeldConn, Store, SyncReply};
+
+/// Changes carried by notifications, by epoch, not yet applied.
+type Deltas = std::collections::BTreeMap<u64, Change>;
+/// Most deltas kept: a member further behind reads the change log.
+const MAX_DELTAS: usize = 4096;
+
+thread_local! {
+    /// This thread's copy of the last snapshot it handed out:
+    /// (member uid, snapshot version, snapshot).
+    static SNAPSHOT_CACHE: std::cell::RefCell<(u64, u64, Option<Arc<OwnedInner>>)> =
+        const { std::cell::RefCell::new((0, 0, None)) };
+}
+
+/// Source of [`Inner::uid`].
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 /// Fewest pool connections a node needs: the watcher keeps one (LISTEN),
 /// the heartbeat keeps one, cleanup and stop borrow one now and then.
@@ -36,6 +51,12 @@ const MAX_BARRIER_BACKOFF: Duration = Duration::from_millis(32);
 /// Longest the watcher waits on its socket before looking at its other
 /// inputs (shutdown, heartbeat hints).
 const WATCH_TICK: Duration = Duration::from_millis(100);
+/// The same with nothing pending: notifications wake the watcher anyway
+/// (its own leave's too, at `stop()`), so this only bounds how late it sees
+/// a heartbeat's hint of a missed notification, or a `crash()`. Longer than
+/// `WATCH_TICK` so that an idle member costs next to no CPU (hundreds of
+/// members in one process woke 10 times a second each).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Builds and starts a [`RingNode`]. Setters consume and return the
 /// builder; each documents its default.
@@ -235,6 +256,7 @@ impl Builder {
         }
         inner.spawn_threads()?;
         Ok(RingNode {
+            inner: inner.clone(),
             handle: Arc::new(Handle { inner }),
         })
     }
@@ -246,6 +268,11 @@ impl Builder {
 /// is called or the last clone is dropped.
 #[derive(Clone)]
 pub struct RingNode {
+    /// The member, reached in one step by the hot path (`owns`).
+    inner: Arc<Inner>,
+    /// Shared by the clones: the last one dropped stops the member (held
+    /// for its `Drop` only).
+    #[allow(dead_code)]
     handle: Arc<Handle>,
 }
 
@@ -313,8 +340,9 @@ impl RingNode {
         }
     }
 
+    #[inline]
     fn inner(&self) -> &Inner {
-        &self.handle.inner
+        &self.inner
     }
 
     /// A receiver of this member's [`Event`]s from now on. Each call makes a
@@ -346,12 +374,33 @@ impl RingNode {
 
     /// A snapshot of the active partitions and their tokens (an `Arc`
     /// clone). It reports nothing once the lease it was taken under runs out.
+    ///
+    /// Lock-free on the fast path: each thread keeps its own copy of the
+    /// current snapshot (tagged with this member and the snapshot's
+    /// version), so taking one is a version check and a reference count
+    /// increment that no other thread contends for. A changed version (any
+    /// acquisition or release) makes the thread fetch the new snapshot.
     #[inline]
     pub fn owned_partitions(&self) -> OwnedPartitions {
         let inner = self.inner();
+        let version = inner.snapshot_version.load(Ordering::Acquire);
+        let deadline_ns = inner.deadline_ns.load(Ordering::Acquire);
+        let snapshot = SNAPSHOT_CACHE
+            .try_with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if let (uid, v, Some(snap)) = &*cache {
+                    if *uid == inner.uid && *v == version {
+                        return snap.clone();
+                    }
+                }
+                let own = Arc::new(OwnedInner::clone(&inner.snapshot.read()));
+                *cache = (inner.uid, version, Some(own.clone()));
+                own
+            })
+            .unwrap_or_else(|_| inner.snapshot.read().clone());
         OwnedPartitions {
-            inner: inner.snapshot.read().clone(),
-            deadline_ns: inner.deadline_ns.load(Ordering::Acquire),
+            inner: snapshot,
+            deadline_ns,
         }
     }
 
@@ -392,7 +441,7 @@ impl RingNode {
             } else {
                 0
             },
-            pending: st.pending().count() as u32,
+            pending: st.pending_count(),
             lease_left,
             joined: st.status() == Status::Member,
             stopped: st.status() == Status::Stopped,
@@ -455,6 +504,11 @@ struct Inner {
     /// Hot-path deadline, coarse-clock nanoseconds; 0 = nothing valid.
     deadline_ns: AtomicU64,
     snapshot: RwLock<Arc<OwnedInner>>,
+    /// Bumped after every replacement of `snapshot` (for the per-thread
+    /// copies of `owned_partitions`).
+    snapshot_version: AtomicU64,
+    /// Unique per member of this process (never reused, unlike an address).
+    uid: u64,
     subscribers: Mutex<Vec<Sender<Event>>>,
     control: Mutex<Option<Control>>,
     wake_watcher: (Sender<u64>, Receiver<u64>),
@@ -491,6 +545,8 @@ impl Inner {
             bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
             deadline_ns: AtomicU64::new(0),
             snapshot: RwLock::new(Arc::new(OwnedInner::default())),
+            snapshot_version: AtomicU64::new(1),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             subscribers: Mutex::new(Vec::new()),
             control: Mutex::new(None),
             wake_watcher: unbounded(),
@@ -550,11 +606,17 @@ impl Inner {
             }
         }
         let (partitions, tokens): (Vec<u32>, Vec<u64>) = st.active().unzip();
-        *self.snapshot.write() = Arc::new(OwnedInner {
-            epoch: st.view_epoch(),
-            partitions,
-            tokens,
-        });
+        {
+            let mut snapshot = self.snapshot.write();
+            *snapshot = Arc::new(OwnedInner {
+                epoch: st.view_epoch(),
+                partitions,
+                tokens,
+            });
+            // Under the lock: a reader that sees the new version reads the
+            // new snapshot.
+            self.snapshot_version.fetch_add(1, Ordering::AcqRel);
+        }
         let epoch = st.view_epoch();
         let acquired = actions.iter().any(|a| matches!(a, Action::Acquire { .. }));
         for a in actions {
@@ -605,7 +667,7 @@ impl Inner {
             *self.pending_since.lock() = None;
         }
         self.telemetry
-            .state(st.active_count(), st.pending().count() as u32, epoch);
+            .state(st.active_count(), st.pending_count(), epoch);
         if acquired {
             // The fence thread sleeps while nothing is active: it must learn
             // of the new deadline to guard, whichever path activated.
@@ -650,9 +712,14 @@ impl Inner {
 
     fn adopt(&self, st: &mut Ownership, view: RingView) {
         let members = view.members().len();
-        let acts = st.adopt(view);
         let now = Instant::now();
-        self.publish(st, acts, now);
+        // A lapsed lease fences first (the fence thread may not have run
+        // yet, e.g. after a pause): those partitions stopped being reported
+        // at its deadline, and they go back through the barrier.
+        let released_at = lapsed_at(st, now);
+        let mut acts = st.fence(now);
+        acts.extend(st.adopt(view));
+        self.publish(st, acts, released_at);
         self.note_pending(st, now);
         self.emit(Event::ViewChanged {
             epoch: st.view_epoch(),
@@ -669,10 +736,15 @@ impl Inner {
         if generation != self.generation.load(Ordering::SeqCst) || st.status() != Status::Member {
             return false; // an answer about an earlier membership
         }
+        // If the local lease ran out before this reply (a pause, a slow
+        // reply), the partitions released below stopped being reported at
+        // its deadline: stamp the events with it, as the fence thread does.
+        let released_at = lapsed_at(&st, now);
         match reply.renewed {
             None => {
-                let acts = st.evicted();
-                self.publish(&st, acts, now);
+                let mut acts = st.fence(now);
+                acts.extend(st.evicted());
+                self.publish(&st, acts, released_at);
                 let _ = self.wake_fence.0.send(());
                 return true;
             }
@@ -687,15 +759,17 @@ impl Inner {
                 self.renewals.fetch_add(1, Ordering::Relaxed);
                 self.telemetry.renewal(true);
                 let acts = st.renewed(sent_at, now);
-                self.publish(&st, acts, now);
+                self.publish(&st, acts, released_at);
                 let _ = self.wake_fence.0.send(());
             }
         }
         if reply.epoch > st.view_epoch() {
             let _ = self.wake_watcher.0.send(reply.epoch);
-        } else if reply.epoch == st.view_epoch() && st.has_pending() {
-            let acts = st.barrier(reply.epoch, reply.others_min_ack, now);
-            self.publish(&st, acts, now);
+        } else if let Some(others_min_ack) = reply.barrier {
+            if reply.epoch == st.view_epoch() && st.has_pending() {
+                let acts = st.barrier(reply.epoch, others_min_ack, now);
+                self.publish(&st, acts, now);
+            }
         }
         if let Some((node, ms)) = &reply.next_expiry {
             let _ = self.cleanup.0.send((node.clone(), local_instant(now, *ms)));
@@ -868,6 +942,7 @@ impl Inner {
         let listen = self.cfg.notifications;
         let mut conn: Option<HeldConn> = None;
         let mut hint: u64 = 0;
+        let mut deltas = Deltas::new();
         let mut acked: (u64, u64) = (0, 0); // (generation, epoch) last acknowledged here
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -901,7 +976,7 @@ impl Inner {
                 }
             }
             let c = conn.as_mut().expect("connection held above");
-            let wait = match self.watch_step(c, &mut hint, &mut acked) {
+            let wait = match self.watch_step(c, &mut hint, &mut deltas, &mut acked) {
                 Ok(true) => {
                     let w = backoff;
                     backoff = (backoff * 2).min(MAX_BARRIER_BACKOFF);
@@ -909,7 +984,7 @@ impl Inner {
                 }
                 Ok(false) => {
                     backoff = Duration::from_millis(1);
-                    WATCH_TICK
+                    IDLE_TICK
                 }
                 Err(e) => {
                     log::warn!(target: "leasering", "node {}: watcher: {e}", self.node_id);
@@ -920,7 +995,7 @@ impl Inner {
                     continue;
                 }
             };
-            if let Err(e) = self.wait_for_change(c, wait, &mut hint, shutdown) {
+            if let Err(e) = self.wait_for_change(c, wait, &mut hint, &mut deltas, shutdown) {
                 log::warn!(target: "leasering", "node {}: watcher lost its connection: {e}", self.node_id);
                 conn = None;
             }
@@ -932,7 +1007,13 @@ impl Inner {
 
     /// One round of the watcher: catch up with the ring, acknowledge, run
     /// the barrier. Returns whether partitions are still pending.
-    fn watch_step(&self, c: &mut HeldConn, hint: &mut u64, acked: &mut (u64, u64)) -> Result<bool> {
+    fn watch_step(
+        &self,
+        c: &mut HeldConn,
+        hint: &mut u64,
+        deltas: &mut Deltas,
+        acked: &mut (u64, u64),
+    ) -> Result<bool> {
         for _ in 0..64 {
             let (status, view_epoch, generation) = {
                 let st = self.state.read();
@@ -946,6 +1027,25 @@ impl Inner {
                 return Ok(false);
             }
             if *hint > view_epoch {
+                // First the changes the notifications carried, in order:
+                // usually they are all there is to read.
+                {
+                    let mut st = self.state.write();
+                    if self.generation.load(Ordering::SeqCst) == generation {
+                        while let Some(ch) = deltas.remove(&(st.view_epoch() + 1)) {
+                            let Some(next) = st.view().map(|v| v.apply(&ch)) else {
+                                break;
+                            };
+                            self.adopt(&mut st, next);
+                        }
+                    }
+                    let now_at = st.view_epoch();
+                    deltas.retain(|e, _| *e > now_at);
+                    if now_at >= *hint {
+                        *hint = 0;
+                        continue;
+                    }
+                }
                 match self.store.catch_up(c, view_epoch)? {
                     Catchup::Changes(changes) => {
                         let mut st = self.state.write();
@@ -973,9 +1073,14 @@ impl Inner {
             }
             if *acked != (generation, view_epoch) {
                 // Acknowledge the adopted view (it released first), renewing
-                // the lease; the reply is also a barrier snapshot.
+                // the lease. With partitions pending, the full renewal, whose
+                // reply is also a barrier snapshot; else the one-row ack.
                 let sent_at = Instant::now();
-                let reply = self.store.sync(c, view_epoch)?;
+                let reply = if self.state.read().has_pending() {
+                    self.store.sync(c, view_epoch)?
+                } else {
+                    self.store.ack(c, view_epoch)?
+                };
                 *acked = (generation, view_epoch);
                 if self.on_sync(&reply, sent_at, generation) {
                     self.rejoin()?;
@@ -1012,13 +1117,20 @@ impl Inner {
         c: &mut HeldConn,
         timeout: Duration,
         hint: &mut u64,
+        deltas: &mut Deltas,
         shutdown: &Receiver<()>,
     ) -> Result<()> {
         if self.cfg.notifications {
             let mut notes = c.client.notifications();
+            let ring_id = &self.store.ring_id;
             let mut handle = |n: postgres::Notification| {
-                if let Ok(e) = n.payload().parse::<u64>() {
+                if let Some((e, change)) = parse_payload(ring_id, n.payload()) {
                     *hint = (*hint).max(e);
+                    if let Some(ch) = change {
+                        if deltas.len() < MAX_DELTAS {
+                            deltas.insert(e, ch);
+                        }
+                    }
                 }
             };
             let first = notes
@@ -1130,13 +1242,10 @@ impl Inner {
             }
             let mut st = self.state.write();
             let now = Instant::now();
-            let hot_deadline = st.valid_until().map(|v| {
-                v.checked_sub(Duration::from_nanos(coarse_resolution_ns()))
-                    .unwrap_or(v)
-            });
+            let released_at = lapsed_at(&st, now);
             let acts = st.fence(now);
             if !acts.is_empty() {
-                self.publish(&st, acts, hot_deadline.unwrap_or(now));
+                self.publish(&st, acts, released_at);
             }
         }
     }
@@ -1260,6 +1369,17 @@ fn release_instant(at: Instant, deadline_ns: u64) -> Instant {
             .unwrap_or(at)
     } else {
         at
+    }
+}
+
+/// When partitions released at `now` stopped being reported: the hot
+/// path's deadline if the local lease has run out by `now`, else `now`.
+fn lapsed_at(st: &Ownership, now: Instant) -> Instant {
+    match st.valid_until() {
+        Some(v) if v <= now => v
+            .checked_sub(Duration::from_nanos(coarse_resolution_ns()))
+            .unwrap_or(v),
+        _ => now,
     }
 }
 

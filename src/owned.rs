@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::coarse_now_ns;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct OwnedInner {
     pub(crate) epoch: u64,
     /// Ascending.

@@ -42,7 +42,6 @@ pub(crate) enum Status {
 #[derive(Debug)]
 pub(crate) struct Ownership {
     me: String,
-    ring_size: u32,
     /// The local lease: TTL minus margin, counted from the moment a
     /// successful renewal was *sent*.
     local_lease: Duration,
@@ -54,24 +53,28 @@ pub(crate) struct Ownership {
     /// `since` per pending partition; 0 = not pending.
     pending: Vec<u64>,
     active_count: u32,
+    pending_count: u32,
     valid_until: Option<Instant>,
-    /// Scratch buffer for the view's ownership mask.
-    mask: Vec<bool>,
+    /// The partitions the adopted view assigns to this member, ascending.
+    /// Invariant: every active or pending partition is in it, so every
+    /// transition only walks this list — O(own partitions), not
+    /// O(ring_size), which matters with hundreds of members on a big ring.
+    assigned: Vec<u32>,
 }
 
 impl Ownership {
     pub(crate) fn new(me: &str, ring_size: u32, ttl: Duration, margin: Duration) -> Ownership {
         Ownership {
             me: me.to_string(),
-            ring_size,
             local_lease: ttl.saturating_sub(margin),
             status: Status::Joining,
             view: None,
             active: vec![0; ring_size as usize],
             pending: vec![0; ring_size as usize],
             active_count: 0,
+            pending_count: 0,
             valid_until: None,
-            mask: vec![false; ring_size as usize],
+            assigned: Vec::new(),
         }
     }
 
@@ -104,11 +107,10 @@ impl Ownership {
 
     /// Active partitions and their tokens, ascending (ignoring the deadline).
     pub(crate) fn active(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.active
+        self.assigned
             .iter()
-            .enumerate()
-            .filter(|(_, t)| **t != 0)
-            .map(|(p, t)| (p as u32, *t))
+            .map(|p| (*p, self.active[*p as usize]))
+            .filter(|(_, t)| *t != 0)
     }
 
     pub(crate) fn active_count(&self) -> u32 {
@@ -116,16 +118,36 @@ impl Ownership {
     }
 
     /// Pending partitions and their `since`, ascending.
+    #[cfg(test)]
     pub(crate) fn pending(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.pending
+        self.assigned
             .iter()
-            .enumerate()
-            .filter(|(_, s)| **s != 0)
-            .map(|(p, s)| (p as u32, *s))
+            .map(|p| (*p, self.pending[*p as usize]))
+            .filter(|(_, s)| *s != 0)
+    }
+
+    pub(crate) fn pending_count(&self) -> u32 {
+        self.pending_count
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        self.pending.iter().any(|s| *s != 0)
+        self.pending_count != 0
+    }
+
+    fn set_pending(&mut self, p: usize, since: u64) {
+        let old = std::mem::replace(&mut self.pending[p], since);
+        match (old != 0, since != 0) {
+            (false, true) => self.pending_count += 1,
+            (true, false) => self.pending_count -= 1,
+            _ => {}
+        }
+    }
+
+    fn clear_pending(&mut self) {
+        for i in 0..self.assigned.len() {
+            let p = self.assigned[i] as usize;
+            self.set_pending(p, 0);
+        }
     }
 
     /// The join transaction committed: `view` is the ring with this member in
@@ -136,7 +158,8 @@ impl Ownership {
             return Vec::new();
         }
         let released = self.release_all(ReleaseReason::Evicted);
-        self.pending.iter_mut().for_each(|s| *s = 0);
+        self.clear_pending();
+        self.assigned.clear();
         self.status = Status::Member;
         self.view = None;
         self.valid_until = Some(sent_at + self.local_lease);
@@ -163,21 +186,35 @@ impl Ownership {
 
     fn adopt_unchecked(&mut self, view: RingView, contiguous: bool) -> Vec<Action> {
         let epoch = view.epoch();
-        view.ownership_mask(&self.me, &mut self.mask);
+        let next = view.partitions_of(&self.me);
         let mut released = Vec::new();
-        for p in 0..self.ring_size as usize {
-            if self.mask[p] {
-                if self.active[p] == 0 && !(contiguous && self.pending[p] != 0) {
-                    self.pending[p] = epoch;
-                }
-            } else {
-                if self.active[p] != 0 {
-                    self.active[p] = 0;
-                    released.push(p as u32);
-                }
-                self.pending[p] = 0;
+        // Partitions the view no longer gives this member (both lists are
+        // ascending): release if active, forget if pending.
+        let old = std::mem::take(&mut self.assigned);
+        let mut k = 0;
+        for &p in &old {
+            while k < next.len() && next[k] < p {
+                k += 1;
+            }
+            if k < next.len() && next[k] == p {
+                continue;
+            }
+            let p = p as usize;
+            if self.active[p] != 0 {
+                self.active[p] = 0;
+                released.push(p as u32);
+            }
+            self.set_pending(p, 0);
+        }
+        // Partitions it gives: kept if active; pending keeps its `since`
+        // only across a contiguous adoption, else starts at this epoch.
+        for &p in &next {
+            let p = p as usize;
+            if self.active[p] == 0 && !(contiguous && self.pending[p] != 0) {
+                self.set_pending(p, epoch);
             }
         }
+        self.assigned = next;
         self.active_count -= released.len() as u32;
         self.view = Some(view);
         if released.is_empty() {
@@ -209,12 +246,16 @@ impl Ownership {
             return Vec::new();
         }
         let mut by_token: Vec<(u64, Vec<u32>)> = Vec::new();
-        for p in 0..self.ring_size as usize {
+        if self.pending_count == 0 {
+            return Vec::new();
+        }
+        for i in 0..self.assigned.len() {
+            let p = self.assigned[i] as usize;
             let since = self.pending[p];
             if since == 0 || others_min_ack.is_some_and(|ack| ack < since) {
                 continue;
             }
-            self.pending[p] = 0;
+            self.set_pending(p, 0);
             self.active[p] = since;
             self.active_count += 1;
             match by_token.iter_mut().find(|(t, _)| *t == since) {
@@ -254,10 +295,11 @@ impl Ownership {
         }
         let epoch = self.view_epoch();
         let mut released = Vec::new();
-        for p in 0..self.ring_size as usize {
+        for i in 0..self.assigned.len() {
+            let p = self.assigned[i] as usize;
             if self.active[p] != 0 {
                 self.active[p] = 0;
-                self.pending[p] = epoch;
+                self.set_pending(p, epoch);
                 released.push(p as u32);
             }
         }
@@ -275,7 +317,8 @@ impl Ownership {
             return Vec::new();
         }
         let actions = self.release_all(ReleaseReason::Evicted);
-        self.pending.iter_mut().for_each(|s| *s = 0);
+        self.clear_pending();
+        self.assigned.clear();
         self.view = None;
         self.valid_until = None;
         self.status = Status::Joining;
@@ -285,7 +328,7 @@ impl Ownership {
     /// `stop()`: release everything; nothing becomes active again.
     pub(crate) fn stop(&mut self) -> Vec<Action> {
         let actions = self.release_all(ReleaseReason::Stopping);
-        self.pending.iter_mut().for_each(|s| *s = 0);
+        self.clear_pending();
         self.status = Status::Stopped;
         self.valid_until = None;
         actions
@@ -297,10 +340,10 @@ impl Ownership {
 
     fn release_all(&mut self, reason: ReleaseReason) -> Vec<Action> {
         let mut released = Vec::new();
-        for p in 0..self.ring_size as usize {
-            if self.active[p] != 0 {
-                self.active[p] = 0;
-                released.push(p as u32);
+        for &p in &self.assigned {
+            if self.active[p as usize] != 0 {
+                self.active[p as usize] = 0;
+                released.push(p);
             }
         }
         self.active_count = 0;
@@ -523,6 +566,172 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// The state machine as first written: every transition scans the
+    /// whole ring. The real one walks only the member's assigned partitions;
+    /// `matches_the_full_scan_reference` checks they never differ.
+    struct Reference {
+        me: String,
+        view: Option<RingView>,
+        active: Vec<u64>,
+        pending: Vec<u64>,
+    }
+
+    impl Reference {
+        fn adopt(&mut self, view: RingView, contiguous: bool) -> Vec<Action> {
+            let epoch = view.epoch();
+            let mut released = Vec::new();
+            for p in 0..self.active.len() {
+                if view.owner_of(p as u32) == Some(self.me.as_str()) {
+                    if self.active[p] == 0 && !(contiguous && self.pending[p] != 0) {
+                        self.pending[p] = epoch;
+                    }
+                } else {
+                    if self.active[p] != 0 {
+                        self.active[p] = 0;
+                        released.push(p as u32);
+                    }
+                    self.pending[p] = 0;
+                }
+            }
+            self.view = Some(view);
+            if released.is_empty() {
+                Vec::new()
+            } else {
+                vec![Action::Release {
+                    partitions: released,
+                    reason: ReleaseReason::Handoff,
+                }]
+            }
+        }
+        fn barrier(&mut self, min_ack: Option<u64>) -> Vec<Action> {
+            let mut by_token: Vec<(u64, Vec<u32>)> = Vec::new();
+            for p in 0..self.active.len() {
+                let since = self.pending[p];
+                if since == 0 || min_ack.is_some_and(|a| a < since) {
+                    continue;
+                }
+                self.pending[p] = 0;
+                self.active[p] = since;
+                match by_token.iter_mut().find(|(t, _)| *t == since) {
+                    Some((_, ps)) => ps.push(p as u32),
+                    None => by_token.push((since, vec![p as u32])),
+                }
+            }
+            by_token.sort_unstable_by_key(|(t, _)| *t);
+            by_token
+                .into_iter()
+                .map(|(token, partitions)| Action::Acquire { partitions, token })
+                .collect()
+        }
+        fn release_all(&mut self, reason: ReleaseReason, to_pending: Option<u64>) -> Vec<Action> {
+            let mut released = Vec::new();
+            for p in 0..self.active.len() {
+                if self.active[p] != 0 {
+                    self.active[p] = 0;
+                    if let Some(e) = to_pending {
+                        self.pending[p] = e;
+                    }
+                    released.push(p as u32);
+                }
+            }
+            if released.is_empty() {
+                Vec::new()
+            } else {
+                vec![Action::Release {
+                    partitions: released,
+                    reason,
+                }]
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn matches_the_full_scan_reference(
+            ops in proptest::collection::vec((0u8..7, 0usize..5, 0u64..12), 1..120),
+        ) {
+            const SIZE: u32 = 48;
+            let t0 = Instant::now();
+            let names: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+            // A history of views: members joining and leaving at random.
+            let mut history = vec![RingView::build(1, SIZE, [(7u32, "n0")])];
+            let mut m = Ownership::new("n0", SIZE, TTL, MARGIN);
+            let mut r = Reference { me: "n0".into(), view: None, active: vec![0; SIZE as usize], pending: vec![0; SIZE as usize] };
+            let mut clock = t0;
+            let joined = m.joined(history[0].clone(), t0);
+            r.view = None;
+            let mut want = r.adopt(history[0].clone(), false);
+            want.retain(|_| false);
+            prop_assert_eq!(joined, want);
+            for (op, who, x) in ops {
+                let got;
+                let want;
+                match op {
+                    0 => { // a ring change: someone joins or leaves
+                        let last = history.last().unwrap();
+                        let epoch = last.epoch() + 1;
+                        let name = &names[who];
+                        let change = if last.member(name).is_some() && who != 0 {
+                            Change { epoch, removed: vec![name.clone()], added: None }
+                        } else {
+                            let taken: Vec<u32> = last.vnodes().map(|(p, _)| p).collect();
+                            let ps = crate::placement::choose_positions(&format!("{name}-{x}"), 2, SIZE, |p| taken.contains(&p)).unwrap();
+                            Change { epoch, removed: vec![], added: Some((name.clone(), ps)) }
+                        };
+                        let next = last.apply(&change);
+                        history.push(next);
+                        continue;
+                    }
+                    1 | 2 => { // adopt the next view, or jump to the newest
+                        let cur = m.view_epoch();
+                        let newest = history.last().unwrap().epoch();
+                        let target = if op == 1 { (cur + 1).min(newest) } else { newest };
+                        let v = history[(target - 1) as usize].clone();
+                        let contiguous = target == cur + 1;
+                        got = m.adopt(v.clone());
+                        want = if target > cur { r.adopt(v, contiguous) } else { Vec::new() };
+                    }
+                    3 | 4 => { // barrier at the view's epoch
+                        let min_ack = (x > 0).then_some(x);
+                        got = m.barrier(m.view_epoch(), min_ack, clock);
+                        want = r.barrier(min_ack);
+                    }
+                    5 => { // the lease runs out, then a renewal
+                        clock += TTL * 2;
+                        let later = clock;
+                        got = m.fence(later);
+                        let e = m.view_epoch();
+                        want = r.release_all(ReleaseReason::LeaseExpired, Some(e));
+                        m.renewed(later, later);
+                    }
+                    _ => { // eviction and a rejoin at the newest view
+                        let mut g = m.evicted();
+                        let mut w = r.release_all(ReleaseReason::Evicted, None);
+                        r.pending.iter_mut().for_each(|s| *s = 0);
+                        let v = history.last().unwrap().clone();
+                        if v.member("n0").is_some() {
+                            g.extend(m.joined(v.clone(), clock));
+                            w.extend(r.adopt(v, false));
+                        }
+                        got = g;
+                        want = w;
+                    }
+                }
+                prop_assert_eq!(&got, &want);
+                for p in 0..SIZE {
+                    let rt = r.active[p as usize];
+                    prop_assert_eq!(m.token(p), (rt != 0).then_some(rt), "token of {}", p);
+                    prop_assert_eq!(m.pending[p as usize], r.pending[p as usize], "pending {}", p);
+                }
+                prop_assert_eq!(m.pending_count as usize, r.pending.iter().filter(|s| **s != 0).count());
+                prop_assert_eq!(m.active_count as usize, r.active.iter().filter(|t| **t != 0).count());
+                prop_assert_eq!(m.active().map(|(p, _)| p).collect::<Vec<_>>(),
+                    (0..SIZE).filter(|p| r.active[*p as usize] != 0).collect::<Vec<_>>());
+            }
+        }
     }
 
     proptest! {

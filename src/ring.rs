@@ -21,7 +21,8 @@ pub(crate) struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
     node_id: Arc<str>,
-    positions: Vec<u32>,
+    /// Shared between successive views while unchanged.
+    positions: Arc<[u32]>,
     partitions: u32,
 }
 
@@ -81,7 +82,8 @@ impl RingView {
     }
 
     /// Builds a view from `(position, node id)` pairs. Positions outside the
-    /// ring and duplicates (never produced by the store) are ignored.
+    /// ring and duplicates (never produced by the store) are ignored; of two
+    /// vnodes at one position, the smaller node id wins.
     pub(crate) fn build<'a>(
         epoch: u64,
         ring_size: u32,
@@ -89,44 +91,82 @@ impl RingView {
     ) -> RingView {
         let mut pairs: Vec<(u32, &str)> =
             vnodes.into_iter().filter(|(p, _)| *p < ring_size).collect();
-        pairs.sort_unstable();
-        pairs.dedup_by_key(|(p, _)| *p);
-        let mut names: Vec<&str> = pairs.iter().map(|(_, n)| *n).collect();
+        // Names are interned through a hash map, so that the string work is
+        // one hash per vnode and a sort of the distinct names (not a sort
+        // and a binary search of every vnode's name).
+        let mut index: fnv::FnvHashMap<&str, u32> = fnv::FnvHashMap::default();
+        for (_, n) in &pairs {
+            let next = index.len() as u32;
+            index.entry(n).or_insert(next);
+        }
+        let mut names: Vec<&str> = index.keys().copied().collect();
         names.sort_unstable();
-        names.dedup();
-        let mut members: Vec<MemberInfo> = names
+        for (i, n) in names.iter().enumerate() {
+            index.insert(n, i as u32);
+        }
+        // Member indices follow name order, so sorting (position, index)
+        // breaks ties of duplicate positions by name.
+        let mut vnodes: Vec<(u32, u32)> = pairs.drain(..).map(|(p, n)| (p, index[n])).collect();
+        vnodes.sort_unstable();
+        vnodes.dedup_by_key(|(p, _)| *p);
+        let mut positions: Vec<Vec<u32>> = vec![Vec::new(); names.len()];
+        for (p, idx) in &vnodes {
+            positions[*idx as usize].push(*p);
+        }
+        if positions.iter().any(|ps| ps.is_empty()) {
+            // A name whose every vnode lost a duplicate position: drop it.
+            let mut remap = vec![NO_OWNER; names.len()];
+            let mut kept = 0u32;
+            for (i, ps) in positions.iter().enumerate() {
+                if !ps.is_empty() {
+                    remap[i] = kept;
+                    kept += 1;
+                }
+            }
+            let mut i = 0;
+            names.retain(|_| {
+                i += 1;
+                !positions[i - 1].is_empty()
+            });
+            positions.retain(|ps| !ps.is_empty());
+            for v in &mut vnodes {
+                v.1 = remap[v.1 as usize];
+            }
+        }
+        let members: Vec<MemberInfo> = names
             .iter()
-            .map(|n| MemberInfo {
+            .zip(positions)
+            .map(|(n, ps)| MemberInfo {
                 node_id: Arc::from(*n),
-                positions: Vec::new(),
+                positions: ps.into(),
                 partitions: 0,
             })
             .collect();
-        let vnodes: Vec<(u32, u32)> = pairs
-            .iter()
-            .map(|(p, n)| {
-                let idx = names.binary_search(n).expect("name collected above") as u32;
-                members[idx as usize].positions.push(*p);
-                (*p, idx)
-            })
-            .collect();
+        RingView::finish(epoch, ring_size, members, vnodes)
+    }
+
+    /// Completes a view from its members (ascending by node id, with their
+    /// positions; partition counts still zero) and its vnodes (ascending by
+    /// position, no duplicates): the owner table and the partition counts.
+    fn finish(
+        epoch: u64,
+        ring_size: u32,
+        mut members: Vec<MemberInfo>,
+        vnodes: Vec<(u32, u32)>,
+    ) -> RingView {
         let mut owner = vec![NO_OWNER; ring_size as usize];
-        if !vnodes.is_empty() {
-            // Partition q belongs to the first vnode at a position >= q,
-            // wrapping to the lowest vnode: arcs are (pred(p), p].
-            let mut next = 0usize;
-            for (q, slot) in owner.iter_mut().enumerate() {
-                while next < vnodes.len() && (vnodes[next].0 as usize) < q {
-                    next += 1;
-                }
-                let idx = if next < vnodes.len() {
-                    vnodes[next].1
-                } else {
-                    vnodes[0].1
-                };
-                *slot = idx;
-                members[idx as usize].partitions += 1;
+        if let Some(&(_, first)) = vnodes.first() {
+            // Arcs are (pred(p), p]; partitions after the last vnode wrap
+            // around to the first one.
+            let mut start = 0usize;
+            for &(p, idx) in &vnodes {
+                let end = p as usize + 1;
+                owner[start..end].fill(idx);
+                members[idx as usize].partitions += (end - start) as u32;
+                start = end;
             }
+            owner[start..].fill(first);
+            members[first as usize].partitions += (ring_size as usize - start) as u32;
         }
         RingView {
             inner: Arc::new(ViewInner {
@@ -140,8 +180,95 @@ impl RingView {
     }
 
     /// The view that follows `change`; `self` must be at `change.epoch − 1`
-    /// for the result to be the ring at `change.epoch`.
+    /// for the result to be the ring at `change.epoch`. Works on member
+    /// indices (no string sorting): O(members + vnodes + ring_size).
     pub(crate) fn apply(&self, change: &Change) -> RingView {
+        let inner = &*self.inner;
+        let find = |name: &str| inner.members.binary_search_by(|m| (*m.node_id).cmp(name));
+        let mut dropped = vec![false; inner.members.len()];
+        for r in &change.removed {
+            if let Ok(i) = find(r) {
+                dropped[i] = true;
+            }
+        }
+        let mut added_positions: Vec<u32> = Vec::new();
+        // A member added again replaces its old self.
+        let added = change.added.as_ref().map(|(name, positions)| {
+            let at = match find(name) {
+                Ok(i) => {
+                    dropped[i] = true;
+                    i
+                }
+                Err(i) => i,
+            };
+            added_positions = positions
+                .iter()
+                .copied()
+                .filter(|p| *p < inner.ring_size)
+                .collect();
+            added_positions.sort_unstable();
+            added_positions.dedup();
+            (name.as_str(), at)
+        });
+        // Old member index -> new index (NO_OWNER when removed), with the
+        // added member inserted in name order. Unchanged members share their
+        // positions with the old view.
+        let mut remap = vec![NO_OWNER; inner.members.len()];
+        let mut members: Vec<MemberInfo> = Vec::with_capacity(inner.members.len() + 1);
+        let mut added_idx = NO_OWNER;
+        let mut push_added = |members: &mut Vec<MemberInfo>, name: &str| {
+            added_idx = members.len() as u32;
+            members.push(MemberInfo {
+                node_id: Arc::from(name),
+                positions: added_positions.as_slice().into(),
+                partitions: 0,
+            });
+        };
+        for (i, m) in inner.members.iter().enumerate() {
+            if let Some((name, at)) = added {
+                if at == i {
+                    push_added(&mut members, name);
+                }
+            }
+            if dropped[i] {
+                continue;
+            }
+            remap[i] = members.len() as u32;
+            members.push(MemberInfo {
+                node_id: m.node_id.clone(),
+                positions: m.positions.clone(),
+                partitions: 0,
+            });
+        }
+        if let Some((name, at)) = added {
+            if at == inner.members.len() {
+                push_added(&mut members, name);
+            }
+        }
+        let mut vnodes: Vec<(u32, u32)> =
+            Vec::with_capacity(inner.vnodes.len() + added_positions.len());
+        vnodes.extend(inner.vnodes.iter().filter_map(|(p, i)| {
+            let j = remap[*i as usize];
+            (j != NO_OWNER).then_some((*p, j))
+        }));
+        if added.is_some() {
+            if added_positions.is_empty() {
+                return self.apply_by_rebuild(change);
+            }
+            for &p in &added_positions {
+                match vnodes.binary_search_by_key(&p, |(q, _)| *q) {
+                    // A position taken twice (never produced by the store):
+                    // let `build` settle who keeps it.
+                    Ok(_) => return self.apply_by_rebuild(change),
+                    Err(k) => vnodes.insert(k, (p, added_idx)),
+                }
+            }
+        }
+        RingView::finish(change.epoch, inner.ring_size, members, vnodes)
+    }
+
+    /// `apply` the slow way: the old view's pairs, changed, built anew.
+    fn apply_by_rebuild(&self, change: &Change) -> RingView {
         let removed = |n: &str| change.removed.iter().any(|r| r == n);
         let added_name = change.added.as_ref().map(|(n, _)| n.as_str());
         let mut pairs: Vec<(u32, &str)> = self
@@ -208,26 +335,37 @@ impl RingView {
         self.vnodes_iter()
     }
 
-    /// The partitions this view assigns to `node_id`, ascending.
+    /// The partitions this view assigns to `node_id`, ascending. Walks the
+    /// member's own arcs: O(its partitions + vnodes × log(ring vnodes)).
     pub fn partitions_of(&self, node_id: &str) -> Vec<u32> {
         let Some(idx) = self.member_index(node_id) else {
             return Vec::new();
         };
-        self.inner
-            .owner
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| **o == idx)
-            .map(|(p, _)| p as u32)
-            .collect()
-    }
-
-    /// Fills `out` (length `ring_size`) with `true` where `node_id` owns.
-    pub(crate) fn ownership_mask(&self, node_id: &str, out: &mut [bool]) {
-        let idx = self.member_index(node_id);
-        for (slot, o) in out.iter_mut().zip(self.inner.owner.iter()) {
-            *slot = idx == Some(*o);
+        let inner = &*self.inner;
+        let m = &inner.members[idx as usize];
+        let v = &inner.vnodes;
+        let n = inner.ring_size;
+        if v.len() == 1 {
+            return (0..n).collect();
         }
+        let mut out = Vec::with_capacity(m.partitions as usize);
+        let mut tail = None;
+        for &p in m.positions.iter() {
+            let k = v.partition_point(|(q, _)| *q < p);
+            let pred = if k == 0 { v[v.len() - 1].0 } else { v[k - 1].0 };
+            if pred < p {
+                out.extend(pred + 1..=p);
+            } else {
+                // The ring's lowest vnode: its arc wraps past ring_size − 1
+                // to 0, and its upper part comes last.
+                out.extend(0..=p);
+                tail = Some(pred + 1..n);
+            }
+        }
+        if let Some(t) = tail {
+            out.extend(t);
+        }
+        out
     }
 
     /// The arcs of the ring, in position order; empty for an empty ring, one
@@ -415,6 +553,66 @@ mod tests {
             }
             prop_assert!(from.len() <= 1);
             prop_assert_eq!(after.owner_of(newpos), Some("joiner"));
+        }
+
+        #[test]
+        fn apply_equals_a_rebuild_of_the_changed_pairs(
+            ring_size in 1u32..300,
+            raw in proptest::collection::vec((0u32..320, 0usize..8), 0..40),
+            removed in proptest::collection::vec(0usize..10, 0..4),
+            added in proptest::option::of((0usize..10, proptest::collection::vec(0u32..320, 0..6))),
+        ) {
+            let name = |i: usize| format!("n{i}");
+            let before = RingView::build(1, ring_size, raw.iter().map(|(p, i)| (*p, name(*i))).collect::<Vec<_>>().iter().map(|(p, n)| (*p, n.as_str())));
+            let change = Change {
+                epoch: 2,
+                removed: removed.iter().map(|i| name(*i)).collect(),
+                added: added.clone().map(|(i, ps)| (name(i), ps)),
+            };
+            let got = before.apply(&change);
+            // The reference: the old view's pairs, changed, built anew.
+            let added_name = change.added.as_ref().map(|(n, _)| n.clone());
+            let mut pairs: Vec<(u32, String)> = before
+                .vnodes()
+                .filter(|(_, n)| !change.removed.iter().any(|r| r == n) && Some(n.to_string()) != added_name)
+                .map(|(p, n)| (p, n.to_string()))
+                .collect();
+            if let Some((n, ps)) = &change.added {
+                pairs.extend(ps.iter().map(|p| (*p, n.clone())));
+            }
+            let want = RingView::build(2, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
+            prop_assert_eq!(got.epoch(), 2);
+            prop_assert_eq!(got.members(), want.members());
+            prop_assert_eq!(got.vnodes().collect::<Vec<_>>(), want.vnodes().collect::<Vec<_>>());
+            for p in 0..ring_size + 2 {
+                prop_assert_eq!(got.owner_of(p), want.owner_of(p));
+            }
+        }
+
+        #[test]
+        fn build_ignores_duplicates_and_out_of_range_positions(
+            ring_size in 1u32..200,
+            raw in proptest::collection::vec((0u32..220, 0usize..6), 0..30),
+        ) {
+            let pairs: Vec<(u32, String)> = raw.iter().map(|(p, i)| (*p, format!("n{i}"))).collect();
+            let v = RingView::build(1, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
+            // The smallest node id wins a duplicate position.
+            let mut want: std::collections::BTreeMap<u32, &str> = std::collections::BTreeMap::new();
+            for (p, n) in &pairs {
+                if *p < ring_size {
+                    let e = want.entry(*p).or_insert(n.as_str());
+                    if n.as_str() < *e { *e = n.as_str(); }
+                }
+            }
+            prop_assert_eq!(v.vnodes().collect::<Vec<_>>(), want.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>());
+            let total: u32 = v.members().iter().map(|m| m.partition_count()).sum();
+            prop_assert_eq!(total, if want.is_empty() { 0 } else { ring_size });
+            for m in v.members() {
+                prop_assert!(!m.positions().is_empty());
+                prop_assert!(m.positions().windows(2).all(|w| w[0] < w[1]));
+                let scanned: Vec<u32> = (0..ring_size).filter(|p| v.owner_of(*p) == Some(m.node_id())).collect();
+                prop_assert_eq!(v.partitions_of(m.node_id()), scanned);
+            }
         }
     }
 }

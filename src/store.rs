@@ -49,8 +49,11 @@ pub(crate) struct SyncReply {
     /// must rejoin. `Some(false)`: the row is there but the renewal was
     /// refused by the lag bound.
     pub renewed: Option<bool>,
-    /// Smallest `acked_epoch` among the other live members.
-    pub others_min_ack: Option<u64>,
+    /// The barrier snapshot, when the statement read one: the smallest
+    /// `acked_epoch` among the other live members (`Some(None)`: there are
+    /// none). `None`: no snapshot was read ([`Store::ack`]) — the reply
+    /// must not be used for the barrier.
+    pub barrier: Option<Option<u64>>,
     /// The other member whose lease ends first, and in how long (database
     /// time; negative if already expired).
     pub next_expiry: Option<(String, f64)>,
@@ -85,6 +88,7 @@ pub(crate) struct Cleaned {
 pub(crate) struct HeldConn {
     pub client: crate::pool::Conn,
     sync: Statement,
+    ack: Statement,
     barrier: Statement,
     changes: Statement,
     full: Statement,
@@ -125,13 +129,13 @@ impl Store {
         )
     }
 
-    fn begin<'a>(&self, client: &'a mut Client) -> Result<postgres::Transaction<'a>> {
-        let mut tx = client
-            .transaction()
+    /// Opens a transaction with its timeouts in one round trip (`BEGIN` and
+    /// the `SET LOCAL`s in one simple-query message).
+    fn begin<'a>(&self, client: &'a mut Client) -> Result<Tx<'a>> {
+        client
+            .batch_execute(&format!("BEGIN; {}", self.timeouts_sql("LOCAL")))
             .map_err(|e| Error::db("begin transaction", e))?;
-        tx.batch_execute(&self.timeouts_sql("LOCAL"))
-            .map_err(|e| Error::db("set timeouts", e))?;
-        Ok(tx)
+        Ok(Tx { client, open: true })
     }
 
     // ---- schema ---------------------------------------------------------
@@ -166,7 +170,7 @@ impl Store {
         let mut tx = self.begin(client)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
             .map_err(|e| Error::db("take the schema advisory lock", e))?;
-        match self.installed_version(&mut tx)? {
+        match self.installed_version(&mut *tx)? {
             Some(v) if v == SCHEMA_VERSION => return Ok(()),
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(Error::new(
@@ -263,11 +267,12 @@ impl Store {
 
     // ---- membership changes (under the ring row lock) -------------------
 
-    /// Records a change: epoch bump, change log, NOTIFY. Runs inside the
-    /// transaction that made the change.
+    /// Records a change: epoch bump, change log (trimmed to the last
+    /// `CHANGES_KEPT` entries), NOTIFY carrying the change itself — one
+    /// statement, inside the transaction that made the change.
     fn commit_change(
         &self,
-        tx: &mut postgres::Transaction<'_>,
+        tx: &mut Tx<'_>,
         epoch: u64,
         removed: &[String],
         added: Option<(&str, &[u32])>,
@@ -277,16 +282,14 @@ impl Store {
         let positions: Vec<i32> = added
             .map(|(_, ps)| ps.iter().map(|p| *p as i32).collect())
             .unwrap_or_default();
-        tx.execute(
-            &format!("UPDATE {s}.rings SET epoch = $2, changed_at = now() WHERE ring_id = $1"),
-            &[&self.ring_id, &e],
-        )
-        .map_err(|e| Error::db("bump the epoch", e))?;
+        let payload = notify_payload(&self.ring_id, epoch, removed, added);
         tx.execute(
             &format!(
-                "WITH ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
-                              VALUES ($1, $2, $3, $4, $5))
-                 DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= $2 - $6"
+                "WITH bump AS (UPDATE {s}.rings SET epoch = $2, changed_at = now() WHERE ring_id = $1),
+                      ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
+                              VALUES ($1, $2, $3, $4, $5)),
+                      trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= $2 - $6)
+                 SELECT pg_notify($7, $8)"
             ),
             &[
                 &self.ring_id,
@@ -295,18 +298,15 @@ impl Store {
                 &added.map(|(n, _)| n),
                 &positions,
                 &CHANGES_KEPT,
+                &self.channel,
+                &payload,
             ],
         )
         .map_err(|e| Error::db("record the change", e))?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.channel, &epoch.to_string()],
-        )
-        .map_err(|e| Error::db("notify the ring", e))?;
         Ok(())
     }
 
-    fn lock_ring(&self, tx: &mut postgres::Transaction<'_>) -> Result<Option<(u32, u64)>> {
+    fn lock_ring(&self, tx: &mut Tx<'_>) -> Result<Option<(u32, u64)>> {
         let row = tx
             .query_opt(
                 &format!(
@@ -319,7 +319,7 @@ impl Store {
         Ok(row.map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)))
     }
 
-    fn delete_expired(&self, tx: &mut postgres::Transaction<'_>) -> Result<Vec<String>> {
+    fn delete_expired(&self, tx: &mut Tx<'_>) -> Result<Vec<String>> {
         let rows = tx
             .query(
                 &format!(
@@ -332,21 +332,28 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The join transaction (DESIGN §4 "Join").
+    /// The join transaction (DESIGN §4 "Join"), in five round trips: begin
+    /// (with its timeouts); create-or-lock the ring row; remove expired
+    /// members, check the node id and read the ring (one snapshot, taken
+    /// after the lock); insert the member, its vnodes and the change, bump
+    /// the epoch and notify (one statement); commit. The ring row stays
+    /// locked for the last three only.
     pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
         let s = &self.s;
         let mut tx = self.begin(client)?;
-        tx.execute(
-            &format!("INSERT INTO {s}.rings (ring_id, ring_size) VALUES ($1, $2) ON CONFLICT (ring_id) DO NOTHING"),
-            &[&self.ring_id, &(self.ring_size as i32)],
-        )
-        .map_err(|e| Error::db("create the ring", e))?;
-        let (stored_size, epoch) = self.lock_ring(&mut tx)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Database,
-                format!("ring {:?} vanished during join", self.ring_id),
+        // DO UPDATE (a no-op) rather than DO NOTHING: it locks the row and
+        // returns it, so creating and locking the ring is one statement.
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO {s}.rings AS r (ring_id, ring_size) VALUES ($1, $2)
+                     ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
+                     RETURNING r.ring_size, r.epoch"
+                ),
+                &[&self.ring_id, &(self.ring_size as i32)],
             )
-        })?;
+            .map_err(|e| Error::db("lock the ring", e))?;
+        let (stored_size, epoch) = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64);
         if stored_size != self.ring_size {
             return Err(Error::new(
                 ErrorKind::RingSizeMismatch,
@@ -356,14 +363,34 @@ impl Store {
                 ),
             ));
         }
-        let removed = self.delete_expired(&mut tx)?;
-        let in_use = tx
-            .query_opt(
-                &format!("SELECT 1 FROM {s}.members WHERE ring_id = $1 AND node_id = $2"),
+        // One snapshot, taken after the lock: the expired members it
+        // deletes (their deletion is not visible to the rest of the
+        // statement, hence `expires_at > now()` and the filter below), a
+        // live member with our node id, and every vnode.
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id)
+                     SELECT 0, node_id, 0 FROM gone
+                     UNION ALL
+                     SELECT 1, node_id, 0 FROM {s}.members WHERE ring_id = $1 AND node_id = $2 AND expires_at > now()
+                     UNION ALL
+                     SELECT 2, node_id, position FROM {s}.vnodes WHERE ring_id = $1"
+                ),
                 &[&self.ring_id, &self.node_id],
             )
-            .map_err(|e| Error::db("check the node id", e))?;
-        if in_use.is_some() {
+            .map_err(|e| Error::db("read the ring", e))?;
+        let mut removed: Vec<String> = Vec::new();
+        let mut in_use = false;
+        let mut vnode_rows: Vec<(u32, String)> = Vec::with_capacity(rows.len() + 8);
+        for r in &rows {
+            match r.get::<_, i32>(0) {
+                0 => removed.push(r.get(1)),
+                1 => in_use = true,
+                _ => vnode_rows.push((r.get::<_, i32>(2) as u32, r.get(1))),
+            }
+        }
+        if in_use {
             return Err(Error::new(
                 ErrorKind::NodeIdInUse,
                 format!(
@@ -372,20 +399,17 @@ impl Store {
                 ),
             ));
         }
-        let rows = tx
-            .query(
-                &format!("SELECT position, node_id FROM {s}.vnodes WHERE ring_id = $1"),
-                &[&self.ring_id],
-            )
-            .map_err(|e| Error::db("read the ring", e))?;
+        // The removed members' vnodes go with them (ON DELETE CASCADE).
         let mut taken = vec![false; self.ring_size as usize];
-        let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len() + 8);
-        for r in &rows {
-            let p = r.get::<_, i32>(0) as u32;
+        let mut pairs: Vec<(u32, String)> = Vec::with_capacity(vnode_rows.len() + 8);
+        for (p, n) in vnode_rows {
+            if removed.contains(&n) {
+                continue;
+            }
             if let Some(t) = taken.get_mut(p as usize) {
                 *t = true;
             }
-            pairs.push((p, r.get(1)));
+            pairs.push((p, n));
         }
         let positions = choose_positions(&self.node_id, self.vnode_count, self.ring_size, |p| {
             taken[p as usize]
@@ -403,10 +427,25 @@ impl Store {
             )
         })?;
         let new_epoch = epoch + 1;
+        let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
+        let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
+        let payload = notify_payload(
+            &self.ring_id,
+            new_epoch,
+            &removed,
+            Some((&self.node_id, &positions)),
+        );
         tx.execute(
             &format!(
-                "INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at)
-                 VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second')"
+                "WITH mem AS (INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at)
+                              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second') RETURNING node_id),
+                      vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
+                             SELECT $1, t.p, mem.node_id, t.i FROM mem, unnest($6::int[], $7::int[]) AS t(p, i)),
+                      bump AS (UPDATE {s}.rings SET epoch = $4, changed_at = now() WHERE ring_id = $1),
+                      ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
+                              VALUES ($1, $4, $8, $2, $6)),
+                      trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= $4 - $9)
+                 SELECT pg_notify($10, $11)"
             ),
             &[
                 &self.ring_id,
@@ -414,27 +453,16 @@ impl Store {
                 &(self.vnode_count as i32),
                 &pg_i64(new_epoch),
                 &self.ttl_s,
+                &pos_i32,
+                &idx_i32,
+                &removed,
+                &CHANGES_KEPT,
+                &self.channel,
+                &payload,
             ],
         )
         .map_err(|e| Error::db("insert the member", e))?;
-        let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
-        let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
-                 SELECT $1, p, $2, i FROM unnest($3::int[], $4::int[]) AS t(p, i)"
-            ),
-            &[&self.ring_id, &self.node_id, &pos_i32, &idx_i32],
-        )
-        .map_err(|e| Error::db("insert the vnodes", e))?;
-        self.commit_change(
-            &mut tx,
-            new_epoch,
-            &removed,
-            Some((&self.node_id, &positions)),
-        )?;
         tx.commit().map_err(|e| Error::db("commit the join", e))?;
-        pairs.retain(|(_, n)| !removed.contains(n));
         pairs.extend(positions.iter().map(|p| (*p, self.node_id.clone())));
         let view = RingView::build(
             new_epoch,
@@ -520,8 +548,14 @@ impl Store {
     /// (if wanted) and the prepared statements.
     pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
         let s = &self.s;
+        // Generic plans: these statements run thousands of times with the
+        // same shape; re-planning them (custom plans) was a tenth of the
+        // database's CPU with hundreds of members.
         client
-            .batch_execute(&self.timeouts_sql("SESSION"))
+            .batch_execute(&format!(
+                "{}; SET SESSION plan_cache_mode = force_generic_plan",
+                self.timeouts_sql("SESSION")
+            ))
             .map_err(|e| Error::db("set session timeouts", e))?;
         if listen {
             client
@@ -554,6 +588,26 @@ impl Store {
                  FROM r CROSS JOIN o LEFT JOIN n ON true"
             ))
             .map_err(|e| Error::db("prepare the renewal", e))?;
+        let ack = client
+            .prepare(&format!(
+                "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                 u AS (
+                   UPDATE {s}.members m SET
+                     acked_epoch = GREATEST(m.acked_epoch, $3),
+                     behind_since = CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
+                                         ELSE COALESCE(m.behind_since, now()) END,
+                     expires_at = CASE WHEN GREATEST(m.acked_epoch, $3) < r.epoch
+                                        AND m.behind_since IS NOT NULL
+                                        AND m.behind_since <= now() - $5 * interval '1 second'
+                                       THEN m.expires_at
+                                       ELSE now() + $4 * interval '1 second' END,
+                     renewed_at = now()
+                   FROM r
+                   WHERE m.ring_id = $1 AND m.node_id = $2 AND m.expires_at > now()
+                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed)
+                 SELECT r.epoch, (SELECT renewed FROM u) FROM r"
+            ))
+            .map_err(|e| Error::db("prepare the acknowledgement", e))?;
         let barrier = client
             .prepare(&format!(
                 "SELECT r.epoch,
@@ -579,6 +633,7 @@ impl Store {
         Ok(HeldConn {
             client,
             sync,
+            ack,
             barrier,
             changes,
             full,
@@ -608,7 +663,7 @@ impl Store {
             return Ok(SyncReply {
                 epoch: 0,
                 renewed: None,
-                others_min_ack: None,
+                barrier: None,
                 next_expiry: None,
             });
         };
@@ -617,8 +672,36 @@ impl Store {
         Ok(SyncReply {
             epoch: row.get::<_, i64>(0) as u64,
             renewed: row.get(1),
-            others_min_ack: row.get::<_, Option<i64>>(2).map(|v| v as u64),
+            barrier: Some(row.get::<_, Option<i64>>(2).map(|v| v as u64)),
             next_expiry: name.zip(ms),
+        })
+    }
+
+    /// The acknowledgement of a member with nothing pending: the renewal and
+    /// `acked_epoch` of [`Store::sync`] without its reads of the other
+    /// members (the barrier snapshot, the next expiry). It touches one row,
+    /// so that every member acknowledging an epoch costs the database O(1)
+    /// instead of O(members) — with hundreds of members, the difference
+    /// between a handoff in milliseconds and one in seconds.
+    pub(crate) fn ack(&self, conn: &mut HeldConn, ack: u64) -> Result<SyncReply> {
+        let row = conn
+            .client
+            .query_opt(
+                &conn.ack,
+                &[
+                    &self.ring_id,
+                    &self.node_id,
+                    &pg_i64(ack),
+                    &self.ttl_s,
+                    &self.lag_s,
+                ],
+            )
+            .map_err(|e| Error::db("acknowledge the epoch", e))?;
+        Ok(SyncReply {
+            epoch: row.as_ref().map_or(0, |r| r.get::<_, i64>(0) as u64),
+            renewed: row.and_then(|r| r.get(1)),
+            barrier: None,
+            next_expiry: None,
         })
     }
 
@@ -700,8 +783,119 @@ impl Store {
     pub(crate) fn release(&self, mut conn: HeldConn) {
         let _ = conn
             .client
-            .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout");
+            .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout; RESET plan_cache_mode");
     }
+}
+
+/// A transaction opened by [`Store::begin`]: rolled back on drop unless
+/// committed (like `postgres::Transaction`, which cannot be opened
+/// together with its `SET LOCAL`s in one round trip).
+pub(crate) struct Tx<'a> {
+    client: &'a mut Client,
+    open: bool,
+}
+
+impl Tx<'_> {
+    pub(crate) fn commit(mut self) -> std::result::Result<(), postgres::Error> {
+        self.open = false;
+        self.client.batch_execute("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+/// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
+const MAX_PAYLOAD: usize = 7900;
+
+/// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
+/// change itself, so that members apply it without reading the change log:
+/// ` r<len>:<ring id>` then `-<len>:<node>` per removed member, then
+/// `+<len>:<node>@<p>,<p>,…` for an added one (`len` in bytes).
+pub(crate) fn notify_payload(
+    ring_id: &str,
+    epoch: u64,
+    removed: &[String],
+    added: Option<(&str, &[u32])>,
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{epoch} r{}:{ring_id}", ring_id.len());
+    for n in removed {
+        let _ = write!(out, "-{}:{n}", n.len());
+    }
+    if let Some((n, ps)) = added {
+        let _ = write!(out, "+{}:{n}@", n.len());
+        for (i, p) in ps.iter().enumerate() {
+            let _ = write!(out, "{}{p}", if i == 0 { "" } else { "," });
+        }
+    }
+    if out.len() > MAX_PAYLOAD {
+        return epoch.to_string();
+    }
+    out
+}
+
+/// A NOTIFY payload, parsed: the epoch, and the change if it carries one.
+/// `None` for a payload of another ring (a channel-name collision) or one
+/// that does not parse.
+pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<(u64, Option<Change>)> {
+    let (epoch, rest) = match payload.split_once(' ') {
+        Some((e, rest)) => (e.parse::<u64>().ok()?, rest),
+        None => return Some((payload.parse::<u64>().ok()?, None)),
+    };
+    // A length-prefixed field: `<len>:<bytes>`.
+    fn field(s: &str) -> Option<(&str, &str)> {
+        let (len, rest) = s.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        Some((rest.get(..len)?, rest.get(len..)?))
+    }
+    let (ring, mut rest) = field(rest.strip_prefix('r')?)?;
+    if ring != ring_id {
+        return None;
+    }
+    let mut change = Change {
+        epoch,
+        removed: Vec::new(),
+        added: None,
+    };
+    while let Some(tail) = rest.strip_prefix('-') {
+        let (n, r) = field(tail)?;
+        change.removed.push(n.to_string());
+        rest = r;
+    }
+    if let Some(tail) = rest.strip_prefix('+') {
+        let (n, r) = field(tail)?;
+        let ps = r.strip_prefix('@')?;
+        let positions = if ps.is_empty() {
+            Vec::new()
+        } else {
+            ps.split(',')
+                .map(|p| p.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()?
+        };
+        change.added = Some((n.to_string(), positions));
+    } else if !rest.is_empty() {
+        return None;
+    }
+    Some((epoch, Some(change)))
 }
 
 /// Converts a database-relative "in `ms` milliseconds" read at `read_at`
@@ -716,6 +910,57 @@ pub(crate) fn local_instant(read_at: Instant, ms: f64) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn payloads_round_trip_and_name_their_ring() {
+        let p = notify_payload(
+            "orders",
+            42,
+            &["a b".into(), "c:d-e".into()],
+            Some(("x+y@z,", &[3, 1, 7])),
+        );
+        let (e, ch) = parse_payload("orders", &p).unwrap();
+        assert_eq!(e, 42);
+        let ch = ch.unwrap();
+        assert_eq!(ch.epoch, 42);
+        assert_eq!(ch.removed, vec!["a b".to_string(), "c:d-e".to_string()]);
+        assert_eq!(ch.added, Some(("x+y@z,".to_string(), vec![3, 1, 7])));
+        assert!(
+            parse_payload("other", &p).is_none(),
+            "a payload of another ring is ignored"
+        );
+        assert_eq!(parse_payload("orders", "17").unwrap(), (17, None));
+        assert!(parse_payload("orders", "junk").is_none());
+        let big: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
+        assert_eq!(
+            notify_payload("orders", 9, &big, None),
+            "9",
+            "too big: the epoch only"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_change_survives_the_payload(
+            ring in "\\PC{1,30}",
+            epoch in any::<u64>(),
+            removed in proptest::collection::vec("\\PC{1,20}", 0..4),
+            added in proptest::option::of(("\\PC{1,20}", proptest::collection::vec(any::<u32>(), 0..10))),
+        ) {
+            let p = notify_payload(&ring, epoch, &removed, added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice())));
+            let (e, ch) = parse_payload(&ring, &p).unwrap();
+            prop_assert_eq!(e, epoch);
+            let ch = ch.unwrap();
+            prop_assert_eq!(ch.removed, removed);
+            prop_assert_eq!(ch.added, added);
+        }
+    }
+}
+
+#[cfg(test)]
+mod db_tests {
     //! The statements against a real PostgreSQL (the shared throwaway one).
     use super::*;
     use crate::testkit::{unique_name, TestPostgres};

@@ -1,0 +1,452 @@
+//! Hundreds of members on one local PostgreSQL (ring size 16384, TTL 30 s,
+//! each member with its own pool of at most 3 connections):
+//!
+//! * **settle**: n members call `start()` at the same instant; the time
+//!   until the ring is settled (every member's view at the final epoch,
+//!   nothing pending, every partition active exactly once);
+//! * **at rest**: database statements and transactions per second, the
+//!   database's CPU, the members' CPU, and resident memory per member;
+//! * **rolling restart** of 64 members, one after the other (`stop()`, then
+//!   `start()` with the same node id): overlaps (must be 0, checked over the
+//!   merged events of every member) and the longest time a partition was
+//!   active nowhere, per restart.
+//!
+//! Each size runs in its own child process (so that its memory is measured
+//! alone) against one PostgreSQL started by the parent with a raised
+//! `max_connections`.
+//!
+//! `LEASERING_BENCH_QUICK=1` runs 64 and 256 members with shorter windows;
+//! `LEASERING_BENCH_SCALE_SIZES=64,256,512` picks the sizes.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use leasering::testkit::TestPostgres;
+use leasering::{Event, RingNode};
+use support::*;
+
+const RING_SIZE: u32 = 16384;
+const POOL_SIZE: u32 = 3;
+const CHILD_ENV: &str = "LEASERING_BENCH_SCALE_CHILD";
+
+fn sizes() -> Vec<usize> {
+    if let Ok(s) = std::env::var("LEASERING_BENCH_SCALE_SIZES") {
+        return s.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    }
+    if quick() {
+        vec![64, 256]
+    } else {
+        vec![64, 256, 512]
+    }
+}
+
+fn main() {
+    if let Ok(n) = std::env::var(CHILD_ENV) {
+        child(n.parse().expect("member count"));
+        return;
+    }
+    print_machine("scale");
+    let sizes = sizes();
+    let max_n = sizes.iter().copied().max().unwrap_or(64) as u32;
+    let (db, pss) = start_pg(max_n * POOL_SIZE + 100, &[]);
+    println!(
+        "# PostgreSQL {} (loopback, fsync off), max_connections {}{}",
+        pg_version(&db),
+        max_n * POOL_SIZE + 100,
+        if pss { ", pg_stat_statements on" } else { "" }
+    );
+    let started = Instant::now();
+    let mut summary = Vec::new();
+    for n in sizes {
+        let t = Instant::now();
+        let mut kid = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD_ENV, n.to_string())
+            .env("LEASERING_TEST_DATABASE_URL", db.url())
+            .env(
+                "LEASERING_BENCH_DB_PID",
+                db.pid().map_or(String::new(), |p| p.to_string()),
+            )
+            .env("LEASERING_BENCH_PSS", if pss { "1" } else { "" })
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the scale child");
+        for line in BufReader::new(kid.stdout.take().unwrap()).lines() {
+            let line = line.unwrap_or_default();
+            println!("{line}");
+            if line.starts_with("scale ") || line.starts_with("scale_extra ") {
+                summary.push(line);
+            }
+        }
+        let status = kid.wait().expect("wait for the scale child");
+        println!(
+            "# {n} members: {:.1} s (child {status})",
+            t.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            summary.push(format!("scale members={n} FAILED ({status})"));
+        }
+    }
+    println!();
+    println!(
+        "# scale total {:.1} s; loadavg {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    for l in summary {
+        println!("{l}");
+    }
+}
+
+fn own_cpu_s() -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some((f.first()? + f.get(1)?) as f64 / tick)
+        })
+        .unwrap_or(0.0)
+}
+
+struct Member {
+    node: RingNode,
+}
+
+/// Settled: every member joined, at one epoch, nothing pending, and the
+/// active sets add up to the ring.
+fn settled(members: &[Member]) -> bool {
+    let mut epoch = None;
+    let mut active = 0u64;
+    for m in members {
+        let s = m.node.status();
+        if !s.joined || s.pending != 0 || *epoch.get_or_insert(s.epoch) != s.epoch {
+            return false;
+        }
+        active += s.active as u64;
+    }
+    active == RING_SIZE as u64
+}
+
+fn child(n: usize) {
+    let q = quick();
+    let db = TestPostgres::from_env()
+        .ok()
+        .flatten()
+        .expect("the parent passes the database URL");
+    let db_pid: Option<u32> = std::env::var("LEASERING_BENCH_DB_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let pss = std::env::var("LEASERING_BENCH_PSS").is_ok_and(|v| v == "1");
+    let ring = format!("scale-{n}-{}", std::process::id());
+    let rest_window = Duration::from_secs(if q { 10 } else { 20 });
+    let restarts = n.min(if q { 16 } else { 64 });
+    let settle_timeout = Duration::from_secs(300);
+    let db_cpu = || db_pid.map_or(0.0, tree_cpu_s);
+
+    println!();
+    println!("## {n} members, ring {RING_SIZE}, TTL 30 s, pools of {POOL_SIZE}");
+    let rss0 = rss_kb();
+    let mut hub = EventHub::default();
+    let builder = |name: &str| {
+        RingNode::builder(pool(&db, name, POOL_SIZE), ring.clone())
+            .node_id(name)
+            .ring_size(RING_SIZE)
+            .start_timeout(Duration::from_secs(240))
+    };
+
+    // ---- everyone starts at once ------------------------------------------
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let mut handles = Vec::new();
+    for k in 0..n {
+        let mut b = builder(&format!("n{k:03}"));
+        hub.add(k, b.subscribe());
+        let barrier = barrier.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    let r = b.start();
+                    (r, t.elapsed())
+                })
+                .unwrap(),
+        );
+    }
+    let cpu_a = (db_cpu(), own_cpu_s());
+    barrier.wait();
+    let t0 = Instant::now();
+    let mut members = Vec::new();
+    let mut start_ms = Vec::new();
+    let mut start_errors = Vec::new();
+    for (k, h) in handles.into_iter().enumerate() {
+        let (r, took) = h.join().unwrap();
+        match r {
+            Ok(node) => {
+                members.push(Member { node });
+                start_ms.push(ms(took));
+            }
+            Err(e) => start_errors.push(format!("n{k:03}: {e}")),
+        }
+    }
+    let all_started = t0.elapsed();
+    let mut holders = Holders::new(RING_SIZE);
+    let mut last_change = t0;
+    let apply = |hub: &mut EventHub, holders: &mut Holders, last_change: &mut Instant| {
+        for (i, e) in hub.drain() {
+            if matches!(e, Event::Acquired { .. } | Event::Released { .. }) {
+                *last_change = (*last_change).max(e.at());
+            }
+            holders.apply(i, &e);
+        }
+    };
+    let mut is_settled = false;
+    while t0.elapsed() < settle_timeout {
+        apply(&mut hub, &mut holders, &mut last_change);
+        if settled(&members) {
+            is_settled = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    apply(&mut hub, &mut holders, &mut last_change);
+    let observed = t0.elapsed();
+    let settle_s = if is_settled {
+        (last_change - t0).as_secs_f64()
+    } else {
+        f64::NAN
+    };
+    let cpu_b = (db_cpu(), own_cpu_s());
+    let st = stats(&start_ms);
+    for e in start_errors.iter().take(5) {
+        println!("start error: {e}");
+    }
+
+    // ---- at rest -------------------------------------------------------------
+    // After every member's first renewal (its heartbeat opens a connection
+    // then) and PostgreSQL's delayed flush of transaction counts.
+    let quiet_from = t0 + all_started + Duration::from_secs(12);
+    std::thread::sleep(
+        quiet_from
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(2)),
+    );
+    apply(&mut hub, &mut holders, &mut last_change);
+    reset_statements(&db);
+    let c0 = db_counters(&db, pss);
+    let own0 = own_cpu_s();
+    std::thread::sleep(rest_window);
+    let c1 = db_counters(&db, pss);
+    let own1 = own_cpu_s();
+    let secs = (c1.at.unwrap() - c0.at.unwrap()).as_secs_f64();
+    let stmt_s = c1
+        .statements
+        .zip(c0.statements)
+        .map(|(a, b)| (a - b) as f64 / secs);
+    let xact_s = (c1.xact_commit - c0.xact_commit - 2) as f64 / secs;
+    let db_cpu_pct = (c1.cpu_s - c0.cpu_s) / secs * 100.0;
+    let members_cpu_pct = (own1 - own0) / secs * 100.0;
+    let rss_per_member = rss_kb().saturating_sub(rss0) as f64 / members.len().max(1) as f64;
+    let top = if pss {
+        top_statements(&db, 4)
+    } else {
+        Vec::new()
+    };
+    apply(&mut hub, &mut holders, &mut last_change);
+    let rest_changes = hub
+        .log
+        .iter()
+        .filter(|(_, e)| e.at() > c0.at.unwrap())
+        .count();
+
+    // ---- rolling restart -----------------------------------------------------
+    let mut restart_ms = Vec::new();
+    let mut gap_ms = Vec::new();
+    let mut next_instance = n;
+    let mut windows = Vec::new();
+    let mut restart_failures = 0;
+    print_churn(&db, "before the rolling restart");
+    reset_statements(&db);
+    let restart_cpu0 = (db_cpu(), own_cpu_s());
+    let restart_started = Instant::now();
+    if is_settled {
+        for k in 0..restarts {
+            let old = members.remove(0);
+            let name = old.node.node_id().to_string();
+            let t_a = Instant::now();
+            if let Err(e) = old.node.stop() {
+                println!("stop {name}: {e}");
+            }
+            drop(old);
+            let mut b = builder(&name);
+            let rx = b.subscribe();
+            let node = match b.start() {
+                Ok(node) => node,
+                Err(e) => {
+                    println!("restart {name}: {e}");
+                    restart_failures += 1;
+                    continue;
+                }
+            };
+            let instance = next_instance;
+            next_instance += 1;
+            hub.add(instance, rx);
+            let share = node.ring().partitions_of(&name);
+            members.push(Member { node });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut done_at = None;
+            while Instant::now() < deadline {
+                for (i, e) in hub.wait_drain(Duration::from_millis(20)) {
+                    holders.apply(i, &e);
+                    if done_at.is_none()
+                        && matches!(e, Event::Acquired { .. })
+                        && holders.covered_once_without(None)
+                        && share
+                            .iter()
+                            .all(|p| holders.holders[*p as usize] == [instance])
+                    {
+                        done_at = Some(e.at());
+                    }
+                }
+                if done_at.is_some() {
+                    break;
+                }
+            }
+            // Let every member settle before the next restart.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !settled(&members) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for (i, e) in hub.drain() {
+                holders.apply(i, &e);
+            }
+            match done_at {
+                Some(at) => {
+                    restart_ms.push(ms(at - t_a));
+                    windows.push((t_a, at));
+                }
+                None => {
+                    println!("restart {k} ({name}) did not complete");
+                    restart_failures += 1;
+                }
+            }
+        }
+    }
+    let restart_total = restart_started.elapsed();
+    let restart_cpu = (db_cpu() - restart_cpu0.0, own_cpu_s() - restart_cpu0.1);
+    let restart_costly = if pss {
+        costly_statements(&db, 6)
+    } else {
+        Vec::new()
+    };
+    print_churn(&db, "after the rolling restart");
+    let timeline = Timeline::from_log(&hub.log);
+    let overlaps = timeline.overlaps() as u64 + holders.overlaps;
+    for (a, b) in &windows {
+        let gaps = timeline.gaps_within(*a, *b);
+        gap_ms.push(gaps.iter().copied().fold(0.0, f64::max));
+    }
+    let rs = stats(&restart_ms);
+    let gs = stats(&gap_ms);
+
+    print_table(
+        &["measure", "value"],
+        &[
+            vec![
+                "members started / failed".into(),
+                format!("{} / {}", members.len(), start_errors.len()),
+            ],
+            vec![
+                "start(): p50 / max (s)".into(),
+                format!("{:.2} / {:.2}", st.p50 / 1000.0, st.max / 1000.0),
+            ],
+            vec![
+                "all start() calls returned after (s)".into(),
+                f(all_started.as_secs_f64(), 2),
+            ],
+            vec!["settled: last handoff after (s)".into(), f(settle_s, 2)],
+            vec![
+                "settled: observed by polling after (s)".into(),
+                f(observed.as_secs_f64(), 2),
+            ],
+            vec![
+                "CPU during the start: database / members (s)".into(),
+                format!("{:.1} / {:.1}", cpu_b.0 - cpu_a.0, cpu_b.1 - cpu_a.1),
+            ],
+            vec![
+                format!("at rest over {secs:.0} s: statements/s"),
+                stmt_s.map_or("n/a".into(), |v| f(v, 1)),
+            ],
+            vec!["at rest: transactions/s".into(), f(xact_s, 1)],
+            vec![
+                "at rest: statements per member per s".into(),
+                stmt_s.map_or("n/a".into(), |v| f(v / n as f64, 3)),
+            ],
+            vec![
+                "at rest: database CPU (% of a core)".into(),
+                f(db_cpu_pct, 1),
+            ],
+            vec![
+                "at rest: members' CPU (% of a core)".into(),
+                f(members_cpu_pct, 1),
+            ],
+            vec!["at rest: ownership events".into(), rest_changes.to_string()],
+            vec!["RSS per member (KiB)".into(), f(rss_per_member, 0)],
+            vec![
+                format!("rolling restart of {restarts}: total (s)"),
+                f(restart_total.as_secs_f64(), 1),
+            ],
+            vec![
+                "restart: stop() until back in its share, p50 / max (ms)".into(),
+                format!("{:.1} / {:.1}", rs.p50, rs.max),
+            ],
+            vec![
+                "restart: longest partition gap, p50 / max (ms)".into(),
+                format!("{:.1} / {:.1}", gs.p50, gs.max),
+            ],
+            vec!["restart failures".into(), restart_failures.to_string()],
+            vec![
+                "overlaps (whole run, from events)".into(),
+                overlaps.to_string(),
+            ],
+        ],
+    );
+    for (calls, q) in &top {
+        println!("  at rest {calls:>6} calls: {q}");
+    }
+    println!(
+        "rolling restart: database CPU {:.1} s, members' CPU {:.1} s; costliest statements:",
+        restart_cpu.0, restart_cpu.1
+    );
+    for (calls, total, mean, q) in &restart_costly {
+        println!("  {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
+    }
+    println!(
+        "scale members={n} settle_s={settle_s:.2} rolling_restart_overlaps={overlaps} db_statements_per_s={:.1} rss_per_member_kb={rss_per_member:.0}",
+        stmt_s.unwrap_or(xact_s)
+    );
+    println!(
+        "scale_extra members={n} start_failures={} restart_failures={restart_failures} restart_p50_ms={:.1} restart_max_ms={:.1} gap_p50_ms={:.1} gap_max_ms={:.1} db_cpu_rest_pct={db_cpu_pct:.1} members_cpu_rest_pct={members_cpu_pct:.1}",
+        start_errors.len(),
+        rs.p50,
+        rs.max,
+        gs.p50,
+        gs.max
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Leave without 500 graceful leaves (each would be an epoch for all the
+    // others): the process exits, the connections close, the ring is
+    // abandoned (its name is unique to this run).
+    std::process::exit(0);
+}

@@ -1,0 +1,555 @@
+//! Shared helpers of the benches (`harness = false`): statistics, machine
+//! facts, a throwaway PostgreSQL with statement statistics, pools, an event
+//! hub that merges many members' events, coverage/overlap checks over those
+//! events, and database load counters.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+use leasering::testkit::{TestPostgres, TestPostgresOptions};
+use leasering::Event;
+use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
+
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// `LEASERING_BENCH_QUICK=1`: fewer repetitions, shorter windows (smoke runs).
+pub fn quick() -> bool {
+    std::env::var("LEASERING_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// An integer from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+// ---- statistics -----------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn stats(values: &[f64]) -> Stats {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return Stats::default();
+    }
+    Stats {
+        n: v.len(),
+        min: v[0],
+        p50: percentile(&v, 50.0),
+        p90: percentile(&v, 90.0),
+        p99: percentile(&v, 99.0),
+        max: v[v.len() - 1],
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---- machine --------------------------------------------------------------
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Prints the machine line every bench starts with.
+pub fn print_machine(bench: &str) {
+    println!(
+        "# {bench}: nproc={} cpu=\"{}\" loadavg=\"{}\"{}",
+        nproc(),
+        cpu_model(),
+        loadavg(),
+        if quick() { " QUICK" } else { "" }
+    );
+}
+
+/// Resident set size of this process, in KiB.
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system, seconds) of process `pid` and all its children
+/// (for the postmaster: every backend), from /proc.
+pub fn tree_cpu_s(pid: u32) -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(p) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0]=state f[1]=ppid ... f[11]=utime f[12]=stime
+        let ppid: u32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if p == pid || ppid == pid {
+            let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += ut + st;
+        }
+    }
+    total as f64 / tick
+}
+
+// ---- randomness -----------------------------------------------------------
+
+/// splitmix64: small, seeded, good enough for random node ids.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// An id like the library's default: `node_` + 16 hex digits.
+    pub fn node_id(&mut self) -> String {
+        format!("node_{:016x}", self.next_u64())
+    }
+}
+
+// ---- PostgreSQL -----------------------------------------------------------
+
+/// A throwaway cluster with `pg_stat_statements` loaded (when the server has
+/// it; Debian's `postgresql` package ships it).
+pub fn start_pg(max_connections: u32, extra: &[(&str, &str)]) -> (TestPostgres, bool) {
+    let settings: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut with_pss = settings.clone();
+    with_pss.push((
+        "shared_preload_libraries".into(),
+        "pg_stat_statements".into(),
+    ));
+    with_pss.push(("pg_stat_statements.track".into(), "all".into()));
+    with_pss.push(("pg_stat_statements.max".into(), "1000".into()));
+    if let Ok(db) = TestPostgres::start_with(TestPostgresOptions {
+        max_connections,
+        extra_settings: with_pss,
+    }) {
+        let ok = match db.client() {
+            Ok(mut c) => c
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            return (db, true);
+        }
+        eprintln!("pg_stat_statements unavailable: counting pg_stat_database.xact_commit only");
+    }
+    let db = TestPostgres::start_with(TestPostgresOptions {
+        max_connections,
+        extra_settings: settings,
+    })
+    .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the bench: {e}"));
+    (db, false)
+}
+
+pub fn pg_version(db: &TestPostgres) -> String {
+    db.client()
+        .ok()
+        .and_then(|mut c| c.query_one("SHOW server_version", &[]).ok())
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A pool of at most `max` connections, opened lazily, tagged with
+/// `application_name` = `app`.
+pub fn pool(db: &TestPostgres, app: &str, max: u32) -> Pool {
+    let mut cfg = db.config();
+    cfg.application_name(app);
+    cfg.connect_timeout(Duration::from_secs(10));
+    r2d2::Pool::builder()
+        .max_size(max)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(30))
+        .build_unchecked(PostgresConnectionManager::new(cfg, NoTls))
+}
+
+/// Counters of database work, read from the statistics views.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DbCounters {
+    pub at: Option<Instant>,
+    /// `pg_stat_database.xact_commit` of the database.
+    pub xact_commit: i64,
+    /// Sum of `pg_stat_statements.calls`, without the statistics queries
+    /// themselves; `None` without the extension.
+    pub statements: Option<i64>,
+    /// CPU seconds of the postmaster and its backends.
+    pub cpu_s: f64,
+}
+
+pub fn db_counters(db: &TestPostgres, pss: bool) -> DbCounters {
+    let mut c = db.client().expect("stats client");
+    let _ = c.batch_execute("SELECT pg_stat_clear_snapshot()");
+    let xact: i64 = c
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let statements = pss.then(|| {
+        c.query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+             WHERE query NOT ILIKE '%pg_stat%' AND query NOT ILIKE '%server_version%'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+    });
+    DbCounters {
+        at: Some(Instant::now()),
+        xact_commit: xact,
+        statements,
+        cpu_s: db.pid().map_or(0.0, tree_cpu_s),
+    }
+}
+
+/// The busiest statements (by calls) since the last reset, for the tables.
+pub fn top_statements(db: &TestPostgres, n: i64) -> Vec<(i64, String)> {
+    let Ok(mut c) = db.client() else {
+        return Vec::new();
+    };
+    c.query(
+        "SELECT calls, regexp_replace(left(query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements
+         WHERE query NOT ILIKE '%pg_stat%' ORDER BY calls DESC LIMIT $1",
+        &[&n],
+    )
+    .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    .unwrap_or_default()
+}
+
+/// The statements that cost the database most (by total execution time)
+/// since the last reset: (calls, total ms, mean ms, query).
+pub fn costly_statements(db: &TestPostgres, n: i64) -> Vec<(i64, f64, f64, String)> {
+    let Ok(mut c) = db.client() else {
+        return Vec::new();
+    };
+    c.query(
+        "SELECT calls, total_exec_time, mean_exec_time,
+                regexp_replace(left(query, 70), '\\s+', ' ', 'g')
+         FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat%'
+         ORDER BY total_exec_time DESC LIMIT $1",
+        &[&n],
+    )
+    .map(|rows| {
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Size and churn of the leasering tables: (table, live rows, dead rows,
+/// updates, HOT updates, KiB).
+pub fn table_churn(db: &TestPostgres) -> Vec<(String, i64, i64, i64, i64, i64)> {
+    let Ok(mut c) = db.client() else {
+        return Vec::new();
+    };
+    let _ = c.batch_execute("SELECT pg_stat_clear_snapshot()");
+    c.query(
+        "SELECT relname::text, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd,
+                pg_total_relation_size(relid) / 1024
+         FROM pg_stat_user_tables WHERE schemaname = 'leasering' ORDER BY relname",
+        &[],
+    )
+    .map(|rows| {
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+pub fn print_churn(db: &TestPostgres, when: &str) {
+    for (t, live, dead, upd, hot, kb) in table_churn(db) {
+        if t == "members" || t == "rings" {
+            println!(
+                "  {when}: {t}: {live} live, {dead} dead rows, {upd} updates ({hot} HOT), {kb} KiB"
+            );
+        }
+    }
+}
+
+pub fn reset_statements(db: &TestPostgres) {
+    if let Ok(mut c) = db.client() {
+        let _ = c.batch_execute("SELECT pg_stat_statements_reset()");
+    }
+}
+
+// ---- events ---------------------------------------------------------------
+
+/// Merges the events of many members (each identified by an instance index)
+/// without a thread per member: one `Select` over all receivers.
+#[derive(Default)]
+pub struct EventHub {
+    rxs: Vec<(usize, Receiver<Event>)>,
+    /// Everything received, in the order received.
+    pub log: Vec<(usize, Event)>,
+}
+
+impl EventHub {
+    pub fn add(&mut self, instance: usize, rx: Receiver<Event>) {
+        self.rxs.push((instance, rx));
+    }
+
+    /// Drains every receiver (disconnected ones are dropped); returns the
+    /// new events sorted by `at`, and keeps them in `log`.
+    pub fn drain(&mut self) -> Vec<(usize, Event)> {
+        let mut out = Vec::new();
+        self.rxs.retain(|(i, rx)| loop {
+            match rx.try_recv() {
+                Ok(e) => out.push((*i, e)),
+                Err(crossbeam_channel::TryRecvError::Empty) => break true,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break false,
+            }
+        });
+        out.sort_by_key(|(_, e)| e.at());
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    /// Waits up to `timeout` for any event, then drains.
+    pub fn wait_drain(&mut self, timeout: Duration) -> Vec<(usize, Event)> {
+        if !self.rxs.is_empty() {
+            let mut sel = Select::new();
+            for (_, rx) in &self.rxs {
+                sel.recv(rx);
+            }
+            let _ = sel.ready_timeout(timeout);
+        } else {
+            std::thread::sleep(timeout);
+        }
+        self.drain()
+    }
+}
+
+/// Who holds each partition, replayed from events (instances, not names).
+pub struct Holders {
+    pub holders: Vec<Vec<usize>>,
+    /// Partitions held by more than one instance at some replayed instant.
+    pub overlaps: u64,
+}
+
+impl Holders {
+    pub fn new(ring_size: u32) -> Holders {
+        Holders {
+            holders: vec![Vec::new(); ring_size as usize],
+            overlaps: 0,
+        }
+    }
+
+    pub fn apply(&mut self, instance: usize, e: &Event) {
+        match e {
+            Event::Acquired { partitions, .. } => {
+                for p in partitions {
+                    let h = &mut self.holders[*p as usize];
+                    if !h.contains(&instance) {
+                        h.push(instance);
+                    }
+                    if h.len() > 1 {
+                        self.overlaps += 1;
+                    }
+                }
+            }
+            Event::Released { partitions, .. } => {
+                for p in partitions {
+                    self.holders[*p as usize].retain(|i| *i != instance);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every partition held by exactly one instance, none of them `not`.
+    pub fn covered_once_without(&self, not: Option<usize>) -> bool {
+        self.holders
+            .iter()
+            .all(|h| h.len() == 1 && Some(h[0]) != not)
+    }
+}
+
+/// Intervals of activity per partition from an event log: overlaps of two
+/// instances, and the largest uncovered gaps, from one merged timeline.
+pub struct Timeline {
+    /// partition -> (instance, from, to)
+    pub intervals: HashMap<u32, Vec<(usize, Instant, Option<Instant>)>>,
+}
+
+impl Timeline {
+    pub fn from_log(log: &[(usize, Event)]) -> Timeline {
+        let mut evs: Vec<&(usize, Event)> = log.iter().collect();
+        evs.sort_by_key(|(_, e)| e.at());
+        let mut open: HashMap<(usize, u32), Instant> = HashMap::new();
+        let mut intervals: HashMap<u32, Vec<(usize, Instant, Option<Instant>)>> = HashMap::new();
+        for (i, e) in evs {
+            match e {
+                Event::Acquired { partitions, at, .. } => {
+                    for p in partitions {
+                        open.entry((*i, *p)).or_insert(*at);
+                    }
+                }
+                Event::Released { partitions, at, .. } => {
+                    for p in partitions {
+                        if let Some(from) = open.remove(&(*i, *p)) {
+                            intervals.entry(*p).or_default().push((*i, from, Some(*at)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ((i, p), from) in open {
+            intervals.entry(p).or_default().push((i, from, None));
+        }
+        for v in intervals.values_mut() {
+            v.sort_by_key(|x| x.1);
+        }
+        Timeline { intervals }
+    }
+
+    /// Pairs of intervals of different instances that intersect.
+    pub fn overlaps(&self) -> usize {
+        let mut n = 0;
+        for ivs in self.intervals.values() {
+            for (k, a) in ivs.iter().enumerate() {
+                for b in &ivs[k + 1..] {
+                    if a.0 != b.0 && a.2.is_none_or(|end| end > b.1) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Uncovered gaps (between one interval's end and the next start) that
+    /// begin within `[from, to]`, in milliseconds.
+    pub fn gaps_within(&self, from: Instant, to: Instant) -> Vec<f64> {
+        let mut out = Vec::new();
+        for ivs in self.intervals.values() {
+            for w in ivs.windows(2) {
+                if let Some(end) = w[0].2 {
+                    if end >= from && end <= to && w[1].1 > end {
+                        out.push(ms(w[1].1 - end));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Prints a table: a header row and rows, columns right-aligned.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < width.len() {
+                width[i] = width[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = width[i])
+                } else {
+                    format!("{c:>w$}", w = width[i])
+                }
+            })
+            .collect();
+        println!("| {} |", s.join(" | "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    println!(
+        "|{}|",
+        width
+            .iter()
+            .enumerate()
+            .map(|(i, w)| if i == 0 {
+                format!(":{}", "-".repeat(*w + 1))
+            } else {
+                format!("{}:", "-".repeat(*w + 1))
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn f(x: f64, digits: usize) -> String {
+    format!("{x:.digits$}")
+}
