@@ -871,7 +871,13 @@ impl Inner {
                 match self.hold_conn(listen) {
                     Ok(c) => {
                         conn = Some(c);
-                        hint = u64::MAX; // notifications may have been missed
+                        // Notifications may have been missed before this
+                        // LISTEN: acknowledge the view again at once; the
+                        // reply (read after the LISTEN) carries the ring's
+                        // epoch and so reveals any change missed. For a
+                        // joiner that acknowledgement is due anyway, so this
+                        // costs nothing, where a change-log read did.
+                        acked = (0, 0);
                     }
                     Err(e) => {
                         log::warn!(target: "leasering", "node {}: watcher cannot connect: {e}", self.node_id);
