@@ -138,6 +138,8 @@ fn settled(members: &[Member]) -> bool {
 }
 
 fn child(n: usize) {
+    // RUST_LOG=leasering=warn shows evictions, refused renewals, retries.
+    let _ = env_logger::builder().format_timestamp_millis().try_init();
     let q = quick();
     let db = TestPostgres::from_env()
         .ok()
@@ -244,17 +246,17 @@ fn child(n: usize) {
     apply(&mut hub, &mut holders, &mut last_change);
     reset_statements(&db);
     let c0 = db_counters(&db, pss);
-    let own0 = own_cpu_s();
+    let (db0, own0) = (db_cpu(), own_cpu_s());
     std::thread::sleep(rest_window);
     let c1 = db_counters(&db, pss);
-    let own1 = own_cpu_s();
+    let (db1, own1) = (db_cpu(), own_cpu_s());
     let secs = (c1.at.unwrap() - c0.at.unwrap()).as_secs_f64();
     let stmt_s = c1
         .statements
         .zip(c0.statements)
         .map(|(a, b)| (a - b) as f64 / secs);
     let xact_s = (c1.xact_commit - c0.xact_commit - 2) as f64 / secs;
-    let db_cpu_pct = (c1.cpu_s - c0.cpu_s) / secs * 100.0;
+    let db_cpu_pct = (db1 - db0) / secs * 100.0;
     let members_cpu_pct = (own1 - own0) / secs * 100.0;
     let rss_per_member = rss_kb().saturating_sub(rss0) as f64 / members.len().max(1) as f64;
     let top = if pss {
@@ -305,17 +307,23 @@ fn child(n: usize) {
             members.push(Member { node });
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut done_at = None;
+            // The replayed state is the one at the latest event applied.
+            let mut latest = t_a;
             while Instant::now() < deadline {
                 for (i, e) in hub.wait_drain(Duration::from_millis(20)) {
                     holders.apply(i, &e);
+                    let change = matches!(e, Event::Acquired { .. } | Event::Released { .. });
+                    if change {
+                        latest = latest.max(e.at());
+                    }
                     if done_at.is_none()
-                        && matches!(e, Event::Acquired { .. })
+                        && change
                         && holders.covered_once_without(None)
                         && share
                             .iter()
                             .all(|p| holders.holders[*p as usize] == [instance])
                     {
-                        done_at = Some(e.at());
+                        done_at = Some(latest);
                     }
                 }
                 if done_at.is_some() {
@@ -336,7 +344,10 @@ fn child(n: usize) {
                     windows.push((t_a, at));
                 }
                 None => {
-                    println!("restart {k} ({name}) did not complete");
+                    println!(
+                        "restart {k} ({name}, instance {instance}) did not complete (stopped at {:.3}s)",
+                        t_a.saturating_duration_since(t0).as_secs_f64()
+                    );
                     restart_failures += 1;
                 }
             }
@@ -351,7 +362,10 @@ fn child(n: usize) {
     };
     print_churn(&db, "after the rolling restart");
     let timeline = Timeline::from_log(&hub.log);
-    let overlaps = timeline.overlaps() as u64 + holders.overlaps;
+    let overlaps = timeline.overlaps() as u64;
+    for d in timeline.describe_overlaps(t0, 10) {
+        println!("OVERLAP {d}");
+    }
     for (a, b) in &windows {
         let gaps = timeline.gaps_within(*a, *b);
         gap_ms.push(gaps.iter().copied().fold(0.0, f64::max));

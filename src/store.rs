@@ -87,11 +87,17 @@ pub(crate) struct Cleaned {
 /// A pooled connection a thread keeps, with its prepared statements.
 pub(crate) struct HeldConn {
     pub client: crate::pool::Conn,
-    sync: Statement,
-    ack: Statement,
-    barrier: Statement,
-    changes: Statement,
-    full: Statement,
+    prepared: [Option<Statement>; 5],
+}
+
+/// The statements a held connection prepares (index into `prepared`).
+#[derive(Clone, Copy)]
+enum Held {
+    Sync = 0,
+    Ack = 1,
+    Barrier = 2,
+    Changes = 3,
+    Full = 4,
 }
 
 fn pg_i64(v: u64) -> i64 {
@@ -547,25 +553,33 @@ impl Store {
     /// Prepares a connection a thread will keep: session timeouts, LISTEN
     /// (if wanted) and the prepared statements.
     pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
-        let s = &self.s;
-        // Generic plans: these statements run thousands of times with the
-        // same shape; re-planning them (custom plans) was a tenth of the
-        // database's CPU with hundreds of members.
-        client
-            .batch_execute(&format!(
-                "{}; SET SESSION plan_cache_mode = force_generic_plan",
-                self.timeouts_sql("SESSION")
-            ))
-            .map_err(|e| Error::db("set session timeouts", e))?;
+        // One round trip: session timeouts, generic plans (these statements
+        // run thousands of times with the same shape; re-planning them was a
+        // tenth of the database's CPU with hundreds of members) and LISTEN.
+        // Statements are prepared on first use.
+        let mut setup = format!(
+            "{}; SET SESSION plan_cache_mode = force_generic_plan",
+            self.timeouts_sql("SESSION")
+        );
         if listen {
-            client
-                .batch_execute(&format!("LISTEN \"{}\"", self.channel))
-                .map_err(|e| Error::db("listen for ring changes", e))?;
+            setup.push_str(&format!("; LISTEN \"{}\"", self.channel));
         }
-        let sync = client
-            .prepare(&format!(
-                "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                 u AS (
+        client
+            .batch_execute(&setup)
+            .map_err(|e| Error::db("prepare the connection (timeouts, LISTEN)", e))?;
+        Ok(HeldConn {
+            client,
+            prepared: Default::default(),
+        })
+    }
+
+    /// The text of a statement a held connection prepares, and what it does.
+    fn held_sql(&self, q: Held) -> (String, &'static str) {
+        let s = &self.s;
+        // The renewal and acknowledgement, shared by Sync and Ack: only this
+        // member's row, only while its lease is live, not past the lag bound.
+        let renew = format!(
+            "u AS (
                    UPDATE {s}.members m SET
                      acked_epoch = GREATEST(m.acked_epoch, $3),
                      behind_since = CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
@@ -578,7 +592,13 @@ impl Store {
                      renewed_at = now()
                    FROM r
                    WHERE m.ring_id = $1 AND m.node_id = $2 AND m.expires_at > now()
-                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed),
+                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed)"
+        );
+        match q {
+            Held::Sync => (
+                format!(
+                    "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                 {renew},
                  o AS (SELECT min(acked_epoch) AS min_ack FROM {s}.members
                        WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now()),
                  n AS (SELECT node_id, (extract(epoch FROM expires_at - now()) * 1000)::float8 AS ms
@@ -586,58 +606,54 @@ impl Store {
                        ORDER BY expires_at LIMIT 1)
                  SELECT r.epoch, (SELECT renewed FROM u), o.min_ack, n.node_id, n.ms
                  FROM r CROSS JOIN o LEFT JOIN n ON true"
-            ))
-            .map_err(|e| Error::db("prepare the renewal", e))?;
-        let ack = client
-            .prepare(&format!(
-                "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                 u AS (
-                   UPDATE {s}.members m SET
-                     acked_epoch = GREATEST(m.acked_epoch, $3),
-                     behind_since = CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
-                                         ELSE COALESCE(m.behind_since, now()) END,
-                     expires_at = CASE WHEN GREATEST(m.acked_epoch, $3) < r.epoch
-                                        AND m.behind_since IS NOT NULL
-                                        AND m.behind_since <= now() - $5 * interval '1 second'
-                                       THEN m.expires_at
-                                       ELSE now() + $4 * interval '1 second' END,
-                     renewed_at = now()
-                   FROM r
-                   WHERE m.ring_id = $1 AND m.node_id = $2 AND m.expires_at > now()
-                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed)
+                ),
+                "prepare the renewal",
+            ),
+            Held::Ack => (
+                format!(
+                    "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                 {renew}
                  SELECT r.epoch, (SELECT renewed FROM u) FROM r"
-            ))
-            .map_err(|e| Error::db("prepare the acknowledgement", e))?;
-        let barrier = client
-            .prepare(&format!(
-                "SELECT r.epoch,
+                ),
+                "prepare the acknowledgement",
+            ),
+            Held::Barrier => (
+                format!(
+                    "SELECT r.epoch,
                         (SELECT min(acked_epoch) FROM {s}.members
                           WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now())
                  FROM {s}.rings r WHERE r.ring_id = $1"
-            ))
-            .map_err(|e| Error::db("prepare the barrier read", e))?;
-        let changes = client
-            .prepare(&format!(
-                "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions
+                ),
+                "prepare the barrier read",
+            ),
+            Held::Changes => (
+                format!(
+                    "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
-            ))
-            .map_err(|e| Error::db("prepare the change read", e))?;
-        let full = client
-            .prepare(&format!(
-                "SELECT r.epoch, v.position, v.node_id
+                ),
+                "prepare the change read",
+            ),
+            Held::Full => (
+                format!(
+                    "SELECT r.epoch, v.position, v.node_id
                  FROM {s}.rings r LEFT JOIN {s}.vnodes v ON v.ring_id = r.ring_id
                  WHERE r.ring_id = $1"
-            ))
-            .map_err(|e| Error::db("prepare the ring read", e))?;
-        Ok(HeldConn {
-            client,
-            sync,
-            ack,
-            barrier,
-            changes,
-            full,
-        })
+                ),
+                "prepare the ring read",
+            ),
+        }
+    }
+
+    /// A held connection's prepared statement `q`, prepared on first use.
+    fn stmt(&self, conn: &mut HeldConn, q: Held) -> Result<Statement> {
+        if let Some(st) = &conn.prepared[q as usize] {
+            return Ok(st.clone());
+        }
+        let (sql, what) = self.held_sql(q);
+        let st = conn.client.prepare(&sql).map_err(|e| Error::db(what, e))?;
+        conn.prepared[q as usize] = Some(st.clone());
+        Ok(st)
     }
 
     /// Renewal + acknowledgement of `ack` + barrier snapshot, in one
@@ -645,10 +661,11 @@ impl Store {
     /// member's own row, and only while that row's lease is live: an expired
     /// lease is never resurrected — the member rejoins instead.
     pub(crate) fn sync(&self, conn: &mut HeldConn, ack: u64) -> Result<SyncReply> {
+        let st = self.stmt(conn, Held::Sync)?;
         let row = conn
             .client
             .query_opt(
-                &conn.sync,
+                &st,
                 &[
                     &self.ring_id,
                     &self.node_id,
@@ -684,10 +701,11 @@ impl Store {
     /// instead of O(members) — with hundreds of members, the difference
     /// between a handoff in milliseconds and one in seconds.
     pub(crate) fn ack(&self, conn: &mut HeldConn, ack: u64) -> Result<SyncReply> {
+        let st = self.stmt(conn, Held::Ack)?;
         let row = conn
             .client
             .query_opt(
-                &conn.ack,
+                &st,
                 &[
                     &self.ring_id,
                     &self.node_id,
@@ -708,9 +726,10 @@ impl Store {
     /// Read-only barrier snapshot: the ring's epoch and the smallest ack of
     /// the other live members.
     pub(crate) fn barrier(&self, conn: &mut HeldConn) -> Result<(u64, Option<u64>)> {
+        let st = self.stmt(conn, Held::Barrier)?;
         let row = conn
             .client
-            .query_opt(&conn.barrier, &[&self.ring_id, &self.node_id])
+            .query_opt(&st, &[&self.ring_id, &self.node_id])
             .map_err(|e| Error::db("read the barrier", e))?;
         Ok(match row {
             Some(r) => (
@@ -724,9 +743,10 @@ impl Store {
     /// Catches up from epoch `from`: the change log if it reaches back far
     /// enough, else the whole ring.
     pub(crate) fn catch_up(&self, conn: &mut HeldConn, from: u64) -> Result<Catchup> {
+        let st = self.stmt(conn, Held::Changes)?;
         let rows = conn
             .client
-            .query(&conn.changes, &[&self.ring_id, &pg_i64(from)])
+            .query(&st, &[&self.ring_id, &pg_i64(from)])
             .map_err(|e| Error::db("read the change log", e))?;
         let ring_epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
         let mut changes = Vec::with_capacity(rows.len());
@@ -758,9 +778,10 @@ impl Store {
 
     /// The whole ring, consistently (one statement).
     pub(crate) fn read_ring(&self, conn: &mut HeldConn) -> Result<RingView> {
+        let st = self.stmt(conn, Held::Full)?;
         let rows = conn
             .client
-            .query(&conn.full, &[&self.ring_id])
+            .query(&st, &[&self.ring_id])
             .map_err(|e| Error::db("read the ring", e))?;
         let epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
         let pairs: Vec<(u32, String)> = rows

@@ -391,18 +391,18 @@ impl EventHub {
     }
 }
 
-/// Who holds each partition, replayed from events (instances, not names).
+/// Who holds each partition, replayed from events (instances, not names)
+/// as they arrive — for deciding when a handoff is complete. Arrival order
+/// is not event order across members, so overlaps are judged by
+/// [`Timeline`] instead, over the whole log sorted by time.
 pub struct Holders {
     pub holders: Vec<Vec<usize>>,
-    /// Partitions held by more than one instance at some replayed instant.
-    pub overlaps: u64,
 }
 
 impl Holders {
     pub fn new(ring_size: u32) -> Holders {
         Holders {
             holders: vec![Vec::new(); ring_size as usize],
-            overlaps: 0,
         }
     }
 
@@ -413,9 +413,6 @@ impl Holders {
                     let h = &mut self.holders[*p as usize];
                     if !h.contains(&instance) {
                         h.push(instance);
-                    }
-                    if h.len() > 1 {
-                        self.overlaps += 1;
                     }
                 }
             }
@@ -473,6 +470,33 @@ impl Timeline {
             v.sort_by_key(|x| x.1);
         }
         Timeline { intervals }
+    }
+
+    /// The first `n` overlapping pairs, described (times relative to `t0`).
+    pub fn describe_overlaps(&self, t0: Instant, n: usize) -> Vec<String> {
+        let rel = |t: Instant| format!("{:.3}s", t.saturating_duration_since(t0).as_secs_f64());
+        let mut out = Vec::new();
+        let mut parts: Vec<&u32> = self.intervals.keys().collect();
+        parts.sort();
+        for p in parts {
+            let ivs = &self.intervals[p];
+            for (k, a) in ivs.iter().enumerate() {
+                for b in &ivs[k + 1..] {
+                    if a.0 != b.0 && a.2.is_none_or(|end| end > b.1) && out.len() < n {
+                        out.push(format!(
+                            "partition {p}: instance {} {}..{} and instance {} {}..{}",
+                            a.0,
+                            rel(a.1),
+                            a.2.map_or("open".into(), rel),
+                            b.0,
+                            rel(b.1),
+                            b.2.map_or("open".into(), rel)
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Pairs of intervals of different instances that intersect.
