@@ -243,6 +243,8 @@ fn spawn_member(
 }
 
 fn main() {
+    // RUST_LOG=leasering=info shows the library's own account of each step.
+    let _ = env_logger::builder().format_timestamp_micros().try_init();
     print_machine("handoff");
     let q = quick();
     let reps = env_usize("LEASERING_BENCH_REPS", if q { 20 } else { 150 });
@@ -273,6 +275,9 @@ fn main() {
     // activation (acknowledgements + barrier).
     let mut released_ms = Vec::new();
     let mut activated_ms = Vec::new();
+    let mut leave_notified_ms = Vec::new();
+    let mut leave_adopted_ms = Vec::new();
+    let mut leave_activated_ms = Vec::new();
     let mut failures = 0;
     for rep in 0..reps + 1 {
         fleet.wait_settled(Duration::from_secs(30));
@@ -306,8 +311,25 @@ fn main() {
                 _ => None,
             })
             .max();
+        // Phases of a leave: the others adopt the leave's view (its
+        // transaction and NOTIFY), then the successors activate (the
+        // others' acknowledgements and the barrier).
+        let adopted: Vec<Instant> = fleet
+            .hub
+            .log
+            .iter()
+            .filter_map(|(who, e)| match e {
+                Event::ViewChanged { at, .. } if *who != i && *at > t1 => Some(*at),
+                _ => None,
+            })
+            .collect();
         match (joined, left) {
             (Some(j), Some(l)) => {
+                if let (Some(first), Some(last)) = (adopted.iter().min(), adopted.iter().max()) {
+                    leave_notified_ms.push(ms(first.saturating_duration_since(t1)));
+                    leave_adopted_ms.push(ms(last.saturating_duration_since(t1)));
+                    leave_activated_ms.push(ms(l.saturating_duration_since(*last)));
+                }
                 if let Some(r) = last_release {
                     released_ms.push(ms(r.saturating_duration_since(started)));
                     activated_ms.push(ms(j.saturating_duration_since(r)));
@@ -429,6 +451,9 @@ fn main() {
     let sc = stats(&start_call_ms);
     let so = stats(&stop_call_ms);
     let jr = stats(&released_ms);
+    let ln = stats(&leave_notified_ms);
+    let lad = stats(&leave_adopted_ms);
+    let lac = stats(&leave_activated_ms);
     let ja = stats(&activated_ms);
     let c = stats(&crash_ms);
     let al = stats(&after_lease_ms);
@@ -463,6 +488,9 @@ fn main() {
                 1.0,
             ),
             row("  stop() returned (ms)", &so, 1.0),
+            row("  first other member adopted the leave (ms)", &ln, 1.0),
+            row("  last other member adopted the leave (ms)", &lad, 1.0),
+            row("  then the successors activated (ms)", &lac, 1.0),
             row("crash: kill -9 until covered (ms)", &c, 1.0),
             row("crash: kill -9 until covered (× TTL)", &c, ttl_ms),
             row(

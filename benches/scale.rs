@@ -260,7 +260,7 @@ fn child(n: usize) {
     let members_cpu_pct = (own1 - own0) / secs * 100.0;
     let rss_per_member = rss_kb().saturating_sub(rss0) as f64 / members.len().max(1) as f64;
     let top = if pss {
-        top_statements(&db, 4)
+        costly_statements(&db, 4)
     } else {
         Vec::new()
     };
@@ -435,8 +435,8 @@ fn child(n: usize) {
             ],
         ],
     );
-    for (calls, q) in &top {
-        println!("  at rest {calls:>6} calls: {q}");
+    for (calls, total, mean, q) in &top {
+        println!("  at rest {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
     }
     println!(
         "rolling restart: database CPU {:.1} s, members' CPU {:.1} s; costliest statements:",

@@ -599,13 +599,12 @@ impl Store {
                 format!(
                     "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
                  {renew},
-                 o AS (SELECT min(acked_epoch) AS min_ack FROM {s}.members
-                       WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now()),
-                 n AS (SELECT node_id, (extract(epoch FROM expires_at - now()) * 1000)::float8 AS ms
-                       FROM {s}.members WHERE ring_id = $1 AND node_id <> $2
-                       ORDER BY expires_at LIMIT 1)
-                 SELECT r.epoch, (SELECT renewed FROM u), o.min_ack, n.node_id, n.ms
-                 FROM r CROSS JOIN o LEFT JOIN n ON true"
+                 o AS (SELECT min(acked_epoch) FILTER (WHERE expires_at > now()) AS min_ack,
+                              (array_agg(node_id ORDER BY expires_at))[1] AS next_node,
+                              (extract(epoch FROM min(expires_at) - now()) * 1000)::float8 AS next_ms
+                       FROM {s}.members WHERE ring_id = $1 AND node_id <> $2)
+                 SELECT r.epoch, (SELECT renewed FROM u), o.min_ack, o.next_node, o.next_ms
+                 FROM r CROSS JOIN o"
                 ),
                 "prepare the renewal",
             ),
