@@ -89,9 +89,15 @@
 //!   the lease's end, applied after a joiner's barrier had (rightly) ignored
 //!   the expired member, would otherwise make its stale partitions valid
 //!   again.
-//! * The change log (`changes` table) carries each membership change, so
-//!   a member behind by a few epochs applies deltas instead of re-reading
-//!   the ring; `NOTIFY` payloads carry only the epoch.
+//! * Each membership change is both in the `NOTIFY` payload (epoch, ring
+//!   id, removed and added members; the epoch alone if it would not fit)
+//!   and in the change log (`changes` table): members apply the notified
+//!   delta without reading anything, and read the log only to fill a gap
+//!   (or the whole ring when the log no longer reaches back).
+//! * A member acknowledges an epoch with a statement that touches its own
+//!   row only, unless it has partitions waiting at the barrier (then the
+//!   acknowledgement also reads the barrier snapshot). With `n` members an
+//!   epoch therefore costs the database O(`n`), not O(`n`²).
 //! * `ring_size` is capped at [`MAX_RING_SIZE`] (2^20): every member keeps
 //!   O(`ring_size`) state for its lock-free hot path.
 //!
