@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use leasering::testkit::TestPostgres;
+use leasering_testkit::TestPostgres;
 use leasering::{Event, RingNode};
 use support::*;
 

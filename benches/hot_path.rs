@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use leasering::testkit::TestPostgres;
+use leasering_testkit::TestPostgres;
 use leasering::RingNode;
 use support::*;
 

@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use leasering::testkit::TestPostgres;
+use leasering_testkit::TestPostgres;
 use leasering::{Event, RingNode};
 use support::*;
 

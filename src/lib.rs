@@ -197,10 +197,12 @@
 //!
 //! ## Testing your service
 //!
-//! [`testkit`] starts a throwaway PostgreSQL from the machine's server
-//! binaries (as root it runs the server as the `postgres` user) and a TCP
-//! proxy that can cut, stall or delay a member's connections — the same
-//! tools this crate's own fault tests use.
+//! The workspace's `leasering-testkit` package starts a throwaway
+//! PostgreSQL from the machine's server binaries (as root it runs the server
+//! as the `postgres` user) and a TCP proxy that can cut, stall or delay a
+//! member's connections — the same tools this crate's own fault tests use.
+//! The feature `test-util` adds [`RingNode::pause_threads_for`] and
+//! [`RingNode::crash`] to freeze or crash a member in a test.
 //!
 //! ## What the database needs
 //!
@@ -225,7 +227,7 @@ mod pool;
 mod ring;
 mod store;
 pub mod telemetry;
-pub mod testkit;
+
 
 pub use clock::monotonic_ns;
 pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};

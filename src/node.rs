@@ -475,16 +475,18 @@ impl RingNode {
         self.inner().stop()
     }
 
-    /// For tests and demos: freezes this member's background threads for `d`,
+    /// For tests and demos (feature `test-util`): freezes this member's background threads for `d`,
     /// as a GC pause or `SIGSTOP` would (the hot path keeps answering — and
     /// stops reporting partitions when the local lease runs out).
+    #[cfg(feature = "test-util")]
     pub fn pause_threads_for(&self, d: Duration) {
         *self.inner().frozen_until.lock() = Some(Instant::now() + d);
     }
 
-    /// For tests and demos: ends this member the way a crash would — its
+    /// For tests and demos (feature `test-util`): ends this member the way a crash would — its
     /// threads stop, it does not leave, its lease runs out in the database
     /// and the survivors clean it up. Locally nothing is owned afterwards.
+    #[cfg(feature = "test-util")]
     pub fn crash(&self) {
         let _ = self.inner().shutdown(false);
     }

@@ -983,7 +983,7 @@ mod tests {
 mod db_tests {
     //! The statements against a real PostgreSQL (the shared throwaway one).
     use super::*;
-    use crate::testkit::{unique_name, TestPostgres};
+    use leasering_testkit::{unique_name, TestPostgres};
     use crate::Config;
 
     fn setup(node: &str) -> (Store, HeldConn, Client, String) {

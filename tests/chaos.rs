@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use chaos_support::checker::{check, FaultSpan, Input, Report};
 use chaos_support::cluster::{mono_now, Cluster, Settings};
 use chaos_support::rng::{fresh_seed, Rng};
-use leasering::testkit::{unique_name, ProxyMode};
+use leasering_testkit::{unique_name, ProxyMode};
 
 /// Members of the ring between faults.
 const BASE_MEMBERS: usize = 4;

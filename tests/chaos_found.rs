@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leasering::testkit::{ProxyMode, TcpProxy};
+use leasering_testkit::{ProxyMode, TcpProxy};
 use leasering::{Event, ReleaseReason};
 
 const TTL: Duration = Duration::from_secs(2);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use leasering::testkit::{ProxyMode, TcpProxy, TestPostgres};
+use leasering_testkit::{ProxyMode, TcpProxy, TestPostgres};
 use leasering::{Builder, Event, ReleaseReason, RingNode};
 
 const SETTLE: Duration = Duration::from_secs(30);

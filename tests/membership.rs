@@ -172,7 +172,7 @@ fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
 fn fifty_members_start_at_once_on_an_empty_database() {
     init_logs();
     let server =
-        leasering::testkit::TestPostgres::start_with(leasering::testkit::TestPostgresOptions {
+        leasering_testkit::TestPostgres::start_with(leasering_testkit::TestPostgresOptions {
             max_connections: 400,
             ..Default::default()
         })

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
-use leasering::testkit::{TestPostgres, TestPostgresOptions};
+use leasering_testkit::{TestPostgres, TestPostgresOptions};
 use leasering::Event;
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 use leasering::monotonic_ns;
-use leasering::testkit::{TcpProxy, TestPostgres};
+use leasering_testkit::{TcpProxy, TestPostgres};
 
 use super::checker::{End, Run};
 use super::logs::{parse_event, parse_events, parse_writes, Ev};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use leasering::testkit::{unique_name, TestPostgres};
+use leasering_testkit::{unique_name, TestPostgres};
 use leasering::{Builder, Event, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 

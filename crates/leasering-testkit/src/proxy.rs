@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::TestkitError;
+use crate::TestkitError;
 
 /// Socket read/write timeout: the longest a forwarding thread is blocked
 /// before it looks at the mode and the shutdown flags again.

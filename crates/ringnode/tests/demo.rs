@@ -294,9 +294,9 @@ fn wait_line(
 
 #[test]
 fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
-    let db = leasering::testkit::TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = leasering_testkit::TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     let url = db.url();
-    let ring = leasering::testkit::unique_name("nodes");
+    let ring = leasering_testkit::unique_name("nodes");
     let spawn = |id: &str| {
         ringnode()
             .args([

@@ -42,7 +42,7 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{unique_name, TestkitError};
+use crate::{unique_name, TestkitError};
 
 /// Name of the environment variable that points the testkit at an existing
 /// PostgreSQL server instead of starting one (see [`TestPostgres::from_env`]).

@@ -11,7 +11,7 @@ use crossbeam_channel::{unbounded, Receiver};
 use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
-use leasering::testkit::TestPostgres;
+use leasering_testkit::TestPostgres;
 use leasering::Config;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use leasering::testkit::{unique_name, ProxyMode, TcpProxy, TestPostgres, TestPostgresOptions};
+use leasering_testkit::{unique_name, ProxyMode, TcpProxy, TestPostgres, TestPostgresOptions};
 use postgres::{Client, Config, NoTls};
 
 const DEADLINE: Duration = Duration::from_secs(20);
