@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use leasering_testkit::TestPostgres;
 use leasering::{Event, RingNode};
+use leasering_testkit::TestPostgres;
 use support::*;
 
 const RING_SIZE: u32 = 1024;

@@ -14,9 +14,10 @@
 mod support;
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use leasering::__bench::{apply_change, build_view, choose_positions, Member};
+use leasering::protocol::{choose_positions, Ownership};
+use leasering::{Change, RingView};
 use support::*;
 
 const VNODES: u32 = 8;
@@ -36,6 +37,24 @@ fn random_ring(rng: &mut Rng, n: usize, ring_size: u32) -> Vec<(u32, String)> {
         }
     }
     pairs
+}
+
+/// The change of `id` joining at epoch 2 with `positions`.
+fn join_change(id: &str, positions: &[u32]) -> Change {
+    Change {
+        epoch: 2,
+        removed: Vec::new(),
+        added: Some((id.to_string(), positions.to_vec())),
+    }
+}
+
+/// A member's ownership state machine right after joining with `view`: to
+/// time what adopting the next view costs it.
+fn joined_member(me: &str, ring_size: u32, view: RingView) -> Ownership {
+    let ttl = Duration::from_secs(30);
+    let mut m = Ownership::new(me, ring_size, ttl, ttl / 10);
+    m.joined(view, Instant::now());
+    m
 }
 
 /// Median microseconds of `reps` runs of `f`.
@@ -77,19 +96,17 @@ fn main() {
                 (4_000_000 / work).clamp(15, 400)
             };
             let build = time_us(reps, || {
-                build_view(1, ring_size, base.iter().map(|(p, id)| (*p, id.as_str())))
+                RingView::build(1, ring_size, base.iter().map(|(p, id)| (*p, id.as_str())))
             });
-            let view = build_view(1, ring_size, base.iter().map(|(p, id)| (*p, id.as_str())));
-            let apply = time_us(reps, || {
-                apply_change(&view, 2, &[], Some((&joiner_id, &joiner_pos)))
-            });
-            let next = apply_change(&view, 2, &[], Some((&joiner_id, &joiner_pos)));
+            let view = RingView::build(1, ring_size, base.iter().map(|(p, id)| (*p, id.as_str())));
+            let apply = time_us(reps, || view.apply(&join_change(&joiner_id, &joiner_pos)));
+            let next = view.apply(&join_change(&joiner_id, &joiner_pos));
             let me = base[0].1.clone();
             let adopt = time_us(reps, || {
-                let mut m = Member::joined(&me, view.clone());
-                m.adopt(next.clone())
+                let mut m = joined_member(&me, ring_size, view.clone());
+                m.adopt(next.clone()).len()
             });
-            let joined_only = time_us(reps, || Member::joined(&me, view.clone()));
+            let joined_only = time_us(reps, || joined_member(&me, ring_size, view.clone()));
             let adopt_us = (adopt.p50 - joined_only.p50).max(0.0);
             rows.push(vec![
                 ring_size.to_string(),
@@ -141,7 +158,7 @@ fn main() {
         let mut ratios = Vec::with_capacity(rings);
         for _ in 0..rings {
             let pairs = random_ring(&mut rng, n, ring_size);
-            let view = build_view(1, ring_size, pairs.iter().map(|(p, id)| (*p, id.as_str())));
+            let view = RingView::build(1, ring_size, pairs.iter().map(|(p, id)| (*p, id.as_str())));
             let max = view
                 .members()
                 .iter()

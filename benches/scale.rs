@@ -25,8 +25,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use leasering_testkit::TestPostgres;
 use leasering::{Event, RingNode};
+use leasering_testkit::TestPostgres;
 use support::*;
 
 const RING_SIZE: u32 = 16384;

@@ -120,32 +120,38 @@ impl Config {
 
     /// Checks every value; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        validate_id("ring id", &self.ring_id)?;
+        validate_id("ring_id", "ring id", &self.ring_id)?;
         if let Some(node_id) = &self.node_id {
-            validate_id("node id", node_id)?;
+            validate_id("node_id", "node id", node_id)?;
         }
         validate_schema(&self.schema)?;
         if self.ring_size == 0 || self.ring_size > MAX_RING_SIZE {
-            return Err(Error::config(format!(
-                "ring_size {} is out of range: it must be 1..={MAX_RING_SIZE}",
-                self.ring_size
-            )));
+            return Err(Error::invalid(
+                "ring_size",
+                format!(
+                    "ring_size {} is out of range: it must be 1..={MAX_RING_SIZE}",
+                    self.ring_size
+                ),
+            ));
         }
         if self.vnode_count == 0 || self.vnode_count > self.ring_size {
-            return Err(Error::config(format!(
-                "vnode_count {} is out of range: it must be 1..={} (the ring size)",
-                self.vnode_count, self.ring_size
-            )));
+            return Err(Error::invalid(
+                "vnode_count",
+                format!(
+                    "vnode_count {} is out of range: it must be 1..={} (the ring size)",
+                    self.vnode_count, self.ring_size
+                ),
+            ));
         }
         let ttl = self.lease_ttl;
         if ttl < MIN_LEASE_TTL || ttl > MAX_LEASE_TTL {
-            return Err(Error::config(format!(
+            return Err(Error::invalid("lease_ttl", format!(
                 "lease_ttl {ttl:?} is out of range: it must be {MIN_LEASE_TTL:?}..={MAX_LEASE_TTL:?}"
             )));
         }
         let margin = self.effective_margin();
         if margin.is_zero() || margin >= ttl / 2 {
-            return Err(Error::config(format!(
+            return Err(Error::invalid("margin", format!(
                 "margin {margin:?} does not fit lease_ttl {ttl:?}: it must be above zero and below half the TTL"
             )));
         }
@@ -153,44 +159,59 @@ impl Config {
         // At least two renewals must fit into the local lease, so that one
         // lost renewal does not fence a healthy member.
         if hb.is_zero() || hb * 2 > ttl - margin {
-            return Err(Error::config(format!(
+            return Err(Error::invalid(
+                "heartbeat_interval",
+                format!(
                 "heartbeat_interval {hb:?} does not fit lease_ttl {ttl:?} with margin {margin:?}: \
                  two intervals must fit in TTL minus margin"
-            )));
+            ),
+            ));
         }
         let st = self.effective_statement_timeout();
         if st < Duration::from_millis(10) {
-            return Err(Error::config(format!(
-                "statement_timeout {st:?} is too small: it must be at least 10ms"
-            )));
+            return Err(Error::invalid(
+                "statement_timeout",
+                format!("statement_timeout {st:?} is too small: it must be at least 10ms"),
+            ));
         }
         if self.start_timeout.is_zero() {
-            return Err(Error::config("start_timeout must be above zero"));
+            return Err(Error::invalid(
+                "start_timeout",
+                "start_timeout must be above zero",
+            ));
         }
         if self.stop_timeout.is_zero() {
-            return Err(Error::config("stop_timeout must be above zero"));
+            return Err(Error::invalid(
+                "stop_timeout",
+                "stop_timeout must be above zero",
+            ));
         }
         Ok(())
     }
 }
 
-fn validate_id(what: &str, id: &str) -> Result<()> {
+fn validate_id(setting: &'static str, what: &str, id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::config(format!(
-            "{what} is empty: it must be 1..={MAX_ID_LEN} bytes"
-        )));
+        return Err(Error::invalid(
+            setting,
+            format!("{what} is empty: it must be 1..={MAX_ID_LEN} bytes"),
+        ));
     }
     if id.len() > MAX_ID_LEN {
         let shown: String = id.chars().take(40).collect();
-        return Err(Error::config(format!(
-            "{what} {shown:?}… is {} bytes long: it must be 1..={MAX_ID_LEN} bytes",
-            id.len()
-        )));
+        return Err(Error::invalid(
+            setting,
+            format!(
+                "{what} {shown:?}… is {} bytes long: it must be 1..={MAX_ID_LEN} bytes",
+                id.len()
+            ),
+        ));
     }
     if id.contains('\0') {
-        return Err(Error::config(format!(
-            "{what} {id:?} contains a NUL byte, which PostgreSQL text cannot store"
-        )));
+        return Err(Error::invalid(
+            setting,
+            format!("{what} {id:?} contains a NUL byte, which PostgreSQL text cannot store"),
+        ));
     }
     Ok(())
 }
@@ -210,7 +231,7 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     if ok && !schema.starts_with("pg_") {
         Ok(())
     } else {
-        Err(Error::config(format!(
+        Err(Error::invalid("schema", format!(
             "schema name {schema:?} is invalid: it must match [a-z_][a-z0-9_]{{0,62}} and not start with pg_"
         )))
     }

@@ -1,5 +1,6 @@
-//! The one error type of the crate: [`Error`], a kind plus a message that
-//! names the offending value, plus the underlying cause where there is one.
+//! The one error type of the crate: [`Error`], a kind to match on, a message
+//! that names the offending value, the underlying cause where there is one,
+//! and accessors for the structured facts of some kinds.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -12,16 +13,18 @@ use std::fmt;
 pub enum ErrorKind {
     /// A configuration value is out of range or malformed (ring id, schema
     /// name, ring size, vnode count, TTL, intervals, pool size). The message
-    /// names the value.
+    /// names the value; [`Error::setting`] names the setting.
     InvalidConfig,
     /// The ring exists in the database with another `ring_size` than this
-    /// node was configured with. The message names both numbers.
+    /// node was configured with. [`Error::ring_sizes`] gives both.
     RingSizeMismatch,
-    /// Another live member of the ring already uses this `node_id`.
+    /// Another live member of the ring already uses this `node_id`
+    /// ([`Error::node_id`]).
     NodeIdInUse,
     /// The ring has no free position left for this node's vnodes.
     RingFull,
-    /// The database could not be reached, or a statement failed.
+    /// The database could not be reached, or a statement failed; the
+    /// cause is the [`source`](std::error::Error::source).
     Database,
     /// The database role lacks a privilege leasering needs (creating the
     /// schema, or reading/writing its tables).
@@ -30,10 +33,10 @@ pub enum ErrorKind {
     /// version of leasering, or is missing while creation is disabled.
     Schema,
     /// An operation did not finish within its time bound (start timeout,
-    /// stop timeout).
+    /// stop timeout, a statement or lock timeout in the database).
     Timeout,
-    /// The node is stopped; the operation needs a running node.
-    Stopped,
+    /// The operating system refused to start one of the member's threads.
+    Thread,
 }
 
 impl ErrorKind {
@@ -47,7 +50,7 @@ impl ErrorKind {
             ErrorKind::Privileges => "insufficient privileges",
             ErrorKind::Schema => "schema error",
             ErrorKind::Timeout => "timeout",
-            ErrorKind::Stopped => "node stopped",
+            ErrorKind::Thread => "could not start a thread",
         }
     }
 }
@@ -58,32 +61,52 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Structured facts of some kinds, for the accessors.
+#[derive(Debug)]
+enum Detail {
+    None,
+    Setting(&'static str),
+    RingSizes { stored: u32, configured: u32 },
+    NodeId(String),
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    detail: Detail,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
 /// The error type of every fallible leasering call.
 ///
-/// It carries a [`kind`](Error::kind) to match on, a human message that names
-/// the offending value, and, for database failures, the underlying
-/// [`source`](std::error::Error::source).
+/// Like `postgres::Error`, it is one boxed pointer (so `Result`s stay
+/// small), carries a [`kind`](Error::kind) to match on, a
+/// [`message`](Error::message) that says what leasering was doing and names
+/// the offending value, and its cause, kept once: as the
+/// [`source`](std::error::Error::source) (a `postgres::Error`, an
+/// `r2d2::Error`, an `io::Error`), which [`Display`](fmt::Display) appends
+/// on the same line, as `postgres::Error` does.
 ///
 /// ```
 /// use leasering::{Config, ErrorKind};
 ///
-/// let err = Config::new("").validate().unwrap_err();
+/// let mut cfg = Config::new("orders");
+/// cfg.ring_size = 0;
+/// let err = cfg.validate().unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
-/// assert!(err.to_string().contains("ring id"));
+/// assert_eq!(err.setting(), Some("ring_size"));
+/// assert!(err.to_string().contains("ring_size 0"));
 /// ```
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
-}
+pub struct Error(Box<Inner>);
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
+            detail: Detail::None,
             source: None,
-        }
+        }))
     }
 
     pub(crate) fn with_source(
@@ -91,83 +114,159 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
     ) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        let mut e = Error::new(kind, message);
+        e.0.source = Some(source.into());
+        e
     }
 
-    pub(crate) fn config(message: impl Into<String>) -> Error {
-        Error::new(ErrorKind::InvalidConfig, message)
+    /// A bad value of `setting`; the message names the value.
+    pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> Error {
+        let mut e = Error::new(ErrorKind::InvalidConfig, message);
+        e.0.detail = Detail::Setting(setting);
+        e
     }
 
-    /// Wraps a database error, classifying privilege errors (SQLSTATE 42501)
-    /// as [`ErrorKind::Privileges`].
+    pub(crate) fn ring_size_mismatch(ring_id: &str, stored: u32, configured: u32) -> Error {
+        let mut e = Error::new(
+            ErrorKind::RingSizeMismatch,
+            format!(
+                "ring {ring_id:?} has ring_size {stored} in the database, but this node was configured with ring_size {configured}"
+            ),
+        );
+        e.0.detail = Detail::RingSizes { stored, configured };
+        e
+    }
+
+    pub(crate) fn node_id_in_use(node_id: &str, ring_id: &str) -> Error {
+        let mut e = Error::new(
+            ErrorKind::NodeIdInUse,
+            format!("node id {node_id:?} is held by a live member of ring {ring_id:?}"),
+        );
+        e.0.detail = Detail::NodeId(node_id.to_string());
+        e
+    }
+
+    /// A thread the member needs could not be started.
+    pub(crate) fn spawn(what: &str, err: std::io::Error) -> Error {
+        Error::with_source(ErrorKind::Thread, format!("start the {what} thread"), err)
+    }
+
+    /// Wraps a database error from doing `context`, classifying it:
+    /// privilege errors (SQLSTATE 42501) as [`ErrorKind::Privileges`],
+    /// statement and lock timeouts as [`ErrorKind::Timeout`].
     pub(crate) fn db(context: impl Into<String>, err: postgres::Error) -> Error {
+        use postgres::error::SqlState;
         let kind = match err.code() {
-            Some(code) if *code == postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
-                ErrorKind::Privileges
-            }
-            Some(code) if *code == postgres::error::SqlState::QUERY_CANCELED => ErrorKind::Timeout,
-            Some(code) if *code == postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ErrorKind::Privileges,
+            Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
                 ErrorKind::Timeout
             }
             _ => ErrorKind::Database,
         };
-        let context = context.into();
-        let message = match err.as_db_error() {
-            Some(db) => format!("{context}: {}", db.message()),
-            None => format!("{context}: {err}"),
-        };
-        Error::with_source(kind, message, err)
+        Error::with_source(kind, context, err)
     }
 
+    /// No connection from the pool for doing `context`.
     pub(crate) fn pool(context: impl Into<String>, err: r2d2::Error) -> Error {
         let context = context.into();
         Error::with_source(
             ErrorKind::Database,
-            format!("{context}: no connection from the pool: {err}"),
+            format!("{context}: no connection from the pool"),
             err,
         )
     }
 
-    /// What went wrong.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
+    /// The same error with advice after its message.
+    pub(crate) fn hint(mut self, hint: impl fmt::Display) -> Error {
+        self.0.message = format!("{}; {hint}", self.0.message);
+        self
     }
 
-    /// The message, naming the offending value where there is one.
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The message, naming the offending value where there is one (without
+    /// the cause: see [`source`](std::error::Error::source)).
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
+    }
+
+    /// For [`ErrorKind::InvalidConfig`]: the setting whose value is bad, as
+    /// named by the builder (`"ring_size"`, `"lease_ttl"`, `"pool"`, …).
+    pub fn setting(&self) -> Option<&'static str> {
+        match self.0.detail {
+            Detail::Setting(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// For [`ErrorKind::RingSizeMismatch`]: `(stored, configured)`, the ring
+    /// size in the database and the one this node was started with.
+    pub fn ring_sizes(&self) -> Option<(u32, u32)> {
+        match self.0.detail {
+            Detail::RingSizes { stored, configured } => Some((stored, configured)),
+            _ => None,
+        }
+    }
+
+    /// For [`ErrorKind::NodeIdInUse`]: the node id a live member holds.
+    pub fn node_id(&self) -> Option<&str> {
+        match &self.0.detail {
+            Detail::NodeId(n) => Some(n),
+            _ => None,
+        }
     }
 
     /// The underlying PostgreSQL error, if this error came from the database.
     pub fn as_postgres(&self) -> Option<&postgres::Error> {
-        self.source.as_ref()?.downcast_ref::<postgres::Error>()
+        self.0.source.as_ref()?.downcast_ref::<postgres::Error>()
+    }
+
+    /// The SQLSTATE of the database's answer, if it gave one.
+    pub fn code(&self) -> Option<&postgres::error::SqlState> {
+        self.as_postgres()?.code()
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(source) = &self.source {
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
+        if !matches!(self.0.detail, Detail::None) {
+            d.field("detail", &self.0.detail);
+        }
+        if let Some(source) = &self.0.source {
             d.field("source", source);
         }
         d.finish()
     }
 }
 
+/// `kind: message: cause`, on one line: a database error shows the
+/// server's message (its detail and hint lines are in the source).
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
+        write!(f, "{}: {}", self.0.kind, self.0.message)?;
+        let Some(source) = &self.0.source else {
+            return Ok(());
+        };
+        match source
+            .downcast_ref::<postgres::Error>()
+            .and_then(|e| e.as_db_error())
+        {
+            Some(db) => write!(f, ": {}", db.message()),
+            None => write!(f, ": {source}"),
+        }
     }
 }
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.0
+            .source
             .as_ref()
             .map(|s| &**s as &(dyn StdError + 'static))
     }
@@ -175,3 +274,46 @@ impl StdError for Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert!(std::mem::size_of::<Result<()>>() <= 2 * std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn the_cause_is_kept_once() {
+        let io = std::io::Error::other("no more threads");
+        let e = Error::spawn("heartbeat", io);
+        assert_eq!(e.kind(), ErrorKind::Thread);
+        assert_eq!(
+            e.message(),
+            "start the heartbeat thread",
+            "not in the message"
+        );
+        assert_eq!(
+            e.source().unwrap().to_string(),
+            "no more threads",
+            "but the source"
+        );
+        assert_eq!(
+            e.to_string(),
+            "could not start a thread: start the heartbeat thread: no more threads"
+        );
+    }
+
+    #[test]
+    fn accessors_give_the_structured_facts() {
+        let e = Error::ring_size_mismatch("orders", 64, 128);
+        assert_eq!(e.ring_sizes(), Some((64, 128)));
+        assert!(e.message().contains("64") && e.message().contains("128"));
+        assert_eq!(e.node_id(), None);
+        let e = Error::node_id_in_use("worker-7", "orders");
+        assert_eq!(e.node_id(), Some("worker-7"));
+        assert_eq!(e.kind(), ErrorKind::NodeIdInUse);
+    }
+}

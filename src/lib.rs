@@ -221,13 +221,12 @@ mod error;
 mod event;
 mod node;
 mod owned;
-mod ownership;
 mod placement;
 mod pool;
+pub mod protocol;
 mod ring;
 mod store;
 pub mod telemetry;
-
 
 pub use clock::monotonic_ns;
 pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};
@@ -236,7 +235,7 @@ pub use event::{Event, ReleaseReason};
 pub use node::{Builder, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use owned::OwnedPartitions;
 pub use placement::partition_for;
-pub use ring::{MemberInfo, RingArc, RingView};
+pub use ring::{Change, MemberInfo, RingArc, RingView};
 pub use store::SCHEMA_VERSION;
 
 /// Creates or migrates the leasering schema `schema` with `client`, for
@@ -246,64 +245,4 @@ pub fn migrate(client: &mut postgres::Client, schema: &str) -> Result<()> {
     let mut cfg = Config::new("migrate");
     cfg.schema = schema.to_string();
     store::Store::new(&cfg, "migrate")?.migrate(client)
-}
-
-/// Internals exposed for the benches (`benches/ring.rs`) only: not part of
-/// the API, no stability promise.
-#[doc(hidden)]
-pub mod __bench {
-    use std::time::{Duration, Instant};
-
-    use crate::ring::{Change, RingView};
-
-    /// `RingView::build`: a view (and its owner table) from `(position, node)` pairs.
-    pub fn build_view<'a>(
-        epoch: u64,
-        ring_size: u32,
-        vnodes: impl IntoIterator<Item = (u32, &'a str)>,
-    ) -> RingView {
-        RingView::build(epoch, ring_size, vnodes)
-    }
-
-    /// `RingView::apply`: the view after one membership change.
-    pub fn apply_change(
-        view: &RingView,
-        epoch: u64,
-        removed: &[String],
-        added: Option<(&str, &[u32])>,
-    ) -> RingView {
-        view.apply(&Change {
-            epoch,
-            removed: removed.to_vec(),
-            added: added.map(|(n, ps)| (n.to_string(), ps.to_vec())),
-        })
-    }
-
-    /// The placement of a joining member's vnodes (DESIGN §2).
-    pub fn choose_positions(
-        node_id: &str,
-        count: u32,
-        ring_size: u32,
-        taken: impl Fn(u32) -> bool,
-    ) -> Option<Vec<u32>> {
-        crate::placement::choose_positions(node_id, count, ring_size, taken)
-    }
-
-    /// A member's ownership state machine, to time what adopting a view
-    /// costs a member.
-    pub struct Member(crate::ownership::Ownership);
-
-    impl Member {
-        /// A member that joined with `view`.
-        pub fn joined(me: &str, view: RingView) -> Member {
-            let ttl = Duration::from_secs(30);
-            let mut o = crate::ownership::Ownership::new(me, view.ring_size(), ttl, ttl / 10);
-            o.joined(view, Instant::now());
-            Member(o)
-        }
-        /// Adopts a newer view; returns the number of actions.
-        pub fn adopt(&mut self, view: RingView) -> usize {
-            self.0.adopt(view).len()
-        }
-    }
 }

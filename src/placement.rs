@@ -56,7 +56,7 @@ pub(crate) fn candidate(node_id: &str, i: u32, ring_size: u32) -> u32 {
 /// free ones (a nearly full ring), the remaining positions are taken by
 /// walking clockwise from the node's first candidate. Returns `None` when
 /// fewer than `count` positions are free.
-pub(crate) fn choose_positions(
+pub fn choose_positions(
     node_id: &str,
     count: u32,
     ring_size: u32,

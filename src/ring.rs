@@ -5,10 +5,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// One membership change, as stored in the change log and applied to a view
-/// to get the next epoch's view without re-reading the whole ring.
+/// One membership change, as stored in the change log and carried by
+/// notifications, applied to a view ([`RingView::apply`]) to get the next
+/// epoch's view without re-reading the whole ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change {
+pub struct Change {
     /// The epoch this change produced.
     pub epoch: u64,
     /// Members removed (left, or expired and cleaned up).
@@ -77,14 +78,14 @@ struct ViewInner {
 
 impl RingView {
     /// An empty ring (no members) at `epoch`.
-    pub(crate) fn empty(epoch: u64, ring_size: u32) -> RingView {
+    pub fn empty(epoch: u64, ring_size: u32) -> RingView {
         RingView::build(epoch, ring_size, std::iter::empty::<(u32, &str)>())
     }
 
     /// Builds a view from `(position, node id)` pairs. Positions outside the
     /// ring and duplicates (never produced by the store) are ignored; of two
     /// vnodes at one position, the smaller node id wins.
-    pub(crate) fn build<'a>(
+    pub fn build<'a>(
         epoch: u64,
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
@@ -182,7 +183,7 @@ impl RingView {
     /// The view that follows `change`; `self` must be at `change.epoch − 1`
     /// for the result to be the ring at `change.epoch`. Works on member
     /// indices (no string sorting): O(members + vnodes + ring_size).
-    pub(crate) fn apply(&self, change: &Change) -> RingView {
+    pub fn apply(&self, change: &Change) -> RingView {
         let inner = &*self.inner;
         let find = |name: &str| inner.members.binary_search_by(|m| (*m.node_id).cmp(name));
         let mut dropped = vec![false; inner.members.len()];
@@ -392,7 +393,7 @@ impl RingView {
 
     /// The member that follows `node_id`'s lowest position clockwise, other
     /// than `node_id` itself: the one expected to clean it up if it crashes.
-    pub(crate) fn successor_of(&self, node_id: &str) -> Option<&str> {
+    pub fn successor_of(&self, node_id: &str) -> Option<&str> {
         let first = *self.member(node_id)?.positions.first()?;
         let v = &self.inner.vnodes;
         let start = v.partition_point(|(p, _)| *p <= first);
@@ -415,204 +416,4 @@ impl fmt::Debug for RingView {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::placement::choose_positions;
-    use proptest::prelude::*;
-    use std::collections::{HashMap, HashSet};
-
-    fn view_of(ring_size: u32, vnodes: &[(u32, &str)]) -> RingView {
-        RingView::build(1, ring_size, vnodes.iter().copied())
-    }
-
-    #[test]
-    fn single_vnode_owns_everything() {
-        let v = view_of(16, &[(5, "a")]);
-        assert!((0..16).all(|p| v.owner_of(p) == Some("a")));
-        assert_eq!(v.arcs(), vec![(RingArc { start: 6, end: 5 }, "a")]);
-        assert_eq!(v.partitions_of("a").len(), 16);
-        assert_eq!(v.owner_of(16), None);
-    }
-
-    #[test]
-    fn arcs_are_pred_exclusive_position_inclusive() {
-        let v = view_of(16, &[(3, "a"), (10, "b")]);
-        // (10, 3] wraps: 11..=15, 0..=3 -> a; (3, 10] -> b
-        for p in 0..16 {
-            let want = if (4..=10).contains(&p) { "b" } else { "a" };
-            assert_eq!(v.owner_of(p), Some(want), "partition {p}");
-        }
-        assert_eq!(v.successor_of("a"), Some("b"));
-        assert_eq!(v.successor_of("b"), Some("a"));
-    }
-
-    #[test]
-    fn empty_ring_has_no_owner() {
-        let v = RingView::empty(0, 8);
-        assert_eq!(v.owner_of(0), None);
-        assert!(v.arcs().is_empty());
-        assert!(v.partitions_of("x").is_empty());
-    }
-
-    #[test]
-    fn apply_matches_rebuild() {
-        let v = view_of(64, &[(3, "a"), (10, "b"), (40, "c")]);
-        let c = Change {
-            epoch: 2,
-            removed: vec!["b".into()],
-            added: Some(("d".into(), vec![20, 50])),
-        };
-        let w = v.apply(&c);
-        let x = RingView::build(2, 64, [(3, "a"), (40, "c"), (20, "d"), (50, "d")]);
-        assert_eq!(w.epoch(), 2);
-        for p in 0..64 {
-            assert_eq!(w.owner_of(p), x.owner_of(p));
-        }
-    }
-
-    fn random_ring(ring_size: u32, members: &[String], vnodes: u32) -> Vec<(u32, String)> {
-        let mut taken = HashSet::new();
-        let mut out = Vec::new();
-        for m in members {
-            if let Some(ps) = choose_positions(m, vnodes, ring_size, |p| taken.contains(&p)) {
-                for p in ps {
-                    taken.insert(p);
-                    out.push((p, m.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn arcs_cover_every_partition_exactly_once(
-            ring_size in 1u32..2048,
-            n in 1usize..20,
-            vnodes in 1u32..10,
-            salt in any::<u32>(),
-        ) {
-            let members: Vec<String> = (0..n).map(|i| format!("m{salt}-{i}")).collect();
-            let pairs = random_ring(ring_size, &members, vnodes);
-            prop_assume!(!pairs.is_empty());
-            let v = RingView::build(1, ring_size, pairs.iter().map(|(p, m)| (*p, m.as_str())));
-            let mut count = vec![0u32; ring_size as usize];
-            for (arc, owner) in v.arcs() {
-                let mut p = arc.start;
-                loop {
-                    count[p as usize] += 1;
-                    prop_assert_eq!(v.owner_of(p), Some(owner));
-                    if p == arc.end { break; }
-                    p = (p + 1) % ring_size;
-                }
-            }
-            prop_assert!(count.iter().all(|c| *c == 1));
-            // Owned sets are disjoint and their union is the ring.
-            let mut seen = vec![false; ring_size as usize];
-            for m in v.members() {
-                let owned = v.partitions_of(m.node_id());
-                prop_assert_eq!(owned.len() as u32, m.partition_count());
-                for p in owned {
-                    prop_assert!(!seen[p as usize]);
-                    seen[p as usize] = true;
-                }
-            }
-            prop_assert!(seen.iter().all(|s| *s));
-        }
-
-        #[test]
-        fn a_joining_vnode_takes_from_exactly_one_arc(
-            ring_size in 2u32..2048,
-            n in 1usize..12,
-            salt in any::<u32>(),
-            newpos in any::<u32>(),
-        ) {
-            let members: Vec<String> = (0..n).map(|i| format!("m{salt}-{i}")).collect();
-            let pairs = random_ring(ring_size, &members, 4);
-            prop_assume!(!pairs.is_empty());
-            let before = RingView::build(1, ring_size, pairs.iter().map(|(p, m)| (*p, m.as_str())));
-            let taken: HashSet<u32> = pairs.iter().map(|(p, _)| *p).collect();
-            let newpos = newpos % ring_size;
-            prop_assume!(!taken.contains(&newpos));
-            let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])) });
-            // Every partition that changed owner went to the joiner, and all of
-            // them came from the same vnode: the arc that contained newpos.
-            let mut from: HashMap<u32, ()> = HashMap::new();
-            let succ = before.arcs().into_iter().find(|(a, _)| {
-                if a.start <= a.end { (a.start..=a.end).contains(&newpos) } else { newpos >= a.start || newpos <= a.end }
-            }).map(|(a, _)| a.end).unwrap();
-            for p in 0..ring_size {
-                if before.owner_of(p) != after.owner_of(p) {
-                    prop_assert_eq!(after.owner_of(p), Some("joiner"));
-                    // p was in the arc ending at `succ`
-                    let arc = before.arcs().into_iter().find(|(a, _)| a.end == succ).unwrap().0;
-                    let inside = if arc.start <= arc.end { (arc.start..=arc.end).contains(&p) } else { p >= arc.start || p <= arc.end };
-                    prop_assert!(inside);
-                    from.insert(succ, ());
-                }
-            }
-            prop_assert!(from.len() <= 1);
-            prop_assert_eq!(after.owner_of(newpos), Some("joiner"));
-        }
-
-        #[test]
-        fn apply_equals_a_rebuild_of_the_changed_pairs(
-            ring_size in 1u32..300,
-            raw in proptest::collection::vec((0u32..320, 0usize..8), 0..40),
-            removed in proptest::collection::vec(0usize..10, 0..4),
-            added in proptest::option::of((0usize..10, proptest::collection::vec(0u32..320, 0..6))),
-        ) {
-            let name = |i: usize| format!("n{i}");
-            let before = RingView::build(1, ring_size, raw.iter().map(|(p, i)| (*p, name(*i))).collect::<Vec<_>>().iter().map(|(p, n)| (*p, n.as_str())));
-            let change = Change {
-                epoch: 2,
-                removed: removed.iter().map(|i| name(*i)).collect(),
-                added: added.clone().map(|(i, ps)| (name(i), ps)),
-            };
-            let got = before.apply(&change);
-            // The reference: the old view's pairs, changed, built anew.
-            let added_name = change.added.as_ref().map(|(n, _)| n.clone());
-            let mut pairs: Vec<(u32, String)> = before
-                .vnodes()
-                .filter(|(_, n)| !change.removed.iter().any(|r| r == n) && Some(n.to_string()) != added_name)
-                .map(|(p, n)| (p, n.to_string()))
-                .collect();
-            if let Some((n, ps)) = &change.added {
-                pairs.extend(ps.iter().map(|p| (*p, n.clone())));
-            }
-            let want = RingView::build(2, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
-            prop_assert_eq!(got.epoch(), 2);
-            prop_assert_eq!(got.members(), want.members());
-            prop_assert_eq!(got.vnodes().collect::<Vec<_>>(), want.vnodes().collect::<Vec<_>>());
-            for p in 0..ring_size + 2 {
-                prop_assert_eq!(got.owner_of(p), want.owner_of(p));
-            }
-        }
-
-        #[test]
-        fn build_ignores_duplicates_and_out_of_range_positions(
-            ring_size in 1u32..200,
-            raw in proptest::collection::vec((0u32..220, 0usize..6), 0..30),
-        ) {
-            let pairs: Vec<(u32, String)> = raw.iter().map(|(p, i)| (*p, format!("n{i}"))).collect();
-            let v = RingView::build(1, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
-            // The smallest node id wins a duplicate position.
-            let mut want: std::collections::BTreeMap<u32, &str> = std::collections::BTreeMap::new();
-            for (p, n) in &pairs {
-                if *p < ring_size {
-                    let e = want.entry(*p).or_insert(n.as_str());
-                    if n.as_str() < *e { *e = n.as_str(); }
-                }
-            }
-            prop_assert_eq!(v.vnodes().collect::<Vec<_>>(), want.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>());
-            let total: u32 = v.members().iter().map(|m| m.partition_count()).sum();
-            prop_assert_eq!(total, if want.is_empty() { 0 } else { ring_size });
-            for m in v.members() {
-                prop_assert!(!m.positions().is_empty());
-                prop_assert!(m.positions().windows(2).all(|w| w[0] < w[1]));
-                let scanned: Vec<u32> = (0..ring_size).filter(|p| v.owner_of(*p) == Some(m.node_id())).collect();
-                prop_assert_eq!(v.partitions_of(m.node_id()), scanned);
-            }
-        }
-    }
-}
+mod tests;

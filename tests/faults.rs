@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use leasering_testkit::{ProxyMode, TcpProxy, TestPostgres};
 use leasering::{Builder, Event, ReleaseReason, RingNode};
+use leasering_testkit::{ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
-use leasering_testkit::{TestPostgres, TestPostgresOptions};
 use leasering::Event;
+use leasering_testkit::{TestPostgres, TestPostgresOptions};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use leasering_testkit::{unique_name, TestPostgres};
 use leasering::{Builder, Event, RingNode};
+use leasering_testkit::{unique_name, TestPostgres};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
 /// An activity interval of one member on one partition: (node, token, from, until).

@@ -11,8 +11,8 @@ use crossbeam_channel::{unbounded, Receiver};
 use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
-use leasering_testkit::TestPostgres;
 use leasering::Config;
+use leasering_testkit::TestPostgres;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};

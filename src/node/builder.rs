@@ -1,0 +1,239 @@
+//! [`Builder`]: the settings of a member, and `start()` — validation,
+//! the schema, and the join, bounded by `start_timeout` even when the
+//! database does not answer at all.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::shutdown::{bounded, Bounded};
+use super::{Inner, RingNode, MIN_POOL_SIZE};
+use crate::config::{random_node_id, Config};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::pool::ConnSource;
+use crate::protocol::input::Joined;
+use crate::store::Store;
+
+/// Builds and starts a [`RingNode`]. Setters consume and return the
+/// builder; each documents its default.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
+///
+/// let manager = PostgresConnectionManager::new("host=localhost user=postgres".parse()?, NoTls);
+/// let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
+/// let node = leasering::RingNode::builder(pool, "orders")
+///     .vnode_count(8)
+///     .lease_ttl(Duration::from_secs(30))
+///     .node_id("worker-7")
+///     .start()?;
+/// # Ok(()) }
+/// ```
+pub struct Builder {
+    pool: Arc<dyn ConnSource>,
+    cfg: Config,
+    subscribers: Vec<Sender<Event>>,
+}
+
+impl Builder {
+    /// Vnodes (positions) this member holds: its weight. Default 8.
+    pub fn vnode_count(mut self, n: u32) -> Builder {
+        self.cfg.vnode_count = n;
+        self
+    }
+    /// Lease time-to-live. Default 30 s, at least 500 ms. A crashed member's
+    /// partitions are covered again at most about one TTL after it stopped
+    /// renewing.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Builder {
+        self.cfg.lease_ttl = ttl;
+        self
+    }
+    /// Number of partitions; every member of a ring must agree. Default 1024.
+    pub fn ring_size(mut self, n: u32) -> Builder {
+        self.cfg.ring_size = n;
+        self
+    }
+    /// This member's id. Default `node_` + 16 random hex digits. A fixed id
+    /// gets its old positions back after a restart (when they are free).
+    pub fn node_id(mut self, id: impl Into<String>) -> Builder {
+        self.cfg.node_id = Some(id.into());
+        self
+    }
+    /// Schema of the tables. Default `leasering`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Builder {
+        self.cfg.schema = schema.into();
+        self
+    }
+    /// Whether `start()` creates/migrates the schema. Default `true`.
+    pub fn create_schema(mut self, yes: bool) -> Builder {
+        self.cfg.create_schema = yes;
+        self
+    }
+    /// Use LISTEN/NOTIFY. Default `true`. Without it, handoffs wait for the
+    /// next heartbeat (`lease_ttl / 3`).
+    pub fn notifications(mut self, yes: bool) -> Builder {
+        self.cfg.notifications = yes;
+        self
+    }
+    /// Safety margin between the local and the database lease. Default
+    /// `lease_ttl / 10`; must cover clock-rate differences over one TTL.
+    pub fn margin(mut self, margin: Duration) -> Builder {
+        self.cfg.margin = Some(margin);
+        self
+    }
+    /// Renewal interval. Default `lease_ttl / 3`.
+    pub fn heartbeat_interval(mut self, every: Duration) -> Builder {
+        self.cfg.heartbeat_interval = Some(every);
+        self
+    }
+    /// Bound on `start()`. Default 10 s.
+    pub fn start_timeout(mut self, t: Duration) -> Builder {
+        self.cfg.start_timeout = t;
+        self
+    }
+    /// Bound on `stop()`. Default 5 s.
+    pub fn stop_timeout(mut self, t: Duration) -> Builder {
+        self.cfg.stop_timeout = t;
+        self
+    }
+    /// Server-side bound on each statement. Default `lease_ttl / 3`, clamped
+    /// to 1..=10 s.
+    pub fn statement_timeout(mut self, t: Duration) -> Builder {
+        self.cfg.statement_timeout = Some(t);
+        self
+    }
+    /// A receiver of the member's events that is registered *before* it
+    /// starts, so that it sees everything: [`Event::Joined`] and the first
+    /// [`Event::Acquired`] included. Like [`RingNode::subscribe`] otherwise.
+    pub fn subscribe(&mut self) -> Receiver<Event> {
+        let (tx, rx) = unbounded();
+        self.subscribers.push(tx);
+        rx
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub(super) fn new(pool: Arc<dyn ConnSource>, ring_id: String) -> Builder {
+        Builder {
+            pool,
+            cfg: Config::new(ring_id),
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// Validates the configuration, creates the schema if needed, joins the
+    /// ring and starts the background threads. Returns once joined: the
+    /// partitions assigned to this member are then *pending* and become
+    /// active (with an [`Event::Acquired`]) as soon as their previous owners
+    /// have let go — milliseconds on a healthy ring.
+    pub fn start(self) -> Result<RingNode> {
+        let Builder {
+            pool,
+            mut cfg,
+            subscribers,
+        } = self;
+        cfg.validate()?;
+        if pool.max_size() < MIN_POOL_SIZE {
+            return Err(Error::invalid(
+                "pool",
+                format!(
+                    "pool max_size {} is too small: a node needs at least {MIN_POOL_SIZE} connections \
+                     (watcher, heartbeat, cleanup)",
+                    pool.max_size()
+                ),
+            ));
+        }
+        let node_id = cfg.node_id.clone().unwrap_or_else(random_node_id);
+        cfg.node_id = Some(node_id.clone());
+        let store = Store::new(&cfg, &node_id)?;
+        let (joined, sent_at) = join_within_start_timeout(&cfg, &store, &pool)?;
+        let inner = Arc::new(Inner::new(cfg, node_id, store, pool, subscribers));
+        inner.update(|s, now| s.joined(joined, sent_at, now));
+        inner.spawn_threads()?;
+        Ok(RingNode::from_inner(inner))
+    }
+}
+
+/// Connects, creates or checks the schema and joins, on a helper thread, so
+/// that `start()` keeps its bound even if a pooled connection hangs (a
+/// stalled network does not time out on its own). If the caller has given
+/// up by the time the join commits, the helper leaves again.
+fn join_within_start_timeout(
+    cfg: &Config,
+    store: &Store,
+    pool: &Arc<dyn ConnSource>,
+) -> Result<(Joined, Instant)> {
+    let deadline = Instant::now() + cfg.start_timeout;
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let job = {
+        let (pool, store, abandoned) = (pool.clone(), store.clone(), abandoned.clone());
+        let (create, start_timeout) = (cfg.create_schema, cfg.start_timeout);
+        move || -> Result<(Joined, Instant)> {
+            // A little under the caller's bound, so that a plain connection
+            // failure arrives as such rather than as a timeout.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = remaining - (remaining / 10).min(Duration::from_millis(100));
+            let mut conn = pool.get(remaining.max(Duration::from_millis(1))).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Database,
+                    format!("could not connect to the database within start_timeout {start_timeout:?}"),
+                    e,
+                )
+            })?;
+            if create {
+                store.migrate(&mut conn)?;
+            } else {
+                store.check_schema(&mut conn)?;
+            }
+            let joined = join_retrying(&store, &mut conn, deadline)?;
+            if abandoned.load(Ordering::SeqCst) {
+                let _ = store.leave(&mut conn);
+            }
+            Ok(joined)
+        }
+    };
+    match bounded("start", deadline, job)? {
+        Bounded::Done(result) => result,
+        Bounded::TimedOut => {
+            abandoned.store(true, Ordering::SeqCst);
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "start did not finish within start_timeout {:?} (database unreachable or stalled)",
+                    cfg.start_timeout
+                ),
+            ))
+        }
+    }
+}
+
+/// Many members starting at once queue on the ring's row lock; a join that
+/// timed out there is tried again while the deadline allows.
+fn join_retrying(
+    store: &Store,
+    conn: &mut postgres::Client,
+    deadline: Instant,
+) -> Result<(Joined, Instant)> {
+    loop {
+        let sent_at = Instant::now();
+        match store.join(conn) {
+            Ok(joined) => return Ok((joined, sent_at)),
+            Err(e)
+                if e.kind() == ErrorKind::Timeout
+                    && Instant::now() + Duration::from_millis(100) < deadline =>
+            {
+                log::debug!(target: "leasering", "join timed out ({}); trying again", e);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! [`RingNode`], the I/O edge around the pure [`Session`]: a handle users
+//! hold, the lock-free hot path they read, and the threads that run the
+//! session's steps against the database.
+//!
+//! * [`builder`] — [`Builder`] and `start()` (validation, schema, the
+//!   bounded join);
+//! * [`hot_path`] — the atomic bitset, deadline and snapshot behind
+//!   [`RingNode::owns`] and [`RingNode::owned_partitions`];
+//! * [`publish`] — making a session output visible: hot path, events,
+//!   logs, metrics, wake-ups;
+//! * [`workers`] — the four named threads (heartbeat, watcher, cleanup,
+//!   fence), each a thin loop: ask the session for the next step, run that
+//!   one statement, hand the answer back;
+//! * [`shutdown`] — `stop()`, the leave, joining the threads, and the
+//!   non-blocking `Drop`.
+
+mod builder;
+mod hot_path;
+mod publish;
+mod shutdown;
+mod workers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
+use postgres::tls::{MakeTlsConnect, TlsConnect};
+use postgres::Socket;
+use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
+
+pub use self::builder::Builder;
+use self::hot_path::HotPath;
+use self::workers::Control;
+use crate::clock::coarse_resolution_ns;
+use crate::config::Config;
+use crate::error::Result;
+use crate::event::Event;
+use crate::owned::OwnedPartitions;
+use crate::placement::partition_for;
+use crate::pool::ConnSource;
+use crate::protocol::{Session, SessionConfig, Status};
+use crate::ring::RingView;
+use crate::store::Store;
+
+/// Fewest pool connections a node needs: the watcher keeps one (LISTEN),
+/// the heartbeat keeps one, cleanup and stop borrow one now and then.
+pub const MIN_POOL_SIZE: u32 = 3;
+
+/// One member of a ring. See the [crate documentation](crate) for the model.
+///
+/// Cheap to clone (an `Arc`); the member stops when [`stop`](RingNode::stop)
+/// is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct RingNode {
+    /// The member, reached in one step by the hot path (`owns`).
+    inner: Arc<Inner>,
+    /// Shared by the clones: the last one dropped stops the member (held
+    /// for its `Drop` only).
+    #[allow(dead_code)]
+    handle: Arc<Handle>,
+}
+
+/// Dropped with the last clone of a [`RingNode`].
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    /// Stops local ownership at once and leaves the ring on a background
+    /// thread: dropping a node never blocks the caller for a database round
+    /// trip. `stop()` is the way to wait for the leave and see its error.
+    fn drop(&mut self) {
+        self.inner.stop_in_background();
+    }
+}
+
+/// Where a member stands, for dashboards and health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// Epoch of this member's view.
+    pub epoch: u64,
+    /// Active partitions (0 once the lease ran out locally).
+    pub active: u32,
+    /// Pending partitions: assigned, waiting for the barrier.
+    pub pending: u32,
+    /// Time left on the local lease, if it runs.
+    pub lease_left: Option<Duration>,
+    /// Whether the member is in the ring (false while rejoining or stopped).
+    pub joined: bool,
+    /// Whether `stop()` was called.
+    pub stopped: bool,
+    /// Successful renewals so far.
+    pub renewals: u64,
+    /// Failed renewals so far.
+    pub renewal_failures: u64,
+}
+
+impl NodeStatus {
+    /// Healthy: in the ring, not stopped, and the local lease runs — what a
+    /// readiness probe should check. (Pending partitions are normal for a
+    /// few milliseconds after a change and do not count against it.)
+    pub fn is_healthy(&self) -> bool {
+        self.joined && !self.stopped && self.lease_left.is_some()
+    }
+}
+
+impl RingNode {
+    /// A builder for a member of ring `ring_id` using `pool`.
+    pub fn builder<T>(
+        pool: Pool<PostgresConnectionManager<T>>,
+        ring_id: impl Into<String>,
+    ) -> Builder
+    where
+        T: MakeTlsConnect<Socket> + Clone + 'static + Sync + Send,
+        T::TlsConnect: Send,
+        T::Stream: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        Builder::new(Arc::new(pool), ring_id.into())
+    }
+
+    fn from_inner(inner: Arc<Inner>) -> RingNode {
+        RingNode {
+            handle: Arc::new(Handle {
+                inner: inner.clone(),
+            }),
+            inner,
+        }
+    }
+
+    /// A receiver of this member's [`Event`]s from now on. Each call makes a
+    /// new, unbounded receiver: a slow subscriber never blocks the member.
+    /// The channel disconnects when the member stops.
+    pub fn subscribe(&self) -> Receiver<Event> {
+        let (tx, rx) = unbounded();
+        if !self.inner.stopped.load(Ordering::SeqCst) {
+            self.inner.subscribers.lock().push(tx);
+        }
+        rx
+    }
+
+    /// Whether partition `p` is active on this member now. Lock-free: one
+    /// atomic bit and a coarse-clock check of the local lease deadline, so a
+    /// member that wakes from a pause answers `false` before any of its
+    /// threads has run.
+    #[inline]
+    pub fn owns(&self, p: u32) -> bool {
+        self.inner.hot.owns(p)
+    }
+
+    /// A snapshot of the active partitions and their tokens (an `Arc`
+    /// clone). It reports nothing once the lease it was taken under runs out.
+    ///
+    /// Lock-free on the fast path: each thread keeps its own copy of the
+    /// current snapshot, so taking one is a version check and a reference
+    /// count increment that no other thread contends for.
+    #[inline]
+    pub fn owned_partitions(&self) -> OwnedPartitions {
+        self.inner.hot.owned_partitions()
+    }
+
+    /// The partition of `key` in this ring: `leasering::partition_for(key, ring_size)`.
+    #[inline]
+    pub fn partition_for(&self, key: &[u8]) -> u32 {
+        partition_for(key, self.inner.cfg.ring_size)
+    }
+
+    /// This member's current view of the ring.
+    pub fn ring(&self) -> RingView {
+        self.inner.view()
+    }
+
+    /// This member's node id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The configuration in force (with the node id filled in).
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Where the member stands.
+    pub fn status(&self) -> NodeStatus {
+        let s = self.inner.session.read();
+        let own = s.ownership();
+        let lease_left = own
+            .valid_until()
+            .and_then(|v| v.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero());
+        NodeStatus {
+            epoch: own.view_epoch(),
+            active: if lease_left.is_some() {
+                own.active_count()
+            } else {
+                0
+            },
+            pending: own.pending_count(),
+            lease_left,
+            joined: own.status() == Status::Member,
+            stopped: own.status() == Status::Stopped,
+            renewals: s.renewals(),
+            renewal_failures: s.renewal_failures(),
+        }
+    }
+
+    /// Leaves the ring gracefully: releases everything locally
+    /// ([`ReleaseReason::Stopping`](crate::ReleaseReason::Stopping)),
+    /// removes this member from the database so that its successors take
+    /// over within milliseconds, and joins the background threads. Returns
+    /// within `stop_timeout`; on a database error the lease simply expires.
+    /// Nothing is owned after it returns, whatever the result. Calling it
+    /// again does nothing.
+    pub fn stop(&self) -> Result<()> {
+        self.inner.shutdown(true)
+    }
+
+    /// For tests and demos (feature `test-util`): freezes this member's
+    /// background threads for `d`, as a GC pause or `SIGSTOP` would (the hot
+    /// path keeps answering — and stops reporting partitions when the local
+    /// lease runs out).
+    #[cfg(feature = "test-util")]
+    pub fn pause_threads_for(&self, d: Duration) {
+        *self.inner.frozen_until.lock() = Some(Instant::now() + d);
+    }
+
+    /// For tests and demos (feature `test-util`): ends this member the way a
+    /// crash would — its threads stop, it does not leave, its lease runs out
+    /// in the database and the survivors clean it up. Locally nothing is
+    /// owned afterwards.
+    #[cfg(feature = "test-util")]
+    pub fn crash(&self) {
+        let _ = self.inner.shutdown(false);
+    }
+}
+
+impl std::fmt::Debug for RingNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingNode")
+            .field("node_id", &self.node_id())
+            .field("ring_id", &self.inner.cfg.ring_id)
+            .finish()
+    }
+}
+
+/// A wake-up channel of one thread.
+type Wake = (Sender<()>, Receiver<()>);
+
+/// The member behind every clone of a [`RingNode`] and its threads.
+pub(crate) struct Inner {
+    cfg: Config,
+    node_id: String,
+    store: Store,
+    pool: Arc<dyn ConnSource>,
+    /// Everything the member decides (see [`Session`]).
+    session: RwLock<Session>,
+    hot: HotPath,
+    subscribers: Mutex<Vec<Sender<Event>>>,
+    control: Mutex<Option<Control>>,
+    wake_watcher: Wake,
+    wake_fence: Wake,
+    wake_cleanup: Wake,
+    /// Serialises rejoin against stop, so a stopping member cannot rejoin.
+    membership: Mutex<()>,
+    stopped: AtomicBool,
+    telemetry: crate::telemetry::Telemetry,
+    /// Test hook: the threads sleep until then.
+    #[cfg(feature = "test-util")]
+    frozen_until: Mutex<Option<Instant>>,
+}
+
+impl Inner {
+    fn new(
+        cfg: Config,
+        node_id: String,
+        store: Store,
+        pool: Arc<dyn ConnSource>,
+        subscribers: Vec<Sender<Event>>,
+    ) -> Inner {
+        let lead = Duration::from_nanos(coarse_resolution_ns());
+        let session = Session::new(SessionConfig::new(&cfg, &node_id, lead), Instant::now());
+        Inner {
+            telemetry: crate::telemetry::Telemetry::new(&cfg.ring_id, &node_id),
+            hot: HotPath::new(cfg.ring_size),
+            session: RwLock::new(session),
+            subscribers: Mutex::new(subscribers),
+            control: Mutex::new(None),
+            wake_watcher: unbounded(),
+            wake_fence: unbounded(),
+            wake_cleanup: unbounded(),
+            membership: Mutex::new(()),
+            stopped: AtomicBool::new(false),
+            #[cfg(feature = "test-util")]
+            frozen_until: Mutex::new(None),
+            node_id,
+            store,
+            pool,
+            cfg,
+        }
+    }
+
+    fn view(&self) -> RingView {
+        self.session
+            .read()
+            .view()
+            .cloned()
+            .unwrap_or_else(|| RingView::empty(0, self.cfg.ring_size))
+    }
+}
+
+/// A short form of a node id for thread names (Linux keeps 15 bytes).
+fn short_id(node_id: &str) -> String {
+    let s: String = node_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    if s.len() > 16 {
+        s[s.len() - 16..].to_string()
+    } else {
+        s
+    }
+}

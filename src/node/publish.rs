@@ -1,0 +1,150 @@
+//! Making the session core's [`Output`] visible, in order: the hot path
+//! first (a released partition stops answering before anyone hears of it),
+//! then the events to every subscriber, the log lines and metrics, and last
+//! the threads it asks to wake. Called with the session's write lock held,
+//! so events leave in the order of the state changes.
+
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::Inner;
+use crate::event::{Event, ReleaseReason};
+use crate::protocol::output::{Effect, Output};
+use crate::protocol::Session;
+
+impl Inner {
+    /// Reads `now`, runs `step` on the session under its write lock, and
+    /// publishes what it produced. Returns the output's flags (its effects
+    /// are consumed).
+    pub(crate) fn update(&self, step: impl FnOnce(&mut Session, Instant) -> Output) -> Output {
+        let mut session = self.session.write();
+        let out = step(&mut session, Instant::now());
+        self.publish(&session, out)
+    }
+
+    /// See the module docs. Returns `out` without its effects.
+    pub(crate) fn publish(&self, session: &Session, mut out: Output) -> Output {
+        let own = session.ownership();
+        self.hot
+            .publish(&out.effects, own.valid_until(), own.view_epoch(), || {
+                own.active()
+            });
+        for effect in std::mem::take(&mut out.effects) {
+            if let Some(event) = self.describe(effect) {
+                self.emit(event);
+            }
+        }
+        if let Some(ok) = out.renewal {
+            self.telemetry.renewal(ok);
+        }
+        self.telemetry
+            .state(own.active_count(), own.pending_count(), own.view_epoch());
+        wake(&self.wake_fence.0, out.wake_fence);
+        wake(&self.wake_watcher.0, out.wake_watcher);
+        wake(&self.wake_cleanup.0, out.wake_cleanup);
+        out
+    }
+
+    /// Logs an effect, counts it, and turns it into the event subscribers
+    /// get, if it is one.
+    fn describe(&self, effect: Effect) -> Option<Event> {
+        let node = &self.node_id;
+        match effect {
+            Effect::Released {
+                partitions,
+                reason,
+                epoch,
+                at,
+            } => {
+                log_release(node, partitions.len(), reason, epoch);
+                self.telemetry.released(partitions.len(), reason);
+                Some(Event::Released {
+                    partitions,
+                    reason,
+                    epoch,
+                    at,
+                })
+            }
+            Effect::Acquired {
+                partitions,
+                token,
+                epoch,
+                at,
+                waited,
+            } => {
+                log::info!(target: "leasering",
+                    "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
+                    partitions.len(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
+                self.telemetry.acquired(partitions.len(), waited);
+                Some(Event::Acquired {
+                    partitions,
+                    token,
+                    epoch,
+                    at,
+                })
+            }
+            Effect::ViewChanged { epoch, members, at } => {
+                Some(Event::ViewChanged { epoch, members, at })
+            }
+            Effect::Joined {
+                epoch,
+                positions,
+                removed,
+                at,
+            } => {
+                log::info!(target: "leasering",
+                    "node {node}: joined ring {:?} at epoch {epoch} with positions {positions:?}{}",
+                    self.cfg.ring_id,
+                    if removed.is_empty() { String::new() } else { format!(", removing expired members {removed:?}") });
+                Some(Event::Joined {
+                    epoch,
+                    positions,
+                    at,
+                })
+            }
+            Effect::RenewalRefused { ring_epoch } => {
+                log::warn!(target: "leasering",
+                    "node {node}: renewal refused: this member's acknowledged epoch has trailed ring epoch {ring_epoch} for over {:?}",
+                    self.cfg.lag_limit());
+                None
+            }
+            Effect::MembersRemoved {
+                removed,
+                epoch,
+                late_by,
+            } => {
+                self.telemetry.removed_members(removed.len());
+                log::info!(target: "leasering",
+                    "node {node}: removed expired members {removed:?} ({:.1} ms after the lease ended), epoch {epoch:?}",
+                    late_by.as_secs_f64() * 1000.0);
+                None
+            }
+        }
+    }
+
+    /// Sends `ev` to every subscriber, dropping those that went away.
+    fn emit(&self, ev: Event) {
+        let mut subs = self.subscribers.lock();
+        subs.retain(|tx| tx.send(ev.clone()).is_ok());
+    }
+}
+
+fn log_release(node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
+    match reason {
+        ReleaseReason::Handoff => log::info!(target: "leasering",
+            "node {node}: released {n} partitions to their new owners (epoch {epoch})"),
+        ReleaseReason::LeaseExpired => log::warn!(target: "leasering",
+            "node {node}: local lease ran out without a renewal: self-fenced, released {n} partitions"),
+        ReleaseReason::Evicted => log::warn!(target: "leasering",
+            "node {node}: lease lost in the database: released {n} partitions, rejoining"),
+        _ => log::info!(target: "leasering",
+            "node {node}: released {n} partitions ({reason:?})"),
+    }
+}
+
+fn wake(tx: &Sender<()>, yes: bool) {
+    if yes {
+        let _ = tx.send(());
+    }
+}

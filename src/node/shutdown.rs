@@ -1,0 +1,163 @@
+//! Stopping a member: local release first, then the leave transaction,
+//! then the threads — all within `stop_timeout`, even when a socket hangs.
+//! `Drop` does the same without making the caller wait.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{short_id, Inner};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What became of a job run by [`bounded`].
+pub(crate) enum Bounded<T> {
+    /// It finished in time, with this result.
+    Done(Result<T>),
+    /// The deadline passed first; the job finishes (or stays stuck) on its
+    /// own.
+    TimedOut,
+}
+
+/// Runs `job` on a helper thread named `leasering-<what>` and waits for it
+/// until `deadline`: a bound that holds even when the job is stuck in a
+/// socket that never times out. Fails only if the thread cannot start.
+pub(crate) fn bounded<T: Send + 'static>(
+    what: &'static str,
+    deadline: Instant,
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<Bounded<T>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("leasering-{what}"))
+        .spawn(move || {
+            let _ = tx.send(job());
+        })
+        .map_err(|e| Error::spawn(what, e))?;
+    Ok(match rx.recv_deadline(deadline) {
+        Ok(result) => Bounded::Done(result),
+        Err(_) => Bounded::TimedOut,
+    })
+}
+
+impl Inner {
+    /// `Drop` of the last handle: local ownership ends at once (nothing is
+    /// reported after this returns), and the leave and the joining of the
+    /// threads happen on a background thread, so the caller never waits for
+    /// the database. Best-effort: errors are logged.
+    pub(crate) fn stop_in_background(self: &Arc<Self>) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        self.update(|s, now| s.stop(now));
+        let inner = Arc::clone(self);
+        let name = format!("leasering-leave-{}", short_id(&self.node_id));
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            if let Err(e) = inner.shutdown(true) {
+                log::warn!(target: "leasering", "node {}: stop on drop failed: {}", inner.node_id, e);
+            }
+        });
+        if let Err(e) = spawned {
+            // No thread for the leave: the lease will expire instead, and
+            // the member's own threads end with the shutdown signal.
+            log::warn!(target: "leasering",
+                "node {}: could not start the leave thread ({e}); the lease will expire instead", self.node_id);
+            self.stopped.store(true, Ordering::SeqCst);
+            drop(self.control.lock().take());
+            self.subscribers.lock().clear();
+        }
+    }
+
+    /// Stops the member: local release, then (if `leave`) the leave
+    /// transaction, then the threads. Bounded by `stop_timeout`. Calling it
+    /// again does nothing.
+    pub(crate) fn shutdown(&self, leave: bool) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let deadline = started + self.cfg.stop_timeout;
+        self.update(|s, now| s.stop(now));
+        let left = if leave {
+            self.leave(deadline, started)
+        } else {
+            log::warn!(target: "leasering", "node {}: crashed on purpose (no leave)", self.node_id);
+            Ok(())
+        };
+        let stuck = self.join_threads(deadline);
+        self.subscribers.lock().clear();
+        left?;
+        if !stuck.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "threads {stuck:?} did not finish within stop_timeout {:?} (blocked in a database call); they exit when it returns",
+                    self.cfg.stop_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The leave transaction, on a helper thread bounded by `deadline`.
+    fn leave(&self, deadline: Instant, started: Instant) -> Result<()> {
+        let _m = self.membership.lock();
+        let (pool, store) = (self.pool.clone(), self.store.clone());
+        let result = bounded("leave", deadline, move || {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut conn = pool
+                .get(remaining.max(Duration::from_millis(1)))
+                .map_err(|e| Error::pool("leave", e))?;
+            store.leave(&mut conn)
+        })
+        .and_then(|b| match b {
+            Bounded::Done(r) => r,
+            Bounded::TimedOut => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the leave did not finish within stop_timeout {:?} (database unreachable or stalled); the lease will expire instead",
+                    self.cfg.stop_timeout
+                ),
+            )),
+        });
+        match &result {
+            Ok(epoch) => log::info!(target: "leasering",
+                "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
+                self.node_id, self.cfg.ring_id, started.elapsed().as_secs_f64() * 1000.0),
+            Err(e) => log::warn!(target: "leasering",
+                "node {}: leave failed, the lease will expire instead: {}", self.node_id, e),
+        }
+        result.map(|_| ())
+    }
+
+    /// Signals the threads to end (by dropping the shutdown sender) and
+    /// joins those that finish by `deadline`; returns the names of the rest.
+    fn join_threads(&self, deadline: Instant) -> Vec<String> {
+        let Some(control) = self.control.lock().take() else {
+            return Vec::new();
+        };
+        let super::workers::Control {
+            shutdown,
+            threads,
+            done,
+        } = control;
+        drop(shutdown);
+        let mut finished: Vec<&'static str> = Vec::new();
+        while finished.len() < threads.len() {
+            match done.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(1))) {
+                Ok(name) => finished.push(name),
+                Err(_) => break,
+            }
+        }
+        let mut stuck = Vec::new();
+        for t in threads {
+            let name = t.thread().name().unwrap_or("?").to_string();
+            let prefix = |f: &&str| name.starts_with(&format!("leasering-{f}-"));
+            if finished.iter().any(prefix) {
+                let _ = t.join();
+            } else {
+                stuck.push(name);
+            }
+        }
+        stuck
+    }
+}

@@ -1,0 +1,374 @@
+//! The member's four named threads, each a thin executor of the session
+//! core: ask it for the next step, run that one statement (or wait), hand
+//! the answer back with its ticket, publish what came out.
+//!
+//! * `leasering-heartbeat-*` renews the lease on a connection it keeps and
+//!   rejoins after an eviction;
+//! * `leasering-watcher-*` LISTENs, applies views, acknowledges them and
+//!   polls the barrier, on its own connection;
+//! * `leasering-cleanup-*` removes crashed members at the moment their
+//!   lease ends;
+//! * `leasering-fence-*` releases everything when the local lease runs out
+//!   — it does no I/O, so a call stuck in a dead socket cannot delay it.
+//!
+//! Shutdown is the disconnection of one channel; every wait selects on it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use super::{short_id, Inner};
+use crate::error::{Error, Result};
+use crate::protocol::output::{CleanupStep, HeartbeatStep, WatcherStep};
+use crate::protocol::Status;
+use crate::store::HeldConn;
+
+/// Longest a thread waits on a failed connection before trying again.
+const RECONNECT_TICK: Duration = Duration::from_millis(100);
+
+/// The threads of a running member and the channel that stops them.
+pub(crate) struct Control {
+    /// Dropped to stop every thread.
+    pub(crate) shutdown: Sender<()>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    /// Each thread sends its name here when it ends.
+    pub(crate) done: Receiver<&'static str>,
+}
+
+type Body = fn(&Arc<Inner>, &Receiver<()>);
+
+impl Inner {
+    pub(crate) fn spawn_threads(self: &Arc<Self>) -> Result<()> {
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let (done_tx, done_rx) = unbounded::<&'static str>();
+        let mut threads = Vec::new();
+        let short = short_id(&self.node_id);
+        let bodies: [(&'static str, Body); 4] = [
+            ("heartbeat", Inner::heartbeat_loop),
+            ("watcher", Inner::watcher_loop),
+            ("cleanup", Inner::cleanup_loop),
+            ("fence", Inner::fence_loop),
+        ];
+        for (name, body) in bodies {
+            let inner = Arc::clone(self);
+            let rx = shutdown_rx.clone();
+            let done = done_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("leasering-{name}-{short}"))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| body(&inner, &rx));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A bug, not an input: the lease runs out and the
+                        // hot path stops reporting on its own.
+                        log::error!(target: "leasering",
+                            "node {}: the {name} thread panicked; this member will fence itself", inner.node_id);
+                    }
+                    let _ = done.send(name);
+                })
+                .map_err(|e| Error::spawn(name, e))?;
+            threads.push(handle);
+        }
+        *self.control.lock() = Some(Control {
+            shutdown: shutdown_tx,
+            threads,
+            done: done_rx,
+        });
+        Ok(())
+    }
+
+    // ---- heartbeat ----------------------------------------------------------
+
+    fn heartbeat_loop(self: &Arc<Self>, shutdown: &Receiver<()>) {
+        let mut conn: Option<HeldConn> = None;
+        loop {
+            let step = self.session.write().heartbeat_next(Instant::now());
+            match step {
+                HeartbeatStep::Stop => break,
+                HeartbeatStep::Wait(d) => {
+                    if !matches!(shutdown.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+                        || !self.honor_freeze(shutdown)
+                    {
+                        break;
+                    }
+                }
+                HeartbeatStep::Rejoin => {
+                    if let Err(e) = self.rejoin() {
+                        log::warn!(target: "leasering", "node {}: rejoin failed: {}", self.node_id, e);
+                        self.session.write().rejoin_failed(Instant::now());
+                    }
+                }
+                HeartbeatStep::Renew { ack, ticket } => {
+                    let renewed = self.held(&mut conn, false).and_then(|c| {
+                        let sent_at = Instant::now();
+                        let reply = self.store.sync(c, ack)?;
+                        log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
+                        Ok((reply, sent_at))
+                    });
+                    match renewed {
+                        Ok((reply, sent_at)) => {
+                            self.update(|s, now| s.renewed(ticket, reply, sent_at, now));
+                        }
+                        Err(e) => {
+                            log::warn!(target: "leasering", "node {}: lease renewal failed: {}", self.node_id, e);
+                            conn = None;
+                            self.update(|s, now| s.renewal_failed(now));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = conn {
+            self.store.release(c);
+        }
+    }
+
+    /// Joins the ring again after an eviction (from either thread; the
+    /// second finds nothing to do). Serialised against `stop()`.
+    fn rejoin(&self) -> Result<()> {
+        let _m = self.membership.lock();
+        let stopped = self.stopped.load(std::sync::atomic::Ordering::SeqCst);
+        if stopped || self.session.read().status() != Status::Joining {
+            return Ok(());
+        }
+        let mut conn = self
+            .pool
+            .get(self.cfg.effective_statement_timeout())
+            .map_err(|e| Error::pool("rejoin", e))?;
+        let sent_at = Instant::now();
+        let joined = self.store.join(&mut conn)?;
+        self.update(|s, now| s.joined(joined, sent_at, now));
+        Ok(())
+    }
+
+    /// The connection this thread keeps, connecting it first if needed.
+    fn held<'c>(&self, conn: &'c mut Option<HeldConn>, listen: bool) -> Result<&'c mut HeldConn> {
+        if conn.is_none() {
+            let t = Instant::now();
+            let c = self
+                .pool
+                .get(self.cfg.effective_statement_timeout())
+                .map_err(|e| {
+                    let (all, idle) = self.pool.state();
+                    Error::pool(
+                        format!(
+                            "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
+                            t.elapsed()
+                        ),
+                        e,
+                    )
+                })?;
+            let held = self.store.hold(c, listen)?;
+            log::debug!(target: "leasering", "node {}: connection ready in {:?} (listen: {listen})",
+                self.node_id, t.elapsed());
+            *conn = Some(held);
+        }
+        Ok(conn.as_mut().expect("connected above"))
+    }
+
+    // ---- watcher --------------------------------------------------------------
+
+    fn watcher_loop(self: &Arc<Self>, shutdown: &Receiver<()>) {
+        let mut conn: Option<HeldConn> = None;
+        loop {
+            if matches!(
+                shutdown.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            ) || !self.honor_freeze(shutdown)
+                || self.session.read().status() == Status::Stopped
+            {
+                break;
+            }
+            let fresh = conn.is_none();
+            let result = self.held(&mut conn, self.cfg.notifications).and_then(|c| {
+                if fresh {
+                    self.session.write().watcher_connected();
+                }
+                let step = {
+                    let mut s = self.session.write();
+                    let (step, out) = s.watcher_next(Instant::now());
+                    self.publish(&s, out);
+                    step
+                };
+                self.watch(c, step, shutdown)
+            });
+            match result {
+                Ok(true) => {}
+                // The connection died while waiting: a new one at once.
+                Ok(false) => conn = None,
+                Err(e) => {
+                    log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                    conn = None;
+                    if let Err(RecvTimeoutError::Disconnected) =
+                        shutdown.recv_timeout(RECONNECT_TICK)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(c) = conn {
+            self.store.release(c);
+        }
+    }
+
+    /// Runs one watcher step on its connection. `Ok(false)`: the connection
+    /// was lost while waiting for notifications.
+    fn watch(&self, c: &mut HeldConn, step: WatcherStep, shutdown: &Receiver<()>) -> Result<bool> {
+        match step {
+            WatcherStep::CatchUp { from, ticket } => {
+                let read = self.store.catch_up(c, from)?;
+                self.update(|s, now| s.caught_up(ticket, read, now));
+            }
+            WatcherStep::Ack {
+                epoch,
+                barrier,
+                ticket,
+            } => {
+                // With partitions pending, the full renewal, whose answer is
+                // also a barrier snapshot; else the one-row acknowledgement.
+                let sent_at = Instant::now();
+                let reply = if barrier {
+                    self.store.sync(c, epoch)?
+                } else {
+                    self.store.ack(c, epoch)?
+                };
+                let out = self.update(|s, now| s.acked(ticket, epoch, reply, sent_at, now));
+                if out.rejoin {
+                    self.rejoin()?;
+                }
+            }
+            WatcherStep::Barrier { ticket } => {
+                let (epoch, min_ack) = self.store.barrier(c)?;
+                self.update(|s, now| s.barrier_read(ticket, epoch, min_ack, now));
+            }
+            WatcherStep::Wait(timeout) => {
+                if let Err(e) = self.wait_for_change(c, timeout, shutdown) {
+                    log::warn!(target: "leasering", "node {}: watcher lost its connection: {}", self.node_id, e);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits up to `timeout` for a notification (or, without notifications,
+    /// for a wake-up from another thread) and hands what arrived to the
+    /// session.
+    fn wait_for_change(
+        &self,
+        c: &mut HeldConn,
+        timeout: Duration,
+        shutdown: &Receiver<()>,
+    ) -> Result<()> {
+        if self.cfg.notifications {
+            let notices = self.store.notices(c, timeout)?;
+            if !notices.is_empty() {
+                let mut s = self.session.write();
+                for n in notices {
+                    s.notified(n);
+                }
+            }
+        } else {
+            select! {
+                recv(self.wake_watcher.1) -> _ => {},
+                recv(shutdown) -> _ => {},
+                default(timeout) => {},
+            }
+        }
+        while self.wake_watcher.1.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    // ---- cleanup --------------------------------------------------------------
+
+    fn cleanup_loop(self: &Arc<Self>, shutdown: &Receiver<()>) {
+        loop {
+            let step = self.session.write().cleanup_next(Instant::now());
+            match step {
+                CleanupStep::Stop => break,
+                CleanupStep::Wait(d) => {
+                    select! {
+                        recv(shutdown) -> _ => break,
+                        recv(self.wake_cleanup.1) -> _ => {},
+                        default(d) => {},
+                    }
+                    if !self.honor_freeze(shutdown) {
+                        break;
+                    }
+                }
+                CleanupStep::Run { node } => {
+                    let result = self
+                        .pool
+                        .get(self.cfg.effective_statement_timeout())
+                        .map_err(|e| Error::pool("cleanup", e))
+                        .and_then(|mut conn| self.store.cleanup(&mut conn));
+                    match result {
+                        Ok(cleaned) => {
+                            self.update(|s, now| s.cleaned(cleaned, now));
+                        }
+                        Err(e) => {
+                            log::warn!(target: "leasering", "node {}: cleanup of {node:?} failed: {}", self.node_id, e);
+                            self.session.write().cleanup_failed(node, Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- fence ----------------------------------------------------------------
+
+    fn fence_loop(self: &Arc<Self>, shutdown: &Receiver<()>) {
+        loop {
+            let deadline = {
+                let s = self.session.read();
+                if s.status() == Status::Stopped {
+                    break;
+                }
+                s.fence_deadline()
+            };
+            let wait = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            select! {
+                recv(shutdown) -> _ => break,
+                recv(self.wake_fence.1) -> _ => continue,
+                default(wait) => {}
+            }
+            if !self.honor_freeze(shutdown) {
+                break;
+            }
+            self.update(|s, now| s.tick(now));
+        }
+    }
+
+    // ---- the test hook --------------------------------------------------------
+
+    /// Sleeps while the test hook says this member is paused; false if the
+    /// member is shutting down meanwhile.
+    #[cfg(feature = "test-util")]
+    fn honor_freeze(&self, shutdown: &Receiver<()>) -> bool {
+        loop {
+            let until = *self.frozen_until.lock();
+            match until {
+                Some(t) if Instant::now() < t => {
+                    if let Err(RecvTimeoutError::Disconnected) =
+                        shutdown.recv_timeout(t.saturating_duration_since(Instant::now()))
+                    {
+                        return false;
+                    }
+                }
+                _ => return true,
+            }
+        }
+    }
+
+    /// Without the `test-util` feature a member is never frozen.
+    #[cfg(not(feature = "test-util"))]
+    #[inline]
+    fn honor_freeze(&self, _shutdown: &Receiver<()>) -> bool {
+        true
+    }
+}

@@ -1,0 +1,174 @@
+//! What the session core asks of the edge: the effects to make visible, in
+//! order, the statement each thread should run next, and whom to wake.
+
+use std::time::Duration;
+
+use crate::event::ReleaseReason;
+use crate::protocol::session::Ticket;
+
+/// One change the edge must make visible, in the order given: the hot path
+/// first (a released partition stops answering before anyone hears of it),
+/// then subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// These partitions stop being active; `at` is when they stopped being
+    /// reported (the lease deadline, if that passed first).
+    Released {
+        /// The partitions, ascending.
+        partitions: Vec<u32>,
+        /// Why.
+        reason: ReleaseReason,
+        /// The member's view epoch at the time.
+        epoch: u64,
+        /// When they stopped being active.
+        at: std::time::Instant,
+    },
+    /// These partitions become active with this fencing token.
+    Acquired {
+        /// The partitions, ascending.
+        partitions: Vec<u32>,
+        /// Their fencing token.
+        token: u64,
+        /// The member's view epoch.
+        epoch: u64,
+        /// When they became active.
+        at: std::time::Instant,
+        /// How long partitions had been waiting (pending) when these went
+        /// active: the handoff time, for logs and metrics.
+        waited: Option<Duration>,
+    },
+    /// The member adopted a newer view.
+    ViewChanged {
+        /// Its epoch.
+        epoch: u64,
+        /// Members in it.
+        members: usize,
+        /// When.
+        at: std::time::Instant,
+    },
+    /// The member joined (or rejoined) the ring.
+    Joined {
+        /// The join's epoch.
+        epoch: u64,
+        /// The positions it took.
+        positions: Vec<u32>,
+        /// Expired members the join removed.
+        removed: Vec<String>,
+        /// When the join committed.
+        at: std::time::Instant,
+    },
+    /// The lag bound refused a renewal: this member's acknowledged epoch
+    /// has trailed the ring's for too long.
+    RenewalRefused {
+        /// The ring's epoch at the refusal.
+        ring_epoch: u64,
+    },
+    /// This member's cleanup removed members whose lease had expired.
+    MembersRemoved {
+        /// Who.
+        removed: Vec<String>,
+        /// The epoch of the removal.
+        epoch: Option<u64>,
+        /// How long after the planned moment the removal committed.
+        late_by: Duration,
+    },
+}
+
+/// Everything one input produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Effects, in order.
+    pub effects: Vec<Effect>,
+    /// The fence thread must look at the (new) lease deadline.
+    pub wake_fence: bool,
+    /// The watcher has something to do (a newer epoch was heard of).
+    pub wake_watcher: bool,
+    /// The cleanup thread has a new expiry to plan for.
+    pub wake_cleanup: bool,
+    /// The member is out of the ring: rejoin now.
+    pub rejoin: bool,
+    /// A renewal's outcome, for counters: `Some(true)` renewed,
+    /// `Some(false)` failed or refused.
+    pub renewal: Option<bool>,
+}
+
+impl Output {
+    /// Whether the output asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Output::default()
+    }
+
+    /// Appends `other`, keeping the order of effects.
+    pub fn merge(&mut self, other: Output) {
+        self.effects.extend(other.effects);
+        self.wake_fence |= other.wake_fence;
+        self.wake_watcher |= other.wake_watcher;
+        self.wake_cleanup |= other.wake_cleanup;
+        self.rejoin |= other.rejoin;
+        self.renewal = other.renewal.or(self.renewal);
+    }
+}
+
+/// The watcher's next step: one statement on its (listening) connection,
+/// or a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatcherStep {
+    /// Read the change log after epoch `from` (or the whole ring).
+    CatchUp {
+        /// The epoch of the view to catch up from.
+        from: u64,
+        /// Hand back with the answer.
+        ticket: Ticket,
+    },
+    /// Acknowledge `epoch`, renewing the lease; with `barrier`, the full
+    /// renewal whose answer is also a barrier snapshot.
+    Ack {
+        /// The view's epoch.
+        epoch: u64,
+        /// Whether the answer must carry the barrier snapshot.
+        barrier: bool,
+        /// Hand back with the answer.
+        ticket: Ticket,
+    },
+    /// Read the barrier snapshot (the ring's epoch, the smallest
+    /// acknowledged epoch of the other live members).
+    Barrier {
+        /// Hand back with the answer.
+        ticket: Ticket,
+    },
+    /// Wait for a notification at most this long.
+    Wait(Duration),
+}
+
+/// The heartbeat's next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatStep {
+    /// Renew the lease, acknowledging epoch `ack`.
+    Renew {
+        /// The view's epoch.
+        ack: u64,
+        /// Hand back with the answer.
+        ticket: Ticket,
+    },
+    /// The member is out of the ring: join again.
+    Rejoin,
+    /// Nothing to do for this long.
+    Wait(Duration),
+    /// The member stopped: the thread ends.
+    Stop,
+}
+
+/// The cleanup thread's next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupStep {
+    /// Remove expired members now (`node` is the one whose expiry was
+    /// planned for).
+    Run {
+        /// The member whose lease end this pass is for.
+        node: String,
+    },
+    /// Nothing to do for this long (or until woken).
+    Wait(Duration),
+    /// The member stopped: the thread ends.
+    Stop,
+}

@@ -1,0 +1,135 @@
+//! The PostgreSQL side (DESIGN §3): each protocol step as one statement or
+//! one short transaction, returning the core's input types
+//! ([`crate::protocol::input`]). All lease times are computed by the
+//! database (`now()`); every call runs under a statement and lock timeout.
+//!
+//! * [`schema`] — creating and migrating the tables;
+//! * [`membership`] — the transactions under the ring's row lock: join,
+//!   leave, removal of expired members;
+//! * [`statements`] — the statements a member's threads run on the
+//!   connections they keep: renewal, acknowledgement, barrier, catch-up;
+//! * [`payload`] — the NOTIFY payload codec (pure).
+//!
+//! Nothing here holds state between calls except prepared statements on a
+//! connection a thread keeps ([`HeldConn`]).
+
+mod membership;
+pub(crate) mod payload;
+mod schema;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use postgres::Client;
+
+use crate::config::validate_schema;
+use crate::error::{Error, Result};
+use crate::placement::{fmix64, fnv1a64};
+
+pub(crate) use statements::HeldConn;
+
+/// Version of the schema this build creates and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// How many change-log entries a ring keeps: members further behind re-read
+/// the whole ring instead.
+const CHANGES_KEPT: i64 = 1000;
+
+/// Everything needed to talk about one member of one ring.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    /// The quoted schema name, the only identifier formatted into SQL.
+    s: String,
+    schema: String,
+    pub(crate) ring_id: String,
+    pub(crate) node_id: String,
+    ring_size: u32,
+    vnode_count: u32,
+    ttl_s: f64,
+    lag_s: f64,
+    statement_timeout_ms: u64,
+    /// The NOTIFY channel of this ring.
+    pub(crate) channel: String,
+}
+
+pub(super) fn pg_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+impl Store {
+    pub(crate) fn new(cfg: &crate::Config, node_id: &str) -> Result<Store> {
+        validate_schema(&cfg.schema)?;
+        let h = fmix64(fnv1a64(&[
+            cfg.schema.as_bytes(),
+            &[0],
+            cfg.ring_id.as_bytes(),
+        ]));
+        Ok(Store {
+            s: format!("\"{}\"", cfg.schema),
+            schema: cfg.schema.clone(),
+            ring_id: cfg.ring_id.clone(),
+            node_id: node_id.to_string(),
+            ring_size: cfg.ring_size,
+            vnode_count: cfg.vnode_count,
+            ttl_s: cfg.lease_ttl.as_secs_f64(),
+            lag_s: cfg.lag_limit().as_secs_f64(),
+            statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,
+            channel: format!("leasering_{h:016x}"),
+        })
+    }
+
+    pub(super) fn timeouts_sql(&self, scope: &str) -> String {
+        format!(
+            "SET {scope} statement_timeout = {ms}; SET {scope} lock_timeout = {ms}; \
+             SET {scope} idle_in_transaction_session_timeout = {idle}",
+            ms = self.statement_timeout_ms,
+            idle = self.statement_timeout_ms * 4,
+        )
+    }
+
+    /// Opens a transaction with its timeouts in one round trip (`BEGIN` and
+    /// the `SET LOCAL`s in one simple-query message).
+    pub(super) fn begin<'a>(&self, client: &'a mut Client) -> Result<Tx<'a>> {
+        client
+            .batch_execute(&format!("BEGIN; {}", self.timeouts_sql("LOCAL")))
+            .map_err(|e| Error::db("begin transaction", e))?;
+        Ok(Tx { client, open: true })
+    }
+
+    // ---- schema ---------------------------------------------------------
+}
+
+/// A transaction opened by [`Store::begin`]: rolled back on drop unless
+/// committed (like `postgres::Transaction`, which cannot be opened
+/// together with its `SET LOCAL`s in one round trip).
+pub(crate) struct Tx<'a> {
+    client: &'a mut Client,
+    open: bool,
+}
+
+impl Tx<'_> {
+    pub(crate) fn commit(mut self) -> std::result::Result<(), postgres::Error> {
+        self.open = false;
+        self.client.batch_execute("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}

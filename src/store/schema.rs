@@ -1,0 +1,135 @@
+//! Creating and migrating the tables (DESIGN §3). Idempotent, and safe when
+//! many members start at once on an empty database: the DDL runs under a
+//! transaction-scoped advisory lock (concurrent `CREATE TABLE IF NOT
+//! EXISTS` fails in PostgreSQL).
+
+use postgres::{Client, GenericClient};
+
+use super::{Store, SCHEMA_VERSION};
+use crate::error::{Error, ErrorKind, Result};
+use crate::placement::fnv1a64;
+
+impl Store {
+    /// The installed schema version, if the schema exists.
+    fn installed_version(&self, client: &mut impl GenericClient) -> Result<Option<i32>> {
+        let row = client
+            .query_one(
+                "SELECT to_regclass(format('%I.schema_version', $1::text)) IS NOT NULL",
+                &[&self.schema],
+            )
+            .map_err(|e| Error::db("look for the schema", e))?;
+        if !row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let row = client
+            .query_one(
+                &format!("SELECT max(version) FROM {}.schema_version", self.s),
+                &[],
+            )
+            .map_err(|e| Error::db(format!("read {}.schema_version", self.schema), e))?;
+        Ok(row.get::<_, Option<i32>>(0))
+    }
+
+    /// Creates or migrates the schema; idempotent, and safe when many nodes
+    /// start at once (the DDL runs under a transaction-scoped advisory lock).
+    pub(crate) fn migrate(&self, client: &mut Client) -> Result<()> {
+        if self.installed_version(client)? == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        let lock_key = fnv1a64(&[b"leasering schema ", self.schema.as_bytes()]) as i64;
+        let mut tx = self.begin(client)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
+            .map_err(|e| Error::db("take the schema advisory lock", e))?;
+        match self.installed_version(&mut *tx)? {
+            Some(v) if v == SCHEMA_VERSION => return Ok(()),
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "schema {} has version {v}, newer than this build's {SCHEMA_VERSION}: upgrade leasering",
+                        self.schema
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let s = &self.s;
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                 version int NOT NULL,
+                 installed_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {s}.rings (
+                 ring_id text PRIMARY KEY,
+                 ring_size int NOT NULL CHECK (ring_size > 0),
+                 epoch bigint NOT NULL DEFAULT 0,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 changed_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {s}.members (
+                 ring_id text NOT NULL REFERENCES {s}.rings ON DELETE CASCADE,
+                 node_id text NOT NULL,
+                 vnode_count int NOT NULL,
+                 acked_epoch bigint NOT NULL,
+                 expires_at timestamptz NOT NULL,
+                 behind_since timestamptz,
+                 joined_at timestamptz NOT NULL DEFAULT now(),
+                 renewed_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, node_id));
+             CREATE TABLE IF NOT EXISTS {s}.vnodes (
+                 ring_id text NOT NULL,
+                 position int NOT NULL,
+                 node_id text NOT NULL,
+                 vnode_idx int NOT NULL,
+                 PRIMARY KEY (ring_id, position),
+                 FOREIGN KEY (ring_id, node_id) REFERENCES {s}.members ON DELETE CASCADE);
+             CREATE INDEX IF NOT EXISTS vnodes_by_member ON {s}.vnodes (ring_id, node_id);
+             CREATE TABLE IF NOT EXISTS {s}.changes (
+                 ring_id text NOT NULL REFERENCES {s}.rings ON DELETE CASCADE,
+                 epoch bigint NOT NULL,
+                 removed text[] NOT NULL,
+                 added text,
+                 positions int[] NOT NULL,
+                 at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, epoch));"
+        );
+        tx.batch_execute(&ddl).map_err(|e| {
+            let err = Error::db(format!("create schema {}", self.schema), e);
+            if err.kind() == ErrorKind::Privileges {
+                err.hint(format!(
+                    "run leasering::migrate as a role that may create schema {}, then start nodes with create_schema(false)",
+                    self.schema
+                ))
+            } else {
+                err
+            }
+        })?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
+            &[&SCHEMA_VERSION],
+        )
+        .map_err(|e| Error::db("record the schema version", e))?;
+        tx.commit().map_err(|e| Error::db("commit the schema", e))?;
+        log::info!(target: "leasering", "created schema {} (version {SCHEMA_VERSION})", self.schema);
+        Ok(())
+    }
+
+    /// With `create_schema` off: the schema must exist at our version.
+    pub(crate) fn check_schema(&self, client: &mut Client) -> Result<()> {
+        match self.installed_version(client)? {
+            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(v) => Err(Error::new(
+                ErrorKind::Schema,
+                format!("schema {} has version {v}; this build needs {SCHEMA_VERSION}", self.schema),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "schema {} does not exist (or this role cannot see it) and create_schema is off: run leasering::migrate first",
+                    self.schema
+                ),
+            )),
+        }
+    }
+
+    // ---- membership changes (under the ring row lock) -------------------
+}
