@@ -73,6 +73,11 @@ pub struct Config {
     /// Server-side bound on each statement leasering runs. `None`:
     /// `lease_ttl / 3`, clamped to 1..=10 s.
     pub statement_timeout: Option<Duration>,
+    /// With `Some(d)`, a handed-off partition's claim is kept until the
+    /// user's work on it has stopped (every copy of the `Released` event's
+    /// drain guard dropped), at most `d`. `None` (the default): released at
+    /// once.
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -92,6 +97,7 @@ impl Config {
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             statement_timeout: None,
+            drain_timeout: None,
         }
     }
 
@@ -178,6 +184,12 @@ impl Config {
             return Err(Error::invalid(
                 "start_timeout",
                 "start_timeout must be above zero",
+            ));
+        }
+        if self.drain_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid(
+                "drain_timeout",
+                "drain_timeout 0ns is out of range: it must be above zero (or unset for no drain)",
             ));
         }
         if self.stop_timeout.is_zero() {

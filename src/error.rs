@@ -37,6 +37,11 @@ pub enum ErrorKind {
     Timeout,
     /// The operating system refused to start one of the member's threads.
     Thread,
+    /// The ring has live members of another protocol version that this one
+    /// cannot share it with safely (version-1 members, which use the
+    /// ring-wide barrier, and version-2 members, which use claims). The
+    /// message names them.
+    ProtocolMismatch,
 }
 
 impl ErrorKind {
@@ -51,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Schema => "schema error",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Thread => "could not start a thread",
+            ErrorKind::ProtocolMismatch => "protocol version mismatch",
         }
     }
 }
@@ -144,6 +150,19 @@ impl Error {
         );
         e.0.detail = Detail::NodeId(node_id.to_string());
         e
+    }
+
+    /// Live members of protocol version 1 in the ring (see
+    /// [`ErrorKind::ProtocolMismatch`]).
+    pub(crate) fn protocol_mismatch(ring_id: &str, v1_members: Vec<String>) -> Error {
+        Error::new(
+            ErrorKind::ProtocolMismatch,
+            format!(
+                "ring {ring_id:?} has live members of protocol version 1 ({}): this version (2, claims) cannot share a ring with them; \
+                 stop them first (after the schema migration they cannot rejoin) or wait for their leases to end",
+                v1_members.join(", ")
+            ),
+        )
     }
 
     /// A thread the member needs could not be started.

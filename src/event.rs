@@ -1,7 +1,11 @@
 //! Ownership events, delivered on `crossbeam-channel` receivers from
 //! [`RingNode::subscribe`](crate::RingNode::subscribe).
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
+
+use crossbeam_channel::Sender;
 
 /// Why partitions stopped being active on this member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +66,12 @@ pub enum Event {
         epoch: u64,
         /// When they stopped being active.
         at: Instant,
+        /// With [`Builder::drain_timeout`](crate::Builder::drain_timeout)
+        /// set, on a handoff or a stop: the next owner starts only when
+        /// every copy of this guard (one per subscriber) is dropped, or at
+        /// its [`deadline`](DrainGuard::deadline). Keep it while finishing
+        /// the work in progress on these partitions, then drop it.
+        drain: Option<DrainGuard>,
     },
     /// This member adopted a new view of the ring.
     ViewChanged {
@@ -92,5 +102,79 @@ impl Event {
             | Event::ViewChanged { at, .. }
             | Event::Joined { at, .. } => *at,
         }
+    }
+}
+
+/// Holds back the handoff of released partitions while the user's work on
+/// them finishes (DESIGN §4.0, rule 7). Every subscriber's copy of a
+/// [`Event::Released`] carries a clone; when the last clone is dropped the
+/// member gives the partitions' claims back and their next owner starts.
+///
+/// The contract:
+///
+/// * `owns(p)` is already `false` when the event arrives: start no new
+///   work on these partitions; finish (or abandon) what runs, then drop the
+///   guard.
+/// * The drain ends at [`deadline`](DrainGuard::deadline) (the drain
+///   timeout) even if a copy is still held.
+/// * A lease that runs out cannot wait: if the member's local lease ends
+///   during the drain, a second `Released` with
+///   [`ReleaseReason::LeaseExpired`] names the partitions — stop at once;
+///   from then on fencing tokens protect what follows.
+///
+/// ```no_run
+/// # fn demo(node: leasering::RingNode) {
+/// use leasering::{Event, ReleaseReason};
+/// for ev in node.subscribe() {
+///     if let Event::Released { partitions, reason, drain, .. } = ev {
+///         // hand `drain` to the workers of `partitions`; each drops its
+///         // clone when its unit of work is done
+///         drop(drain);
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct DrainGuard(Arc<DrainInner>);
+
+struct DrainInner {
+    id: u64,
+    deadline: Instant,
+    done: Sender<u64>,
+}
+
+impl Drop for DrainInner {
+    fn drop(&mut self) {
+        let _ = self.done.send(self.id);
+    }
+}
+
+impl DrainGuard {
+    pub(crate) fn new(id: u64, deadline: Instant, done: Sender<u64>) -> DrainGuard {
+        DrainGuard(Arc::new(DrainInner { id, deadline, done }))
+    }
+
+    /// When the drain ends at the latest, guard or not: the drain timeout
+    /// from the release.
+    pub fn deadline(&self) -> Instant {
+        self.0.deadline
+    }
+}
+
+impl PartialEq for DrainGuard {
+    /// Two guards are equal if they hold back the same drain.
+    fn eq(&self, other: &DrainGuard) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DrainGuard {}
+
+impl fmt::Debug for DrainGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainGuard")
+            .field("id", &self.0.id)
+            .field("deadline", &self.0.deadline)
+            .finish()
     }
 }

@@ -231,7 +231,7 @@ pub mod telemetry;
 pub use clock::monotonic_ns;
 pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{Event, ReleaseReason};
+pub use event::{DrainGuard, Event, ReleaseReason};
 pub use node::{Builder, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use owned::OwnedPartitions;
 pub use placement::partition_for;

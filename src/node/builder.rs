@@ -107,6 +107,18 @@ impl Builder {
         self.cfg.statement_timeout = Some(t);
         self
     }
+    /// Drained handoffs (off by default): with a timeout set, the
+    /// [`Event::Released`] of a handoff (and of `stop()`) carries a
+    /// [`DrainGuard`](crate::DrainGuard), cloned into every subscriber's
+    /// copy; the partitions' claims are given back — and the next owner
+    /// starts — only when every copy is dropped, or after `timeout`, or when
+    /// the local lease runs out (then a second `Released` with
+    /// [`ReleaseReason::LeaseExpired`](crate::ReleaseReason) says "stop
+    /// now"). Graceful `stop()` waits for drains within `stop_timeout`.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
+        self.cfg.drain_timeout = Some(timeout);
+        self
+    }
     /// A receiver of the member's events that is registered *before* it
     /// starts, so that it sees everything: [`Event::Joined`] and the first
     /// [`Event::Acquired`] included. Like [`RingNode::subscribe`] otherwise.

@@ -85,8 +85,15 @@ pub struct NodeStatus {
     pub epoch: u64,
     /// Active partitions (0 once the lease ran out locally).
     pub active: u32,
-    /// Pending partitions: assigned, waiting for the barrier.
+    /// Pending partitions: assigned, waiting for their claim.
     pub pending: u32,
+    /// Pending partitions whose claim another member holds, grouped by that
+    /// member's node id: what this member is waiting for (a frozen or
+    /// crashed holder delays exactly these, until its lease ends).
+    pub waiting_for: Vec<(String, Vec<u32>)>,
+    /// Partitions released locally whose drain is still running (their
+    /// claims are held until the user's work stops).
+    pub draining: u32,
     /// Time left on the local lease, if it runs.
     pub lease_left: Option<Duration>,
     /// Whether the member is in the ring (false while rejoining or stopped).
@@ -200,6 +207,8 @@ impl RingNode {
                 0
             },
             pending: own.pending_count(),
+            waiting_for: s.waiting_for(),
+            draining: s.draining_count() as u32,
             lease_left,
             joined: own.status() == Status::Member,
             stopped: own.status() == Status::Stopped,
@@ -264,6 +273,8 @@ pub(crate) struct Inner {
     wake_watcher: Wake,
     wake_fence: Wake,
     wake_cleanup: Wake,
+    /// Drain guards send their drain's id here when their last copy drops.
+    drained: (Sender<u64>, Receiver<u64>),
     /// Serialises rejoin against stop, so a stopping member cannot rejoin.
     membership: Mutex<()>,
     stopped: AtomicBool,
@@ -292,6 +303,7 @@ impl Inner {
             wake_watcher: unbounded(),
             wake_fence: unbounded(),
             wake_cleanup: unbounded(),
+            drained: unbounded(),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
             #[cfg(feature = "test-util")]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use super::Inner;
-use crate::event::{Event, ReleaseReason};
+use crate::event::{DrainGuard, Event, ReleaseReason};
 use crate::protocol::output::{Effect, Output};
 use crate::protocol::Session;
 
@@ -56,14 +56,17 @@ impl Inner {
                 reason,
                 epoch,
                 at,
+                drain,
             } => {
                 log_release(node, partitions.len(), reason, epoch);
                 self.telemetry.released(partitions.len(), reason);
+                let drain = drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
                 Some(Event::Released {
                     partitions,
                     reason,
                     epoch,
                     at,
+                    drain,
                 })
             }
             Effect::Acquired {

@@ -77,6 +77,9 @@ impl Inner {
         let started = Instant::now();
         let deadline = started + self.cfg.stop_timeout;
         self.update(|s, now| s.stop(now));
+        if leave {
+            self.wait_for_drains(deadline);
+        }
         let left = if leave {
             self.leave(deadline, started)
         } else {
@@ -96,6 +99,30 @@ impl Inner {
             ));
         }
         Ok(())
+    }
+
+    /// With drains: waits, within `deadline`, until every drain of the stop
+    /// has ended (guards dropped, drain timeouts, or the lease ran out), so
+    /// that the leave — which frees every claim — comes after the user's
+    /// work has stopped.
+    fn wait_for_drains(&self, deadline: Instant) {
+        loop {
+            self.collect_drains();
+            let left = self.session.write().still_draining(Instant::now());
+            if left == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                log::warn!(target: "leasering",
+                    "node {}: stop_timeout reached with {left} partitions still draining; leaving anyway", self.node_id);
+                return;
+            }
+            let _ = self
+                .drained
+                .1
+                .recv_timeout(Duration::from_millis(2).min(deadline.saturating_duration_since(Instant::now())))
+                .map(|id| self.update(|s, now| s.drained(id, now)));
+        }
     }
 
     /// The leave transaction, on a helper thread bounded by `deadline`.

@@ -4,8 +4,9 @@
 //!
 //! * `leasering-heartbeat-*` renews the lease on a connection it keeps and
 //!   rejoins after an eviction;
-//! * `leasering-watcher-*` LISTENs, applies views, acknowledges them and
-//!   polls the barrier, on its own connection;
+//! * `leasering-watcher-*` LISTENs, applies views, takes the claims of
+//!   pending partitions and gives back those it does not use, on its own
+//!   connection (so takes and releases are answered in order);
 //! * `leasering-cleanup-*` removes crashed members at the moment their
 //!   lease ends;
 //! * `leasering-fence-*` releases everything when the local lease runs out
@@ -27,6 +28,9 @@ use crate::store::HeldConn;
 
 /// Longest a thread waits on a failed connection before trying again.
 const RECONNECT_TICK: Duration = Duration::from_millis(100);
+/// While drains run, the watcher looks this often for guards dropped (its
+/// wait on the LISTEN socket cannot be interrupted by another thread).
+const DRAIN_POLL: Duration = Duration::from_millis(2);
 
 /// The threads of a running member and the channel that stops them.
 pub(crate) struct Control {
@@ -102,7 +106,7 @@ impl Inner {
                 HeartbeatStep::Renew { ack, ticket } => {
                     let renewed = self.held(&mut conn, false).and_then(|c| {
                         let sent_at = Instant::now();
-                        let reply = self.store.sync(c, ack)?;
+                        let reply = self.store.renew(c, ticket.incarnation(), ack)?;
                         log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
                         Ok((reply, sent_at))
                     });
@@ -120,7 +124,7 @@ impl Inner {
             }
         }
         if let Some(c) = conn {
-            self.store.release(c);
+            self.store.unhold(c);
         }
     }
 
@@ -185,6 +189,7 @@ impl Inner {
                 if fresh {
                     self.session.write().watcher_connected();
                 }
+                self.collect_drains();
                 let step = {
                     let mut s = self.session.write();
                     let (step, out) = s.watcher_next(Instant::now());
@@ -199,6 +204,7 @@ impl Inner {
                 Ok(false) => conn = None,
                 Err(e) => {
                     log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                    self.session.write().watcher_failed();
                     conn = None;
                     if let Err(RecvTimeoutError::Disconnected) =
                         shutdown.recv_timeout(RECONNECT_TICK)
@@ -209,7 +215,7 @@ impl Inner {
             }
         }
         if let Some(c) = conn {
-            self.store.release(c);
+            self.store.unhold(c);
         }
     }
 
@@ -221,36 +227,43 @@ impl Inner {
                 let read = self.store.catch_up(c, from)?;
                 self.update(|s, now| s.caught_up(ticket, read, now));
             }
-            WatcherStep::Ack {
-                epoch,
-                barrier,
-                ticket,
-            } => {
-                // With partitions pending, the full renewal, whose answer is
-                // also a barrier snapshot; else the one-row acknowledgement.
-                let sent_at = Instant::now();
-                let reply = if barrier {
-                    self.store.sync(c, epoch)?
-                } else {
-                    self.store.ack(c, epoch)?
-                };
-                let out = self.update(|s, now| s.acked(ticket, epoch, reply, sent_at, now));
-                if out.rejoin {
-                    self.rejoin()?;
-                }
+            WatcherStep::Take { partitions, ticket } => {
+                let took = self.store.take(c, ticket.incarnation(), &partitions)?;
+                self.update(|s, now| s.took(ticket, took, now));
             }
-            WatcherStep::Barrier { ticket } => {
-                let (epoch, min_ack) = self.store.barrier(c)?;
-                self.update(|s, now| s.barrier_read(ticket, epoch, min_ack, now));
+            WatcherStep::Release { claims, ticket } => {
+                let freed = self.store.release_claims(c, ticket.incarnation(), &claims)?;
+                log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims", self.node_id, claims.len());
+                self.update(|s, now| s.released(ticket, now));
             }
             WatcherStep::Wait(timeout) => {
+                let timeout = if self.session.read().draining_count() > 0 {
+                    timeout.min(DRAIN_POLL)
+                } else {
+                    timeout
+                };
                 if let Err(e) = self.wait_for_change(c, timeout, shutdown) {
-                    log::warn!(target: "leasering", "node {}: watcher lost its connection: {}", self.node_id, e);
+                    log::warn!(target: "leasering", "node {}: watcher lost its connection: {e}", self.node_id);
+                    self.session.write().watcher_failed();
                     return Ok(false);
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Hands the drains whose guards were dropped to the session.
+    pub(crate) fn collect_drains(&self) {
+        let ids: Vec<u64> = self.drained.1.try_iter().collect();
+        if !ids.is_empty() {
+            self.update(|s, now| {
+                let mut out = crate::protocol::output::Output::default();
+                for id in ids {
+                    out.merge(s.drained(id, now));
+                }
+                out
+            });
+        }
     }
 
     /// Waits up to `timeout` for a notification (or, without notifications,
@@ -324,7 +337,7 @@ impl Inner {
         loop {
             let deadline = {
                 let s = self.session.read();
-                if s.status() == Status::Stopped {
+                if s.status() == Status::Stopped && s.draining_count() == 0 {
                     break;
                 }
                 s.fence_deadline()

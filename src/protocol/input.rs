@@ -13,12 +13,14 @@ pub struct Joined {
     pub positions: Vec<u32>,
     /// Expired members the join removed on its way.
     pub removed: Vec<String>,
+    /// The member row's incarnation: claims name it, so that a restarted
+    /// member with the same node id never inherits its predecessor's.
+    pub incarnation: i64,
 }
 
-/// The answer to a renewal or an acknowledgement of an epoch.
+/// The answer to a renewal (which also acknowledges the member's view).
 ///
-/// Every field comes from one statement, hence from one snapshot: the
-/// barrier figure, when present, is consistent with `epoch`.
+/// Every field comes from one statement, hence from one snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Renewal {
     /// The ring's epoch.
@@ -27,14 +29,26 @@ pub struct Renewal {
     /// database) — it must rejoin. `Some(false)`: the row is there but the
     /// lag bound refused the renewal. `Some(true)`: renewed.
     pub renewed: Option<bool>,
-    /// The barrier snapshot, when the statement read one: the smallest
-    /// acknowledged epoch among the *other live* members (`Some(None)`:
-    /// there are none). `None`: no snapshot was read (a one-row
-    /// acknowledgement) and the answer must not be used for the barrier.
-    pub barrier: Option<Option<u64>>,
     /// The other member whose lease ends first, and in how many
     /// milliseconds of the database's clock (negative: already expired).
     pub next_expiry: Option<(String, f64)>,
+    /// The claims the database says this member's incarnation holds
+    /// (`(partition, token)`, ascending), for reconciliation: any it does
+    /// not use is given back (DESIGN §4.0, rule 5).
+    pub held: Vec<(u32, u64)>,
+}
+
+/// The answer to a take of claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Took {
+    /// The claims this member's incarnation holds among those asked for —
+    /// taken now, or already its own — with their tokens, ascending.
+    pub got: Vec<(u32, u64)>,
+    /// Partitions asked for whose claim another member holds, and who.
+    pub held_by: Vec<(u32, String)>,
+    /// Whether the member's lease was live in the database: a take by a
+    /// member whose lease is not live takes nothing.
+    pub live: bool,
 }
 
 /// A read of the change log from some epoch on.
@@ -59,12 +73,20 @@ pub struct Cleaned {
     pub next_expiry: Option<(String, f64)>,
 }
 
-/// A notification of a membership change: its epoch and, when the payload
-/// carried it, the change itself.
+/// A notification on the ring's channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// The epoch the change produced.
-    pub epoch: u64,
-    /// The change, if the payload had room for it.
-    pub change: Option<Change>,
+pub enum Notice {
+    /// A membership change: its epoch and, when the payload had room for
+    /// it, the change itself.
+    Change {
+        /// The epoch the change produced.
+        epoch: u64,
+        /// The change, if the payload carried it.
+        change: Option<Change>,
+    },
+    /// A member released claims: waiting takers may retry at once.
+    Released {
+        /// The partitions, if the payload had room for them.
+        partitions: Option<Vec<u32>>,
+    },
 }

@@ -22,6 +22,9 @@ pub enum Effect {
         epoch: u64,
         /// When they stopped being active.
         at: std::time::Instant,
+        /// With a drain timeout: the drain that holds their claims until
+        /// the user's work has stopped (the edge hands out its guard).
+        drain: Option<Drain>,
     },
     /// These partitions become active with this fencing token.
     Acquired {
@@ -74,6 +77,17 @@ pub enum Effect {
     },
 }
 
+/// A drain in progress: the claims of released partitions are given back
+/// only when every copy of its guard is dropped, or at `deadline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// Which drain ([`Session::drained`](crate::protocol::Session::drained)
+    /// takes it back).
+    pub id: u64,
+    /// When the drain ends at the latest.
+    pub deadline: std::time::Instant,
+}
+
 /// Everything one input produced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -110,8 +124,9 @@ impl Output {
 }
 
 /// The watcher's next step: one statement on its (listening) connection,
-/// or a wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// or a wait. Takes and releases go over this one connection, one after
+/// the other, so their answers arrive in the order they were sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatcherStep {
     /// Read the change log after epoch `from` (or the whole ring).
     CatchUp {
@@ -120,19 +135,19 @@ pub enum WatcherStep {
         /// Hand back with the answer.
         ticket: Ticket,
     },
-    /// Acknowledge `epoch`, renewing the lease; with `barrier`, the full
-    /// renewal whose answer is also a barrier snapshot.
-    Ack {
-        /// The view's epoch.
-        epoch: u64,
-        /// Whether the answer must carry the barrier snapshot.
-        barrier: bool,
+    /// Take the claims of these pending partitions (ascending), in one
+    /// statement.
+    Take {
+        /// The partitions.
+        partitions: Vec<u32>,
         /// Hand back with the answer.
         ticket: Ticket,
     },
-    /// Read the barrier snapshot (the ring's epoch, the smallest
-    /// acknowledged epoch of the other live members).
-    Barrier {
+    /// Give these claims back (`(partition, token)`, ascending), naming the
+    /// token each frees.
+    Release {
+        /// The claims.
+        claims: Vec<(u32, u64)>,
         /// Hand back with the answer.
         ticket: Ticket,
     },
@@ -143,7 +158,8 @@ pub enum WatcherStep {
 /// The heartbeat's next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeartbeatStep {
-    /// Renew the lease, acknowledging epoch `ack`.
+    /// Renew the lease, acknowledging epoch `ack` (the lag bound), and read
+    /// the claims held (reconciliation).
     Renew {
         /// The view's epoch.
         ack: u64,

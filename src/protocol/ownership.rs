@@ -1,13 +1,15 @@
-//! The ownership state machine of one member (DESIGN §4): which partitions
-//! are *active* (usable now) and which are *pending* (assigned by the view
-//! but waiting for the handoff barrier).
+//! The partition state machine of one member (DESIGN §4.0): which
+//! partitions are *active* (usable now, each under its claim's fencing
+//! token) and which are *pending* (assigned by the view, waiting for their
+//! claim).
 //!
 //! Pure, in the manner of raft-rs: it is driven by inputs — a view adopted,
-//! a barrier snapshot read, a renewal that succeeded, the clock passing the
-//! local deadline, an eviction, a stop — and returns the [`Action`]s the
-//! caller must publish, in order. It never does I/O and never reads a clock
-//! itself (`now` is an input), so every interleaving can be tested without a
-//! database.
+//! claims taken, a renewal that succeeded, the clock passing the local
+//! deadline, an eviction, a stop — and returns the [`Action`]s the caller
+//! must publish, in order. It never does I/O and never reads a clock itself
+//! (`now` is an input). What happens to a claim once its partition stops
+//! being active (draining, releasing) is the session's business: every
+//! release here names the tokens it gave up.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,9 @@ pub enum Action {
     Release {
         /// The partitions, ascending.
         partitions: Vec<u32>,
+        /// The claim token each was used under (`tokens[i]` of
+        /// `partitions[i]`): the claims to drain and give back.
+        tokens: Vec<u64>,
         /// Why.
         reason: ReleaseReason,
     },
@@ -45,6 +50,16 @@ pub enum Status {
     Stopped,
 }
 
+/// What a take's answer did to one claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Activated (or already active under this token).
+    Used,
+    /// Not usable: the partition is no longer assigned here, or the local
+    /// lease has run out. The claim must be given back.
+    Stray,
+}
+
 /// The state of one member. See the module docs.
 #[derive(Debug)]
 pub struct Ownership {
@@ -54,19 +69,16 @@ pub struct Ownership {
     local_lease: Duration,
     status: Status,
     view: Option<RingView>,
-    /// Token (`since`) per active partition; 0 = not active. Epochs start at
-    /// 1 for the first member, so 0 is never a token.
+    /// Claim token per active partition; 0 = not active. Tokens start at 1.
     active: Vec<u64>,
-    /// `since` per pending partition; 0 = not pending.
-    pending: Vec<u64>,
     active_count: u32,
-    pending_count: u32,
     valid_until: Option<Instant>,
-    /// The partitions the adopted view assigns to this member, ascending.
-    /// Invariant: every active or pending partition is in it, so every
-    /// transition only walks this list — O(own partitions), not
-    /// O(ring_size), which matters with hundreds of members on a big ring.
+    /// The partitions the adopted view assigns to this member, ascending:
+    /// every one is active or pending. Transitions walk only this list —
+    /// O(own partitions), not O(ring_size).
     assigned: Vec<u32>,
+    /// Whether each partition is in `assigned` (O(1) membership).
+    is_assigned: Vec<bool>,
 }
 
 impl Ownership {
@@ -79,11 +91,10 @@ impl Ownership {
             status: Status::Joining,
             view: None,
             active: vec![0; ring_size as usize],
-            pending: vec![0; ring_size as usize],
             active_count: 0,
-            pending_count: 0,
             valid_until: None,
             assigned: Vec::new(),
+            is_assigned: vec![false; ring_size as usize],
         }
     }
 
@@ -97,8 +108,7 @@ impl Ownership {
         self.view.as_ref()
     }
 
-    /// The epoch of the adopted view, which is what this member may
-    /// acknowledge; 0 when it has none.
+    /// The epoch of the adopted view; 0 when it has none.
     pub fn view_epoch(&self) -> u64 {
         self.view.as_ref().map_or(0, |v| v.epoch())
     }
@@ -108,12 +118,22 @@ impl Ownership {
         self.valid_until
     }
 
+    /// Whether the local lease runs at `now`.
+    pub fn lease_runs(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|v| now < v)
+    }
+
     /// Token of `p` if active (ignoring the deadline).
     pub fn token(&self, p: u32) -> Option<u64> {
         match self.active.get(p as usize) {
             Some(&t) if t != 0 => Some(t),
             _ => None,
         }
+    }
+
+    /// Whether the view assigns `p` to this member.
+    pub fn is_assigned(&self, p: u32) -> bool {
+        self.is_assigned.get(p as usize).copied().unwrap_or(false)
     }
 
     /// Active partitions and their tokens, ascending (ignoring the deadline).
@@ -129,165 +149,119 @@ impl Ownership {
         self.active_count
     }
 
-    /// Pending partitions and their `since`, ascending.
-    pub fn pending(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+    /// Pending partitions (assigned, not active), ascending.
+    pub fn pending(&self) -> impl Iterator<Item = u32> + '_ {
         self.assigned
             .iter()
-            .map(|p| (*p, self.pending[*p as usize]))
-            .filter(|(_, s)| *s != 0)
+            .copied()
+            .filter(|p| self.active[*p as usize] == 0)
     }
 
     /// Number of pending partitions.
     pub fn pending_count(&self) -> u32 {
-        self.pending_count
+        self.assigned.len() as u32 - self.active_count
     }
 
     /// Whether any partition is pending.
     pub fn has_pending(&self) -> bool {
-        self.pending_count != 0
-    }
-
-    fn set_pending(&mut self, p: usize, since: u64) {
-        let old = std::mem::replace(&mut self.pending[p], since);
-        match (old != 0, since != 0) {
-            (false, true) => self.pending_count += 1,
-            (true, false) => self.pending_count -= 1,
-            _ => {}
-        }
-    }
-
-    fn clear_pending(&mut self) {
-        for i in 0..self.assigned.len() {
-            let p = self.assigned[i] as usize;
-            self.set_pending(p, 0);
-        }
+        self.pending_count() != 0
     }
 
     /// The join transaction committed: `view` is the ring with this member in
     /// it; `sent_at` is when the join was sent. Everything assigned is
-    /// pending since the join's epoch.
+    /// pending; anything still active from an earlier membership is
+    /// released first.
     pub fn joined(&mut self, view: RingView, sent_at: Instant) -> Vec<Action> {
         if self.status == Status::Stopped {
             return Vec::new();
         }
         let released = self.release_all(ReleaseReason::Evicted);
-        self.clear_pending();
-        self.assigned.clear();
         self.status = Status::Member;
         self.view = None;
         self.valid_until = Some(sent_at + self.local_lease);
-        self.adopt_unchecked(view, false);
+        self.adopt_unchecked(view);
         released
     }
 
-    /// Adopts a newer view (DESIGN §4, "Adopting a view"): first releases
-    /// every active partition the view no longer gives this member, then
-    /// marks newly assigned ones pending. `since` survives only if the view
-    /// is the direct successor of the current one; on a jump over epochs it
-    /// restarts at the new epoch. Older or equal views are ignored.
+    /// Adopts a newer view (DESIGN §4.0, rule 4): every active partition the
+    /// view no longer gives this member stops being active first; newly
+    /// assigned ones are pending. Older or equal views are ignored.
     pub fn adopt(&mut self, view: RingView) -> Vec<Action> {
-        if self.status != Status::Member {
+        if self.status != Status::Member || view.epoch() <= self.view_epoch() {
             return Vec::new();
         }
-        let current = self.view_epoch();
-        if view.epoch() <= current {
-            return Vec::new();
-        }
-        let contiguous = view.epoch() == current + 1;
-        self.adopt_unchecked(view, contiguous)
+        self.adopt_unchecked(view)
     }
 
-    fn adopt_unchecked(&mut self, view: RingView, contiguous: bool) -> Vec<Action> {
-        let epoch = view.epoch();
+    fn adopt_unchecked(&mut self, view: RingView) -> Vec<Action> {
         let next = view.partitions_of(&self.me);
-        let mut released = Vec::new();
-        // Partitions the view no longer gives this member (both lists are
-        // ascending): release if active, forget if pending.
-        let old = std::mem::take(&mut self.assigned);
-        let mut k = 0;
-        for &p in &old {
-            while k < next.len() && next[k] < p {
-                k += 1;
-            }
-            if k < next.len() && next[k] == p {
-                continue;
-            }
-            let p = p as usize;
-            if self.active[p] != 0 {
-                self.active[p] = 0;
-                released.push(p as u32);
-            }
-            self.set_pending(p, 0);
+        let (mut partitions, mut tokens) = (Vec::new(), Vec::new());
+        for &p in &self.assigned {
+            self.is_assigned[p as usize] = false;
         }
-        // Partitions it gives: kept if active; pending keeps its `since`
-        // only across a contiguous adoption, else starts at this epoch.
         for &p in &next {
-            let p = p as usize;
-            if self.active[p] == 0 && !(contiguous && self.pending[p] != 0) {
-                self.set_pending(p, epoch);
+            self.is_assigned[p as usize] = true;
+        }
+        for &p in &self.assigned {
+            let t = self.active[p as usize];
+            if t != 0 && !self.is_assigned[p as usize] {
+                self.active[p as usize] = 0;
+                partitions.push(p);
+                tokens.push(t);
             }
         }
+        self.active_count -= partitions.len() as u32;
         self.assigned = next;
-        self.active_count -= released.len() as u32;
         self.view = Some(view);
-        if released.is_empty() {
-            Vec::new()
-        } else {
-            vec![Action::Release {
-                partitions: released,
-                reason: ReleaseReason::Handoff,
-            }]
-        }
+        release(partitions, tokens, ReleaseReason::Handoff)
     }
 
-    /// The handoff barrier (DESIGN §4, "Activation"). `snapshot_epoch` and
-    /// `others_min_ack` come from one consistent read: the ring's epoch and
-    /// the smallest `acked_epoch` among the *other live* members (`None` if
-    /// there are none). Activates every pending partition whose `since` the
-    /// smallest ack has reached — but only if this member's view is at the
-    /// snapshot's epoch and its local lease still runs at `now`.
-    pub fn barrier(
-        &mut self,
-        snapshot_epoch: u64,
-        others_min_ack: Option<u64>,
-        now: Instant,
-    ) -> Vec<Action> {
-        if self.status != Status::Member
-            || self.view_epoch() != snapshot_epoch
-            || !self.lease_runs(now)
-        {
-            return Vec::new();
-        }
+    /// A take's answer arrived at `now`: the claims it holds for this
+    /// member (`(partition, token)`, ascending). A claim activates its
+    /// partition if the partition is pending and the local lease still runs
+    /// *now* — the database lease then has not ended, so nobody else can
+    /// hold the claim (DESIGN §4.0, rule 3). Returns the acquisitions and,
+    /// per claim, what became of it.
+    pub fn claimed(&mut self, claims: &[(u32, u64)], now: Instant) -> (Vec<Action>, Vec<Taken>) {
+        let usable = self.status == Status::Member && self.lease_runs(now);
         let mut by_token: Vec<(u64, Vec<u32>)> = Vec::new();
-        if self.pending_count == 0 {
-            return Vec::new();
-        }
-        for i in 0..self.assigned.len() {
-            let p = self.assigned[i] as usize;
-            let since = self.pending[p];
-            if since == 0 || others_min_ack.is_some_and(|ack| ack < since) {
+        let mut fate = Vec::with_capacity(claims.len());
+        for &(p, token) in claims {
+            if self.active.get(p as usize).is_some_and(|t| *t != 0) {
+                // A repeated answer for a partition in use: its claim is
+                // this member's, whatever the token says (it can only be
+                // the same one), and is never given back while in use.
+                fate.push(Taken::Used);
                 continue;
             }
-            self.set_pending(p, 0);
-            self.active[p] = since;
+            if !usable || !self.is_assigned(p) || token == 0 {
+                fate.push(Taken::Stray);
+                continue;
+            }
+            self.active[p as usize] = token;
             self.active_count += 1;
-            match by_token.iter_mut().find(|(t, _)| *t == since) {
-                Some((_, ps)) => ps.push(p as u32),
-                None => by_token.push((since, vec![p as u32])),
+            fate.push(Taken::Used);
+            match by_token.iter_mut().find(|(t, _)| *t == token) {
+                Some((_, ps)) => ps.push(p),
+                None => by_token.push((token, vec![p])),
             }
         }
         by_token.sort_unstable_by_key(|(t, _)| *t);
-        by_token
+        let actions = by_token
             .into_iter()
-            .map(|(token, partitions)| Action::Acquire { partitions, token })
-            .collect()
+            .map(|(token, mut partitions)| {
+                partitions.sort_unstable();
+                Action::Acquire { partitions, token }
+            })
+            .collect();
+        (actions, fate)
     }
 
     /// A renewal sent at `sent_at` succeeded. If the local lease had already
-    /// run out at `now`, this member fences first (the renewal cannot make
-    /// stale partitions valid again: they go back through the barrier).
+    /// run out at `now`, this member fences first: the renewal cannot make
+    /// stale partitions valid again (they are taken anew).
     pub fn renewed(&mut self, sent_at: Instant, now: Instant) -> Vec<Action> {
-        if self.status != Status::Member {
+        if self.status == Status::Joining {
             return Vec::new();
         }
         let actions = self.fence(now);
@@ -299,28 +273,13 @@ impl Ownership {
     }
 
     /// Self-fencing: if the local lease has run out at `now`, every active
-    /// partition is released (`LeaseExpired`) and becomes pending again with
-    /// `since` = the current epoch, to be re-activated through the barrier
-    /// once the lease is renewed.
+    /// partition is released (`LeaseExpired`) and is pending again, to be
+    /// taken anew once the lease is renewed.
     pub fn fence(&mut self, now: Instant) -> Vec<Action> {
         if self.lease_runs(now) || self.active_count == 0 {
             return Vec::new();
         }
-        let epoch = self.view_epoch();
-        let mut released = Vec::new();
-        for i in 0..self.assigned.len() {
-            let p = self.assigned[i] as usize;
-            if self.active[p] != 0 {
-                self.active[p] = 0;
-                self.set_pending(p, epoch);
-                released.push(p as u32);
-            }
-        }
-        self.active_count = 0;
-        vec![Action::Release {
-            partitions: released,
-            reason: ReleaseReason::LeaseExpired,
-        }]
+        self.release_all(ReleaseReason::LeaseExpired)
     }
 
     /// The database no longer has this member's lease (removed, or expired
@@ -330,44 +289,53 @@ impl Ownership {
             return Vec::new();
         }
         let actions = self.release_all(ReleaseReason::Evicted);
-        self.clear_pending();
-        self.assigned.clear();
+        self.unassign_all();
         self.view = None;
         self.valid_until = None;
         self.status = Status::Joining;
         actions
     }
 
-    /// `stop()`: release everything; nothing becomes active again.
+    /// `stop()`: release everything; nothing becomes active again. The lease
+    /// runs on (renewals may still extend it) while the released
+    /// partitions drain.
     pub fn stop(&mut self) -> Vec<Action> {
         let actions = self.release_all(ReleaseReason::Stopping);
-        self.clear_pending();
+        self.unassign_all();
         self.status = Status::Stopped;
-        self.valid_until = None;
         actions
     }
 
-    fn lease_runs(&self, now: Instant) -> bool {
-        self.valid_until.is_some_and(|v| now < v)
+    fn unassign_all(&mut self) {
+        for &p in &self.assigned {
+            self.is_assigned[p as usize] = false;
+        }
+        self.assigned.clear();
     }
 
     fn release_all(&mut self, reason: ReleaseReason) -> Vec<Action> {
-        let mut released = Vec::new();
+        let (mut partitions, mut tokens) = (Vec::new(), Vec::new());
         for &p in &self.assigned {
-            if self.active[p as usize] != 0 {
-                self.active[p as usize] = 0;
-                released.push(p);
+            let t = std::mem::take(&mut self.active[p as usize]);
+            if t != 0 {
+                partitions.push(p);
+                tokens.push(t);
             }
         }
         self.active_count = 0;
-        if released.is_empty() {
-            Vec::new()
-        } else {
-            vec![Action::Release {
-                partitions: released,
-                reason,
-            }]
-        }
+        release(partitions, tokens, reason)
+    }
+}
+
+fn release(partitions: Vec<u32>, tokens: Vec<u64>, reason: ReleaseReason) -> Vec<Action> {
+    if partitions.is_empty() {
+        Vec::new()
+    } else {
+        vec![Action::Release {
+            partitions,
+            tokens,
+            reason,
+        }]
     }
 }
 

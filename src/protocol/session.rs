@@ -3,65 +3,56 @@
 //!
 //! [`Ownership`] knows which partitions are active and pending. The
 //! session around it knows the rest of a member's life in the ring: which
-//! membership (generation) a reply belongs to, the changes notifications
-//! carried and whether they leave a gap, whether the adopted view has been
-//! acknowledged, when to poll the barrier again, when the next renewal is
-//! due, whom to clean up and when, and when released partitions really
-//! stopped being reported.
+//! membership (generation, incarnation) an answer belongs to, the changes
+//! notifications carried and whether they leave a gap, which pending
+//! partitions to take and when to try again, which claims it holds but
+//! does not use (draining, to be given back), when the next renewal is due,
+//! whom to clean up and when, and when released partitions really stopped
+//! being reported.
 //!
-//! It is driven by inputs — a join committed, a notification, a renewal or
-//! acknowledgement answer, a barrier snapshot, a change-log read, a cleanup
-//! pass, a failure, the clock (`now` is always an argument; the session
-//! never reads a clock) — and answers with an [`Output`]: the effects to
-//! publish, in order, and whom to wake. Each thread of a member asks it for
-//! its next step ([`Session::watcher_next`], [`Session::heartbeat_next`],
+//! It is driven by inputs — a join committed, a notification, a renewal
+//! answer, a take's answer, a release confirmed, a drain finished, a
+//! change-log read, a cleanup pass, a failure, the clock (`now` is always
+//! an argument; the session never reads a clock) — and answers with an
+//! [`Output`]: the effects to publish, in order, and whom to wake. Each
+//! thread of a member asks it for its next step
+//! ([`Session::watcher_next`], [`Session::heartbeat_next`],
 //! [`Session::cleanup_next`], [`Session::fence_deadline`]), runs that one
 //! statement, and hands the answer back with the [`Ticket`] it was given,
 //! so that an answer about an earlier membership is recognised and dropped.
 //!
 //! The threads of [`RingNode`](crate::RingNode) are thin executors of this
 //! type; its tests drive it through the interleavings that chaos runs found
-//! (stale replies after a pause, a gap in the deltas, an eviction during a
-//! pending handoff, a release after the local deadline) without a database.
+//! (stale answers after a pause, a gap in the deltas, an eviction during a
+//! pending handoff, a release after the local deadline, a lost take answer)
+//! without a database.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::event::ReleaseReason;
 use crate::placement::fnv1a64;
 use crate::protocol::input::{CatchUp, Joined, Notice, Renewal};
-use crate::protocol::output::{Effect, Output, WatcherStep};
+use crate::protocol::output::{Drain, Effect, Output, WatcherStep};
 use crate::protocol::ownership::{Action, Ownership, Status};
 use crate::ring::{Change, RingView};
+
+mod claims;
+mod cleanup;
+mod heartbeat;
 
 /// Most notified changes kept while they cannot be applied yet: a member
 /// further behind reads the change log.
 const MAX_DELTAS: usize = 4096;
-/// Longest pause between two barrier reads while partitions are pending.
-const MAX_BARRIER_BACKOFF: Duration = Duration::from_millis(32);
-/// Barrier reads at 1 ms before the backoff starts doubling: the other
-/// members' acknowledgements of an epoch arrive within a few milliseconds,
-/// and doubling from the first read made the waiting member notice them up
-/// to twice as late as they happened.
-const FAST_BARRIER_POLLS: u32 = 5;
-/// The watcher's wait with nothing pending: notifications wake it anyway,
-/// so this only bounds how late it sees a heartbeat's hint of a missed
+/// The watcher's wait with nothing to do: notifications wake it anyway, so
+/// this only bounds how late it sees a heartbeat's hint of a missed
 /// notification. Long, so that an idle member costs next to no CPU.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How long a thread with nothing planned sleeps before looking again.
 const NOTHING_PLANNED: Duration = Duration::from_secs(3600);
 /// Retry delay of a failed cleanup pass.
 const CLEANUP_RETRY: Duration = Duration::from_millis(200);
-
-/// The wait before barrier read number `polls` (0-based) of an epoch.
-fn barrier_backoff(polls: u32) -> Duration {
-    match polls.checked_sub(FAST_BARRIER_POLLS) {
-        None => Duration::from_millis(1),
-        Some(k) => {
-            (Duration::from_millis(2) * 2u32.saturating_pow(k.min(16))).min(MAX_BARRIER_BACKOFF)
-        }
-    }
-}
 
 /// Turns "in `ms` milliseconds of the database's clock", read at `read_at`,
 /// into a local instant.
@@ -77,7 +68,17 @@ pub fn local_instant(read_at: Instant, ms: f64) -> Instant {
 /// an answer about an earlier membership (before an eviction and rejoin) is
 /// ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    generation: u64,
+    incarnation: i64,
+}
+
+impl Ticket {
+    /// The member row's incarnation the step is for: the statements name it.
+    pub fn incarnation(&self) -> i64 {
+        self.incarnation
+    }
+}
 
 /// The settings the session core needs.
 #[derive(Debug, Clone)]
@@ -96,6 +97,12 @@ pub struct SessionConfig {
     /// (the coarse clock's resolution): releases after a lapsed lease are
     /// stamped with that instant.
     pub hot_path_lead: Duration,
+    /// With `Some(d)`, the claims of partitions handed off (or stopped) are
+    /// kept until the user's work on them has stopped, at most `d`.
+    pub drain_timeout: Option<Duration>,
+    /// Whether notifications arrive (LISTEN): without them, waiting takers
+    /// poll more often.
+    pub notifications: bool,
 }
 
 impl SessionConfig {
@@ -108,6 +115,8 @@ impl SessionConfig {
             margin: cfg.effective_margin(),
             heartbeat_interval: cfg.effective_heartbeat_interval(),
             hot_path_lead,
+            drain_timeout: cfg.drain_timeout,
+            notifications: cfg.notifications,
         }
     }
 
@@ -117,6 +126,18 @@ impl SessionConfig {
     }
 }
 
+/// A claim this member holds but does not use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Its partition was released locally; the user's work may still run
+    /// (the drain with this id).
+    Draining(u64),
+    /// To be given back.
+    Release,
+    /// The release is on its way.
+    Releasing,
+}
+
 /// One member's session. See the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -124,18 +145,30 @@ pub struct Session {
     own: Ownership,
     /// Bumped at every (re)join; answers tagged with an older one are stale.
     generation: u64,
+    /// The member row's incarnation (0 before the first join).
+    incarnation: i64,
     /// The newest epoch heard of (notification, renewal, cleanup); 0 once
     /// the view has caught up with it.
     hint: u64,
     /// Changes carried by notifications, by epoch, not yet applied.
     deltas: BTreeMap<u64, Change>,
-    /// (generation, epoch) the watcher last acknowledged.
-    acked: Option<(u64, u64)>,
-    /// Barrier reads so far at an epoch: the backoff restarts per epoch.
-    polls: (u64, u32),
-    /// No barrier read before this instant (backoff); a notification
-    /// clears it.
-    poll_after: Option<Instant>,
+    /// Whether the watcher has read the ring since its connection was made
+    /// (notifications may have been missed before its LISTEN).
+    synced: bool,
+    /// Claims held but not used, by `(partition, token)`. A take's answer
+    /// naming one of them is late and never used.
+    held: BTreeMap<(u32, u64), Held>,
+    /// Drains in progress: their claims and deadline.
+    drains: BTreeMap<u64, (Vec<(u32, u64)>, Instant)>,
+    next_drain: u64,
+    /// The partitions of the take in flight, if any.
+    taking: Option<Vec<u32>>,
+    /// Pending partitions whose claim another member holds, and who.
+    waiting_for: BTreeMap<u32, String>,
+    /// Takes that left partitions waiting, in a row (the retry backoff).
+    take_polls: u32,
+    /// No take before this instant; a notification clears it.
+    take_after: Option<Instant>,
     /// When the next renewal (or rejoin attempt) is due.
     next_renewal: Instant,
     /// The planned cleanup: whose lease end, and when to act.
@@ -155,15 +188,22 @@ impl Session {
     /// A member that has not joined yet.
     pub fn new(cfg: SessionConfig, now: Instant) -> Session {
         let own = Ownership::new(&cfg.node_id, cfg.ring_size, cfg.lease_ttl, cfg.margin);
-        let cleanup_fallback = Duration::from_millis(50 + fnv1a64(&[cfg.node_id.as_bytes()]) % 50);
+        let cleanup_fallback =
+            Duration::from_millis(50 + fnv1a64(&[cfg.node_id.as_bytes()]) % 50);
         Session {
             own,
             generation: 1,
+            incarnation: 0,
             hint: 0,
             deltas: BTreeMap::new(),
-            acked: None,
-            polls: (0, 0),
-            poll_after: None,
+            synced: false,
+            held: BTreeMap::new(),
+            drains: BTreeMap::new(),
+            next_drain: 1,
+            taking: None,
+            waiting_for: BTreeMap::new(),
+            take_polls: 0,
+            take_after: None,
             next_renewal: now + cfg.heartbeat_interval,
             cleanup: None,
             cleanup_running: None,
@@ -209,7 +249,30 @@ impl Session {
 
     /// The current membership's ticket.
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.generation)
+        Ticket {
+            generation: self.generation,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Pending partitions whose claim another member holds, grouped by that
+    /// member (ascending by node id, partitions ascending).
+    pub fn waiting_for(&self) -> Vec<(String, Vec<u32>)> {
+        let mut by: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (p, who) in &self.waiting_for {
+            by.entry(who.as_str()).or_default().push(*p);
+        }
+        by.into_iter().map(|(w, ps)| (w.to_string(), ps)).collect()
+    }
+
+    /// Partitions released locally whose drain is still running.
+    pub fn draining_count(&self) -> usize {
+        self.drains.values().map(|(c, _)| c.len()).sum()
+    }
+
+    /// Claims held but not in use (draining or being given back).
+    pub fn unused_claims(&self) -> usize {
+        self.held.len()
     }
 
     /// When partitions released at `now` stopped being reported: the hot
@@ -225,20 +288,37 @@ impl Session {
         }
     }
 
-    /// Turns the state machine's actions into effects: releases stamped
-    /// `released_at`, acquisitions `now`.
+    /// Turns the state machine's actions into effects — releases stamped
+    /// `released_at`, acquisitions `now` — and decides what becomes of the
+    /// released claims: drained (handoff or stop, with a drain timeout),
+    /// given back (handoff without a drain, a lapsed lease), or forgotten
+    /// (eviction: the row and its claims are gone; a stop without a drain:
+    /// the leave frees them).
     fn push(&mut self, out: &mut Output, actions: Vec<Action>, released_at: Instant, now: Instant) {
         let epoch = self.own.view_epoch();
         for a in actions {
             match a {
-                Action::Release { partitions, reason } => out.effects.push(Effect::Released {
+                Action::Release {
                     partitions,
+                    tokens,
                     reason,
-                    epoch,
-                    at: released_at,
-                }),
+                } => {
+                    let claims: Vec<(u32, u64)> =
+                        partitions.iter().copied().zip(tokens).collect();
+                    let drain = self.after_release(claims, reason, now);
+                    out.effects.push(Effect::Released {
+                        partitions,
+                        reason,
+                        epoch,
+                        at: released_at,
+                        drain,
+                    });
+                }
                 Action::Acquire { partitions, token } => {
                     out.wake_fence = true;
+                    for p in &partitions {
+                        self.waiting_for.remove(p);
+                    }
                     out.effects.push(Effect::Acquired {
                         partitions,
                         token,
@@ -251,6 +331,30 @@ impl Session {
         }
         if !self.own.has_pending() {
             self.pending_since = None;
+            self.waiting_for.clear();
+        }
+    }
+
+    fn after_release(&mut self, claims: Vec<(u32, u64)>, reason: ReleaseReason, now: Instant) -> Option<Drain> {
+        let drains = matches!(reason, ReleaseReason::Handoff | ReleaseReason::Stopping);
+        match (reason, self.cfg.drain_timeout) {
+            (_, Some(timeout)) if drains => {
+                let id = self.next_drain;
+                self.next_drain += 1;
+                let deadline = now + timeout;
+                for c in &claims {
+                    self.held.insert(*c, Held::Draining(id));
+                }
+                self.drains.insert(id, (claims, deadline));
+                Some(Drain { id, deadline })
+            }
+            (ReleaseReason::Handoff | ReleaseReason::LeaseExpired, _) => {
+                for c in claims {
+                    self.held.insert(c, Held::Release);
+                }
+                None
+            }
+            _ => None,
         }
     }
 
@@ -261,13 +365,14 @@ impl Session {
     }
 
     fn stale(&self, ticket: Ticket) -> bool {
-        ticket.0 != self.generation || self.own.status() != Status::Member
+        ticket.generation != self.generation || self.own.status() != Status::Member
     }
 
     // ---- joining -----------------------------------------------------------
 
     /// The join transaction committed (first join or rejoin); `sent_at` is
-    /// when it was sent. Ignored once stopped.
+    /// when it was sent. Ignored once stopped. The claims of an earlier
+    /// incarnation were freed with its row: nothing is inherited.
     pub fn joined(&mut self, joined: Joined, sent_at: Instant, now: Instant) -> Output {
         let mut out = Output::default();
         if self.own.status() == Status::Stopped {
@@ -276,11 +381,13 @@ impl Session {
         let released_at = self.stamp(now);
         let epoch = joined.view.epoch();
         let actions = self.own.joined(joined.view, sent_at);
+        self.push(&mut out, actions, released_at, now);
         self.generation += 1;
-        self.acked = None;
+        self.incarnation = joined.incarnation;
+        self.forget_claims();
+        self.synced = false;
         self.deltas.retain(|e, _| *e > epoch);
         self.next_renewal = now + self.cfg.heartbeat_interval;
-        self.push(&mut out, actions, released_at, now);
         self.note_pending(now);
         out.effects.push(Effect::Joined {
             epoch,
@@ -293,38 +400,77 @@ impl Session {
         out
     }
 
-    // ---- the watcher: views, acknowledgements, the barrier -----------------
+    /// The claims of the incarnation that ended are gone with its row.
+    fn forget_claims(&mut self) {
+        self.held.clear();
+        self.drains.clear();
+        self.taking = None;
+        self.waiting_for.clear();
+        self.take_polls = 0;
+        self.take_after = None;
+    }
 
-    /// A notification arrived. A notification also cuts a barrier backoff
-    /// short: the next barrier read happens at once.
+    // ---- the watcher: views, takes, releases -------------------------------
+
+    /// A notification arrived. A change may have freed claims (a member
+    /// removed) and a release names the partitions it freed: either way a
+    /// waiting take is retried at once.
     pub fn notified(&mut self, notice: Notice) {
-        self.hint = self.hint.max(notice.epoch);
-        if let Some(change) = notice.change {
-            if self.deltas.len() < MAX_DELTAS && notice.epoch > self.own.view_epoch() {
-                self.deltas.insert(notice.epoch, change);
+        match notice {
+            Notice::Change { epoch, change } => {
+                self.hint = self.hint.max(epoch);
+                if let Some(change) = change {
+                    if self.deltas.len() < MAX_DELTAS && epoch > self.own.view_epoch() {
+                        self.deltas.insert(epoch, change);
+                    }
+                }
+                self.take_after = None;
+            }
+            Notice::Released { partitions } => {
+                let waits = match &partitions {
+                    Some(ps) => ps.iter().any(|p| self.waiting_for.contains_key(p)),
+                    None => true,
+                };
+                if waits {
+                    self.take_after = None;
+                }
             }
         }
-        self.poll_after = None;
     }
 
     /// The watcher has a new connection: notifications may have been missed
-    /// before its LISTEN, so the view is acknowledged again at once — the
-    /// answer (read after the LISTEN) carries the ring's epoch and reveals
-    /// any missed change.
+    /// before its LISTEN, so it reads the ring's changes first.
     pub fn watcher_connected(&mut self) {
-        self.acked = None;
+        self.synced = false;
+    }
+
+    /// The watcher's step failed (its connection died): a take's answer is
+    /// lost, a release is sent again.
+    pub fn watcher_failed(&mut self) {
+        self.taking = None;
+        for h in self.held.values_mut() {
+            if *h == Held::Releasing {
+                *h = Held::Release;
+            }
+        }
+        self.synced = false;
     }
 
     /// The watcher's next step. Changes that notifications carried are
     /// applied here, in order, without a statement; what they do not cover
-    /// is read from the change log.
+    /// is read from the change log. Then claims to give back, then the
+    /// claims of pending partitions to take.
     pub fn watcher_next(&mut self, now: Instant) -> (WatcherStep, Output) {
         let mut out = Output::default();
         if self.own.status() != Status::Member {
             return (WatcherStep::Wait(IDLE_TICK), out);
         }
         let ticket = self.ticket();
-        if self.hint > self.own.view_epoch() {
+        let from = self.own.view_epoch();
+        if !self.synced {
+            return (WatcherStep::CatchUp { from, ticket }, out);
+        }
+        if self.hint > from {
             self.apply_deltas(now, &mut out);
             if self.own.view_epoch() < self.hint {
                 let from = self.own.view_epoch();
@@ -332,27 +478,14 @@ impl Session {
             }
             self.hint = 0;
         }
-        let epoch = self.own.view_epoch();
-        if self.acked != Some((self.generation, epoch)) {
-            let barrier = self.own.has_pending();
-            return (
-                WatcherStep::Ack {
-                    epoch,
-                    barrier,
-                    ticket,
-                },
-                out,
-            );
+        self.end_overdue_drains(now);
+        if let Some(claims) = self.claims_to_release() {
+            return (WatcherStep::Release { claims, ticket }, out);
         }
-        if !self.own.has_pending() {
-            self.polls = (0, 0);
-            self.poll_after = None;
-            return (WatcherStep::Wait(IDLE_TICK), out);
+        if let Some(partitions) = self.partitions_to_take(now) {
+            return (WatcherStep::Take { partitions, ticket }, out);
         }
-        if let Some(at) = self.poll_after.filter(|at| *at > now) {
-            return (WatcherStep::Wait(at - now), out);
-        }
-        (WatcherStep::Barrier { ticket }, out)
+        (WatcherStep::Wait(self.watcher_wait(now)), out)
     }
 
     /// Applies the notified changes that follow the view without a gap.
@@ -368,8 +501,7 @@ impl Session {
     }
 
     /// Adopts a newer view: a lapsed lease fences first (those partitions
-    /// stopped being reported at its deadline, and go back through the
-    /// barrier), then the view's releases.
+    /// stopped being reported at its deadline), then the view's releases.
     fn adopt(&mut self, view: RingView, now: Instant, out: &mut Output) {
         let members = view.members().len();
         let released_at = self.stamp(now);
@@ -377,6 +509,8 @@ impl Session {
         actions.extend(self.own.adopt(view));
         self.push(out, actions, released_at, now);
         self.note_pending(now);
+        self.waiting_for.retain(|p, _| self.own.is_assigned(*p));
+        self.take_after = None;
         out.effects.push(Effect::ViewChanged {
             epoch: self.own.view_epoch(),
             members,
@@ -412,77 +546,21 @@ impl Session {
             }
             let at = self.own.view_epoch();
             self.deltas.retain(|e, _| *e > at);
+            self.synced = true;
         }
-        // What is still missing shows in the next acknowledgement's answer.
+        // What is still missing shows in the next renewal's answer.
         self.hint = 0;
         out
     }
 
-    /// The answer of a [`WatcherStep::Ack`] for `epoch`, sent at `sent_at`.
-    pub fn acked(
-        &mut self,
-        ticket: Ticket,
-        epoch: u64,
-        reply: Renewal,
-        sent_at: Instant,
-        now: Instant,
-    ) -> Output {
-        self.acked = Some((ticket.0, epoch));
-        let view_epoch = self.own.view_epoch();
-        let out = self.on_renewal(ticket, &reply, sent_at, now);
-        if !out.rejoin && reply.epoch <= view_epoch {
-            self.schedule_poll(now);
-        }
-        out
-    }
-
-    /// The answer of a [`WatcherStep::Barrier`]: the ring's epoch and the
-    /// smallest acknowledged epoch of the other live members.
-    pub fn barrier_read(
-        &mut self,
-        ticket: Ticket,
-        snapshot_epoch: u64,
-        others_min_ack: Option<u64>,
-        now: Instant,
-    ) -> Output {
+    /// A renewal answer (the heartbeat's).
+    fn on_renewal(&mut self, ticket: Ticket, reply: &Renewal, sent_at: Instant, now: Instant) -> Output {
         let mut out = Output::default();
-        if snapshot_epoch > self.own.view_epoch() {
-            self.hint = self.hint.max(snapshot_epoch);
+        if ticket.generation != self.generation || self.own.status() == Status::Joining {
             return out;
         }
-        if !self.stale(ticket) {
-            let actions = self.own.barrier(snapshot_epoch, others_min_ack, now);
-            self.push(&mut out, actions, now, now);
-        }
-        self.schedule_poll(now);
-        out
-    }
-
-    fn schedule_poll(&mut self, now: Instant) {
-        if !self.own.has_pending() {
-            self.polls = (0, 0);
-            self.poll_after = None;
-            return;
-        }
-        let epoch = self.own.view_epoch();
-        if self.polls.0 != epoch {
-            self.polls = (epoch, 0);
-        }
-        self.polls.1 += 1;
-        self.poll_after = Some(now + barrier_backoff(self.polls.1 - 1));
-    }
-
-    /// A renewal or acknowledgement answer, from either thread.
-    fn on_renewal(
-        &mut self,
-        ticket: Ticket,
-        reply: &Renewal,
-        sent_at: Instant,
-        now: Instant,
-    ) -> Output {
-        let mut out = Output::default();
-        if self.stale(ticket) {
-            return out;
+        if self.own.status() == Status::Stopped {
+            return self.renewed_while_stopping(reply, sent_at, now);
         }
         // If the local lease ran out before this answer (a pause, a slow
         // answer), what is released below stopped being reported at its
@@ -491,8 +569,10 @@ impl Session {
         match reply.renewed {
             None => {
                 let mut actions = self.own.fence(now);
+                actions.extend(self.cut_drains(ReleaseReason::Evicted));
                 actions.extend(self.own.evicted());
                 self.push(&mut out, actions, released_at, now);
+                self.forget_claims();
                 out.wake_fence = true;
                 out.rejoin = true;
                 return out;
@@ -507,19 +587,23 @@ impl Session {
             Some(true) => {
                 self.renewals += 1;
                 out.renewal = Some(true);
-                let actions = self.own.renewed(sent_at, now);
+                let lapsed = !self.own.lease_runs(now);
+                // A late answer fences first (inside `renewed`): the lease
+                // it extends cannot make stale partitions or drains valid.
+                let mut actions = self.own.renewed(sent_at, now);
+                if lapsed {
+                    actions.extend(self.cut_drains(ReleaseReason::LeaseExpired));
+                }
                 self.push(&mut out, actions, released_at, now);
                 out.wake_fence = true;
+                if self.reconcile(&reply.held) {
+                    out.wake_watcher = true;
+                }
             }
         }
         if reply.epoch > self.own.view_epoch() {
             self.hint = self.hint.max(reply.epoch);
             out.wake_watcher = true;
-        } else if let Some(others_min_ack) = reply.barrier {
-            if reply.epoch == self.own.view_epoch() && self.own.has_pending() {
-                let actions = self.own.barrier(reply.epoch, others_min_ack, now);
-                self.push(&mut out, actions, now, now);
-            }
         }
         if let Some((node, ms)) = &reply.next_expiry {
             self.plan_cleanup(node, local_instant(now, *ms));
@@ -528,29 +612,65 @@ impl Session {
         out
     }
 
+    /// While `stop()` waits for drains the lease is kept (the leave frees
+    /// the claims only after the drains): a renewal only extends it, or —
+    /// lost or lapsed — cuts the drains short.
+    fn renewed_while_stopping(&mut self, reply: &Renewal, sent_at: Instant, now: Instant) -> Output {
+        let mut out = Output::default();
+        let released_at = self.stamp(now);
+        let lapsed = !self.own.lease_runs(now);
+        let mut actions = Vec::new();
+        if reply.renewed.is_none() {
+            actions = self.cut_drains(ReleaseReason::Evicted);
+        } else if lapsed {
+            actions = self.cut_drains(ReleaseReason::LeaseExpired);
+        }
+        if reply.renewed == Some(true) {
+            self.renewals += 1;
+            out.renewal = Some(true);
+            self.own.renewed(sent_at, now);
+        }
+        self.push(&mut out, actions, released_at, now);
+        out.wake_fence = true;
+        out
+    }
+
     // ---- self-fencing and stopping -----------------------------------------
 
     /// When the fence thread must look again: the local deadline while
-    /// anything is active, else nothing to guard.
+    /// anything is active or draining, else nothing to guard.
     pub fn fence_deadline(&self) -> Option<Instant> {
         self.own
             .valid_until()
-            .filter(|_| self.own.active_count() > 0)
+            .filter(|_| self.own.active_count() > 0 || !self.drains.is_empty())
     }
 
     /// The clock reached `now`: if the local lease has run out, every active
     /// partition is released ([`ReleaseReason::LeaseExpired`]), stamped with
-    /// the moment the hot path stopped reporting them.
+    /// the moment the hot path stopped reporting them, and every drain is
+    /// cut short — a lease that runs out cannot wait for the user's work:
+    /// its partitions are released again with `LeaseExpired`, meaning "stop
+    /// now".
     pub fn tick(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
+        if self.own.lease_runs(now) {
+            return out;
+        }
         let released_at = self.stamp(now);
-        let actions = self.own.fence(now);
+        let mut actions = self.own.fence(now);
+        actions.extend(self.cut_drains(ReleaseReason::LeaseExpired));
         self.push(&mut out, actions, released_at, now);
+        if !self.held.is_empty() {
+            out.wake_watcher = true;
+        }
         out
     }
 
     /// `stop()`: everything is released ([`ReleaseReason::Stopping`]) and
-    /// nothing becomes active again.
+    /// nothing becomes active again. With a drain timeout the released
+    /// partitions drain: the edge waits for [`Session::draining_count`] to
+    /// reach zero (within its bound) before it leaves, and the leave frees
+    /// every claim.
     pub fn stop(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         let released_at = self.stamp(now);
@@ -563,7 +683,5 @@ impl Session {
     }
 }
 
-mod cleanup;
-mod heartbeat;
 #[cfg(test)]
 mod tests;

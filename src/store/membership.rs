@@ -88,17 +88,27 @@ impl Store {
         Ok(row.map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)))
     }
 
+    /// Removes the members whose lease has expired in the database. Their
+    /// claims free themselves (`ON DELETE SET NULL`); they are locked first,
+    /// in partition order — the order takes and releases lock them in — so
+    /// that the cascade cannot deadlock with a take.
     fn delete_expired(&self, tx: &mut Tx<'_>) -> Result<Vec<String>> {
+        let s = &self.s;
         let rows = tx
             .query(
                 &format!(
-                    "DELETE FROM {}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id",
-                    self.s
+                    "WITH lk AS (SELECT c.partition FROM {s}.claims c JOIN {s}.members m ON m.incarnation = c.holder
+                                 WHERE c.ring_id = $1 AND m.ring_id = $1 AND m.expires_at <= now()
+                                 ORDER BY c.partition FOR UPDATE OF c),
+                          gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id)
+                     SELECT NULL::text FROM (SELECT count(*) FROM lk) AS locked
+                     UNION ALL
+                     SELECT node_id FROM gone"
                 ),
                 &[&self.ring_id],
             )
             .map_err(|e| Error::db("remove expired members", e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
     }
 
     /// The join transaction (DESIGN §4 "Join"), in five round trips: begin
@@ -113,7 +123,7 @@ impl Store {
         let (removed, mut pairs) = self.read_ring_for_join(&mut tx)?;
         let positions = self.pick_positions(&pairs)?;
         let epoch = epoch + 1;
-        self.insert_member(&mut tx, epoch, &positions, &removed)?;
+        let incarnation = self.insert_member(&mut tx, epoch, &positions, &removed)?;
         tx.commit().map_err(|e| Error::db("commit the join", e))?;
         pairs.extend(positions.iter().map(|p| (*p, self.node_id.clone())));
         let view = RingView::build(
@@ -125,6 +135,7 @@ impl Store {
             view,
             positions,
             removed,
+            incarnation,
         })
     }
 
@@ -164,10 +175,17 @@ impl Store {
         let rows = tx
             .query(
                 &format!(
-                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id)
+                    "WITH lk AS (SELECT c.partition FROM {s}.claims c JOIN {s}.members m ON m.incarnation = c.holder
+                                 WHERE c.ring_id = $1 AND m.ring_id = $1 AND m.expires_at <= now()
+                                 ORDER BY c.partition FOR UPDATE OF c),
+                          gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now() RETURNING node_id)
+                     SELECT 4, NULL::text, count(*)::int FROM lk
+                     UNION ALL
                      SELECT 0, node_id, 0 FROM gone
                      UNION ALL
                      SELECT 1, node_id, 0 FROM {s}.members WHERE ring_id = $1 AND node_id = $2 AND expires_at > now()
+                     UNION ALL
+                     SELECT 3, node_id, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > now()
                      UNION ALL
                      SELECT 2, node_id, position FROM {s}.vnodes WHERE ring_id = $1"
                 ),
@@ -175,13 +193,19 @@ impl Store {
             )
             .map_err(|e| Error::db("read the ring", e))?;
         let mut removed: Vec<String> = Vec::new();
+        let mut older: Vec<String> = Vec::new();
         let mut vnodes: Vec<(u32, String)> = Vec::with_capacity(rows.len() + 8);
         for r in &rows {
             match r.get::<_, i32>(0) {
                 0 => removed.push(r.get(1)),
                 1 => return Err(Error::node_id_in_use(&self.node_id, &self.ring_id)),
-                _ => vnodes.push((r.get::<_, i32>(2) as u32, r.get(1))),
+                2 => vnodes.push((r.get::<_, i32>(2) as u32, r.get(1))),
+                3 => older.push(r.get(1)),
+                _ => {}
             }
+        }
+        if !older.is_empty() {
+            return Err(Error::protocol_mismatch(&self.ring_id, older));
         }
         vnodes.retain(|(_, n)| !removed.contains(n));
         Ok((removed, vnodes))
@@ -220,7 +244,7 @@ impl Store {
         epoch: u64,
         positions: &[u32],
         removed: &[String],
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let s = &self.s;
         let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
         let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
@@ -239,13 +263,15 @@ impl Store {
             channel: 10,
             payload: 11,
         });
-        tx.execute(
+        let row = tx
+            .query_one(
             &format!(
-                "WITH mem AS (INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at)
-                              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second') RETURNING node_id),
+                "WITH mem AS (INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
+                              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second', nextval('{s}.incarnations'), 2)
+                              RETURNING node_id, incarnation),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, t.p, mem.node_id, t.i FROM mem, unnest($6::int[], $7::int[]) AS t(p, i)),
-                      {tail}"
+                      {tail}, (SELECT incarnation FROM mem)"
             ),
             &[
                 &self.ring_id,
@@ -262,7 +288,7 @@ impl Store {
             ],
         )
         .map_err(|e| Error::db("insert the member", e))?;
-        Ok(())
+        Ok(row.get(1))
     }
 
     /// Graceful leave: removes this member and its vnodes, bumps the epoch
@@ -273,16 +299,22 @@ impl Store {
         let Some((_, epoch)) = self.lock_ring(&mut tx)? else {
             return Ok(None);
         };
-        let n = tx
-            .execute(
+        // The member's claims free themselves with its row; locked first in
+        // partition order (see `delete_expired`).
+        let s = &self.s;
+        let row = tx
+            .query_one(
                 &format!(
-                    "DELETE FROM {}.members WHERE ring_id = $1 AND node_id = $2",
-                    self.s
+                    "WITH lk AS (SELECT c.partition FROM {s}.claims c JOIN {s}.members m ON m.incarnation = c.holder
+                                 WHERE c.ring_id = $1 AND m.ring_id = $1 AND m.node_id = $2
+                                 ORDER BY c.partition FOR UPDATE OF c),
+                          d AS (DELETE FROM {s}.members WHERE ring_id = $1 AND node_id = $2 RETURNING 1)
+                     SELECT (SELECT count(*) FROM lk), (SELECT count(*) FROM d)"
                 ),
                 &[&self.ring_id, &self.node_id],
             )
             .map_err(|e| Error::db("delete the member", e))?;
-        if n == 0 {
+        if row.get::<_, i64>(1) == 0 {
             return Ok(None);
         }
         let removed = vec![self.node_id.clone()];

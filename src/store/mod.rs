@@ -28,8 +28,9 @@ use crate::placement::{fmix64, fnv1a64};
 
 pub(crate) use statements::HeldConn;
 
-/// Version of the schema this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+/// Version of the schema this build creates and understands (2: claims).
+/// A version-1 schema is migrated in place; see [`migrate`](crate::migrate).
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How many change-log entries a ring keeps: members further behind re-read
 /// the whole ring instead.

@@ -1,6 +1,9 @@
-//! The NOTIFY payload of a membership change (pure): the epoch and, where it
-//! fits, the change itself, so that members apply it without a read.
+//! The NOTIFY payloads of a ring's channel (pure): a membership change —
+//! its epoch and, where it fits, the change itself, so that members apply
+//! it without a read — and a release of claims, naming the partitions, so
+//! that members waiting for them take them at once.
 
+use crate::protocol::input::Notice;
 use crate::ring::Change;
 
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
@@ -23,9 +26,7 @@ pub(crate) fn notify_payload(
     }
     if let Some((n, ps)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
-        for (i, p) in ps.iter().enumerate() {
-            let _ = write!(out, "{}{p}", if i == 0 { "" } else { "," });
-        }
+        write_list(&mut out, ps.iter());
     }
     if out.len() > MAX_PAYLOAD {
         return epoch.to_string();
@@ -33,20 +34,64 @@ pub(crate) fn notify_payload(
     out
 }
 
-/// A NOTIFY payload, parsed: the epoch, and the change if it carries one.
-/// `None` for a payload of another ring (a channel-name collision) or one
-/// that does not parse.
-pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<(u64, Option<Change>)> {
+/// The NOTIFY payload of a release: `R r<len>:<ring id>` followed, when it
+/// fits, by ` <p>,<p>,…`. (Members of version 1 do not parse it, and ignore
+/// it.)
+pub(crate) fn release_payload(ring_id: &str, partitions: &[u32]) -> String {
+    let mut out = format!("R r{}:{ring_id} ", ring_id.len());
+    write_list(&mut out, partitions.iter());
+    if out.len() > MAX_PAYLOAD {
+        out = format!("R r{}:{ring_id}", ring_id.len());
+    }
+    out
+}
+
+fn write_list<'a>(out: &mut String, items: impl Iterator<Item = &'a u32>) {
+    use std::fmt::Write;
+    for (i, p) in items.enumerate() {
+        let _ = write!(out, "{}{p}", if i == 0 { "" } else { "," });
+    }
+}
+
+fn parse_list(s: &str) -> Option<Vec<u32>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',').map(|p| p.parse::<u32>().ok()).collect()
+}
+
+/// A length-prefixed field: `<len>:<bytes>`.
+fn field(s: &str) -> Option<(&str, &str)> {
+    let (len, rest) = s.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    Some((rest.get(..len)?, rest.get(len..)?))
+}
+
+/// A NOTIFY payload, parsed. `None` for a payload of another ring (a
+/// channel-name collision) or one that does not parse.
+pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
+    if let Some(rest) = payload.strip_prefix("R ") {
+        let (ring, rest) = field(rest.strip_prefix('r')?)?;
+        if ring != ring_id {
+            return None;
+        }
+        let partitions = match rest.strip_prefix(' ') {
+            Some(list) => Some(parse_list(list)?),
+            None if rest.is_empty() => None,
+            None => return None,
+        };
+        return Some(Notice::Released { partitions });
+    }
     let (epoch, rest) = match payload.split_once(' ') {
         Some((e, rest)) => (e.parse::<u64>().ok()?, rest),
-        None => return Some((payload.parse::<u64>().ok()?, None)),
+        None => {
+            let epoch = payload.parse::<u64>().ok()?;
+            return Some(Notice::Change {
+                epoch,
+                change: None,
+            });
+        }
     };
-    // A length-prefixed field: `<len>:<bytes>`.
-    fn field(s: &str) -> Option<(&str, &str)> {
-        let (len, rest) = s.split_once(':')?;
-        let len: usize = len.parse().ok()?;
-        Some((rest.get(..len)?, rest.get(len..)?))
-    }
     let (ring, mut rest) = field(rest.strip_prefix('r')?)?;
     if ring != ring_id {
         return None;
@@ -63,25 +108,28 @@ pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<(u64, Option
     }
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
-        let ps = r.strip_prefix('@')?;
-        let positions = if ps.is_empty() {
-            Vec::new()
-        } else {
-            ps.split(',')
-                .map(|p| p.parse::<u32>().ok())
-                .collect::<Option<Vec<u32>>>()?
-        };
+        let positions = parse_list(r.strip_prefix('@')?)?;
         change.added = Some((n.to_string(), positions));
     } else if !rest.is_empty() {
         return None;
     }
-    Some((epoch, Some(change)))
+    Some(Notice::Change {
+        epoch,
+        change: Some(change),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn change_of(n: Notice) -> (u64, Option<Change>) {
+        match n {
+            Notice::Change { epoch, change } => (epoch, change),
+            other => panic!("not a change: {other:?}"),
+        }
+    }
 
     #[test]
     fn payloads_round_trip_and_name_their_ring() {
@@ -91,7 +139,7 @@ mod tests {
             &["a b".into(), "c:d-e".into()],
             Some(("x+y@z,", &[3, 1, 7])),
         );
-        let (e, ch) = parse_payload("orders", &p).unwrap();
+        let (e, ch) = change_of(parse_payload("orders", &p).unwrap());
         assert_eq!(e, 42);
         let ch = ch.unwrap();
         assert_eq!(ch.epoch, 42);
@@ -101,7 +149,7 @@ mod tests {
             parse_payload("other", &p).is_none(),
             "a payload of another ring is ignored"
         );
-        assert_eq!(parse_payload("orders", "17").unwrap(), (17, None));
+        assert_eq!(change_of(parse_payload("orders", "17").unwrap()), (17, None));
         assert!(parse_payload("orders", "junk").is_none());
         let big: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
         assert_eq!(
@@ -109,6 +157,27 @@ mod tests {
             "9",
             "too big: the epoch only"
         );
+    }
+
+    #[test]
+    fn releases_name_their_partitions_when_they_fit() {
+        let p = release_payload("orders", &[3, 9, 12]);
+        assert_eq!(
+            parse_payload("orders", &p),
+            Some(Notice::Released {
+                partitions: Some(vec![3, 9, 12])
+            })
+        );
+        assert_eq!(parse_payload("other", &p), None);
+        let many: Vec<u32> = (0..5000).collect();
+        let p = release_payload("orders", &many);
+        assert!(p.len() <= MAX_PAYLOAD);
+        assert_eq!(
+            parse_payload("orders", &p),
+            Some(Notice::Released { partitions: None }),
+            "too many: a release without a list (every waiting taker retries)"
+        );
+        assert_eq!(parse_payload("orders", "R r6:orders x"), None);
     }
 
     proptest! {
@@ -120,11 +189,20 @@ mod tests {
             added in proptest::option::of(("\\PC{1,20}", proptest::collection::vec(any::<u32>(), 0..10))),
         ) {
             let p = notify_payload(&ring, epoch, &removed, added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice())));
-            let (e, ch) = parse_payload(&ring, &p).unwrap();
+            let (e, ch) = change_of(parse_payload(&ring, &p).unwrap());
             prop_assert_eq!(e, epoch);
             let ch = ch.unwrap();
             prop_assert_eq!(ch.removed, removed);
             prop_assert_eq!(ch.added, added);
+        }
+
+        #[test]
+        fn any_release_survives_the_payload(
+            ring in "\\PC{1,30}",
+            partitions in proptest::collection::vec(any::<u32>(), 0..50),
+        ) {
+            let p = release_payload(&ring, &partitions);
+            prop_assert_eq!(parse_payload(&ring, &p), Some(Notice::Released { partitions: Some(partitions) }));
         }
     }
 }

@@ -40,7 +40,8 @@ impl Store {
         let mut tx = self.begin(client)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
             .map_err(|e| Error::db("take the schema advisory lock", e))?;
-        match self.installed_version(&mut *tx)? {
+        let from = self.installed_version(&mut *tx)?;
+        match from {
             Some(v) if v == SCHEMA_VERSION => return Ok(()),
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(Error::new(
@@ -53,8 +54,36 @@ impl Store {
             }
             _ => {}
         }
+        let ddl = format!("{}\n{}", self.v1_ddl(), self.v2_ddl());
+        tx.batch_execute(&ddl).map_err(|e| {
+            let err = Error::db(format!("create schema {}", self.schema), e);
+            if err.kind() == ErrorKind::Privileges {
+                err.hint(format!(
+                    "run leasering::migrate as a role that may create schema {}, then start nodes with create_schema(false)",
+                    self.schema
+                ))
+            } else {
+                err
+            }
+        })?;
         let s = &self.s;
-        let ddl = format!(
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
+            &[&SCHEMA_VERSION],
+        )
+        .map_err(|e| Error::db("record the schema version", e))?;
+        tx.commit().map_err(|e| Error::db("commit the schema", e))?;
+        match from {
+            None => log::info!(target: "leasering", "created schema {} (version {SCHEMA_VERSION})", self.schema),
+            Some(v) => log::info!(target: "leasering", "migrated schema {} from version {v} to {SCHEMA_VERSION}", self.schema),
+        }
+        Ok(())
+    }
+
+    /// Version 1: rings, members (lease rows), vnodes, the change log.
+    fn v1_ddl(&self) -> String {
+        let s = &self.s;
+        format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.schema_version (
                  version int NOT NULL,
@@ -91,26 +120,43 @@ impl Store {
                  positions int[] NOT NULL,
                  at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (ring_id, epoch));"
-        );
-        tx.batch_execute(&ddl).map_err(|e| {
-            let err = Error::db(format!("create schema {}", self.schema), e);
-            if err.kind() == ErrorKind::Privileges {
-                err.hint(format!(
-                    "run leasering::migrate as a role that may create schema {}, then start nodes with create_schema(false)",
-                    self.schema
-                ))
-            } else {
-                err
-            }
-        })?;
-        tx.execute(
-            &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
-            &[&SCHEMA_VERSION],
         )
-        .map_err(|e| Error::db("record the schema version", e))?;
-        tx.commit().map_err(|e| Error::db("commit the schema", e))?;
-        log::info!(target: "leasering", "created schema {} (version {SCHEMA_VERSION})", self.schema);
-        Ok(())
+    }
+
+    /// Version 2 (per-partition claims), on top of version 1 — also the
+    /// migration of a version-1 schema, rows and all:
+    ///
+    /// * `members.incarnation`: a number per member row from a sequence,
+    ///   never reused, which claims name — so a member restarted under the
+    ///   same node id never inherits its predecessor's claims. `NOT NULL`
+    ///   without a default, so a version-1 member (which does not set it)
+    ///   can no longer join: it fails instead of sharing the ring unsafely.
+    /// * `members.protocol`: 1 for rows that were there before the
+    ///   migration, 2 for members of this version; a version-2 member does
+    ///   not join a ring with live version-1 members.
+    /// * `claims`: who may use a partition now, and its token. The holder is
+    ///   cleared when the holder's member row is deleted (`ON DELETE SET
+    ///   NULL`): a crashed member's claims free themselves when it is
+    ///   removed at the end of its lease.
+    fn v2_ddl(&self) -> String {
+        let s = &self.s;
+        format!(
+            "CREATE SEQUENCE IF NOT EXISTS {s}.incarnations;
+             ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS incarnation bigint;
+             ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS protocol int NOT NULL DEFAULT 1;
+             UPDATE {s}.members SET incarnation = nextval('{s}.incarnations') WHERE incarnation IS NULL;
+             ALTER TABLE {s}.members ALTER COLUMN incarnation SET NOT NULL;
+             CREATE UNIQUE INDEX IF NOT EXISTS members_incarnation ON {s}.members (incarnation);
+             CREATE TABLE IF NOT EXISTS {s}.claims (
+                 ring_id text NOT NULL REFERENCES {s}.rings ON DELETE CASCADE,
+                 partition int NOT NULL,
+                 holder bigint REFERENCES {s}.members (incarnation) ON DELETE SET NULL,
+                 token bigint NOT NULL,
+                 claimed_at timestamptz,
+                 released_at timestamptz,
+                 PRIMARY KEY (ring_id, partition));
+             CREATE INDEX IF NOT EXISTS claims_by_holder ON {s}.claims (holder) WHERE holder IS NOT NULL;"
+        )
     }
 
     /// With `create_schema` off: the schema must exist at our version.

@@ -1,16 +1,37 @@
 //! The statements a member's threads run on the connections they keep
-//! ([`HeldConn`]): renewal with acknowledgement (and the barrier snapshot),
-//! the one-row acknowledgement, the barrier read, the change-log catch-up
-//! and the whole-ring read. Prepared once per connection, with generic
-//! plans.
+//! ([`HeldConn`]): the renewal (with the acknowledgement of the member's
+//! view, for the lag bound, and the claims it holds, for reconciliation),
+//! the take and the release of claims, the change-log catch-up and the
+//! whole-ring read. Prepared once per connection, with generic plans.
+//!
+//! How races are settled (DESIGN §4.0): never by comparing `now()` — the
+//! *transaction's* start time — read in two transactions, but by row locks
+//! and by rows that are gone:
+//!
+//! * a take locks each claim row it looks at (`INSERT … ON CONFLICT DO
+//!   UPDATE … WHERE holder IS NULL` locks the row even where it updates
+//!   nothing) and re-reads its latest version, so a take and a release, or
+//!   two takes, of one partition are serialised, and a take sees a release
+//!   that committed while it waited;
+//! * a claim's holder references its member row's incarnation: inserting
+//!   or updating it takes a key-share lock on that row, so a take and the
+//!   deletion of the taker's row (cleanup after expiry) are serialised too,
+//!   and a claim can never name a deleted member — the deletion clears it
+//!   (`ON DELETE SET NULL`) in the same transaction;
+//! * takes, releases and deletions lock claim rows in partition order, so
+//!   they cannot deadlock;
+//! * a renewal updates only a row whose lease is live (`expires_at >
+//!   now()`), under that row's lock: a concurrent cleanup either deleted it
+//!   first (the renewal finds nothing: evicted) or waits and then finds the
+//!   lease extended.
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Statement;
 
-use super::payload::parse_payload;
+use super::payload::{parse_payload, release_payload};
 use super::{pg_i64, Store};
 use crate::error::{Error, Result};
-use crate::protocol::input::{CatchUp, Notice, Renewal};
+use crate::protocol::input::{CatchUp, Notice, Renewal, Took};
 use crate::ring::{Change, RingView};
 
 /// A pooled connection a thread keeps, with its prepared statements.
@@ -22,21 +43,20 @@ pub(crate) struct HeldConn {
 /// The statements a held connection prepares (index into `prepared`).
 #[derive(Clone, Copy)]
 enum Held {
-    Sync = 0,
-    Ack = 1,
-    Barrier = 2,
+    Renew = 0,
+    Take = 1,
+    Release = 2,
     Changes = 3,
     Full = 4,
 }
 
 impl Store {
     /// Prepares a connection a thread will keep: session timeouts, LISTEN
-    /// (if wanted) and the prepared statements.
+    /// (if wanted); statements are prepared on first use.
     pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
         // One round trip: session timeouts, generic plans (these statements
         // run thousands of times with the same shape; re-planning them was a
         // tenth of the database's CPU with hundreds of members) and LISTEN.
-        // Statements are prepared on first use.
         let mut setup = format!(
             "{}; SET SESSION plan_cache_mode = force_generic_plan",
             self.timeouts_sql("SESSION")
@@ -56,54 +76,80 @@ impl Store {
     /// The text of a statement a held connection prepares, and what it does.
     fn held_sql(&self, q: Held) -> (String, &'static str) {
         let s = &self.s;
-        // The renewal and acknowledgement, shared by Sync and Ack: only this
-        // member's row, only while its lease is live, not past the lag bound.
-        let renew = format!(
-            "u AS (
-                   UPDATE {s}.members m SET
-                     acked_epoch = GREATEST(m.acked_epoch, $3),
-                     behind_since = CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
-                                         ELSE COALESCE(m.behind_since, now()) END,
-                     expires_at = CASE WHEN GREATEST(m.acked_epoch, $3) < r.epoch
-                                        AND m.behind_since IS NOT NULL
-                                        AND m.behind_since <= now() - $5 * interval '1 second'
-                                       THEN m.expires_at
-                                       ELSE now() + $4 * interval '1 second' END,
-                     renewed_at = now()
-                   FROM r
-                   WHERE m.ring_id = $1 AND m.node_id = $2 AND m.expires_at > now()
-                   RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed)"
-        );
         match q {
-            Held::Sync => (
+            // Only this member's row, only while its lease is live, not past
+            // the lag bound: the member is behind since the first change it
+            // has not acknowledged was committed.
+            Held::Renew => (
                 format!(
                     "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                 {renew},
-                 o AS (SELECT min(acked_epoch) FILTER (WHERE expires_at > now()) AS min_ack,
-                              (array_agg(node_id ORDER BY expires_at))[1] AS next_node,
-                              (extract(epoch FROM min(expires_at) - now()) * 1000)::float8 AS next_ms
-                       FROM {s}.members WHERE ring_id = $1 AND node_id <> $2)
-                 SELECT r.epoch, (SELECT renewed FROM u), o.min_ack, o.next_node, o.next_ms
-                 FROM r CROSS JOIN o"
+                     b AS (SELECT CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
+                                  ELSE COALESCE((SELECT c.at FROM {s}.changes c
+                                                 WHERE c.ring_id = $1 AND c.epoch = GREATEST(m.acked_epoch, $3) + 1),
+                                                m.behind_since, now()) END AS since
+                           FROM {s}.members m, r WHERE m.ring_id = $1 AND m.incarnation = $2),
+                     u AS (UPDATE {s}.members m SET
+                             acked_epoch = GREATEST(m.acked_epoch, $3),
+                             behind_since = b.since,
+                             expires_at = CASE WHEN b.since IS NOT NULL AND b.since <= now() - $5 * interval '1 second'
+                                               THEN m.expires_at ELSE now() + $4 * interval '1 second' END,
+                             renewed_at = now()
+                           FROM b
+                           WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()
+                           RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed),
+                     o AS (SELECT (array_agg(node_id ORDER BY expires_at))[1] AS next_node,
+                                  (extract(epoch FROM min(expires_at) - now()) * 1000)::float8 AS next_ms
+                           FROM {s}.members WHERE ring_id = $1 AND incarnation <> $2),
+                     h AS (SELECT array_agg(partition ORDER BY partition) AS ps, array_agg(token ORDER BY partition) AS ts
+                           FROM {s}.claims WHERE ring_id = $1 AND holder = $2)
+                     SELECT r.epoch, (SELECT renewed FROM u), o.next_node, o.next_ms, h.ps, h.ts
+                     FROM r CROSS JOIN o CROSS JOIN h"
                 ),
                 "prepare the renewal",
             ),
-            Held::Ack => (
+            // A free claim (never taken, released, or its holder's row
+            // deleted) gets this member and a token above every earlier one
+            // of the partition; one already this member's keeps its token.
+            Held::Take => (
                 format!(
-                    "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                 {renew}
-                 SELECT r.epoch, (SELECT renewed FROM u) FROM r"
+                    "WITH me AS (SELECT m.incarnation FROM {s}.members m
+                                 WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()),
+                     r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                     took AS (INSERT INTO {s}.claims AS c (ring_id, partition, holder, token, claimed_at)
+                              SELECT $1, w.p, me.incarnation, r.epoch, now()
+                              FROM me, r, unnest($3::int[]) WITH ORDINALITY AS w(p, o) ORDER BY w.o
+                              ON CONFLICT (ring_id, partition) DO UPDATE
+                                  SET holder = excluded.holder, token = GREATEST(c.token + 1, excluded.token),
+                                      claimed_at = now()
+                                  WHERE c.holder IS NULL
+                              RETURNING c.partition, c.token)
+                     SELECT 0, t.partition, t.token, NULL::text FROM took t
+                     UNION ALL
+                     SELECT 1, c.partition, c.token, NULL FROM {s}.claims c
+                      WHERE c.ring_id = $1 AND c.holder = $2 AND c.partition = ANY($3) AND EXISTS (SELECT 1 FROM me)
+                     UNION ALL
+                     SELECT 2, c.partition, 0, m.node_id FROM {s}.claims c JOIN {s}.members m ON m.incarnation = c.holder
+                      WHERE c.ring_id = $1 AND c.partition = ANY($3) AND c.holder <> $2
+                     UNION ALL
+                     SELECT 3, 0, 0, NULL FROM me"
                 ),
-                "prepare the acknowledgement",
+                "prepare the take",
             ),
-            Held::Barrier => (
+            // Frees only a claim this member holds under the named token, so
+            // a stale or repeated release never frees a newer claim; the
+            // ring hears of it at once.
+            Held::Release => (
                 format!(
-                    "SELECT r.epoch,
-                        (SELECT min(acked_epoch) FROM {s}.members
-                          WHERE ring_id = $1 AND node_id <> $2 AND expires_at > now())
-                 FROM {s}.rings r WHERE r.ring_id = $1"
+                    "WITH w AS (SELECT * FROM unnest($3::int[], $4::bigint[]) AS t(p, tok)),
+                     lk AS (SELECT c.partition FROM {s}.claims c JOIN w ON w.p = c.partition AND w.tok = c.token
+                            WHERE c.ring_id = $1 AND c.holder = $2 ORDER BY c.partition FOR UPDATE OF c),
+                     rel AS (UPDATE {s}.claims c SET holder = NULL, released_at = now()
+                             FROM lk WHERE c.ring_id = $1 AND c.partition = lk.partition AND c.holder = $2
+                             RETURNING c.partition)
+                     SELECT (SELECT count(*) FROM rel),
+                            (SELECT count(*) FROM (SELECT pg_notify($5, $6) WHERE EXISTS (SELECT 1 FROM rel)) n)"
                 ),
-                "prepare the barrier read",
+                "prepare the release",
             ),
             Held::Changes => (
                 format!(
@@ -135,23 +181,17 @@ impl Store {
         Ok(st)
     }
 
-    /// Renewal + acknowledgement of `ack` + barrier snapshot, in one
-    /// statement (DESIGN §4 "Heartbeat"). It only ever updates this
-    /// member's own row, and only while that row's lease is live: an expired
-    /// lease is never resurrected — the member rejoins instead.
-    pub(crate) fn sync(&self, conn: &mut HeldConn, ack: u64) -> Result<Renewal> {
-        let st = self.stmt(conn, Held::Sync)?;
+    /// The renewal of incarnation `incarnation`'s lease, acknowledging view
+    /// epoch `ack` (DESIGN §4 "Heartbeat"), in one statement. It only ever
+    /// updates this member's own row, and only while that row's lease is
+    /// live: an expired lease is never resurrected — the member rejoins.
+    pub(crate) fn renew(&self, conn: &mut HeldConn, incarnation: i64, ack: u64) -> Result<Renewal> {
+        let st = self.stmt(conn, Held::Renew)?;
         let row = conn
             .client
             .query_opt(
                 &st,
-                &[
-                    &self.ring_id,
-                    &self.node_id,
-                    &pg_i64(ack),
-                    &self.ttl_s,
-                    &self.lag_s,
-                ],
+                &[&self.ring_id, &incarnation, &pg_i64(ack), &self.ttl_s, &self.lag_s],
             )
             .map_err(|e| Error::db("renew the lease", e))?;
         let Some(row) = row else {
@@ -159,64 +199,70 @@ impl Store {
             return Ok(Renewal {
                 epoch: 0,
                 renewed: None,
-                barrier: None,
                 next_expiry: None,
+                held: Vec::new(),
             });
         };
-        let name: Option<String> = row.get(3);
-        let ms: Option<f64> = row.get(4);
+        let name: Option<String> = row.get(2);
+        let ms: Option<f64> = row.get(3);
+        let ps: Option<Vec<i32>> = row.get(4);
+        let ts: Option<Vec<i64>> = row.get(5);
+        let held = ps
+            .unwrap_or_default()
+            .into_iter()
+            .zip(ts.unwrap_or_default())
+            .map(|(p, t)| (p as u32, t as u64))
+            .collect();
         Ok(Renewal {
             epoch: row.get::<_, i64>(0) as u64,
             renewed: row.get(1),
-            barrier: Some(row.get::<_, Option<i64>>(2).map(|v| v as u64)),
             next_expiry: name.zip(ms),
+            held,
         })
     }
 
-    /// The acknowledgement of a member with nothing pending: the renewal and
-    /// `acked_epoch` of [`Store::sync`] without its reads of the other
-    /// members (the barrier snapshot, the next expiry). It touches one row,
-    /// so that every member acknowledging an epoch costs the database O(1)
-    /// instead of O(members) — with hundreds of members, the difference
-    /// between a handoff in milliseconds and one in seconds.
-    pub(crate) fn ack(&self, conn: &mut HeldConn, ack: u64) -> Result<Renewal> {
-        let st = self.stmt(conn, Held::Ack)?;
-        let row = conn
+    /// Takes the claims of `partitions` (ascending) for `incarnation`, in
+    /// one statement.
+    pub(crate) fn take(&self, conn: &mut HeldConn, incarnation: i64, partitions: &[u32]) -> Result<Took> {
+        let st = self.stmt(conn, Held::Take)?;
+        let ps: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+        let rows = conn
             .client
-            .query_opt(
-                &st,
-                &[
-                    &self.ring_id,
-                    &self.node_id,
-                    &pg_i64(ack),
-                    &self.ttl_s,
-                    &self.lag_s,
-                ],
-            )
-            .map_err(|e| Error::db("acknowledge the epoch", e))?;
-        Ok(Renewal {
-            epoch: row.as_ref().map_or(0, |r| r.get::<_, i64>(0) as u64),
-            renewed: row.and_then(|r| r.get(1)),
-            barrier: None,
-            next_expiry: None,
-        })
+            .query(&st, &[&self.ring_id, &incarnation, &ps])
+            .map_err(|e| Error::db("take claims", e))?;
+        let mut took = Took::default();
+        let mut others = Vec::new();
+        for r in &rows {
+            let p = r.get::<_, i32>(1) as u32;
+            match r.get::<_, i32>(0) {
+                0 | 1 => took.got.push((p, r.get::<_, i64>(2) as u64)),
+                2 => others.push((p, r.get::<_, String>(3))),
+                _ => took.live = true,
+            }
+        }
+        took.got.sort_unstable();
+        // A claim freed and taken while the statement ran shows as someone
+        // else's in its snapshot: what was taken wins.
+        took.held_by = others
+            .into_iter()
+            .filter(|(p, _)| took.got.binary_search_by_key(p, |(q, _)| *q).is_err())
+            .collect();
+        Ok(took)
     }
 
-    /// Read-only barrier snapshot: the ring's epoch and the smallest ack of
-    /// the other live members.
-    pub(crate) fn barrier(&self, conn: &mut HeldConn) -> Result<(u64, Option<u64>)> {
-        let st = self.stmt(conn, Held::Barrier)?;
+    /// Gives back `claims` (`(partition, token)`) held by `incarnation`,
+    /// notifying the ring; returns how many were freed.
+    pub(crate) fn release_claims(&self, conn: &mut HeldConn, incarnation: i64, claims: &[(u32, u64)]) -> Result<u64> {
+        let st = self.stmt(conn, Held::Release)?;
+        let ps: Vec<i32> = claims.iter().map(|(p, _)| *p as i32).collect();
+        let ts: Vec<i64> = claims.iter().map(|(_, t)| pg_i64(*t)).collect();
+        let partitions: Vec<u32> = claims.iter().map(|(p, _)| *p).collect();
+        let payload = release_payload(&self.ring_id, &partitions);
         let row = conn
             .client
-            .query_opt(&st, &[&self.ring_id, &self.node_id])
-            .map_err(|e| Error::db("read the barrier", e))?;
-        Ok(match row {
-            Some(r) => (
-                r.get::<_, i64>(0) as u64,
-                r.get::<_, Option<i64>>(1).map(|v| v as u64),
-            ),
-            None => (0, None),
-        })
+            .query_one(&st, &[&self.ring_id, &incarnation, &ps, &ts, &self.channel, &payload])
+            .map_err(|e| Error::db("release claims", e))?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     /// Catches up from epoch `from`: the change log if it reaches back far
@@ -289,8 +335,8 @@ impl Store {
         let mut out = Vec::new();
         let mut notes = conn.client.notifications();
         let mut keep = |n: postgres::Notification| {
-            if let Some((epoch, change)) = parse_payload(&self.ring_id, n.payload()) {
-                out.push(Notice { epoch, change });
+            if let Some(notice) = parse_payload(&self.ring_id, n.payload()) {
+                out.push(notice);
             }
         };
         let first = notes
@@ -312,7 +358,7 @@ impl Store {
 
     /// Best-effort reset of what [`Store::hold`] changed, before a held
     /// connection goes back to the pool.
-    pub(crate) fn release(&self, mut conn: HeldConn) {
+    pub(crate) fn unhold(&self, mut conn: HeldConn) {
         let _ = conn
             .client
             .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout; RESET plan_cache_mode");

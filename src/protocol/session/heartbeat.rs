@@ -11,11 +11,12 @@ use crate::protocol::{Status, Ticket};
 impl Session {
     /// The heartbeat's next step.
     pub fn heartbeat_next(&mut self, now: Instant) -> HeartbeatStep {
+        // A stopping member keeps its lease while its partitions drain.
         match self.own.status() {
-            Status::Stopped => HeartbeatStep::Stop,
+            Status::Stopped if self.drains.is_empty() => HeartbeatStep::Stop,
             _ if self.next_renewal > now => HeartbeatStep::Wait(self.next_renewal - now),
             Status::Joining => HeartbeatStep::Rejoin,
-            Status::Member => HeartbeatStep::Renew {
+            Status::Member | Status::Stopped => HeartbeatStep::Renew {
                 ack: self.own.view_epoch(),
                 ticket: self.ticket(),
             },

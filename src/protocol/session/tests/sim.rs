@@ -1,32 +1,36 @@
-//! A whole ring in one thread: a simulated database (the statements' rules,
-//! not SQL), members made of a real [`Session`] each with its four
-//! "threads", and a seeded scheduler that interleaves their steps with
-//! delayed answers, lost notifications, pauses up to 3 × TTL, crashes,
-//! graceful leaves and joins. Time is simulated.
+//! A whole ring in one thread: a simulated database ([`db`]: the
+//! statements' rules, not SQL), members made of a real [`Session`] each
+//! with its threads, users who drain released partitions, and a seeded
+//! scheduler that interleaves their steps with delayed and lost answers,
+//! lost notifications, pauses up to 3 × TTL, crashes, graceful leaves
+//! (waiting for drains), restarts under an old name and joins. Time is
+//! simulated.
 //!
 //! Checked all along: no two members *report* a partition at one instant
 //! (active and the local lease valid: what `owns()` answers); tokens
 //! strictly increase from owner to owner. Checked at the end, from the
-//! effects alone: the activity intervals `[Acquired.at, Released.at]` of
-//! different members never intersect — which holds only if releases after
-//! a lapsed lease are stamped with the deadline.
+//! effects alone: the intervals in which a member's *user* works on a
+//! partition — from `Acquired.at` to `Released.at`, or with a drain to the
+//! guard's drop (or the drain's cut) — never intersect between members.
+//! That holds only if releases after a lapsed lease are stamped with the
+//! deadline and a drained claim is given back only after the drain.
+
+mod db;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::placement::choose_positions;
-use crate::protocol::input::{CatchUp, Cleaned, Joined, Notice, Renewal};
+use self::db::Db;
+use crate::protocol::input::{CatchUp, Cleaned, Joined, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, Output, WatcherStep};
 use crate::protocol::{Session, SessionConfig, Status, Ticket};
-use crate::ring::{Change, RingView};
+use crate::ring::Change;
 
 pub const RING: u32 = 32;
 pub const TTL: Duration = Duration::from_secs(10);
 const MARGIN: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_millis(3333);
 const LEAD: Duration = Duration::from_millis(4);
-/// Changes the simulated log keeps: an older catch-up reads the whole ring.
-const LOG_KEPT: usize = 3;
 
 /// xorshift64*: small, seeded, good enough to pick interleavings.
 pub struct Rng(u64);
@@ -52,181 +56,22 @@ impl Rng {
     }
 }
 
-struct Row {
-    acked: u64,
-    expires: Instant,
-    behind_since: Option<Instant>,
-    positions: Vec<u32>,
-}
-
-/// The database: the rules of the statements, applied atomically.
-pub struct Db {
-    epoch: u64,
-    members: BTreeMap<String, Row>,
-    log: Vec<Change>,
-    view: RingView,
-}
-
-impl Db {
-    fn new() -> Db {
-        Db {
-            epoch: 0,
-            members: BTreeMap::new(),
-            log: Vec::new(),
-            view: RingView::empty(0, RING),
-        }
-    }
-
-    fn commit(&mut self, removed: Vec<String>, added: Option<(String, Vec<u32>)>) -> Change {
-        self.epoch += 1;
-        let change = Change {
-            epoch: self.epoch,
-            removed,
-            added,
-        };
-        self.view = self.view.apply(&change);
-        self.log.push(change.clone());
-        change
-    }
-
-    fn expired(&self, now: Instant) -> Vec<String> {
-        let dead = self.members.iter().filter(|(_, r)| r.expires <= now);
-        dead.map(|(n, _)| n.clone()).collect()
-    }
-
-    fn join(&mut self, node: &str, now: Instant) -> (Option<Joined>, Option<Change>) {
-        if self.members.get(node).is_some_and(|r| r.expires > now) {
-            return (None, None); // node id in use: the transaction fails
-        }
-        let removed = self.expired(now);
-        for n in &removed {
-            self.members.remove(n);
-        }
-        let taken: Vec<u32> = self
-            .members
-            .values()
-            .flat_map(|r| r.positions.clone())
-            .collect();
-        let positions = choose_positions(node, 2, RING, |p| taken.contains(&p)).unwrap();
-        let row = Row {
-            acked: self.epoch + 1,
-            expires: now + TTL,
-            behind_since: None,
-            positions: positions.clone(),
-        };
-        self.members.insert(node.to_string(), row);
-        let change = self.commit(removed.clone(), Some((node.to_string(), positions.clone())));
-        let joined = Joined {
-            view: self.view.clone(),
-            positions,
-            removed,
-        };
-        (Some(joined), Some(change))
-    }
-
-    fn others_min_ack(&self, node: &str, now: Instant) -> Option<u64> {
-        let live = self
-            .members
-            .iter()
-            .filter(|(n, r)| n.as_str() != node && r.expires > now);
-        live.map(|(_, r)| r.acked).min()
-    }
-
-    fn next_expiry(&self, node: &str, now: Instant) -> Option<(String, f64)> {
-        let others = self.members.iter().filter(|(n, _)| n.as_str() != node);
-        let (n, r) = others.min_by_key(|(_, r)| r.expires)?;
-        let ms = if r.expires > now {
-            (r.expires - now).as_secs_f64() * 1000.0
-        } else {
-            -((now - r.expires).as_secs_f64() * 1000.0)
-        };
-        Some((n.clone(), ms))
-    }
-
-    /// The renewal/acknowledgement: only a live row, the lag bound.
-    fn renew(&mut self, node: &str, ack: u64, full: bool, now: Instant) -> Renewal {
-        let epoch = self.epoch;
-        let barrier = full.then(|| self.others_min_ack(node, now));
-        let next_expiry = if full {
-            self.next_expiry(node, now)
-        } else {
-            None
-        };
-        let renewed = match self.members.get_mut(node) {
-            Some(r) if r.expires > now => {
-                let acked = r.acked.max(ack);
-                let refuse = acked < epoch && r.behind_since.is_some_and(|b| b + TTL / 2 <= now);
-                r.behind_since = if acked >= epoch {
-                    None
-                } else {
-                    r.behind_since.or(Some(now))
-                };
-                r.acked = acked;
-                if !refuse {
-                    r.expires = now + TTL;
-                }
-                Some(!refuse)
-            }
-            _ => None,
-        };
-        Renewal {
-            epoch,
-            renewed,
-            barrier,
-            next_expiry,
-        }
-    }
-
-    fn catch_up(&self, from: u64) -> CatchUp {
-        let first = self.log.len().saturating_sub(LOG_KEPT) as u64 + 1;
-        if from + 1 < first {
-            return CatchUp::Full(self.view.clone());
-        }
-        CatchUp::Changes(self.log[from as usize..].to_vec())
-    }
-
-    fn cleanup(&mut self, node: &str, now: Instant) -> (Cleaned, Option<Change>) {
-        let removed = self.expired(now);
-        let mut change = None;
-        let mut epoch = None;
-        if !removed.is_empty() {
-            for n in &removed {
-                self.members.remove(n);
-            }
-            let c = self.commit(removed.clone(), None);
-            epoch = Some(c.epoch);
-            change = Some(c);
-        }
-        let next_expiry = self.next_expiry(node, now);
-        let cleaned = Cleaned {
-            removed,
-            epoch,
-            next_expiry,
-        };
-        (cleaned, change)
-    }
-
-    fn leave(&mut self, node: &str) -> Option<Change> {
-        self.members.remove(node)?;
-        Some(self.commit(vec![node.to_string()], None))
-    }
-}
-
 /// A statement on its way: run in the database at `exec_at`, answered at
-/// `deliver_at`.
+/// `deliver_at` (or never: a lost answer).
 enum Req {
     CatchUp(u64, Ticket),
-    Ack(u64, bool, Ticket),
-    Barrier(Ticket),
+    Take(Vec<u32>, Ticket),
+    Release(Vec<(u32, u64)>, Ticket),
     Renew(u64, Ticket),
     Rejoin,
-    Cleanup,
+    Cleanup(Ticket),
 }
 
 enum Reply {
     CatchUp(CatchUp),
+    Took(Took),
+    Released,
     Renewal(Renewal),
-    Barrier(u64, Option<u64>),
     Joined(Option<Joined>),
     Cleaned(Cleaned),
 }
@@ -236,6 +81,7 @@ struct InFlight {
     sent_at: Instant,
     exec_at: Instant,
     deliver_at: Instant,
+    lost: bool,
     reply: Option<Reply>,
 }
 
@@ -256,6 +102,16 @@ struct Member {
     inbox: Vec<Notice>,
     paused_until: Instant,
     alive: bool,
+    /// `stop()` was called: it leaves once its drains are over.
+    leaving: bool,
+}
+
+/// A user holding a drain guard: drops it at `at`.
+struct GuardDrop {
+    at: Instant,
+    member: usize,
+    id: u64,
+    partitions: Vec<u32>,
 }
 
 /// The simulation. See the module docs.
@@ -266,9 +122,11 @@ pub struct Sim {
     db: Db,
     members: Vec<Member>,
     next_name: usize,
-    /// Open activity intervals: (member, partition) → (token, from).
-    open: BTreeMap<(usize, u32), (u64, Instant)>,
-    /// Closed intervals: (member, partition, from, to).
+    drain: Option<Duration>,
+    guards: Vec<GuardDrop>,
+    /// Open work intervals: (member, partition) → from.
+    open: BTreeMap<(usize, u32), Instant>,
+    /// Closed work intervals: (member, partition, from, to).
     closed: Vec<(usize, u32, Instant, Instant)>,
     /// Per partition: (last token, member that had it).
     last_token: Vec<(u64, usize)>,
@@ -279,7 +137,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(seed: u64) -> Sim {
+    /// A simulation; `drain`: the members' drain timeout, if any.
+    pub fn new(seed: u64, drain: Option<Duration>) -> Sim {
         let t0 = Instant::now();
         Sim {
             rng: Rng::new(seed),
@@ -288,6 +147,8 @@ impl Sim {
             db: Db::new(),
             members: Vec::new(),
             next_name: 0,
+            drain,
+            guards: Vec::new(),
             open: BTreeMap::new(),
             closed: Vec::new(),
             last_token: vec![(0, usize::MAX); RING as usize],
@@ -305,16 +166,31 @@ impl Sim {
         }
     }
 
-    fn notify(&mut self, change: Option<Change>) {
-        let Some(change) = change else { return };
+    fn lossy(&mut self) -> bool {
+        !self.quiet && self.rng.chance(10)
+    }
+
+    fn notify(&mut self, notice: Notice) {
         for i in 0..self.members.len() {
-            if !self.members[i].alive || (!self.quiet && self.rng.chance(10)) {
+            if !self.members[i].alive || self.lossy() {
                 continue; // lost, or nobody listening
             }
-            let carried = (!self.rng.chance(20)).then(|| change.clone());
-            self.members[i].inbox.push(Notice {
+            let notice = match &notice {
+                Notice::Change { epoch, .. } if self.rng.chance(20) => Notice::Change {
+                    epoch: *epoch,
+                    change: None,
+                },
+                other => other.clone(),
+            };
+            self.members[i].inbox.push(notice);
+        }
+    }
+
+    fn notify_change(&mut self, change: Option<Change>) {
+        if let Some(change) = change {
+            self.notify(Notice::Change {
                 epoch: change.epoch,
-                change: carried,
+                change: Some(change),
             });
         }
     }
@@ -338,10 +214,12 @@ impl Sim {
             margin: MARGIN,
             heartbeat_interval: HEARTBEAT,
             hot_path_lead: LEAD,
+            drain_timeout: self.drain,
+            notifications: true,
         };
         let sent_at = self.now;
         let (joined, change) = self.db.join(&name, self.now);
-        self.notify(change);
+        self.notify_change(change);
         let Some(joined) = joined else { return };
         let mut session = Session::new(cfg, self.now);
         let out = session.joined(joined, sent_at, self.now);
@@ -352,20 +230,19 @@ impl Sim {
             inbox: Vec::new(),
             paused_until: self.now,
             alive: true,
+            leaving: false,
         });
         let i = self.members.len() - 1;
         self.effects(i, out);
     }
 
-    /// Records the effects of member `i`'s output and checks tokens.
+    /// Records the effects of member `i`'s output and checks tokens; a
+    /// drained release hands its guard to the member's user.
     fn effects(&mut self, i: usize, out: Output) {
         for e in out.effects {
             match e {
                 Effect::Acquired {
-                    partitions,
-                    token,
-                    at,
-                    ..
+                    partitions, token, at, ..
                 } => {
                     for p in partitions {
                         self.activations += 1;
@@ -375,18 +252,43 @@ impl Sim {
                                 .push(format!("token regression on {p}: {token} after {last}"));
                         }
                         self.last_token[p as usize] = (token, i);
-                        self.open.insert((i, p), (token, at));
+                        self.open.insert((i, p), at);
                     }
+                }
+                Effect::Released {
+                    partitions,
+                    at,
+                    drain: Some(d),
+                    ..
+                } => {
+                    // The user finishes its unit of work, at the latest at
+                    // the drain's deadline.
+                    let work = if self.rng.chance(30) {
+                        Duration::ZERO
+                    } else {
+                        self.rng.ms(TTL.as_millis() as u64 / 3)
+                    };
+                    let drop_at = (at + work).min(d.deadline);
+                    self.guards.push(GuardDrop {
+                        at: drop_at,
+                        member: i,
+                        id: d.id,
+                        partitions,
+                    });
                 }
                 Effect::Released { partitions, at, .. } => {
                     for p in partitions {
-                        if let Some((_, from)) = self.open.remove(&(i, p)) {
-                            self.closed.push((i, p, from, at));
-                        }
+                        self.close(i, p, at);
                     }
                 }
                 _ => {}
             }
+        }
+    }
+
+    fn close(&mut self, i: usize, p: u32, at: Instant) {
+        if let Some(from) = self.open.remove(&(i, p)) {
+            self.closed.push((i, p, from, at.max(from)));
         }
     }
 
@@ -412,7 +314,7 @@ impl Sim {
         }
     }
 
-    /// Runs `steps` scheduling decisions, then a quiet stretch.
+    /// Runs `steps` scheduling decisions with chaos.
     pub fn run(&mut self, steps: usize) {
         self.spawn();
         self.spawn();
@@ -426,23 +328,26 @@ impl Sim {
     }
 
     fn step(&mut self, chaos: bool) {
+        self.drop_guards();
+        self.finish_leaves();
         let r = self.rng.below(1000);
         let live: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].alive)
+            .filter(|i| self.members[*i].alive && !self.members[*i].leaving)
             .collect();
+        let pick = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize];
         match r {
             0..=9 if chaos && live.len() < 6 => self.spawn(),
             10..=13 if chaos && live.len() > 1 => {
-                let i = live[self.rng.below(live.len() as u64) as usize];
+                let i = pick(&mut self.rng);
                 self.crash(i);
             }
             14..=19 if chaos && !live.is_empty() => {
-                let i = live[self.rng.below(live.len() as u64) as usize];
+                let i = pick(&mut self.rng);
                 let pause = Duration::from_millis(500 + self.rng.below(3 * TTL.as_millis() as u64));
                 self.members[i].paused_until = self.now + pause;
             }
             20..=23 if chaos && live.len() > 1 => {
-                let i = live[self.rng.below(live.len() as u64) as usize];
+                let i = pick(&mut self.rng);
                 self.leave(i);
             }
             24..=400 => {
@@ -453,33 +358,71 @@ impl Sim {
                 };
                 self.now += d;
             }
-            _ if !live.is_empty() => {
-                let i = live[self.rng.below(live.len() as u64) as usize];
-                let t = self.rng.below(4) as usize;
-                self.run_thread(i, t);
+            _ => {
+                let any: Vec<usize> = (0..self.members.len()).filter(|i| self.members[*i].alive).collect();
+                if !any.is_empty() {
+                    let i = any[self.rng.below(any.len() as u64) as usize];
+                    let t = self.rng.below(4) as usize;
+                    self.run_thread(i, t);
+                }
             }
-            _ => {}
+        }
+    }
+
+    /// Users drop the guards whose work is done (a paused process's user
+    /// is paused too). Work counts only while the lease is valid: past it,
+    /// "stop now" and the tokens are the contract, not the drain.
+    fn drop_guards(&mut self) {
+        let now = self.now;
+        let members = &self.members;
+        let (due, rest): (Vec<GuardDrop>, Vec<GuardDrop>) = std::mem::take(&mut self.guards)
+            .into_iter()
+            .partition(|g| g.at <= now && members[g.member].paused_until <= now);
+        self.guards = rest;
+        for g in due {
+            let lapse = self.members[g.member].session.valid_until().map(|v| v - LEAD);
+            let end = match lapse {
+                Some(l) if l < now => l.min(now),
+                _ => now,
+            };
+            for p in &g.partitions {
+                self.close(g.member, *p, end);
+            }
+            let m = &mut self.members[g.member];
+            if m.alive {
+                let out = m.session.drained(g.id, now);
+                self.effects(g.member, out);
+            }
+        }
+    }
+
+    /// Stopping members leave once their drains are over.
+    fn finish_leaves(&mut self) {
+        for i in 0..self.members.len() {
+            let m = &mut self.members[i];
+            if m.alive && m.leaving && m.session.still_draining(self.now) == 0 {
+                m.alive = false;
+                let name = m.name.clone();
+                let change = self.db.leave(&name, self.now);
+                self.notify_change(change);
+            }
         }
     }
 
     fn crash(&mut self, i: usize) {
         let m = &mut self.members[i];
         m.alive = false;
-        // A killed process reports nothing from now on; what it had active
-        // ends here (at its deadline if that passed first).
+        // A killed process works on nothing from now on (nothing from its
+        // deadline on, if that passed first).
         let end = m
             .session
             .valid_until()
             .map_or(self.now, |v| (v - LEAD).min(self.now));
-        let open: Vec<(usize, u32)> = self
-            .open
-            .range((i, 0)..(i + 1, 0))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in open {
-            let (_, from) = self.open.remove(&k).unwrap();
-            self.closed.push((i, k.1, from, end.max(from)));
+        let open: Vec<u32> = self.open.range((i, 0)..(i + 1, 0)).map(|(k, _)| k.1).collect();
+        for p in open {
+            self.close(i, p, end);
         }
+        self.guards.retain(|g| g.member != i);
     }
 
     fn leave(&mut self, i: usize) {
@@ -488,10 +431,7 @@ impl Sim {
         }
         let out = self.members[i].session.stop(self.now);
         self.effects(i, out);
-        let name = self.members[i].name.clone();
-        let change = self.db.leave(&name);
-        self.notify(change);
-        self.members[i].alive = false;
+        self.members[i].leaving = true;
     }
 
     fn run_thread(&mut self, i: usize, t: usize) {
@@ -541,12 +481,8 @@ impl Sim {
                         return;
                     }
                     WatcherStep::CatchUp { from, ticket } => Req::CatchUp(from, ticket),
-                    WatcherStep::Ack {
-                        epoch,
-                        barrier,
-                        ticket,
-                    } => Req::Ack(epoch, barrier, ticket),
-                    WatcherStep::Barrier { ticket } => Req::Barrier(ticket),
+                    WatcherStep::Take { partitions, ticket } => Req::Take(partitions, ticket),
+                    WatcherStep::Release { claims, ticket } => Req::Release(claims, ticket),
                 }
             }
             HEARTBEAT_T => match self.members[i].session.heartbeat_next(now) {
@@ -556,16 +492,20 @@ impl Sim {
             },
             _ => match self.members[i].session.cleanup_next(now) {
                 CleanupStep::Wait(_) | CleanupStep::Stop => return,
-                CleanupStep::Run { .. } => Req::Cleanup,
+                CleanupStep::Run { .. } => Req::Cleanup(self.members[i].session.ticket()),
             },
         };
         let exec_at = now + self.delay();
         let deliver_at = exec_at + self.delay();
+        // A connection that dies mid-statement: the statement may have run,
+        // its answer never comes.
+        let lost = t == WATCHER && self.lossy() && self.rng.chance(30);
         self.members[i].threads[t].in_flight = Some(InFlight {
             req,
             sent_at: now,
             exec_at,
             deliver_at,
+            lost,
             reply: None,
         });
     }
@@ -574,38 +514,45 @@ impl Sim {
         let now = self.now;
         let name = self.members[i].name.clone();
         let req = &self.members[i].threads[t].in_flight.as_ref().unwrap().req;
-        let (reply, change) = match *req {
-            Req::CatchUp(from, _) => (Reply::CatchUp(self.db.catch_up(from)), None),
-            Req::Ack(epoch, full, _) => {
-                (Reply::Renewal(self.db.renew(&name, epoch, full, now)), None)
+        let (reply, notice) = match req {
+            Req::CatchUp(from, _) => (Reply::CatchUp(self.db.catch_up(*from)), None),
+            Req::Take(ps, ticket) => (Reply::Took(self.db.take(ticket.incarnation(), ps, now)), None),
+            Req::Release(claims, ticket) => {
+                let freed = self.db.release(ticket.incarnation(), claims);
+                let notice = (!freed.is_empty()).then_some(Notice::Released {
+                    partitions: Some(freed),
+                });
+                (Reply::Released, notice)
             }
-            Req::Barrier(_) => {
-                let min = self.db.others_min_ack(&name, now);
-                (Reply::Barrier(self.db.epoch, min), None)
-            }
-            Req::Renew(ack, _) => (Reply::Renewal(self.db.renew(&name, ack, true, now)), None),
+            Req::Renew(ack, ticket) => (Reply::Renewal(self.db.renew(ticket.incarnation(), *ack, now)), None),
             Req::Rejoin => {
                 let (joined, change) = self.db.join(&name, now);
-                (Reply::Joined(joined), change)
+                self.notify_change(change);
+                (Reply::Joined(joined), None)
             }
-            Req::Cleanup => {
-                let (cleaned, change) = self.db.cleanup(&name, now);
-                (Reply::Cleaned(cleaned), change)
+            Req::Cleanup(ticket) => {
+                let (cleaned, change) = self.db.cleanup(ticket.incarnation(), now);
+                self.notify_change(change);
+                (Reply::Cleaned(cleaned), None)
             }
         };
-        self.notify(change);
+        if let Some(n) = notice {
+            self.notify(n);
+        }
         self.members[i].threads[t].in_flight.as_mut().unwrap().reply = Some(reply);
     }
 
     fn deliver(&mut self, i: usize, _t: usize, f: InFlight) {
         let now = self.now;
         let s = &mut self.members[i].session;
+        if f.lost {
+            s.watcher_failed();
+            return;
+        }
         let out = match (f.req, f.reply.unwrap()) {
             (Req::CatchUp(_, ticket), Reply::CatchUp(read)) => s.caught_up(ticket, read, now),
-            (Req::Ack(epoch, _, ticket), Reply::Renewal(r)) => {
-                s.acked(ticket, epoch, r, f.sent_at, now)
-            }
-            (Req::Barrier(ticket), Reply::Barrier(e, min)) => s.barrier_read(ticket, e, min, now),
+            (Req::Take(_, ticket), Reply::Took(took)) => s.took(ticket, took, now),
+            (Req::Release(_, ticket), Reply::Released) => s.released(ticket, now),
             (Req::Renew(_, ticket), Reply::Renewal(r)) => s.renewed(ticket, r, f.sent_at, now),
             (Req::Rejoin, Reply::Joined(Some(j))) => {
                 if s.status() == Status::Joining {
@@ -618,17 +565,17 @@ impl Sim {
                 s.rejoin_failed(now);
                 Output::default()
             }
-            (Req::Cleanup, Reply::Cleaned(c)) => s.cleaned(c, now),
+            (Req::Cleanup(_), Reply::Cleaned(c)) => s.cleaned(c, now),
             _ => unreachable!("a reply of another request"),
         };
         self.effects(i, out);
     }
 
-    /// The end: every interval from the effects, all pairs.
+    /// The end: every work interval, all pairs.
     pub fn finish(&mut self) {
         let end = self.now;
         let mut all = self.closed.clone();
-        for ((i, p), (_, from)) in &self.open {
+        for ((i, p), from) in &self.open {
             all.push((*i, *p, *from, end));
         }
         all.sort_by_key(|(_, p, from, _)| (*p, *from));
@@ -636,7 +583,7 @@ impl Sim {
             for b in all[k + 1..].iter().take_while(|b| b.1 == a.1) {
                 if a.0 != b.0 && b.2 <= a.3 {
                     self.violations.push(format!(
-                        "partition {}: intervals of {} and {} intersect ({:?} after the start)",
+                        "partition {}: work of {} and {} overlaps ({:?} after the start)",
                         a.1,
                         self.members[a.0].name,
                         self.members[b.0].name,
@@ -647,8 +594,8 @@ impl Sim {
         }
     }
 
-    /// Quiet: no chaos, the members catch up; every partition should end
-    /// up active exactly once.
+    /// Quiet: no chaos, the members catch up; returns the partitions not
+    /// active anywhere at the end.
     pub fn settle(&mut self, steps: usize) -> usize {
         self.quiet = true;
         for m in &mut self.members {
@@ -669,41 +616,22 @@ impl Sim {
         }
         covered.iter().filter(|c| !**c).count()
     }
-}
 
-impl Sim {
-    /// A one-line summary of every member, for failure messages.
+    /// A one-line summary of every live member, for failure messages.
     pub fn describe(&self) -> String {
-        let mut out = format!(
-            "db epoch {} members {:?}; ",
-            self.db.epoch,
-            self.db.members.keys().collect::<Vec<_>>()
-        );
+        let mut out = format!("db epoch {} members {:?}; ", self.db.epoch, self.db.member_names());
         for m in self.members.iter().filter(|m| m.alive) {
             let o = m.session.ownership();
-            let v = o.view().map(|v| v.partitions_of(&m.name));
-            let pend: Vec<u32> = o.pending().map(|(p, _)| p).collect();
             out += &format!(
-                "{} view parts {:?} pending {:?} db view parts {:?}; ",
+                "[{} {:?} view={} active={} pending={} waiting={:?} unused={} lease_left={:?}] ",
                 m.name,
-                v,
-                pend,
-                self.db.view.partitions_of(&m.name)
-            );
-        }
-        for m in &self.members {
-            let o = m.session.ownership();
-            out += &format!(
-                "[{} alive={} {:?} view={} active={} pending={} lease_left={:?} paused={}] ",
-                m.name,
-                m.alive,
                 o.status(),
                 o.view_epoch(),
                 o.active_count(),
                 o.pending_count(),
-                o.valid_until()
-                    .map(|v| v.saturating_duration_since(self.now)),
-                m.paused_until > self.now,
+                m.session.waiting_for(),
+                m.session.unused_claims(),
+                o.valid_until().map(|v| v.saturating_duration_since(self.now)),
             );
         }
         out

@@ -1,0 +1,215 @@
+//! The session's claims (DESIGN §4.0): which pending partitions to take and
+//! when to try again, what a take's answer activates, which claims it holds
+//! without using them — draining until the user's work has stopped, or to
+//! be given back by token — and the reconciliation of what the database
+//! says it holds.
+
+use std::time::{Duration, Instant};
+
+use super::{Held, Session, IDLE_TICK};
+use crate::event::ReleaseReason;
+use crate::protocol::input::Took;
+use crate::protocol::output::Output;
+use crate::protocol::ownership::{Action, Taken};
+use crate::protocol::Ticket;
+
+/// Longest wait between two takes of partitions whose claims are held
+/// elsewhere, with notifications: a release or a removal notifies the ring
+/// and cuts the wait short, so this only covers a lost notification.
+const MAX_TAKE_BACKOFF: Duration = Duration::from_millis(250);
+/// The same without notifications: polling is all there is.
+const MAX_TAKE_BACKOFF_POLLING: Duration = Duration::from_millis(100);
+
+impl Session {
+    /// The wait before take number `polls` (1-based) of a row of takes that
+    /// left partitions waiting: 1 ms, doubling, capped.
+    fn take_backoff(&self) -> Duration {
+        let cap = if self.cfg.notifications {
+            MAX_TAKE_BACKOFF
+        } else {
+            MAX_TAKE_BACKOFF_POLLING
+        };
+        let k = self.take_polls.saturating_sub(1).min(16);
+        (Duration::from_millis(1) * 2u32.pow(k)).min(cap)
+    }
+
+    /// Whether a claim of `p` is held without being used (draining, or on
+    /// its way back): `p` is not taken again until it is given back.
+    fn blocked(&self, p: u32) -> bool {
+        self.held.range((p, 0)..=(p, u64::MAX)).next().is_some()
+    }
+
+    /// Pending partitions that may be taken now.
+    fn takeable(&self) -> Vec<u32> {
+        self.own.pending().filter(|p| !self.blocked(*p)).collect()
+    }
+
+    /// The partitions to take now, if any: pending, not blocked, the local
+    /// lease running (a take's answer is usable only within it) and no
+    /// backoff in force.
+    pub(super) fn partitions_to_take(&mut self, now: Instant) -> Option<Vec<u32>> {
+        if self.taking.is_some() || !self.own.lease_runs(now) {
+            return None;
+        }
+        if self.take_after.is_some_and(|t| t > now) {
+            return None;
+        }
+        let partitions = self.takeable();
+        if partitions.is_empty() {
+            return None;
+        }
+        self.taking = Some(partitions.clone());
+        Some(partitions)
+    }
+
+    /// The claims to give back now, if any (marked as on their way).
+    pub(super) fn claims_to_release(&mut self) -> Option<Vec<(u32, u64)>> {
+        let mut claims = Vec::new();
+        for (c, h) in self.held.iter_mut() {
+            if *h == Held::Release {
+                *h = Held::Releasing;
+                claims.push(*c);
+            }
+        }
+        (!claims.is_empty()).then_some(claims)
+    }
+
+    /// How long the watcher may wait for a notification.
+    pub(super) fn watcher_wait(&self, now: Instant) -> Duration {
+        let mut wait = IDLE_TICK;
+        if self.own.lease_runs(now) && !self.takeable().is_empty() {
+            if let Some(t) = self.take_after {
+                wait = wait.min(t.saturating_duration_since(now));
+            }
+        }
+        for (_, deadline) in self.drains.values() {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        wait
+    }
+
+    /// The answer of a [`WatcherStep::Take`](crate::protocol::output::WatcherStep::Take).
+    /// Claims it names that are being given back are late answers and are
+    /// never used; claims that cannot be used (the partition has moved on,
+    /// the local lease has run out) are given back.
+    pub fn took(&mut self, ticket: Ticket, took: Took, now: Instant) -> Output {
+        let mut out = Output::default();
+        self.taking = None;
+        if self.stale(ticket) {
+            return out;
+        }
+        let got: Vec<(u32, u64)> = took
+            .got
+            .into_iter()
+            .filter(|c| !self.held.contains_key(c))
+            .collect();
+        let (actions, fate) = self.own.claimed(&got, now);
+        for (claim, fate) in got.iter().zip(fate) {
+            if fate == Taken::Stray {
+                self.held.insert(*claim, Held::Release);
+            }
+        }
+        self.push(&mut out, actions, now, now);
+        for (p, who) in took.held_by {
+            if self.own.is_assigned(p) && self.own.token(p).is_none() {
+                self.waiting_for.insert(p, who);
+            }
+        }
+        if took.live && self.takeable().is_empty() {
+            self.take_polls = 0;
+            self.take_after = None;
+        } else {
+            self.take_polls += 1;
+            self.take_after = Some(now + self.take_backoff());
+        }
+        out
+    }
+
+    /// The answer of a [`WatcherStep::Release`](crate::protocol::output::WatcherStep::Release):
+    /// those claims are free (or were not this member's any more). Waiting
+    /// partitions they blocked may be taken at once.
+    pub fn released(&mut self, _ticket: Ticket, _now: Instant) -> Output {
+        self.held.retain(|_, h| *h != Held::Releasing);
+        self.take_after = None;
+        Output::default()
+    }
+
+    /// Every copy of drain `id`'s guard was dropped: the user's work on its
+    /// partitions has stopped, their claims may be given back.
+    pub fn drained(&mut self, id: u64, _now: Instant) -> Output {
+        let mut out = Output::default();
+        if let Some((claims, _)) = self.drains.remove(&id) {
+            for c in claims {
+                if let Some(h) = self.held.get_mut(&c) {
+                    if *h == Held::Draining(id) {
+                        *h = Held::Release;
+                        out.wake_watcher = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Ends the drains whose deadline has passed and returns how many
+    /// partitions still drain: what `stop()` waits for before it leaves.
+    pub fn still_draining(&mut self, now: Instant) -> usize {
+        self.end_overdue_drains(now);
+        self.draining_count()
+    }
+
+    /// Drains whose deadline has passed end as if their guards were
+    /// dropped: the timeout bounds how long a handoff waits for the user.
+    pub(super) fn end_overdue_drains(&mut self, now: Instant) {
+        let overdue: Vec<u64> = self
+            .drains
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.drained(id, now);
+        }
+    }
+
+    /// Ends every drain at once (the lease ran out, or is gone): their
+    /// partitions are released again with `reason`, so that the user stops
+    /// now; their claims are given back like any other.
+    pub(super) fn cut_drains(&mut self, reason: ReleaseReason) -> Vec<Action> {
+        let mut claims: Vec<(u32, u64)> = std::mem::take(&mut self.drains)
+            .into_values()
+            .flat_map(|(c, _)| c)
+            .collect();
+        if claims.is_empty() {
+            return Vec::new();
+        }
+        claims.sort_unstable();
+        let (partitions, tokens) = claims.into_iter().unzip();
+        vec![Action::Release {
+            partitions,
+            tokens,
+            reason,
+        }]
+    }
+
+    /// Reconciliation (DESIGN §4.0, rule 5): answers get lost (a connection
+    /// dies mid-statement), so the renewal reads the claims the database
+    /// says this incarnation holds; any it neither uses nor already drains
+    /// or gives back — and no take's answer is on its way for — is given
+    /// back by token. Returns whether there is something to give back.
+    pub(super) fn reconcile(&mut self, held_in_db: &[(u32, u64)]) -> bool {
+        let mut any = false;
+        for &(p, token) in held_in_db {
+            let in_flight = self
+                .taking
+                .as_ref()
+                .is_some_and(|t| t.binary_search(&p).is_ok());
+            if self.own.token(p).is_some() || self.held.contains_key(&(p, token)) || in_flight {
+                continue;
+            }
+            self.held.insert((p, token), Held::Release);
+            any = true;
+        }
+        any
+    }
+}
