@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use leasering_testkit::TestPostgres;
 use leasering::RingNode;
+use leasering_testkit::TestPostgres;
 use support::*;
 
 const RING: u32 = 1024;

@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use leasering::__bench::{apply_change, build_view, choose_positions, Member};
+use leasering_testkit::rng::Rng;
 use support::*;
 
 const VNODES: u32 = 8;
@@ -27,7 +28,8 @@ fn random_ring(rng: &mut Rng, n: usize, ring_size: u32) -> Vec<(u32, String)> {
     let mut taken = vec![false; ring_size as usize];
     let mut pairs = Vec::with_capacity(n * VNODES as usize);
     for _ in 0..n {
-        let id = rng.node_id();
+        // An id like the library's default: `node_` + 16 hex digits.
+        let id = format!("node_{:016x}", rng.next_u64());
         let ps =
             choose_positions(&id, VNODES, ring_size, |p| taken[p as usize]).expect("ring has room");
         for p in ps {
@@ -54,7 +56,7 @@ fn time_us<R>(reps: usize, mut f: impl FnMut() -> R) -> Stats {
 fn main() {
     print_machine("ring");
     let q = quick();
-    let mut rng = Rng(0x1ea5e);
+    let mut rng = Rng::new(0x1ea5e);
 
     // ---- 1. rebuild cost ----------------------------------------------------
     let members_list = [16usize, 64, 256, 512, 1024, 4096];

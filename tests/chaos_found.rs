@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leasering_testkit::{ProxyMode, TcpProxy};
 use leasering::{Event, ReleaseReason};
+use leasering_testkit::{ProxyMode, TcpProxy};
 
 const TTL: Duration = Duration::from_secs(2);
 
