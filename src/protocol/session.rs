@@ -539,7 +539,7 @@ impl Session {
     }
 
     /// The clock reached `now`: if the local lease has run out, every active
-    /// partition is released ([`ReleaseReason::LeaseExpired`]), stamped with
+    /// partition is released ([`ReleaseReason::LeaseExpired`](crate::ReleaseReason::LeaseExpired)), stamped with
     /// the moment the hot path stopped reporting them.
     pub fn tick(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
@@ -549,7 +549,7 @@ impl Session {
         out
     }
 
-    /// `stop()`: everything is released ([`ReleaseReason::Stopping`]) and
+    /// `stop()`: everything is released ([`ReleaseReason::Stopping`](crate::ReleaseReason::Stopping)) and
     /// nothing becomes active again.
     pub fn stop(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
