@@ -6,15 +6,16 @@
 //!   its whole share (replayed from every member's events, on one clock).
 //! * **leave**: that joiner calls `stop()`; the time until each of its
 //!   partitions is active on one of the others.
-//! * **crash**: a member *process* (`examples/member.rs`) on a ring of 16
-//!   with TTL 2 s is killed with `kill -9` at a random moment of its renewal
-//!   cycle; the time until its partitions are active elsewhere, also as a
-//!   multiple of the TTL.
+//! * **crash**: a member *process* (`tests/bin/member.rs`, the
+//!   `leasering-member` bin) on a ring of 16 with TTL 2 s is killed with
+//!   `kill -9` at a random moment of its renewal cycle; the time until its
+//!   partitions are active elsewhere, also as a multiple of the TTL.
 //! * **at rest**: statements and transactions per member per second of the
 //!   16 members (`pg_stat_statements`, `pg_stat_database.xact_commit`).
 //!
-//! Every run also checks, from the merged events, that no partition was ever
-//! active on two members at once.
+//! Every run also checks, from the merged events (and the killed processes'
+//! logs), with the testkit's oracle, that no partition was ever active on
+//! two members at once.
 //!
 //! `LEASERING_BENCH_QUICK=1` shortens the run; `LEASERING_BENCH_REPS` and
 //! `LEASERING_BENCH_CRASH_REPS` set the repetitions.
@@ -22,13 +23,19 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use leasering::{Event, RingNode};
-use leasering_testkit::TestPostgres;
+use leasering_testkit::member_log::{parse_events, Ev};
+use leasering_testkit::oracle::History;
+use leasering_testkit::rng::Rng;
+use leasering_testkit::{instant_of, TestPostgres};
 use support::*;
+
+/// The member process, built by Cargo with the benches.
+const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 const RING_SIZE: u32 = 1024;
 const MEMBERS: usize = 16;
@@ -38,7 +45,7 @@ struct Fleet {
     ttl: Duration,
     nodes: Vec<(usize, RingNode)>,
     hub: EventHub,
-    holders: Holders,
+    replay: Replay,
     next_instance: usize,
 }
 
@@ -49,7 +56,7 @@ impl Fleet {
             ttl,
             nodes: Vec::new(),
             hub: EventHub::default(),
-            holders: Holders::new(RING_SIZE),
+            replay: Replay::new(RING_SIZE),
             next_instance: 0,
         }
     }
@@ -72,17 +79,24 @@ impl Fleet {
         (i, t0, node)
     }
 
-    /// Replays new events until `done(holders)` holds; returns the `at` of
+    /// Applies what arrived to the replay.
+    fn pump(&mut self, wait: Duration) {
+        for (i, e) in self.hub.wait_drain(wait) {
+            self.replay.apply(i, &e);
+        }
+    }
+
+    /// Replays new events until `done(replay)` holds; returns the `at` of
     /// the event that made it hold (or now, if it already held).
     fn until(
         &mut self,
         timeout: Duration,
         what: &str,
-        done: impl Fn(&Holders) -> bool,
+        done: impl Fn(&Replay) -> bool,
     ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
-        if done(&self.holders) {
-            let _ = self.hub.drain();
+        if done(&self.replay) {
+            self.pump(Duration::ZERO);
             return Some(Instant::now());
         }
         // Events of different members can reach us out of order (each
@@ -92,12 +106,12 @@ impl Fleet {
         while Instant::now() < deadline {
             let mut found = None;
             for (i, e) in self.hub.wait_drain(Duration::from_millis(20)) {
-                self.holders.apply(i, &e);
+                self.replay.apply(i, &e);
                 let change = matches!(e, Event::Acquired { .. } | Event::Released { .. });
                 if change {
                     latest = latest.max(Some(e.at()));
                 }
-                if found.is_none() && change && done(&self.holders) {
+                if found.is_none() && change && done(&self.replay) {
                     found = latest;
                 }
             }
@@ -130,13 +144,9 @@ impl Fleet {
                 "ring {} did not settle",
                 self.ring
             );
-            for (i, e) in self.hub.wait_drain(Duration::from_millis(2)) {
-                self.holders.apply(i, &e);
-            }
+            self.pump(Duration::from_millis(2));
         }
-        for (i, e) in self.hub.drain() {
-            self.holders.apply(i, &e);
-        }
+        self.pump(Duration::ZERO);
     }
 
     fn remove(&mut self, instance: usize) {
@@ -144,84 +154,23 @@ impl Fleet {
     }
 }
 
-fn member_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    for dir in [
-        profile_dir.to_path_buf(),
-        target_dir.join("release"),
-        target_dir.join("debug"),
-    ] {
-        let bin = dir.join("examples").join("member");
-        if bin.exists() {
-            return bin;
-        }
+/// Partitions a member process's log says it holds now.
+fn held_in_log(path: &Path) -> usize {
+    let mut h = History::new();
+    let run = h.add_run("victim");
+    for e in &read_log(path) {
+        h.logged(run, e);
     }
-    // `cargo bench` does not build examples: build it now (same profile, same
-    // target dir).
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    eprintln!("building examples/member.rs for the crash measurement...");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--profile",
-            "bench",
-            "--example",
-            "member",
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "cargo build --example member failed");
-    let bin = target_dir.join("release").join("examples").join("member");
-    assert!(bin.exists(), "no member binary at {}", bin.display());
-    bin
+    h.holding(run).len()
 }
 
-/// Instant at which a database timestamp happens (the server runs here).
-fn instant_of(ts: SystemTime) -> Instant {
-    let (now_sys, now) = (SystemTime::now(), Instant::now());
-    match ts.duration_since(now_sys) {
-        Ok(ahead) => now + ahead,
-        Err(e) => now - e.duration(),
-    }
+/// The complete lines of a member process's event log.
+fn read_log(path: &Path) -> Vec<Ev> {
+    parse_events(&std::fs::read_to_string(path).unwrap_or_default()).0
 }
 
-fn acquired_in_file(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|s| {
-            let mut n: i64 = 0;
-            for l in s.lines() {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let count = f.get(4).map_or(0, |ps| {
-                    ps.split(',').filter(|p| !p.is_empty()).count() as i64
-                });
-                match f.get(1) {
-                    Some(&"acquired") => n += count,
-                    Some(&"released") => n -= count,
-                    _ => {}
-                }
-            }
-            n.max(0) as usize
-        })
-        .unwrap_or(0)
-}
-
-fn spawn_member(
-    bin: &PathBuf,
-    db: &TestPostgres,
-    ring: &str,
-    name: &str,
-    ttl: Duration,
-    events: &std::path::Path,
-) -> Child {
-    let mut child = Command::new(bin)
+fn spawn_member(db: &TestPostgres, ring: &str, name: &str, ttl: Duration, events: &Path) -> Child {
+    let mut child = Command::new(MEMBER)
         .args([
             &db.url(),
             ring,
@@ -286,7 +235,7 @@ fn main() {
         let started = Instant::now();
         let share = node.ring().partitions_of(&name);
         let joined = fleet.until(Duration::from_secs(10), "the joiner's share", |h| {
-            h.covered_once_without(None) && share.iter().all(|p| h.holders[*p as usize] == [i])
+            h.covered_once_without(None) && share.iter().all(|p| h.holder(*p) == Some(i))
         });
         // Leave.
         fleet.wait_settled(Duration::from_secs(30));
@@ -343,7 +292,7 @@ fn main() {
         }
     }
     fleet.wait_settled(Duration::from_secs(30));
-    let overlaps = Timeline::from_log(&fleet.hub.log).overlaps() as u64;
+    let overlaps = fleet.replay.verdict().overlaps.len() as u64;
 
     // ---- at rest ---------------------------------------------------------------
     // Past one renewal interval (every member's heartbeat has opened its
@@ -370,7 +319,6 @@ fn main() {
     }
 
     // ---- crash (kill -9 of a member process) ----------------------------------
-    let bin = member_binary();
     let ttl = Duration::from_secs(2);
     let mut crash = Fleet::new("handoff-crash", ttl);
     for k in 0..MEMBERS - 1 {
@@ -380,32 +328,32 @@ fn main() {
     crash.wait_settled(Duration::from_secs(60));
     let dir = std::env::temp_dir().join(format!("leasering-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut rng = Rng(0xc4a5);
+    let mut rng = Rng::new(0xc4a5);
     let mut crash_ms = Vec::new();
     let mut after_lease_ms = Vec::new();
     for rep in 0..crash_reps {
         crash.wait_settled(Duration::from_secs(30));
         let victim = format!("victim-{rep}");
         let events = dir.join(format!("{victim}.log"));
-        let mut child = spawn_member(&bin, &db, &crash.ring, &victim, ttl, &events);
+        let mut child = spawn_member(&db, &crash.ring, &victim, ttl, &events);
         // Wait until the victim holds its share and the others hold the rest.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let share = loop {
-            let v = crash.nodes[0].1.ring();
-            let share = v.partitions_of(&victim);
-            if !share.is_empty() && crash.settled() && acquired_in_file(&events) == share.len() {
-                break share;
+        loop {
+            let share = crash.nodes[0].1.ring().partitions_of(&victim);
+            if !share.is_empty() && crash.settled() && held_in_log(&events) == share.len() {
+                break;
             }
             assert!(Instant::now() < deadline, "the victim never got its share");
-            for (i, e) in crash.hub.wait_drain(Duration::from_millis(5)) {
-                crash.holders.apply(i, &e);
-            }
-        };
+            crash.pump(Duration::from_millis(5));
+        }
         // Kill at a random moment of the renewal cycle (renewals every ttl/3).
         std::thread::sleep(Duration::from_millis(rng.below(ttl.as_millis() as u64 / 3)));
         let killed = Instant::now();
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
+        crash
+            .replay
+            .add_killed_process(&victim, &read_log(&events), killed);
         let expires: Option<SystemTime> = db.client().ok().and_then(|mut c| {
             c.query_opt(
                 "SELECT expires_at FROM leasering.members WHERE ring_id = $1 AND node_id = $2",
@@ -418,10 +366,7 @@ fn main() {
         let covered = crash.until(
             Duration::from_secs(20),
             "the victim's partitions to be covered",
-            |h| {
-                share.iter().all(|p| h.holders[*p as usize].len() == 1)
-                    && h.covered_once_without(None)
-            },
+            |h| h.covered_once_without(None),
         );
         match covered {
             Some(at) => {
@@ -439,7 +384,7 @@ fn main() {
         }
     }
     crash.wait_settled(Duration::from_secs(30));
-    let crash_overlaps = Timeline::from_log(&crash.hub.log).overlaps() as u64;
+    let crash_overlaps = crash.replay.verdict().overlaps.len() as u64;
     for (_, n) in &crash.nodes {
         let _ = n.stop();
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use leasering::protocol::{choose_positions, Ownership};
 use leasering::{Change, RingView};
+use leasering_testkit::rng::Rng;
 use support::*;
 
 const VNODES: u32 = 8;
@@ -28,7 +29,8 @@ fn random_ring(rng: &mut Rng, n: usize, ring_size: u32) -> Vec<(u32, String)> {
     let mut taken = vec![false; ring_size as usize];
     let mut pairs = Vec::with_capacity(n * VNODES as usize);
     for _ in 0..n {
-        let id = rng.node_id();
+        // An id like the library's default: `node_` + 16 hex digits.
+        let id = format!("node_{:016x}", rng.next_u64());
         let ps =
             choose_positions(&id, VNODES, ring_size, |p| taken[p as usize]).expect("ring has room");
         for p in ps {
@@ -73,7 +75,7 @@ fn time_us<R>(reps: usize, mut f: impl FnMut() -> R) -> Stats {
 fn main() {
     print_machine("ring");
     let q = quick();
-    let mut rng = Rng(0x1ea5e);
+    let mut rng = Rng::new(0x1ea5e);
 
     // ---- 1. rebuild cost ----------------------------------------------------
     let members_list = [16usize, 64, 256, 512, 1024, 4096];

@@ -202,26 +202,26 @@ fn child(n: usize) {
         }
     }
     let all_started = t0.elapsed();
-    let mut holders = Holders::new(RING_SIZE);
+    let mut replay = Replay::new(RING_SIZE);
     let mut last_change = t0;
-    let apply = |hub: &mut EventHub, holders: &mut Holders, last_change: &mut Instant| {
+    let apply = |hub: &mut EventHub, replay: &mut Replay, last_change: &mut Instant| {
         for (i, e) in hub.drain() {
             if matches!(e, Event::Acquired { .. } | Event::Released { .. }) {
                 *last_change = (*last_change).max(e.at());
             }
-            holders.apply(i, &e);
+            replay.apply(i, &e);
         }
     };
     let mut is_settled = false;
     while t0.elapsed() < settle_timeout {
-        apply(&mut hub, &mut holders, &mut last_change);
+        apply(&mut hub, &mut replay, &mut last_change);
         if settled(&members) {
             is_settled = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    apply(&mut hub, &mut holders, &mut last_change);
+    apply(&mut hub, &mut replay, &mut last_change);
     let observed = t0.elapsed();
     let settle_s = if is_settled {
         (last_change - t0).as_secs_f64()
@@ -243,7 +243,7 @@ fn child(n: usize) {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(2)),
     );
-    apply(&mut hub, &mut holders, &mut last_change);
+    apply(&mut hub, &mut replay, &mut last_change);
     reset_statements(&db);
     let c0 = db_counters(&db, pss);
     let (db0, own0) = (db_cpu(), own_cpu_s());
@@ -264,7 +264,7 @@ fn child(n: usize) {
     } else {
         Vec::new()
     };
-    apply(&mut hub, &mut holders, &mut last_change);
+    apply(&mut hub, &mut replay, &mut last_change);
     let rest_changes = hub
         .log
         .iter()
@@ -311,17 +311,15 @@ fn child(n: usize) {
             let mut latest = t_a;
             while Instant::now() < deadline {
                 for (i, e) in hub.wait_drain(Duration::from_millis(20)) {
-                    holders.apply(i, &e);
+                    replay.apply(i, &e);
                     let change = matches!(e, Event::Acquired { .. } | Event::Released { .. });
                     if change {
                         latest = latest.max(e.at());
                     }
                     if done_at.is_none()
                         && change
-                        && holders.covered_once_without(None)
-                        && share
-                            .iter()
-                            .all(|p| holders.holders[*p as usize] == [instance])
+                        && replay.covered_once_without(None)
+                        && share.iter().all(|p| replay.holder(*p) == Some(instance))
                     {
                         done_at = Some(latest);
                     }
@@ -336,7 +334,7 @@ fn child(n: usize) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             for (i, e) in hub.drain() {
-                holders.apply(i, &e);
+                replay.apply(i, &e);
             }
             match done_at {
                 Some(at) => {
@@ -361,14 +359,14 @@ fn child(n: usize) {
         Vec::new()
     };
     print_churn(&db, "after the rolling restart");
-    let timeline = Timeline::from_log(&hub.log);
-    let overlaps = timeline.overlaps() as u64;
-    for d in timeline.describe_overlaps(t0, 10) {
+    let verdict = replay.verdict();
+    let overlaps = verdict.overlaps.len() as u64;
+    for d in replay.describe_overlaps(&verdict, t0, 10) {
         println!("OVERLAP {d}");
     }
+    let coverage = replay.coverage();
     for (a, b) in &windows {
-        let gaps = timeline.gaps_within(*a, *b);
-        gap_ms.push(gaps.iter().copied().fold(0.0, f64::max));
+        gap_ms.push(longest_gap_ms(&coverage, *a, *b));
     }
     let rs = stats(&restart_ms);
     let gs = stats(&gap_ms);

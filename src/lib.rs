@@ -177,6 +177,26 @@
 //! WHERE r.token <= excluded.token;   -- 0 rows: a newer owner has written
 //! ```
 //!
+//! ## How the crate is built
+//!
+//! In the manner of raft-rs, the protocol is a pure core driven by inputs,
+//! and I/O lives at the edge:
+//!
+//! * [`protocol`] — the core, without I/O and without clock reads:
+//!   [`protocol::Ownership`] (the partition state machine) and
+//!   [`protocol::Session`] (everything else a member decides: stale
+//!   answers, deltas and catch-up, acknowledgements, barrier polls,
+//!   renewals, rejoins, cleanup, release timestamps). Inputs in
+//!   [`protocol::input`], effects and next steps in [`protocol::output`].
+//!   Public, so that it can be simulated and benchmarked; it follows the
+//!   protocol, not semver.
+//! * [`RingView`] and [`partition_for`] — the ring and the placement, pure.
+//! * the store (private) — each protocol step as one statement or one short
+//!   transaction against PostgreSQL, returning the core's input types.
+//! * [`RingNode`] — the edge: the lock-free hot path, the event fan-out, and
+//!   four threads that each loop "ask the session for the next step, run
+//!   that statement, hand the answer back".
+//!
 //! ## Threads
 //!
 //! Each member runs four named threads: `leasering-heartbeat-*` (renewal),
@@ -185,6 +205,12 @@
 //! ends) and `leasering-fence-*` (self-fencing; it does no I/O).
 //! [`RingNode::stop`] joins them; a thread stuck in a stalled socket is left
 //! to finish on its own, and `stop()` still returns within `stop_timeout`.
+//!
+//! Dropping the last clone of a [`RingNode`] without `stop()` never blocks
+//! the caller: local ownership ends at once (nothing is reported after the
+//! drop, subscribers get `Released { Stopping }`), and the leave runs on a
+//! background thread (`leasering-leave-*`); the event channels disconnect
+//! when it is done. Call `stop()` to wait for the leave and see its error.
 //!
 //! ## Health and metrics
 //!
@@ -201,8 +227,8 @@
 //! PostgreSQL from the machine's server binaries (as root it runs the server
 //! as the `postgres` user) and a TCP proxy that can cut, stall or delay a
 //! member's connections — the same tools this crate's own fault tests use.
-//! The feature `test-util` adds [`RingNode::pause_threads_for`] and
-//! [`RingNode::crash`] to freeze or crash a member in a test.
+//! The feature `test-util` adds `RingNode::pause_threads_for` and
+//! `RingNode::crash` to freeze or crash a member in a test.
 //!
 //! ## What the database needs
 //!

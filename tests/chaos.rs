@@ -1,17 +1,18 @@
 //! Chaos: real faults against member processes and a real PostgreSQL, judged
 //! from outside by an independent checker (DESIGN §5, issue 3).
 //!
-//! A private PostgreSQL; members are separate processes (the `member`
-//! example), each with its database connections through its own TCP proxy,
-//! each logging its ownership events and its fenced writes on
-//! CLOCK_MONOTONIC. Faults are drawn from a seeded generator and injected
+//! A private PostgreSQL; members are separate processes (the
+//! `leasering-member` bin, `tests/bin/member.rs`), each with its database
+//! connections through its own TCP proxy, each logging its ownership events
+//! and its fenced writes on CLOCK_MONOTONIC. Faults are drawn from a seeded generator and injected
 //! one after the other, the ring settling in between: `kill -9` (and a
 //! replacement), `SIGSTOP` for 0.5–3 × TTL, graceful restart, join bursts
 //! (with or without a member paused meanwhile, or a newcomer stalled the
 //! moment it acquires), cut, refused, stalled (mostly longer than the TTL)
 //! or slow links of one member, PostgreSQL stopped (fast, immediate, killed) and
 //! started again, PostgreSQL restarted under the members. Then every member
-//! stops and the checker (`chaos_support::checker`) judges the logs.
+//! stops and the checker (`chaos_support::checker`, on the testkit's oracle)
+//! judges the logs.
 //!
 //! * `cargo test` runs about a minute (`LEASERING_CHAOS_SECS`, default 60;
 //!   the first round always injects every kind of fault once).
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use chaos_support::checker::{check, FaultSpan, Input, Report};
 use chaos_support::cluster::{mono_now, Cluster, Settings};
-use chaos_support::rng::{fresh_seed, Rng};
+use leasering_testkit::rng::{fresh_seed, Rng};
 use leasering_testkit::{unique_name, ProxyMode};
 
 /// Members of the ring between faults.

@@ -5,14 +5,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use leasering::{Builder, Event, ReleaseReason, RingNode};
-use leasering_testkit::{ProxyMode, TcpProxy, TestPostgres};
+use leasering_testkit::member_log::parse_events;
+use leasering_testkit::oracle::{self, End};
+use leasering_testkit::{instant_of, ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);
@@ -22,27 +23,8 @@ fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
     common::builder(pool, ring, node).lease_ttl(TTL)
 }
 
-fn member_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("member");
-    assert!(
-        bin.exists(),
-        "member example not built at {} (cargo test builds examples)",
-        bin.display()
-    );
-    bin
-}
-
-/// Instant at which a database timestamp happens, on this machine (the
-/// database runs here and shares the wall clock).
-fn instant_of(ts: SystemTime) -> Instant {
-    let (now_sys, now) = (SystemTime::now(), Instant::now());
-    match ts.duration_since(now_sys) {
-        Ok(ahead) => now + ahead,
-        Err(e) => now - e.duration(),
-    }
-}
+/// The member process (`tests/bin/member.rs`), built by Cargo with the tests.
+const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 /// Installs an audit trigger on `schema.members` recording every write
 /// with the writing connection's application_name.
@@ -77,7 +59,7 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     let dir = std::env::temp_dir().join(ring_name("kill9ev"));
     std::fs::create_dir_all(&dir).unwrap();
     let events_file = dir.join("victim.log");
-    let mut child = Command::new(member_binary())
+    let mut child = Command::new(MEMBER)
         .args([
             &db.url(),
             &ring,
@@ -165,6 +147,20 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
         "the crashed member's rows were removed"
     );
     recorder.assert_no_overlap_and_tokens_increase();
+    // The victim's own log, with the survivors' events: it held what it
+    // held until the kill, and nobody else held any of it meanwhile.
+    let mut history = recorder.history();
+    let victim = history.add_run("victim");
+    let (logged, bad) = parse_events(&std::fs::read_to_string(&events_file).unwrap());
+    assert!(bad.is_empty(), "unreadable victim log: {bad:?}");
+    logged.iter().for_each(|e| history.logged(victim, e));
+    history.end(victim, End::Killed(oracle::ns(killed_at)));
+    let verdict = history.judge(oracle::now());
+    assert!(
+        verdict.is_clean() && history.anomalies().is_empty(),
+        "victim and survivors: {verdict:?} {:?}",
+        history.anomalies()
+    );
     for n in &survivors {
         n.stop().unwrap();
     }
@@ -189,7 +185,7 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
     wait_until(SETTLE, "3 members to settle", || {
         covered_exactly_once(&all, 1024) && settled(&all)
     });
-    let sampler = Sampler::start(nodes.clone());
+    let sampler = start_sampler(nodes.clone());
     let sleeper = all[0].clone();
     let its = sleeper.owned_partitions().to_vec();
     let snapshot = sleeper.owned_partitions();
@@ -216,7 +212,7 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
         "the paused member to rejoin and the ring to settle",
         || covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3),
     );
-    sampler.finish();
+    sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     let evs: Vec<Event> = recorder
         .events()
@@ -411,7 +407,7 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     wait_until(SETTLE, "3 members to settle", || {
         covered_exactly_once(&all, 1024) && settled(&all)
     });
-    let sampler = Sampler::start(nodes.clone());
+    let sampler = start_sampler(nodes.clone());
     // A cut: connections die, the member reconnects, nothing is lost.
     let renewals = proxied.status().renewals;
     proxy.cut();
@@ -471,7 +467,7 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     wait_until(SETTLE, "no row of the stopped member left", || {
         rows_of(db, "leasering", &ring, "behind-proxy") == 0
     });
-    sampler.finish();
+    sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     assert!(recorder.events().iter().any(|(n, e)| n == "behind-proxy"
         && matches!(

@@ -23,10 +23,14 @@ fn drop_releases_at_once_and_leaves_in_the_background_even_when_the_database_sta
         .stop_timeout(Duration::from_secs(3600));
     let events = b.subscribe();
     let node = b.start().unwrap();
-    wait_until(Duration::from_secs(30), "both members to hold their share", || {
-        let all = [watcher.clone(), node.clone()];
-        covered_exactly_once(&all, 1024) && settled(&all)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "both members to hold their share",
+        || {
+            let all = [watcher.clone(), node.clone()];
+            covered_exactly_once(&all, 1024) && settled(&all)
+        },
+    );
     proxy.set_mode(ProxyMode::Stall);
     // Drop on another thread so that a blocking drop shows as a timeout
     // here rather than as a hung test.
@@ -48,17 +52,24 @@ fn drop_releases_at_once_and_leaves_in_the_background_even_when_the_database_sta
             }
         )
     });
-    assert!(stopped, "the dropped member released its partitions at once");
+    assert!(
+        stopped,
+        "the dropped member released its partitions at once"
+    );
     // When the database answers again the background leave completes: the
     // channel disconnects and the other member takes everything over
     // without waiting for a lease to expire.
     proxy.set_mode(ProxyMode::Pass);
-    wait_until(Duration::from_secs(30), "the dropped member's leave", || {
-        rows_of(db, "leasering", &ring, "dropped") == 0
-    });
-    wait_until(Duration::from_secs(30), "the survivor to own the ring", || {
-        watcher.owned_partitions().len() == 1024
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the dropped member's leave",
+        || rows_of(db, "leasering", &ring, "dropped") == 0,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the survivor to own the ring",
+        || watcher.owned_partitions().len() == 1024,
+    );
     let disconnected = (0..3000).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
         matches!(
@@ -66,7 +77,10 @@ fn drop_releases_at_once_and_leaves_in_the_background_even_when_the_database_sta
             Err(crossbeam_channel::TryRecvError::Disconnected)
         )
     });
-    assert!(disconnected, "the event channel disconnects once the member has stopped");
+    assert!(
+        disconnected,
+        "the event channel disconnects once the member has stopped"
+    );
     watcher.stop().unwrap();
 }
 
@@ -74,7 +88,10 @@ fn drop_releases_at_once_and_leaves_in_the_background_even_when_the_database_sta
 fn errors_carry_their_facts() {
     let db = db();
     let ring = ring_name("facts");
-    let a = builder(pool(4), &ring, "same").ring_size(64).start().unwrap();
+    let a = builder(pool(4), &ring, "same")
+        .ring_size(64)
+        .start()
+        .unwrap();
     let err = builder(pool(4), &ring, "other")
         .ring_size(128)
         .start()
@@ -87,7 +104,10 @@ fn errors_carry_their_facts() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NodeIdInUse);
     assert_eq!(err.node_id(), Some("same"));
-    let err = builder(pool(4), &ring, "x").vnode_count(0).start().unwrap_err();
+    let err = builder(pool(4), &ring, "x")
+        .vnode_count(0)
+        .start()
+        .unwrap_err();
     assert_eq!(err.setting(), Some("vnode_count"), "{err}");
     let err = builder(pool(2), &ring, "x").start().unwrap_err();
     assert_eq!(err.setting(), Some("pool"), "{err}");

@@ -1,7 +1,9 @@
 //! Shared helpers of the benches (`harness = false`): statistics, machine
 //! facts, a throwaway PostgreSQL with statement statistics, pools, an event
-//! hub that merges many members' events, coverage/overlap checks over those
-//! events, and database load counters.
+//! hub that merges many members' events, a replay of who holds what (on the
+//! testkit's oracle, which also judges overlaps and gaps of those events),
+//! and database load counters. The seeded generator is the testkit's
+//! (`leasering_testkit::rng`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -9,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 use leasering::Event;
+use leasering_testkit::member_log::Ev;
+use leasering_testkit::oracle::{self, Coverage, End, History, RunId, Verdict};
 use leasering_testkit::{TestPostgres, TestPostgresOptions};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
@@ -150,28 +154,6 @@ pub fn tree_cpu_s(pid: u32) -> f64 {
     total as f64 / tick
 }
 
-// ---- randomness -----------------------------------------------------------
-
-/// splitmix64: small, seeded, good enough for random node ids.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    /// An id like the library's default: `node_` + 16 hex digits.
-    pub fn node_id(&mut self) -> String {
-        format!("node_{:016x}", self.next_u64())
-    }
-}
-
 // ---- PostgreSQL -----------------------------------------------------------
 
 /// A throwaway cluster with `pg_stat_statements` loaded (when the server has
@@ -220,16 +202,11 @@ pub fn pg_version(db: &TestPostgres) -> String {
 }
 
 /// A pool of at most `max` connections, opened lazily, tagged with
-/// `application_name` = `app`.
+/// `application_name` = `app`; hundreds of members connect at once, hence
+/// the generous timeout.
 pub fn pool(db: &TestPostgres, app: &str, max: u32) -> Pool {
-    let mut cfg = db.config();
-    cfg.application_name(app);
-    cfg.connect_timeout(Duration::from_secs(10));
-    r2d2::Pool::builder()
-        .max_size(max)
-        .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(30))
-        .build_unchecked(PostgresConnectionManager::new(cfg, NoTls))
+    db.named_pool(app, max, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("pool: {e}"))
 }
 
 /// Counters of database work, read from the statistics views.
@@ -391,144 +368,100 @@ impl EventHub {
     }
 }
 
-/// Who holds each partition, replayed from events (instances, not names)
-/// as they arrive — for deciding when a handoff is complete. Arrival order
-/// is not event order across members, so overlaps are judged by
-/// [`Timeline`] instead, over the whole log sorted by time.
-pub struct Holders {
-    pub holders: Vec<Vec<usize>>,
+/// Who holds each partition, replayed from events (of member instances) as
+/// they are applied — for deciding when a handoff is complete — on the
+/// testkit's oracle, whose judgement of the same replay gives the overlaps
+/// and uncovered gaps at the end.
+pub struct Replay {
+    ring_size: u32,
+    history: History,
+    runs: HashMap<usize, RunId>,
+    /// Per run, its instance (`None`: a member process, by its log).
+    instances: Vec<Option<usize>>,
 }
 
-impl Holders {
-    pub fn new(ring_size: u32) -> Holders {
-        Holders {
-            holders: vec![Vec::new(); ring_size as usize],
+impl Replay {
+    pub fn new(ring_size: u32) -> Replay {
+        Replay {
+            ring_size,
+            history: History::with_ring_size(ring_size),
+            runs: HashMap::new(),
+            instances: Vec::new(),
         }
     }
 
-    pub fn apply(&mut self, instance: usize, e: &Event) {
-        match e {
-            Event::Acquired { partitions, .. } => {
-                for p in partitions {
-                    let h = &mut self.holders[*p as usize];
-                    if !h.contains(&instance) {
-                        h.push(instance);
-                    }
-                }
-            }
-            Event::Released { partitions, .. } => {
-                for p in partitions {
-                    self.holders[*p as usize].retain(|i| *i != instance);
-                }
-            }
-            _ => {}
+    fn run(&mut self, instance: usize) -> RunId {
+        if let Some(r) = self.runs.get(&instance) {
+            return *r;
         }
+        let r = self.history.add_run(&format!("instance {instance}"));
+        self.runs.insert(instance, r);
+        self.instances.push(Some(instance));
+        r
+    }
+
+    /// Adds the log of a member process `name` killed at `killed` (its
+    /// partitions held until then), for the overlap judgement.
+    pub fn add_killed_process(&mut self, name: &str, log: &[Ev], killed: Instant) {
+        let r = self.history.add_run(name);
+        self.instances.push(None);
+        for e in log {
+            self.history.logged(r, e);
+        }
+        self.history.end(r, End::Killed(oracle::ns(killed)));
+    }
+
+    /// Applies one event of `instance` (each instance's in the order it
+    /// emitted them).
+    pub fn apply(&mut self, instance: usize, e: &Event) {
+        let run = self.run(instance);
+        self.history.event(run, e);
+    }
+
+    /// The one instance holding `p`, if exactly one does.
+    pub fn holder(&self, p: u32) -> Option<usize> {
+        self.instances[self.history.sole_holder(p)?.0]
     }
 
     /// Every partition held by exactly one instance, none of them `not`.
     pub fn covered_once_without(&self, not: Option<usize>) -> bool {
-        self.holders
+        let not = not.and_then(|i| self.runs.get(&i).copied());
+        (0..self.ring_size).all(|p| {
+            self.history
+                .sole_holder(p)
+                .is_some_and(|run| Some(run) != not)
+        })
+    }
+
+    /// The oracle's judgement of everything applied (open intervals end now).
+    pub fn verdict(&self) -> Verdict {
+        self.history.judge(oracle::now())
+    }
+
+    /// The first `n` overlaps, described (times relative to `t0`).
+    pub fn describe_overlaps(&self, v: &Verdict, t0: Instant, n: usize) -> Vec<String> {
+        v.overlaps
             .iter()
-            .all(|h| h.len() == 1 && Some(h[0]) != not)
+            .take(n)
+            .map(|o| self.history.describe_overlap(o, oracle::ns(t0)))
+            .collect()
+    }
+
+    /// Coverage of the ring by everything applied (open intervals end now).
+    pub fn coverage(&self) -> Coverage {
+        Coverage::new(&self.history.intervals(oracle::now()), self.ring_size)
+    }
+
+    /// Records that did not pair up.
+    pub fn anomalies(&self) -> &[String] {
+        self.history.anomalies()
     }
 }
 
-/// Intervals of activity per partition from an event log: overlaps of two
-/// instances, and the largest uncovered gaps, from one merged timeline.
-pub struct Timeline {
-    /// partition -> (instance, from, to)
-    pub intervals: HashMap<u32, Vec<(usize, Instant, Option<Instant>)>>,
-}
-
-impl Timeline {
-    pub fn from_log(log: &[(usize, Event)]) -> Timeline {
-        let mut evs: Vec<&(usize, Event)> = log.iter().collect();
-        evs.sort_by_key(|(_, e)| e.at());
-        let mut open: HashMap<(usize, u32), Instant> = HashMap::new();
-        let mut intervals: HashMap<u32, Vec<(usize, Instant, Option<Instant>)>> = HashMap::new();
-        for (i, e) in evs {
-            match e {
-                Event::Acquired { partitions, at, .. } => {
-                    for p in partitions {
-                        open.entry((*i, *p)).or_insert(*at);
-                    }
-                }
-                Event::Released { partitions, at, .. } => {
-                    for p in partitions {
-                        if let Some(from) = open.remove(&(*i, *p)) {
-                            intervals.entry(*p).or_default().push((*i, from, Some(*at)));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        for ((i, p), from) in open {
-            intervals.entry(p).or_default().push((i, from, None));
-        }
-        for v in intervals.values_mut() {
-            v.sort_by_key(|x| x.1);
-        }
-        Timeline { intervals }
-    }
-
-    /// The first `n` overlapping pairs, described (times relative to `t0`).
-    pub fn describe_overlaps(&self, t0: Instant, n: usize) -> Vec<String> {
-        let rel = |t: Instant| format!("{:.3}s", t.saturating_duration_since(t0).as_secs_f64());
-        let mut out = Vec::new();
-        let mut parts: Vec<&u32> = self.intervals.keys().collect();
-        parts.sort();
-        for p in parts {
-            let ivs = &self.intervals[p];
-            for (k, a) in ivs.iter().enumerate() {
-                for b in &ivs[k + 1..] {
-                    if a.0 != b.0 && a.2.is_none_or(|end| end > b.1) && out.len() < n {
-                        out.push(format!(
-                            "partition {p}: instance {} {}..{} and instance {} {}..{}",
-                            a.0,
-                            rel(a.1),
-                            a.2.map_or("open".into(), rel),
-                            b.0,
-                            rel(b.1),
-                            b.2.map_or("open".into(), rel)
-                        ));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Pairs of intervals of different instances that intersect.
-    pub fn overlaps(&self) -> usize {
-        let mut n = 0;
-        for ivs in self.intervals.values() {
-            for (k, a) in ivs.iter().enumerate() {
-                for b in &ivs[k + 1..] {
-                    if a.0 != b.0 && a.2.is_none_or(|end| end > b.1) {
-                        n += 1;
-                    }
-                }
-            }
-        }
-        n
-    }
-
-    /// Uncovered gaps (between one interval's end and the next start) that
-    /// begin within `[from, to]`, in milliseconds.
-    pub fn gaps_within(&self, from: Instant, to: Instant) -> Vec<f64> {
-        let mut out = Vec::new();
-        for ivs in self.intervals.values() {
-            for w in ivs.windows(2) {
-                if let Some(end) = w[0].2 {
-                    if end >= from && end <= to && w[1].1 > end {
-                        out.push(ms(w[1].1 - end));
-                    }
-                }
-            }
-        }
-        out
-    }
+/// The longest time any partition was active nowhere within `[from, to]`,
+/// in milliseconds.
+pub fn longest_gap_ms(coverage: &Coverage, from: Instant, to: Instant) -> f64 {
+    coverage.worst_gap(oracle::ns(from), oracle::ns(to)).0 as f64 / 1e6
 }
 
 /// Prints a table: a header row and rows, columns right-aligned.

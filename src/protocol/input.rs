@@ -1,6 +1,7 @@
 //! What the edge feeds the session core: the answers of the database and
 //! the notifications it delivered, already decoded. The store
-//! ([`crate::store`]) produces these; the core never sees a connection.
+//! (the crate's private store) produces these; the core never sees a
+//! connection.
 
 use crate::ring::{Change, RingView};
 

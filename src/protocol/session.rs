@@ -646,7 +646,7 @@ impl Session {
     }
 
     /// The clock reached `now`: if the local lease has run out, every active
-    /// partition is released ([`ReleaseReason::LeaseExpired`]), stamped with
+    /// partition is released ([`ReleaseReason::LeaseExpired`](crate::ReleaseReason::LeaseExpired)), stamped with
     /// the moment the hot path stopped reporting them, and every drain is
     /// cut short — a lease that runs out cannot wait for the user's work:
     /// its partitions are released again with `LeaseExpired`, meaning "stop
@@ -666,7 +666,7 @@ impl Session {
         out
     }
 
-    /// `stop()`: everything is released ([`ReleaseReason::Stopping`]) and
+    /// `stop()`: everything is released ([`ReleaseReason::Stopping`](crate::ReleaseReason::Stopping)) and
     /// nothing becomes active again. With a drain timeout the released
     /// partitions drain: the edge waits for [`Session::draining_count`] to
     /// reach zero (within its bound) before it leaves, and the leave frees

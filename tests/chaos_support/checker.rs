@@ -1,22 +1,26 @@
 //! The independent checker of a chaos run: a pure function from what the
 //! member processes logged (and what the harness recorded) to a [`Report`].
 //! It never looks at the library's state, only at the logs merged on the
-//! one CLOCK_MONOTONIC clock of the machine.
+//! one CLOCK_MONOTONIC clock of the machine. Intervals, overlaps and token
+//! order are the testkit's oracle's (`leasering_testkit::oracle`); what is
+//! chaos-specific is judged here, on the oracle's intervals.
 //!
 //! What it judges, and how:
 //!
 //! * **Ownership intervals.** Each member process (a *run*) logs
 //!   `Acquired`/`Released` with the instant each change took effect. A
 //!   partition is active on a run from an `Acquired` to the next `Released`
-//!   of it. A run killed with `SIGKILL` is active until the instant the
-//!   harness sent the signal (the harness kills only members of a settled
-//!   ring, whose logs have been quiet for a while, so nothing was in flight
-//!   that its log could have missed); a gracefully stopped run must have
-//!   released everything itself (else: an anomaly).
+//!   of it, both instants included. A run killed with `SIGKILL` is active
+//!   until the instant the harness sent the signal (the harness kills only
+//!   members of a settled ring, whose logs have been quiet for a while, so
+//!   nothing was in flight that its log could have missed); a gracefully
+//!   stopped run must have released everything itself (else: an anomaly).
 //! * **Overlaps**: two runs active on one partition at one instant
-//!   (intervals are half-open, `[acquired, released)`).
+//!   (closed intervals: a release at `t` and an acquisition at `t` by
+//!   another run overlap), every pair.
 //! * **Token regressions**: per partition, in order of acquisition, a token
-//!   lower than one seen before, or equal to one of *another* run.
+//!   not greater than one of an earlier *other* run, or lower than its own
+//!   run's earlier one.
 //! * **Coverage**: for each fault, from its `from` instant (its start, or the
 //!   moment the database came back) to `to` (the next fault), the longest
 //!   time any partition was active nowhere; it must stay under the fault's
@@ -35,24 +39,9 @@
 
 use std::collections::HashMap;
 
-use super::logs::{Ev, WriteRec};
-
-/// How a member process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Stopped gracefully (or still running at the end of the run: never).
-    Exited(u64),
-    /// `SIGKILL` sent at this instant.
-    Killed(u64),
-}
-
-impl End {
-    fn at(self) -> u64 {
-        match self {
-            End::Exited(t) | End::Killed(t) => t,
-        }
-    }
-}
+use leasering_testkit::member_log::{Ev, WriteRec};
+pub use leasering_testkit::oracle::End;
+use leasering_testkit::oracle::{self, judge, History, Interval};
 
 /// One member process and what it logged.
 #[derive(Debug, Clone)]
@@ -119,15 +108,6 @@ pub struct Report {
 }
 
 const EXAMPLES_PER_KIND: usize = 5;
-
-/// An interval of activity of one run on one partition, `[from, to)`.
-#[derive(Debug, Clone, Copy)]
-struct Interval {
-    run: usize,
-    token: u64,
-    from: u64,
-    to: u64,
-}
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -203,73 +183,19 @@ pub fn check(input: &Input) -> Report {
         ..Report::default()
     };
     let n = input.ring_size as usize;
-    let mut by_part: Vec<Vec<Interval>> = vec![Vec::new(); n];
-    // Acquisitions per partition: (at, token, run).
-    let mut acqs: Vec<Vec<(u64, u64, usize)>> = vec![Vec::new(); n];
-
-    for (ri, run) in input.runs.iter().enumerate() {
-        let mut open: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut history = History::with_ring_size(input.ring_size);
+    for run in &input.runs {
+        let id = history.add_run(&run.name);
         for ev in &run.events {
-            match ev {
-                Ev::Acquired {
-                    at, token, parts, ..
-                } => {
-                    for &p in parts {
-                        if p as usize >= n {
-                            report.anomalies.push(format!(
-                                "{} acquired partition {p} outside the ring",
-                                run.name
-                            ));
-                            continue;
-                        }
-                        if open.insert(p, (*token, *at)).is_some() {
-                            report.anomalies.push(format!(
-                                "{} acquired partition {p} at {at} while holding it",
-                                run.name
-                            ));
-                        }
-                        acqs[p as usize].push((*at, *token, ri));
-                    }
-                }
-                Ev::Released { at, parts, .. } => {
-                    for &p in parts {
-                        match open.remove(&p) {
-                            Some((token, from)) => by_part[p as usize].push(Interval {
-                                run: ri,
-                                token,
-                                from,
-                                to: (*at).max(from),
-                            }),
-                            None => report.anomalies.push(format!(
-                                "{} released partition {p} at {at} without holding it",
-                                run.name
-                            )),
-                        }
-                    }
-                }
-                Ev::Joined { .. } | Ev::View { .. } => {}
-            }
+            history.logged(id, ev);
         }
-        let mut left: Vec<(u32, (u64, u64))> = open.into_iter().collect();
-        left.sort_unstable();
-        if let (End::Exited(_), Some((p, _))) = (run.end, left.first()) {
-            report.anomalies.push(format!(
-                "{} stopped gracefully still holding {} partitions (first {p})",
-                run.name,
-                left.len()
-            ));
-        }
-        for (p, (token, from)) in left {
-            by_part[p as usize].push(Interval {
-                run: ri,
-                token,
-                from,
-                to: run.end.at().max(from),
-            });
-        }
+        history.end(id, run.end);
     }
+    report.anomalies.extend(history.anomalies().iter().cloned());
+    // Every run has ended: no interval is open any more.
+    let ivs: Vec<Interval> = history.closed().to_vec();
+    let name = |iv: &Interval| history.name(iv.run);
 
-    let name = |ri: usize| input.runs[ri].name.as_str();
     let mut examples: HashMap<&'static str, usize> = HashMap::new();
     let mut example = |kind: &'static str, text: String, out: &mut Vec<String>| {
         let c = examples.entry(kind).or_insert(0);
@@ -279,93 +205,59 @@ pub fn check(input: &Input) -> Report {
         *c += 1;
     };
 
-    let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
-    for (p, ivs) in by_part.iter_mut().enumerate() {
-        ivs.sort_by_key(|iv| (iv.from, iv.to));
-        // Transitions: the owner changed (the first owner counts).
-        let mut last_owner: Option<usize> = None;
-        // Token order: the highest token so far and whose it was.
-        let mut max_token: Option<(u64, usize)> = None;
-        // Overlaps: intervals still running at the current start.
-        let mut live: Vec<Interval> = Vec::new();
-        for iv in ivs.iter() {
-            if last_owner != Some(iv.run) {
-                report.transitions += 1;
-                last_owner = Some(iv.run);
-            }
-            if let Some((t, r)) = max_token {
-                if iv.token < t || (iv.token == t && iv.run != r) {
-                    report.token_regressions += 1;
-                    example(
-                        "token regression",
-                        format!(
-                            "partition {p}: {} acquired with token {} at {} after {} had token {t}",
-                            name(iv.run),
-                            iv.token,
-                            iv.from,
-                            name(r)
-                        ),
-                        &mut report.examples,
-                    );
-                }
-            }
-            if max_token.is_none_or(|(t, _)| iv.token > t) {
-                max_token = Some((iv.token, iv.run));
-            }
-            if iv.to == iv.from {
-                continue;
-            }
-            live.retain(|l| l.to > iv.from);
-            for l in &live {
-                if l.run != iv.run {
-                    report.overlaps += 1;
-                    example(
-                        "overlap",
-                        format!(
-                            "partition {p}: {} (token {}, [{}, {})) and {} (token {}, [{}, {})), {:.3} ms",
-                            name(l.run),
-                            l.token,
-                            l.from,
-                            l.to,
-                            name(iv.run),
-                            iv.token,
-                            iv.from,
-                            iv.to,
-                            ms(l.to.min(iv.to) - iv.from)
-                        ),
-                        &mut report.examples,
-                    );
-                }
-            }
-            live.push(*iv);
-            // Coverage: merge.
-            match covered[p].last_mut() {
-                Some(last) if iv.from <= last.1 => last.1 = last.1.max(iv.to),
-                _ => covered[p].push((iv.from, iv.to)),
-            }
-        }
+    let verdict = judge(&ivs);
+    report.transitions = verdict.transitions;
+    report.overlaps = verdict.overlaps.len() as u64;
+    report.token_regressions = verdict.regressions.len() as u64;
+    for o in &verdict.overlaps {
+        let text = format!(
+            "partition {}: {} (token {}, [{}, {}]) and {} (token {}, [{}, {}]), {:.3} ms",
+            o.partition(),
+            name(&o.a),
+            o.a.token,
+            o.a.from,
+            o.a.to,
+            name(&o.b),
+            o.b.token,
+            o.b.from,
+            o.b.to,
+            ms(o.ns())
+        );
+        example("overlap", text, &mut report.examples);
+    }
+    for r in &verdict.regressions {
+        let text = format!(
+            "partition {}: {} acquired with token {} at {} after {} had token {}",
+            r.later.partition,
+            name(&r.later),
+            r.later.token,
+            r.later.from,
+            name(&r.earlier),
+            r.earlier.token
+        );
+        example("token regression", text, &mut report.examples);
     }
 
+    let coverage = oracle::Coverage::new(&ivs, input.ring_size);
     for f in &input.faults {
-        let mut worst = (0u64, 0u32);
-        for (p, cov) in covered.iter().enumerate() {
-            let g = longest_gap(cov, f.from, f.to);
-            if g > worst.0 {
-                worst = (g, p as u32);
-            }
-        }
-        report.max_uncovered_ms = report.max_uncovered_ms.max(worst.0 / 1_000_000);
+        let (worst_ns, partition) = coverage.worst_gap(f.from, f.to);
+        report.max_uncovered_ms = report.max_uncovered_ms.max(worst_ns / 1_000_000);
         report.coverage.push(Coverage {
             kind: f.kind.clone(),
             label: f.label.clone(),
             bound_ms: f.bound_ms,
-            worst_ns: worst.0,
-            partition: worst.1,
+            worst_ns,
+            partition,
         });
     }
 
-    // Stale writes (b): per partition, acquisitions in time order with the
-    // highest token so far, and the highest among runs other than its owner.
+    // Stale writes (b): per partition, acquisitions (each interval is one)
+    // in time order with the highest token so far, and the highest among
+    // runs other than its owner.
+    let mut acqs: Vec<Vec<(u64, u64, usize)>> = vec![Vec::new(); n];
+    for iv in &ivs {
+        acqs[iv.partition as usize].push((iv.from, iv.token, iv.run.0));
+    }
     let mut best: Vec<Vec<(u64, u64, usize, u64)>> = Vec::with_capacity(n);
     for a in acqs.iter_mut() {
         a.sort_unstable();
@@ -423,33 +315,6 @@ pub fn check(input: &Input) -> Report {
         }
     }
     report
-}
-
-/// The longest stretch of `[lo, hi)` not covered by `covered` (sorted,
-/// disjoint, non-touching intervals).
-fn longest_gap(covered: &[(u64, u64)], lo: u64, hi: u64) -> u64 {
-    if hi <= lo {
-        return 0;
-    }
-    let mut cursor = lo;
-    let mut best = 0;
-    let start = covered.partition_point(|c| c.1 <= lo);
-    for c in &covered[start..] {
-        if c.0 >= hi {
-            break;
-        }
-        if c.0 > cursor {
-            best = best.max(c.0 - cursor);
-        }
-        cursor = cursor.max(c.1);
-        if cursor >= hi {
-            break;
-        }
-    }
-    if cursor < hi {
-        best = best.max(hi - cursor);
-    }
-    best
 }
 
 #[cfg(test)]
@@ -543,10 +408,30 @@ mod tests {
     }
 
     #[test]
-    fn touching_intervals_do_not_overlap() {
+    fn touching_intervals_overlap() {
+        // Closed intervals: a releases 2 and 3 at 100 ms, b acquires them
+        // at 100 ms.
         let mut i = clean();
         i.runs[1].events[0] = acq(100, 2, &[2, 3]);
-        assert_eq!(check(&i).overlaps, 0);
+        assert_eq!(check(&i).overlaps, 2);
+    }
+
+    #[test]
+    fn an_overlap_with_a_non_neighbour_is_flagged() {
+        // a holds partition 0 until 1000 ms; b holds it from 100 to 200 ms,
+        // then c from 300 ms: c overlaps a though b came between them.
+        let i = input(vec![
+            run("a", vec![acq(0, 1, &[0]), rel(1000, &[0])], exited(1000)),
+            run("b", vec![acq(100, 2, &[0]), rel(200, &[0])], exited(1000)),
+            run("c", vec![acq(300, 3, &[0]), rel(400, &[0])], exited(1000)),
+        ]);
+        let r = check(&i);
+        assert_eq!(r.overlaps, 2, "{:?}", r.examples);
+        assert!(
+            r.examples.iter().any(|e| e.contains(" and c ")),
+            "{:?}",
+            r.examples
+        );
     }
 
     #[test]
@@ -628,18 +513,6 @@ mod tests {
         i.runs[1].events = vec![];
         let r = check(&i);
         assert_eq!(r.coverage[0].worst_ns, 800 * MS);
-    }
-
-    #[test]
-    fn longest_gap_edges() {
-        let c = [(10, 20), (30, 40)];
-        assert_eq!(longest_gap(&c, 0, 50), 10);
-        assert_eq!(longest_gap(&c, 12, 38), 10);
-        assert_eq!(longest_gap(&c, 12, 18), 0);
-        assert_eq!(longest_gap(&c, 15, 32), 10);
-        assert_eq!(longest_gap(&c, 41, 45), 4);
-        assert_eq!(longest_gap(&[], 5, 9), 4);
-        assert_eq!(longest_gap(&c, 9, 9), 0);
     }
 
     fn write(t0: u64, accepted: &[(u32, u64)], rejected: &[(u32, u64)]) -> WriteRec {

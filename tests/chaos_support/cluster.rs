@@ -1,23 +1,23 @@
 //! The cluster of a chaos run: a private PostgreSQL, member processes (the
-//! `member` example), each with its own TCP proxy, their logs followed
-//! live (to know when the ring has settled) and collected at the end for
-//! the checker.
+//! `leasering-member` bin, `tests/bin/member.rs`), each with its own TCP
+//! proxy, their logs followed live (to know when the ring has settled) and
+//! collected at the end for the checker.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
-use leasering::monotonic_ns;
+use leasering_testkit::member_log::{parse_event, parse_events, parse_writes};
+use leasering_testkit::oracle::{self, End, History, RunId};
+use leasering_testkit::rng::Rng;
 use leasering_testkit::{TcpProxy, TestPostgres};
 
-use super::checker::{End, Run};
-use super::logs::{parse_event, parse_events, parse_writes, Ev};
-use super::rng::Rng;
+use super::checker::Run;
 
 pub const RING: &str = "chaos";
 pub const SCHEMA: &str = "leasering";
@@ -25,8 +25,14 @@ pub const SINK: &str = "public.chaos_sink";
 
 /// Now on CLOCK_MONOTONIC, in nanoseconds (the members' clock).
 pub fn mono_now() -> u64 {
-    monotonic_ns(Instant::now())
+    oracle::now()
 }
+
+/// The one run of a member's own [`History`].
+const ME: RunId = RunId(0);
+
+/// The member process, built by Cargo with the tests.
+const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -94,9 +100,10 @@ pub struct Member {
     writes_path: PathBuf,
     stderr_path: PathBuf,
     tail: Tail,
+    /// Its log so far, replayed by the oracle (one run).
+    log: History,
     /// Partitions active on it, as its log says so far.
-    owned: Vec<bool>,
-    owned_count: usize,
+    owned: Vec<u32>,
     last_growth: Instant,
     pub paused: bool,
     pub ready: bool,
@@ -119,30 +126,14 @@ impl Member {
         self.last_growth = Instant::now();
         for l in lines {
             match parse_event(&l) {
-                Ok(Ev::Acquired { parts, .. }) => {
-                    for p in parts {
-                        if let Some(o) = self.owned.get_mut(p as usize) {
-                            if !*o {
-                                *o = true;
-                                self.owned_count += 1;
-                            }
-                        }
-                    }
-                }
-                Ok(Ev::Released { parts, .. }) => {
-                    for p in parts {
-                        if let Some(o) = self.owned.get_mut(p as usize) {
-                            if *o {
-                                *o = false;
-                                self.owned_count -= 1;
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
+                Ok(ev) => self.log.logged(ME, &ev),
                 Err(e) => self.bad_lines.push(format!("{}: {e}: {l:?}", self.name)),
             }
         }
+        // Only what it holds now matters here; the checker judges the
+        // whole logs at the end.
+        self.log.take_closed();
+        self.owned = self.log.holding(ME);
     }
 
     fn pid(&self) -> i32 {
@@ -162,53 +153,10 @@ impl Member {
     }
 }
 
-/// Builds the `member` example in the profile of this test binary (plain
-/// `cargo test --test chaos` does not build examples) and returns its path.
-fn member_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|s| s.to_str())
-        .unwrap_or("debug");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "member", "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let status = cmd.status().expect("run cargo to build the member example");
-    assert!(
-        status.success(),
-        "building the member example failed: {cmd:?}"
-    );
-    let bin = profile_dir.join("examples").join("member");
-    assert!(
-        bin.exists(),
-        "member example not found at {}",
-        bin.display()
-    );
-    bin
-}
-
 pub struct Cluster {
     pub db: TestPostgres,
     pub dir: PathBuf,
     pub settings: Settings,
-    bin: PathBuf,
     pub members: Vec<Member>,
     next_node: usize,
     processes_of: HashMap<String, usize>,
@@ -217,7 +165,6 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(settings: Settings, dir: PathBuf) -> Cluster {
-        let bin = member_binary();
         std::fs::create_dir_all(&dir).expect("create the log directory");
         let db =
             TestPostgres::start().unwrap_or_else(|e| panic!("chaos needs its own PostgreSQL: {e}"));
@@ -244,7 +191,6 @@ impl Cluster {
             dir,
             rng: Rng::new(settings.seed ^ 0x5eed_c1a5),
             settings,
-            bin,
             members: Vec::new(),
             next_node: 0,
             processes_of: HashMap::new(),
@@ -277,7 +223,7 @@ impl Cluster {
             .rng
             .range(self.settings.vnodes.0 as u64, self.settings.vnodes.1 as u64);
         let s = &self.settings;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Command::new(MEMBER);
         cmd.args([
             url.as_str(),
             RING,
@@ -318,6 +264,8 @@ impl Cluster {
                 }
             }
         });
+        let mut log = History::with_ring_size(s.ring_size);
+        log.add_run(&name);
         self.members.push(Member {
             name,
             node_id: node_id.to_string(),
@@ -329,8 +277,8 @@ impl Cluster {
             events_path,
             writes_path,
             stderr_path,
-            owned: vec![false; s.ring_size as usize],
-            owned_count: 0,
+            log,
+            owned: Vec::new(),
             last_growth: Instant::now(),
             paused: false,
             ready: false,
@@ -479,7 +427,7 @@ impl Cluster {
     /// Partitions active on member `i`, as its log says now.
     pub fn owned_count(&mut self, i: usize) -> usize {
         self.members[i].follow();
-        self.members[i].owned_count
+        self.members[i].owned.len()
     }
 
     /// Reads what the live members logged since the last call.
@@ -498,19 +446,18 @@ impl Cluster {
         if live.is_empty()
             || live
                 .iter()
-                .any(|m| m.paused || !m.ready || m.owned_count == 0)
+                .any(|m| m.paused || !m.ready || m.owned.is_empty())
         {
             return false;
         }
         if live.iter().any(|m| m.last_growth.elapsed() < quiet) {
             return false;
         }
-        let total: usize = live.iter().map(|m| m.owned_count).sum();
-        if total != self.settings.ring_size as usize {
-            return false;
+        let mut holders = vec![0u32; self.settings.ring_size as usize];
+        for p in live.iter().flat_map(|m| &m.owned) {
+            holders[*p as usize] += 1;
         }
-        (0..self.settings.ring_size as usize)
-            .all(|p| live.iter().filter(|m| m.owned[p]).count() == 1)
+        holders.iter().all(|n| *n == 1)
     }
 
     /// Polls [`settled`](Self::settled) until it holds, or fails after `timeout`.
@@ -533,7 +480,7 @@ impl Cluster {
                         format!(
                             "{}: {} partitions{}",
                             m.name,
-                            m.owned_count,
+                            m.owned.len(),
                             if m.paused { " (paused)" } else { "" }
                         )
                     })

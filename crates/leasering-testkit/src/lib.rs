@@ -1,5 +1,6 @@
-//! Support for tests, benches and demos: a throwaway PostgreSQL cluster and a
-//! fault-injecting TCP proxy.
+//! Support for tests, benches and demos: a throwaway PostgreSQL cluster, a
+//! fault-injecting TCP proxy, and the one judge of ownership histories that
+//! every consumer shares.
 //!
 //! * [`TestPostgres`] starts a private PostgreSQL cluster in a temporary
 //!   directory (or wraps an existing server named by the environment variable
@@ -8,22 +9,44 @@
 //! * [`TcpProxy`] sits between a client and PostgreSQL on the loopback
 //!   interface and can stall, delay, refuse or cut connections on demand
 //!   (see [`ProxyMode`]).
+//! * [`oracle`] turns `Acquired`/`Released` records of many runs into
+//!   intervals on one clock and judges them: overlaps (all pairs, closed
+//!   intervals), token order, uncovered gaps. [`Recorder`] feeds it from
+//!   members in this process; [`member_log`] is the log format of member
+//!   processes. [`Sampler`] is the second, independent check: it samples
+//!   `owned_partitions()`.
+//! * [`rng::Rng`] is the seeded generator of chaos, benches and the demo.
 //! * [`unique_name`] makes names that are safe to use as PostgreSQL
 //!   identifiers (for example a schema per test).
 //!
 //! Nothing here panics on expected failures: every fallible operation returns
 //! a [`TestkitError`] whose message says what went wrong and, where possible,
-//! what to do about it.
+//! what to do about it. The exceptions are the assertions meant for tests
+//! ([`Recorder::assert_no_overlap_and_tokens_increase`],
+//! [`sampler::SampleReport::assert_no_overlap`], [`Recorder::start`]).
+//!
+//! The crate depends on `leasering` (for its events and `RingNode`) while
+//! `leasering` dev-depends on it: Cargo builds the library's own tests
+//! against a second copy of the library, which is fine as long as no
+//! library type crosses between the two (the library's unit tests use only
+//! [`TestPostgres`] and [`unique_name`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod member_log;
+pub mod oracle;
 pub mod postgres;
 pub mod proxy;
+pub mod recorder;
+pub mod rng;
+pub mod sampler;
 
-pub use self::postgres::{TestPostgres, TestPostgresOptions};
+pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};
+pub use self::recorder::Recorder;
+pub use self::sampler::Sampler;
 
 /// The error returned by every fallible operation of the testkit.
 ///

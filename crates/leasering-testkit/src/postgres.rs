@@ -34,7 +34,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ::postgres::config::Host;
 use ::postgres::{Client, Config, NoTls};
@@ -340,6 +340,29 @@ impl TestPostgres {
         make_pool(self.config_via(port), max_size)
     }
 
+    /// A pool of at most `max_size` connections whose sessions carry
+    /// `application_name` = `app` (so that the database can tell members
+    /// apart), opened lazily; both connecting and checking a connection out
+    /// give up after `timeout`. Built unchecked: it never waits for the
+    /// server here.
+    pub fn named_pool(
+        &self,
+        app: &str,
+        max_size: u32,
+        timeout: Duration,
+    ) -> Result<r2d2::Pool<PostgresConnectionManager<NoTls>>, TestkitError> {
+        if max_size == 0 {
+            return Err(TestkitError::new("a pool needs max_size of at least 1"));
+        }
+        let mut config = self.config();
+        config.application_name(app).connect_timeout(timeout);
+        Ok(r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            .connection_timeout(timeout)
+            .build_unchecked(PostgresConnectionManager::new(config, NoTls)))
+    }
+
     /// Opens one connection to the server.
     pub fn client(&self) -> Result<Client, TestkitError> {
         self.config()
@@ -523,6 +546,17 @@ fn make_pool(
         .connection_timeout(CONNECT_TIMEOUT)
         .build(PostgresConnectionManager::new(config, NoTls))
         .map_err(|e| TestkitError::new(format!("could not build a connection pool: {e}")))
+}
+
+/// The `Instant` at which a wall-clock time (a database timestamp, say)
+/// happens on this machine: for comparing `timestamptz` values of a local
+/// server with the library's `Instant`s.
+pub fn instant_of(ts: SystemTime) -> Instant {
+    let (now_sys, now) = (SystemTime::now(), Instant::now());
+    match ts.duration_since(now_sys) {
+        Ok(ahead) => now + ahead,
+        Err(e) => now - e.duration(),
+    }
 }
 
 /// Why a start attempt failed.

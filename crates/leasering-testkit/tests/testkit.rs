@@ -11,7 +11,8 @@ use leasering_testkit::{unique_name, ProxyMode, TcpProxy, TestPostgres, TestPost
 use postgres::{Client, Config, NoTls};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const HELPER_ENV: &str = "LEASERING_TESTKIT_HELPER";
+/// The child program of the process tests (`src/bin/testkit-helper.rs`).
+const HELPER: &str = env!("CARGO_BIN_EXE_testkit-helper");
 
 /// Polls `condition` every 10 ms until it holds; panics after `DEADLINE`.
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -323,17 +324,10 @@ fn proxy_to_a_closed_port_closes_the_client() {
     wait_until("no connection", || proxy.connections() == 0);
 }
 
-/// Runs a helper in a child process (this test binary again).
+/// Runs the helper program in a child process.
 fn run_helper(mode: &str) -> (std::process::Child, u32, PathBuf) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "helper_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, mode)
+    let mut child = Command::new(HELPER)
+        .arg(mode)
         .env_remove("LEASERING_TEST_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -343,7 +337,6 @@ fn run_helper(mode: &str) -> (std::process::Child, u32, PathBuf) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut found = None;
     for line in lines.by_ref() {
-        // The harness prints "test helper_process ... " before it.
         let line = line.unwrap();
         if let Some((_, rest)) = line.split_once("POSTMASTER ") {
             let (pid, dir) = rest.trim().split_once(' ').unwrap();
@@ -399,9 +392,8 @@ fn shared_cluster_is_removed_at_exit() {
 #[test]
 fn external_server_from_env() {
     let pg = shared();
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["helper_process", "--exact", "--ignored", "--test-threads=1"])
-        .env(HELPER_ENV, "external")
+    let status = Command::new(HELPER)
+        .arg("external")
         .env("LEASERING_TEST_DATABASE_URL", pg.url())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -409,49 +401,6 @@ fn external_server_from_env() {
         .status()
         .unwrap();
     assert!(status.success(), "the external-server checks failed");
-}
-
-/// Not a test: the child process of the three tests above.
-#[test]
-#[ignore]
-fn helper_process() {
-    let Ok(mode) = std::env::var(HELPER_ENV) else {
-        return;
-    };
-    if mode == "external" {
-        let url = std::env::var("LEASERING_TEST_DATABASE_URL").unwrap();
-        let pg = TestPostgres::from_env().unwrap().unwrap();
-        assert!(pg.is_external());
-        assert_eq!(pg.url(), url);
-        assert_eq!(pg.pid(), None);
-        assert!(pg.is_running());
-        for result in [
-            pg.stop_fast(),
-            pg.stop_immediate(),
-            pg.kill(),
-            pg.start_again(),
-        ] {
-            let err = result.unwrap_err();
-            assert!(err.message().contains("external"), "{err}");
-        }
-        let mut conn = pg.pool(1).unwrap().get().unwrap();
-        assert_eq!(select_int(&mut conn, 4), 4);
-        let shared = TestPostgres::shared().unwrap();
-        assert!(shared.is_external());
-        assert_eq!(select_int(&mut shared.client().unwrap(), 5), 5);
-        let proxy = TcpProxy::start(target(shared)).unwrap();
-        let mut via = shared.pool_via(proxy.port(), 1).unwrap().get().unwrap();
-        assert_eq!(select_int(&mut via, 6), 6);
-        return;
-    }
-    let pg = TestPostgres::shared().unwrap();
-    pg.client().unwrap().simple_query("SELECT 1").unwrap();
-    let pid = pg.pid().unwrap();
-    println!("POSTMASTER {pid} {}", cluster_dir(pid).display());
-    if mode == "kill" {
-        // Wait to be killed (bounded, should the parent be gone).
-        thread::sleep(Duration::from_secs(60));
-    }
 }
 
 #[test]

@@ -11,23 +11,48 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use leasering::{ErrorKind, Event, NodeStatus, RingNode, RingView};
+use leasering::{Config, ErrorKind, Event, NodeStatus, RingNode, RingView};
+use leasering_testkit::rng::Rng;
 use parking_lot::Mutex;
 use r2d2_postgres::postgres::{self, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::journal::{Label, Line, Tone};
-use crate::util::{human, slot_of, Rng};
+use crate::util::{human, slot_of};
 
 /// What the members need to know.
 #[derive(Clone)]
 pub struct Settings {
     pub pg: postgres::Config,
-    pub ring_id: String,
-    pub ring_size: u32,
-    pub vnodes: u32,
-    pub ttl: Duration,
-    pub schema: String,
+    /// The members' configuration, validated; each gets its own node id.
+    pub member: Config,
+}
+
+/// Starts one member configured by `cfg` (the fields the demo's flags set,
+/// node id included) on a pool of its own to `pg`, with an event receiver
+/// registered before the start: the demo's members and `ringnode node`
+/// alike.
+pub fn start_member(
+    pg: postgres::Config,
+    cfg: &Config,
+) -> leasering::Result<(RingNode, Receiver<Event>)> {
+    let pool = r2d2::Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(3))
+        .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
+    let mut b = RingNode::builder(pool, cfg.ring_id.clone())
+        .vnode_count(cfg.vnode_count)
+        .ring_size(cfg.ring_size)
+        .lease_ttl(cfg.lease_ttl)
+        .schema(cfg.schema.clone())
+        .start_timeout(cfg.start_timeout);
+    if let Some(id) = &cfg.node_id {
+        b = b.node_id(id.clone());
+    }
+    let rx = b.subscribe();
+    let node = b.start()?;
+    Ok((node, rx))
 }
 
 /// Where a member stands, from the demo's side.
@@ -91,15 +116,38 @@ pub struct Row {
 /// members' in-memory state (no database access).
 pub struct Snapshot {
     pub rows: Vec<Row>,
+    /// Per partition, how to paint it; counted in `tally`.
     pub cells: Vec<Cell>,
+    pub tally: Tally,
     /// Newest epoch among the running members' views.
     pub epoch: u64,
+    /// Members in the ring (joined, running, not crashed).
+    pub in_ring: usize,
+}
+
+/// How many partitions are painted each way (free ones are the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
     pub active: u32,
     pub pending: u32,
     pub waiting: u32,
     pub double: u32,
-    /// Members in the ring (joined, running, not crashed).
-    pub in_ring: usize,
+}
+
+impl Tally {
+    fn of(cells: &[Cell]) -> Tally {
+        let mut t = Tally::default();
+        for c in cells {
+            match c {
+                Cell::Active(_) => t.active += 1,
+                Cell::Pending(_) => t.pending += 1,
+                Cell::Waiting(_) => t.waiting += 1,
+                Cell::Double => t.double += 1,
+                Cell::Free => {}
+            }
+        }
+        t
+    }
 }
 
 pub struct Cluster {
@@ -153,24 +201,11 @@ impl Cluster {
     }
 
     fn start_member(&self, name: &str) -> leasering::Result<(RingNode, Receiver<Event>)> {
-        let s = &self.settings;
-        let mut pg = s.pg.clone();
+        let mut pg = self.settings.pg.clone();
         pg.application_name(&format!("ringnode {name}"));
-        let pool = r2d2::Pool::builder()
-            .max_size(4)
-            .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(3))
-            .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
-        let mut b = RingNode::builder(pool, s.ring_id.clone())
-            .node_id(name)
-            .vnode_count(s.vnodes)
-            .ring_size(s.ring_size)
-            .lease_ttl(s.ttl)
-            .schema(s.schema.clone())
-            .start_timeout(Duration::from_secs(10));
-        let rx = b.subscribe();
-        let node = b.start()?;
-        Ok((node, rx))
+        let mut cfg = self.settings.member.clone();
+        cfg.node_id = Some(name.to_string());
+        start_member(pg, &cfg)
     }
 
     /// Starts a reserved member; blocks until it joined (or failed, in which
@@ -355,7 +390,7 @@ impl Cluster {
             Tone::Bad,
             format!(
                 "[{origin}] crash: stops without leaving (its lease ends within {})",
-                human(self.settings.ttl)
+                human(self.settings.member.lease_ttl)
             ),
         );
         let name = name.to_string();
@@ -376,7 +411,7 @@ impl Cluster {
             format!(
                 "[{origin}] paused for {} (lease TTL {}): its threads are frozen",
                 human(d),
-                human(self.settings.ttl)
+                human(self.settings.member.lease_ttl)
             ),
         );
     }
@@ -385,10 +420,7 @@ impl Cluster {
     pub fn pick(&self, rng: &mut Rng) -> Option<String> {
         let ms = self.members.lock();
         let live: Vec<&Member> = ms.iter().filter(|m| m.phase == Phase::Live).collect();
-        if live.is_empty() {
-            return None;
-        }
-        Some(live[rng.below(live.len())].name.clone())
+        rng.pick(&live).map(|m| m.name.clone())
     }
 
     /// Members by phase: (all listed, live, paused, starting, crashed, leaving).
@@ -441,7 +473,7 @@ impl Cluster {
                 let listed = newest.as_ref().is_some_and(|v| v.member(&m.name).is_some());
                 let grace = now.saturating_duration_since(at);
                 !(grace > Duration::from_millis(300) && !listed
-                    || running == 0 && grace > self.settings.ttl * 2)
+                    || running == 0 && grace > self.settings.member.lease_ttl * 2)
             }
             _ => true,
         });
@@ -478,7 +510,7 @@ impl Cluster {
             .iter()
             .map(|m| (m.name.clone(), m.slot, m.phase, m.node.clone()))
             .collect();
-        let size = self.settings.ring_size as usize;
+        let size = self.settings.member.ring_size as usize;
         let mut active_by: Vec<Option<usize>> = vec![None; size];
         let mut double = vec![false; size];
         let mut newest: Option<RingView> = None;
@@ -519,33 +551,21 @@ impl Cluster {
             .iter()
             .map(|r| (r.name.as_str(), (r.slot, r.phase)))
             .collect();
-        let (mut active, mut pending, mut waiting, mut doubles) = (0, 0, 0, 0);
         let cells: Vec<Cell> = (0..size)
             .map(|p| {
                 if double[p] {
-                    doubles += 1;
                     return Cell::Double;
                 }
                 if let Some(slot) = active_by[p] {
-                    active += 1;
                     return Cell::Active(slot);
                 }
                 let owner = newest.as_ref().and_then(|v| v.owner_of(p as u32));
                 match owner {
                     None => Cell::Free,
                     Some(o) => match by_name.get(o) {
-                        Some((slot, Phase::Live | Phase::Starting)) => {
-                            pending += 1;
-                            Cell::Pending(*slot)
-                        }
-                        Some((slot, _)) => {
-                            waiting += 1;
-                            Cell::Waiting(*slot)
-                        }
-                        None => {
-                            waiting += 1;
-                            Cell::Waiting(slot_of(o))
-                        }
+                        Some((slot, Phase::Live | Phase::Starting)) => Cell::Pending(*slot),
+                        Some((slot, _)) => Cell::Waiting(*slot),
+                        None => Cell::Waiting(slot_of(o)),
                     },
                 }
             })
@@ -557,12 +577,9 @@ impl Cluster {
         }
         Snapshot {
             rows,
+            tally: Tally::of(&cells),
             cells,
             epoch: newest.as_ref().map_or(0, |v| v.epoch()),
-            active,
-            pending,
-            waiting,
-            double: doubles,
             in_ring,
         }
     }

@@ -12,20 +12,20 @@ use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
 use leasering::Config;
-use leasering_testkit::TestPostgres;
+use leasering_testkit::rng::Rng;
+use leasering_testkit::{Sampler, TestPostgres};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
 
-use crate::checker::Sampler;
 use crate::cli::{DemoArgs, MAX_MEMBERS};
 use crate::cluster::{Cell, Cluster, Counts, Msg, Phase, Settings, Snapshot};
 use crate::journal::{Journal, Line, Tone};
 use crate::signals;
 use crate::ui::{self, member_color, Screen};
 use crate::util::{
-    clock, describe_target, human, parse_database_url, preflight, AppError, AppResult, Rng,
+    clock, describe_target, human, parse_database_url, preflight, AppError, AppResult,
 };
 
 /// Why the demo ends.
@@ -99,7 +99,7 @@ impl Churn {
         if total == 0 {
             return;
         }
-        let mut pick = self.rng.below(total as usize) as u32;
+        let mut pick = self.rng.below(total as u64) as u32;
         let mut action = options[0].1;
         for (w, a) in &options {
             if pick < *w {
@@ -185,13 +185,9 @@ impl Demo {
     }
 
     fn sampled(&self) -> (u64, u64) {
-        self.sampler.as_ref().map_or((0, 0), |s| {
-            use std::sync::atomic::Ordering::Relaxed;
-            (
-                s.stats.samples.load(Relaxed),
-                s.stats.overlaps.load(Relaxed),
-            )
-        })
+        self.sampler
+            .as_ref()
+            .map_or((0, 0), |s| (s.samples(), s.overlaps()))
     }
 
     fn overlaps(&self) -> u64 {
@@ -199,8 +195,8 @@ impl Demo {
     }
 
     fn settled(&self, snap: &Snapshot, c: &Counts) -> bool {
-        snap.active == self.ring_size
-            && snap.double == 0
+        snap.tally.active == self.ring_size
+            && snap.tally.double == 0
             && c.starting + c.paused + c.leaving + c.crashed == 0
             && snap.rows.iter().all(|r| {
                 r.status
@@ -248,10 +244,10 @@ impl Demo {
             snap.in_ring,
             c.paused,
             c.crashed,
-            snap.active,
+            snap.tally.active,
             self.ring_size,
-            snap.pending,
-            snap.waiting,
+            snap.tally.pending,
+            snap.tally.waiting,
             self.overlaps(),
             self.journal.handoffs()
         )
@@ -268,7 +264,11 @@ impl Demo {
             show(&l);
         }
         let (samples, sampled) = self.sampled();
-        let sampler_examples = self.sampler.take().map(|s| s.finish()).unwrap_or_default();
+        let sampler_examples = self
+            .sampler
+            .take()
+            .map(|s| s.finish().examples)
+            .unwrap_or_default();
         self.cluster.forget_all();
         if let Some(db) = db {
             drop(db);
@@ -281,11 +281,11 @@ impl Demo {
             show(&l);
         }
         let checker = self.journal.checker();
-        let mut examples: Vec<String> = checker.examples().to_vec();
+        let mut examples: Vec<String> = checker.examples();
         examples.extend(sampler_examples);
         Summary {
             members: snap.in_ring,
-            active: snap.active,
+            active: snap.tally.active,
             overlaps: checker.overlaps() + sampled,
             handoffs: self.journal.handoffs(),
             intervals: checker.intervals(),
@@ -412,19 +412,12 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
         })));
     }
 
-    let settings = Settings {
-        pg,
-        ring_id: args.ring_id.clone(),
-        ring_size: args.ring_size,
-        vnodes: args.vnodes,
-        ttl,
-        schema: args.schema.clone(),
-    };
+    let settings = Settings { pg, member: cfg };
     let cluster = Cluster::new(settings, tx);
     let start = Instant::now();
     let (rng, seed) = match args.seed {
         Some(s) => (Rng::new(s), s),
-        None => Rng::from_clock(),
+        None => Rng::fresh(),
     };
     let mut demo = Demo {
         cluster: cluster.clone(),
@@ -826,15 +819,15 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         .bg(Color::Red)
         .add_modifier(Modifier::BOLD);
     let dim = Style::new().fg(Color::DarkGray);
-    let s = &demo.cluster.settings;
+    let s = &demo.cluster.settings.member;
     let line1 = TextLine::from(vec![
         Span::styled("leasering demo", Style::new().bold()),
         Span::raw(format!(
             " · ring {:?} · {} partitions · {} vnodes a member · lease TTL {} · {} · up {}",
             s.ring_id,
             s.ring_size,
-            s.vnodes,
-            human(s.ttl),
+            s.vnode_count,
+            human(s.lease_ttl),
             demo.db_desc,
             clock(demo.start.elapsed())
         )),
@@ -858,8 +851,8 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     }
     spans2.push(Span::raw(" · active "));
     spans2.push(Span::styled(
-        format!("{}/{}", snap.active, s.ring_size),
-        if snap.active == s.ring_size {
+        format!("{}/{}", snap.tally.active, s.ring_size),
+        if snap.tally.active == s.ring_size {
             ok
         } else {
             Style::new().fg(Color::Yellow).bold()
@@ -867,7 +860,7 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     ));
     spans2.push(Span::raw(format!(
         " · pending {} · waiting {} · churn ",
-        snap.pending, snap.waiting
+        snap.tally.pending, snap.tally.waiting
     )));
     spans2.push(if demo.churn.on {
         Span::styled("ON", Style::new().fg(Color::LightMagenta).bold())

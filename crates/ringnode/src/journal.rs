@@ -108,7 +108,7 @@ pub struct Journal {
 impl Journal {
     pub fn new(ring_size: u32, start: Instant) -> Journal {
         Journal {
-            checker: Checker::new(ring_size, start),
+            checker: Checker::new(start),
             books: HashMap::new(),
             owner: vec![None; ring_size as usize],
             last_release: vec![None; ring_size as usize],

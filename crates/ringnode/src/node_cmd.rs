@@ -13,14 +13,13 @@ use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
 use leasering::{Config, Event, ReleaseReason, RingNode, RingView};
-use r2d2_postgres::postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
 
 use crate::cli::NodeArgs;
+use crate::cluster::start_member;
 use crate::journal::{Line, Tone};
 use crate::signals;
 use crate::ui::{self, member_color, Screen};
@@ -173,23 +172,8 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
         })));
     }
 
-    let pool = r2d2::Pool::builder()
-        .max_size(4)
-        .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(3))
-        .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
-    let mut b = RingNode::builder(pool, args.ring_id.clone())
-        .vnode_count(args.vnodes)
-        .ring_size(args.ring_size)
-        .lease_ttl(args.lease_ttl)
-        .schema(args.schema.clone())
-        .start_timeout(Duration::from_secs(10));
-    if let Some(id) = &args.node_id {
-        b = b.node_id(id.clone());
-    }
-    let events = b.subscribe();
     let start = Instant::now();
-    let node = b.start()?;
+    let (node, events) = start_member(pg, &cfg)?;
     let me = node.node_id().to_string();
     let mut app = App {
         story: Story {

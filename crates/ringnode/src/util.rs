@@ -1,5 +1,5 @@
-//! Small helpers: durations for humans, colours of members, a tiny PRNG,
-//! database URLs, and one-line errors.
+//! Small helpers: durations for humans, colours of members, database URLs,
+//! and one-line errors. (The seeded generator is the testkit's.)
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -93,44 +93,6 @@ pub fn slot_of(node_id: &str) -> usize {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % 997) as usize
-}
-
-/// xorshift64*: enough randomness for churn, no dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub fn from_clock() -> (Rng, u64) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(42)
-            ^ ((std::process::id() as u64) << 32);
-        let seed = seed % 1_000_000_007;
-        (Rng::new(seed), seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Parses a database URL (libpq `key=value` or `postgresql://`), with a

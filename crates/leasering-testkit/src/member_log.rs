@@ -1,5 +1,22 @@
-//! The member processes' logs (`examples/member.rs`), parsed: ownership
-//! events and fenced writes, every time in CLOCK_MONOTONIC nanoseconds.
+//! The log format of the member process (`tests/bin/member.rs`, the
+//! library's `leasering-member` bin), written and parsed in one place:
+//! ownership events and fenced writes, one line each, every time in
+//! CLOCK_MONOTONIC nanoseconds.
+//!
+//! ```text
+//! <mono_ns> joined <epoch>
+//! <mono_ns> acquired <token> <epoch> <p,p,...>
+//! <mono_ns> released <reason> <epoch> <p,p,...>
+//! <mono_ns> view <epoch> <members>
+//! <t0_ns> wrote <t1_ns> <accepted p:token,...|-> <rejected p:token,...|->
+//! ```
+//!
+//! This file uses nothing outside `std`: the member process, a bin of the
+//! library that cannot use the library's dev-dependencies, compiles it in
+//! through `#[path]` to write its lines; the tests and benches parse them
+//! through `leasering_testkit::member_log`.
+
+use std::fmt;
 
 /// One line of a member's event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +52,73 @@ pub struct WriteRec {
     pub t1: u64,
     pub accepted: Vec<(u32, u64)>,
     pub rejected: Vec<(u32, u64)>,
+}
+
+struct Csv<'a>(&'a [u32]);
+
+impl fmt::Display for Csv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Pairs<'a>(&'a [(u32, u64)]);
+
+impl fmt::Display for Pairs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, (p, t)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{p}:{t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The line of an event, without its newline.
+impl fmt::Display for Ev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ev::Joined { at, epoch } => write!(f, "{at} joined {epoch}"),
+            Ev::Acquired {
+                at,
+                token,
+                epoch,
+                parts,
+            } => write!(f, "{at} acquired {token} {epoch} {}", Csv(parts)),
+            Ev::Released {
+                at,
+                reason,
+                epoch,
+                parts,
+            } => write!(f, "{at} released {reason} {epoch} {}", Csv(parts)),
+            Ev::View { at, epoch, members } => write!(f, "{at} view {epoch} {members}"),
+        }
+    }
+}
+
+/// The line of a write, without its newline.
+impl fmt::Display for WriteRec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} wrote {} {} {}",
+            self.t0,
+            self.t1,
+            Pairs(&self.accepted),
+            Pairs(&self.rejected)
+        )
+    }
 }
 
 fn num<T: std::str::FromStr>(s: Option<&str>, what: &str) -> Result<T, String> {
@@ -200,6 +284,21 @@ mod tests {
         );
         assert!(parse_write("5 wrote 9 1:3").is_err());
         assert!(parse_write("5 wrote 9 13 -").is_err());
+    }
+
+    #[test]
+    fn what_is_written_parses_back() {
+        for line in [
+            "10 joined 3",
+            "11 acquired 3 4 1,2,5",
+            "12 released Stopping 4 7",
+            "13 view 5 3",
+        ] {
+            assert_eq!(parse_event(line).unwrap().to_string(), line);
+        }
+        for line in ["5 wrote 9 1:3,2:3 -", "5 wrote 9 - -", "6 wrote 8 - 4:2"] {
+            assert_eq!(parse_write(line).unwrap().to_string(), line);
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! A ring member as its own process, for fault tests (kill -9, SIGSTOP)
-//! and the chaos harness: it joins a ring and appends every ownership event
-//! to a file, one line each, flushed at once, stamped with CLOCK_MONOTONIC
-//! nanoseconds (shared by all processes of a machine):
+//! A ring member as its own process (the library's `leasering-member` bin,
+//! built only with the `test-util` feature, i.e. for tests and benches,
+//! which find it as `env!("CARGO_BIN_EXE_leasering-member")`): for fault
+//! tests (kill -9, SIGSTOP), the chaos harness and the crash bench. It joins
+//! a ring and appends every ownership event to a file, one line each,
+//! flushed at once, stamped with CLOCK_MONOTONIC nanoseconds (shared by all
+//! processes of a machine), in the format of
+//! `leasering_testkit::member_log`:
 //!
 //! ```text
 //! <mono_ns> joined <epoch>
@@ -13,7 +17,7 @@
 //! Usage:
 //!
 //! ```text
-//! member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]
+//! leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]
 //!        [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]
 //! ```
 //!
@@ -33,6 +37,11 @@
 //! answer. It prints `ready <node-id>` on standard output once joined, and
 //! exits (after leaving) when its standard input closes or says `stop`.
 //! Library logs go to standard error (`RUST_LOG`).
+//!
+//! A bin cannot use the library's dev-dependencies, and the library gains
+//! no normal dependency for it: the log format and the generator are the
+//! testkit's own source files compiled in through `#[path]`, and the logger
+//! is the few lines of [`StderrLog`].
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,13 +51,89 @@ use std::time::{Duration, Instant};
 use leasering::{monotonic_ns, Event, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
+// The testkit's files, shared with the tests that read these logs (the
+// parsers are unused here).
+#[allow(dead_code)]
+#[path = "../../crates/leasering-testkit/src/member_log.rs"]
+mod member_log;
+#[allow(dead_code)]
+#[path = "../../crates/leasering-testkit/src/rng.rs"]
+mod rng;
+
+use member_log::{Ev, WriteRec};
+
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
-const USAGE: &str = "usage: member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> \
+const USAGE: &str = "usage: leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> \
      [fenced-table] [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]";
 
+/// Log records to standard error, filtered by `RUST_LOG` roughly as
+/// env_logger does: comma-separated `level` or `target=level` directives,
+/// the longest matching target prefix winning; `error` when unset.
+struct StderrLog {
+    default: log::LevelFilter,
+    targets: Vec<(String, log::LevelFilter)>,
+}
+
+impl StderrLog {
+    fn from_env() -> StderrLog {
+        let spec = std::env::var("RUST_LOG").unwrap_or_default();
+        let mut me = StderrLog {
+            default: log::LevelFilter::Error,
+            targets: Vec::new(),
+        };
+        for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            match d.split_once('=') {
+                Some((t, l)) => me
+                    .targets
+                    .push((t.to_string(), l.parse().unwrap_or(me.default))),
+                None => match d.parse() {
+                    Ok(l) => me.default = l,
+                    // A bare module name turns everything on for it.
+                    Err(_) => me.targets.push((d.to_string(), log::LevelFilter::Trace)),
+                },
+            }
+        }
+        me
+    }
+
+    fn level_for(&self, target: &str) -> log::LevelFilter {
+        self.targets
+            .iter()
+            .filter(|(t, _)| target.starts_with(t.as_str()))
+            .max_by_key(|(t, _)| t.len())
+            .map_or(self.default, |(_, l)| *l)
+    }
+
+    fn max(&self) -> log::LevelFilter {
+        self.targets
+            .iter()
+            .map(|(_, l)| *l)
+            .fold(self.default, Ord::max)
+    }
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.level_for(m.target())
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let ms = monotonic_ns(Instant::now()) as f64 / 1e6;
+            eprintln!("[{ms:.3} {:<5} {}] {}", r.level(), r.target(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn main() {
-    let _ = env_logger::builder().try_init();
+    let logger = StderrLog::from_env();
+    log::set_max_level(logger.max());
+    // Leaked: the logger lives as long as the process (and `set_logger`
+    // needs no feature of the log crate, unlike `set_boxed_logger`).
+    let _ = log::set_logger(Box::leak(Box::new(logger)));
     if let Err(e) = run() {
         eprintln!("member: {e}");
         std::process::exit(2);
@@ -134,26 +219,35 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     epoch,
                     at,
                     ..
-                } => format!(
-                    "{} acquired {token} {epoch} {}",
-                    monotonic_ns(at),
-                    csv(&partitions)
-                ),
+                } => Ev::Acquired {
+                    at: monotonic_ns(at),
+                    token,
+                    epoch,
+                    parts: partitions,
+                },
                 Event::Released {
                     partitions,
                     reason,
                     epoch,
                     at,
                     ..
-                } => format!(
-                    "{} released {reason:?} {epoch} {}",
-                    monotonic_ns(at),
-                    csv(&partitions)
-                ),
-                Event::Joined { epoch, at, .. } => format!("{} joined {epoch}", monotonic_ns(at)),
+                } => Ev::Released {
+                    at: monotonic_ns(at),
+                    reason: format!("{reason:?}"),
+                    epoch,
+                    parts: partitions,
+                },
+                Event::Joined { epoch, at, .. } => Ev::Joined {
+                    at: monotonic_ns(at),
+                    epoch,
+                },
                 Event::ViewChanged {
                     epoch, members, at, ..
-                } => format!("{} view {epoch} {members}", monotonic_ns(at)),
+                } => Ev::View {
+                    at: monotonic_ns(at),
+                    epoch,
+                    members: members as u32,
+                },
                 _ => continue,
             };
             writeln!(file, "{line}")?;
@@ -196,23 +290,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn csv(ps: &[u32]) -> String {
-    ps.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn pairs(ps: &[(u32, u64)]) -> String {
-    if ps.is_empty() {
-        return "-".to_string();
-    }
-    ps.iter()
-        .map(|(p, t)| format!("{p}:{t}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Writes rows for owned partitions into a fenced table, the way a user's
 /// service would guard its writes with the token.
 struct FencedWriter {
@@ -223,7 +300,7 @@ struct FencedWriter {
     every: Duration,
     sample: usize,
     stopping: Arc<AtomicBool>,
-    rng: u64,
+    rng: rng::Rng,
 }
 
 impl FencedWriter {
@@ -259,8 +336,7 @@ impl FencedWriter {
             ),
             None => None,
         };
-        let rng =
-            (std::process::id() as u64) << 32 | (monotonic_ns(Instant::now()) & 0xffff_ffff) | 1;
+        let rng = rng::Rng::new((std::process::id() as u64) << 32 ^ monotonic_ns(Instant::now()));
         Ok(FencedWriter {
             node,
             pool,
@@ -273,13 +349,6 @@ impl FencedWriter {
         })
     }
 
-    fn next_rand(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
     fn run(mut self) {
         while !self.stopping.load(Ordering::SeqCst) {
             std::thread::sleep(self.every);
@@ -290,11 +359,7 @@ impl FencedWriter {
                 .filter_map(|p| owned.token(p).map(|t| (p, t)))
                 .collect();
             if self.sample > 0 && held.len() > self.sample {
-                for i in 0..self.sample {
-                    let j = i + (self.next_rand() % (held.len() - i) as u64) as usize;
-                    held.swap(i, j);
-                }
-                held.truncate(self.sample);
+                self.rng.sample(&mut held, self.sample);
                 held.sort_unstable();
             }
             if held.is_empty() {
@@ -318,7 +383,13 @@ impl FencedWriter {
                 .iter()
                 .partition(|(p, _)| accepted.binary_search(p).is_ok());
             if let Some(log) = self.log.as_mut() {
-                let _ = writeln!(log, "{t0} wrote {t1} {} {}", pairs(&acc), pairs(&rej));
+                let rec = WriteRec {
+                    t0,
+                    t1,
+                    accepted: acc,
+                    rejected: rej,
+                };
+                let _ = writeln!(log, "{rec}");
                 let _ = log.flush();
             }
         }
