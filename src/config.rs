@@ -249,11 +249,12 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
-/// `node_` + 16 random hex digits, from the kernel's random source (falls
-/// back to time and pid, which is unique enough for an id that is also
-/// checked against the live members at join).
-pub(crate) fn random_node_id() -> String {
+/// 8 random bytes from the kernel's random source (falling back to time,
+/// pid and a counter, mixed).
+fn random_bytes() -> [u8; 8] {
     use std::io::Read;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut buf = [0u8; 8];
     let random = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -263,14 +264,29 @@ pub(crate) fn random_node_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let mixed = crate::placement::fmix64(t ^ ((std::process::id() as u64) << 32));
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mixed = crate::placement::fmix64(t ^ ((std::process::id() as u64) << 32) ^ n.rotate_left(17));
         buf = mixed.to_be_bytes();
     }
+    buf
+}
+
+/// `node_` + 16 random hex digits (unique enough for an id that is also
+/// checked against the live members at join).
+pub(crate) fn random_node_id() -> String {
     let mut s = String::from("node_");
-    for b in buf {
+    for b in random_bytes() {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+/// A member row's incarnation: a random positive 63-bit number, unique in
+/// practice (a unique index makes a collision a failed join, tried again).
+/// Random rather than from a sequence, so that a role with only
+/// `SELECT, INSERT, UPDATE, DELETE` on the tables can join.
+pub(crate) fn random_incarnation() -> i64 {
+    (u64::from_be_bytes(random_bytes()) >> 1).max(1) as i64
 }
 
 #[cfg(test)]

@@ -548,8 +548,10 @@ impl Session {
             self.deltas.retain(|e, _| *e > at);
             self.synced = true;
         }
-        // What is still missing shows in the next renewal's answer.
-        self.hint = 0;
+        // What is still missing shows in the next renewal's answer; changes
+        // notified meanwhile are applied next.
+        let at = self.own.view_epoch();
+        self.hint = self.deltas.keys().next_back().copied().filter(|e| *e > at).unwrap_or(0);
         out
     }
 

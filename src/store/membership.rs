@@ -248,6 +248,7 @@ impl Store {
         let s = &self.s;
         let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
         let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
+        let incarnation = crate::config::random_incarnation();
         let payload = notify_payload(
             &self.ring_id,
             epoch,
@@ -267,7 +268,7 @@ impl Store {
             .query_one(
             &format!(
                 "WITH mem AS (INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
-                              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second', nextval('{s}.incarnations'), 2)
+                              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second', $12, 2)
                               RETURNING node_id, incarnation),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, t.p, mem.node_id, t.i FROM mem, unnest($6::int[], $7::int[]) AS t(p, i)),
@@ -285,6 +286,7 @@ impl Store {
                 &CHANGES_KEPT,
                 &self.channel,
                 &payload,
+                &incarnation,
             ],
         )
         .map_err(|e| Error::db("insert the member", e))?;

@@ -12,9 +12,16 @@ use crate::placement::fnv1a64;
 impl Store {
     /// The installed schema version, if the schema exists.
     fn installed_version(&self, client: &mut impl GenericClient) -> Result<Option<i32>> {
+        // A scan of pg_class under the statement's snapshot, not
+        // `to_regclass`: name lookups go through the backend's catalog
+        // cache, which a backend that just waited on the advisory lock has
+        // not refreshed — it would miss tables another migrator committed
+        // meanwhile and run the DDL again, under running members.
         let row = client
             .query_one(
-                "SELECT to_regclass(format('%I.schema_version', $1::text)) IS NOT NULL",
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = $1 AND c.relname = 'schema_version')",
                 &[&self.schema],
             )
             .map_err(|e| Error::db("look for the schema", e))?;
@@ -126,11 +133,12 @@ impl Store {
     /// Version 2 (per-partition claims), on top of version 1 — also the
     /// migration of a version-1 schema, rows and all:
     ///
-    /// * `members.incarnation`: a number per member row from a sequence,
-    ///   never reused, which claims name — so a member restarted under the
-    ///   same node id never inherits its predecessor's claims. `NOT NULL`
-    ///   without a default, so a version-1 member (which does not set it)
-    ///   can no longer join: it fails instead of sharing the ring unsafely.
+    /// * `members.incarnation`: a random number per member row (rows of
+    ///   version 1 get negative ones), unique, which claims name — so a
+    ///   member restarted under the same node id never inherits its
+    ///   predecessor's claims. `NOT NULL` without a default, so a version-1
+    ///   member (which does not set it) can no longer join: it fails instead
+    ///   of sharing the ring unsafely.
     /// * `members.protocol`: 1 for rows that were there before the
     ///   migration, 2 for members of this version; a version-2 member does
     ///   not join a ring with live version-1 members.
@@ -141,10 +149,11 @@ impl Store {
     fn v2_ddl(&self) -> String {
         let s = &self.s;
         format!(
-            "CREATE SEQUENCE IF NOT EXISTS {s}.incarnations;
-             ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS incarnation bigint;
+            "ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS incarnation bigint;
              ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS protocol int NOT NULL DEFAULT 1;
-             UPDATE {s}.members SET incarnation = nextval('{s}.incarnations') WHERE incarnation IS NULL;
+             UPDATE {s}.members m SET incarnation = -n.i
+               FROM (SELECT ring_id, node_id, row_number() OVER () AS i FROM {s}.members WHERE incarnation IS NULL) n
+              WHERE m.ring_id = n.ring_id AND m.node_id = n.node_id;
              ALTER TABLE {s}.members ALTER COLUMN incarnation SET NOT NULL;
              CREATE UNIQUE INDEX IF NOT EXISTS members_incarnation ON {s}.members (incarnation);
              CREATE TABLE IF NOT EXISTS {s}.claims (

@@ -41,20 +41,28 @@ fn renewal_never_resurrects_an_expired_lease() {
     let (store, mut held, mut admin, schema) = setup("a");
     let joined = store.join(&mut admin).unwrap();
     let e = joined.view.epoch();
-    assert_eq!(store.sync(&mut held, e).unwrap().renewed, Some(true));
+    assert_eq!(
+        store.renew(&mut held, joined.incarnation, e).unwrap().renewed,
+        Some(true)
+    );
     admin
         .execute(
             &format!("UPDATE {schema}.members SET expires_at = now() - interval '1 second'"),
             &[],
         )
         .unwrap();
-    let reply = store.sync(&mut held, e).unwrap();
+    let reply = store.renew(&mut held, joined.incarnation, e).unwrap();
     assert_eq!(reply.renewed, None, "an expired lease must not be renewed");
     // A rejoin removes the expired row and inserts a fresh one.
     let again = store.join(&mut admin).unwrap();
     assert_eq!(again.removed, vec!["a".to_string()]);
     assert_eq!(
-        store.sync(&mut held, again.view.epoch()).unwrap().renewed,
+        store.renew(&mut held, joined.incarnation, again.view.epoch()).unwrap().renewed,
+        None,
+        "the old incarnation stays out"
+    );
+    assert_eq!(
+        store.renew(&mut held, again.incarnation, again.view.epoch()).unwrap().renewed,
         Some(true)
     );
 }
@@ -62,13 +70,14 @@ fn renewal_never_resurrects_an_expired_lease() {
 #[test]
 fn renewal_is_refused_to_a_member_trailing_the_epoch_too_long() {
     let (store, mut held, mut admin, schema) = setup("a");
-    let e = store.join(&mut admin).unwrap().view.epoch();
+    let joined = store.join(&mut admin).unwrap();
+    let (e, inc) = (joined.view.epoch(), joined.incarnation);
     // The ring moves on; the member keeps acknowledging the old epoch.
     admin
         .execute(&format!("UPDATE {schema}.rings SET epoch = epoch + 1"), &[])
         .unwrap();
     assert_eq!(
-        store.sync(&mut held, e).unwrap().renewed,
+        store.renew(&mut held, inc, e).unwrap().renewed,
         Some(true),
         "within the lag bound"
     );
@@ -79,12 +88,12 @@ fn renewal_is_refused_to_a_member_trailing_the_epoch_too_long() {
         )
         .unwrap();
     assert_eq!(
-        store.sync(&mut held, e).unwrap().renewed,
+        store.renew(&mut held, inc, e).unwrap().renewed,
         Some(false),
         "past the lag bound"
     );
     // Catching up lifts the refusal.
-    assert_eq!(store.sync(&mut held, e + 1).unwrap().renewed, Some(true));
+    assert_eq!(store.renew(&mut held, inc, e + 1).unwrap().renewed, Some(true));
 }
 
 #[test]
@@ -114,4 +123,98 @@ fn change_log_replays_and_gaps_fall_back_to_a_full_read() {
     }
     assert_eq!(b.leave(&mut admin).unwrap(), Some(e2 + 1));
     assert_eq!(b.leave(&mut admin).unwrap(), None, "leave is idempotent");
+}
+
+/// A second member of `a`'s ring, with its own held connection.
+fn other(a: &Store, node: &str) -> (Store, HeldConn) {
+    let db = TestPostgres::shared().unwrap();
+    let mut b = a.clone();
+    b.node_id = node.into();
+    let pool = db.pool(1).unwrap();
+    let held = b
+        .hold(
+            crate::pool::ConnSource::get(&pool, Duration::from_secs(5)).unwrap(),
+            false,
+        )
+        .unwrap();
+    (b, held)
+}
+
+#[test]
+fn claims_are_exclusive_tokened_and_freed_with_their_member() {
+    let (a, mut ha, mut admin, schema) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    let (b, mut hb) = other(&a, "b");
+    let jb = b.join(&mut admin).unwrap();
+    let took = a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap();
+    assert!(took.live);
+    assert_eq!(took.got, vec![(1, jb.view.epoch()), (2, jb.view.epoch()), (3, jb.view.epoch())]);
+    // Taken again by its holder: the same claims, the same tokens.
+    assert_eq!(a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got, took.got);
+    // Another member gets none of them, and learns who holds them.
+    let tb = b.take(&mut hb, jb.incarnation, &[2, 3, 4]).unwrap();
+    assert_eq!(tb.got, vec![(4, jb.view.epoch())]);
+    assert_eq!(tb.held_by, vec![(2, "a".to_string()), (3, "a".to_string())]);
+    // A release naming another token frees nothing; the right one frees.
+    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &[(2, 999)]).unwrap(), 0);
+    assert_eq!(b.release_claims(&mut hb, jb.incarnation, &[(2, jb.view.epoch())]).unwrap(), 0, "not b's");
+    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &[(2, jb.view.epoch())]).unwrap(), 1);
+    let tb = b.take(&mut hb, jb.incarnation, &[2]).unwrap();
+    assert_eq!(tb.got, vec![(2, jb.view.epoch() + 1)], "a new holder, a higher token");
+    // The renewal reads what each holds.
+    assert_eq!(
+        a.renew(&mut ha, ja.incarnation, jb.view.epoch()).unwrap().held,
+        vec![(1, jb.view.epoch()), (3, jb.view.epoch())]
+    );
+    // A leave frees every claim of the member.
+    a.leave(&mut admin).unwrap();
+    let tb = b.take(&mut hb, jb.incarnation, &[1, 3]).unwrap();
+    assert_eq!(tb.got.len(), 2, "{tb:?}");
+    // A member whose lease is not live takes nothing.
+    admin
+        .execute(&format!("UPDATE {schema}.members SET expires_at = now() - interval '1 second'"), &[])
+        .unwrap();
+    let late = b.take(&mut hb, jb.incarnation, &[9]).unwrap();
+    assert!(!late.live && late.got.is_empty());
+    // Its removal at expiry frees its claims.
+    let (c, mut hc) = other(&a, "c");
+    let cleaned = c.cleanup(&mut admin).unwrap();
+    assert_eq!(cleaned.removed, vec!["b".to_string()]);
+    let jc = c.join(&mut admin).unwrap();
+    assert_eq!(c.take(&mut hc, jc.incarnation, &[1, 2, 3, 4]).unwrap().got.len(), 4);
+}
+
+#[test]
+fn racing_takes_never_both_get_a_claim() {
+    let (a, _ha, mut admin, _) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    let (b, _hb) = other(&a, "b");
+    let jb = b.join(&mut admin).unwrap();
+    let partitions: Vec<u32> = (0..32).collect();
+    let race = |s: Store, inc: i64| {
+        let ps = partitions.clone();
+        std::thread::spawn(move || {
+            let (s2, mut h) = other(&s, &s.node_id.clone());
+            let mut rounds = Vec::new();
+            for _ in 0..40 {
+                let got = s2.take(&mut h, inc, &ps).unwrap().got;
+                s2.release_claims(&mut h, inc, &got).unwrap();
+                rounds.push(got);
+            }
+            rounds
+        })
+    };
+    let (ra, rb) = (race(a.clone(), ja.incarnation), race(b.clone(), jb.incarnation));
+    let (ra, rb) = (ra.join().unwrap(), rb.join().unwrap());
+    // Tokens say who held what when: a token is never handed to both.
+    let mut seen = std::collections::BTreeMap::new();
+    for (who, rounds) in [("a", ra), ("b", rb)] {
+        for got in rounds {
+            for (p, t) in got {
+                if let Some(prev) = seen.insert((p, t), who) {
+                    assert_eq!(prev, who, "claim of {p} with token {t} given to both");
+                }
+            }
+        }
+    }
 }

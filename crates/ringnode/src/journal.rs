@@ -480,6 +480,7 @@ mod tests {
                 reason: ReleaseReason::Handoff,
                 epoch: 2,
                 at: ms(10),
+                drain: None,
             },
             ms(13),
         );

@@ -121,8 +121,9 @@ fn lone_active(t0: Instant, drain: Option<Duration>) -> Session {
     s
 }
 
-/// `a`, all active, adopting the join of `b` at epoch 2 (b's arc is 0..=3).
-fn hand_off_to_b(s: &mut Session, t: Instant) -> Output {
+/// `a`, all active, adopting the join of `b` at epoch 2 (b's arc is 0..=3):
+/// the watcher's next step and what adopting the view produced.
+fn hand_off_to_b(s: &mut Session, t: Instant) -> (WatcherStep, Output) {
     s.notified(Notice::Change {
         epoch: 2,
         change: Some(Change {
@@ -131,8 +132,7 @@ fn hand_off_to_b(s: &mut Session, t: Instant) -> Output {
             added: Some(("b".into(), vec![3])),
         }),
     });
-    let (_, out) = s.watcher_next(t);
-    out
+    s.watcher_next(t)
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
 fn a_handoff_stops_using_first_then_gives_the_claims_back_by_token() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, None);
-    let out = hand_off_to_b(&mut s, t0);
+    let (step, out) = hand_off_to_b(&mut s, t0);
     let rel = released(&out);
     assert_eq!(rel.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     assert!(rel.iter().all(|r| r.1 == ReleaseReason::Handoff));
@@ -182,7 +182,6 @@ fn a_handoff_stops_using_first_then_gives_the_claims_back_by_token() {
         matches!(out.effects[0], Effect::Released { drain: None, .. }),
         "no drain without a drain timeout"
     );
-    let (step, _) = s.watcher_next(t0);
     let WatcherStep::Release { claims: c, ticket } = step else {
         panic!("{step:?}")
     };
@@ -198,8 +197,7 @@ fn a_handoff_stops_using_first_then_gives_the_claims_back_by_token() {
 fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_is_unconfirmed() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, None);
-    hand_off_to_b(&mut s, t0);
-    let (WatcherStep::Release { .. }, _) = s.watcher_next(t0) else {
+    let (WatcherStep::Release { .. }, _) = hand_off_to_b(&mut s, t0) else {
         panic!()
     };
     s.watcher_failed(); // the connection died: no answer
@@ -318,7 +316,7 @@ fn a_release_past_the_deadline_is_stamped_with_the_deadline() {
     let mut s = lone_active(t0, None);
     let deadline = t0 + ms(9000);
     // The member wakes 20 s later to a view that gives half away.
-    let out = hand_off_to_b(&mut s, t0 + ms(20_000));
+    let (_, out) = hand_off_to_b(&mut s, t0 + ms(20_000));
     let rel = released(&out);
     assert_eq!(rel.len(), 8, "fenced first, then nothing left to hand off");
     assert!(rel
@@ -378,7 +376,8 @@ fn reconciliation_gives_back_claims_held_but_not_used_except_those_being_taken()
 fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, Some(ms(5000)));
-    let out = hand_off_to_b(&mut s, t0);
+    let (step, out) = hand_off_to_b(&mut s, t0);
+    assert_eq!(step, WatcherStep::Wait(IDLE_TICK), "nothing to give back yet");
     let Some(Effect::Released {
         drain: Some(d),
         partitions,
@@ -390,7 +389,6 @@ fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
     assert_eq!(partitions, &vec![0, 1, 2, 3]);
     assert_eq!(d.deadline, t0 + ms(5000));
     assert_eq!(s.draining_count(), 4);
-    assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(ms(5000)), "nothing to give back yet");
     let out = s.drained(d.id, t0 + ms(200));
     assert!(out.wake_watcher);
     let ticket = s.ticket();
@@ -401,6 +399,7 @@ fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
     // A second handoff whose guard is never dropped ends at the timeout.
     let mut s = lone_active(t0, Some(ms(5000)));
     hand_off_to_b(&mut s, t0);
+    assert_eq!(s.watcher_next(t0 + ms(4000)).0, WatcherStep::Wait(IDLE_TICK));
     assert_eq!(s.watcher_next(t0 + ms(4999)).0, WatcherStep::Wait(ms(1)));
     assert!(matches!(s.watcher_next(t0 + ms(5000)).0, WatcherStep::Release { .. }));
 }
@@ -546,9 +545,10 @@ fn cleanup_is_planned_for_the_successor_first_and_others_after_a_fallback() {
         out.effects[..],
         [Effect::MembersRemoved { late_by, .. }] if late_by == ms(2)
     ));
-    // c sits between b and a: not b's successor, it waits its fallback.
+    // With c after a (b at 3, a at 5, c at 7), a is b's successor and c
+    // waits its fallback.
     let mut c = Session::new(cfg("c", None), t0);
-    c.joined(joined(view(3, &[(3, "b"), (5, "c"), (7, "a")]), 2), t0, t0);
+    c.joined(joined(view(3, &[(3, "b"), (5, "a"), (7, "c")]), 2), t0, t0);
     let t = c.ticket();
     let mut r = renewal(3, Some(true), vec![]);
     r.next_expiry = Some(("b".into(), 500.0));

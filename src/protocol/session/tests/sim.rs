@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use self::db::Db;
 use crate::protocol::input::{CatchUp, Cleaned, Joined, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, Output, WatcherStep};
+use crate::event::ReleaseReason;
 use crate::protocol::{Session, SessionConfig, Status, Ticket};
 use crate::ring::Change;
 
@@ -110,7 +111,7 @@ struct Member {
 struct GuardDrop {
     at: Instant,
     member: usize,
-    id: u64,
+    id: Option<u64>,
     partitions: Vec<u32>,
 }
 
@@ -255,24 +256,27 @@ impl Sim {
                         self.open.insert((i, p), at);
                     }
                 }
+                // With drains configured, the user finishes the unit of
+                // work in progress after a handoff or stop (at the latest
+                // at the drain's deadline) and only then drops the guard —
+                // whether or not the event carried one.
                 Effect::Released {
                     partitions,
                     at,
-                    drain: Some(d),
+                    drain,
+                    reason: ReleaseReason::Handoff | ReleaseReason::Stopping,
                     ..
-                } => {
-                    // The user finishes its unit of work, at the latest at
-                    // the drain's deadline.
+                } if self.drain.is_some() => {
                     let work = if self.rng.chance(30) {
                         Duration::ZERO
                     } else {
                         self.rng.ms(TTL.as_millis() as u64 / 3)
                     };
-                    let drop_at = (at + work).min(d.deadline);
+                    let deadline = drain.map_or(at + self.drain.unwrap(), |d| d.deadline);
                     self.guards.push(GuardDrop {
-                        at: drop_at,
+                        at: (at + work).min(deadline),
                         member: i,
-                        id: d.id,
+                        id: drain.map(|d| d.id),
                         partitions,
                     });
                 }
@@ -389,8 +393,8 @@ impl Sim {
                 self.close(g.member, *p, end);
             }
             let m = &mut self.members[g.member];
-            if m.alive {
-                let out = m.session.drained(g.id, now);
+            if let (true, Some(id)) = (m.alive, g.id) {
+                let out = m.session.drained(id, now);
                 self.effects(g.member, out);
             }
         }
