@@ -22,16 +22,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use leasering::{Event, RingNode};
 use leasering_testkit::member_log::{parse_events, Ev};
 use leasering_testkit::oracle::History;
 use leasering_testkit::rng::Rng;
-use leasering_testkit::{instant_of, TestPostgres};
+use leasering_testkit::{instant_of, MemberArgs, MemberProcess, TestPostgres};
 use support::*;
 
 /// The member process, built by Cargo with the benches.
@@ -169,26 +167,24 @@ fn read_log(path: &Path) -> Vec<Ev> {
     parse_events(&std::fs::read_to_string(path).unwrap_or_default()).0
 }
 
-fn spawn_member(db: &TestPostgres, ring: &str, name: &str, ttl: Duration, events: &Path) -> Child {
-    let mut child = Command::new(MEMBER)
-        .args([
-            &db.url(),
-            ring,
-            name,
-            &ttl.as_millis().to_string(),
-            "leasering",
-            events.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the member process");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).expect("member output");
-    assert!(line.starts_with("ready"), "member said {line:?}");
-    child
+fn spawn_member(
+    db: &TestPostgres,
+    ring: &str,
+    name: &str,
+    ttl: Duration,
+    events: &Path,
+) -> MemberProcess {
+    let url = db.url();
+    let args = MemberArgs {
+        exe: MEMBER,
+        url: &url,
+        ring,
+        node: name,
+        ttl,
+        schema: "leasering",
+        events,
+    };
+    MemberProcess::spawn(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn main() {
@@ -335,7 +331,7 @@ fn main() {
         crash.wait_settled(Duration::from_secs(30));
         let victim = format!("victim-{rep}");
         let events = dir.join(format!("{victim}.log"));
-        let mut child = spawn_member(&db, &crash.ring, &victim, ttl, &events);
+        let child = spawn_member(&db, &crash.ring, &victim, ttl, &events);
         // Wait until the victim holds its share and the others hold the rest.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -349,8 +345,7 @@ fn main() {
         // Kill at a random moment of the renewal cycle (renewals every ttl/3).
         std::thread::sleep(Duration::from_millis(rng.below(ttl.as_millis() as u64 / 3)));
         let killed = Instant::now();
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        let _ = child.wait();
+        child.kill();
         crash
             .replay
             .add_killed_process(&victim, &read_log(&events), killed);

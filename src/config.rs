@@ -265,7 +265,8 @@ fn random_bytes() -> [u8; 8] {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mixed = crate::placement::fmix64(t ^ ((std::process::id() as u64) << 32) ^ n.rotate_left(17));
+        let mixed =
+            crate::placement::fmix64(t ^ ((std::process::id() as u64) << 32) ^ n.rotate_left(17));
         buf = mixed.to_be_bytes();
     }
     buf

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,7 @@ use common::*;
 use leasering::{DrainGuard, ErrorKind, Event, ReleaseReason, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::End;
-use leasering_testkit::{ProxyMode, TcpProxy, TestPostgres};
+use leasering_testkit::{MemberArgs, MemberProcess, ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -25,25 +23,24 @@ const SETTLE: Duration = Duration::from_secs(30);
 const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 /// A member process of `ring`, ready (joined) when this returns.
-fn member_process(db: &TestPostgres, ring: &str, node: &str, ttl: Duration, events: &std::path::Path) -> Child {
-    let mut child = Command::new(MEMBER)
-        .args([
-            &db.url(),
-            ring,
-            node,
-            &ttl.as_millis().to_string(),
-            "leasering",
-            events.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("ready"), "member said {line:?}");
-    child
+fn member_process(
+    db: &TestPostgres,
+    ring: &str,
+    node: &str,
+    ttl: Duration,
+    events: &std::path::Path,
+) -> MemberProcess {
+    let url = db.url();
+    let args = MemberArgs {
+        exe: MEMBER,
+        url: &url,
+        ring,
+        node,
+        ttl,
+        schema: "leasering",
+        events,
+    };
+    MemberProcess::spawn(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether `node`'s lease row is live in the database now (by its clock).
@@ -83,35 +80,57 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     let dir = std::env::temp_dir().join(ring_name("frozenev"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("frozen.log");
-    let mut frozen = member_process(db, &ring, "frozen", ttl, &log);
+    let frozen = member_process(db, &ring, "frozen", ttl, &log);
     let recorder = Recorder::default();
     let b = |n: &str| builder(pool(4), &ring, n).lease_ttl(ttl);
-    let mut nodes: Vec<RingNode> = (0..2).map(|i| recorder.start(b(&format!("live{i}")))).collect();
+    let mut nodes: Vec<RingNode> = (0..2)
+        .map(|i| recorder.start(b(&format!("live{i}"))))
+        .collect();
     wait_until(SETTLE, "3 members to settle", || {
-        nodes.iter().all(|n| n.ring().members().len() == 3 && n.status().pending == 0)
+        nodes
+            .iter()
+            .all(|n| n.ring().members().len() == 3 && n.status().pending == 0)
     });
     let held_by_frozen = claims_of(db, &ring, "frozen");
     assert!(!held_by_frozen.is_empty());
-    unsafe { libc::kill(frozen.id() as i32, libc::SIGSTOP) };
+    frozen.signal(libc::SIGSTOP);
     // A join while a member is frozen: what the joiner takes from the live
     // members moves at once — while the frozen member's lease is still live.
     let joiner = recorder.start(b("joiner"));
     let share = joiner.ring().partitions_of("joiner");
-    let from_live: Vec<u32> = share.iter().copied().filter(|p| !held_by_frozen.contains(p)).collect();
-    let from_frozen: Vec<u32> = share.iter().copied().filter(|p| held_by_frozen.contains(p)).collect();
-    assert!(!from_live.is_empty(), "the joiner takes some partitions from live members");
-    wait_until(SETTLE, "the joiner to hold what live members gave up", || {
-        from_live.iter().all(|p| joiner.owns(*p))
-    });
+    let from_live: Vec<u32> = share
+        .iter()
+        .copied()
+        .filter(|p| !held_by_frozen.contains(p))
+        .collect();
+    let from_frozen: Vec<u32> = share
+        .iter()
+        .copied()
+        .filter(|p| held_by_frozen.contains(p))
+        .collect();
+    assert!(
+        !from_live.is_empty(),
+        "the joiner takes some partitions from live members"
+    );
+    wait_until(
+        SETTLE,
+        "the joiner to hold what live members gave up",
+        || from_live.iter().all(|p| joiner.owns(*p)),
+    );
     assert!(
         live_in_db(db, &ring, "frozen"),
         "the joiner had to wait for the frozen member's lease to end"
     );
     if !from_frozen.is_empty() {
-        assert!(from_frozen.iter().all(|p| !joiner.owns(*p)), "the frozen member still holds these");
+        assert!(
+            from_frozen.iter().all(|p| !joiner.owns(*p)),
+            "the frozen member still holds these"
+        );
         let waiting = joiner.status().waiting_for;
         assert!(
-            waiting.iter().any(|(who, ps)| who == "frozen" && ps.iter().all(|p| from_frozen.contains(p))),
+            waiting
+                .iter()
+                .any(|(who, ps)| who == "frozen" && ps.iter().all(|p| from_frozen.contains(p))),
             "status names the frozen member as the one waited for: {waiting:?}"
         );
     }
@@ -125,25 +144,32 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     wait_until(SETTLE, "the leaver's partitions to be taken over", || {
         let view = joiner.ring();
         leaver_parts.iter().all(|p| {
-            nodes.iter().any(|n| n.owns(*p)) || held_by_frozen.contains(p) || view.owner_of(*p) == Some("frozen")
+            nodes.iter().any(|n| n.owns(*p))
+                || held_by_frozen.contains(p)
+                || view.owner_of(*p) == Some("frozen")
         })
     });
-    assert!(live_in_db(db, &ring, "frozen"), "the leave waited for the frozen member's lease");
+    assert!(
+        live_in_db(db, &ring, "frozen"),
+        "the leave waited for the frozen member's lease"
+    );
     // The frozen member's partitions move once its lease ends.
-    wait_until(ttl * 3, "everything covered after the frozen member's lease ended", || {
-        covered_exactly_once(&nodes, 1024)
-    });
+    wait_until(
+        ttl * 3,
+        "everything covered after the frozen member's lease ended",
+        || covered_exactly_once(&nodes, 1024),
+    );
     assert!(!live_in_db(db, &ring, "frozen"));
     // It wakes: its hot path already reports nothing, its fence releases
     // everything stamped with its deadline, it finds itself removed and
     // rejoins; then it leaves.
-    unsafe { libc::kill(frozen.id() as i32, libc::SIGCONT) };
+    frozen.signal(libc::SIGCONT);
     wait_until(SETTLE, "the woken member to release what it held", || {
         let (evs, _) = parse_events(&std::fs::read_to_string(&log).unwrap());
-        evs.iter().any(|e| matches!(e, leasering_testkit::member_log::Ev::Released { .. }))
+        evs.iter()
+            .any(|e| matches!(e, leasering_testkit::member_log::Ev::Released { .. }))
     });
-    drop(frozen.stdin.take());
-    let _ = frozen.wait();
+    frozen.stop();
     let exited_at = leasering_testkit::oracle::now();
     // One judgement over everything: the in-process members' events and the
     // frozen process's own log.
@@ -156,8 +182,16 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     }
     history.end(run, End::Exited(exited_at));
     let verdict = history.judge(leasering_testkit::oracle::now());
-    assert!(verdict.overlaps.is_empty(), "{:?}", &verdict.overlaps[..verdict.overlaps.len().min(3)]);
-    assert!(verdict.regressions.is_empty(), "{:?}", &verdict.regressions[..verdict.regressions.len().min(3)]);
+    assert!(
+        verdict.overlaps.is_empty(),
+        "{:?}",
+        &verdict.overlaps[..verdict.overlaps.len().min(3)]
+    );
+    assert!(
+        verdict.regressions.is_empty(),
+        "{:?}",
+        &verdict.regressions[..verdict.regressions.len().min(3)]
+    );
     for n in nodes {
         n.stop().unwrap();
     }
@@ -176,7 +210,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(node: RingNode, events: crossbeam_channel::Receiver<Event>, work: Work, unit: Duration) -> Worker {
+    fn start(
+        node: RingNode,
+        events: crossbeam_channel::Receiver<Event>,
+        work: Work,
+        unit: Duration,
+    ) -> Worker {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
         let guards: Arc<Mutex<Vec<DrainGuard>>> = Arc::default();
@@ -268,7 +307,12 @@ fn drained_handoffs_never_overlap_user_work() {
             .ring_size(64)
             .drain_timeout(Duration::from_secs(5));
         let rx = b.subscribe();
-        Worker::start(b.start().unwrap(), rx, w.clone(), Duration::from_millis(200))
+        Worker::start(
+            b.start().unwrap(),
+            rx,
+            w.clone(),
+            Duration::from_millis(200),
+        )
     };
     let mut workers: Vec<Worker> = (0..3).map(|i| start(&format!("w{i}"), &work)).collect();
     wait_until(SETTLE, "3 members to settle", || {
@@ -288,7 +332,9 @@ fn drained_handoffs_never_overlap_user_work() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let nodes: Vec<RingNode> = workers.iter().map(|w| w.node.clone()).collect();
-    wait_until(SETTLE, "the ring to settle", || covered_exactly_once(&nodes, 64) && settled(&nodes));
+    wait_until(SETTLE, "the ring to settle", || {
+        covered_exactly_once(&nodes, 64) && settled(&nodes)
+    });
     std::thread::sleep(Duration::from_millis(400));
     for w in workers {
         w.stop();
@@ -309,11 +355,17 @@ fn a_drain_whose_guard_is_kept_ends_at_its_timeout() {
     init_logs();
     let ring = ring_name("draintimeout");
     let timeout = Duration::from_millis(1500);
-    let mut b = builder(pool(4), &ring, "old").ring_size(64).drain_timeout(timeout);
+    let mut b = builder(pool(4), &ring, "old")
+        .ring_size(64)
+        .drain_timeout(timeout);
     let events = b.subscribe();
     let old = b.start().unwrap();
-    wait_until(SETTLE, "the first member to own the ring", || old.owned_partitions().len() == 64);
-    let mut b = builder(pool(4), &ring, "new").ring_size(64).drain_timeout(timeout);
+    wait_until(SETTLE, "the first member to own the ring", || {
+        old.owned_partitions().len() == 64
+    });
+    let mut b = builder(pool(4), &ring, "new")
+        .ring_size(64)
+        .drain_timeout(timeout);
     let new_events = b.subscribe();
     let new = b.start().unwrap();
     // The old owner's user keeps every guard.
@@ -334,7 +386,10 @@ fn a_drain_whose_guard_is_kept_ends_at_its_timeout() {
         }
     };
     let acquired_at = loop {
-        match new_events.recv_timeout(SETTLE).expect("the new owner acquires") {
+        match new_events
+            .recv_timeout(SETTLE)
+            .expect("the new owner acquires")
+        {
             Event::Acquired { at, .. } => break at,
             _ => continue,
         }
@@ -397,7 +452,11 @@ fn a_member_restarted_under_its_node_id_inherits_no_claims() {
     let o = again.owned_partitions();
     for p in o.iter() {
         if let Some(old) = old_tokens.get(&p) {
-            assert!(o.token(p).unwrap() > *old, "partition {p}: token {:?} after {old}", o.token(p));
+            assert!(
+                o.token(p).unwrap() > *old,
+                "partition {p}: token {:?} after {old}",
+                o.token(p)
+            );
         }
     }
     again.stop().unwrap();
@@ -425,7 +484,10 @@ fn proxied_pool(db: &TestPostgres, port: u16, app: &str) -> Pool {
     r2d2::Pool::builder()
         .max_size(4)
         .connection_timeout(Duration::from_secs(2))
-        .build_unchecked(r2d2_postgres::PostgresConnectionManager::new(cfg, r2d2_postgres::postgres::NoTls))
+        .build_unchecked(r2d2_postgres::PostgresConnectionManager::new(
+            cfg,
+            r2d2_postgres::postgres::NoTls,
+        ))
 }
 
 /// Makes `op` statements (`INSERT`: takes, `UPDATE`: releases) on the
@@ -451,7 +513,9 @@ fn slow_claims_for(db: &TestPostgres, app: &str, secs: f64, when: &str, op: &str
 fn fast_claims_for(db: &TestPostgres, app: &str) {
     db.client()
         .unwrap()
-        .batch_execute(&format!("DROP TRIGGER IF EXISTS slow_{app} ON leasering.claims;"))
+        .batch_execute(&format!(
+            "DROP TRIGGER IF EXISTS slow_{app} ON leasering.claims;"
+        ))
         .unwrap();
 }
 
@@ -466,7 +530,9 @@ fn a_release_whose_answer_is_lost_does_not_block_the_partition_while_its_member_
     let via_proxy = proxied_pool(db, proxy.port(), &app);
     let recorder = Recorder::default();
     let a = recorder.start(builder(via_proxy, &ring, "a").lease_ttl(ttl).ring_size(64));
-    wait_until(SETTLE, "a to own the ring", || a.owned_partitions().len() == 64);
+    wait_until(SETTLE, "a to own the ring", || {
+        a.owned_partitions().len() == 64
+    });
     // a's next writes to claims (its release when b joins) take 1.5 s in
     // the database; the connection is cut meanwhile: the answer is lost.
     slow_claims_for(db, &app, 1.5, "BEFORE", "UPDATE");
@@ -484,7 +550,13 @@ fn a_release_whose_answer_is_lost_does_not_block_the_partition_while_its_member_
     assert!(live_in_db(db, &ring, "a"), "b waited for a's lease to end");
     assert!(
         !recorder.events().iter().any(|(n, e)| n == "a"
-            && matches!(e, Event::Released { reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted, .. })),
+            && matches!(
+                e,
+                Event::Released {
+                    reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted,
+                    ..
+                }
+            )),
         "a lost its lease"
     );
     recorder.assert_no_overlap_and_tokens_increase();
@@ -503,7 +575,9 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
     let via_proxy = proxied_pool(db, proxy.port(), &app);
     let recorder = Recorder::default();
     let x = recorder.start(builder(pool(4), &ring, "x").lease_ttl(ttl).ring_size(64));
-    wait_until(SETTLE, "x to own the ring", || x.owned_partitions().len() == 64);
+    wait_until(SETTLE, "x to own the ring", || {
+        x.owned_partitions().len() == 64
+    });
     // a joins; its take of what x gives up sleeps 1.5 s in the database and
     // its connection is stalled meanwhile, then cut: a never learns that it
     // holds those claims. y joins meanwhile, and its view gives y some of
@@ -513,10 +587,18 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
     let y_name = follower_of(&x.ring(), a_name, 64);
     // After the rows are written: y's take of them waits for a's to commit.
     slow_claims_for(db, &app, 1.5, "AFTER", "INSERT");
-    let a = recorder.start(builder(via_proxy, &ring, a_name).lease_ttl(ttl).ring_size(64));
+    let a = recorder.start(
+        builder(via_proxy, &ring, a_name)
+            .lease_ttl(ttl)
+            .ring_size(64),
+    );
     std::thread::sleep(Duration::from_millis(300));
     proxy.set_mode(ProxyMode::Stall);
-    let y = recorder.start(builder(pool(4), &ring, &y_name).lease_ttl(ttl).ring_size(64));
+    let y = recorder.start(
+        builder(pool(4), &ring, &y_name)
+            .lease_ttl(ttl)
+            .ring_size(64),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     fast_claims_for(db, &app);
     proxy.cut();
@@ -527,10 +609,15 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
         waited_for_a
     });
     let all = [x.clone(), a.clone(), y.clone()];
-    wait_until(SETTLE, "the ring to settle (a gives back what it forgot)", || {
-        covered_exactly_once(&all, 64) && settled(&all)
-    });
-    assert!(live_in_db(db, &ring, "a"), "a partition waited for a's lease to end");
+    wait_until(
+        SETTLE,
+        "the ring to settle (a gives back what it forgot)",
+        || covered_exactly_once(&all, 64) && settled(&all),
+    );
+    assert!(
+        live_in_db(db, &ring, "a"),
+        "a partition waited for a's lease to end"
+    );
     recorder.assert_no_overlap_and_tokens_increase();
     for n in all {
         n.stop().unwrap();
@@ -546,7 +633,8 @@ fn follower_of(view: &leasering::RingView, first: &str, ring_size: u32) -> Strin
     taken.extend(&first_positions);
     let mut pairs: Vec<(u32, String)> = view.vnodes().map(|(p, n)| (p, n.to_string())).collect();
     pairs.extend(first_positions.iter().map(|p| (*p, first.to_string())));
-    let with_first = leasering::RingView::build(2, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
+    let with_first =
+        leasering::RingView::build(2, ring_size, pairs.iter().map(|(p, n)| (*p, n.as_str())));
     let firsts = with_first.partitions_of(first);
     (0..1000)
         .map(|i| format!("y{i}"))
@@ -554,7 +642,8 @@ fn follower_of(view: &leasering::RingView, first: &str, ring_size: u32) -> Strin
             let ps = choose_positions(y, 8, ring_size, |p| taken.contains(&p)).unwrap();
             let mut all = pairs.clone();
             all.extend(ps.iter().map(|p| (*p, y.clone())));
-            let next = leasering::RingView::build(3, ring_size, all.iter().map(|(p, n)| (*p, n.as_str())));
+            let next =
+                leasering::RingView::build(3, ring_size, all.iter().map(|(p, n)| (*p, n.as_str())));
             next.partitions_of(y).iter().any(|p| firsts.contains(p))
         })
         .expect("some node id follows the first one")
@@ -588,10 +677,18 @@ fn create_v1_schema(db: &TestPostgres, s: &str) {
 }
 
 /// What version 1's join wrote for a member: its row and one vnode.
-fn v1_join(db: &TestPostgres, s: &str, ring: &str, node: &str, position: i32) -> Result<(), postgres::Error> {
+fn v1_join(
+    db: &TestPostgres,
+    s: &str,
+    ring: &str,
+    node: &str,
+    position: i32,
+) -> Result<(), postgres::Error> {
     let mut c = db.client().unwrap();
     c.execute(
-        &format!("INSERT INTO {s}.rings (ring_id, ring_size) VALUES ($1, 64) ON CONFLICT DO NOTHING"),
+        &format!(
+            "INSERT INTO {s}.rings (ring_id, ring_size) VALUES ($1, 64) ON CONFLICT DO NOTHING"
+        ),
         &[&ring],
     )?;
     c.execute(
@@ -602,10 +699,15 @@ fn v1_join(db: &TestPostgres, s: &str, ring: &str, node: &str, position: i32) ->
         &[&ring, &node],
     )?;
     c.execute(
-        &format!("INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx) VALUES ($1, $3, $2, 0)"),
+        &format!(
+            "INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx) VALUES ($1, $3, $2, 0)"
+        ),
         &[&ring, &node, &position],
     )?;
-    c.execute(&format!("UPDATE {s}.rings SET epoch = epoch + 1 WHERE ring_id = $1"), &[&ring])?;
+    c.execute(
+        &format!("UPDATE {s}.rings SET epoch = epoch + 1 WHERE ring_id = $1"),
+        &[&ring],
+    )?;
     Ok(())
 }
 
@@ -634,7 +736,10 @@ fn a_version_1_ring_migrates_and_version_1_members_are_refused() {
     assert_eq!(version, 2);
     // After the migration a version-1 member cannot join any more.
     let v1_again = v1_join(db, &s, &ring, "old-other", 20);
-    assert!(v1_again.is_err(), "a version-1 join must fail on a migrated schema");
+    assert!(
+        v1_again.is_err(),
+        "a version-1 join must fail on a migrated schema"
+    );
     // Once the version-1 member's lease has ended, the ring is version 2's.
     c.execute(
         &format!("UPDATE {s}.members SET expires_at = now() - interval '1 second' WHERE node_id = 'old-member'"),
@@ -646,9 +751,14 @@ fn a_version_1_ring_migrates_and_version_1_members_are_refused() {
         .ring_size(64)
         .start()
         .unwrap();
-    wait_until(SETTLE, "the version-2 member to own the ring", || n.owned_partitions().len() == 64);
+    wait_until(SETTLE, "the version-2 member to own the ring", || {
+        n.owned_partitions().len() == 64
+    });
     let claimed: i64 = c
-        .query_one(&format!("SELECT count(*) FROM {s}.claims WHERE ring_id = $1 AND holder IS NOT NULL"), &[&ring])
+        .query_one(
+            &format!("SELECT count(*) FROM {s}.claims WHERE ring_id = $1 AND holder IS NOT NULL"),
+            &[&ring],
+        )
         .unwrap()
         .get(0);
     assert_eq!(claimed, 64, "every partition it uses is claimed");

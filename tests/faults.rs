@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,7 +11,7 @@ use common::*;
 use leasering::{Builder, Event, ReleaseReason, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
-use leasering_testkit::{instant_of, ProxyMode, TcpProxy, TestPostgres};
+use leasering_testkit::{instant_of, MemberArgs, MemberProcess, ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);
@@ -59,23 +57,17 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     let dir = std::env::temp_dir().join(ring_name("kill9ev"));
     std::fs::create_dir_all(&dir).unwrap();
     let events_file = dir.join("victim.log");
-    let mut child = Command::new(MEMBER)
-        .args([
-            &db.url(),
-            &ring,
-            "victim",
-            &TTL.as_millis().to_string(),
-            "leasering",
-            events_file.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("ready"), "member said {line:?}");
+    let url = db.url();
+    let child = MemberProcess::spawn(MemberArgs {
+        exe: MEMBER,
+        url: &url,
+        ring: &ring,
+        node: "victim",
+        ttl: TTL,
+        schema: "leasering",
+        events: &events_file,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let recorder = Recorder::default();
     let survivors: Vec<RingNode> = (0..2)
         .map(|i| recorder.start(builder(pool(4), &ring, &format!("s{i}"))))
@@ -93,8 +85,7 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     // Let it renew a few times, then kill it hard.
     std::thread::sleep(TTL / 2);
     let killed_at = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    child.kill();
     // Its lease ends when the database says so.
     let expires: SystemTime = db
         .client()

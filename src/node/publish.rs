@@ -60,7 +60,8 @@ impl Inner {
             } => {
                 log_release(node, partitions.len(), reason, epoch);
                 self.telemetry.released(partitions.len(), reason);
-                let drain = drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
+                let drain =
+                    drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
                 Some(Event::Released {
                     partitions,
                     reason,

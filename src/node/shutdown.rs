@@ -120,7 +120,10 @@ impl Inner {
             let _ = self
                 .drained
                 .1
-                .recv_timeout(Duration::from_millis(2).min(deadline.saturating_duration_since(Instant::now())))
+                .recv_timeout(
+                    Duration::from_millis(2)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                )
                 .map(|id| self.update(|s, now| s.drained(id, now)));
         }
     }

@@ -228,12 +228,23 @@ impl Inner {
                 self.update(|s, now| s.caught_up(ticket, read, now));
             }
             WatcherStep::Take { partitions, ticket } => {
+                let t = Instant::now();
                 let took = self.store.take(c, ticket.incarnation(), &partitions)?;
+                log::debug!(target: "leasering", "node {}: took {} of {} claims in {:?} ({} held by others)",
+                    self.node_id, took.got.len(), partitions.len(), t.elapsed(), took.held_by.len());
                 self.update(|s, now| s.took(ticket, took, now));
             }
-            WatcherStep::Release { claims, ticket } => {
-                let freed = self.store.release_claims(c, ticket.incarnation(), &claims)?;
-                log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims", self.node_id, claims.len());
+            WatcherStep::Release {
+                claims,
+                notify,
+                ticket,
+            } => {
+                let t = Instant::now();
+                let freed = self
+                    .store
+                    .release_claims(c, ticket.incarnation(), &claims, &notify)?;
+                log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims in {:?}",
+                    self.node_id, claims.len(), t.elapsed());
                 self.update(|s, now| s.released(ticket, now));
             }
             WatcherStep::Wait(timeout) => {

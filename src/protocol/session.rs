@@ -49,6 +49,9 @@ const MAX_DELTAS: usize = 4096;
 /// this only bounds how late it sees a heartbeat's hint of a missed
 /// notification. Long, so that an idle member costs next to no CPU.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
+/// From this many changes in a row on, a member builds the view they lead
+/// to once instead of applying them one by one.
+const BATCH_CHANGES: usize = 8;
 /// How long a thread with nothing planned sleeps before looking again.
 const NOTHING_PLANNED: Duration = Duration::from_secs(3600);
 /// Retry delay of a failed cleanup pass.
@@ -155,6 +158,8 @@ pub struct Session {
     /// Whether the watcher has read the ring since its connection was made
     /// (notifications may have been missed before its LISTEN).
     synced: bool,
+    /// A join just committed and nothing was taken yet.
+    fresh_join: bool,
     /// Claims held but not used, by `(partition, token)`. A take's answer
     /// naming one of them is late and never used.
     held: BTreeMap<(u32, u64), Held>,
@@ -163,11 +168,17 @@ pub struct Session {
     next_drain: u64,
     /// The partitions of the take in flight, if any.
     taking: Option<Vec<u32>>,
-    /// Pending partitions whose claim another member holds, and who.
+    /// Pending partitions whose claim another member holds, and who (empty
+    /// when the take skipped a claim locked by a transaction in flight).
     waiting_for: BTreeMap<u32, String>,
+    /// Waiting partitions to take again at once: a release named them, or
+    /// their holder was removed.
+    recheck: std::collections::BTreeSet<u32>,
     /// Takes that left partitions waiting, in a row (the retry backoff).
     take_polls: u32,
-    /// No take before this instant; a notification clears it.
+    /// When to take the waiting partitions again anyway (the backoff of the
+    /// safety net for a lost notification); releases and removals recheck
+    /// the partitions they concern at once.
     take_after: Option<Instant>,
     /// When the next renewal (or rejoin attempt) is due.
     next_renewal: Instant,
@@ -188,8 +199,7 @@ impl Session {
     /// A member that has not joined yet.
     pub fn new(cfg: SessionConfig, now: Instant) -> Session {
         let own = Ownership::new(&cfg.node_id, cfg.ring_size, cfg.lease_ttl, cfg.margin);
-        let cleanup_fallback =
-            Duration::from_millis(50 + fnv1a64(&[cfg.node_id.as_bytes()]) % 50);
+        let cleanup_fallback = Duration::from_millis(50 + fnv1a64(&[cfg.node_id.as_bytes()]) % 50);
         Session {
             own,
             generation: 1,
@@ -197,11 +207,13 @@ impl Session {
             hint: 0,
             deltas: BTreeMap::new(),
             synced: false,
+            fresh_join: false,
             held: BTreeMap::new(),
             drains: BTreeMap::new(),
             next_drain: 1,
             taking: None,
             waiting_for: BTreeMap::new(),
+            recheck: Default::default(),
             take_polls: 0,
             take_after: None,
             next_renewal: now + cfg.heartbeat_interval,
@@ -303,8 +315,7 @@ impl Session {
                     tokens,
                     reason,
                 } => {
-                    let claims: Vec<(u32, u64)> =
-                        partitions.iter().copied().zip(tokens).collect();
+                    let claims: Vec<(u32, u64)> = partitions.iter().copied().zip(tokens).collect();
                     let drain = self.after_release(claims, reason, now);
                     out.effects.push(Effect::Released {
                         partitions,
@@ -335,7 +346,12 @@ impl Session {
         }
     }
 
-    fn after_release(&mut self, claims: Vec<(u32, u64)>, reason: ReleaseReason, now: Instant) -> Option<Drain> {
+    fn after_release(
+        &mut self,
+        claims: Vec<(u32, u64)>,
+        reason: ReleaseReason,
+        now: Instant,
+    ) -> Option<Drain> {
         let drains = matches!(reason, ReleaseReason::Handoff | ReleaseReason::Stopping);
         match (reason, self.cfg.drain_timeout) {
             (_, Some(timeout)) if drains => {
@@ -386,6 +402,7 @@ impl Session {
         self.incarnation = joined.incarnation;
         self.forget_claims();
         self.synced = false;
+        self.fresh_join = true;
         self.deltas.retain(|e, _| *e > epoch);
         self.next_renewal = now + self.cfg.heartbeat_interval;
         self.note_pending(now);
@@ -406,6 +423,7 @@ impl Session {
         self.drains.clear();
         self.taking = None;
         self.waiting_for.clear();
+        self.recheck.clear();
         self.take_polls = 0;
         self.take_after = None;
     }
@@ -424,17 +442,17 @@ impl Session {
                         self.deltas.insert(epoch, change);
                     }
                 }
-                self.take_after = None;
             }
-            Notice::Released { partitions } => {
-                let waits = match &partitions {
-                    Some(ps) => ps.iter().any(|p| self.waiting_for.contains_key(p)),
-                    None => true,
-                };
-                if waits {
-                    self.take_after = None;
+            Notice::Released { partitions } => match partitions {
+                Some(ps) => {
+                    for p in ps {
+                        if self.waiting_for.contains_key(&p) {
+                            self.recheck.insert(p);
+                        }
+                    }
                 }
-            }
+                None => self.recheck.extend(self.waiting_for.keys().copied()),
+            },
         }
     }
 
@@ -442,6 +460,9 @@ impl Session {
     /// before its LISTEN, so it reads the ring's changes first.
     pub fn watcher_connected(&mut self) {
         self.synced = false;
+        // Releases told while it was away are lost too: take everything
+        // waiting again.
+        self.recheck.extend(self.waiting_for.keys().copied());
     }
 
     /// The watcher's step failed (its connection died): a take's answer is
@@ -468,6 +489,16 @@ impl Session {
         let ticket = self.ticket();
         let from = self.own.view_epoch();
         if !self.synced {
+            // Right after a join the view is the join's own, read under the
+            // ring lock: take first (the partitions the old owners released
+            // on seeing the join are free by now), read what changed since
+            // the join next.
+            if self.fresh_join {
+                self.fresh_join = false;
+                if let Some(partitions) = self.partitions_to_take(now) {
+                    return (WatcherStep::Take { partitions, ticket }, out);
+                }
+            }
             return (WatcherStep::CatchUp { from, ticket }, out);
         }
         if self.hint > from {
@@ -479,8 +510,15 @@ impl Session {
             self.hint = 0;
         }
         self.end_overdue_drains(now);
-        if let Some(claims) = self.claims_to_release() {
-            return (WatcherStep::Release { claims, ticket }, out);
+        if let Some((claims, notify)) = self.claims_to_release() {
+            return (
+                WatcherStep::Release {
+                    claims,
+                    notify,
+                    ticket,
+                },
+                out,
+            );
         }
         if let Some(partitions) = self.partitions_to_take(now) {
             return (WatcherStep::Take { partitions, ticket }, out);
@@ -490,14 +528,46 @@ impl Session {
 
     /// Applies the notified changes that follow the view without a gap.
     fn apply_deltas(&mut self, now: Instant, out: &mut Output) {
-        while let Some(change) = self.deltas.remove(&(self.own.view_epoch() + 1)) {
+        let mut run = Vec::new();
+        while let Some(change) = self
+            .deltas
+            .remove(&(self.own.view_epoch() + 1 + run.len() as u64))
+        {
+            run.push(change);
+        }
+        self.apply_changes(run, now, out);
+        let at = self.own.view_epoch();
+        self.deltas.retain(|e, _| *e > at);
+    }
+
+    /// Adopts the views that consecutive `changes` (following the view's
+    /// epoch) lead to: one by one, or — many of them, after falling behind
+    /// — the last one, built once (the partitions only care about where the
+    /// ring ends up; without `since` to keep, skipping views is safe).
+    fn apply_changes(&mut self, changes: Vec<Change>, now: Instant, out: &mut Output) {
+        let Some(view) = self.own.view().cloned() else {
+            return;
+        };
+        // A holder removed (and perhaps back under the same node id, a new
+        // incarnation) freed its claims.
+        for change in &changes {
+            for (p, who) in &self.waiting_for {
+                if change.removed.contains(who) {
+                    self.recheck.insert(*p);
+                }
+            }
+        }
+        if changes.len() >= BATCH_CHANGES {
+            let next = view.apply_all(&changes);
+            self.adopt(next, now, out);
+            return;
+        }
+        for change in changes {
             let Some(next) = self.own.view().map(|v| v.apply(&change)) else {
                 break;
             };
             self.adopt(next, now, out);
         }
-        let at = self.own.view_epoch();
-        self.deltas.retain(|e, _| *e > at);
     }
 
     /// Adopts a newer view: a lapsed lease fences first (those partitions
@@ -510,7 +580,15 @@ impl Session {
         self.push(out, actions, released_at, now);
         self.note_pending(now);
         self.waiting_for.retain(|p, _| self.own.is_assigned(*p));
-        self.take_after = None;
+        self.recheck.retain(|p| self.own.is_assigned(*p));
+        // A holder gone from the view was removed, its claims with it.
+        if let Some(v) = self.own.view() {
+            for (p, who) in &self.waiting_for {
+                if v.member(who).is_none() {
+                    self.recheck.insert(*p);
+                }
+            }
+        }
         out.effects.push(Effect::ViewChanged {
             epoch: self.own.view_epoch(),
             members,
@@ -524,19 +602,15 @@ impl Session {
         if !self.stale(ticket) {
             match read {
                 CatchUp::Changes(changes) => {
-                    for change in changes {
-                        let at = self.own.view_epoch();
-                        if change.epoch <= at {
-                            continue;
-                        }
-                        if change.epoch != at + 1 {
+                    let first = self.own.view_epoch() + 1;
+                    let mut run: Vec<Change> = Vec::new();
+                    for c in changes.into_iter().filter(|c| c.epoch >= first) {
+                        if c.epoch != first + run.len() as u64 {
                             break;
                         }
-                        let Some(next) = self.own.view().map(|v| v.apply(&change)) else {
-                            break;
-                        };
-                        self.adopt(next, now, &mut out);
+                        run.push(c);
                     }
+                    self.apply_changes(run, now, &mut out);
                 }
                 CatchUp::Full(view) => {
                     if view.epoch() > self.own.view_epoch() {
@@ -551,12 +625,24 @@ impl Session {
         // What is still missing shows in the next renewal's answer; changes
         // notified meanwhile are applied next.
         let at = self.own.view_epoch();
-        self.hint = self.deltas.keys().next_back().copied().filter(|e| *e > at).unwrap_or(0);
+        self.hint = self
+            .deltas
+            .keys()
+            .next_back()
+            .copied()
+            .filter(|e| *e > at)
+            .unwrap_or(0);
         out
     }
 
     /// A renewal answer (the heartbeat's).
-    fn on_renewal(&mut self, ticket: Ticket, reply: &Renewal, sent_at: Instant, now: Instant) -> Output {
+    fn on_renewal(
+        &mut self,
+        ticket: Ticket,
+        reply: &Renewal,
+        sent_at: Instant,
+        now: Instant,
+    ) -> Output {
         let mut out = Output::default();
         if ticket.generation != self.generation || self.own.status() == Status::Joining {
             return out;
@@ -617,7 +703,12 @@ impl Session {
     /// While `stop()` waits for drains the lease is kept (the leave frees
     /// the claims only after the drains): a renewal only extends it, or —
     /// lost or lapsed — cuts the drains short.
-    fn renewed_while_stopping(&mut self, reply: &Renewal, sent_at: Instant, now: Instant) -> Output {
+    fn renewed_while_stopping(
+        &mut self,
+        reply: &Renewal,
+        sent_at: Instant,
+        now: Instant,
+    ) -> Output {
         let mut out = Output::default();
         let released_at = self.stamp(now);
         let lapsed = !self.own.lease_runs(now);

@@ -49,8 +49,12 @@ pub(crate) struct Store {
     ttl_s: f64,
     lag_s: f64,
     statement_timeout_ms: u64,
-    /// The NOTIFY channel of this ring.
+    /// The NOTIFY channel of this ring (membership changes: everyone).
     pub(crate) channel: String,
+    /// This member's own channel (releases of partitions it waits for).
+    pub(crate) own_channel: String,
+    /// The advisory lock key that serialises this ring's membership changes.
+    pub(crate) ring_lock: i64,
 }
 
 pub(super) fn pg_i64(v: u64) -> i64 {
@@ -75,6 +79,13 @@ impl Store {
             lag_s: cfg.lag_limit().as_secs_f64(),
             statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,
             channel: format!("leasering_{h:016x}"),
+            own_channel: node_channel(&cfg.schema, &cfg.ring_id, node_id),
+            ring_lock: fnv1a64(&[
+                b"leasering ring ",
+                cfg.schema.as_bytes(),
+                &[0],
+                cfg.ring_id.as_bytes(),
+            ]) as i64,
         })
     }
 
@@ -133,4 +144,20 @@ impl Drop for Tx<'_> {
             let _ = self.client.batch_execute("ROLLBACK");
         }
     }
+}
+
+/// The NOTIFY channel of member `node_id` of ring `ring_id` in `schema`:
+/// releases of the partitions it is to own are told there, so that a
+/// release wakes the one member waiting for it rather than the whole ring
+/// (with hundreds of members, broadcasting releases meant millions of
+/// deliveries during a cold start).
+pub(crate) fn node_channel(schema: &str, ring_id: &str, node_id: &str) -> String {
+    let h = fmix64(fnv1a64(&[
+        schema.as_bytes(),
+        &[0],
+        ring_id.as_bytes(),
+        &[0],
+        node_id.as_bytes(),
+    ]));
+    format!("leasering_n{h:016x}")
 }

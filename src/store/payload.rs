@@ -149,7 +149,10 @@ mod tests {
             parse_payload("other", &p).is_none(),
             "a payload of another ring is ignored"
         );
-        assert_eq!(change_of(parse_payload("orders", "17").unwrap()), (17, None));
+        assert_eq!(
+            change_of(parse_payload("orders", "17").unwrap()),
+            (17, None)
+        );
         assert!(parse_payload("orders", "junk").is_none());
         let big: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
         assert_eq!(

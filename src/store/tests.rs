@@ -42,7 +42,10 @@ fn renewal_never_resurrects_an_expired_lease() {
     let joined = store.join(&mut admin).unwrap();
     let e = joined.view.epoch();
     assert_eq!(
-        store.renew(&mut held, joined.incarnation, e).unwrap().renewed,
+        store
+            .renew(&mut held, joined.incarnation, e)
+            .unwrap()
+            .renewed,
         Some(true)
     );
     admin
@@ -57,12 +60,18 @@ fn renewal_never_resurrects_an_expired_lease() {
     let again = store.join(&mut admin).unwrap();
     assert_eq!(again.removed, vec!["a".to_string()]);
     assert_eq!(
-        store.renew(&mut held, joined.incarnation, again.view.epoch()).unwrap().renewed,
+        store
+            .renew(&mut held, joined.incarnation, again.view.epoch())
+            .unwrap()
+            .renewed,
         None,
         "the old incarnation stays out"
     );
     assert_eq!(
-        store.renew(&mut held, again.incarnation, again.view.epoch()).unwrap().renewed,
+        store
+            .renew(&mut held, again.incarnation, again.view.epoch())
+            .unwrap()
+            .renewed,
         Some(true)
     );
 }
@@ -93,7 +102,10 @@ fn renewal_is_refused_to_a_member_trailing_the_epoch_too_long() {
         "past the lag bound"
     );
     // Catching up lifts the refusal.
-    assert_eq!(store.renew(&mut held, inc, e + 1).unwrap().renewed, Some(true));
+    assert_eq!(
+        store.renew(&mut held, inc, e + 1).unwrap().renewed,
+        Some(true)
+    );
 }
 
 #[test]
@@ -148,22 +160,56 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
     let jb = b.join(&mut admin).unwrap();
     let took = a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap();
     assert!(took.live);
-    assert_eq!(took.got, vec![(1, jb.view.epoch()), (2, jb.view.epoch()), (3, jb.view.epoch())]);
+    assert_eq!(
+        took.got,
+        vec![
+            (1, jb.view.epoch()),
+            (2, jb.view.epoch()),
+            (3, jb.view.epoch())
+        ]
+    );
     // Taken again by its holder: the same claims, the same tokens.
-    assert_eq!(a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got, took.got);
+    assert_eq!(
+        a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got,
+        took.got
+    );
     // Another member gets none of them, and learns who holds them.
     let tb = b.take(&mut hb, jb.incarnation, &[2, 3, 4]).unwrap();
     assert_eq!(tb.got, vec![(4, jb.view.epoch())]);
     assert_eq!(tb.held_by, vec![(2, "a".to_string()), (3, "a".to_string())]);
     // A release naming another token frees nothing; the right one frees.
-    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &[(2, 999)]).unwrap(), 0);
-    assert_eq!(b.release_claims(&mut hb, jb.incarnation, &[(2, jb.view.epoch())]).unwrap(), 0, "not b's");
-    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &[(2, jb.view.epoch())]).unwrap(), 1);
+    assert_eq!(
+        a.release_claims(&mut ha, ja.incarnation, &[(2, 999)], &[])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.release_claims(&mut hb, jb.incarnation, &[(2, jb.view.epoch())], &[])
+            .unwrap(),
+        0,
+        "not b's"
+    );
+    assert_eq!(
+        a.release_claims(
+            &mut ha,
+            ja.incarnation,
+            &[(2, jb.view.epoch())],
+            &[("b".to_string(), vec![2])]
+        )
+        .unwrap(),
+        1
+    );
     let tb = b.take(&mut hb, jb.incarnation, &[2]).unwrap();
-    assert_eq!(tb.got, vec![(2, jb.view.epoch() + 1)], "a new holder, a higher token");
+    assert_eq!(
+        tb.got,
+        vec![(2, jb.view.epoch() + 1)],
+        "a new holder, a higher token"
+    );
     // The renewal reads what each holds.
     assert_eq!(
-        a.renew(&mut ha, ja.incarnation, jb.view.epoch()).unwrap().held,
+        a.renew(&mut ha, ja.incarnation, jb.view.epoch())
+            .unwrap()
+            .held,
         vec![(1, jb.view.epoch()), (3, jb.view.epoch())]
     );
     // A leave frees every claim of the member.
@@ -172,7 +218,10 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
     assert_eq!(tb.got.len(), 2, "{tb:?}");
     // A member whose lease is not live takes nothing.
     admin
-        .execute(&format!("UPDATE {schema}.members SET expires_at = now() - interval '1 second'"), &[])
+        .execute(
+            &format!("UPDATE {schema}.members SET expires_at = now() - interval '1 second'"),
+            &[],
+        )
         .unwrap();
     let late = b.take(&mut hb, jb.incarnation, &[9]).unwrap();
     assert!(!late.live && late.got.is_empty());
@@ -181,7 +230,13 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
     let cleaned = c.cleanup(&mut admin).unwrap();
     assert_eq!(cleaned.removed, vec!["b".to_string()]);
     let jc = c.join(&mut admin).unwrap();
-    assert_eq!(c.take(&mut hc, jc.incarnation, &[1, 2, 3, 4]).unwrap().got.len(), 4);
+    assert_eq!(
+        c.take(&mut hc, jc.incarnation, &[1, 2, 3, 4])
+            .unwrap()
+            .got
+            .len(),
+        4
+    );
 }
 
 #[test]
@@ -198,13 +253,16 @@ fn racing_takes_never_both_get_a_claim() {
             let mut rounds = Vec::new();
             for _ in 0..40 {
                 let got = s2.take(&mut h, inc, &ps).unwrap().got;
-                s2.release_claims(&mut h, inc, &got).unwrap();
+                s2.release_claims(&mut h, inc, &got, &[]).unwrap();
                 rounds.push(got);
             }
             rounds
         })
     };
-    let (ra, rb) = (race(a.clone(), ja.incarnation), race(b.clone(), jb.incarnation));
+    let (ra, rb) = (
+        race(a.clone(), ja.incarnation),
+        race(b.clone(), jb.incarnation),
+    );
     let (ra, rb) = (ra.join().unwrap(), rb.join().unwrap());
     // Tokens say who held what when: a token is never handed to both.
     let mut seen = std::collections::BTreeMap::new();

@@ -13,7 +13,8 @@
 //!   intervals on one clock and judges them: overlaps (all pairs, closed
 //!   intervals), token order, uncovered gaps. [`Recorder`] feeds it from
 //!   members in this process; [`member_log`] is the log format of member
-//!   processes. [`Sampler`] is the second, independent check: it samples
+//!   processes, and [`MemberProcess`] runs one (killed on drop, so a failing
+//!   test never leaves a stopped process behind). [`Sampler`] is the second, independent check: it samples
 //!   `owned_partitions()`.
 //! * [`rng::Rng`] is the seeded generator of chaos, benches and the demo.
 //! * [`unique_name`] makes names that are safe to use as PostgreSQL
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod member_log;
+pub mod member_process;
 pub mod oracle;
 pub mod postgres;
 pub mod proxy;
@@ -43,6 +45,7 @@ pub mod recorder;
 pub mod rng;
 pub mod sampler;
 
+pub use self::member_process::{MemberArgs, MemberProcess};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};
 pub use self::recorder::Recorder;

@@ -28,7 +28,12 @@ fn released(actions: &[Action]) -> Vec<(u32, u64, ReleaseReason)> {
             reason,
         } = a
         {
-            out.extend(partitions.iter().zip(tokens).map(|(p, t)| (*p, *t, *reason)));
+            out.extend(
+                partitions
+                    .iter()
+                    .zip(tokens)
+                    .map(|(p, t)| (*p, *t, *reason)),
+            );
         }
     }
     out.sort_by_key(|r| r.0);
@@ -116,7 +121,9 @@ fn adopting_releases_first_naming_the_tokens() {
     let rel = a.adopt(v2.clone());
     assert_eq!(
         released(&rel),
-        (0..4).map(|p| (p, 1, ReleaseReason::Handoff)).collect::<Vec<_>>()
+        (0..4)
+            .map(|p| (p, 1, ReleaseReason::Handoff))
+            .collect::<Vec<_>>()
     );
     assert_eq!(a.active_count(), 4);
     assert!(a.adopt(v2).is_empty(), "an equal view is ignored");
@@ -133,7 +140,9 @@ fn the_fence_releases_everything_and_a_renewal_makes_them_pending_again() {
     let rel = m.fence(t0 + Duration::from_secs(9));
     assert_eq!(
         released(&rel),
-        (0..4).map(|p| (p, 3, ReleaseReason::LeaseExpired)).collect::<Vec<_>>()
+        (0..4)
+            .map(|p| (p, 3, ReleaseReason::LeaseExpired))
+            .collect::<Vec<_>>()
     );
     assert_eq!(m.pending_count(), 4);
     let t1 = t0 + Duration::from_secs(12);
@@ -151,7 +160,10 @@ fn a_late_renewal_answer_fences_first() {
     let acts = m.renewed(t0 + Duration::from_secs(8), t0 + Duration::from_secs(9));
     assert_eq!(released(&acts).len(), 4);
     assert_eq!(m.active_count(), 0);
-    assert!(m.lease_runs(t0 + Duration::from_secs(9)), "then the lease is extended");
+    assert!(
+        m.lease_runs(t0 + Duration::from_secs(9)),
+        "then the lease is extended"
+    );
 }
 
 #[test]

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::{Held, Session, IDLE_TICK};
 use crate::event::ReleaseReason;
 use crate::protocol::input::Took;
@@ -13,16 +15,18 @@ use crate::protocol::output::Output;
 use crate::protocol::ownership::{Action, Taken};
 use crate::protocol::Ticket;
 
-/// Longest wait between two takes of partitions whose claims are held
-/// elsewhere, with notifications: a release or a removal notifies the ring
-/// and cuts the wait short, so this only covers a lost notification.
-const MAX_TAKE_BACKOFF: Duration = Duration::from_millis(250);
-/// The same without notifications: polling is all there is.
+/// The first wait before taking the waiting partitions again anyway, and
+/// the longest, with notifications: a release tells the partitions' new
+/// owner, and a removal every member, so this only covers a lost
+/// notification.
+const FIRST_TAKE_RETRY: Duration = Duration::from_millis(100);
+const MAX_TAKE_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest without notifications: polling is all there is.
 const MAX_TAKE_BACKOFF_POLLING: Duration = Duration::from_millis(100);
 
 impl Session {
-    /// The wait before take number `polls` (1-based) of a row of takes that
-    /// left partitions waiting: 1 ms, doubling, capped.
+    /// The wait before retry number `polls` (1-based) of the waiting
+    /// partitions: doubling from 100 ms, capped.
     fn take_backoff(&self) -> Duration {
         let cap = if self.cfg.notifications {
             MAX_TAKE_BACKOFF
@@ -30,7 +34,7 @@ impl Session {
             MAX_TAKE_BACKOFF_POLLING
         };
         let k = self.take_polls.saturating_sub(1).min(16);
-        (Duration::from_millis(1) * 2u32.pow(k)).min(cap)
+        (FIRST_TAKE_RETRY * 2u32.pow(k)).min(cap)
     }
 
     /// Whether a claim of `p` is held without being used (draining, or on
@@ -39,31 +43,47 @@ impl Session {
         self.held.range((p, 0)..=(p, u64::MAX)).next().is_some()
     }
 
-    /// Pending partitions that may be taken now.
-    fn takeable(&self) -> Vec<u32> {
-        self.own.pending().filter(|p| !self.blocked(*p)).collect()
+    /// Pending partitions that may be taken now (not blocked by a claim
+    /// being drained or given back); with `all`, also those known to be
+    /// held elsewhere, else only those a release or removal concerns.
+    fn takeable(&self, all: bool) -> Vec<u32> {
+        self.own
+            .pending()
+            .filter(|p| !self.blocked(*p))
+            .filter(|p| all || !self.waiting_for.contains_key(p) || self.recheck.contains(p))
+            .collect()
     }
 
     /// The partitions to take now, if any: pending, not blocked, the local
-    /// lease running (a take's answer is usable only within it) and no
-    /// backoff in force.
+    /// lease running (a take's answer is usable only within it). A take
+    /// asks for what is new or rechecked, and at the backoff's deadline for
+    /// every waiting partition too: at a cold start, retaking everything on
+    /// every notification made takes of thousands of partitions, thousands
+    /// of times.
     pub(super) fn partitions_to_take(&mut self, now: Instant) -> Option<Vec<u32>> {
         if self.taking.is_some() || !self.own.lease_runs(now) {
             return None;
         }
-        if self.take_after.is_some_and(|t| t > now) {
-            return None;
-        }
-        let partitions = self.takeable();
+        let all = self.take_after.is_some_and(|t| t <= now);
+        let partitions = self.takeable(all);
         if partitions.is_empty() {
             return None;
+        }
+        self.recheck.clear();
+        if all {
+            self.take_after = None;
         }
         self.taking = Some(partitions.clone());
         Some(partitions)
     }
 
-    /// The claims to give back now, if any (marked as on their way).
-    pub(super) fn claims_to_release(&mut self) -> Option<Vec<(u32, u64)>> {
+    /// The claims to give back now, if any (marked as on their way), and
+    /// the members to tell: the partitions' owners in this member's view —
+    /// the ones waiting for them — on their own channels, so that a release
+    /// wakes one member instead of the whole ring.
+    pub(super) fn claims_to_release(
+        &mut self,
+    ) -> Option<(Vec<(u32, u64)>, Vec<(String, Vec<u32>)>)> {
         let mut claims = Vec::new();
         for (c, h) in self.held.iter_mut() {
             if *h == Held::Release {
@@ -71,13 +91,29 @@ impl Session {
                 claims.push(*c);
             }
         }
-        (!claims.is_empty()).then_some(claims)
+        if claims.is_empty() {
+            return None;
+        }
+        let mut notify: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        if let Some(view) = self.own.view() {
+            for (p, _) in &claims {
+                match view.owner_of(*p) {
+                    Some(o) if o != self.cfg.node_id => notify.entry(o).or_default().push(*p),
+                    _ => {}
+                }
+            }
+        }
+        let notify = notify
+            .into_iter()
+            .map(|(o, ps)| (o.to_string(), ps))
+            .collect();
+        Some((claims, notify))
     }
 
     /// How long the watcher may wait for a notification.
     pub(super) fn watcher_wait(&self, now: Instant) -> Duration {
         let mut wait = IDLE_TICK;
-        if self.own.lease_runs(now) && !self.takeable().is_empty() {
+        if self.own.lease_runs(now) && !self.takeable(true).is_empty() {
             if let Some(t) = self.take_after {
                 wait = wait.min(t.saturating_duration_since(now));
             }
@@ -94,7 +130,7 @@ impl Session {
     /// the local lease has run out) are given back.
     pub fn took(&mut self, ticket: Ticket, took: Took, now: Instant) -> Output {
         let mut out = Output::default();
-        self.taking = None;
+        let asked = self.taking.take().unwrap_or_default();
         if self.stale(ticket) {
             return out;
         }
@@ -110,12 +146,20 @@ impl Session {
             }
         }
         self.push(&mut out, actions, now, now);
-        for (p, who) in took.held_by {
+        // What was asked and not got waits: for the member holding it, or
+        // (skipped: locked by a transaction in flight) for nobody known.
+        let held_by: BTreeMap<u32, String> = took.held_by.into_iter().collect();
+        for p in asked {
             if self.own.is_assigned(p) && self.own.token(p).is_none() {
+                let who = held_by.get(&p).cloned().unwrap_or_default();
                 self.waiting_for.insert(p, who);
             }
         }
-        if took.live && self.takeable().is_empty() {
+        let waiting = self
+            .own
+            .pending()
+            .any(|p| self.waiting_for.contains_key(&p));
+        if took.live && !waiting {
             self.take_polls = 0;
             self.take_after = None;
         } else {
@@ -129,8 +173,21 @@ impl Session {
     /// those claims are free (or were not this member's any more). Waiting
     /// partitions they blocked may be taken at once.
     pub fn released(&mut self, _ticket: Ticket, _now: Instant) -> Output {
-        self.held.retain(|_, h| *h != Held::Releasing);
-        self.take_after = None;
+        let mut freed = Vec::new();
+        self.held.retain(|(p, _), h| {
+            let done = *h == Held::Releasing;
+            if done {
+                freed.push(*p);
+            }
+            !done
+        });
+        // Partitions blocked behind these claims (the view gave them back)
+        // may be taken at once.
+        for p in freed {
+            if self.own.is_assigned(p) && !self.blocked(p) {
+                self.waiting_for.remove(&p);
+            }
+        }
         Output::default()
     }
 

@@ -57,7 +57,10 @@ fn renewal(epoch: u64, renewed: Option<bool>, held: Vec<(u32, u64)>) -> Renewal 
 fn took(got: Vec<(u32, u64)>, held_by: Vec<(u32, &str)>) -> Took {
     Took {
         got,
-        held_by: held_by.into_iter().map(|(p, n)| (p, n.to_string())).collect(),
+        held_by: held_by
+            .into_iter()
+            .map(|(p, n)| (p, n.to_string()))
+            .collect(),
         live: true,
     }
 }
@@ -95,19 +98,20 @@ fn claims(ps: impl IntoIterator<Item = u32>, token: u64) -> Vec<(u32, u64)> {
     ps.into_iter().map(|p| (p, token)).collect()
 }
 
-/// The first steps of a joined member: the catch-up (fresh connection),
-/// then the take of everything pending, answered with `answer`.
+/// The first steps of a joined member: the take of everything pending
+/// (right after the join, before anything else), answered with `answer`,
+/// then the catch-up of what changed since the join (nothing).
 fn sync_and_take(s: &mut Session, t: Instant, answer: Took) -> (Vec<u32>, Output) {
     let (step, _) = s.watcher_next(t);
-    let WatcherStep::CatchUp { ticket, .. } = step else {
-        panic!("a fresh connection reads the ring first: {step:?}");
-    };
-    s.caught_up(ticket, CatchUp::Changes(vec![]), t);
-    let (step, _) = s.watcher_next(t);
     let WatcherStep::Take { partitions, ticket } = step else {
-        panic!("then it takes what is pending: {step:?}");
+        panic!("a joiner takes first: {step:?}");
     };
     let out = s.took(ticket, answer, t);
+    let (step, _) = s.watcher_next(t);
+    let WatcherStep::CatchUp { ticket, .. } = step else {
+        panic!("then it reads what changed since its join: {step:?}");
+    };
+    s.caught_up(ticket, CatchUp::Changes(vec![]), t);
     (partitions, out)
 }
 
@@ -145,12 +149,17 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
     assert_eq!(asked, vec![0, 1, 2, 3]);
     assert_eq!(acquired(&out), vec![(0, 2), (1, 2)]);
     assert_eq!(s.waiting_for(), vec![("a".to_string(), vec![2, 3])]);
-    assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(ms(1)), "retries back off");
-    // A release elsewhere does not cut the wait; a's release of 3 does.
+    assert_eq!(
+        s.watcher_next(t0).0,
+        WatcherStep::Wait(ms(100)),
+        "the safety net backs off"
+    );
+    // A release elsewhere changes nothing; a's release of 3 rechecks 3 —
+    // and only 3 — at once.
     s.notified(Notice::Released {
         partitions: Some(vec![6]),
     });
-    assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(ms(1)));
+    assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(ms(100)));
     s.notified(Notice::Released {
         partitions: Some(vec![3]),
     });
@@ -158,16 +167,43 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
     let WatcherStep::Take { partitions, ticket } = step else {
         panic!("{step:?}")
     };
-    assert_eq!(partitions, vec![2, 3]);
+    assert_eq!(partitions, vec![3]);
     assert_eq!(ticket.incarnation(), 7, "takes name the incarnation");
-    let out = s.took(ticket, took(vec![(3, 4)], vec![(2, "a")]), t0 + ms(1));
+    let out = s.took(ticket, took(vec![(3, 4)], vec![]), t0 + ms(1));
     assert_eq!(acquired(&out), vec![(3, 4)]);
     assert!(
         matches!(out.effects[0], Effect::Acquired { waited: Some(w), .. } if w == ms(1)),
         "the handoff time is measured from the join"
     );
     assert_eq!(s.waiting_for(), vec![("a".to_string(), vec![2])]);
-    assert_eq!(s.watcher_next(t0 + ms(1)).0, WatcherStep::Wait(ms(2)), "doubling");
+    // The safety net takes everything still waiting, doubling its wait.
+    assert_eq!(s.watcher_next(t0 + ms(1)).0, WatcherStep::Wait(ms(200)));
+    let (step, _) = s.watcher_next(t0 + ms(201));
+    assert!(
+        matches!(&step, WatcherStep::Take { partitions, .. } if *partitions == vec![2]),
+        "{step:?}"
+    );
+    // a's removal (its lease ended) frees what it held: 2 is rechecked.
+    let mut s2 = Session::new(cfg("b", None), t0);
+    s2.joined(joined(view(2, &[(3, "b"), (7, "a")]), 7), t0, t0);
+    sync_and_take(
+        &mut s2,
+        t0,
+        took(vec![], vec![(0, "a"), (1, "a"), (2, "a"), (3, "a")]),
+    );
+    s2.notified(Notice::Change {
+        epoch: 3,
+        change: Some(Change {
+            epoch: 3,
+            removed: vec!["a".into()],
+            added: None,
+        }),
+    });
+    let (step, _) = s2.watcher_next(t0);
+    assert!(
+        matches!(&step, WatcherStep::Take { partitions, .. } if partitions.len() == 8),
+        "{step:?}"
+    );
 }
 
 #[test]
@@ -176,13 +212,19 @@ fn a_handoff_stops_using_first_then_gives_the_claims_back_by_token() {
     let mut s = lone_active(t0, None);
     let (step, out) = hand_off_to_b(&mut s, t0);
     let rel = released(&out);
-    assert_eq!(rel.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        rel.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
     assert!(rel.iter().all(|r| r.1 == ReleaseReason::Handoff));
     assert!(
         matches!(out.effects[0], Effect::Released { drain: None, .. }),
         "no drain without a drain timeout"
     );
-    let WatcherStep::Release { claims: c, ticket } = step else {
+    let WatcherStep::Release {
+        claims: c, ticket, ..
+    } = step
+    else {
         panic!("{step:?}")
     };
     assert_eq!(c, claims(0..4, 1), "the release names the tokens it frees");
@@ -201,7 +243,7 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
         panic!()
     };
     s.watcher_failed(); // the connection died: no answer
-    // The view gives 0..=3 back (b left) before the release is confirmed.
+                        // The view gives 0..=3 back (b left) before the release is confirmed.
     s.notified(Notice::Change {
         epoch: 3,
         change: Some(Change {
@@ -211,11 +253,19 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
         }),
     });
     let (step, _) = s.watcher_next(t0);
-    assert!(matches!(step, WatcherStep::CatchUp { .. }), "a new connection reads first");
-    let WatcherStep::CatchUp { ticket, .. } = step else { unreachable!() };
+    assert!(
+        matches!(step, WatcherStep::CatchUp { .. }),
+        "a new connection reads first"
+    );
+    let WatcherStep::CatchUp { ticket, .. } = step else {
+        unreachable!()
+    };
     s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
     let (step, _) = s.watcher_next(t0);
-    let WatcherStep::Release { claims: c, ticket } = step else {
+    let WatcherStep::Release {
+        claims: c, ticket, ..
+    } = step
+    else {
         panic!("the release goes again before any take: {step:?}")
     };
     assert_eq!(c, claims(0..4, 1));
@@ -226,7 +276,11 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
     };
     assert_eq!(partitions, vec![0, 1, 2, 3]);
     let out = s.took(ticket, took(claims(0..4, 3), vec![]), t0);
-    assert_eq!(acquired(&out), claims(0..4, 3), "a new claim, a higher token");
+    assert_eq!(
+        acquired(&out),
+        claims(0..4, 3),
+        "a new claim, a higher token"
+    );
 }
 
 #[test]
@@ -234,23 +288,25 @@ fn a_late_take_answer_is_given_back_not_used() {
     let t0 = Instant::now();
     let mut s = Session::new(cfg("a", None), t0);
     s.joined(joined(view(1, &[(7, "a")]), 1), t0, t0);
-    let (step, _) = s.watcher_next(t0);
-    let WatcherStep::CatchUp { ticket, .. } = step else { panic!() };
-    s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
     let (WatcherStep::Take { ticket, .. }, _) = s.watcher_next(t0) else {
         panic!()
     };
     // The answer arrives after the local deadline (9 s).
     let out = s.took(ticket, took(claims(0..8, 1), vec![]), t0 + ms(9500));
     assert!(acquired(&out).is_empty());
+    let (WatcherStep::CatchUp { ticket, .. }, _) = s.watcher_next(t0 + ms(9500)) else {
+        panic!()
+    };
+    s.caught_up(ticket, CatchUp::Changes(vec![]), t0 + ms(9500));
     let (step, _) = s.watcher_next(t0 + ms(9500));
     assert_eq!(
         step,
         WatcherStep::Release {
             claims: claims(0..8, 1),
+            notify: vec![],
             ticket
         },
-        "stray claims are given back"
+        "stray claims are given back (their partitions are its own: nobody to tell)"
     );
 }
 
@@ -274,7 +330,11 @@ fn a_stale_answer_after_an_eviction_and_rejoin_is_ignored() {
             .all(|(_, r, at)| *r == ReleaseReason::LeaseExpired && *at == t0 + ms(9000) - LEAD),
         "stopped being reported at the local deadline, not at the answer: {rel:?}"
     );
-    assert_eq!(s.unused_claims(), 0, "the old incarnation's claims went with its row");
+    assert_eq!(
+        s.unused_claims(),
+        0,
+        "the old incarnation's claims went with its row"
+    );
     assert_eq!(s.heartbeat_next(t2), HeartbeatStep::Rejoin);
     s.joined(joined(view(4, &[(7, "a")]), 2), t2, t2);
     assert_ne!(s.ticket(), old);
@@ -282,9 +342,16 @@ fn a_stale_answer_after_an_eviction_and_rejoin_is_ignored() {
     let before = s.valid_until();
     let out = s.renewed(old, renewal(4, Some(true), claims(0..8, 1)), t1, t2 + ms(5));
     assert!(out.effects.is_empty() && s.valid_until() == before);
-    assert_eq!(s.unused_claims(), 0, "no reconciliation from a stale answer");
+    assert_eq!(
+        s.unused_claims(),
+        0,
+        "no reconciliation from a stale answer"
+    );
     let out = s.took(old, took(claims(0..8, 1), vec![]), t2 + ms(5));
-    assert!(acquired(&out).is_empty(), "a stale take's answer activates nothing");
+    assert!(
+        acquired(&out).is_empty(),
+        "a stale take's answer activates nothing"
+    );
     let out = s.caught_up(old, CatchUp::Full(view(9, &[(1, "z")])), t2);
     assert!(out.effects.is_empty() && s.ownership().view_epoch() == 4);
 }
@@ -294,10 +361,6 @@ fn an_eviction_during_a_pending_take_forgets_it() {
     let t0 = Instant::now();
     let mut s = Session::new(cfg("b", None), t0);
     s.joined(joined(view(2, &[(3, "b"), (7, "a")]), 5), t0, t0);
-    let (WatcherStep::CatchUp { ticket, .. }, _) = s.watcher_next(t0) else {
-        panic!()
-    };
-    s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
     let (WatcherStep::Take { ticket, .. }, _) = s.watcher_next(t0) else {
         panic!()
     };
@@ -324,7 +387,10 @@ fn a_release_past_the_deadline_is_stamped_with_the_deadline() {
         .all(|(_, r, at)| *r == ReleaseReason::LeaseExpired && *at == deadline - LEAD));
     // Before the deadline a release is stamped with the time it happened.
     let mut s = lone_active(t0, None);
-    assert!(s.tick(deadline - ms(10)).effects.is_empty(), "the lease still runs");
+    assert!(
+        s.tick(deadline - ms(10)).effects.is_empty(),
+        "the lease still runs"
+    );
     let out = s.stop(t0 + ms(100));
     assert!(released(&out)
         .iter()
@@ -342,12 +408,23 @@ fn the_fence_releases_at_the_deadline_and_gives_the_claims_back_once_renewed() {
     let HeartbeatStep::Renew { ticket, .. } = s.heartbeat_next(t0 + ms(9000)) else {
         panic!()
     };
-    s.renewed(ticket, renewal(1, Some(true), claims(0..8, 1)), t0 + ms(8900), t0 + ms(9100));
+    s.renewed(
+        ticket,
+        renewal(1, Some(true), claims(0..8, 1)),
+        t0 + ms(8900),
+        t0 + ms(9100),
+    );
     let (step, _) = s.watcher_next(t0 + ms(9100));
-    assert_eq!(step, WatcherStep::Release { claims: claims(0..8, 1), ticket });
+    assert!(
+        matches!(&step, WatcherStep::Release { claims: c, ticket: t, .. } if *c == claims(0..8, 1) && *t == ticket),
+        "{step:?}"
+    );
     s.released(ticket, t0 + ms(9100));
     let (step, _) = s.watcher_next(t0 + ms(9100));
-    assert!(matches!(step, WatcherStep::Take { .. }), "then taken anew: {step:?}");
+    assert!(
+        matches!(step, WatcherStep::Take { .. }),
+        "then taken anew: {step:?}"
+    );
 }
 
 #[test]
@@ -355,11 +432,7 @@ fn reconciliation_gives_back_claims_held_but_not_used_except_those_being_taken()
     let t0 = Instant::now();
     let mut s = Session::new(cfg("b", None), t0);
     s.joined(joined(view(2, &[(3, "b"), (7, "a")]), 5), t0, t0);
-    let (WatcherStep::CatchUp { ticket, .. }, _) = s.watcher_next(t0) else {
-        panic!()
-    };
-    s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
-    let (WatcherStep::Take { .. }, _) = s.watcher_next(t0) else {
+    let (WatcherStep::Take { ticket, .. }, _) = s.watcher_next(t0) else {
         panic!()
     };
     // The renewal sees the take's claims (committed, answer not back yet)
@@ -367,9 +440,20 @@ fn reconciliation_gives_back_claims_held_but_not_used_except_those_being_taken()
     let out = s.renewed(ticket, renewal(2, Some(true), vec![(1, 2), (6, 1)]), t0, t0);
     assert!(out.wake_watcher);
     s.took(ticket, took(claims(0..4, 2), vec![]), t0);
-    assert_eq!(s.ownership().active_count(), 4, "the take's claims are used");
+    assert_eq!(
+        s.ownership().active_count(),
+        4,
+        "the take's claims are used"
+    );
+    let (WatcherStep::CatchUp { ticket, .. }, _) = s.watcher_next(t0) else {
+        panic!()
+    };
+    s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
     let (step, _) = s.watcher_next(t0);
-    assert_eq!(step, WatcherStep::Release { claims: vec![(6, 1)], ticket });
+    assert!(
+        matches!(&step, WatcherStep::Release { claims: c, ticket: t, .. } if *c == vec![(6, 1)] && *t == ticket),
+        "{step:?}"
+    );
 }
 
 #[test]
@@ -377,7 +461,11 @@ fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, Some(ms(5000)));
     let (step, out) = hand_off_to_b(&mut s, t0);
-    assert_eq!(step, WatcherStep::Wait(IDLE_TICK), "nothing to give back yet");
+    assert_eq!(
+        step,
+        WatcherStep::Wait(IDLE_TICK),
+        "nothing to give back yet"
+    );
     let Some(Effect::Released {
         drain: Some(d),
         partitions,
@@ -394,14 +482,24 @@ fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
     let ticket = s.ticket();
     assert_eq!(
         s.watcher_next(t0 + ms(200)).0,
-        WatcherStep::Release { claims: claims(0..4, 1), ticket }
+        WatcherStep::Release {
+            claims: claims(0..4, 1),
+            notify: vec![("b".to_string(), vec![0, 1, 2, 3])],
+            ticket
+        }
     );
     // A second handoff whose guard is never dropped ends at the timeout.
     let mut s = lone_active(t0, Some(ms(5000)));
     hand_off_to_b(&mut s, t0);
-    assert_eq!(s.watcher_next(t0 + ms(4000)).0, WatcherStep::Wait(IDLE_TICK));
+    assert_eq!(
+        s.watcher_next(t0 + ms(4000)).0,
+        WatcherStep::Wait(IDLE_TICK)
+    );
     assert_eq!(s.watcher_next(t0 + ms(4999)).0, WatcherStep::Wait(ms(1)));
-    assert!(matches!(s.watcher_next(t0 + ms(5000)).0, WatcherStep::Release { .. }));
+    assert!(matches!(
+        s.watcher_next(t0 + ms(5000)).0,
+        WatcherStep::Release { .. }
+    ));
 }
 
 #[test]
@@ -409,7 +507,11 @@ fn a_lease_that_runs_out_cuts_a_drain_short() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, Some(ms(30_000)));
     hand_off_to_b(&mut s, t0);
-    assert_eq!(s.fence_deadline(), Some(t0 + ms(9000)), "the fence guards the drain");
+    assert_eq!(
+        s.fence_deadline(),
+        Some(t0 + ms(9000)),
+        "the fence guards the drain"
+    );
     let out = s.tick(t0 + ms(9000));
     let rel = released(&out);
     // The four kept partitions fence, and the four draining ones are
@@ -424,13 +526,21 @@ fn stop_waits_for_drains_keeping_the_lease_and_the_fence() {
     let t0 = Instant::now();
     let mut s = lone_active(t0, Some(ms(2000)));
     let out = s.stop(t0);
-    let Some(Effect::Released { drain: Some(d), reason: ReleaseReason::Stopping, .. }) = out.effects.first() else {
+    let Some(Effect::Released {
+        drain: Some(d),
+        reason: ReleaseReason::Stopping,
+        ..
+    }) = out.effects.first()
+    else {
         panic!("{:?}", out.effects)
     };
     assert_eq!(s.still_draining(t0), 8);
     // The lease is kept while draining: the heartbeat renews, the fence
     // guards.
-    assert!(matches!(s.heartbeat_next(t0 + ms(3333)), HeartbeatStep::Renew { .. }));
+    assert!(matches!(
+        s.heartbeat_next(t0 + ms(3333)),
+        HeartbeatStep::Renew { .. }
+    ));
     assert!(s.fence_deadline().is_some());
     s.drained(d.id, t0 + ms(10));
     assert_eq!(s.still_draining(t0 + ms(10)), 0);
@@ -450,9 +560,17 @@ fn a_refused_renewal_counts_and_keeps_the_lease() {
     let HeartbeatStep::Renew { ticket, .. } = s.heartbeat_next(t0 + ms(3333)) else {
         panic!()
     };
-    let out = s.renewed(ticket, renewal(1, Some(false), vec![]), t0 + ms(3333), t0 + ms(3334));
+    let out = s.renewed(
+        ticket,
+        renewal(1, Some(false), vec![]),
+        t0 + ms(3333),
+        t0 + ms(3334),
+    );
     assert_eq!(out.renewal, Some(false));
-    assert!(matches!(out.effects[..], [Effect::RenewalRefused { ring_epoch: 1 }]));
+    assert!(matches!(
+        out.effects[..],
+        [Effect::RenewalRefused { ring_epoch: 1 }]
+    ));
     assert_eq!(s.valid_until(), before);
     assert_eq!(s.renewal_failures(), 1);
 }
@@ -484,7 +602,11 @@ fn notified_changes_apply_in_order_and_a_gap_reads_the_log() {
         });
     }
     let (step, out) = s.watcher_next(t0);
-    assert_eq!(s.ownership().view_epoch(), 3, "2 and 3 applied without a read");
+    assert_eq!(
+        s.ownership().view_epoch(),
+        3,
+        "2 and 3 applied without a read"
+    );
     assert_eq!(released(&out).len(), 4, "released to b at epoch 2");
     let WatcherStep::CatchUp { from: 3, ticket } = step else {
         panic!("the gap at 4 must be read from the log: {step:?}");
@@ -570,7 +692,10 @@ fn stopping_ends_every_thread_and_nothing_activates_after() {
     assert_eq!(s.fence_deadline(), None);
     let out = s.took(ticket, took(claims(0..8, 1), vec![]), t0);
     assert!(out.effects.is_empty());
-    assert!(s.joined(joined(view(2, &[(7, "a")]), 2), t0, t0).effects.is_empty());
+    assert!(s
+        .joined(joined(view(2, &[(7, "a")]), 2), t0, t0)
+        .effects
+        .is_empty());
 }
 
 proptest! {

@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use self::db::Db;
+use crate::event::ReleaseReason;
 use crate::protocol::input::{CatchUp, Cleaned, Joined, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, Output, WatcherStep};
-use crate::event::ReleaseReason;
 use crate::protocol::{Session, SessionConfig, Status, Ticket};
 use crate::ring::Change;
 
@@ -62,7 +62,7 @@ impl Rng {
 enum Req {
     CatchUp(u64, Ticket),
     Take(Vec<u32>, Ticket),
-    Release(Vec<(u32, u64)>, Ticket),
+    Release(Vec<(u32, u64)>, Vec<(String, Vec<u32>)>, Ticket),
     Renew(u64, Ticket),
     Rejoin,
     Cleanup(Ticket),
@@ -159,12 +159,15 @@ impl Sim {
         }
     }
 
+    /// A network or statement delay: never zero (an answer comes after its
+    /// request), usually milliseconds, sometimes longer than a lease.
     fn delay(&mut self) -> Duration {
-        if self.quiet || self.rng.chance(92) {
+        let d = if self.quiet || self.rng.chance(92) {
             self.rng.ms(3)
         } else {
             self.rng.ms(TTL.as_millis() as u64 * 3 / 2)
-        }
+        };
+        d + Duration::from_micros(1)
     }
 
     fn lossy(&mut self) -> bool {
@@ -184,6 +187,16 @@ impl Sim {
                 other => other.clone(),
             };
             self.members[i].inbox.push(notice);
+        }
+    }
+
+    /// A notification on one member's own channel (to each live member of
+    /// that name: a process listens with its current incarnation).
+    fn notify_member(&mut self, node: &str, notice: Notice) {
+        for i in 0..self.members.len() {
+            if self.members[i].alive && self.members[i].name == node && !self.lossy() {
+                self.members[i].inbox.push(notice.clone());
+            }
         }
     }
 
@@ -241,9 +254,20 @@ impl Sim {
     /// drained release hands its guard to the member's user.
     fn effects(&mut self, i: usize, out: Output) {
         for e in out.effects {
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!(
+                    "t={:?} {} {:?}",
+                    self.now - self.t0,
+                    self.members[i].name,
+                    e
+                );
+            }
             match e {
                 Effect::Acquired {
-                    partitions, token, at, ..
+                    partitions,
+                    token,
+                    at,
+                    ..
                 } => {
                     for p in partitions {
                         self.activations += 1;
@@ -363,7 +387,9 @@ impl Sim {
                 self.now += d;
             }
             _ => {
-                let any: Vec<usize> = (0..self.members.len()).filter(|i| self.members[*i].alive).collect();
+                let any: Vec<usize> = (0..self.members.len())
+                    .filter(|i| self.members[*i].alive)
+                    .collect();
                 if !any.is_empty() {
                     let i = any[self.rng.below(any.len() as u64) as usize];
                     let t = self.rng.below(4) as usize;
@@ -384,7 +410,10 @@ impl Sim {
             .partition(|g| g.at <= now && members[g.member].paused_until <= now);
         self.guards = rest;
         for g in due {
-            let lapse = self.members[g.member].session.valid_until().map(|v| v - LEAD);
+            let lapse = self.members[g.member]
+                .session
+                .valid_until()
+                .map(|v| v - LEAD);
             let end = match lapse {
                 Some(l) if l < now => l.min(now),
                 _ => now,
@@ -422,7 +451,11 @@ impl Sim {
             .session
             .valid_until()
             .map_or(self.now, |v| (v - LEAD).min(self.now));
-        let open: Vec<u32> = self.open.range((i, 0)..(i + 1, 0)).map(|(k, _)| k.1).collect();
+        let open: Vec<u32> = self
+            .open
+            .range((i, 0)..(i + 1, 0))
+            .map(|(k, _)| k.1)
+            .collect();
         for p in open {
             self.close(i, p, end);
         }
@@ -486,7 +519,11 @@ impl Sim {
                     }
                     WatcherStep::CatchUp { from, ticket } => Req::CatchUp(from, ticket),
                     WatcherStep::Take { partitions, ticket } => Req::Take(partitions, ticket),
-                    WatcherStep::Release { claims, ticket } => Req::Release(claims, ticket),
+                    WatcherStep::Release {
+                        claims,
+                        notify,
+                        ticket,
+                    } => Req::Release(claims, notify, ticket),
                 }
             }
             HEARTBEAT_T => match self.members[i].session.heartbeat_next(now) {
@@ -520,15 +557,29 @@ impl Sim {
         let req = &self.members[i].threads[t].in_flight.as_ref().unwrap().req;
         let (reply, notice) = match req {
             Req::CatchUp(from, _) => (Reply::CatchUp(self.db.catch_up(*from)), None),
-            Req::Take(ps, ticket) => (Reply::Took(self.db.take(ticket.incarnation(), ps, now)), None),
-            Req::Release(claims, ticket) => {
+            Req::Take(ps, ticket) => (
+                Reply::Took(self.db.take(ticket.incarnation(), ps, now)),
+                None,
+            ),
+            Req::Release(claims, notify, ticket) => {
                 let freed = self.db.release(ticket.incarnation(), claims);
-                let notice = (!freed.is_empty()).then_some(Notice::Released {
-                    partitions: Some(freed),
-                });
-                (Reply::Released, notice)
+                if !freed.is_empty() {
+                    // Told only to the new owners, on their own channels.
+                    for (node, ps) in notify.clone() {
+                        self.notify_member(
+                            &node,
+                            Notice::Released {
+                                partitions: Some(ps),
+                            },
+                        );
+                    }
+                }
+                (Reply::Released, None)
             }
-            Req::Renew(ack, ticket) => (Reply::Renewal(self.db.renew(ticket.incarnation(), *ack, now)), None),
+            Req::Renew(ack, ticket) => (
+                Reply::Renewal(self.db.renew(ticket.incarnation(), *ack, now)),
+                None,
+            ),
             Req::Rejoin => {
                 let (joined, change) = self.db.join(&name, now);
                 self.notify_change(change);
@@ -540,10 +591,26 @@ impl Sim {
                 (Reply::Cleaned(cleaned), None)
             }
         };
+        if std::env::var("SIM_TRACE").is_ok() {
+            let what = match &reply {
+                Reply::Took(t) => {
+                    format!("took {:?} held_by {:?} live {}", t.got, t.held_by, t.live)
+                }
+                Reply::Renewal(r) => format!("renewal {:?} held {:?}", r.renewed, r.held),
+                Reply::Joined(j) => format!("joined {:?}", j.as_ref().map(|j| j.incarnation)),
+                Reply::Cleaned(c) => format!("cleaned {:?}", c.removed),
+                Reply::Released => format!("released {:?}", notice),
+                Reply::CatchUp(_) => "catch-up".to_string(),
+            };
+            eprintln!("t={:?} DB {} {}", now - self.t0, name, what);
+        }
         if let Some(n) = notice {
             self.notify(n);
         }
-        self.members[i].threads[t].in_flight.as_mut().unwrap().reply = Some(reply);
+        let f = self.members[i].threads[t].in_flight.as_mut().unwrap();
+        f.reply = Some(reply);
+        // The answer leaves the database now: it arrives strictly later.
+        f.deliver_at = f.deliver_at.max(now + Duration::from_micros(1));
     }
 
     fn deliver(&mut self, i: usize, _t: usize, f: InFlight) {
@@ -556,7 +623,7 @@ impl Sim {
         let out = match (f.req, f.reply.unwrap()) {
             (Req::CatchUp(_, ticket), Reply::CatchUp(read)) => s.caught_up(ticket, read, now),
             (Req::Take(_, ticket), Reply::Took(took)) => s.took(ticket, took, now),
-            (Req::Release(_, ticket), Reply::Released) => s.released(ticket, now),
+            (Req::Release(_, _, ticket), Reply::Released) => s.released(ticket, now),
             (Req::Renew(_, ticket), Reply::Renewal(r)) => s.renewed(ticket, r, f.sent_at, now),
             (Req::Rejoin, Reply::Joined(Some(j))) => {
                 if s.status() == Status::Joining {
@@ -587,11 +654,14 @@ impl Sim {
             for b in all[k + 1..].iter().take_while(|b| b.1 == a.1) {
                 if a.0 != b.0 && b.2 <= a.3 {
                     self.violations.push(format!(
-                        "partition {}: work of {} and {} overlaps ({:?} after the start)",
+                        "partition {}: work of {} [{:?}, {:?}] and {} [{:?}, {:?}] overlaps",
                         a.1,
                         self.members[a.0].name,
+                        a.2 - self.t0,
+                        a.3 - self.t0,
                         self.members[b.0].name,
-                        b.2 - self.t0
+                        b.2 - self.t0,
+                        b.3 - self.t0,
                     ));
                 }
             }
@@ -623,7 +693,11 @@ impl Sim {
 
     /// A one-line summary of every live member, for failure messages.
     pub fn describe(&self) -> String {
-        let mut out = format!("db epoch {} members {:?}; ", self.db.epoch, self.db.member_names());
+        let mut out = format!(
+            "db epoch {} members {:?}; ",
+            self.db.epoch,
+            self.db.member_names()
+        );
         for m in self.members.iter().filter(|m| m.alive) {
             let o = m.session.ownership();
             out += &format!(
@@ -635,7 +709,8 @@ impl Sim {
                 o.pending_count(),
                 m.session.waiting_for(),
                 m.session.unused_claims(),
-                o.valid_until().map(|v| v.saturating_duration_since(self.now)),
+                o.valid_until()
+                    .map(|v| v.saturating_duration_since(self.now)),
             );
         }
         out

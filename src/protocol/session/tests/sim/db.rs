@@ -54,7 +54,12 @@ impl Db {
         self.members.keys().cloned().collect()
     }
 
-    fn commit(&mut self, removed: Vec<String>, added: Option<(String, Vec<u32>)>, now: Instant) -> Change {
+    fn commit(
+        &mut self,
+        removed: Vec<String>,
+        added: Option<(String, Vec<u32>)>,
+        now: Instant,
+    ) -> Change {
         self.epoch += 1;
         let change = Change {
             epoch: self.epoch,
@@ -96,7 +101,11 @@ impl Db {
         }
         let removed = self.expired(now);
         self.delete(&removed);
-        let taken: Vec<u32> = self.members.values().flat_map(|r| r.positions.clone()).collect();
+        let taken: Vec<u32> = self
+            .members
+            .values()
+            .flat_map(|r| r.positions.clone())
+            .collect();
         let positions = choose_positions(node, 2, RING, |p| taken.contains(&p)).unwrap();
         self.incarnations += 1;
         let row = Row {
@@ -106,7 +115,11 @@ impl Db {
             positions: positions.clone(),
         };
         self.members.insert(node.to_string(), row);
-        let change = self.commit(removed.clone(), Some((node.to_string(), positions.clone())), now);
+        let change = self.commit(
+            removed.clone(),
+            Some((node.to_string(), positions.clone())),
+            now,
+        );
         let joined = Joined {
             view: self.view.clone(),
             positions,
@@ -117,7 +130,10 @@ impl Db {
     }
 
     fn next_expiry(&self, incarnation: i64, now: Instant) -> Option<(String, f64)> {
-        let others = self.members.iter().filter(|(_, r)| r.incarnation != incarnation);
+        let others = self
+            .members
+            .iter()
+            .filter(|(_, r)| r.incarnation != incarnation);
         let (n, r) = others.min_by_key(|(_, r)| r.expires)?;
         let ms = if r.expires > now {
             (r.expires - now).as_secs_f64() * 1000.0
@@ -139,10 +155,15 @@ impl Db {
             .map(|(p, c)| (*p, c.token))
             .collect();
         let log = &self.log;
-        let renewed = match self.members.values_mut().find(|r| r.incarnation == incarnation) {
+        let renewed = match self
+            .members
+            .values_mut()
+            .find(|r| r.incarnation == incarnation)
+        {
             Some(r) if r.expires > now => {
                 let acked = r.acked.max(ack);
-                let since = (acked < epoch).then(|| log.get(acked as usize).map_or(now, |(_, at)| *at));
+                let since =
+                    (acked < epoch).then(|| log.get(acked as usize).map_or(now, |(_, at)| *at));
                 let refuse = since.is_some_and(|s| s + TTL / 2 <= now);
                 r.acked = acked;
                 if !refuse {
@@ -184,7 +205,9 @@ impl Db {
                     c.holder = Some(incarnation);
                     took.got.push((p, c.token));
                 }
-                Some(h) => took.held_by.push((p, names.get(&h).cloned().unwrap_or_default())),
+                Some(h) => took
+                    .held_by
+                    .push((p, names.get(&h).cloned().unwrap_or_default())),
             }
         }
         took
@@ -209,7 +232,12 @@ impl Db {
         if from + 1 < first {
             return CatchUp::Full(self.view.clone());
         }
-        CatchUp::Changes(self.log[from as usize..].iter().map(|(c, _)| c.clone()).collect())
+        CatchUp::Changes(
+            self.log[from as usize..]
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect(),
+        )
     }
 
     pub fn cleanup(&mut self, incarnation: i64, now: Instant) -> (Cleaned, Option<Change>) {
