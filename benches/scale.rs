@@ -185,6 +185,8 @@ fn child(n: usize) {
                 .unwrap(),
         );
     }
+    reset_statements(&db);
+    let activity = ActivitySampler::start(&db);
     let cpu_a = (db_cpu(), own_cpu_s());
     barrier.wait();
     let t0 = Instant::now();
@@ -229,6 +231,12 @@ fn child(n: usize) {
         f64::NAN
     };
     let cpu_b = (db_cpu(), own_cpu_s());
+    let start_costly = if pss {
+        costly_statements(&db, 6)
+    } else {
+        Vec::new()
+    };
+    let start_activity = activity.finish(10);
     let st = stats(&start_ms);
     for e in start_errors.iter().take(5) {
         println!("start error: {e}");
@@ -433,6 +441,16 @@ fn child(n: usize) {
             ],
         ],
     );
+    println!(
+        "start: what the database's backends were doing (samples every 50 ms; active ones only):"
+    );
+    for (n, what) in &start_activity {
+        println!("  {n:>7} samples: {what}");
+    }
+    println!("start: costliest statements (time includes lock waits):");
+    for (calls, total, mean, q) in &start_costly {
+        println!("  {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
+    }
     for (calls, total, mean, q) in &top {
         println!("  at rest {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
     }
@@ -461,4 +479,50 @@ fn child(n: usize) {
     // others): the process exits, the connections close, the ring is
     // abandoned (its name is unique to this run).
     std::process::exit(0);
+}
+
+/// Samples `pg_stat_activity` while the members start: which statements
+/// the busy backends are in, and what they wait for (lock, LWLock, CPU).
+struct ActivitySampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<std::collections::HashMap<String, u64>>,
+}
+
+impl ActivitySampler {
+    fn start(db: &TestPostgres) -> ActivitySampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut client = db.client().expect("a client for the activity sampler");
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut counts = std::collections::HashMap::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows = client
+                    .query(
+                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'running'),
+                                regexp_replace(left(query, 48), '\\s+', ' ', 'g')
+                         FROM pg_stat_activity
+                         WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                        &[],
+                    )
+                    .unwrap_or_default();
+                for r in rows {
+                    let what = format!("{:<28} {}", r.get::<_, String>(0), r.get::<_, String>(1));
+                    *counts.entry(what).or_insert(0u64) += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            counts
+        });
+        ActivitySampler { stop, handle }
+    }
+
+    /// The `n` most frequent (samples, what) pairs.
+    fn finish(self, n: usize) -> Vec<(u64, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let counts = self.handle.join().unwrap_or_default();
+        let mut v: Vec<(u64, String)> = counts.into_iter().map(|(k, c)| (c, k)).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.truncate(n);
+        v
+    }
 }

@@ -585,8 +585,8 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
     // reconciliation at a's next renewal gives them back.
     let a_name = "a";
     let y_name = follower_of(&x.ring(), a_name, 64);
-    // After the rows are written: y's take of them waits for a's to commit.
-    slow_claims_for(db, &app, 1.5, "AFTER", "INSERT");
+    // After the rows are updated: y's take of them waits for a's to commit.
+    slow_claims_for(db, &app, 1.5, "AFTER", "UPDATE");
     let a = recorder.start(
         builder(via_proxy, &ring, a_name)
             .lease_ttl(ttl)

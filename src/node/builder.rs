@@ -13,7 +13,7 @@ use super::{Inner, RingNode, MIN_POOL_SIZE};
 use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::pool::ConnSource;
+use crate::pool::{Conn, ConnSource};
 use crate::protocol::input::Joined;
 use crate::store::Store;
 
@@ -166,8 +166,9 @@ impl Builder {
         let node_id = cfg.node_id.clone().unwrap_or_else(random_node_id);
         cfg.node_id = Some(node_id.clone());
         let store = Store::new(&cfg, &node_id)?;
-        let (joined, sent_at) = join_within_start_timeout(&cfg, &store, &pool)?;
+        let (joined, sent_at, conn) = join_within_start_timeout(&cfg, &store, &pool)?;
         let inner = Arc::new(Inner::new(cfg, node_id, store, pool, subscribers));
+        *inner.join_conn.lock() = Some(conn);
         inner.update(|s, now| s.joined(joined, sent_at, now));
         inner.spawn_threads()?;
         Ok(RingNode::from_inner(inner))
@@ -177,18 +178,19 @@ impl Builder {
 /// Connects, creates or checks the schema and joins, on a helper thread, so
 /// that `start()` keeps its bound even if a pooled connection hangs (a
 /// stalled network does not time out on its own). If the caller has given
-/// up by the time the join commits, the helper leaves again.
+/// up by the time the join commits, the helper leaves again. Returns the
+/// connection too, listening on the ring's channel, for the watcher.
 fn join_within_start_timeout(
     cfg: &Config,
     store: &Store,
     pool: &Arc<dyn ConnSource>,
-) -> Result<(Joined, Instant)> {
+) -> Result<(Joined, Instant, Conn)> {
     let deadline = Instant::now() + cfg.start_timeout;
     let abandoned = Arc::new(AtomicBool::new(false));
     let job = {
         let (pool, store, abandoned) = (pool.clone(), store.clone(), abandoned.clone());
         let (create, start_timeout) = (cfg.create_schema, cfg.start_timeout);
-        move || -> Result<(Joined, Instant)> {
+        move || -> Result<(Joined, Instant, Conn)> {
             // A little under the caller's bound, so that a plain connection
             // failure arrives as such rather than as a timeout.
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -205,11 +207,12 @@ fn join_within_start_timeout(
             } else {
                 store.check_schema(&mut conn)?;
             }
-            let joined = join_retrying(&store, &mut conn, deadline)?;
+            let (joined, sent_at) = join_retrying(&store, &mut conn, deadline)?;
             if abandoned.load(Ordering::SeqCst) {
                 let _ = store.leave(&mut conn);
+                let _ = conn.batch_execute("UNLISTEN *");
             }
-            Ok(joined)
+            Ok((joined, sent_at, conn))
         }
     };
     match bounded("start", deadline, job)? {
@@ -236,7 +239,7 @@ fn join_retrying(
 ) -> Result<(Joined, Instant)> {
     loop {
         let sent_at = Instant::now();
-        match store.join(conn) {
+        match store.join_and_listen(conn) {
             Ok(joined) => return Ok((joined, sent_at)),
             Err(e)
                 if e.kind() == ErrorKind::Timeout

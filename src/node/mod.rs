@@ -275,6 +275,10 @@ pub(crate) struct Inner {
     wake_cleanup: Wake,
     /// Drain guards send their drain's id here when their last copy drops.
     drained: (Sender<u64>, Receiver<u64>),
+    /// The connection `start()` joined on, already listening on the ring's
+    /// channel: the watcher's first connection (it saves the joiner a
+    /// connection and a round trip before its first take).
+    join_conn: Mutex<Option<crate::pool::Conn>>,
     /// Serialises rejoin against stop, so a stopping member cannot rejoin.
     membership: Mutex<()>,
     stopped: AtomicBool,
@@ -304,6 +308,7 @@ impl Inner {
             wake_fence: unbounded(),
             wake_cleanup: unbounded(),
             drained: unbounded(),
+            join_conn: Mutex::new(None),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
             #[cfg(feature = "test-util")]

@@ -150,19 +150,27 @@ impl Inner {
     fn held<'c>(&self, conn: &'c mut Option<HeldConn>, listen: bool) -> Result<&'c mut HeldConn> {
         if conn.is_none() {
             let t = Instant::now();
-            let c = self
-                .pool
-                .get(self.cfg.effective_statement_timeout())
-                .map_err(|e| {
-                    let (all, idle) = self.pool.state();
-                    Error::pool(
-                        format!(
+            let joined_on = if listen {
+                self.join_conn.lock().take()
+            } else {
+                None
+            };
+            let c = match joined_on {
+                Some(c) => c,
+                None => self
+                    .pool
+                    .get(self.cfg.effective_statement_timeout())
+                    .map_err(|e| {
+                        let (all, idle) = self.pool.state();
+                        Error::pool(
+                            format!(
                             "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
                             t.elapsed()
                         ),
-                        e,
-                    )
-                })?;
+                            e,
+                        )
+                    })?,
+            };
             let held = self.store.hold(c, listen)?;
             log::debug!(target: "leasering", "node {}: connection ready in {:?} (listen: {listen})",
                 self.node_id, t.elapsed());
@@ -234,15 +242,11 @@ impl Inner {
                     self.node_id, took.got.len(), partitions.len(), t.elapsed(), took.held_by.len());
                 self.update(|s, now| s.took(ticket, took, now));
             }
-            WatcherStep::Release {
-                claims,
-                notify,
-                ticket,
-            } => {
+            WatcherStep::Release { claims, ticket } => {
                 let t = Instant::now();
                 let freed = self
                     .store
-                    .release_claims(c, ticket.incarnation(), &claims, &notify)?;
+                    .release_claims(c, ticket.incarnation(), &claims)?;
                 log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims in {:?}",
                     self.node_id, claims.len(), t.elapsed());
                 self.update(|s, now| s.released(ticket, now));

@@ -45,8 +45,13 @@ pub struct Took {
     /// The claims this member's incarnation holds among those asked for —
     /// taken now, or already its own — with their tokens, ascending.
     pub got: Vec<(u32, u64)>,
-    /// Partitions asked for whose claim another member holds, and who.
+    /// Partitions asked for whose claim another member holds, and who; the
+    /// take marked this member as waiting for each, so the holder's release
+    /// tells it.
     pub held_by: Vec<(u32, String)>,
+    /// Whether some partitions asked for were neither taken nor marked: a
+    /// transaction in flight had their claim locked.
+    pub retry: bool,
     /// Whether the member's lease was live in the database: a take by a
     /// member whose lease is not live takes nothing.
     pub live: bool,

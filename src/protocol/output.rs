@@ -144,13 +144,11 @@ pub enum WatcherStep {
         ticket: Ticket,
     },
     /// Give these claims back (`(partition, token)`, ascending), naming the
-    /// token each frees, and tell the partitions' new owners (by this
-    /// member's view) on their own channels.
+    /// token each frees; the members waiting for them (marked by their
+    /// takes) are told on their own channels.
     Release {
         /// The claims.
         claims: Vec<(u32, u64)>,
-        /// Whom to notify, and of which partitions (ascending).
-        notify: Vec<(String, Vec<u32>)>,
         /// Hand back with the answer.
         ticket: Ticket,
     },

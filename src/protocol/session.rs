@@ -510,15 +510,8 @@ impl Session {
             self.hint = 0;
         }
         self.end_overdue_drains(now);
-        if let Some((claims, notify)) = self.claims_to_release() {
-            return (
-                WatcherStep::Release {
-                    claims,
-                    notify,
-                    ticket,
-                },
-                out,
-            );
+        if let Some(claims) = self.claims_to_release() {
+            return (WatcherStep::Release { claims, ticket }, out);
         }
         if let Some(partitions) = self.partitions_to_take(now) {
             return (WatcherStep::Take { partitions, ticket }, out);

@@ -1,5 +1,6 @@
-//! The membership transactions, serialised per ring: join, leave, and the
-//! removal of members whose lease expired in the database. They queue on a
+//! The membership transactions, serialised per ring: leave, the removal of
+//! members whose lease expired in the database, and the change recording
+//! they share with the join ([`super::join`]). They queue on a
 //! transaction-scoped advisory lock of the ring before they touch its row:
 //! hundreds of members joining at once queued on the row lock itself, and
 //! every commit woke every waiter to contend for the row again (the
@@ -18,69 +19,87 @@ use postgres::Client;
 use super::payload::notify_payload;
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
 use crate::error::{Error, ErrorKind, Result};
-use crate::placement::choose_positions;
-use crate::protocol::input::{Cleaned, Joined};
-use crate::ring::RingView;
+use crate::protocol::input::Cleaned;
 
 /// A typed parameter.
-type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// `(position, node id)` pairs of a ring.
-type Vnodes = Vec<(u32, String)>;
+pub(super) type Vnodes = Vec<(u32, String)>;
 
-/// What a change statement records besides the caller's own CTEs: the
-/// removed members (whose claims it frees) and the one added.
-struct ChangeRecord<'a> {
-    epoch: u64,
-    removed: &'a [String],
-    freeing: &'a [i64],
-    added: Option<(&'a str, &'a [u32])>,
+/// The changes one transaction records: the expired or leaving members
+/// removed (in the first change, which frees their claims) and the members
+/// added, one change each, from epoch `first_epoch` on.
+pub(super) struct ChangeSet<'a> {
+    pub(super) first_epoch: u64,
+    pub(super) removed: &'a [String],
+    pub(super) freeing: &'a [i64],
+    pub(super) added: &'a [(&'a str, &'a [u32])],
 }
 
 impl Store {
-    /// The CTEs and final `SELECT` that record a change, shared by every
-    /// change transaction: the claims of the removed incarnations freed (a
-    /// statement after the one that deleted their rows, so that it sees
-    /// the takes that committed while the deletion waited for them; locked
-    /// in partition order), epoch bump, change-log entry (the log trimmed to
-    /// the last `CHANGES_KEPT` entries) and the NOTIFY carrying the change.
-    /// The ring id is `$1`; the record's values follow the caller's
-    /// parameters, from `$<first>` on. Returns the SQL and the parameters.
-    fn record_change<'a>(
+    /// The CTEs and final `SELECT` that record a set of changes, shared by
+    /// every change transaction: the claims of the removed incarnations
+    /// freed (a statement after the one that deleted their rows, so that it
+    /// sees the takes that committed while the deletion waited for them;
+    /// locked in partition order), epoch bump, one change-log entry per
+    /// change (the log trimmed to the last `CHANGES_KEPT` entries) and one
+    /// NOTIFY per change, carrying it. The ring id is `$1`; the values
+    /// follow the caller's parameters, from `$<first>` on. Returns the SQL
+    /// and the parameters.
+    pub(super) fn record_changes<'a>(
         &'a self,
-        rec: &'a ChangeRecord<'a>,
+        set: &'a ChangeSet<'a>,
         first: usize,
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, e, r, a, ps, k, c, pl] = std::array::from_fn(|i| first + i);
-        values.epoch = pg_i64(rec.epoch);
-        values.positions = rec
-            .added
-            .map(|(_, ps)| ps.iter().map(|p| *p as i32).collect())
-            .unwrap_or_default();
-        values.payload = notify_payload(&self.ring_id, rec.epoch, rec.removed, rec.added);
-        values.added = rec.added.map(|(n, _)| n.to_string());
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls] = std::array::from_fn(|i| first + i);
+        let n = set.added.len().max(1);
+        for i in 0..n {
+            let epoch = set.first_epoch + i as u64;
+            let removed: &[String] = if i == 0 { set.removed } else { &[] };
+            let added = set.added.get(i).copied();
+            values.epochs.push(pg_i64(epoch));
+            values.from.push(values.positions.len() as i32 + 1);
+            if let Some((name, positions)) = added {
+                values.added.push(Some(name.to_string()));
+                values.positions.extend(positions.iter().map(|p| *p as i32));
+            } else {
+                values.added.push(None);
+            }
+            values.to.push(values.positions.len() as i32);
+            values
+                .payloads
+                .push(notify_payload(&self.ring_id, epoch, removed, added));
+        }
+        values.last = pg_i64(set.first_epoch + n as u64 - 1);
         let sql = format!(
-            "lk AS (SELECT ctid AS tid FROM {s}.claims WHERE ring_id = $1 AND holder = ANY(${f})
+            "lk AS (SELECT partition AS p FROM {s}.claims WHERE ring_id = $1 AND holder = ANY(${f})
                     ORDER BY partition FOR UPDATE),
              freed AS (UPDATE {s}.claims c SET holder = NULL, released_at = now()
-                       WHERE c.ctid = ANY(ARRAY(SELECT tid FROM lk))),
-             bump AS (UPDATE {s}.rings SET epoch = ${e}, changed_at = now() WHERE ring_id = $1),
+                       FROM lk WHERE c.ring_id = $1 AND c.partition = lk.p),
+             bump AS (UPDATE {s}.rings SET epoch = ${last}, changed_at = now() WHERE ring_id = $1),
              ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
-                     VALUES ($1, ${e}, ${r}, ${a}, ${ps})),
-             trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${e} - ${k})
-             SELECT pg_notify(${c}, ${pl})"
+                     SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
+                            COALESCE((${ps}::int4[])[c.f:c.t], '{{}}')
+                     FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[])
+                          WITH ORDINALITY AS c(e, a, f, t, o)),
+             trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
+             SELECT (SELECT count(pg_notify(${c}, pl)) FROM unnest(${pls}::text[]) AS pl)"
         );
         let params: Vec<Param<'a>> = vec![
-            (&rec.freeing, Type::INT8_ARRAY),
-            (&values.epoch, Type::INT8),
-            (&rec.removed, Type::TEXT_ARRAY),
-            (&values.added, Type::TEXT),
+            (&set.freeing, Type::INT8_ARRAY),
+            (&set.removed, Type::TEXT_ARRAY),
+            (&values.epochs, Type::INT8_ARRAY),
+            (&values.added, Type::TEXT_ARRAY),
+            (&values.from, Type::INT4_ARRAY),
+            (&values.to, Type::INT4_ARRAY),
             (&values.positions, Type::INT4_ARRAY),
+            (&values.last, Type::INT8),
             (&CHANGES_KEPT, Type::INT8),
             (&self.channel, Type::TEXT),
-            (&values.payload, Type::TEXT),
+            (&values.payloads, Type::TEXT_ARRAY),
         ];
         (sql, params)
     }
@@ -94,14 +113,14 @@ impl Store {
         removed: &[String],
         freeing: &[i64],
     ) -> Result<()> {
-        let rec = ChangeRecord {
-            epoch,
+        let set = ChangeSet {
+            first_epoch: epoch,
             removed,
             freeing,
-            added: None,
+            added: &[],
         };
         let mut values = RecordValues::default();
-        let (tail, mut params) = self.record_change(&rec, 2, &mut values);
+        let (tail, mut params) = self.record_changes(&set, 2, &mut values);
         params.insert(0, (&self.ring_id, Type::TEXT));
         tx.query_typed(&format!("WITH {tail}"), &params)
             .map_err(|e| Error::db("record the change", e))?;
@@ -147,196 +166,6 @@ impl Store {
             .filter_map(|r| r.get::<_, Option<i64>>(2))
             .collect();
         Ok((epoch, removed, incarnations))
-    }
-
-    /// The join transaction (DESIGN §4 "Join"), in five round trips: begin
-    /// (with its timeouts); create-or-lock the ring row; remove expired
-    /// members, check the node id and read the ring (one snapshot, taken
-    /// after the lock); insert the member and its vnodes, free the removed
-    /// members' claims, record the change and notify (one statement);
-    /// commit. The ring row stays locked for the last three only.
-    pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
-        let mut tx = self.begin(client)?;
-        let epoch = self.create_or_lock_ring(&mut tx)?;
-        let (removed, gone, mut pairs) = self.read_ring_for_join(&mut tx)?;
-        let positions = self.pick_positions(&pairs)?;
-        let epoch = epoch + 1;
-        let incarnation = self.insert_member(&mut tx, epoch, &positions, &removed, &gone)?;
-        tx.commit().map_err(|e| Error::db("commit the join", e))?;
-        pairs.extend(positions.iter().map(|p| (*p, self.node_id.clone())));
-        let view = RingView::build(
-            epoch,
-            self.ring_size,
-            pairs.iter().map(|(p, n)| (*p, n.as_str())),
-        );
-        Ok(Joined {
-            view,
-            positions,
-            removed,
-            incarnation,
-        })
-    }
-
-    /// Creates the ring row or locks the existing one, checking its size;
-    /// returns its epoch. `DO UPDATE` (a no-op) rather than `DO NOTHING`: it
-    /// locks the row and returns it, so this is one statement.
-    fn create_or_lock_ring(&self, tx: &mut Tx<'_>) -> Result<u64> {
-        let s = &self.s;
-        let size = self.ring_size as i32;
-        let rows = tx
-            .query_typed(
-                &format!(
-                    "INSERT INTO {s}.rings AS r (ring_id, ring_size)
-                     SELECT $1, $2 FROM (SELECT pg_advisory_xact_lock($3)) adv
-                     ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
-                     RETURNING r.ring_size, r.epoch"
-                ),
-                &[
-                    (&self.ring_id, Type::TEXT),
-                    (&size, Type::INT4),
-                    (&self.ring_lock, Type::INT8),
-                ],
-            )
-            .map_err(|e| Error::db("lock the ring", e))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
-        let (stored_size, epoch) = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64);
-        if stored_size != self.ring_size {
-            return Err(Error::ring_size_mismatch(
-                &self.ring_id,
-                stored_size,
-                self.ring_size,
-            ));
-        }
-        Ok(epoch)
-    }
-
-    /// One snapshot, taken after the lock: removes the expired members
-    /// (their deletion is not visible to the rest of the statement, hence
-    /// `expires_at > now()` and the filter below), fails if a live member
-    /// has our node id or is of protocol version 1, and returns the removed
-    /// members, their incarnations and the remaining vnodes (the removed
-    /// members' vnodes go with them, ON DELETE CASCADE).
-    fn read_ring_for_join(&self, tx: &mut Tx<'_>) -> Result<(Vec<String>, Vec<i64>, Vnodes)> {
-        let s = &self.s;
-        let rows = tx
-            .query_typed(
-                &format!(
-                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now()
-                                   RETURNING node_id, incarnation)
-                     SELECT 0, node_id, 0, incarnation FROM gone
-                     UNION ALL
-                     SELECT 1, node_id, 0, 0::bigint FROM {s}.members WHERE ring_id = $1 AND node_id = $2 AND expires_at > now()
-                     UNION ALL
-                     SELECT 3, node_id, 0, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > now()
-                     UNION ALL
-                     SELECT 2, node_id, position, 0 FROM {s}.vnodes WHERE ring_id = $1"
-                ),
-                &[(&self.ring_id, Type::TEXT), (&self.node_id, Type::TEXT)],
-            )
-            .map_err(|e| Error::db("read the ring", e))?;
-        let mut removed: Vec<String> = Vec::new();
-        let mut gone: Vec<i64> = Vec::new();
-        let mut older: Vec<String> = Vec::new();
-        let mut vnodes: Vec<(u32, String)> = Vec::with_capacity(rows.len() + 8);
-        for r in &rows {
-            match r.get::<_, i32>(0) {
-                0 => {
-                    removed.push(r.get(1));
-                    gone.push(r.get(3));
-                }
-                1 => return Err(Error::node_id_in_use(&self.node_id, &self.ring_id)),
-                2 => vnodes.push((r.get::<_, i32>(2) as u32, r.get(1))),
-                3 => older.push(r.get(1)),
-                _ => {}
-            }
-        }
-        if !older.is_empty() {
-            return Err(Error::protocol_mismatch(&self.ring_id, older));
-        }
-        vnodes.retain(|(_, n)| !removed.contains(n));
-        Ok((removed, gone, vnodes))
-    }
-
-    /// This member's positions among the free ones (DESIGN §2).
-    fn pick_positions(&self, vnodes: &[(u32, String)]) -> Result<Vec<u32>> {
-        let mut taken = vec![false; self.ring_size as usize];
-        for (p, _) in vnodes {
-            if let Some(t) = taken.get_mut(*p as usize) {
-                *t = true;
-            }
-        }
-        choose_positions(&self.node_id, self.vnode_count, self.ring_size, |p| {
-            taken[p as usize]
-        })
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::RingFull,
-                format!(
-                    "ring {:?} has {} free positions, node {:?} needs vnode_count {}",
-                    self.ring_id,
-                    taken.iter().filter(|t| !**t).count(),
-                    self.node_id,
-                    self.vnode_count
-                ),
-            )
-        })
-    }
-
-    /// Inserts the member (its lease from the database's clock, a fresh
-    /// incarnation) and its vnodes, frees the claims of the expired members
-    /// the join removed, and records the change at `epoch`, in one
-    /// statement. Returns the incarnation.
-    fn insert_member(
-        &self,
-        tx: &mut Tx<'_>,
-        epoch: u64,
-        positions: &[u32],
-        removed: &[String],
-        gone: &[i64],
-    ) -> Result<i64> {
-        let s = &self.s;
-        let pos_i32: Vec<i32> = positions.iter().map(|p| *p as i32).collect();
-        let idx_i32: Vec<i32> = (0..positions.len() as i32).collect();
-        let incarnation = crate::config::random_incarnation();
-        let vnode_count = self.vnode_count as i32;
-        let acked = pg_i64(epoch);
-        let rec = ChangeRecord {
-            epoch,
-            removed,
-            freeing: gone,
-            added: Some((&self.node_id, positions)),
-        };
-        let mut values = RecordValues::default();
-        let (tail, record) = self.record_change(&rec, 8, &mut values);
-        let mut params: Vec<Param<'_>> = vec![
-            (&self.ring_id, Type::TEXT),
-            (&self.node_id, Type::TEXT),
-            (&vnode_count, Type::INT4),
-            (&acked, Type::INT8),
-            (&self.ttl_s, Type::FLOAT8),
-            (&pos_i32, Type::INT4_ARRAY),
-            (&idx_i32, Type::INT4_ARRAY),
-        ];
-        params.extend(record);
-        params.push((&incarnation, Type::INT8));
-        let rows = tx
-            .query_typed(
-                &format!(
-                    "WITH mem AS (INSERT INTO {s}.members (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
-                                  VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second', $16, 2)
-                                  RETURNING node_id, incarnation),
-                          vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
-                                 SELECT $1, t.p, mem.node_id, t.i FROM mem, unnest($6::int[], $7::int[]) AS t(p, i)),
-                          {tail}, (SELECT incarnation FROM mem)"
-                ),
-                &params,
-            )
-            .map_err(|e| Error::db("insert the member", e))?;
-        rows.first()
-            .map(|r| r.get(1))
-            .ok_or_else(|| Error::new(ErrorKind::Database, "insert the member: no row"))
     }
 
     /// Graceful leave, in four round trips: begin; lock the ring and delete
@@ -398,12 +227,15 @@ impl Store {
     }
 }
 
-/// The values [`Store::record_change`] computes, kept alive for its
+/// The values [`Store::record_changes`] computes, kept alive for its
 /// parameters.
 #[derive(Default)]
-struct RecordValues {
-    epoch: i64,
+pub(super) struct RecordValues {
+    epochs: Vec<i64>,
+    added: Vec<Option<String>>,
+    from: Vec<i32>,
+    to: Vec<i32>,
     positions: Vec<i32>,
-    payload: String,
-    added: Option<String>,
+    payloads: Vec<String>,
+    last: i64,
 }

@@ -4,8 +4,10 @@
 //! database (`now()`); every call runs under a statement and lock timeout.
 //!
 //! * [`schema`] — creating and migrating the tables;
-//! * [`membership`] — the transactions under the ring's row lock: join,
-//!   leave, removal of expired members;
+//! * [`join`] — the join: a request that the holder of the ring's lock
+//!   absorbs with every other pending one (group commit);
+//! * [`membership`] — the other transactions under the ring's lock: leave,
+//!   removal of expired members, and the change recording all share;
 //! * [`statements`] — the statements a member's threads run on the
 //!   connections they keep: renewal, acknowledgement, barrier, catch-up;
 //! * [`payload`] — the NOTIFY payload codec (pure).
@@ -13,6 +15,7 @@
 //! Nothing here holds state between calls except prepared statements on a
 //! connection a thread keeps ([`HeldConn`]).
 
+mod join;
 mod membership;
 pub(crate) mod payload;
 mod schema;

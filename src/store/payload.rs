@@ -7,7 +7,7 @@ use crate::protocol::input::Notice;
 use crate::ring::Change;
 
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
-const MAX_PAYLOAD: usize = 7900;
+pub(crate) const MAX_PAYLOAD: usize = 7900;
 
 /// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
 /// change itself, so that members apply it without reading the change log:
@@ -37,13 +37,22 @@ pub(crate) fn notify_payload(
 /// The NOTIFY payload of a release: `R r<len>:<ring id>` followed, when it
 /// fits, by ` <p>,<p>,…`. (Members of version 1 do not parse it, and ignore
 /// it.)
+/// The release statement builds it in SQL from [`release_head`], the same
+/// way.
+#[cfg(test)]
 pub(crate) fn release_payload(ring_id: &str, partitions: &[u32]) -> String {
-    let mut out = format!("R r{}:{ring_id} ", ring_id.len());
+    let mut out = format!("{} ", release_head(ring_id));
     write_list(&mut out, partitions.iter());
     if out.len() > MAX_PAYLOAD {
-        out = format!("R r{}:{ring_id}", ring_id.len());
+        out = release_head(ring_id);
     }
     out
+}
+
+/// The head of a release payload, `R r<len>:<ring id>`: all of it when the
+/// partitions do not fit.
+pub(crate) fn release_head(ring_id: &str) -> String {
+    format!("R r{}:{ring_id}", ring_id.len())
 }
 
 fn write_list<'a>(out: &mut String, items: impl Iterator<Item = &'a u32>) {

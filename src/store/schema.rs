@@ -150,7 +150,8 @@ impl Store {
     /// * `members.protocol`: 1 for rows that were there before the
     ///   migration, 2 for members of this version; a version-2 member does
     ///   not join a ring with live version-1 members.
-    /// * `claims`: who may use a partition now, and its token. The holder
+    /// * `claims`: who may use a partition now, and its token — a row per
+    ///   partition from the ring's creation (or this migration) on. The holder
     ///   (an incarnation) is cleared in the transaction that deletes the
     ///   holder's member row — a crashed member's claims free themselves
     ///   when it is removed at the end of its lease. Explicitly rather than
@@ -158,6 +159,14 @@ impl Store {
     ///   claim a take writes cost a query per row (a take of 300 claims
     ///   took 9 ms), where one key-share lock on the taker's own member row
     ///   serialises a take against that row's deletion just as well.
+    /// * `claims.waiter`: the NOTIFY channel of the member whose take found
+    ///   the claim held by another, so that the release tells exactly it —
+    ///   and nobody when nobody waits (a NOTIFY wakes every listening
+    ///   backend of the database; with hundreds of members, releases that
+    ///   always notified were most of the database's CPU at a cold start).
+    /// * `join_requests`: joins waiting for the holder of the ring's lock to
+    ///   absorb them (see the store's `join`), and refusals for their
+    ///   requesters to read.
     fn v2_ddl(&self) -> String {
         let s = &self.s;
         format!(
@@ -175,8 +184,23 @@ impl Store {
                  token bigint NOT NULL,
                  claimed_at timestamptz,
                  released_at timestamptz,
+                 waiter text,
                  PRIMARY KEY (ring_id, partition));
-             CREATE INDEX IF NOT EXISTS claims_by_holder ON {s}.claims (holder) WHERE holder IS NOT NULL;"
+             CREATE INDEX IF NOT EXISTS claims_by_holder ON {s}.claims (holder) WHERE holder IS NOT NULL;
+             INSERT INTO {s}.claims (ring_id, partition, token)
+               SELECT r.ring_id, g, 0 FROM {s}.rings r, generate_series(0, r.ring_size - 1) g
+               ON CONFLICT (ring_id, partition) DO NOTHING;
+             CREATE TABLE IF NOT EXISTS {s}.join_requests (
+                 incarnation bigint PRIMARY KEY,
+                 ring_id text NOT NULL,
+                 node_id text NOT NULL,
+                 vnode_count int NOT NULL,
+                 ring_size int NOT NULL,
+                 ttl_ms float8 NOT NULL,
+                 requested_at timestamptz NOT NULL DEFAULT now(),
+                 expires_at timestamptz NOT NULL,
+                 refused text);
+             CREATE INDEX IF NOT EXISTS join_requests_by_ring ON {s}.join_requests (ring_id);"
         )
     }
 

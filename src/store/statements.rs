@@ -5,12 +5,18 @@
 //! whole-ring read. Prepared once per connection, with generic plans.
 //!
 //! Every statement over a list of partitions drives its lookups from the
-//! list — a lateral probe of the primary key per element — and writes the
-//! rows it locked by their `ctid` (a TID scan): their generic plans are
-//! made once per connection, often before the tables have statistics, and
-//! a plan that joined an array to the table chose a nested loop over the
-//! whole table per element (a release of 800 claims took 250 ms; `=
-//! ANY($array)` became a filter over every row of the ring).
+//! list — a lateral probe of the primary key per element, which is also
+//! what fixes the order rows are locked in — and then writes the rows it
+//! locked, found again by their key. Not by their `ctid`: a row another
+//! transaction updated after this statement's snapshot (a take marking
+//! its waiter, say) is locked in its *newest* version, whose `ctid` the
+//! statement's snapshot cannot see, and an update by that `ctid` silently
+//! skipped it (a release freed 61 of 143 claims; the other 82 waited for
+//! the holder's next renewal, 10 s). By key, the update finds the version
+//! its snapshot sees and follows the update chain to the one it locked.
+//! (`= ANY($array)` is avoided for the same plans' sake: made once per
+//! connection, often before the table has statistics, it became a filter
+//! over every row of the ring.)
 //!
 //! How races are settled (DESIGN §4.0): never by comparing `now()` — the
 //! *transaction's* start time — read in two transactions, but by row locks
@@ -38,7 +44,7 @@
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Statement;
 
-use super::payload::{parse_payload, release_payload};
+use super::payload::{parse_payload, release_head, MAX_PAYLOAD};
 use super::{pg_i64, Store};
 use crate::error::{Error, Result};
 use crate::protocol::input::{CatchUp, Notice, Renewal, Took};
@@ -127,34 +133,51 @@ impl Store {
             // (cleanup after expiry) waits for the take, or the take finds
             // it gone. Free claims are locked in partition order, skipping
             // those another transaction has locked (a release or take in
-            // flight: its notification brings the taker back); claims held
-            // by others are read, never locked, so a take never makes a
-            // release wait.
+            // flight). Claims held by others get this member as their
+            // waiter (`$4`, its channel), so that their release tells it —
+            // also skipping locked ones, so a take never makes a release
+            // wait: a claim that is neither taken nor marked (locked, or
+            // freed since the snapshot) is looked at again at once.
+            // Lock order is the partition order everywhere (takes,
+            // releases, removals), so that nothing deadlocks. Every claim
+            // row exists from the ring's creation on: inserting them here,
+            // at a cold start, made takes wait for each other's inserts
+            // (a unique-key check waits for the inserting transaction);
+            // `fresh` only covers rows that are missing all the same.
             Held::Take => (
                 format!(
                     "WITH me AS (SELECT m.incarnation FROM {s}.members m
                                  WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()
                                  FOR KEY SHARE),
                      r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                     cur AS (SELECT w.p, c.holder, c.token, c.tid
+                     cur AS (SELECT w.p, c.holder, c.token, c.found
                              FROM unnest($3::int[]) AS w(p)
-                             LEFT JOIN LATERAL (SELECT c.holder, c.token, c.ctid AS tid FROM {s}.claims c
+                             LEFT JOIN LATERAL (SELECT c.holder, c.token, true AS found FROM {s}.claims c
                                                 WHERE c.ring_id = $1 AND c.partition = w.p) c ON true),
-                     free AS (SELECT f.tid FROM unnest($3::int[]) AS w(p),
-                              LATERAL (SELECT c.ctid AS tid FROM {s}.claims c
+                     free AS (SELECT f.p FROM unnest($3::int[]) AS w(p),
+                              LATERAL (SELECT c.partition AS p FROM {s}.claims c
                                        WHERE c.ring_id = $1 AND c.partition = w.p AND c.holder IS NULL
                                        FOR UPDATE SKIP LOCKED) f
                               WHERE EXISTS (SELECT 1 FROM me)),
                      took AS (UPDATE {s}.claims c SET holder = $2, token = GREATEST(c.token + 1, r.epoch),
-                                     claimed_at = now()
-                              FROM r WHERE c.ctid = ANY(ARRAY(SELECT tid FROM free))
+                                     claimed_at = now(), waiter = NULL
+                              FROM free f, r WHERE c.ring_id = $1 AND c.partition = f.p
                               RETURNING c.partition, c.token),
                      fresh AS (INSERT INTO {s}.claims (ring_id, partition, holder, token, claimed_at)
                                SELECT $1, cur.p, me.incarnation, r.epoch, now()
-                               FROM cur, me, r WHERE cur.tid IS NULL
+                               FROM cur, me, r WHERE cur.found IS NULL
                                ORDER BY cur.p
                                ON CONFLICT (ring_id, partition) DO NOTHING
-                               RETURNING partition, token)
+                               RETURNING partition, token),
+                     mk AS (SELECT k.p FROM cur,
+                            LATERAL (SELECT c.partition AS p FROM {s}.claims c
+                                     WHERE c.ring_id = $1 AND c.partition = cur.p
+                                       AND c.holder IS NOT NULL AND c.holder <> $2
+                                     FOR UPDATE SKIP LOCKED) k
+                            WHERE cur.holder <> $2 AND EXISTS (SELECT 1 FROM me)),
+                     marked AS (UPDATE {s}.claims c SET waiter = $4
+                                FROM mk WHERE c.ring_id = $1 AND c.partition = mk.p
+                                RETURNING c.partition)
                      SELECT 0, t.partition, t.token, NULL::text FROM took t
                      UNION ALL
                      SELECT 0, f.partition, f.token, NULL FROM fresh f
@@ -162,29 +185,34 @@ impl Store {
                      SELECT 1, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM me)
                      UNION ALL
                      SELECT 2, cur.p, 0, m.node_id FROM cur JOIN {s}.members m ON m.incarnation = cur.holder
-                      WHERE cur.holder <> $2
+                      WHERE cur.holder <> $2 AND cur.p IN (SELECT partition FROM marked)
                      UNION ALL
                      SELECT 3, 0, 0, NULL FROM me"
                 ),
                 "prepare the take",
             ),
             // Frees only a claim this member holds under the named token, so
-            // a stale or repeated release never frees a newer claim; the
-            // ring hears of it at once.
+            // a stale or repeated release never frees a newer claim; each
+            // member waiting for one (its take marked the claim, under the
+            // same row lock) hears of it at once, on its own channel, and
+            // nobody else: `$5` is the payload's head, the partitions
+            // follow when they fit (see `payload::release_payload`).
             Held::Release => (
                 format!(
-                    "WITH lk AS (SELECT c.tid
+                    "WITH lk AS (SELECT c.p, c.waiter
                                  FROM unnest($3::int[], $4::bigint[]) AS w(p, tok),
-                                      LATERAL (SELECT c.ctid AS tid FROM {s}.claims c
+                                      LATERAL (SELECT c.partition AS p, c.waiter FROM {s}.claims c
                                                WHERE c.ring_id = $1 AND c.partition = w.p AND c.token = w.tok
                                                  AND c.holder = $2
                                                FOR UPDATE) c),
-                     rel AS (UPDATE {s}.claims c SET holder = NULL, released_at = now()
-                             WHERE c.ctid = ANY(ARRAY(SELECT tid FROM lk))
-                             RETURNING c.partition)
+                     rel AS (UPDATE {s}.claims c SET holder = NULL, released_at = now(), waiter = NULL
+                             FROM lk WHERE c.ring_id = $1 AND c.partition = lk.p
+                             RETURNING c.partition),
+                     n AS (SELECT lk.waiter AS ch, $5 || ' ' || string_agg(lk.p::text, ',' ORDER BY lk.p) AS pl
+                           FROM lk WHERE lk.waiter IS NOT NULL AND EXISTS (SELECT 1 FROM rel)
+                           GROUP BY lk.waiter)
                      SELECT (SELECT count(*) FROM rel),
-                            (SELECT count(*) FROM (SELECT pg_notify(n.ch, n.pl) FROM unnest($5::text[], $6::text[]) AS n(ch, pl)
-                                                   WHERE EXISTS (SELECT 1 FROM rel)) n)"
+                            (SELECT count(pg_notify(n.ch, CASE WHEN octet_length(n.pl) > $6 THEN $5 ELSE n.pl END)) FROM n)"
                 ),
                 "prepare the release",
             ),
@@ -276,7 +304,7 @@ impl Store {
         let ps: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
         let rows = conn
             .client
-            .query(&st, &[&self.ring_id, &incarnation, &ps])
+            .query(&st, &[&self.ring_id, &incarnation, &ps, &self.own_channel])
             .map_err(|e| Error::db("take claims", e))?;
         let mut took = Took::default();
         let mut others = Vec::new();
@@ -296,6 +324,7 @@ impl Store {
             .into_iter()
             .filter(|(p, _)| took.got.binary_search_by_key(p, |(q, _)| *q).is_err())
             .collect();
+        took.retry = took.got.len() + took.held_by.len() < partitions.len();
         Ok(took)
     }
 
@@ -307,25 +336,15 @@ impl Store {
         conn: &mut HeldConn,
         incarnation: i64,
         claims: &[(u32, u64)],
-        notify: &[(String, Vec<u32>)],
     ) -> Result<u64> {
         let st = self.stmt(conn, Held::Release)?;
         let ps: Vec<i32> = claims.iter().map(|(p, _)| *p as i32).collect();
         let ts: Vec<i64> = claims.iter().map(|(_, t)| pg_i64(*t)).collect();
-        let channels: Vec<String> = notify
-            .iter()
-            .map(|(node, _)| super::node_channel(&self.schema, &self.ring_id, node))
-            .collect();
-        let payloads: Vec<String> = notify
-            .iter()
-            .map(|(_, ps)| release_payload(&self.ring_id, ps))
-            .collect();
+        let head = release_head(&self.ring_id);
+        let max = MAX_PAYLOAD as i32;
         let row = conn
             .client
-            .query_one(
-                &st,
-                &[&self.ring_id, &incarnation, &ps, &ts, &channels, &payloads],
-            )
+            .query_one(&st, &[&self.ring_id, &incarnation, &ps, &ts, &head, &max])
             .map_err(|e| Error::db("release claims", e))?;
         Ok(row.get::<_, i64>(0) as u64)
     }

@@ -173,18 +173,29 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
         a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got,
         took.got
     );
-    // Another member gets none of them, and learns who holds them.
+    // Another member gets none of them, learns who holds them, and is
+    // marked as waiting for them. A third party listens on b's channel and
+    // on a bystander's.
+    let mut listener = TestPostgres::shared().unwrap().client().unwrap();
+    let bystander = super::node_channel(&a.schema, &a.ring_id, "c");
+    listener
+        .batch_execute(&format!(
+            "LISTEN \"{}\"; LISTEN \"{bystander}\"",
+            b.own_channel
+        ))
+        .unwrap();
     let tb = b.take(&mut hb, jb.incarnation, &[2, 3, 4]).unwrap();
     assert_eq!(tb.got, vec![(4, jb.view.epoch())]);
     assert_eq!(tb.held_by, vec![(2, "a".to_string()), (3, "a".to_string())]);
+    assert!(!tb.retry, "nothing was locked");
     // A release naming another token frees nothing; the right one frees.
     assert_eq!(
-        a.release_claims(&mut ha, ja.incarnation, &[(2, 999)], &[])
+        a.release_claims(&mut ha, ja.incarnation, &[(2, 999)])
             .unwrap(),
         0
     );
     assert_eq!(
-        b.release_claims(&mut hb, jb.incarnation, &[(2, jb.view.epoch())], &[])
+        b.release_claims(&mut hb, jb.incarnation, &[(2, jb.view.epoch())])
             .unwrap(),
         0,
         "not b's"
@@ -193,12 +204,38 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
         a.release_claims(
             &mut ha,
             ja.incarnation,
-            &[(2, jb.view.epoch())],
-            &[("b".to_string(), vec![2])]
+            &[(2, jb.view.epoch()), (1, jb.view.epoch())]
         )
         .unwrap(),
-        1
+        2
     );
+    // The release told the waiter, b, of 2 (not of 1, which nobody waited
+    // for), and nobody else.
+    let heard: Vec<(String, String)> = {
+        use postgres::fallible_iterator::FallibleIterator;
+        let first = listener
+            .notifications()
+            .timeout_iter(Duration::from_secs(5))
+            .next()
+            .unwrap()
+            .expect("a notification for the waiter");
+        let mut all = vec![(first.channel().to_string(), first.payload().to_string())];
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(200));
+        while let Ok(Some(x)) = it.next() {
+            all.push((x.channel().to_string(), x.payload().to_string()));
+        }
+        all
+    };
+    assert_eq!(
+        heard,
+        vec![(
+            b.own_channel.clone(),
+            crate::store::payload::release_payload(&a.ring_id, &[2])
+        )]
+    );
+    let (_, back) = a.take(&mut ha, ja.incarnation, &[1]).unwrap().got[0];
+    assert!(back > jb.view.epoch(), "retaken with a higher token");
     let tb = b.take(&mut hb, jb.incarnation, &[2]).unwrap();
     assert_eq!(
         tb.got,
@@ -210,7 +247,7 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
         a.renew(&mut ha, ja.incarnation, jb.view.epoch())
             .unwrap()
             .held,
-        vec![(1, jb.view.epoch()), (3, jb.view.epoch())]
+        vec![(1, back), (3, jb.view.epoch())]
     );
     // A leave frees every claim of the member.
     a.leave(&mut admin).unwrap();
@@ -253,7 +290,7 @@ fn racing_takes_never_both_get_a_claim() {
             let mut rounds = Vec::new();
             for _ in 0..40 {
                 let got = s2.take(&mut h, inc, &ps).unwrap().got;
-                s2.release_claims(&mut h, inc, &got, &[]).unwrap();
+                s2.release_claims(&mut h, inc, &got).unwrap();
                 rounds.push(got);
             }
             rounds
@@ -275,4 +312,77 @@ fn racing_takes_never_both_get_a_claim() {
             }
         }
     }
+}
+
+/// Holds, in a transaction of its own, the lock of a mark on claim `p` (as
+/// a take of another member does) for `hold`, then commits it.
+fn mark_in_flight(
+    schema: &str,
+    ring_id: &str,
+    p: i32,
+    hold: Duration,
+) -> std::thread::JoinHandle<()> {
+    let mut c = TestPostgres::shared().unwrap().client().unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    let n = c
+        .execute(
+            &format!("UPDATE {schema}.claims SET waiter = 'someone' WHERE ring_id = $1 AND partition = $2"),
+            &[&ring_id, &p],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "claim row {p} exists");
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        c.batch_execute("COMMIT").unwrap();
+    })
+}
+
+#[test]
+fn a_release_frees_a_claim_whose_row_was_marked_meanwhile() {
+    // The release waits for the mark's row lock, then locks the row's
+    // newest version: it must still free it (found by key, not by a
+    // `ctid` its snapshot cannot see).
+    let (a, mut ha, mut admin, schema) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    let got = a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got;
+    assert_eq!(got.len(), 3);
+    let marker = mark_in_flight(&schema, &a.ring_id, 2, Duration::from_millis(300));
+    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &got).unwrap(), 3);
+    marker.join().unwrap();
+    let held: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {schema}.claims WHERE ring_id = $1 AND holder IS NOT NULL"
+            ),
+            &[&a.ring_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "every released claim is free");
+}
+
+#[test]
+fn a_leave_frees_a_claim_whose_row_was_marked_meanwhile() {
+    let (a, mut ha, mut admin, schema) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    assert_eq!(
+        a.take(&mut ha, ja.incarnation, &[1, 2, 3])
+            .unwrap()
+            .got
+            .len(),
+        3
+    );
+    let marker = mark_in_flight(&schema, &a.ring_id, 2, Duration::from_millis(300));
+    a.leave(&mut admin).unwrap();
+    marker.join().unwrap();
+    let named: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {schema}.claims WHERE ring_id = $1 AND holder IS NOT NULL"
+            ),
+            &[&a.ring_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 0, "no claim names a member that left");
 }

@@ -21,6 +21,10 @@ use crate::protocol::Ticket;
 /// notification.
 const FIRST_TAKE_RETRY: Duration = Duration::from_millis(100);
 const MAX_TAKE_BACKOFF: Duration = Duration::from_secs(2);
+/// The wait before taking again partitions whose claim was locked by a
+/// transaction in flight (a release, or another member's take): neither
+/// taken nor marked as waited for, no notification will come for them.
+const LOCKED_RETRY: Duration = Duration::from_millis(2);
 /// The longest without notifications: polling is all there is.
 const MAX_TAKE_BACKOFF_POLLING: Duration = Duration::from_millis(100);
 
@@ -77,13 +81,8 @@ impl Session {
         Some(partitions)
     }
 
-    /// The claims to give back now, if any (marked as on their way), and
-    /// the members to tell: the partitions' owners in this member's view —
-    /// the ones waiting for them — on their own channels, so that a release
-    /// wakes one member instead of the whole ring.
-    pub(super) fn claims_to_release(
-        &mut self,
-    ) -> Option<(Vec<(u32, u64)>, Vec<(String, Vec<u32>)>)> {
+    /// The claims to give back now, if any (marked as on their way).
+    pub(super) fn claims_to_release(&mut self) -> Option<Vec<(u32, u64)>> {
         let mut claims = Vec::new();
         for (c, h) in self.held.iter_mut() {
             if *h == Held::Release {
@@ -91,23 +90,7 @@ impl Session {
                 claims.push(*c);
             }
         }
-        if claims.is_empty() {
-            return None;
-        }
-        let mut notify: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
-        if let Some(view) = self.own.view() {
-            for (p, _) in &claims {
-                match view.owner_of(*p) {
-                    Some(o) if o != self.cfg.node_id => notify.entry(o).or_default().push(*p),
-                    _ => {}
-                }
-            }
-        }
-        let notify = notify
-            .into_iter()
-            .map(|(o, ps)| (o.to_string(), ps))
-            .collect();
-        Some((claims, notify))
+        (!claims.is_empty()).then_some(claims)
     }
 
     /// How long the watcher may wait for a notification.
@@ -162,6 +145,10 @@ impl Session {
         if took.live && !waiting {
             self.take_polls = 0;
             self.take_after = None;
+        } else if took.retry && took.live {
+            // A claim was locked by a release or take in flight, so nobody
+            // will tell us about it: look again in a moment.
+            self.take_after = Some(now + LOCKED_RETRY);
         } else {
             self.take_polls += 1;
             self.take_after = Some(now + self.take_backoff());

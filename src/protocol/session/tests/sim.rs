@@ -62,7 +62,7 @@ impl Rng {
 enum Req {
     CatchUp(u64, Ticket),
     Take(Vec<u32>, Ticket),
-    Release(Vec<(u32, u64)>, Vec<(String, Vec<u32>)>, Ticket),
+    Release(Vec<(u32, u64)>, Ticket),
     Renew(u64, Ticket),
     Rejoin,
     Cleanup(Ticket),
@@ -519,11 +519,7 @@ impl Sim {
                     }
                     WatcherStep::CatchUp { from, ticket } => Req::CatchUp(from, ticket),
                     WatcherStep::Take { partitions, ticket } => Req::Take(partitions, ticket),
-                    WatcherStep::Release {
-                        claims,
-                        notify,
-                        ticket,
-                    } => Req::Release(claims, notify, ticket),
+                    WatcherStep::Release { claims, ticket } => Req::Release(claims, ticket),
                 }
             }
             HEARTBEAT_T => match self.members[i].session.heartbeat_next(now) {
@@ -561,18 +557,15 @@ impl Sim {
                 Reply::Took(self.db.take(ticket.incarnation(), ps, now)),
                 None,
             ),
-            Req::Release(claims, notify, ticket) => {
-                let freed = self.db.release(ticket.incarnation(), claims);
-                if !freed.is_empty() {
-                    // Told only to the new owners, on their own channels.
-                    for (node, ps) in notify.clone() {
-                        self.notify_member(
-                            &node,
-                            Notice::Released {
-                                partitions: Some(ps),
-                            },
-                        );
-                    }
+            Req::Release(claims, ticket) => {
+                // Told only to the members waiting, on their own channels.
+                for (node, ps) in self.db.release(ticket.incarnation(), claims) {
+                    self.notify_member(
+                        &node,
+                        Notice::Released {
+                            partitions: Some(ps),
+                        },
+                    );
                 }
                 (Reply::Released, None)
             }
@@ -623,7 +616,7 @@ impl Sim {
         let out = match (f.req, f.reply.unwrap()) {
             (Req::CatchUp(_, ticket), Reply::CatchUp(read)) => s.caught_up(ticket, read, now),
             (Req::Take(_, ticket), Reply::Took(took)) => s.took(ticket, took, now),
-            (Req::Release(_, _, ticket), Reply::Released) => s.released(ticket, now),
+            (Req::Release(_, ticket), Reply::Released) => s.released(ticket, now),
             (Req::Renew(_, ticket), Reply::Renewal(r)) => s.renewed(ticket, r, f.sent_at, now),
             (Req::Rejoin, Reply::Joined(Some(j))) => {
                 if s.status() == Status::Joining {

@@ -21,10 +21,12 @@ struct Row {
 
 /// A claim row: holder incarnation (cleared when its member row goes) and
 /// token.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Claim {
     holder: Option<i64>,
     token: u64,
+    /// The member whose take found it held (told when it is released).
+    waiter: Option<String>,
 }
 
 /// See the module docs.
@@ -196,6 +198,7 @@ impl Db {
             .iter()
             .map(|(n, r)| (r.incarnation, n.clone()))
             .collect();
+        let me = names.get(&incarnation).cloned();
         for &p in partitions {
             let c = self.claims.entry(p).or_default();
             match c.holder {
@@ -203,28 +206,38 @@ impl Db {
                 None => {
                     c.token = (c.token + 1).max(self.epoch);
                     c.holder = Some(incarnation);
+                    c.waiter = None;
                     took.got.push((p, c.token));
                 }
-                Some(h) => took
-                    .held_by
-                    .push((p, names.get(&h).cloned().unwrap_or_default())),
+                Some(h) => {
+                    c.waiter = me.clone();
+                    took.held_by
+                        .push((p, names.get(&h).cloned().unwrap_or_default()))
+                }
             }
         }
         took
     }
 
-    /// The release by token: never frees a newer claim.
-    pub fn release(&mut self, incarnation: i64, claims: &[(u32, u64)]) -> Vec<u32> {
-        let mut freed = Vec::new();
+    /// The release by token: never frees a newer claim. Returns the freed
+    /// partitions that someone waited for, by waiter.
+    pub fn release(
+        &mut self,
+        incarnation: i64,
+        claims: &[(u32, u64)],
+    ) -> BTreeMap<String, Vec<u32>> {
+        let mut told: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for &(p, token) in claims {
             if let Some(c) = self.claims.get_mut(&p) {
                 if c.holder == Some(incarnation) && c.token == token {
                     c.holder = None;
-                    freed.push(p);
+                    if let Some(w) = c.waiter.take() {
+                        told.entry(w).or_default().push(p);
+                    }
                 }
             }
         }
-        freed
+        told
     }
 
     pub fn catch_up(&self, from: u64) -> CatchUp {

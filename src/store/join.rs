@@ -1,0 +1,541 @@
+//! The join, as a request that whoever holds the ring's lock absorbs
+//! (group commit).
+//!
+//! A joiner files a request row and tries the ring's advisory lock without
+//! waiting. The one that gets it *absorbs* every pending request at once:
+//! it removes expired members, places each requester (positions are a pure
+//! function of a node id and the positions taken, so it can place others),
+//! inserts them all, records one change per member and notifies, in one
+//! transaction. A joiner that did not get the lock waits for the next
+//! change notification on the ring's channel and looks up what became of
+//! its request: absorbed (it reads its view), refused (a typed error:
+//! node id in use, ring size, protocol, ring full), or still pending (it
+//! tries the lock again).
+//!
+//! Why: joins serialised one by one on the lock made a cold start of 512
+//! members take ~32 s on two cores — each join held the lock for five
+//! round trips of a database busy with everyone else, and each commit woke
+//! every listening backend. Absorbed in batches, 512 joins are a few dozen
+//! commits. Epochs stay one per member, so the change log, the NOTIFY
+//! payloads and the members' delta application are unchanged.
+//!
+//! Safety does not depend on any of this: a member's lease starts at the
+//! absorber's `now()`, which is after the requester sent its request (the
+//! instant it counts its local lease from), and claims, not the view,
+//! decide who may use a partition.
+
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::Type;
+use postgres::Client;
+
+use super::membership::{ChangeSet, Param, RecordValues, Vnodes};
+use super::{pg_i64, Store, Tx};
+use crate::config::random_incarnation;
+use crate::error::{Error, ErrorKind, Result};
+use crate::placement::choose_positions;
+use crate::protocol::input::Joined;
+use crate::ring::RingView;
+
+/// How long a joiner waits for the lock holder's notification before it
+/// looks at its request anyway (a holder that refused everyone, or only
+/// removed nobody, does not notify).
+const OUTCOME_POLL: Duration = Duration::from_millis(25);
+
+/// A pending request, as the absorber reads it.
+struct Request {
+    incarnation: i64,
+    node_id: String,
+    vnode_count: u32,
+    ring_size: u32,
+    ttl_ms: f64,
+}
+
+/// Why the absorber refused a request (stored in `join_requests.refused`
+/// for the requester to read).
+enum Refusal {
+    NodeId,
+    RingSize(u32),
+    Protocol(Vec<String>),
+    RingFull(usize),
+}
+
+impl Refusal {
+    fn code(&self) -> String {
+        match self {
+            Refusal::NodeId => "node_id".into(),
+            Refusal::RingSize(n) => format!("ring_size:{n}"),
+            Refusal::Protocol(names) => format!("protocol:{}", names.join(",")),
+            Refusal::RingFull(free) => format!("ring_full:{free}"),
+        }
+    }
+}
+
+/// What became of this member's request.
+enum Outcome {
+    Joined(Joined),
+    Refused(Error),
+    Pending,
+    /// Neither absorbed nor pending (it expired unabsorbed): file it again.
+    Gone,
+}
+
+impl Store {
+    /// Joins the ring (DESIGN §4 "Join"); the connection is left as it was.
+    pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
+        let joined = self.join_listening(client);
+        let _ = client.batch_execute("UNLISTEN *");
+        joined
+    }
+
+    /// Joins the ring and leaves the connection listening on the ring's
+    /// channel when it succeeds — for the watcher to keep (it saves the
+    /// joiner a connection and a round trip before its first take).
+    pub(crate) fn join_and_listen(&self, client: &mut Client) -> Result<Joined> {
+        let joined = self.join_listening(client);
+        if joined.is_err() {
+            let _ = client.batch_execute("UNLISTEN *");
+        }
+        joined
+    }
+
+    fn join_listening(&self, client: &mut Client) -> Result<Joined> {
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", self.channel))
+            .map_err(|e| Error::db("listen for the ring's changes", e))?;
+        let incarnation = random_incarnation();
+        let give_up = Instant::now() + Duration::from_millis(self.statement_timeout_ms * 4);
+        let mut filed = false;
+        loop {
+            let mut tx = self.begin(client)?;
+            let locked = self.file_and_try_lock(&mut tx, incarnation, !filed)?;
+            filed = true;
+            if locked {
+                match self.absorb(tx, incarnation)? {
+                    Outcome::Joined(j) => return Ok(j),
+                    Outcome::Refused(e) => return Err(e),
+                    Outcome::Pending | Outcome::Gone => filed = false,
+                }
+                continue;
+            }
+            tx.commit()
+                .map_err(|e| Error::db("commit the join request", e))?;
+            // The holder's commit notifies; then see what it did with us.
+            let _ = client.notifications().timeout_iter(OUTCOME_POLL).next();
+            while let Ok(Some(_)) = client.notifications().iter().next() {}
+            match self.join_outcome(client, incarnation)? {
+                Outcome::Joined(j) => return Ok(j),
+                Outcome::Refused(e) => return Err(e),
+                Outcome::Pending => {}
+                Outcome::Gone => filed = false,
+            }
+            if Instant::now() > give_up {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the join request of {:?} to ring {:?} was not taken up within {:?}",
+                        self.node_id,
+                        self.ring_id,
+                        Duration::from_millis(self.statement_timeout_ms * 4)
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Files this member's request (when `file`) and tries the ring's lock
+    /// without waiting, in one statement. With the lock, the request is in
+    /// this transaction, visible to the absorption that follows.
+    fn file_and_try_lock(&self, tx: &mut Tx<'_>, incarnation: i64, file: bool) -> Result<bool> {
+        let s = &self.s;
+        let (vnodes, size) = (self.vnode_count as i32, self.ring_size as i32);
+        let (ttl_ms, expiry_ms) = (self.ttl_s * 1000.0, self.statement_timeout_ms as f64 * 4.0);
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "WITH ins AS (INSERT INTO {s}.join_requests
+                                    (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at)
+                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond' WHERE $8)
+                     SELECT pg_try_advisory_xact_lock($9)"
+                ),
+                &[
+                    (&self.ring_id, Type::TEXT),
+                    (&incarnation, Type::INT8),
+                    (&self.node_id, Type::TEXT),
+                    (&vnodes, Type::INT4),
+                    (&size, Type::INT4),
+                    (&ttl_ms, Type::FLOAT8),
+                    (&expiry_ms, Type::FLOAT8),
+                    (&file, Type::BOOL),
+                    (&self.ring_lock, Type::INT8),
+                ],
+            )
+            .map_err(|e| Error::db("file the join request", e))?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
+    /// With the ring's lock: takes every pending request, places and
+    /// inserts the accepted ones, records the changes, stores the
+    /// refusals, and commits. Returns this member's outcome.
+    fn absorb(&self, mut tx: Tx<'_>, me: i64) -> Result<Outcome> {
+        let (stored_size, epoch) = self.create_or_lock_ring(&mut tx)?;
+        let read = self.read_for_absorb(&mut tx, me)?;
+        let mut taken = vec![false; stored_size as usize];
+        for (p, _) in &read.vnodes {
+            if let Some(t) = taken.get_mut(*p as usize) {
+                *t = true;
+            }
+        }
+        let mut live: Vec<&str> = read.live_ids.iter().map(String::as_str).collect();
+        let mut accepted: Vec<(&Request, Vec<u32>)> = Vec::new();
+        let mut refused: Vec<(&Request, Refusal)> = Vec::new();
+        for req in &read.requests {
+            let refusal = if !read.older.is_empty() {
+                Some(Refusal::Protocol(read.older.clone()))
+            } else if req.ring_size != stored_size {
+                Some(Refusal::RingSize(stored_size))
+            } else if live.contains(&req.node_id.as_str()) {
+                Some(Refusal::NodeId)
+            } else {
+                match choose_positions(&req.node_id, req.vnode_count, stored_size, |p| {
+                    taken[p as usize]
+                }) {
+                    Some(ps) => {
+                        for p in &ps {
+                            taken[*p as usize] = true;
+                        }
+                        live.push(&req.node_id);
+                        accepted.push((req, ps));
+                        None
+                    }
+                    None => Some(Refusal::RingFull(taken.iter().filter(|t| !**t).count())),
+                }
+            };
+            if let Some(r) = refusal {
+                refused.push((req, r));
+            }
+        }
+        let last = epoch
+            + if accepted.is_empty() {
+                u64::from(!read.removed.is_empty())
+            } else {
+                accepted.len() as u64
+            };
+        self.insert_absorbed(&mut tx, epoch, last, &accepted, &refused, &read)?;
+        tx.commit().map_err(|e| Error::db("commit the join", e))?;
+        if accepted.len() + refused.len() > 1 {
+            log::debug!(target: "leasering",
+                "node {}: absorbed {} join requests ({} refused) into epochs {}..={last}",
+                self.node_id, accepted.len() + refused.len(), refused.len(), epoch + 1);
+        }
+        if let Some((_, r)) = refused.iter().find(|(q, _)| q.incarnation == me) {
+            return Ok(Outcome::Refused(self.refusal_error(&r.code())));
+        }
+        let mine = accepted.iter().any(|(q, _)| q.incarnation == me);
+        if !mine && !read.already_member {
+            return Ok(Outcome::Gone);
+        }
+        let mut pairs: Vnodes = read.vnodes;
+        for (q, ps) in &accepted {
+            pairs.extend(ps.iter().map(|p| (*p, q.node_id.clone())));
+        }
+        Ok(Outcome::Joined(self.joined_from(
+            last,
+            &pairs,
+            read.removed,
+            me,
+        )))
+    }
+
+    /// The `Joined` of this member from the ring's vnodes at `epoch`.
+    fn joined_from(&self, epoch: u64, pairs: &Vnodes, removed: Vec<String>, me: i64) -> Joined {
+        let view = RingView::build(
+            epoch,
+            self.ring_size,
+            pairs.iter().map(|(p, n)| (*p, n.as_str())),
+        );
+        let mut positions: Vec<u32> = pairs
+            .iter()
+            .filter(|(_, n)| *n == self.node_id)
+            .map(|(p, _)| *p)
+            .collect();
+        positions.sort_unstable();
+        Joined {
+            view,
+            positions,
+            removed,
+            incarnation: me,
+        }
+    }
+
+    /// Creates the ring row — and a free claim row for each partition — or
+    /// locks the existing one; returns its stored size and epoch. `DO
+    /// UPDATE` (a no-op) rather than `DO NOTHING`: it locks the row and
+    /// returns it, so this is one statement.
+    fn create_or_lock_ring(&self, tx: &mut Tx<'_>) -> Result<(u32, u64)> {
+        let s = &self.s;
+        let size = self.ring_size as i32;
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "WITH up AS (INSERT INTO {s}.rings AS r (ring_id, ring_size) VALUES ($1, $2)
+                                 ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
+                                 RETURNING r.ring_size, r.epoch, (r.xmax = 0) AS created),
+                          cl AS (INSERT INTO {s}.claims (ring_id, partition, token)
+                                 SELECT $1, g, 0 FROM up, generate_series(0, up.ring_size - 1) g
+                                 WHERE up.created
+                                 ON CONFLICT (ring_id, partition) DO NOTHING)
+                     SELECT ring_size, epoch FROM up"
+                ),
+                &[(&self.ring_id, Type::TEXT), (&size, Type::INT4)],
+            )
+            .map_err(|e| Error::db("lock the ring", e))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
+        Ok((row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64))
+    }
+
+    /// One snapshot, taken after the lock: removes the expired members
+    /// (their deletion is not visible to the rest of the statement, hence
+    /// `expires_at > now()` and the filter below) and takes the pending
+    /// requests (dropping expired ones and refusals nobody read); reads the
+    /// live members that hold a requested node id, the live members of
+    /// protocol version 1, the vnodes, and whether this member is one
+    /// already (absorbed by an earlier holder).
+    fn read_for_absorb(&self, tx: &mut Tx<'_>, me: i64) -> Result<AbsorbRead> {
+        let s = &self.s;
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now()
+                                   RETURNING node_id, incarnation),
+                          req AS (DELETE FROM {s}.join_requests
+                                  WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= now())
+                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms,
+                                            refused IS NULL AND expires_at > now() AS live)
+                     SELECT 0, node_id, 0, incarnation, 0::float8 FROM gone
+                     UNION ALL
+                     SELECT 1, m.node_id, 0, 0, 0 FROM {s}.members m
+                      WHERE m.ring_id = $1 AND m.expires_at > now() AND m.node_id IN (SELECT node_id FROM req)
+                     UNION ALL
+                     SELECT 2, node_id, position, 0, 0 FROM {s}.vnodes WHERE ring_id = $1
+                     UNION ALL
+                     SELECT 3, node_id, 0, 0, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > now()
+                     UNION ALL
+                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms FROM req WHERE live
+                     UNION ALL
+                     SELECT 5, node_id, ring_size, incarnation, 0 FROM req WHERE live
+                     UNION ALL
+                     SELECT 6, node_id, 0, incarnation, 0 FROM {s}.members WHERE incarnation = $2"
+                ),
+                &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
+            )
+            .map_err(|e| Error::db("read the ring and its join requests", e))?;
+        let mut read = AbsorbRead::default();
+        let mut sizes: Vec<(i64, u32)> = Vec::new();
+        let mut gone: Vec<i64> = Vec::new();
+        for r in &rows {
+            match r.get::<_, i32>(0) {
+                0 => {
+                    read.removed.push(r.get(1));
+                    gone.push(r.get(3));
+                }
+                1 => read.live_ids.push(r.get(1)),
+                2 => read.vnodes.push((r.get::<_, i32>(2) as u32, r.get(1))),
+                3 => read.older.push(r.get(1)),
+                4 => read.requests.push(Request {
+                    incarnation: r.get(3),
+                    node_id: r.get(1),
+                    vnode_count: r.get::<_, i32>(2) as u32,
+                    ring_size: 0,
+                    ttl_ms: r.get(4),
+                }),
+                5 => sizes.push((r.get(3), r.get::<_, i32>(2) as u32)),
+                6 => read.already_member = true,
+                _ => {}
+            }
+        }
+        for q in &mut read.requests {
+            q.ring_size = sizes
+                .iter()
+                .find(|(i, _)| *i == q.incarnation)
+                .map_or(0, |(_, n)| *n);
+        }
+        // First come, first placed: a fixed order (by node id) so that two
+        // requests for one id are decided the same way by any holder.
+        read.requests.sort_by(|a, b| {
+            a.node_id
+                .cmp(&b.node_id)
+                .then(a.incarnation.cmp(&b.incarnation))
+        });
+        read.vnodes.retain(|(_, n)| !read.removed.contains(n));
+        read.gone = gone;
+        Ok(read)
+    }
+
+    /// Inserts the accepted members and their vnodes, records their
+    /// changes (epochs `epoch + 1 ..= last`; the first also removes the
+    /// expired members and frees their claims), and stores the refusals,
+    /// in one statement.
+    fn insert_absorbed(
+        &self,
+        tx: &mut Tx<'_>,
+        epoch: u64,
+        last: u64,
+        accepted: &[(&Request, Vec<u32>)],
+        refused: &[(&Request, Refusal)],
+        read: &AbsorbRead,
+    ) -> Result<()> {
+        if last == epoch && refused.is_empty() {
+            return Ok(());
+        }
+        let s = &self.s;
+        let names: Vec<&str> = accepted.iter().map(|(q, _)| q.node_id.as_str()).collect();
+        let vcs: Vec<i32> = accepted.iter().map(|(q, _)| q.vnode_count as i32).collect();
+        let ttls: Vec<f64> = accepted.iter().map(|(q, _)| q.ttl_ms).collect();
+        let incs: Vec<i64> = accepted.iter().map(|(q, _)| q.incarnation).collect();
+        let (mut vps, mut vns, mut vis) = (Vec::new(), Vec::new(), Vec::new());
+        for (q, ps) in accepted {
+            for (i, p) in ps.iter().enumerate() {
+                vps.push(*p as i32);
+                vns.push(q.node_id.as_str());
+                vis.push(i as i32);
+            }
+        }
+        let rincs: Vec<i64> = refused.iter().map(|(q, _)| q.incarnation).collect();
+        let rns: Vec<&str> = refused.iter().map(|(q, _)| q.node_id.as_str()).collect();
+        let rwhy: Vec<String> = refused.iter().map(|(_, r)| r.code()).collect();
+        let acked = pg_i64(last);
+        let mut params: Vec<Param<'_>> = vec![
+            (&self.ring_id, Type::TEXT),
+            (&names, Type::TEXT_ARRAY),
+            (&vcs, Type::INT4_ARRAY),
+            (&ttls, Type::FLOAT8_ARRAY),
+            (&incs, Type::INT8_ARRAY),
+            (&acked, Type::INT8),
+            (&vps, Type::INT4_ARRAY),
+            (&vns, Type::TEXT_ARRAY),
+            (&vis, Type::INT4_ARRAY),
+            (&rincs, Type::INT8_ARRAY),
+            (&rns, Type::TEXT_ARRAY),
+            (&rwhy, Type::TEXT_ARRAY),
+        ];
+        let added: Vec<(&str, &[u32])> = accepted
+            .iter()
+            .map(|(q, ps)| (q.node_id.as_str(), ps.as_slice()))
+            .collect();
+        let set = ChangeSet {
+            first_epoch: epoch + 1,
+            removed: &read.removed,
+            freeing: &read.gone,
+            added: &added,
+        };
+        let mut values = RecordValues::default();
+        let tail = if last > epoch {
+            let (tail, record) = self.record_changes(&set, params.len() + 1, &mut values);
+            params.extend(record);
+            tail
+        } else {
+            "none AS (SELECT 1) SELECT 0::bigint".to_string()
+        };
+        tx.query_typed(
+            &format!(
+                "WITH mem AS (INSERT INTO {s}.members
+                                (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
+                              SELECT $1, a.n, a.vc, $6, now() + a.ttl * interval '1 millisecond', a.inc, 2
+                              FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[]) AS a(n, vc, ttl, inc)),
+                      vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
+                             SELECT $1, v.p, v.n, v.i FROM unnest($7::int4[], $8::text[], $9::int4[]) AS v(p, n, i)),
+                      ref AS (INSERT INTO {s}.join_requests
+                                (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at, refused)
+                              SELECT r.inc, $1, r.n, 0, 0, 0, now() + interval '1 minute', r.why
+                              FROM unnest($10::int8[], $11::text[], $12::text[]) AS r(inc, n, why)),
+                      {tail}"
+            ),
+            &params,
+        )
+        .map_err(|e| Error::db("insert the joining members", e))?;
+        Ok(())
+    }
+
+    /// What became of request `me`, in one statement (one snapshot):
+    /// absorbed (then the ring's epoch and vnodes), refused (the refusal is
+    /// read and deleted), pending, or gone.
+    fn join_outcome(&self, client: &mut Client, me: i64) -> Result<Outcome> {
+        let s = &self.s;
+        let rows = client
+            .query_typed(
+                &format!(
+                    "WITH q AS (DELETE FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NOT NULL
+                                RETURNING refused),
+                          m AS (SELECT 1 FROM {s}.members WHERE incarnation = $2)
+                     SELECT 0, r.epoch, NULL::text, 0 FROM {s}.rings r WHERE r.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
+                     UNION ALL
+                     SELECT 1, 0, v.node_id, v.position FROM {s}.vnodes v WHERE v.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
+                     UNION ALL
+                     SELECT 2, 0, q.refused, 0 FROM q
+                     UNION ALL
+                     SELECT 3, 0, NULL, 0 FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL"
+                ),
+                &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
+            )
+            .map_err(|e| Error::db("look up the join request", e))?;
+        let mut epoch = None;
+        let mut pairs: Vnodes = Vec::new();
+        for r in &rows {
+            match r.get::<_, i32>(0) {
+                0 => epoch = Some(r.get::<_, i64>(1) as u64),
+                1 => pairs.push((r.get::<_, i32>(3) as u32, r.get(2))),
+                2 => return Ok(Outcome::Refused(self.refusal_error(&r.get::<_, String>(2)))),
+                3 => return Ok(Outcome::Pending),
+                _ => {}
+            }
+        }
+        Ok(match epoch {
+            Some(e) => Outcome::Joined(self.joined_from(e, &pairs, Vec::new(), me)),
+            None => Outcome::Gone,
+        })
+    }
+
+    /// The typed error of a refusal code (see [`Refusal::code`]).
+    fn refusal_error(&self, code: &str) -> Error {
+        let (kind, arg) = code.split_once(':').unwrap_or((code, ""));
+        match kind {
+            "node_id" => Error::node_id_in_use(&self.node_id, &self.ring_id),
+            "ring_size" => {
+                Error::ring_size_mismatch(&self.ring_id, arg.parse().unwrap_or(0), self.ring_size)
+            }
+            "protocol" => Error::protocol_mismatch(
+                &self.ring_id,
+                arg.split(',').map(str::to_string).collect(),
+            ),
+            _ => Error::new(
+                ErrorKind::RingFull,
+                format!(
+                    "ring {:?} has {arg} free positions, node {:?} needs vnode_count {}",
+                    self.ring_id, self.node_id, self.vnode_count
+                ),
+            ),
+        }
+    }
+}
+
+/// What the absorber read under the lock.
+#[derive(Default)]
+struct AbsorbRead {
+    /// Expired members removed, and their incarnations.
+    removed: Vec<String>,
+    gone: Vec<i64>,
+    /// Live members holding a requested node id.
+    live_ids: Vec<String>,
+    /// Live members of protocol version 1.
+    older: Vec<String>,
+    /// The remaining members' vnodes.
+    vnodes: Vnodes,
+    /// The live requests, in placement order.
+    requests: Vec<Request>,
+    /// Whether this member's incarnation is a member already.
+    already_member: bool,
+}
