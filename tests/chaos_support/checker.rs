@@ -338,6 +338,7 @@ mod tests {
             reason: "Handoff".into(),
             epoch: 0,
             parts: parts.to_vec(),
+            drain: false,
         }
     }
 
