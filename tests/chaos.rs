@@ -4,15 +4,28 @@
 //! A private PostgreSQL; members are separate processes (the
 //! `leasering-member` bin, `tests/bin/member.rs`), each with its database
 //! connections through its own TCP proxy, each logging its ownership events
-//! and its fenced writes on CLOCK_MONOTONIC. Faults are drawn from a seeded generator and injected
+//! and its fenced writes on CLOCK_MONOTONIC. Every member runs the drain
+//! workload (`leasering_testkit::worker`): drained handoffs on, units of
+//! user work of 20–200 ms on the partitions it owns, each handoff held back
+//! until the unit in progress has ended, every unit logged. Faults are drawn
+//! from a seeded generator and injected
 //! one after the other, the ring settling in between: `kill -9` (and a
 //! replacement), `SIGSTOP` for 0.5–3 × TTL, graceful restart, join bursts
 //! (with or without a member paused meanwhile, or a newcomer stalled the
-//! moment it acquires), cut, refused, stalled (mostly longer than the TTL)
+//! moment it acquires), a join or a graceful leave completed while another
+//! member is frozen (`SIGSTOP`, thawed 0.8–2.5 × TTL later: the others'
+//! partitions must not wait for it, guarantee 5), cut, refused, stalled
+//! (mostly longer than the TTL)
 //! or slow links of one member, PostgreSQL stopped (fast, immediate, killed) and
 //! started again, PostgreSQL restarted under the members. Then every member
 //! stops and the checker (`chaos_support::checker`, on the testkit's oracle)
-//! judges the logs.
+//! judges the logs — user work included: no two members' units on one
+//! partition may intersect while both leases ran.
+//!
+//! A second test, `undrained_handoffs_are_caught`, runs the same harness
+//! briefly with the mutation that drops every drain guard at once while the
+//! work goes on, and requires the checker to find user overlaps: the
+//! mechanism matters, and the checker can see it fail.
 //!
 //! * `cargo test` runs about a minute (`LEASERING_CHAOS_SECS`, default 60;
 //!   the first round always injects every kind of fault once).
@@ -24,16 +37,17 @@
 //!   `faults.log` listing each fault and its worst uncovered partition;
 //!   `LEASERING_CHAOS_KINDS=stall,pause` restricts the kinds of fault.
 //!
-//! The last line is the summary:
-//! `chaos: transitions=<n> overlaps=<n> token_regressions=<n> stale_writes=<n> max_uncovered_ms=<n> faults=<n> leaked_rows=<n>`.
+//! The run's last line is the summary (the mutation test's starts with
+//! `chaos-undrained:` instead):
+//! `chaos: transitions=<n> overlaps=<n> user_overlaps=<n> token_regressions=<n> stale_writes=<n> max_uncovered_ms=<n> faults=<n> leaked_rows=<n>`.
 
 mod chaos_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chaos_support::checker::{check, FaultSpan, Input, Report};
-use chaos_support::cluster::{mono_now, Cluster, Settings};
+use chaos_support::checker::{check, FaultSpan, Input, IsolationSpan, Report};
+use chaos_support::cluster::{mono_now, Cluster, Settings, WorkLoad};
 use leasering_testkit::rng::{fresh_seed, Rng};
 use leasering_testkit::{unique_name, ProxyMode};
 
@@ -46,6 +60,16 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// No new fault is started later than this before the end of the budget.
 const LONGEST_FAULT: Duration = Duration::from_secs(15);
+/// Graceful changes (and, while a member is frozen, those that do not
+/// involve it) are covered again within this.
+const GRACEFUL_BOUND: Duration = Duration::from_secs(1);
+/// After a change made while a member is frozen, it stays frozen at least
+/// this long: the others' handoffs complete (or not) while it is.
+const FROZEN_AFTER_CHANGE: Duration = Duration::from_millis(1500);
+
+/// One chaos run at a time in this test binary: two at once would load the
+/// machine and each other's timing bounds.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -62,9 +86,11 @@ enum Kind {
     DbStopImmediate,
     DbKill,
     DbRestart,
+    JoinWhileFrozen,
+    LeaveWhileFrozen,
 }
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 15] = [
     Kind::Kill,
     Kind::Pause,
     Kind::Restart,
@@ -78,6 +104,8 @@ const KINDS: [Kind; 13] = [
     Kind::DbStopImmediate,
     Kind::DbKill,
     Kind::DbRestart,
+    Kind::JoinWhileFrozen,
+    Kind::LeaveWhileFrozen,
 ];
 
 impl Kind {
@@ -96,17 +124,29 @@ impl Kind {
             Kind::DbStopImmediate => "db_stop_immediate",
             Kind::DbKill => "db_kill",
             Kind::DbRestart => "db_restart",
+            Kind::JoinWhileFrozen => "join_while_frozen",
+            Kind::LeaveWhileFrozen => "leave_while_frozen",
         }
     }
 
     /// Graceful changes must be covered again within 1 s; crashes, pauses,
-    /// link faults and database outages within TTL + 1 s.
+    /// link faults and database outages within TTL + 1 s (a frozen
+    /// member's own partitions too; the others' are judged apart, against
+    /// the graceful bound).
     fn bound(self, ttl: Duration) -> Duration {
         match self {
-            Kind::Restart | Kind::JoinBurst => Duration::from_secs(1),
-            _ => ttl + Duration::from_secs(1),
+            Kind::Restart | Kind::JoinBurst => GRACEFUL_BOUND,
+            _ => ttl + GRACEFUL_BOUND,
         }
     }
+}
+
+/// A change made while a member was frozen: from `from` to `to` (its thaw)
+/// every partition but `exempt` must stay within the graceful bound.
+struct Isolation {
+    from: u64,
+    to: u64,
+    exempt: Vec<u32>,
 }
 
 struct Fault {
@@ -118,6 +158,7 @@ struct Fault {
     /// the moment the database accepted connections again (while it is down
     /// nobody can hold a lease, by design).
     from: u64,
+    isolation: Option<Isolation>,
 }
 
 struct Chaos {
@@ -160,6 +201,24 @@ impl Chaos {
         self.cluster.members[i].name.clone()
     }
 
+    fn names(&self, idx: &[usize]) -> String {
+        idx.iter()
+            .map(|&i| self.name(i))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Keeps member `v` frozen until `d` after `frozen` and at least
+    /// [`FROZEN_AFTER_CHANGE`] from now, then thaws it; returns the instant
+    /// of the thaw.
+    fn thaw_later(&mut self, v: usize, frozen: Instant, d: Duration) -> u64 {
+        let rest = d.saturating_sub(frozen.elapsed()).max(FROZEN_AFTER_CHANGE);
+        self.sleep(rest);
+        let t = mono_now();
+        self.cluster.resume(v);
+        t
+    }
+
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
@@ -169,6 +228,7 @@ impl Chaos {
     fn inject(&mut self, kind: Kind) -> Result<Fault, String> {
         let start = mono_now();
         let mut from = start;
+        let mut isolation = None;
         let label;
         match kind {
             Kind::Kill => {
@@ -241,6 +301,95 @@ impl Chaos {
                         .map(|&i| self.name(i))
                         .collect::<Vec<_>>()
                         .join(" ")
+                );
+            }
+            Kind::JoinWhileFrozen => {
+                // Unlike pause_during_join, the join completes while the
+                // member is frozen, and the partitions it does not hold
+                // are judged on their own: they must not wait for it.
+                let v = self.victim();
+                let d = self.ttl_times(0.8, 2.5);
+                let exempt = self.cluster.owned_of(v);
+                let frozen = Instant::now();
+                let frozen_at = mono_now();
+                self.cluster.pause(v);
+                let id = self.cluster.fresh_node_id();
+                let r = self.cluster.spawn(&id);
+                self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
+                let thawed = self.thaw_later(v, frozen, d);
+                isolation = Some(Isolation {
+                    from: frozen_at,
+                    to: thawed,
+                    exempt,
+                });
+                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
+                let leave = self.some_members(1);
+                self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
+                label = format!(
+                    "{} joined while {} was stopped for {}, then {} left",
+                    self.name(r),
+                    self.name(v),
+                    secs(Duration::from_nanos(thawed - frozen_at)),
+                    self.names(&leave)
+                );
+            }
+            Kind::LeaveWhileFrozen => {
+                // The frozen member, the leaver, and someone to take over.
+                while self.cluster.live().len() < 3 {
+                    self.cluster.spawn_fresh(1, STEP_TIMEOUT)?;
+                    self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
+                }
+                let v = self.victim();
+                let others: Vec<usize> = self
+                    .cluster
+                    .live()
+                    .into_iter()
+                    .filter(|&i| i != v && !self.cluster.members[i].paused)
+                    .collect();
+                let l = others[self.rng.below(others.len() as u64) as usize];
+                let d = self.ttl_times(0.8, 2.5);
+                // Left out of the judgement: what the frozen member holds,
+                // and what the leave gives it (nobody else may take those
+                // before its lease ends) — the ring without the leaver, as
+                // the library builds it from the vnodes.
+                let mut exempt = self.cluster.owned_of(v);
+                let (vn, ln) = (
+                    self.cluster.members[v].node_id.clone(),
+                    self.cluster.members[l].node_id.clone(),
+                );
+                let vnodes = self.cluster.vnodes()?;
+                let after = leasering::RingView::build(
+                    0,
+                    self.cluster.settings.ring_size,
+                    vnodes
+                        .iter()
+                        .filter(|(_, n)| *n != ln)
+                        .map(|(p, n)| (*p, n.as_str())),
+                );
+                exempt.extend(
+                    self.cluster
+                        .owned_of(l)
+                        .into_iter()
+                        .filter(|&p| after.owner_of(p) == Some(vn.as_str())),
+                );
+                exempt.sort_unstable();
+                let frozen = Instant::now();
+                let frozen_at = mono_now();
+                self.cluster.pause(v);
+                self.cluster.stop_many(&[l], STOP_TIMEOUT)?;
+                let thawed = self.thaw_later(v, frozen, d);
+                isolation = Some(Isolation {
+                    from: frozen_at,
+                    to: thawed,
+                    exempt,
+                });
+                let r = self.cluster.spawn_fresh(1, STEP_TIMEOUT)?;
+                label = format!(
+                    "{} left while {} was stopped for {}, then {} joined",
+                    self.name(l),
+                    self.name(v),
+                    secs(Duration::from_nanos(thawed - frozen_at)),
+                    self.names(&r)
                 );
             }
             Kind::StallAfterJoin => {
@@ -364,6 +513,7 @@ impl Chaos {
             label,
             start,
             from,
+            isolation,
         })
     }
 }
@@ -405,15 +555,63 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-#[test]
-fn chaos() {
-    let budget = Duration::from_secs(env_u64("LEASERING_CHAOS_SECS").unwrap_or(60));
-    let seed = env_u64("LEASERING_CHAOS_SEED").unwrap_or_else(fresh_seed);
-    let ttl = Duration::from_millis(env_u64("LEASERING_CHAOS_TTL_MS").unwrap_or(2000));
-    let keep = std::env::var("LEASERING_CHAOS_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
-    let dir = std::env::temp_dir().join(unique_name("chaos"));
+/// What a chaos run does.
+struct Plan {
+    /// Printed first, names the run's log directory.
+    name: &'static str,
+    budget: Duration,
+    seed: u64,
+    ttl: Duration,
+    kinds: Vec<Kind>,
+    work: WorkLoad,
+}
+
+/// What a chaos run found.
+struct Outcome {
+    report: Report,
+    /// Why the run failed, apart from the report's violations.
+    failures: Vec<String>,
+    /// Kinds of fault injected.
+    injected: std::collections::BTreeSet<Kind>,
+    dir: std::path::PathBuf,
+}
+
+impl Outcome {
+    /// Deletes the logs unless `keep`; else says where they are.
+    fn tidy(&self, keep: bool) {
+        if !keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The drain workload of a run: units of 20–200 ms in 4 lanes; the drain
+/// timeout far above a unit (the lease bounds a drain anyway).
+fn workload(ttl: Duration) -> WorkLoad {
+    WorkLoad {
+        drain: ttl * 2,
+        unit_ms: (20, 200),
+        lanes: 4,
+        drop_guards: false,
+    }
+}
+
+/// Runs a cluster through the plan's faults — every kind once (in a seeded
+/// order), then at random until the budget is spent — stops it, and judges
+/// the logs.
+fn run_chaos(plan: Plan) -> Outcome {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let Plan {
+        name,
+        budget,
+        seed,
+        ttl,
+        kinds,
+        work,
+    } = plan;
+    let dir = std::env::temp_dir().join(unique_name(name));
     println!(
-        "chaos-run: seed={seed} secs={} ttl_ms={} logs={} load={} (replay with LEASERING_CHAOS_SEED={seed})",
+        "{name}-run: seed={seed} secs={} ttl_ms={} logs={} load={} (replay with LEASERING_CHAOS_SEED={seed})",
         budget.as_secs(),
         ttl.as_millis(),
         dir.display(),
@@ -426,6 +624,7 @@ fn chaos() {
         seed,
         write_every_ms: 25,
         write_sample: 16,
+        work: Some(work),
     };
     let cluster = Cluster::start(settings.clone(), dir.clone());
     let mut chaos = Chaos {
@@ -446,9 +645,6 @@ fn chaos() {
         failures.push(format!("the ring did not form: {e}"));
     }
 
-    // Faults: first every kind once (in a seeded order), then at random
-    // until the budget is spent.
-    let kinds = selected_kinds();
     let mut first_round = kinds.clone();
     chaos.rng.shuffle(&mut first_round);
     while failures.is_empty() {
@@ -525,33 +721,85 @@ fn chaos() {
             bound_ms: f.kind.bound(ttl).as_millis() as u64,
         })
         .collect();
+    let isolation: Vec<IsolationSpan> = chaos
+        .faults
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let iso = f.isolation.as_ref()?;
+            Some(IsolationSpan {
+                kind: f.kind.name().to_string(),
+                label: format!("#{} {}", i + 1, f.label),
+                from: iso.from,
+                to: iso.to,
+                bound_ms: GRACEFUL_BOUND.as_millis() as u64,
+                exempt: iso.exempt.clone(),
+            })
+        })
+        .collect();
     let input = Input {
         ring_size: settings.ring_size,
         runs,
         faults: spans,
+        isolation,
         sink_anomalies,
         leaked_rows,
         notes,
     };
     let report = check(&input);
     print_details(&report, &chaos, &shown);
-    println!("{}", report.summary_line());
+    // Only the real run's summary starts with `chaos:` (what tools grep for).
+    println!(
+        "{}",
+        report
+            .summary_line()
+            .replacen("chaos:", &format!("{name}:"), 1)
+    );
+    let injected = chaos.faults.iter().map(|f| f.kind).collect();
+    // Tear everything down before judging, so nothing is left behind even
+    // when an assertion fails.
+    drop(chaos);
+    Outcome {
+        report,
+        failures,
+        injected,
+        dir,
+    }
+}
 
-    let injected: std::collections::BTreeSet<Kind> = chaos.faults.iter().map(|f| f.kind).collect();
-    if failures.is_empty() && injected.len() < kinds.len().min(5) {
+#[test]
+fn chaos() {
+    let budget = Duration::from_secs(env_u64("LEASERING_CHAOS_SECS").unwrap_or(60));
+    let seed = env_u64("LEASERING_CHAOS_SEED").unwrap_or_else(fresh_seed);
+    let ttl = Duration::from_millis(env_u64("LEASERING_CHAOS_TTL_MS").unwrap_or(2000));
+    let keep = std::env::var("LEASERING_CHAOS_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
+    let kinds = selected_kinds();
+    let out = run_chaos(Plan {
+        name: "chaos",
+        budget,
+        seed,
+        ttl,
+        kinds: kinds.clone(),
+        work: workload(ttl),
+    });
+    let mut failures = out.failures.clone();
+    if failures.is_empty() && out.injected.len() < kinds.len().min(5) {
         failures.push(format!(
             "only {} kinds of fault were injected",
-            injected.len()
+            out.injected.len()
+        ));
+    }
+    let report = &out.report;
+    // A workload that silently did nothing would pass every check on work.
+    if failures.is_empty() && report.drained_handoffs == 0 {
+        failures.push(format!(
+            "no handoff found user work to wait for ({} units, {} handoffs): the drain workload did not run",
+            report.work_units, report.work_handoffs
         ));
     }
     failures.extend(report.violations());
-    // Tear everything down before judging, so nothing is left behind even
-    // when the assertion fails.
-    drop(chaos);
     if failures.is_empty() {
-        if !keep {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        out.tidy(keep);
     } else {
         let examples = if report.examples.is_empty() {
             String::new()
@@ -560,11 +808,55 @@ fn chaos() {
         };
         panic!(
             "chaos run failed (seed {seed}, replay with LEASERING_CHAOS_SEED={seed}; logs kept in {}):\n  {}{examples}\n{}",
-            dir.display(),
+            out.dir.display(),
             failures.join("\n  "),
             report.summary_line()
         );
     }
+}
+
+/// The mutation that proves the drain matters, and that the checker sees
+/// it fail: members drop every drain guard the moment it arrives while
+/// their units of work go on. Graceful changes only (a few joins and
+/// leaves, a restart, a leave while a member is frozen): everything else
+/// must stay clean — ownership never overlaps, tokens rise — but the next
+/// owners start while the old owners' work still runs.
+#[test]
+fn undrained_handoffs_are_caught() {
+    let seed = env_u64("LEASERING_CHAOS_SEED").unwrap_or_else(fresh_seed);
+    let ttl = Duration::from_millis(2000);
+    let out = run_chaos(Plan {
+        name: "chaos-undrained",
+        // The first round only: each kind once.
+        budget: Duration::ZERO,
+        seed,
+        ttl,
+        kinds: vec![Kind::JoinBurst, Kind::Restart, Kind::LeaveWhileFrozen],
+        work: WorkLoad {
+            drop_guards: true,
+            ..workload(ttl)
+        },
+    });
+    let r = &out.report;
+    let others: Vec<String> = r
+        .violations()
+        .into_iter()
+        .filter(|v| !v.ends_with("user-work overlaps"))
+        .collect();
+    let ok = out.failures.is_empty() && others.is_empty() && r.user_overlaps > 0;
+    if ok {
+        out.tidy(false);
+    }
+    assert!(
+        ok,
+        "with the drain guards dropped at once, the checker must find user overlaps and nothing else \
+         (seed {seed}, logs in {}): user_overlaps={}, failures {:?}, other violations {:?}\n{}",
+        out.dir.display(),
+        r.user_overlaps,
+        out.failures,
+        others,
+        r.summary_line()
+    );
 }
 
 /// The machine's load averages (1, 5, 15 min): timing bounds are judged
@@ -588,6 +880,17 @@ fn note(dir: &std::path::Path, line: &str) {
     }
 }
 
+/// Appends a line to `faults.log` only.
+fn note_quietly(dir: &std::path::Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("faults.log"))
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
     // Every fault's worst uncovered partition goes to faults.log; the three
     // closest to their bound are printed.
@@ -600,13 +903,7 @@ fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
             c.worst_ns as f64 / 1e6,
             c.bound_ms
         );
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("faults.log"))
-        {
-            use std::io::Write;
-            let _ = writeln!(f, "{line}");
-        }
+        note_quietly(dir, &line);
     }
     let mut closest: Vec<_> = report.coverage.iter().collect();
     closest.sort_by(|a, b| {
@@ -635,6 +932,27 @@ fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
             worst as f64 / 1e6
         );
     }
+    // The partitions a frozen member did not hold, fault by fault.
+    for c in &report.isolation {
+        let line = format!(
+            "chaos-isolation: {}: worst partition {} uncovered {:.1} ms (bound {} ms)",
+            c.label,
+            c.partition,
+            c.worst_ns as f64 / 1e6,
+            c.bound_ms
+        );
+        println!("{line}");
+        note_quietly(dir, &line);
+    }
+    println!(
+        "chaos-work: units={} handoffs={} drained_handoffs={} work_cut={} fenced_overlaps={} user_overlaps={}",
+        report.work_units,
+        report.work_handoffs,
+        report.drained_handoffs,
+        report.work_cut,
+        report.fenced_overlaps,
+        report.user_overlaps
+    );
     for line in sink {
         println!("chaos-sink: {line}");
     }

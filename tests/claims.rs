@@ -9,12 +9,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use leasering::{DrainGuard, ErrorKind, Event, ReleaseReason, RingNode};
-use leasering_testkit::member_log::parse_events;
-use leasering_testkit::oracle::End;
+use leasering::{ErrorKind, Event, ReleaseReason, RingNode};
+use leasering_testkit::member_log::{parse_events, Ev};
+use leasering_testkit::oracle::{End, History};
+use leasering_testkit::worker::{Sink, WorkConfig, Worker};
 use leasering_testkit::{MemberArgs, MemberProcess, ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -197,134 +198,81 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     }
 }
 
-/// Work intervals of users on partitions, on one clock: (member, start, end).
-type Work = Arc<Mutex<BTreeMap<u32, Vec<(String, u64, u64)>>>>;
+/// Every member's records (ownership and units of work), with its node id,
+/// in the order each member's worker handed them over.
+type Log = Arc<Mutex<Vec<(String, Ev)>>>;
 
-/// A member whose worker does 200 ms units of work on every partition it
-/// owns, and holds the drain guard of a released partition until the unit
-/// in progress on it has ended.
-struct Worker {
+/// A member with the testkit's drain workload: 200 ms units of work on
+/// every partition it owns, each handoff held back with the drain guard
+/// until the unit in progress has ended.
+struct Working {
     node: RingNode,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    worker: Worker,
 }
 
-impl Worker {
-    fn start(
-        node: RingNode,
-        events: crossbeam_channel::Receiver<Event>,
-        work: Work,
-        unit: Duration,
-    ) -> Worker {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
-        let guards: Arc<Mutex<Vec<DrainGuard>>> = Arc::default();
-        let name = node.node_id().to_string();
-        let t_events = {
-            let guards = guards.clone();
-            std::thread::spawn(move || {
-                for ev in events {
-                    if let Event::Released { drain: Some(g), .. } = ev {
-                        guards.lock().unwrap().push(g);
-                    }
-                }
-            })
+impl Working {
+    fn start(b: leasering::Builder, log: &Log) -> Working {
+        let mut b = b;
+        let rx = b.subscribe();
+        let node = b.start().unwrap();
+        let sink: Sink = {
+            let (log, name) = (log.clone(), node.node_id().to_string());
+            Arc::new(move |ev| log.lock().unwrap().push((name.clone(), ev)))
         };
-        let t_work = {
-            let (node, stop, work) = (node.clone(), stop.clone(), work.clone());
-            std::thread::spawn(move || {
-                let clock = |at: Instant| leasering::monotonic_ns(at);
-                while !stop.load(Ordering::Relaxed) {
-                    // The guards released before this unit starts belong to
-                    // units that have ended: let them go.
-                    let done: Vec<DrainGuard> = std::mem::take(&mut *guards.lock().unwrap());
-                    drop(done);
-                    let start = clock(Instant::now());
-                    let batch: Vec<u32> = node.owned_partitions().iter().collect();
-                    std::thread::sleep(unit);
-                    let end = clock(Instant::now());
-                    let mut w = work.lock().unwrap();
-                    for p in batch {
-                        w.entry(p).or_default().push((name.clone(), start, end));
-                    }
-                }
-            })
+        let cfg = WorkConfig {
+            unit_min: Duration::from_millis(200),
+            unit_max: Duration::from_millis(200),
+            lanes: 1,
+            log_ownership: true,
+            ..WorkConfig::default()
         };
-        Worker {
-            node,
-            stop,
-            threads: vec![t_events, t_work],
-        }
+        let worker = Worker::start(node.clone(), rx, cfg, sink);
+        Working { node, worker }
     }
 
     fn stop(self) {
         // stop() waits for the drains: the worker still runs meanwhile,
         // finishing its unit and letting the guards go.
         let _ = self.node.stop();
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.worker.stop();
     }
 }
 
-/// Pairs of user work intervals of different members that overlap.
-fn work_overlaps(work: &Work) -> Vec<(u32, String, String)> {
-    let w = work.lock().unwrap();
-    let mut out = Vec::new();
-    for (p, ivs) in w.iter() {
-        let mut ivs = ivs.clone();
-        ivs.sort_by_key(|i| i.1);
-        for (k, a) in ivs.iter().enumerate() {
-            for b in ivs[k + 1..].iter().take_while(|b| b.1 <= a.2) {
-                if a.0 != b.0 {
-                    out.push((*p, a.0.clone(), b.0.clone()));
-                }
-            }
-        }
+/// The oracle's history of a log; every member has stopped.
+fn history_of(log: &Log) -> History {
+    let mut h = History::with_ring_size(64);
+    let mut runs: BTreeMap<String, leasering_testkit::oracle::RunId> = BTreeMap::new();
+    for (name, ev) in log.lock().unwrap().iter() {
+        let run = *runs.entry(name.clone()).or_insert_with(|| h.add_run(name));
+        h.logged(run, ev);
     }
-    out
-}
-
-fn handoffs(work: &Work) -> usize {
-    let w = work.lock().unwrap();
-    w.values()
-        .map(|ivs| {
-            let mut ivs = ivs.clone();
-            ivs.sort_by_key(|i| i.1);
-            ivs.windows(2).filter(|x| x[0].0 != x[1].0).count()
-        })
-        .sum()
+    let end = leasering_testkit::oracle::now();
+    for run in runs.values() {
+        h.end(*run, End::Exited(end));
+    }
+    h
 }
 
 #[test]
 fn drained_handoffs_never_overlap_user_work() {
     init_logs();
     let ring = ring_name("drain");
-    let work: Work = Arc::default();
-    let start = |n: &str, w: &Work| {
-        let mut b = builder(pool(4), &ring, n)
+    let log: Log = Arc::default();
+    let start = |n: &str, log: &Log| {
+        let b = builder(pool(4), &ring, n)
             .ring_size(64)
             .drain_timeout(Duration::from_secs(5));
-        let rx = b.subscribe();
-        Worker::start(
-            b.start().unwrap(),
-            rx,
-            w.clone(),
-            Duration::from_millis(200),
-        )
+        Working::start(b, log)
     };
-    let mut workers: Vec<Worker> = (0..3).map(|i| start(&format!("w{i}"), &work)).collect();
+    let mut workers: Vec<Working> = (0..3).map(|i| start(&format!("w{i}"), &log)).collect();
     wait_until(SETTLE, "3 members to settle", || {
         let nodes: Vec<RingNode> = workers.iter().map(|w| w.node.clone()).collect();
         covered_exactly_once(&nodes, 64) && settled(&nodes)
     });
     // Churn: members join and leave gracefully, one after the other; every
     // time, partitions move between members whose workers are mid-unit.
-    let mut next = 3;
-    for round in 0..8 {
-        let w = start(&format!("w{next}"), &work);
-        next += 1;
+    for (round, next) in (0..8).zip(3..) {
+        let w = start(&format!("w{next}"), &log);
         workers.push(w);
         std::thread::sleep(Duration::from_millis(300));
         let leaving = workers.remove(round % workers.len());
@@ -339,14 +287,34 @@ fn drained_handoffs_never_overlap_user_work() {
     for w in workers {
         w.stop();
     }
-    let n = handoffs(&work);
-    assert!(n >= 100, "only {n} handoffs of user work happened");
-    let overlaps = work_overlaps(&work);
+    let h = history_of(&log);
     assert!(
-        overlaps.is_empty(),
-        "{} user-work overlaps across {n} handoffs, first: {:?}",
-        overlaps.len(),
-        overlaps.first()
+        h.anomalies().is_empty(),
+        "{:?}",
+        &h.anomalies()[..h.anomalies().len().min(5)]
+    );
+    let v = h.judge_work(leasering_testkit::oracle::now());
+    assert!(
+        v.anomalies.is_empty(),
+        "{:?}",
+        &v.anomalies[..v.anomalies.len().min(5)]
+    );
+    assert!(
+        v.handoffs >= 100,
+        "only {} handoffs of user work happened",
+        v.handoffs
+    );
+    assert!(
+        v.drained > 0,
+        "no handoff found work in progress to wait for ({} handoffs)",
+        v.handoffs
+    );
+    assert!(
+        v.user_overlaps.is_empty(),
+        "{} user-work overlaps across {} handoffs, first: {:?}",
+        v.user_overlaps.len(),
+        v.handoffs,
+        v.user_overlaps.first()
     );
 }
 

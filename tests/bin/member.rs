@@ -10,8 +10,10 @@
 //! ```text
 //! <mono_ns> joined <epoch>
 //! <mono_ns> acquired <token> <epoch> <p,p,...>
-//! <mono_ns> released <reason> <epoch> <p,p,...>
+//! <mono_ns> released <reason> <epoch> <p,p,...>[ drain]
 //! <mono_ns> view <epoch> <members>
+//! <mono_ns> work-start <p,p,...>
+//! <mono_ns> work-end <p,p,...>[ cut]
 //! ```
 //!
 //! Usage:
@@ -19,7 +21,17 @@
 //! ```text
 //! leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]
 //!        [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]
+//!        [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards]
 //! ```
+//!
+//! `--drain-ms` turns drained handoffs on (`Builder::drain_timeout`).
+//! `--work=MIN-MAX` runs the drain workload (`leasering_testkit::worker`):
+//! units of user work of MIN..=MAX ms on the partitions it owns, in
+//! `--work-lanes` threads (default 4), their lengths drawn from
+//! `--work-seed`, each handoff held back with the drain guard until the unit
+//! in progress has ended, logged as the `work-start` / `work-end` lines
+//! above. `--work-drop-guards` is the mutation that drops every guard at
+//! once while the work goes on.
 //!
 //! With a fenced table (`partition int PRIMARY KEY, token bigint, node_id
 //! text, writes bigint`), it also writes, every `--write-every-ms` (default
@@ -45,27 +57,31 @@
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasering::{monotonic_ns, Event, RingNode};
+use leasering::{monotonic_ns, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
 // The testkit's files, shared with the tests that read these logs (the
-// parsers are unused here).
+// parsers are unused here) and with the in-process drain test (the worker).
 #[allow(dead_code)]
 #[path = "../../crates/leasering-testkit/src/member_log.rs"]
 mod member_log;
 #[allow(dead_code)]
 #[path = "../../crates/leasering-testkit/src/rng.rs"]
 mod rng;
+#[allow(dead_code)]
+#[path = "../../crates/leasering-testkit/src/worker.rs"]
+mod worker;
 
-use member_log::{Ev, WriteRec};
+use member_log::WriteRec;
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 const USAGE: &str = "usage: leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> \
-     [fenced-table] [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]";
+     [fenced-table] [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N] \
+     [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards]";
 
 /// Log records to standard error, filtered by `RUST_LOG` roughly as
 /// env_logger does: comma-separated `level` or `target=level` directives,
@@ -146,6 +162,35 @@ struct Options {
     writes: Option<String>,
     write_every: Duration,
     write_sample: usize,
+    drain: Option<Duration>,
+    /// The drain workload, if asked for.
+    work: Option<worker::WorkConfig>,
+}
+
+/// `MIN-MAX` in milliseconds.
+fn parse_range(name: &str, value: &str) -> Result<(Duration, Duration), String> {
+    let (lo, hi) = value
+        .split_once('-')
+        .ok_or_else(|| format!("bad value {value:?} for --{name}: MIN-MAX"))?;
+    let (lo, hi): (u64, u64) = (parse_flag(name, lo)?, parse_flag(name, hi)?);
+    if lo > hi {
+        return Err(format!("bad value {value:?} for --{name}: MIN above MAX"));
+    }
+    Ok((Duration::from_millis(lo), Duration::from_millis(hi)))
+}
+
+/// An event log written by two threads (the events and the work): one
+/// `write` per line under a lock, so lines never interleave.
+#[derive(Clone)]
+struct LogFile(Arc<Mutex<std::fs::File>>);
+
+impl LogFile {
+    fn line(&self, rec: &impl std::fmt::Display) -> std::io::Result<()> {
+        let text = format!("{rec}\n");
+        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(text.as_bytes())?;
+        f.flush()
+    }
 }
 
 fn parse_flag<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
@@ -162,16 +207,31 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         writes: None,
         write_every: Duration::from_millis(20),
         write_sample: 0,
+        drain: None,
+        work: None,
     };
+    let mut work = worker::WorkConfig::default();
+    let mut work_on = false;
     for a in std::env::args().skip(1) {
         let Some(flag) = a.strip_prefix("--") else {
             args.push(a);
             continue;
         };
+        if flag == "work-drop-guards" {
+            work.drop_guards_at_once = true;
+            continue;
+        }
         let (name, value) = flag
             .split_once('=')
             .ok_or_else(|| format!("{a}: {USAGE}"))?;
         match name {
+            "drain-ms" => opts.drain = Some(Duration::from_millis(parse_flag(name, value)?)),
+            "work" => {
+                (work.unit_min, work.unit_max) = parse_range(name, value)?;
+                work_on = true;
+            }
+            "work-lanes" => work.lanes = parse_flag(name, value)?,
+            "work-seed" => work.seed = parse_flag(name, value)?,
             "ring-size" => opts.ring_size = Some(parse_flag(name, value)?),
             "vnodes" => opts.vnodes = Some(parse_flag(name, value)?),
             "writes" => opts.writes = Some(value.to_string()),
@@ -179,6 +239,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "write-sample" => opts.write_sample = parse_flag(name, value)?,
             _ => return Err(format!("unknown flag {a}: {USAGE}").into()),
         }
+    }
+    if work_on {
+        opts.work = Some(work);
     }
     if args.len() < 6 {
         return Err(USAGE.into());
@@ -192,10 +255,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .max_size(5)
         .connection_timeout(Duration::from_secs(2))
         .build_unchecked(manager);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args[5])?;
+    let file = LogFile(Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args[5])?,
+    )));
     let mut builder = RingNode::builder(pool, args[1].clone())
         .node_id(args[2].clone())
         .lease_ttl(Duration::from_millis(ttl_ms))
@@ -207,51 +272,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = opts.vnodes {
         builder = builder.vnode_count(n);
     }
+    if let Some(d) = opts.drain {
+        builder = builder.drain_timeout(d);
+    }
     // Subscribed before start: the log misses nothing, the join and the
-    // first activation included.
+    // first activation included. The logger drops each event (and its copy
+    // of a drain guard) as soon as it is written; the worker has its own
+    // subscription, and holds its copies while its units run.
     let events = builder.subscribe();
+    let work_events = opts.work.as_ref().map(|_| builder.subscribe());
+    let log = file.clone();
     let logger = std::thread::spawn(move || -> std::io::Result<()> {
         for ev in events {
-            let line = match ev {
-                Event::Acquired {
-                    partitions,
-                    token,
-                    epoch,
-                    at,
-                    ..
-                } => Ev::Acquired {
-                    at: monotonic_ns(at),
-                    token,
-                    epoch,
-                    parts: partitions,
-                },
-                Event::Released {
-                    partitions,
-                    reason,
-                    epoch,
-                    at,
-                    ..
-                } => Ev::Released {
-                    at: monotonic_ns(at),
-                    reason: format!("{reason:?}"),
-                    epoch,
-                    parts: partitions,
-                },
-                Event::Joined { epoch, at, .. } => Ev::Joined {
-                    at: monotonic_ns(at),
-                    epoch,
-                },
-                Event::ViewChanged {
-                    epoch, members, at, ..
-                } => Ev::View {
-                    at: monotonic_ns(at),
-                    epoch,
-                    members: members as u32,
-                },
-                _ => continue,
-            };
-            writeln!(file, "{line}")?;
-            file.flush()?;
+            if let Some(rec) = worker::record_of(&ev) {
+                log.line(&rec)?;
+            }
         }
         Ok(())
     });
@@ -261,6 +296,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let _ = logger.join();
             return Err(e.into());
         }
+    };
+    let work = match (opts.work.clone(), work_events) {
+        (Some(cfg), Some(rx)) => {
+            let log = file.clone();
+            let sink: worker::Sink = Arc::new(move |rec| {
+                if let Err(e) = log.line(&rec) {
+                    log::error!("member: cannot log work: {e}");
+                }
+            });
+            Some(worker::Worker::start(node.clone(), rx, cfg, sink))
+        }
+        _ => None,
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let writer = match args.get(6).cloned() {
@@ -280,7 +327,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     stopping.store(true, Ordering::SeqCst);
+    // The worker runs on while the node stops: the stop waits for the
+    // drains, which end as the units in progress do.
     let result = node.stop();
+    if let Some(w) = work {
+        w.stop();
+    }
     drop(node);
     if let Some(w) = writer {
         let _ = w.join();

@@ -36,12 +36,28 @@
 //!   writes that fail test (b) are counted apart, as snapshot violations.
 //!   Both tests are sound: each flags only what the library's guarantees
 //!   exclude, with no slack on the shared clock.
+//! * **User overlaps** (the drain workload, guarantee 6): two members' units
+//!   of user work on one partition that intersect, judged by the oracle
+//!   (`History::judge_work`) on the `work-start` / `work-end` lines. Only
+//!   work under a running lease counts: a unit that went on past a
+//!   `LeaseExpired` / `Evicted` release of its partition (a member frozen
+//!   mid-unit, its lease ended, the next owner started) is protected by
+//!   tokens, not by the drain — such units are counted apart (`work_cut`),
+//!   and so are the overlaps they alone cause (`fenced_overlaps`), in the
+//!   detail line. Every other intersection — across a drained (graceful)
+//!   handoff, or of two owners outright — is a user overlap and fails the
+//!   run.
+//! * **Isolation of a frozen member** (guarantee 5): for a fault that
+//!   freezes a member while another joins or leaves, the longest gap of
+//!   every partition *except* those the frozen member holds (or is
+//!   assigned by the change) from the change to the thaw, against the
+//!   graceful bound: they must not wait for the frozen member.
 
 use std::collections::HashMap;
 
 use leasering_testkit::member_log::{Ev, WriteRec};
 pub use leasering_testkit::oracle::End;
-use leasering_testkit::oracle::{self, judge, History, Interval};
+use leasering_testkit::oracle::{self, judge, History, Interval, WorkOverlap};
 
 /// One member process and what it logged.
 #[derive(Debug, Clone)]
@@ -65,11 +81,26 @@ pub struct FaultSpan {
     pub bound_ms: u64,
 }
 
+/// A window in which a frozen member must delay nobody but its own
+/// partitions (guarantee 5): from a join or leave to the thaw.
+#[derive(Debug, Clone)]
+pub struct IsolationSpan {
+    pub kind: String,
+    pub label: String,
+    pub from: u64,
+    pub to: u64,
+    pub bound_ms: u64,
+    /// The partitions left out: those the frozen member held, or that the
+    /// change gave it.
+    pub exempt: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Input {
     pub ring_size: u32,
     pub runs: Vec<Run>,
     pub faults: Vec<FaultSpan>,
+    pub isolation: Vec<IsolationSpan>,
     /// Accepted writes against the sink's order, counted in the database.
     pub sink_anomalies: u64,
     /// Membership rows left after every member stopped.
@@ -93,6 +124,20 @@ pub struct Coverage {
 pub struct Report {
     pub transitions: u64,
     pub overlaps: u64,
+    /// Units of user work of two members on one partition intersecting
+    /// while both were under a running lease.
+    pub user_overlaps: u64,
+    /// ...intersecting only past a lease's end (tokens' business).
+    pub fenced_overlaps: u64,
+    /// Units of user work (per partition).
+    pub work_units: u64,
+    /// Units that went on past their member's lease (or were stopped by a
+    /// release that could not wait).
+    pub work_cut: u64,
+    /// Handoffs of user work between members, and those of them the drain
+    /// held back (the old unit ran past the release).
+    pub work_handoffs: u64,
+    pub drained_handoffs: u64,
     pub token_regressions: u64,
     pub stale_writes: u64,
     pub snapshot_violations: u64,
@@ -102,6 +147,8 @@ pub struct Report {
     pub writes_accepted: u64,
     pub writes_rejected: u64,
     pub coverage: Vec<Coverage>,
+    /// Per isolation span, the worst gap of the partitions judged.
+    pub isolation: Vec<Coverage>,
     pub anomalies: Vec<String>,
     /// The first few of each kind of violation, for the failure message.
     pub examples: Vec<String>,
@@ -117,9 +164,10 @@ impl Report {
     /// The one summary line of a run.
     pub fn summary_line(&self) -> String {
         format!(
-            "chaos: transitions={} overlaps={} token_regressions={} stale_writes={} max_uncovered_ms={} faults={} leaked_rows={}",
+            "chaos: transitions={} overlaps={} user_overlaps={} token_regressions={} stale_writes={} max_uncovered_ms={} faults={} leaked_rows={}",
             self.transitions,
             self.overlaps,
+            self.user_overlaps,
             self.token_regressions,
             self.stale_writes,
             self.max_uncovered_ms,
@@ -128,10 +176,12 @@ impl Report {
         )
     }
 
-    /// Coverage results over their bound.
+    /// Coverage results over their bound (after faults, and for the
+    /// partitions a frozen member must not delay).
     pub fn coverage_violations(&self) -> Vec<&Coverage> {
         self.coverage
             .iter()
+            .chain(&self.isolation)
             .filter(|c| c.worst_ns >= c.bound_ms * 1_000_000)
             .collect()
     }
@@ -141,6 +191,9 @@ impl Report {
         let mut v = Vec::new();
         if self.overlaps > 0 {
             v.push(format!("{} overlaps", self.overlaps));
+        }
+        if self.user_overlaps > 0 {
+            v.push(format!("{} user-work overlaps", self.user_overlaps));
         }
         if self.token_regressions > 0 {
             v.push(format!("{} token regressions", self.token_regressions));
@@ -238,6 +291,34 @@ pub fn check(input: &Input) -> Report {
         example("token regression", text, &mut report.examples);
     }
 
+    let end = input.runs.iter().map(|r| r.end.at()).max().unwrap_or(0);
+    let work = history.judge_work(end);
+    report.anomalies.extend(work.anomalies.iter().cloned());
+    report.user_overlaps = work.user_overlaps.len() as u64;
+    report.fenced_overlaps = work.fenced_overlaps.len() as u64;
+    report.work_units = work.units;
+    report.work_cut = work.cut;
+    report.work_handoffs = work.handoffs;
+    report.drained_handoffs = work.drained;
+    let describe = |o: &WorkOverlap| {
+        format!(
+            "partition {}: {} worked [{}, {}]{} and {} [{}, {}]{}, {:.3} ms while both leases ran",
+            o.partition(),
+            history.name(o.a.run),
+            o.a.from,
+            o.a.to,
+            if o.a.cut { " (cut)" } else { "" },
+            history.name(o.b.run),
+            o.b.from,
+            o.b.to,
+            if o.b.cut { " (cut)" } else { "" },
+            ms(o.protected_ns)
+        )
+    };
+    for o in &work.user_overlaps {
+        example("user overlap", describe(o), &mut report.examples);
+    }
+
     let coverage = oracle::Coverage::new(&ivs, input.ring_size);
     for f in &input.faults {
         let (worst_ns, partition) = coverage.worst_gap(f.from, f.to);
@@ -245,6 +326,22 @@ pub fn check(input: &Input) -> Report {
         report.coverage.push(Coverage {
             kind: f.kind.clone(),
             label: f.label.clone(),
+            bound_ms: f.bound_ms,
+            worst_ns,
+            partition,
+        });
+    }
+    for f in &input.isolation {
+        let exempt: std::collections::HashSet<u32> = f.exempt.iter().copied().collect();
+        let (worst_ns, partition) =
+            coverage.worst_gap_among(f.from, f.to, |p| !exempt.contains(&p));
+        report.isolation.push(Coverage {
+            kind: f.kind.clone(),
+            label: format!(
+                "{} (isolation: {} partitions left out)",
+                f.label,
+                exempt.len()
+            ),
             bound_ms: f.bound_ms,
             worst_ns,
             partition,
@@ -338,7 +435,42 @@ mod tests {
             reason: "Handoff".into(),
             epoch: 0,
             parts: parts.to_vec(),
+            drain: false,
         }
+    }
+
+    fn drained(at: u64, parts: &[u32]) -> Ev {
+        Ev::Released {
+            at: at * MS,
+            reason: "Handoff".into(),
+            epoch: 0,
+            parts: parts.to_vec(),
+            drain: true,
+        }
+    }
+
+    fn expired(at: u64, parts: &[u32]) -> Ev {
+        Ev::Released {
+            at: at * MS,
+            reason: "LeaseExpired".into(),
+            epoch: 0,
+            parts: parts.to_vec(),
+            drain: false,
+        }
+    }
+
+    fn work(from: u64, to: u64, parts: &[u32]) -> [Ev; 2] {
+        [
+            Ev::WorkStart {
+                at: from * MS,
+                parts: parts.to_vec(),
+            },
+            Ev::WorkEnd {
+                at: to * MS,
+                parts: parts.to_vec(),
+                cut: false,
+            },
+        ]
     }
 
     fn run(name: &str, events: Vec<Ev>, end: End) -> Run {
@@ -392,7 +524,84 @@ mod tests {
         assert!(r.violations().is_empty(), "{:?}", r.violations());
         assert_eq!(
             r.summary_line(),
-            "chaos: transitions=6 overlaps=0 token_regressions=0 stale_writes=0 max_uncovered_ms=0 faults=0 leaked_rows=0"
+            "chaos: transitions=6 overlaps=0 user_overlaps=0 token_regressions=0 stale_writes=0 max_uncovered_ms=0 faults=0 leaked_rows=0"
+        );
+    }
+
+    /// `clean()` with a drained handoff and user work: a works on 2 from
+    /// 50 to 130 ms and releases it (with a drain) at 100 ms; b acquires it
+    /// at `b_acq` and works from `b_work` ms.
+    fn with_work(b_acq: u64, b_work: u64) -> Input {
+        let mut i = clean();
+        let a = &mut i.runs[0].events;
+        a[1] = drained(100, &[2, 3]);
+        a.splice(1..1, work(50, 130, &[2]));
+        let b = &mut i.runs[1].events;
+        b[0] = acq(b_acq, 2, &[2, 3]);
+        b.splice(1..1, work(b_work, 900, &[2]));
+        i
+    }
+
+    #[test]
+    fn user_work_overlapping_across_a_drained_handoff_is_flagged() {
+        let r = check(&with_work(131, 132));
+        assert!(r.violations().is_empty(), "{:?}", r.violations());
+        assert_eq!(
+            (r.work_units, r.work_handoffs, r.drained_handoffs),
+            (2, 1, 1)
+        );
+        // b began while a's unit still ran: the drain did not hold the
+        // handoff back (ownership itself never overlapped).
+        let r = check(&with_work(101, 110));
+        assert_eq!((r.overlaps, r.user_overlaps), (0, 1), "{:?}", r.examples);
+        assert!(
+            r.violations().iter().any(|v| v == "1 user-work overlaps"),
+            "{:?}",
+            r.violations()
+        );
+        assert!(
+            r.examples
+                .iter()
+                .any(|e| e.starts_with("user overlap: partition 2: a worked")),
+            "{:?}",
+            r.examples
+        );
+        assert!(r.summary_line().contains(" user_overlaps=1 "));
+    }
+
+    #[test]
+    fn user_work_past_a_lease_that_ended_is_counted_apart() {
+        // a's lease ran out during the drain (the second, forced release of
+        // 2 at 105 ms): its unit went on to 130 ms, b started at 110 ms.
+        let mut i = with_work(106, 110);
+        i.runs[0].events.insert(4, expired(105, &[2, 3]));
+        let r = check(&i);
+        assert!(r.violations().is_empty(), "{:?}", r.violations());
+        assert_eq!((r.user_overlaps, r.fenced_overlaps, r.work_cut), (0, 1, 1));
+    }
+
+    #[test]
+    fn other_members_must_not_wait_for_a_frozen_one() {
+        let mut i = clean();
+        i.runs[1].events[0] = acq(400, 2, &[2, 3]); // 2, 3 uncovered 100..400 ms
+        let span = |exempt: Vec<u32>| IsolationSpan {
+            kind: "join_while_frozen".into(),
+            label: "#1 b joined while a was frozen".into(),
+            from: 50 * MS,
+            to: 900 * MS,
+            bound_ms: 200,
+            exempt,
+        };
+        i.isolation = vec![span(vec![2, 3])];
+        let r = check(&i);
+        assert!(r.violations().is_empty(), "{:?}", r.violations());
+        i.isolation = vec![span(vec![2])];
+        let r = check(&i);
+        let v = r.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("partition 3 uncovered for 300.0 ms, bound 200 ms"),
+            "{v:?}"
         );
     }
 

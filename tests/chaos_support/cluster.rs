@@ -44,6 +44,20 @@ pub struct Settings {
     pub seed: u64,
     pub write_every_ms: u64,
     pub write_sample: usize,
+    /// The drain workload of every member, if any.
+    pub work: Option<WorkLoad>,
+}
+
+/// The drain workload of the member processes (`leasering_testkit::worker`).
+#[derive(Debug, Clone)]
+pub struct WorkLoad {
+    /// `Builder::drain_timeout` of every member.
+    pub drain: Duration,
+    /// Units of work last this long (drawn per unit, in milliseconds).
+    pub unit_ms: (u64, u64),
+    pub lanes: u32,
+    /// The mutation: every drain guard dropped at once while the work goes on.
+    pub drop_guards: bool,
 }
 
 /// Follows a log file as it grows, handing out complete lines.
@@ -123,10 +137,16 @@ impl Member {
         if lines.is_empty() {
             return;
         }
-        self.last_growth = Instant::now();
         for l in lines {
             match parse_event(&l) {
-                Ok(ev) => self.log.logged(ME, &ev),
+                // The work goes on all the time: only ownership records
+                // tell whether the ring is quiet (and only they matter
+                // here; the checker judges the work at the end).
+                Ok(ev) if ev.is_work() => {}
+                Ok(ev) => {
+                    self.last_growth = Instant::now();
+                    self.log.logged(ME, &ev);
+                }
                 Err(e) => self.bad_lines.push(format!("{}: {e}: {l:?}", self.name)),
             }
         }
@@ -222,6 +242,7 @@ impl Cluster {
         let vnodes = self
             .rng
             .range(self.settings.vnodes.0 as u64, self.settings.vnodes.1 as u64);
+        let work_seed = self.rng.next_u64();
         let s = &self.settings;
         let mut cmd = Command::new(MEMBER);
         cmd.args([
@@ -238,6 +259,18 @@ impl Cluster {
         .arg(format!("--writes={}", writes_path.display()))
         .arg(format!("--write-every-ms={}", s.write_every_ms))
         .arg(format!("--write-sample={}", s.write_sample))
+        .args(s.work.iter().flat_map(|w| {
+            let mut a = vec![
+                format!("--drain-ms={}", w.drain.as_millis()),
+                format!("--work={}-{}", w.unit_ms.0, w.unit_ms.1),
+                format!("--work-lanes={}", w.lanes),
+                format!("--work-seed={work_seed}"),
+            ];
+            if w.drop_guards {
+                a.push("--work-drop-guards".to_string());
+            }
+            a
+        }))
         .env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::piped())
@@ -428,6 +461,27 @@ impl Cluster {
     pub fn owned_count(&mut self, i: usize) -> usize {
         self.members[i].follow();
         self.members[i].owned.len()
+    }
+
+    /// Partitions active on member `i`, as its log says now.
+    pub fn owned_of(&mut self, i: usize) -> Vec<u32> {
+        self.members[i].follow();
+        self.members[i].owned.clone()
+    }
+
+    /// The ring's vnodes in the database now: `(position, node id)`.
+    pub fn vnodes(&self) -> Result<Vec<(u32, String)>, String> {
+        let mut c = self.db.client().map_err(|e| e.to_string())?;
+        let rows = c
+            .query(
+                &format!("SELECT position, node_id FROM {SCHEMA}.vnodes WHERE ring_id = $1"),
+                &[&RING],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, String>(1)))
+            .collect())
     }
 
     /// Reads what the live members logged since the last call.

@@ -16,6 +16,11 @@
 //!   processes, and [`MemberProcess`] runs one (killed on drop, so a failing
 //!   test never leaves a stopped process behind). [`Sampler`] is the second, independent check: it samples
 //!   `owned_partitions()`.
+//! * [`worker::Worker`] is the drain workload: a user's worker doing units
+//!   of work on the partitions its member owns and holding each handoff
+//!   back with the drain guard until the unit in progress has ended; the
+//!   oracle judges its `work-start`/`work-end` records
+//!   ([`History::judge_work`](oracle::History::judge_work)).
 //! * [`rng::Rng`] is the seeded generator of chaos, benches and the demo.
 //! * [`unique_name`] makes names that are safe to use as PostgreSQL
 //!   identifiers (for example a schema per test).
@@ -44,6 +49,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod rng;
 pub mod sampler;
+pub mod worker;
 
 pub use self::member_process::{MemberArgs, MemberProcess};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};

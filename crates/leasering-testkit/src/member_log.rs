@@ -1,15 +1,29 @@
 //! The log format of the member process (`tests/bin/member.rs`, the
 //! library's `leasering-member` bin), written and parsed in one place:
-//! ownership events and fenced writes, one line each, every time in
-//! CLOCK_MONOTONIC nanoseconds.
+//! ownership events, units of user work and fenced writes, one line each,
+//! every time in CLOCK_MONOTONIC nanoseconds.
 //!
 //! ```text
 //! <mono_ns> joined <epoch>
 //! <mono_ns> acquired <token> <epoch> <p,p,...>
-//! <mono_ns> released <reason> <epoch> <p,p,...>
+//! <mono_ns> released <reason> <epoch> <p,p,...>[ drain]
 //! <mono_ns> view <epoch> <members>
+//! <mono_ns> work-start <p,p,...>
+//! <mono_ns> work-end <p,p,...>[ cut]
 //! <t0_ns> wrote <t1_ns> <accepted p:token,...|-> <rejected p:token,...|->
 //! ```
+//!
+//! `drain` marks a release that handed the user a drain guard (DESIGN §4.0
+//! rule 7): its claims are given back only when the user's work on them has
+//! stopped. The work lines are the drain workload's
+//! ([`worker`](crate::worker)): a unit of work on those partitions began
+//! (read right *after* the `owned_partitions()` snapshot that listed them)
+//! or ended (read *before* the unit's drain guards are dropped). `cut` marks
+//! work that did not end on its own: stopped at once by a release that
+//! cannot wait (`LeaseExpired`, `Evicted`, a release without a drain), or
+//! found at its end to have outlived the member's local lease. Lines
+//! written before these fields existed parse as before (no `drain`, no
+//! `cut`).
 //!
 //! This file uses nothing outside `std`: the member process, a bin of the
 //! library that cannot use the library's dev-dependencies, compiles it in
@@ -36,12 +50,45 @@ pub enum Ev {
         reason: String,
         epoch: u64,
         parts: Vec<u32>,
+        /// A drain guard came with it.
+        drain: bool,
     },
     View {
         at: u64,
         epoch: u64,
         members: u32,
     },
+    /// A unit of user work on these partitions began.
+    WorkStart {
+        at: u64,
+        parts: Vec<u32>,
+    },
+    /// The work on these partitions ended; `cut`: it was stopped (or found
+    /// to have outlived the lease), it did not finish on its own.
+    WorkEnd {
+        at: u64,
+        parts: Vec<u32>,
+        cut: bool,
+    },
+}
+
+impl Ev {
+    /// When it happened.
+    pub fn at(&self) -> u64 {
+        match self {
+            Ev::Joined { at, .. }
+            | Ev::Acquired { at, .. }
+            | Ev::Released { at, .. }
+            | Ev::View { at, .. }
+            | Ev::WorkStart { at, .. }
+            | Ev::WorkEnd { at, .. } => *at,
+        }
+    }
+
+    /// A unit-of-work line (not an ownership record).
+    pub fn is_work(&self) -> bool {
+        matches!(self, Ev::WorkStart { .. } | Ev::WorkEnd { .. })
+    }
 }
 
 /// One fenced write of a member: `t0` read before it took its
@@ -101,8 +148,23 @@ impl fmt::Display for Ev {
                 reason,
                 epoch,
                 parts,
-            } => write!(f, "{at} released {reason} {epoch} {}", Csv(parts)),
+                drain,
+            } => {
+                write!(f, "{at} released {reason} {epoch} {}", Csv(parts))?;
+                if *drain {
+                    f.write_str(" drain")?;
+                }
+                Ok(())
+            }
             Ev::View { at, epoch, members } => write!(f, "{at} view {epoch} {members}"),
+            Ev::WorkStart { at, parts } => write!(f, "{at} work-start {}", Csv(parts)),
+            Ev::WorkEnd { at, parts, cut } => {
+                write!(f, "{at} work-end {}", Csv(parts))?;
+                if *cut {
+                    f.write_str(" cut")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -149,6 +211,16 @@ fn pairs(s: Option<&str>) -> Result<Vec<(u32, u64)>, String> {
     }
 }
 
+/// An optional last field: `Ok(true)` if it is `word`, `Ok(false)` if there
+/// is none.
+fn flag(s: Option<&str>, word: &str) -> Result<bool, String> {
+    match s {
+        None => Ok(false),
+        Some(w) if w == word => Ok(true),
+        Some(w) => Err(format!("unexpected {w:?} (only {word:?} may follow)")),
+    }
+}
+
 /// Parses one event line.
 pub fn parse_event(line: &str) -> Result<Ev, String> {
     let mut f = line.split(' ');
@@ -169,15 +241,28 @@ pub fn parse_event(line: &str) -> Result<Ev, String> {
             reason: f.next().ok_or("missing reason")?.to_string(),
             epoch: num(f.next(), "epoch")?,
             parts: parts(f.next())?,
+            drain: flag(f.next(), "drain")?,
         },
         Some("view") => Ev::View {
             at,
             epoch: num(f.next(), "epoch")?,
             members: num(f.next(), "member count")?,
         },
+        Some("work-start") => Ev::WorkStart {
+            at,
+            parts: parts(f.next())?,
+        },
+        Some("work-end") => Ev::WorkEnd {
+            at,
+            parts: parts(f.next())?,
+            cut: flag(f.next(), "cut")?,
+        },
         other => return Err(format!("unknown event {other:?}")),
     };
-    Ok(ev)
+    match f.next() {
+        None => Ok(ev),
+        Some(extra) => Err(format!("unexpected {extra:?} at the end")),
+    }
 }
 
 /// Parses one write line.
@@ -251,9 +336,46 @@ mod tests {
                 at: 12,
                 reason: "LeaseExpired".into(),
                 epoch: 4,
-                parts: vec![7]
+                parts: vec![7],
+                drain: false
             })
         );
+        assert_eq!(
+            parse_event("12 released Handoff 4 7,8 drain"),
+            Ok(Ev::Released {
+                at: 12,
+                reason: "Handoff".into(),
+                epoch: 4,
+                parts: vec![7, 8],
+                drain: true
+            })
+        );
+        assert_eq!(
+            parse_event("14 work-start 1,5"),
+            Ok(Ev::WorkStart {
+                at: 14,
+                parts: vec![1, 5]
+            })
+        );
+        assert_eq!(
+            parse_event("15 work-end 5"),
+            Ok(Ev::WorkEnd {
+                at: 15,
+                parts: vec![5],
+                cut: false
+            })
+        );
+        assert_eq!(
+            parse_event("16 work-end 1 cut"),
+            Ok(Ev::WorkEnd {
+                at: 16,
+                parts: vec![1],
+                cut: true
+            })
+        );
+        assert!(parse_event("12 released Handoff 4 7 drained").is_err());
+        assert!(parse_event("16 work-end 1 cut now").is_err());
+        assert!(parse_event("16 work-start 1,y").is_err());
         assert_eq!(
             parse_event("13 view 5 3"),
             Ok(Ev::View {
@@ -292,7 +414,11 @@ mod tests {
             "10 joined 3",
             "11 acquired 3 4 1,2,5",
             "12 released Stopping 4 7",
+            "12 released Handoff 4 7,9 drain",
             "13 view 5 3",
+            "14 work-start 1,2",
+            "15 work-end 2",
+            "16 work-end 1 cut",
         ] {
             assert_eq!(parse_event(line).unwrap().to_string(), line);
         }

@@ -37,9 +37,41 @@
 //!
 //! [`judge`] does it for a finished history; [`Online`] does the same as
 //! intervals close, for a live display (the demo).
+//!
+//! # User work (DESIGN §5.6, the drain workload)
+//!
+//! A history also pairs each run's *units of user work*
+//! ([`History::work_started`], [`History::work_ended`], the `work-start` /
+//! `work-end` lines of [`member_log`](crate::member_log)) into [`Work`]
+//! intervals, closed at both ends like ownership, and
+//! [`History::judge_work`] judges them against the ownership records:
+//!
+//! * A unit is **protected** only while its run's lease runs: work that goes
+//!   on past a *forced* release of its partition (`LeaseExpired`,
+//!   `Evicted`: "stop now", [`ReleaseKind::Forced`]) is cut there — the
+//!   drain cannot hold a handoff back for a member whose lease has ended,
+//!   and fencing tokens protect what such a member does next. A unit the
+//!   worker marked `cut` without a forced release on record (it found the
+//!   lease lapsed when it ended, or was stopped by a release without a
+//!   drain) is protected only up to the end of its ownership interval.
+//!   Everything else — inside the ownership interval, and past a graceful
+//!   release with a drain guard until the unit ended — is protected.
+//! * A **user overlap** is two units of *different* runs on one partition
+//!   whose protected parts intersect (touching counts): across a drained
+//!   handoff the next owner started while the old owner's unit still ran
+//!   (or two owners overlapped outright). It must never happen
+//!   (guarantee 6).
+//! * A **fenced overlap** is two units that intersect only where one of them
+//!   was no longer protected — the old owner's work outlived its lease (a
+//!   frozen process): counted apart, with the units **cut** by a lease's
+//!   end ([`WorkVerdict::cut`]).
+//! * **Handoffs** of user work: per partition, in order of start, a unit of
+//!   another run than the one before; **drained** handoffs are those where
+//!   the earlier unit ran past its run's drained release — the drain held
+//!   the handoff back.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// Nanoseconds of CLOCK_MONOTONIC.
@@ -71,6 +103,8 @@ pub struct Interval {
     /// read, or when it ended without a release (killed): `to` is then the
     /// end instant given, not a release.
     pub released: bool,
+    /// Released gracefully with a drain guard ([`ReleaseKind::Drained`]).
+    pub drained: bool,
 }
 
 impl Interval {
@@ -151,8 +185,51 @@ impl Open {
             from: self.from,
             to,
             released,
+            drained: false,
         }
     }
+}
+
+/// How a run released partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseKind {
+    /// Gracefully, without a drain guard (a handoff or a stop without
+    /// `drain_timeout`).
+    Plain,
+    /// Gracefully, with a drain guard: its claims are given back once the
+    /// user's work has stopped, and a `Forced` release of the same
+    /// partitions may follow while that drain runs (the lease ran out).
+    Drained,
+    /// `LeaseExpired` or `Evicted`: the lease ended, stop at once.
+    Forced,
+}
+
+impl ReleaseKind {
+    /// The kind of a logged release: its reason (`Debug` of
+    /// `leasering::ReleaseReason`) and whether a drain guard came with it.
+    pub fn of(reason: &str, drain: bool) -> ReleaseKind {
+        match reason {
+            "LeaseExpired" | "Evicted" => ReleaseKind::Forced,
+            _ if drain => ReleaseKind::Drained,
+            _ => ReleaseKind::Plain,
+        }
+    }
+}
+
+/// One unit of user work of a run on one partition: `[from, to]`, both
+/// ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    pub run: RunId,
+    pub partition: u32,
+    pub from: Ns,
+    pub to: Ns,
+    /// The worker marked it `cut`: stopped by a release that could not
+    /// wait, or found at its end to have outlived the lease.
+    pub cut: bool,
+    /// `false` when no `work-end` closed it (the run was killed, or it
+    /// still ran as the history was read).
+    pub ended: bool,
 }
 
 /// Ownership records of many runs, paired into intervals.
@@ -169,6 +246,16 @@ pub struct History {
     open: Vec<Vec<Open>>,
     closed: Vec<Interval>,
     anomalies: Vec<String>,
+    /// Partitions released with a drain guard and not acquired again since,
+    /// per run: a `Forced` release of them (the drain cut short) is no
+    /// anomaly.
+    draining: HashSet<(RunId, u32)>,
+    /// Every forced release (`LeaseExpired`, `Evicted`), held or draining:
+    /// where a run's protected work ends.
+    forced: Vec<(RunId, u32, Ns)>,
+    /// Units of work in progress: their start.
+    work_open: HashMap<(RunId, u32), Ns>,
+    work: Vec<Work>,
 }
 
 impl History {
@@ -233,6 +320,7 @@ impl History {
             if !self.in_ring(run, p, "acquired") {
                 continue;
             }
+            self.draining.remove(&(run, p));
             let held = self.held(p);
             let before = held
                 .iter()
@@ -256,18 +344,35 @@ impl History {
         }
     }
 
-    /// `run` released `partitions` at `at`.
+    /// `run` released `partitions` at `at` (gracefully, without a drain
+    /// guard, for all this history can tell).
     pub fn released(&mut self, run: RunId, partitions: &[u32], at: Ns) {
+        self.released_as(run, partitions, at, ReleaseKind::Plain)
+    }
+
+    /// `run` released `partitions` at `at`, in the manner `kind`. A forced
+    /// release of partitions whose drain is running (released with a
+    /// guard, not acquired since) cuts the drain short: no anomaly.
+    pub fn released_as(&mut self, run: RunId, partitions: &[u32], at: Ns, kind: ReleaseKind) {
         for &p in partitions {
             if !self.in_ring(run, p, "released") {
                 continue;
+            }
+            if kind == ReleaseKind::Forced {
+                self.forced.push((run, p, at));
             }
             let held = self.held(p);
             match held.iter().position(|o| o.run == run) {
                 Some(i) => {
                     let o = held.remove(i);
-                    self.closed.push(o.until(p, at, true));
+                    let mut iv = o.until(p, at, true);
+                    iv.drained = kind == ReleaseKind::Drained;
+                    self.closed.push(iv);
+                    if iv.drained {
+                        self.draining.insert((run, p));
+                    }
                 }
+                None if kind == ReleaseKind::Forced && self.draining.remove(&(run, p)) => {}
                 None => {
                     let text = format!(
                         "{} released partition {p} at {at} without holding it",
@@ -288,8 +393,21 @@ impl History {
                 at,
                 ..
             } => self.acquired(run, partitions, *token, ns(*at)),
-            leasering::Event::Released { partitions, at, .. } => {
-                self.released(run, partitions, ns(*at))
+            leasering::Event::Released {
+                partitions,
+                at,
+                reason,
+                drain,
+                ..
+            } => {
+                let kind = match reason {
+                    leasering::ReleaseReason::LeaseExpired | leasering::ReleaseReason::Evicted => {
+                        ReleaseKind::Forced
+                    }
+                    _ if drain.is_some() => ReleaseKind::Drained,
+                    _ => ReleaseKind::Plain,
+                };
+                self.released_as(run, partitions, ns(*at), kind)
             }
             _ => {}
         }
@@ -302,8 +420,66 @@ impl History {
             Ev::Acquired {
                 at, token, parts, ..
             } => self.acquired(run, parts, *token, *at),
-            Ev::Released { at, parts, .. } => self.released(run, parts, *at),
+            Ev::Released {
+                at,
+                parts,
+                reason,
+                drain,
+                ..
+            } => self.released_as(run, parts, *at, ReleaseKind::of(reason, *drain)),
+            Ev::WorkStart { at, parts } => self.work_started(run, parts, *at),
+            Ev::WorkEnd { at, parts, cut } => self.work_ended(run, parts, *at, *cut),
             Ev::Joined { .. } | Ev::View { .. } => {}
+        }
+    }
+
+    /// `run` began a unit of user work on `partitions` at `at`.
+    pub fn work_started(&mut self, run: RunId, partitions: &[u32], at: Ns) {
+        for &p in partitions {
+            if !self.in_ring(run, p, "worked on") {
+                continue;
+            }
+            if let Some(from) = self.work_open.insert((run, p), at) {
+                self.work.push(Work {
+                    run,
+                    partition: p,
+                    from,
+                    to: at,
+                    cut: false,
+                    ended: false,
+                });
+                let text = format!(
+                    "{} began work on partition {p} at {at} while working on it",
+                    self.name(run)
+                );
+                self.anomalies.push(text);
+            }
+        }
+    }
+
+    /// `run`'s work on `partitions` ended at `at`; `cut`: it was stopped.
+    pub fn work_ended(&mut self, run: RunId, partitions: &[u32], at: Ns, cut: bool) {
+        for &p in partitions {
+            if !self.in_ring(run, p, "worked on") {
+                continue;
+            }
+            match self.work_open.remove(&(run, p)) {
+                Some(from) => self.work.push(Work {
+                    run,
+                    partition: p,
+                    from,
+                    to: at,
+                    cut,
+                    ended: true,
+                }),
+                None => {
+                    let text = format!(
+                        "{} ended work on partition {p} at {at} without working on it",
+                        self.name(run)
+                    );
+                    self.anomalies.push(text);
+                }
+            }
         }
     }
 
@@ -327,7 +503,70 @@ impl History {
             );
             self.anomalies.push(text);
         }
+        // Work still running ran until then (a kill cuts a unit whose end
+        // was never logged).
+        let mut working: Vec<u32> = Vec::new();
+        self.work_open.retain(|&(r, p), from| {
+            if r != run {
+                return true;
+            }
+            working.push(p);
+            self.work.push(Work {
+                run,
+                partition: p,
+                from: *from,
+                to: end.at(),
+                cut: false,
+                ended: false,
+            });
+            false
+        });
+        working.sort_unstable();
+        if let (End::Exited(_), Some(first)) = (end, working.first()) {
+            let text = format!(
+                "{} stopped gracefully still working on {} partitions (first {first})",
+                self.name(run),
+                working.len()
+            );
+            self.anomalies.push(text);
+        }
         left.len()
+    }
+
+    /// The units of work that ended so far (or were closed by
+    /// [`end`](Self::end)).
+    pub fn work(&self) -> &[Work] {
+        &self.work
+    }
+
+    /// Every unit of work: the ended ones, and those still running ending
+    /// at `open_until`.
+    pub fn work_until(&self, open_until: Ns) -> Vec<Work> {
+        let mut out = self.work.clone();
+        out.extend(
+            self.work_open
+                .iter()
+                .map(|(&(run, partition), &from)| Work {
+                    run,
+                    partition,
+                    from,
+                    to: open_until,
+                    cut: false,
+                    ended: false,
+                }),
+        );
+        out
+    }
+
+    /// The judgement of the user work (see the module docs): units still
+    /// running, and ownership still held, end at `open_until`.
+    pub fn judge_work(&self, open_until: Ns) -> WorkVerdict {
+        judge_work(
+            &self.intervals(open_until),
+            &self.forced,
+            &self.work_until(open_until),
+            |r| self.name(r).to_string(),
+        )
     }
 
     /// The runs holding `partition` now (after the records fed so far).
@@ -584,6 +823,160 @@ fn scan_tokens(part: &[Interval], out: &mut Vec<Regression>) {
     }
 }
 
+/// Two units of work of different runs on one partition that intersect;
+/// `a` began first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkOverlap {
+    pub a: Work,
+    pub b: Work,
+    /// How long both ran while protected (0 when they only touch, or for a
+    /// fenced overlap).
+    pub protected_ns: Ns,
+}
+
+impl WorkOverlap {
+    pub fn partition(&self) -> u32 {
+        self.a.partition
+    }
+}
+
+/// The judgement of the user work of a history ([`History::judge_work`]).
+#[derive(Debug, Clone, Default)]
+pub struct WorkVerdict {
+    /// Units of work (one per partition a unit covered).
+    pub units: u64,
+    /// Units whose protected part is shorter than the unit: it went on past
+    /// its run's lease (or was stopped by a release that could not wait).
+    pub cut: u64,
+    /// Per partition, in order of start, a unit of another run than the
+    /// one before.
+    pub handoffs: u64,
+    /// Handoffs whose earlier unit ran past its run's drained release.
+    pub drained: u64,
+    /// Pairs whose protected parts intersect: must be none.
+    pub user_overlaps: Vec<WorkOverlap>,
+    /// Pairs that intersect only where one was no longer protected.
+    pub fenced_overlaps: Vec<WorkOverlap>,
+    /// Work that cannot be matched with its run's ownership, in words.
+    pub anomalies: Vec<String>,
+}
+
+/// The protected part of a unit: up to the first forced release of its
+/// partition by its run since the ownership it started under; for a unit
+/// marked `cut` without such a release, up to the end of that ownership.
+/// `None`: not protected at all (it began after its lease had ended).
+fn protected(w: &Work, own: Option<&Interval>, forced: &[Ns]) -> Option<(Ns, Ns)> {
+    let since = own.map_or(w.from, |i| i.from);
+    let fence = forced.iter().copied().find(|&x| x >= since && x <= w.to);
+    let end = match (fence, own) {
+        (Some(x), _) => x,
+        (None, Some(i)) if w.cut => w.to.min(i.to.max(w.from)),
+        _ => w.to,
+    };
+    (end >= w.from).then_some((w.from, end))
+}
+
+/// [`History::judge_work`] on its parts: ownership intervals, forced
+/// releases `(run, partition, at)`, units of work; `name` names runs in
+/// anomalies.
+pub fn judge_work(
+    ivs: &[Interval],
+    forced: &[(RunId, u32, Ns)],
+    work: &[Work],
+    name: impl Fn(RunId) -> String,
+) -> WorkVerdict {
+    let mut v = WorkVerdict::default();
+    let mut owns: HashMap<(RunId, u32), Vec<Interval>> = HashMap::new();
+    for iv in ivs {
+        owns.entry((iv.run, iv.partition)).or_default().push(*iv);
+    }
+    for list in owns.values_mut() {
+        list.sort_by_key(|i| (i.from, i.to));
+    }
+    let mut fences: HashMap<(RunId, u32), Vec<Ns>> = HashMap::new();
+    for &(run, p, at) in forced {
+        fences.entry((run, p)).or_default().push(at);
+    }
+    for list in fences.values_mut() {
+        list.sort_unstable();
+    }
+    // Per unit: the ownership it began under (the last acquisition of its
+    // partition by its run at or before its start) and its protected part.
+    struct Judged {
+        w: Work,
+        own: Option<Interval>,
+        prot: Option<(Ns, Ns)>,
+    }
+    let mut per: HashMap<u32, Vec<Judged>> = HashMap::new();
+    for w in work {
+        v.units += 1;
+        let key = (w.run, w.partition);
+        let own = owns.get(&key).and_then(|l| {
+            let i = l.partition_point(|i| i.from <= w.from);
+            i.checked_sub(1).map(|i| l[i])
+        });
+        if own.is_none() {
+            v.anomalies.push(format!(
+                "{} worked on partition {} from {} without having acquired it",
+                name(w.run),
+                w.partition,
+                w.from
+            ));
+        }
+        let prot = protected(w, own.as_ref(), fences.get(&key).map_or(&[], Vec::as_slice));
+        if w.cut || prot.is_none_or(|(_, end)| end < w.to) {
+            v.cut += 1;
+        }
+        per.entry(w.partition)
+            .or_default()
+            .push(Judged { w: *w, own, prot });
+    }
+    let mut parts: Vec<u32> = per.keys().copied().collect();
+    parts.sort_unstable();
+    for p in parts {
+        let mut list = per.remove(&p).unwrap_or_default();
+        list.sort_by_key(|j| (j.w.from, j.w.to, j.w.run));
+        // Handoffs, in order of start.
+        for pair in list.windows(2) {
+            let (old, new) = (&pair[0], &pair[1]);
+            if old.w.run != new.w.run {
+                v.handoffs += 1;
+                if old.own.is_some_and(|i| i.drained && old.w.to > i.to) {
+                    v.drained += 1;
+                }
+            }
+        }
+        // Overlaps: a sweep with the units still running at each start.
+        let mut live: Vec<usize> = Vec::new();
+        for (k, b) in list.iter().enumerate() {
+            live.retain(|&i| list[i].w.to >= b.w.from);
+            for &i in &live {
+                let a = &list[i];
+                if a.w.run == b.w.run {
+                    continue;
+                }
+                let both = match (a.prot, b.prot) {
+                    (Some(x), Some(y)) if x.0 <= y.1 && y.0 <= x.1 => {
+                        Some(x.1.min(y.1) - x.0.max(y.0))
+                    }
+                    _ => None,
+                };
+                let o = WorkOverlap {
+                    a: a.w,
+                    b: b.w,
+                    protected_ns: both.unwrap_or(0),
+                };
+                match both {
+                    Some(_) => v.user_overlaps.push(o),
+                    None => v.fenced_overlaps.push(o),
+                }
+            }
+            live.push(k);
+        }
+    }
+    v
+}
+
 /// The run holding `partition` at `t`, among `ivs` (several: an overlap).
 pub fn holders_at(ivs: &[Interval], partition: u32, t: Ns) -> Vec<RunId> {
     let mut runs: Vec<RunId> = ivs
@@ -637,8 +1030,18 @@ impl Coverage {
     /// The longest gap of any partition within `[lo, hi]`, and the (first)
     /// partition that had it.
     pub fn worst_gap(&self, lo: Ns, hi: Ns) -> (Ns, u32) {
+        self.worst_gap_among(lo, hi, |_| true)
+    }
+
+    /// [`worst_gap`](Self::worst_gap) of the partitions `p` for which
+    /// `which(p)` holds (for a judgement that leaves some out, such as those
+    /// a frozen member holds).
+    pub fn worst_gap_among(&self, lo: Ns, hi: Ns, which: impl Fn(u32) -> bool) -> (Ns, u32) {
         let mut worst = (0, 0);
         for (p, spans) in self.spans.iter().enumerate() {
+            if !which(p as u32) {
+                continue;
+            }
             let g = longest_gap(spans, lo, hi);
             if g > worst.0 {
                 worst = (g, p as u32);
@@ -1031,6 +1434,10 @@ mod tests {
         assert_eq!(c.longest_gap(0, 12 * MS, 18 * MS), 0);
         assert_eq!(c.longest_gap(0, 41 * MS, 45 * MS), 4 * MS);
         assert_eq!(c.worst_gap(12 * MS, 38 * MS), (26 * MS, 1));
+        assert_eq!(
+            c.worst_gap_among(12 * MS, 38 * MS, |p| p != 1),
+            (10 * MS, 0)
+        );
         // Touching intervals leave no gap; an instant's activity covers nothing.
         let h = hist(&[
             (0, 10, Some(20), 1),
@@ -1120,6 +1527,194 @@ mod tests {
         assert_eq!(o.regressions(), 1, "c's token equals b's");
     }
 
+    /// Runs `a` and `b` from member-log lines (times in ms), ended at 1 s.
+    fn work_history(a: &str, b: &str) -> History {
+        let mut h = History::with_ring_size(4);
+        for (name, text) in [("a", a), ("b", b)] {
+            let run = h.add_run(name);
+            let text: String = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (t, rest) = l.split_once(' ').unwrap();
+                    format!("{} {rest}\n", t.parse::<u64>().unwrap() * MS)
+                })
+                .collect();
+            let (evs, errs) = crate::member_log::parse_events(&text);
+            assert!(errs.is_empty(), "{errs:?}");
+            for ev in &evs {
+                h.logged(run, ev);
+            }
+            h.end(run, End::Exited(1000 * MS));
+        }
+        h
+    }
+
+    /// a holds partition 0 from 0 ms and works on it from 10 to 150 ms; it
+    /// releases it at 100 ms with a drain guard. b: `b`.
+    fn handoff(b: &str) -> History {
+        work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             100 released Handoff 2 0 drain
+             150 work-end 0",
+            b,
+        )
+    }
+
+    #[test]
+    fn a_drained_handoff_has_no_user_overlap() {
+        let h = handoff(
+            "160 acquired 2 2 0
+             170 work-start 0
+             300 work-end 0
+             400 released Stopping 2 0 drain",
+        );
+        assert!(h.anomalies().is_empty(), "{:?}", h.anomalies());
+        let v = h.judge_work(1000 * MS);
+        assert!(
+            v.user_overlaps.is_empty() && v.fenced_overlaps.is_empty(),
+            "{v:?}"
+        );
+        assert_eq!((v.units, v.handoffs, v.drained, v.cut), (2, 1, 1, 0));
+        assert!(v.anomalies.is_empty(), "{:?}", v.anomalies);
+        assert!(h.judge(1000 * MS).is_clean());
+    }
+
+    #[test]
+    fn work_of_the_next_owner_during_a_drain_is_a_user_overlap() {
+        // The guard was dropped at once (the mutation): b started at 120 ms
+        // while a's unit ran until 150 ms. Ownership never overlapped.
+        let h = handoff(
+            "110 acquired 2 2 0
+             120 work-start 0
+             300 work-end 0
+             400 released Stopping 2 0",
+        );
+        assert!(h.judge(1000 * MS).is_clean());
+        let v = h.judge_work(1000 * MS);
+        assert_eq!(v.user_overlaps.len(), 1, "{v:?}");
+        let o = v.user_overlaps[0];
+        assert_eq!((o.a.run, o.b.run, o.partition()), (RunId(0), RunId(1), 0));
+        assert_eq!(o.protected_ns, 30 * MS);
+        assert!(v.fenced_overlaps.is_empty());
+        // Touching counts, as for ownership.
+        let h = handoff(
+            "110 acquired 2 2 0
+             150 work-start 0
+             300 work-end 0
+             400 released Stopping 2 0",
+        );
+        assert_eq!(h.judge_work(1000 * MS).user_overlaps.len(), 1);
+    }
+
+    #[test]
+    fn work_past_a_lease_that_ended_is_cut_not_a_user_overlap() {
+        // a's lease ran out during the drain (a forced release of the
+        // draining partition at 120 ms: no anomaly); b took over at 130 ms.
+        let b = "130 acquired 2 2 0
+                 135 work-start 0
+                 300 work-end 0
+                 400 released Stopping 2 0";
+        let h = work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             100 released Handoff 2 0 drain
+             120 released LeaseExpired 2 0
+             150 work-end 0 cut",
+            b,
+        );
+        assert!(h.anomalies().is_empty(), "{:?}", h.anomalies());
+        let v = h.judge_work(1000 * MS);
+        assert!(v.user_overlaps.is_empty(), "{v:?}");
+        assert_eq!((v.fenced_overlaps.len(), v.cut), (1, 1));
+        // b starting before the lease ended (at 115 ms) is a user overlap
+        // all the same: the drain should still have held it back.
+        let h = work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             100 released Handoff 2 0 drain
+             120 released LeaseExpired 2 0
+             150 work-end 0 cut",
+            &b.replace("135 work-start", "115 work-start")
+                .replace("130 acquired", "112 acquired"),
+        );
+        assert_eq!(h.judge_work(1000 * MS).user_overlaps.len(), 1);
+        // A held partition fenced at 100 ms, the unit stopped late (a frozen
+        // process, so not marked cut): fenced.
+        let h = work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             100 released LeaseExpired 1 0
+             150 work-end 0",
+            b,
+        );
+        let v = h.judge_work(1000 * MS);
+        assert_eq!(
+            (v.user_overlaps.len(), v.fenced_overlaps.len(), v.cut),
+            (0, 1, 1)
+        );
+        // A unit marked cut with no forced release on record (it found its
+        // lease lapsed) is protected up to its ownership's end only.
+        let h = handoff(b);
+        assert_eq!(h.judge_work(1000 * MS).user_overlaps.len(), 1, "not cut");
+        let h = work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             100 released Handoff 2 0 drain
+             150 work-end 0 cut",
+            b,
+        );
+        let v = h.judge_work(1000 * MS);
+        assert_eq!((v.user_overlaps.len(), v.fenced_overlaps.len()), (0, 1));
+    }
+
+    #[test]
+    fn work_records_that_do_not_pair_up_are_anomalies() {
+        let h = work_history(
+            "0 acquired 1 1 0
+             10 work-start 0
+             20 work-start 0
+             30 work-end 0
+             40 work-end 0
+             50 released LeaseExpired 1 0
+             60 released LeaseExpired 1 0",
+            "5 work-start 1",
+        );
+        let text = h.anomalies().join("\n");
+        assert!(
+            text.contains("a began work on partition 0 at 20000000 while working"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a ended work on partition 0 at 40000000 without"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a released partition 0 at 60000000 without holding it"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b stopped gracefully still working on 1 partitions"),
+            "{text}"
+        );
+        let v = h.judge_work(1000 * MS);
+        assert!(
+            v.anomalies[0].contains("b worked on partition 1"),
+            "{:?}",
+            v.anomalies
+        );
+        // A kill ends the unit in progress at the kill, without an anomaly.
+        let mut h = History::new();
+        let a = h.add_run("a");
+        h.acquired(a, &[0], 1, 0);
+        h.work_started(a, &[0], 5);
+        h.end(a, End::Killed(50));
+        assert!(h.anomalies().is_empty(), "{:?}", h.anomalies());
+        assert_eq!(h.work()[0].to, 50);
+    }
+
     /// Up to 8 intervals of 3 runs on `parts` partitions, with coarse times
     /// and tokens so that ties, touching ends and empty intervals happen.
     /// Each run's intervals of a partition are disjoint (a run holds a
@@ -1143,6 +1738,7 @@ mod tests {
                 from,
                 to,
                 released: true,
+                drained: false,
             };
             let clash = out.iter().any(|o| {
                 o.run == run
