@@ -16,6 +16,9 @@
 //!   processes, and [`MemberProcess`] runs one (killed on drop, so a failing
 //!   test never leaves a stopped process behind). [`Sampler`] is the second, independent check: it samples
 //!   `owned_partitions()`.
+//! * [`DrainWorker`] is a user of drained handoffs: units of work on its
+//!   member's partitions, recorded in a [`WorkLog`] that judges overlaps
+//!   of *user work* across handoffs.
 //! * [`rng::Rng`] is the seeded generator of chaos, benches and the demo.
 //! * [`unique_name`] makes names that are safe to use as PostgreSQL
 //!   identifiers (for example a schema per test).
@@ -36,6 +39,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod drain_worker;
 pub mod member_log;
 pub mod member_process;
 pub mod oracle;
@@ -45,6 +49,7 @@ pub mod recorder;
 pub mod rng;
 pub mod sampler;
 
+pub use self::drain_worker::{DrainWorker, WorkLog};
 pub use self::member_process::{MemberArgs, MemberProcess};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};
