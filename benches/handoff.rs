@@ -10,26 +10,52 @@
 //!   `leasering-member` bin) on a ring of 16 with TTL 2 s is killed with
 //!   `kill -9` at a random moment of its renewal cycle; the time until its
 //!   partitions are active elsewhere, also as a multiple of the TTL.
+//! * **join / leave by pool**: the same cycle, three ways of giving the
+//!   joiner its pool, interleaved rep by rep so that the machine's load
+//!   falls on all three alike. `join`/`leave`: one pool shared by every
+//!   joiner (after the discarded first rep its connections, and their
+//!   backends' caches, are reused: a rep opens no connection). `join_warm`/
+//!   `leave_warm`: a fresh pool per joiner whose connections are all open
+//!   before `start()` is timed — what a service that builds its pool at
+//!   process start has (r2d2's default `build()`). `join_cold`/`leave_cold`:
+//!   a fresh, lazily connecting pool per joiner — `start()` and the leave
+//!   pay for forking PostgreSQL backends.
 //! * **at rest**: statements and transactions per member per second of the
 //!   16 members (`pg_stat_statements`, `pg_stat_database.xact_commit`).
+//! * **frozen member** (DESIGN §10, guarantee 5): 3 in-process members and
+//!   one member *process*, TTL 10 s; the process is frozen (`SIGSTOP`) and,
+//!   while it is, members join and leave again: the time from `start()`
+//!   until the joiner holds every partition of its share whose claim the
+//!   frozen member does *not* hold, and from `stop()` until the leaver's
+//!   partitions are active elsewhere.
+//! * **drain** (DESIGN §10, guarantee 6): members with a drain timeout,
+//!   each with a [`DrainWorker`] doing 200 ms units of user work on its
+//!   partitions; members join and leave until over 1,000 partitions have
+//!   moved between owners; the user work of two members on one partition
+//!   must never intersect. Latency: from the old owner's `Released` to the
+//!   new owner's `Acquired`, which includes the drain (the rest of the
+//!   unit in progress).
 //!
-//! Every run also checks, from the merged events (and the killed processes'
+//! Every run also checks, from the merged events (and the member processes'
 //! logs), with the testkit's oracle, that no partition was ever active on
 //! two members at once.
 //!
-//! `LEASERING_BENCH_QUICK=1` shortens the run; `LEASERING_BENCH_REPS` and
-//! `LEASERING_BENCH_CRASH_REPS` set the repetitions.
+//! `LEASERING_BENCH_QUICK=1` shortens the run; `LEASERING_BENCH_REPS`,
+//! `LEASERING_BENCH_CRASH_REPS`, `LEASERING_BENCH_FROZEN_REPS` and
+//! `LEASERING_BENCH_DRAIN_HANDOFFS` set the repetitions.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use leasering::{Event, RingNode};
+use leasering::{Builder, Event, ReleaseReason, RingNode};
+use leasering_testkit::drain_worker::{WorkLog, WorkOverlap, WorkerStats};
 use leasering_testkit::member_log::{parse_events, Ev};
-use leasering_testkit::oracle::History;
+use leasering_testkit::oracle::{self, End, History, Ns};
 use leasering_testkit::rng::Rng;
-use leasering_testkit::{instant_of, MemberArgs, MemberProcess, TestPostgres};
+use leasering_testkit::{instant_of, DrainWorker, MemberArgs, MemberProcess, TestPostgres};
 use support::*;
 
 /// The member process, built by Cargo with the benches.
@@ -150,6 +176,126 @@ impl Fleet {
     fn remove(&mut self, instance: usize) {
         self.nodes.retain(|(i, _)| *i != instance);
     }
+
+    /// Like [`settled`](Self::settled), except that partitions in `blocked`
+    /// (claims a frozen member process holds) are active nowhere here.
+    fn settled_except(&self, blocked: &BTreeSet<u32>) -> bool {
+        let Some((_, first)) = self.nodes.first() else {
+            return true;
+        };
+        let e = first.ring().epoch();
+        self.nodes.iter().all(|(_, n)| {
+            let v = n.ring();
+            let want: BTreeSet<u32> = v
+                .partitions_of(n.node_id())
+                .into_iter()
+                .filter(|p| !blocked.contains(p))
+                .collect();
+            v.epoch() == e && n.owned_partitions().iter().collect::<BTreeSet<u32>>() == want
+        })
+    }
+
+    fn wait_settled_except(&mut self, blocked: &BTreeSet<u32>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.settled_except(blocked) {
+            assert!(
+                Instant::now() < deadline,
+                "ring {} did not settle (but for the frozen member's claims)",
+                self.ring
+            );
+            self.pump(Duration::from_millis(2));
+        }
+        self.pump(Duration::ZERO);
+    }
+}
+
+/// One join/leave measure (one way of giving the joiner its pool): the
+/// cycle's times and its phases, replayed from every member's events.
+#[derive(Default)]
+struct JoinLeave {
+    join_ms: Vec<f64>,
+    leave_ms: Vec<f64>,
+    start_call_ms: Vec<f64>,
+    stop_call_ms: Vec<f64>,
+    // Phases of a join: the old owners' releases, then the joiner's
+    // activation (its take of the claims).
+    released_ms: Vec<f64>,
+    activated_ms: Vec<f64>,
+    leave_notified_ms: Vec<f64>,
+    leave_adopted_ms: Vec<f64>,
+    leave_activated_ms: Vec<f64>,
+    failures: usize,
+}
+
+impl JoinLeave {
+    /// A member `name` joins `fleet` with `pool`, then leaves; recorded
+    /// unless it is a warm-up (`record` false).
+    fn cycle(&mut self, fleet: &mut Fleet, pool: Pool, name: &str, record: bool) {
+        fleet.wait_settled(Duration::from_secs(30));
+        let (i, t0, node) = fleet.start(pool, name);
+        let started = Instant::now();
+        let share = node.ring().partitions_of(name);
+        let joined = fleet.until(Duration::from_secs(10), "the joiner's share", |h| {
+            h.covered_once_without(None) && share.iter().all(|p| h.holder(*p) == Some(i))
+        });
+        // Leave.
+        fleet.wait_settled(Duration::from_secs(30));
+        let t1 = Instant::now();
+        node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
+        let stopped = Instant::now();
+        fleet.remove(i);
+        let left = fleet.until(
+            Duration::from_secs(10),
+            "the leaver's partitions to move",
+            |h| h.covered_once_without(Some(i)),
+        );
+        if !record {
+            return;
+        }
+        let last_release = fleet
+            .hub
+            .log
+            .iter()
+            .filter_map(|(who, e)| match e {
+                Event::Released { at, .. } if *who != i && *at > t0 && *at <= t1 => Some(*at),
+                _ => None,
+            })
+            .max();
+        // Phases of a leave: the others adopt the leave's view (its
+        // transaction and NOTIFY), then the successors activate (their
+        // take of the freed claims).
+        let adopted: Vec<Instant> = fleet
+            .hub
+            .log
+            .iter()
+            .filter_map(|(who, e)| match e {
+                Event::ViewChanged { at, .. } if *who != i && *at > t1 => Some(*at),
+                _ => None,
+            })
+            .collect();
+        match (joined, left) {
+            (Some(j), Some(l)) => {
+                if let (Some(first), Some(last)) = (adopted.iter().min(), adopted.iter().max()) {
+                    self.leave_notified_ms
+                        .push(ms(first.saturating_duration_since(t1)));
+                    self.leave_adopted_ms
+                        .push(ms(last.saturating_duration_since(t1)));
+                    self.leave_activated_ms
+                        .push(ms(l.saturating_duration_since(*last)));
+                }
+                if let Some(r) = last_release {
+                    self.released_ms
+                        .push(ms(r.saturating_duration_since(started)));
+                    self.activated_ms.push(ms(j.saturating_duration_since(r)));
+                }
+                self.join_ms.push(ms(j.saturating_duration_since(t0)));
+                self.leave_ms.push(ms(l.saturating_duration_since(t1)));
+                self.start_call_ms.push(ms(started - t0));
+                self.stop_call_ms.push(ms(stopped - t1));
+            }
+            _ => self.failures += 1,
+        }
+    }
 }
 
 /// Partitions a member process's log says it holds now.
@@ -187,6 +333,496 @@ fn spawn_member(
     MemberProcess::spawn(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+// ---- frozen member ------------------------------------------------------------
+
+/// TTL of the frozen-member ring (DESIGN §10 measured version 1 at 10 s).
+const FROZEN_TTL: Duration = Duration::from_secs(10);
+
+/// How long one freeze lasts at most. Why several short freezes rather
+/// than one long one: the measure is of joins while the frozen member's
+/// lease is still *live* — a join after it ended waits for nobody and would
+/// flatter the number — and each freeze may start anywhere in the frozen
+/// member's renewal cycle (every ttl/3), so its lease runs at least
+/// 10 − 3.3 = 6.7 s more: 4.5 s leaves room for the last join of a freeze
+/// (each join is also checked against the lease's end, read from the
+/// database). It also stays within the lag bound (ttl/2 = 5 s): a member
+/// woken later than that behind a changed ring has its renewals refused
+/// until it catches up, and may be evicted; the next freeze should start
+/// from a settled ring, not from a rejoin. So the member is woken
+/// (`SIGCONT`), the ring settles, and it is frozen again.
+const FREEZE_WINDOW: Duration = Duration::from_millis(4500);
+
+const FROZEN_NODE: &str = "frozen";
+
+#[derive(Default)]
+struct Frozen {
+    join_ms: Vec<f64>,
+    leave_ms: Vec<f64>,
+    /// Per join, how many partitions of the joiner's share waited for the
+    /// frozen member's claims.
+    waiting: Vec<f64>,
+    windows: usize,
+    /// Per freeze, from `SIGCONT` until the woken member had adopted the
+    /// ring's epoch and the ring was settled.
+    resettle_ms: Vec<f64>,
+    /// Joins that completed after the frozen member's lease had ended.
+    late: usize,
+    /// Joins whose share was all the frozen member's (nothing to measure).
+    skipped: usize,
+    failures: usize,
+    /// `status().waiting_for` naming anything but the frozen member's
+    /// claims in the joiner's share.
+    odd_waits: Vec<String>,
+    overlaps: u64,
+    regressions: u64,
+    anomalies: usize,
+}
+
+/// What the database says of member `node` of `ring`: the partitions whose
+/// claims it holds, whether it has acknowledged the ring's epoch, and when
+/// its lease ends.
+fn member_state(
+    c: &mut postgres::Client,
+    ring: &str,
+    node: &str,
+) -> (BTreeSet<u32>, bool, Option<SystemTime>) {
+    let row = c
+        .query_opt(
+            "SELECT m.expires_at, m.acked_epoch >= r.epoch,
+                    (SELECT array_agg(c.partition) FROM leasering.claims c
+                     WHERE c.ring_id = m.ring_id AND c.holder = m.incarnation)
+             FROM leasering.members m JOIN leasering.rings r ON r.ring_id = m.ring_id
+             WHERE m.ring_id = $1 AND m.node_id = $2",
+            &[&ring, &node],
+        )
+        .unwrap_or_else(|e| panic!("read member {node}: {e}"));
+    match row {
+        Some(r) => {
+            let claims: Option<Vec<i32>> = r.get(2);
+            let claims = claims.unwrap_or_default().into_iter().map(|p| p as u32);
+            (claims.collect(), r.get(1), Some(r.get(0)))
+        }
+        None => (BTreeSet::new(), false, None),
+    }
+}
+
+/// The newest epoch a member process's log says it has adopted.
+fn adopted_epoch(path: &Path) -> u64 {
+    read_log(path)
+        .iter()
+        .filter_map(|e| match e {
+            Ev::View { epoch, .. } | Ev::Joined { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the member process is awake and settled: it has adopted the
+/// ring's epoch and holds the claims of exactly its share, and the
+/// in-process members hold theirs. With `acked`, also until its lease row
+/// acknowledges that epoch — which comes with its next renewal (up to
+/// ttl/3 later): frozen again before that, the changes it has not
+/// acknowledged would count towards the lag bound from before the freeze.
+fn wait_process_settled(
+    fleet: &mut Fleet,
+    c: &mut postgres::Client,
+    log: &Path,
+    acked: bool,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (claims, has_acked, _) = member_state(c, &fleet.ring, FROZEN_NODE);
+        let view = fleet.nodes[0].1.ring();
+        let share: BTreeSet<u32> = view.partitions_of(FROZEN_NODE).into_iter().collect();
+        let adopted = adopted_epoch(log) >= view.epoch();
+        if !share.is_empty()
+            && claims == share
+            && adopted
+            && (has_acked || !acked)
+            && fleet.settled()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the frozen-member ring did not settle: it holds {} claims of its {} partitions, adopted the epoch: {adopted}, acknowledged it: {has_acked}",
+            claims.len(),
+            share.len()
+        );
+        fleet.pump(Duration::from_millis(5));
+    }
+}
+
+fn frozen_member(db: &TestPostgres, reps: usize, dir: &Path) -> Frozen {
+    let mut out = Frozen::default();
+    let mut fleet = Fleet::new("handoff-frozen", FROZEN_TTL);
+    for k in 0..3 {
+        let name = format!("f{k}");
+        fleet.start(pool(db, &name, 3), &name);
+    }
+    let log = dir.join("frozen.log");
+    let child = spawn_member(db, &fleet.ring, FROZEN_NODE, FROZEN_TTL, &log);
+    let mut client = db.client().expect("a client for the frozen-member measure");
+    // One pool for every joiner, as in the `join` measure (its first join,
+    // a warm-up, opens the connections), so that the two compare.
+    let jpool = pool(db, "frozen-joiner", 3);
+    let mut rep = 0;
+    while out.join_ms.len() + out.skipped < reps && out.windows < 4 * reps.max(1) {
+        wait_process_settled(&mut fleet, &mut client, &log, true, Duration::from_secs(60));
+        child.signal(libc::SIGSTOP);
+        let frozen_at = Instant::now();
+        // A statement it sent just before may still commit; then nothing
+        // it holds can change until it wakes.
+        std::thread::sleep(Duration::from_millis(20));
+        let (held, _, expires) = member_state(&mut client, &fleet.ring, FROZEN_NODE);
+        let lease_end = instant_of(expires.expect("the frozen member's lease"));
+        let window_end = (frozen_at + FREEZE_WINDOW).min(lease_end - Duration::from_millis(1500));
+        out.windows += 1;
+        while Instant::now() < window_end && out.join_ms.len() + out.skipped < reps {
+            let record = rep > 0;
+            let name = format!("fj-{rep}");
+            rep += 1;
+            let (i, t0, node) = fleet.start(jpool.clone(), &name);
+            let share = node.ring().partitions_of(&name);
+            let (blocked, live): (Vec<u32>, Vec<u32>) =
+                share.iter().partition(|p| held.contains(p));
+            let joined = if live.is_empty() {
+                None
+            } else {
+                fleet.until(
+                    Duration::from_secs(10),
+                    "the joiner's share but the frozen member's claims",
+                    |h| live.iter().all(|p| h.holder(*p) == Some(i)),
+                )
+            };
+            // What it still waits for, and for whom: the frozen member's
+            // claims in its share, nothing else.
+            let waiting = node.status().waiting_for;
+            let for_frozen: BTreeSet<u32> = waiting
+                .iter()
+                .filter(|(who, _)| who == FROZEN_NODE)
+                .flat_map(|(_, ps)| ps.iter().copied())
+                .collect();
+            let others: Vec<&(String, Vec<u32>)> =
+                waiting.iter().filter(|(w, _)| w != FROZEN_NODE).collect();
+            if joined.is_some()
+                && (!others.is_empty() || for_frozen != blocked.iter().copied().collect())
+                && out.odd_waits.len() < 5
+            {
+                out.odd_waits.push(format!(
+                    "{name}: waits for {waiting:?}; its share has {} of the frozen member's claims",
+                    blocked.len()
+                ));
+            }
+            fleet.wait_settled_except(&held, Duration::from_secs(30));
+            let leaving: Vec<u32> = node.owned_partitions().iter().collect();
+            let t1 = Instant::now();
+            node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
+            fleet.remove(i);
+            let left = fleet.until(
+                Duration::from_secs(10),
+                "the leaver's partitions to move",
+                |h| leaving.iter().all(|p| h.holder(*p).is_some_and(|j| j != i)),
+            );
+            fleet.wait_settled_except(&held, Duration::from_secs(30));
+            if !record {
+                continue; // warm-up: the joiner pool's connections are opened here
+            }
+            if live.is_empty() {
+                out.skipped += 1;
+                continue;
+            }
+            match (joined, left) {
+                (Some(j), Some(l)) => {
+                    if j >= lease_end {
+                        out.late += 1;
+                    }
+                    out.join_ms.push(ms(j.saturating_duration_since(t0)));
+                    out.leave_ms.push(ms(l.saturating_duration_since(t1)));
+                    out.waiting.push(blocked.len() as f64);
+                }
+                _ => out.failures += 1,
+            }
+        }
+        child.signal(libc::SIGCONT);
+        let woken = Instant::now();
+        wait_process_settled(
+            &mut fleet,
+            &mut client,
+            &log,
+            false,
+            Duration::from_secs(60),
+        );
+        out.resettle_ms.push(ms(woken.elapsed()));
+    }
+    child.stop();
+    let exited = oracle::now();
+    fleet
+        .replay
+        .add_process_log(FROZEN_NODE, &read_log(&log), End::Exited(exited));
+    for (_, n) in &fleet.nodes {
+        n.stop().unwrap_or_else(|e| panic!("stop: {e}"));
+    }
+    fleet.pump(Duration::from_millis(50));
+    let v = fleet.replay.verdict();
+    out.overlaps = v.overlaps.len() as u64;
+    out.regressions = v.regressions.len() as u64;
+    out.anomalies = fleet.replay.anomalies().len();
+    for d in fleet.replay.describe_overlaps(&v, Instant::now(), 3) {
+        eprintln!("frozen member: overlap {d}");
+    }
+    out
+}
+
+// ---- drained handoffs -----------------------------------------------------------
+
+/// A small ring, so that every join and leave moves a couple of dozen
+/// partitions.
+const DRAIN_RING: u32 = 128;
+/// Members at rest; one more joins, then the oldest leaves, in turn.
+const DRAIN_MEMBERS: usize = 5;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A unit of user work (the `tests/claims.rs` workload's): well under the
+/// drain timeout, so that a drain always ends with the unit.
+const DRAIN_UNIT: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Drained {
+    latency_ms: Vec<f64>,
+    drain_ms: Vec<f64>,
+    claim_ms: Vec<f64>,
+    handoffs: usize,
+    work_handoffs: usize,
+    user_overlaps: Vec<WorkOverlap>,
+    overlaps: u64,
+    regressions: u64,
+    units: usize,
+    worker: WorkerStats,
+    /// Releases that gave the user no guard (the lease ran out, eviction).
+    unguarded: usize,
+    /// Handoffs that took the whole drain timeout or more.
+    timed_out: usize,
+    cycles: usize,
+}
+
+/// A partition that moved from member instance `from` to another.
+struct Handoff {
+    from: usize,
+    released: Ns,
+    acquired: Ns,
+    /// Index in the log of the `Released` event: its drain guard held back
+    /// every partition it names.
+    release: usize,
+}
+
+/// Every handoff in `log`: per partition, an `Acquired` by a member other
+/// than the one whose `Released` came last before it.
+fn handoffs_of(log: &[(usize, Event)]) -> Vec<Handoff> {
+    // (at, acquired, member, index in the log)
+    let mut per: BTreeMap<u32, Vec<(Ns, bool, usize, usize)>> = BTreeMap::new();
+    for (k, (who, e)) in log.iter().enumerate() {
+        let (parts, at, acquired) = match e {
+            Event::Acquired { partitions, at, .. } => (partitions, at, true),
+            Event::Released { partitions, at, .. } => (partitions, at, false),
+            _ => continue,
+        };
+        for p in parts {
+            per.entry(*p)
+                .or_default()
+                .push((oracle::ns(*at), acquired, *who, k));
+        }
+    }
+    let mut out = Vec::new();
+    for evs in per.values_mut() {
+        evs.sort_unstable();
+        let mut last: Option<(usize, Ns, usize)> = None;
+        for &(at, acquired, who, k) in evs.iter() {
+            if !acquired {
+                last = Some((who, at, k));
+            } else if let Some((from, released, release)) = last.take() {
+                if from != who {
+                    out.push(Handoff {
+                        from,
+                        released,
+                        acquired: at,
+                        release,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Members of the drain ring, each with its worker; their events (guards
+/// taken out by the workers) merged in one hub.
+struct DrainFleet {
+    hub: EventHub,
+    replay: Replay,
+    workers: Vec<(usize, DrainWorker)>,
+    names: HashMap<usize, String>,
+    work: WorkLog,
+    next: usize,
+    stats: WorkerStats,
+}
+
+impl DrainFleet {
+    fn start(&mut self, db: &TestPostgres) {
+        let name = format!("d{:03}", self.next);
+        let mut b: Builder = RingNode::builder(pool(db, &name, 3), "handoff-drain")
+            .node_id(name.clone())
+            .ring_size(DRAIN_RING)
+            .lease_ttl(Duration::from_secs(30))
+            .drain_timeout(DRAIN_TIMEOUT)
+            .start_timeout(Duration::from_secs(30));
+        let rx = b.subscribe();
+        let node = b.start().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        // The hub keeps every event: it gets the worker's copies, whose
+        // guards the worker has taken out (a kept guard would hold every
+        // drain until its timeout).
+        let (tee, events) = crossbeam_channel::unbounded();
+        self.hub.add(self.next, events);
+        let w = DrainWorker::start_with_tee(node, rx, self.work.clone(), DRAIN_UNIT, Some(tee));
+        self.workers.push((self.next, w));
+        self.names.insert(self.next, name);
+        self.next += 1;
+    }
+
+    fn stop_oldest(&mut self) {
+        let (_, w) = self.workers.remove(0);
+        let (result, st) = w.stop();
+        result.unwrap_or_else(|e| panic!("stop: {e}"));
+        self.stats.kept += st.kept;
+        self.stats.dropped_at_once += st.dropped_at_once;
+        self.stats.aborted += st.aborted;
+    }
+
+    fn pump(&mut self, wait: Duration) {
+        for (i, e) in self.hub.wait_drain(wait) {
+            self.replay.apply(i, &e);
+        }
+    }
+
+    fn settled(&self) -> bool {
+        let Some((_, first)) = self.workers.first() else {
+            return true;
+        };
+        let e = first.node().ring().epoch();
+        self.workers.iter().all(|(_, w)| {
+            let (n, v) = (w.node(), w.node().ring());
+            v.epoch() == e && n.owned_partitions().len() == v.partitions_of(n.node_id()).len()
+        })
+    }
+
+    fn wait_settled(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.settled() {
+            assert!(Instant::now() < deadline, "the drain ring did not settle");
+            self.pump(Duration::from_millis(2));
+        }
+        self.pump(Duration::ZERO);
+    }
+}
+
+fn drain(db: &TestPostgres, target: usize) -> Drained {
+    let mut fleet = DrainFleet {
+        hub: EventHub::default(),
+        replay: Replay::new(DRAIN_RING),
+        workers: Vec::new(),
+        names: HashMap::new(),
+        work: WorkLog::default(),
+        next: 0,
+        stats: WorkerStats::default(),
+    };
+    // Every change waits for the ring to settle, here and in the teardown
+    // too: a member stopped before its predecessor's partitions reached it
+    // would pass them on one change later, and that handoff's latency would
+    // include the next member's drain as well as the first.
+    //
+    // A random pause before each change: a settle ends just after some
+    // worker's unit ended (that drain was the last thing waited for), so a
+    // change made at once would always find that worker's next unit just
+    // begun, and the drains would all be near a whole unit long.
+    let mut rng = Rng::new(0xd7a1);
+    let mut pause = || {
+        let unit_ms = DRAIN_UNIT.as_millis() as u64;
+        std::thread::sleep(Duration::from_millis(rng.below(unit_ms)));
+    };
+    for _ in 0..DRAIN_MEMBERS {
+        pause();
+        fleet.start(db);
+        fleet.wait_settled(Duration::from_secs(60));
+    }
+    let mut out = Drained::default();
+    // Churn: a member joins, the ring settles (every drain has ended and
+    // every partition is active on its new owner), the oldest member
+    // leaves, it settles again — each time while the workers are mid-unit.
+    while handoffs_of(&fleet.hub.log).len() < target && out.cycles < target / 10 + 20 {
+        pause();
+        fleet.start(db);
+        fleet.wait_settled(Duration::from_secs(30));
+        pause();
+        fleet.stop_oldest();
+        fleet.wait_settled(Duration::from_secs(30));
+        out.cycles += 1;
+    }
+    while !fleet.workers.is_empty() {
+        pause();
+        fleet.stop_oldest();
+        fleet.wait_settled(Duration::from_secs(30));
+    }
+    for _ in 0..5 {
+        fleet.pump(Duration::from_millis(20));
+    }
+    let log = &fleet.hub.log;
+    for h in handoffs_of(log) {
+        let name = &fleet.names[&h.from];
+        let Event::Released { partitions, .. } = &log[h.release].1 else {
+            unreachable!("a handoff starts at a release");
+        };
+        // The drain: the old owner's unit in progress at the release on any
+        // partition of that release (its one guard held them all back), or
+        // none (every unit on them had ended: the guard went at once).
+        let end = partitions
+            .iter()
+            .filter_map(|q| fleet.work.last_end(*q, name, h.released))
+            .max()
+            .unwrap_or(h.released)
+            .max(h.released);
+        let lat = (h.acquired - h.released) as f64 / 1e6;
+        out.latency_ms.push(lat);
+        out.drain_ms.push((end - h.released) as f64 / 1e6);
+        out.claim_ms
+            .push(h.acquired.saturating_sub(end) as f64 / 1e6);
+        if lat >= ms(DRAIN_TIMEOUT) {
+            out.timed_out += 1;
+        }
+    }
+    out.handoffs = out.latency_ms.len();
+    out.unguarded = log
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::Released {
+                    reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted,
+                    ..
+                }
+            )
+        })
+        .count();
+    out.work_handoffs = fleet.work.handoffs();
+    out.user_overlaps = fleet.work.overlaps();
+    out.units = fleet.work.units();
+    out.worker = fleet.stats;
+    let v = fleet.replay.verdict();
+    out.overlaps = v.overlaps.len() as u64;
+    out.regressions = v.regressions.len() as u64;
+    out
+}
+
 fn main() {
     // RUST_LOG=leasering=info shows the library's own account of each step.
     let _ = env_logger::builder().format_timestamp_micros().try_init();
@@ -194,6 +830,8 @@ fn main() {
     let q = quick();
     let reps = env_usize("LEASERING_BENCH_REPS", if q { 20 } else { 150 });
     let crash_reps = env_usize("LEASERING_BENCH_CRASH_REPS", if q { 3 } else { 10 });
+    let frozen_reps = env_usize("LEASERING_BENCH_FROZEN_REPS", if q { 20 } else { 200 });
+    let drain_handoffs = env_usize("LEASERING_BENCH_DRAIN_HANDOFFS", if q { 200 } else { 1000 });
     let rest_window =
         Duration::from_secs(env_usize("LEASERING_BENCH_REST_S", if q { 12 } else { 30 }) as u64);
 
@@ -212,81 +850,22 @@ fn main() {
     }
     fleet.wait_settled(Duration::from_secs(60));
     let jpool = pool(&db, "joiner", 3);
-    let mut join_ms = Vec::new();
-    let mut leave_ms = Vec::new();
-    let mut start_call_ms = Vec::new();
-    let mut stop_call_ms = Vec::new();
-    // Phases of a join: the old owners' releases, then the joiner's
-    // activation (acknowledgements + barrier).
-    let mut released_ms = Vec::new();
-    let mut activated_ms = Vec::new();
-    let mut leave_notified_ms = Vec::new();
-    let mut leave_adopted_ms = Vec::new();
-    let mut leave_activated_ms = Vec::new();
-    let mut failures = 0;
+    let mut shared = JoinLeave::default();
+    let mut warm = JoinLeave::default();
+    let mut cold = JoinLeave::default();
     for rep in 0..reps + 1 {
-        fleet.wait_settled(Duration::from_secs(30));
-        let name = format!("joiner-{rep}");
-        let (i, t0, node) = fleet.start(jpool.clone(), &name);
-        let started = Instant::now();
-        let share = node.ring().partitions_of(&name);
-        let joined = fleet.until(Duration::from_secs(10), "the joiner's share", |h| {
-            h.covered_once_without(None) && share.iter().all(|p| h.holder(*p) == Some(i))
-        });
-        // Leave.
-        fleet.wait_settled(Duration::from_secs(30));
-        let t1 = Instant::now();
-        node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
-        let stopped = Instant::now();
-        fleet.remove(i);
-        let left = fleet.until(
-            Duration::from_secs(10),
-            "the leaver's partitions to move",
-            |h| h.covered_once_without(Some(i)),
-        );
-        if rep == 0 {
-            continue; // warm-up: the joiner pool's connections are opened here
-        }
-        let last_release = fleet
-            .hub
-            .log
-            .iter()
-            .filter_map(|(who, e)| match e {
-                Event::Released { at, .. } if *who != i && *at > t0 && *at <= t1 => Some(*at),
-                _ => None,
-            })
-            .max();
-        // Phases of a leave: the others adopt the leave's view (its
-        // transaction and NOTIFY), then the successors activate (the
-        // others' acknowledgements and the barrier).
-        let adopted: Vec<Instant> = fleet
-            .hub
-            .log
-            .iter()
-            .filter_map(|(who, e)| match e {
-                Event::ViewChanged { at, .. } if *who != i && *at > t1 => Some(*at),
-                _ => None,
-            })
-            .collect();
-        match (joined, left) {
-            (Some(j), Some(l)) => {
-                if let (Some(first), Some(last)) = (adopted.iter().min(), adopted.iter().max()) {
-                    leave_notified_ms.push(ms(first.saturating_duration_since(t1)));
-                    leave_adopted_ms.push(ms(last.saturating_duration_since(t1)));
-                    leave_activated_ms.push(ms(l.saturating_duration_since(*last)));
-                }
-                if let Some(r) = last_release {
-                    released_ms.push(ms(r.saturating_duration_since(started)));
-                    activated_ms.push(ms(j.saturating_duration_since(r)));
-                }
-                join_ms.push(ms(j.saturating_duration_since(t0)));
-                leave_ms.push(ms(l.saturating_duration_since(t1)));
-                start_call_ms.push(ms(started - t0));
-                stop_call_ms.push(ms(stopped - t1));
-            }
-            _ => failures += 1,
-        }
+        // The first rep is a warm-up: the shared joiner pool's connections
+        // are opened in it (and the database's caches filled).
+        let record = rep > 0;
+        shared.cycle(&mut fleet, jpool.clone(), &format!("joiner-{rep}"), record);
+        // Built (its connections open) before `start()` is timed.
+        let name = format!("warm-{rep}");
+        let wpool = warm_pool(&db, &name, 3);
+        warm.cycle(&mut fleet, wpool, &name, record);
+        let name = format!("cold-{rep}");
+        cold.cycle(&mut fleet, pool(&db, &name, 3), &name, record);
     }
+    let mut failures = shared.failures + warm.failures + cold.failures;
     fleet.wait_settled(Duration::from_secs(30));
     let overlaps = fleet.replay.verdict().overlaps.len() as u64;
 
@@ -313,6 +892,12 @@ fn main() {
     for (_, n) in &fleet.nodes {
         n.stop().unwrap_or_else(|e| panic!("stop: {e}"));
     }
+    let dir = std::env::temp_dir().join(format!("leasering-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // ---- version 2: a frozen member, drained handoffs ------------------------
+    let frozen = frozen_member(&db, frozen_reps, &dir);
+    let drained = drain(&db, drain_handoffs);
 
     // ---- crash (kill -9 of a member process) ----------------------------------
     let ttl = Duration::from_secs(2);
@@ -322,8 +907,6 @@ fn main() {
         crash.start(pool(&db, &name, 3), &name);
     }
     crash.wait_settled(Duration::from_secs(60));
-    let dir = std::env::temp_dir().join(format!("leasering-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::new(0xc4a5);
     let mut crash_ms = Vec::new();
     let mut after_lease_ms = Vec::new();
@@ -386,20 +969,24 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // ---- report -------------------------------------------------------------------
-    let j = stats(&join_ms);
-    let l = stats(&leave_ms);
-    let sc = stats(&start_call_ms);
-    let so = stats(&stop_call_ms);
-    let jr = stats(&released_ms);
-    let ln = stats(&leave_notified_ms);
-    let lad = stats(&leave_adopted_ms);
-    let lac = stats(&leave_activated_ms);
-    let ja = stats(&activated_ms);
+    let j = stats(&shared.join_ms);
+    let l = stats(&shared.leave_ms);
+    let sc = stats(&shared.start_call_ms);
+    let so = stats(&shared.stop_call_ms);
+    let jr = stats(&shared.released_ms);
+    let ln = stats(&shared.leave_notified_ms);
+    let lad = stats(&shared.leave_adopted_ms);
+    let lac = stats(&shared.leave_activated_ms);
+    let ja = stats(&shared.activated_ms);
+    let jw = stats(&warm.join_ms);
+    let lw = stats(&warm.leave_ms);
+    let jc = stats(&cold.join_ms);
+    let lc = stats(&cold.leave_ms);
     let c = stats(&crash_ms);
     let al = stats(&after_lease_ms);
     let ttl_ms = ms(ttl);
     println!();
-    println!("Handoff latency, {MEMBERS} members + 1, ring {RING_SIZE}, TTL 30 s ({} join/leave cycles), crash TTL 2 s ({} kills):", j.n, c.n);
+    println!("Handoff latency, {MEMBERS} members + 1, ring {RING_SIZE}, TTL 30 s ({} join/leave cycles per pool), crash TTL 2 s ({} kills):", j.n, c.n);
     let row = |name: &str, s: &Stats, unit: f64| {
         vec![
             name.to_string(),
@@ -423,6 +1010,18 @@ fn main() {
             row("  then old owners released (ms)", &jr, 1.0),
             row("  then the joiner activated (ms)", &ja, 1.0),
             row(
+                "join_warm: the same, fresh pool opened before start() (ms)",
+                &jw,
+                1.0,
+            ),
+            row("  start() returned (ms)", &stats(&warm.start_call_ms), 1.0),
+            row(
+                "join_cold: the same, fresh lazily connecting pool (ms)",
+                &jc,
+                1.0,
+            ),
+            row("  start() returned (ms)", &stats(&cold.start_call_ms), 1.0),
+            row(
                 "leave: stop() until its partitions are active elsewhere (ms)",
                 &l,
                 1.0,
@@ -431,6 +1030,18 @@ fn main() {
             row("  first other member adopted the leave (ms)", &ln, 1.0),
             row("  last other member adopted the leave (ms)", &lad, 1.0),
             row("  then the successors activated (ms)", &lac, 1.0),
+            row(
+                "leave_warm: the same, fresh pool opened before start() (ms)",
+                &lw,
+                1.0,
+            ),
+            row("  stop() returned (ms)", &stats(&warm.stop_call_ms), 1.0),
+            row(
+                "leave_cold: the same, fresh lazily connecting pool (ms)",
+                &lc,
+                1.0,
+            ),
+            row("  stop() returned (ms)", &stats(&cold.stop_call_ms), 1.0),
             row("crash: kill -9 until covered (ms)", &c, 1.0),
             row("crash: kill -9 until covered (× TTL)", &c, ttl_ms),
             row(
@@ -469,10 +1080,128 @@ fn main() {
         println!("  {calls:>6} calls: {q}");
     }
     println!("targets (DESIGN §9): join p50 <= 10 ms, p99 <= 50 ms; leave p50 <= 5 ms, p99 <= 25 ms; crash <= TTL + 200 ms; at rest <= 1 statement per member per renewal interval (0.1/s)");
+    println!();
+    let fj = stats(&frozen.join_ms);
+    let fl = stats(&frozen.leave_ms);
+    let dl = stats(&drained.latency_ms);
+    println!(
+        "Version 2. Frozen member: 3 members + 1 member process (SIGSTOP), ring {RING_SIZE}, TTL 10 s, {} joins and leaves in {} freezes of <= {:.1} s. \
+         Drain: {} members + 1 joining and leaving in turn ({} cycles), ring {DRAIN_RING}, drain timeout {:.0} s, {:.0} ms units of user work:",
+        fj.n,
+        frozen.windows,
+        FREEZE_WINDOW.as_secs_f64(),
+        DRAIN_MEMBERS,
+        drained.cycles,
+        DRAIN_TIMEOUT.as_secs_f64(),
+        ms(DRAIN_UNIT),
+    );
+    print_table(
+        &["measure", "n", "min", "p50", "p90", "p99", "max"],
+        &[
+            row(
+                "frozen_member: start() until the joiner holds its share but the frozen member's claims (ms)",
+                &fj,
+                1.0,
+            ),
+            row(
+                "  partitions of the share waiting for the frozen member",
+                &stats(&frozen.waiting),
+                1.0,
+            ),
+            row(
+                "frozen_member_leave: stop() until its partitions are active elsewhere (ms)",
+                &fl,
+                1.0,
+            ),
+            row(
+                "drain: old owner's Released until the new owner's Acquired, drain included (ms)",
+                &dl,
+                1.0,
+            ),
+            row(
+                "  of which the old owner's unit in progress ran on (ms)",
+                &stats(&drained.drain_ms),
+                1.0,
+            ),
+            row(
+                "  then the claim moved (ms)",
+                &stats(&drained.claim_ms),
+                1.0,
+            ),
+        ],
+    );
+    println!(
+        "frozen member: overlaps {}, token regressions {}, unpaired events {}, joins completed after its lease ended {}, joins taking nothing from live members {}, failed {}; \
+         after each SIGCONT settled again in {} ms",
+        frozen.overlaps,
+        frozen.regressions,
+        frozen.anomalies,
+        frozen.late,
+        frozen.skipped,
+        frozen.failures,
+        frozen
+            .resettle_ms
+            .iter()
+            .map(|x| f(*x, 0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for w in &frozen.odd_waits {
+        println!("  odd wait: {w}");
+    }
+    println!(
+        "drain: {} handoffs ({} of user work), {} user-work overlaps, ownership overlaps {}, token regressions {}, \
+         {} units, guards kept to a unit's end {} / dropped at once {}, releases without a guard (lease expired, evicted) {}, \
+         handoffs >= the drain timeout {}",
+        drained.handoffs,
+        drained.work_handoffs,
+        drained.user_overlaps.len(),
+        drained.overlaps,
+        drained.regressions,
+        drained.units,
+        drained.worker.kept,
+        drained.worker.dropped_at_once,
+        drained.unguarded,
+        drained.timed_out,
+    );
+    for o in drained.user_overlaps.iter().take(3) {
+        println!("  user-work overlap: {o:?}");
+    }
+    println!("targets (DESIGN §10): join while a member is frozen p99 <= 50 ms; 0 user-work overlaps over >= 1,000 drained handoffs");
     println!("loadavg after: {}", loadavg());
     println!();
     println!("handoff join p50_ms={:.2} p99_ms={:.2}", j.p50, j.p99);
+    println!(
+        "handoff join_warm p50_ms={:.2} p99_ms={:.2}",
+        jw.p50, jw.p99
+    );
+    println!(
+        "handoff join_cold p50_ms={:.2} p99_ms={:.2}",
+        jc.p50, jc.p99
+    );
     println!("handoff leave p50_ms={:.2} p99_ms={:.2}", l.p50, l.p99);
+    println!(
+        "handoff leave_warm p50_ms={:.2} p99_ms={:.2}",
+        lw.p50, lw.p99
+    );
+    println!(
+        "handoff leave_cold p50_ms={:.2} p99_ms={:.2}",
+        lc.p50, lc.p99
+    );
+    println!(
+        "handoff frozen_member p50_ms={:.2} p99_ms={:.2}",
+        fj.p50, fj.p99
+    );
+    println!(
+        "handoff frozen_member_leave p50_ms={:.2} p99_ms={:.2}",
+        fl.p50, fl.p99
+    );
+    println!(
+        "handoff drain handoffs={} user_overlaps={} p50_ms={:.2}",
+        drained.handoffs,
+        drained.user_overlaps.len(),
+        dl.p50
+    );
     println!(
         "handoff crash p50_over_ttl={:.3} max_over_ttl={:.3}",
         c.p50 / ttl_ms,
@@ -483,5 +1212,13 @@ fn main() {
         stmt_rate.unwrap_or(xact_rate)
     );
     println!("handoff_extra overlaps={} failed_reps={failures} xacts_per_member_per_s={xact_rate:.3} crash_after_lease_end_p50_ms={:.1} crash_after_lease_end_max_ms={:.1}", overlaps + crash_overlaps, al.p50, al.max);
+    println!(
+        "handoff_v2_extra frozen_overlaps={} frozen_late_joins={} drain_ownership_overlaps={} drain_p99_ms={:.2} drain_unguarded_releases={}",
+        frozen.overlaps + frozen.regressions,
+        frozen.late,
+        drained.overlaps + drained.regressions,
+        dl.p99,
+        drained.unguarded
+    );
     drop(db);
 }

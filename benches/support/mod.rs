@@ -209,6 +209,25 @@ pub fn pool(db: &TestPostgres, app: &str, max: u32) -> Pool {
         .unwrap_or_else(|e| panic!("pool: {e}"))
 }
 
+/// A pool of `max` connections opened *before* this returns, the way a
+/// service builds its pool at process start (r2d2's `build()` with its
+/// default `min_idle` = `max_size` waits for all of them), tagged with
+/// `application_name` = `app`.
+pub fn warm_pool(db: &TestPostgres, app: &str, max: u32) -> Pool {
+    let mut config = db.config();
+    config
+        .application_name(app)
+        .connect_timeout(Duration::from_secs(30));
+    let pool = r2d2::Pool::builder()
+        .max_size(max)
+        .connection_timeout(Duration::from_secs(30))
+        .build(PostgresConnectionManager::new(config, NoTls))
+        .unwrap_or_else(|e| panic!("warm pool: {e}"));
+    let s = pool.state();
+    assert_eq!(s.connections, max, "the warm pool opened every connection");
+    pool
+}
+
 /// Counters of database work, read from the statistics views.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DbCounters {
@@ -403,12 +422,18 @@ impl Replay {
     /// Adds the log of a member process `name` killed at `killed` (its
     /// partitions held until then), for the overlap judgement.
     pub fn add_killed_process(&mut self, name: &str, log: &[Ev], killed: Instant) {
+        self.add_process_log(name, log, End::Killed(oracle::ns(killed)));
+    }
+
+    /// Adds the log of a member process `name` that ended as `end` (killed,
+    /// or exited after releasing everything), for the overlap judgement.
+    pub fn add_process_log(&mut self, name: &str, log: &[Ev], end: End) {
         let r = self.history.add_run(name);
         self.instances.push(None);
         for e in log {
             self.history.logged(r, e);
         }
-        self.history.end(r, End::Killed(oracle::ns(killed)));
+        self.history.end(r, end);
     }
 
     /// Applies one event of `instance` (each instance's in the order it
