@@ -62,8 +62,10 @@ pub struct DemoArgs {
     /// How long `p` freezes a member [default: 1.5 × lease TTL]
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub pause: Option<Duration>,
-    /// No terminal UI: one line per event, a status line per second, and a final
-    /// `demo: members=… partitions_active=… overlaps=… handoffs=…` line
+    /// No terminal UI: one line per event, a status line per second, the band's
+    /// text (`ring: …`) when it changes, and a final
+    /// `demo: members=… partitions_active=… overlaps=… handoffs=…` line; commands
+    /// one a line on stdin unless it is a terminal (j, l/k/p [member], c, v, q)
     #[arg(long)]
     pub plain: bool,
     /// Stop by itself after this many seconds (churn stops early enough for the
@@ -76,6 +78,11 @@ pub struct DemoArgs {
     /// Seed of the churn's random choices [default: from the clock]
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Drained handoffs: each member runs a simulated worker that needs this
+    /// long to finish its unit of work on partitions it releases, and their
+    /// next owner starts only then (drain timeout: twice this) [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = parse_drain)]
+    pub drain: Option<Duration>,
 }
 
 impl Default for DemoArgs {
@@ -94,6 +101,7 @@ impl Default for DemoArgs {
             seconds: None,
             schema: "leasering".into(),
             seed: None,
+            drain: None,
         }
     }
 }
@@ -168,6 +176,18 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Longest `--drain`: a graceful stop waits for its drains, and the demo
+/// gives every member's stop 10 s when it quits.
+pub const MAX_DRAIN: Duration = Duration::from_secs(3);
+
+fn parse_drain(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d > MAX_DRAIN {
+        return Err(format!("{s:?} is too long: at most {MAX_DRAIN:?}"));
+    }
+    Ok(d)
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
@@ -212,6 +232,9 @@ mod tests {
         assert!(parse_duration("3 parsecs").is_err());
         assert!(parse_duration("1e400").is_err());
         assert!(parse_seconds("0").is_err());
+        assert_eq!(parse_drain("300ms").unwrap(), Duration::from_millis(300));
+        assert!(parse_drain("1ms").is_err());
+        assert!(parse_drain("4s").is_err());
     }
 
     #[test]

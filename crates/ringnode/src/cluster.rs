@@ -2,7 +2,8 @@
 //! connection pool (as if it were its own process), started, stopped,
 //! crashed and paused on worker threads so that the caller — the terminal
 //! UI — never waits on the database. Every member's events go, through a
-//! collector thread, to one channel of [`Msg`]s.
+//! collector thread (which also drives the member's simulated worker with
+//! `--drain`), to one channel of [`Msg`]s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,15 +11,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use leasering::{Config, ErrorKind, Event, NodeStatus, RingNode, RingView};
 use leasering_testkit::rng::Rng;
 use parking_lot::Mutex;
 use r2d2_postgres::postgres::{self, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::band::{Stalls, State, Why};
 use crate::journal::{Label, Line, Tone};
 use crate::util::{human, slot_of};
+use crate::work::{Drained, Work};
 
 /// What the members need to know.
 #[derive(Clone)]
@@ -26,6 +29,9 @@ pub struct Settings {
     pub pg: postgres::Config,
     /// The members' configuration, validated; each gets its own node id.
     pub member: Config,
+    /// With `--drain`: each member's simulated worker, whose unit of work
+    /// takes this long (`member.drain_timeout` is set too).
+    pub work_unit: Option<Duration>,
 }
 
 /// Starts one member configured by `cfg` (the fields the demo's flags set,
@@ -46,9 +52,13 @@ pub fn start_member(
         .ring_size(cfg.ring_size)
         .lease_ttl(cfg.lease_ttl)
         .schema(cfg.schema.clone())
-        .start_timeout(cfg.start_timeout);
+        .start_timeout(cfg.start_timeout)
+        .stop_timeout(cfg.stop_timeout);
     if let Some(id) = &cfg.node_id {
         b = b.node_id(id.clone());
+    }
+    if let Some(d) = cfg.drain_timeout {
+        b = b.drain_timeout(d);
     }
     let rx = b.subscribe();
     let node = b.start()?;
@@ -70,6 +80,21 @@ pub struct Member {
     pub slot: usize,
     pub node: Option<RingNode>,
     pub phase: Phase,
+    /// Its simulated worker, with `--drain`.
+    pub work: Option<Arc<Work>>,
+}
+
+impl Phase {
+    /// How the band names a member in this phase.
+    fn state(self) -> State {
+        match self {
+            Phase::Starting => State::Joining,
+            Phase::Live => State::Live,
+            Phase::Paused { .. } => State::Paused,
+            Phase::Leaving => State::Leaving,
+            Phase::Crashed { .. } => State::Crashed,
+        }
+    }
 }
 
 /// What reaches the demo's loop.
@@ -85,6 +110,12 @@ pub enum Msg {
         member: String,
         label: Label,
     },
+    /// A member's worker ended a drain: the claims go back.
+    Drained {
+        member: String,
+        slot: usize,
+        drained: Drained,
+    },
 }
 
 /// A partition as the dashboard paints it.
@@ -92,8 +123,15 @@ pub enum Msg {
 pub enum Cell {
     /// Active on exactly one member (its slot).
     Active(usize),
-    /// Assigned to a running member, waiting for the handoff barrier.
+    /// Assigned to a running member (its slot), taking its claim.
     Pending(usize),
+    /// Assigned to a running member, whose take found the claim held by
+    /// another member (`None`: locked by a take in flight); counted as
+    /// pending.
+    Claimed { owner: usize, holder: Option<usize> },
+    /// Released by a member (its slot) whose worker is still finishing its
+    /// unit of work on it (`--drain`): the claim goes back after that.
+    Draining(usize),
     /// Assigned to a member that is crashed, paused or leaving: nobody may
     /// use it until that member's lease ends (or it comes back).
     Waiting(usize),
@@ -110,6 +148,8 @@ pub struct Row {
     pub phase: Phase,
     pub status: Option<NodeStatus>,
     pub vnodes: Option<usize>,
+    /// Partitions its worker is draining (with `--drain`).
+    pub draining: Vec<u32>,
 }
 
 /// Everything the dashboard and the status lines show, read from the
@@ -119,6 +159,8 @@ pub struct Snapshot {
     /// Per partition, how to paint it; counted in `tally`.
     pub cells: Vec<Cell>,
     pub tally: Tally,
+    /// The partitions in handoff or unused, grouped by why: the band's text.
+    pub stalls: Stalls,
     /// Newest epoch among the running members' views.
     pub epoch: u64,
     /// Members in the ring (joined, running, not crashed).
@@ -130,6 +172,7 @@ pub struct Snapshot {
 pub struct Tally {
     pub active: u32,
     pub pending: u32,
+    pub draining: u32,
     pub waiting: u32,
     pub double: u32,
 }
@@ -140,7 +183,8 @@ impl Tally {
         for c in cells {
             match c {
                 Cell::Active(_) => t.active += 1,
-                Cell::Pending(_) => t.pending += 1,
+                Cell::Pending(_) | Cell::Claimed { .. } => t.pending += 1,
+                Cell::Draining(_) => t.draining += 1,
                 Cell::Waiting(_) => t.waiting += 1,
                 Cell::Double => t.double += 1,
                 Cell::Free => {}
@@ -196,6 +240,7 @@ impl Cluster {
             slot,
             node: None,
             phase: Phase::Starting,
+            work: None,
         });
         (name, slot)
     }
@@ -222,13 +267,15 @@ impl Cluster {
             attempts += 1;
             match self.start_member(&name) {
                 Ok((node, rx)) => {
-                    self.spawn_collector(name.clone(), slot, rx);
+                    let work = self.settings.work_unit.map(|u| Arc::new(Work::new(u)));
+                    self.spawn_collector(name.clone(), slot, rx, work.clone());
                     let orphan = {
                         let mut ms = self.members.lock();
                         match ms.iter_mut().find(|m| m.name == name) {
                             Some(m) if !self.closing.load(Ordering::SeqCst) => {
                                 m.node = Some(node.clone());
                                 m.phase = Phase::Live;
+                                m.work = work;
                                 None
                             }
                             _ => Some(node),
@@ -287,19 +334,58 @@ impl Cluster {
         self.members.lock().retain(|m| m.name != name);
     }
 
-    fn spawn_collector(&self, name: String, slot: usize, rx: Receiver<Event>) {
+    /// Forwards a member's events, and ends its worker's drains on time:
+    /// it waits for the next event or the next drain's end, whichever comes
+    /// first.
+    fn spawn_collector(
+        &self,
+        name: String,
+        slot: usize,
+        rx: Receiver<Event>,
+        work: Option<Arc<Work>>,
+    ) {
         let tx = self.tx.clone();
         self.spawn(format!("events-{name}"), move || {
-            for event in rx {
-                let msg = Msg::Event {
-                    member: name.clone(),
-                    slot,
-                    event,
-                    recv: Instant::now(),
+            let report = |ended: Vec<Drained>| {
+                ended.into_iter().all(|drained| {
+                    let member = name.clone();
+                    tx.send(Msg::Drained {
+                        member,
+                        slot,
+                        drained,
+                    })
+                    .is_ok()
+                })
+            };
+            loop {
+                let next = match work.as_ref().and_then(|w| w.next_due()) {
+                    Some(due) => rx.recv_deadline(due),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
-                if tx.send(msg).is_err() {
+                let sent = match (next, &work) {
+                    (Ok(mut event), _) => {
+                        let cut = work
+                            .as_ref()
+                            .map(|w| w.on_event(&mut event))
+                            .unwrap_or_default();
+                        let msg = Msg::Event {
+                            member: name.clone(),
+                            slot,
+                            event,
+                            recv: Instant::now(),
+                        };
+                        tx.send(msg).is_ok() && report(cut)
+                    }
+                    (Err(RecvTimeoutError::Timeout), Some(w)) => report(w.due(Instant::now())),
+                    (Err(_), _) => false,
+                };
+                if !sent {
                     break;
                 }
+            }
+            // The member is gone (or the demo is): no work is left to drain.
+            if let Some(w) = &work {
+                report(w.abandon(Instant::now()));
             }
         });
     }
@@ -328,6 +414,15 @@ impl Cluster {
     }
 
     fn take_for(&self, name: &str, phase: Phase) -> Option<(RingNode, usize)> {
+        self.take_with_work(name, phase)
+            .map(|(node, slot, _)| (node, slot))
+    }
+
+    fn take_with_work(
+        &self,
+        name: &str,
+        phase: Phase,
+    ) -> Option<(RingNode, usize, Option<Arc<Work>>)> {
         let mut ms = self.members.lock();
         let m = ms.iter_mut().find(|m| m.name == name)?;
         if !matches!(m.phase, Phase::Live | Phase::Paused { .. }) {
@@ -335,7 +430,7 @@ impl Cluster {
         }
         let node = m.node.clone()?;
         m.phase = phase;
-        Some((node, m.slot))
+        Some((node, m.slot, m.work.clone()))
     }
 
     /// Graceful leave, on a worker thread.
@@ -378,9 +473,17 @@ impl Cluster {
     /// database and the survivors remove it.
     pub fn crash(self: &Arc<Self>, name: &str, origin: &str) {
         let at = Instant::now();
-        let Some((node, slot)) = self.take_for(name, Phase::Crashed { at }) else {
+        let Some((node, slot, work)) = self.take_with_work(name, Phase::Crashed { at }) else {
             return;
         };
+        // A crash kills the worker too: what it was draining stops now.
+        for drained in work.map(|w| w.kill(at)).unwrap_or_default() {
+            let _ = self.tx.send(Msg::Drained {
+                member: name.to_string(),
+                slot,
+                drained,
+            });
+        }
         let _ = self.tx.send(Msg::Label {
             member: name.to_string(),
             label: Label::Crashed,
@@ -504,11 +607,20 @@ impl Cluster {
 
     /// The state of every member, from memory.
     pub fn snapshot(&self) -> Snapshot {
-        let listed: Vec<(String, usize, Phase, Option<RingNode>)> = self
+        type Listed = (String, usize, Phase, Option<RingNode>, Option<Arc<Work>>);
+        let listed: Vec<Listed> = self
             .members
             .lock()
             .iter()
-            .map(|m| (m.name.clone(), m.slot, m.phase, m.node.clone()))
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.slot,
+                    m.phase,
+                    m.node.clone(),
+                    m.work.clone(),
+                )
+            })
             .collect();
         let size = self.settings.member.ring_size as usize;
         let mut active_by: Vec<Option<usize>> = vec![None; size];
@@ -516,7 +628,7 @@ impl Cluster {
         let mut newest: Option<RingView> = None;
         let mut rows = Vec::with_capacity(listed.len());
         let mut in_ring = 0;
-        for (name, slot, phase, node) in listed {
+        for (name, slot, phase, node, work) in listed {
             let status = node.as_ref().map(|n| n.status());
             if let Some(n) = &node {
                 for p in n.owned_partitions().iter() {
@@ -545,31 +657,11 @@ impl Cluster {
                 phase,
                 status,
                 vnodes: None,
+                draining: work.map(|w| w.draining()).unwrap_or_default(),
             });
         }
-        let by_name: HashMap<&str, (usize, Phase)> = rows
-            .iter()
-            .map(|r| (r.name.as_str(), (r.slot, r.phase)))
-            .collect();
-        let cells: Vec<Cell> = (0..size)
-            .map(|p| {
-                if double[p] {
-                    return Cell::Double;
-                }
-                if let Some(slot) = active_by[p] {
-                    return Cell::Active(slot);
-                }
-                let owner = newest.as_ref().and_then(|v| v.owner_of(p as u32));
-                match owner {
-                    None => Cell::Free,
-                    Some(o) => match by_name.get(o) {
-                        Some((slot, Phase::Live | Phase::Starting)) => Cell::Pending(*slot),
-                        Some((slot, _)) => Cell::Waiting(*slot),
-                        None => Cell::Waiting(slot_of(o)),
-                    },
-                }
-            })
-            .collect();
+        let seen: Vec<Seen> = rows.iter().map(Seen::of).collect();
+        let (cells, stalls) = paint(&seen, &active_by, &double, newest.as_ref());
         if let Some(v) = &newest {
             for r in rows.iter_mut() {
                 r.vnodes = v.member(&r.name).map(|m| m.positions().len());
@@ -579,6 +671,7 @@ impl Cluster {
             rows,
             tally: Tally::of(&cells),
             cells,
+            stalls,
             epoch: newest.as_ref().map_or(0, |v| v.epoch()),
             in_ring,
         }
@@ -649,6 +742,136 @@ impl Cluster {
     }
 }
 
+/// What [`paint`] needs to know of a member.
+struct Seen<'a> {
+    name: &'a str,
+    slot: usize,
+    phase: Phase,
+    /// Its pending partitions whose claim another member holds, by holder.
+    waiting_for: &'a [(String, Vec<u32>)],
+    /// The partitions its worker drains.
+    draining: &'a [u32],
+}
+
+impl Seen<'_> {
+    fn of(r: &Row) -> Seen<'_> {
+        Seen {
+            name: &r.name,
+            slot: r.slot,
+            phase: r.phase,
+            waiting_for: r.status.as_ref().map_or(&[], |s| &s.waiting_for),
+            draining: &r.draining,
+        }
+    }
+}
+
+/// Each partition's cell, and why the ones in handoff or unused are so:
+/// the active ones from `active_by` (and `double`), the rest from `newest`
+/// (the newest view among the running members), the claims their owners
+/// wait for, and the workers' drains.
+fn paint(
+    rows: &[Seen],
+    active_by: &[Option<usize>],
+    double: &[bool],
+    newest: Option<&RingView>,
+) -> (Vec<Cell>, Stalls) {
+    let by_name: HashMap<&str, (usize, Phase)> =
+        rows.iter().map(|r| (r.name, (r.slot, r.phase))).collect();
+    let who = |name: &str| -> (usize, State) {
+        match by_name.get(name) {
+            Some((slot, phase)) => (*slot, phase.state()),
+            None => (slot_of(name), State::Gone),
+        }
+    };
+    // `owner` waits for the claim `holder` has: why, and the holder's slot.
+    let claim_wait = |owner: &str, holder: &str| -> (Why, Option<usize>) {
+        let h = (!holder.is_empty()).then(|| who(holder));
+        let why = Why::Claim {
+            owner: owner.to_string(),
+            holder: holder.to_string(),
+            state: h.map_or(State::Gone, |h| h.1),
+        };
+        (why, h.map(|h| h.0))
+    };
+    let size = active_by.len();
+    // Per partition: the member that waits for its claim, and the holder.
+    let mut claim: Vec<Option<(&str, &str)>> = vec![None; size];
+    let mut drained_by: Vec<Option<&str>> = vec![None; size];
+    for r in rows {
+        for (holder, ps) in r.waiting_for {
+            for p in ps {
+                if let Some(c) = claim.get_mut(*p as usize) {
+                    *c = Some((r.name, holder.as_str()));
+                }
+            }
+        }
+        for p in r.draining {
+            if let Some(d) = drained_by.get_mut(*p as usize) {
+                *d = Some(r.name);
+            }
+        }
+    }
+    let mut stalls = Stalls::default();
+    let cells = (0..size)
+        .map(|p| {
+            if double[p] {
+                return Cell::Double;
+            }
+            let owner = newest.and_then(|v| v.owner_of(p as u32));
+            if let Some(slot) = active_by[p] {
+                // Still in use by its old owner, while the new one waits
+                // for its claim: a handoff in progress (milliseconds,
+                // unless the old owner is frozen).
+                if let Some((o, (waiter, holder))) = owner.zip(claim[p]) {
+                    if waiter == o && who(o).0 != slot {
+                        stalls.add(claim_wait(o, holder).0);
+                    }
+                }
+                return Cell::Active(slot);
+            }
+            let (cell, why) = if let Some(holder) = drained_by[p] {
+                let (slot, state) = who(holder);
+                let why = Why::Drain {
+                    holder: holder.to_string(),
+                    state,
+                    owner: owner.map(str::to_string),
+                };
+                (Cell::Draining(slot), why)
+            } else if let Some(o) = owner {
+                let (slot, state) = who(o);
+                match (state, claim[p]) {
+                    (State::Live | State::Joining, Some((waiter, holder))) if waiter == o => {
+                        let (why, holder) = claim_wait(o, holder);
+                        let cell = Cell::Claimed {
+                            owner: slot,
+                            holder,
+                        };
+                        (cell, why)
+                    }
+                    (State::Live | State::Joining, _) => {
+                        let why = Why::Taking {
+                            owner: o.to_string(),
+                        };
+                        (Cell::Pending(slot), why)
+                    }
+                    (state, _) => {
+                        let why = Why::Stranded {
+                            owner: o.to_string(),
+                            state,
+                        };
+                        (Cell::Waiting(slot), why)
+                    }
+                }
+            } else {
+                (Cell::Free, Why::Unowned)
+            };
+            stalls.add(why);
+            cell
+        })
+        .collect();
+    (cells, stalls)
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
     pub total: usize,
@@ -657,4 +880,100 @@ pub struct Counts {
     pub starting: usize,
     pub crashed: usize,
     pub leaving: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen<'a>(
+        name: &'a str,
+        phase: Phase,
+        waiting_for: &'a [(String, Vec<u32>)],
+        draining: &'a [u32],
+    ) -> Seen<'a> {
+        Seen {
+            name,
+            slot: slot_of(name),
+            phase,
+            waiting_for,
+            draining,
+        }
+    }
+
+    /// Eight partitions, four of them node-1's (it just joined and took
+    /// them over from node-0), whichever they are.
+    fn view() -> (RingView, Vec<u32>, Vec<u32>) {
+        let v = RingView::build(2, 8, [(0, "node-1"), (4, "node-0")]);
+        let (mine, theirs) = (v.partitions_of("node-1"), v.partitions_of("node-0"));
+        assert_eq!((mine.len(), theirs.len()), (4, 4));
+        (v, mine, theirs)
+    }
+
+    /// Per partition, the slot of the member it is active on.
+    fn active_on(slot: usize, partitions: &[u32]) -> Vec<Option<usize>> {
+        (0..8u32)
+            .map(|p| partitions.contains(&p).then_some(slot))
+            .collect()
+    }
+
+    #[test]
+    fn a_frozen_holder_is_named_whether_or_not_it_still_uses_them() {
+        let (v, mine, theirs) = view();
+        let waits = vec![("node-0".to_string(), mine.clone())];
+        let until = Instant::now();
+        let rows = [
+            seen("node-0", Phase::Paused { until }, &[], &[]),
+            seen("node-1", Phase::Live, &waits, &[]),
+        ];
+        // Frozen, its local lease still running: node-0 still reports two
+        // of node-1's partitions (not yet the other two) and all its own.
+        let still: Vec<u32> = mine[..2].iter().chain(&theirs).copied().collect();
+        let (cells, stalls) = paint(&rows, &active_on(0, &still), &[false; 8], Some(&v));
+        assert_eq!(cells[mine[0] as usize], Cell::Active(0));
+        assert_eq!(
+            cells[mine[2] as usize],
+            Cell::Claimed {
+                owner: 1,
+                holder: Some(0)
+            }
+        );
+        assert_eq!(
+            stalls.lines(),
+            vec!["4 → node-1: waiting for node-0's claim (paused: until it wakes up or its lease ends)"]
+        );
+        assert_eq!(Tally::of(&cells).pending, 2);
+        // Fenced: nothing of node-0's is active, its own arc is unused.
+        let (cells, stalls) = paint(&rows, &[None; 8], &[false; 8], Some(&v));
+        assert_eq!(cells[theirs[0] as usize], Cell::Waiting(0));
+        assert_eq!(
+            stalls.lines()[1],
+            "4 on node-0: unused (paused and fenced: until it wakes up or its lease ends)"
+        );
+    }
+
+    #[test]
+    fn a_drain_comes_before_the_claim_wait_and_pending_is_taking() {
+        let (v, mine, theirs) = view();
+        // node-0 drains two of node-1's partitions, whose claims node-1
+        // already knows are node-0's; the other two are being taken.
+        let waits = vec![("node-0".to_string(), mine[..2].to_vec())];
+        let rows = [
+            seen("node-0", Phase::Live, &[], &mine[..2]),
+            seen("node-1", Phase::Live, &waits, &[]),
+        ];
+        let (cells, stalls) = paint(&rows, &active_on(0, &theirs), &[false; 8], Some(&v));
+        assert_eq!(cells[mine[0] as usize], Cell::Draining(0));
+        assert_eq!(cells[mine[2] as usize], Cell::Pending(1));
+        assert_eq!(
+            stalls.lines(),
+            vec![
+                "2 → node-1: taking their claims",
+                "2 → node-1: node-0 is draining them (its unit of work ends first)"
+            ]
+        );
+        assert_eq!(stalls.claim_waits(), 0);
+        let t = Tally::of(&cells);
+        assert_eq!((t.active, t.pending, t.draining), (4, 2, 2));
+    }
 }

@@ -19,6 +19,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
 
+use crate::band;
 use crate::cli::{DemoArgs, MAX_MEMBERS};
 use crate::cluster::{Cell, Cluster, Counts, Msg, Phase, Settings, Snapshot};
 use crate::journal::{Journal, Line, Tone};
@@ -46,11 +47,13 @@ struct Churn {
     next: Instant,
     pause: Duration,
     ttl: Duration,
+    /// The drain of a handoff (`--drain`), zero without.
+    drain: Duration,
     min_live: usize,
     max_members: usize,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Join,
     Leave,
@@ -68,7 +71,8 @@ impl Churn {
         // Near the end of a timed run, only actions the ring recovers from
         // before the end: the final count then sees a settled ring.
         let room = |settle: Duration| end.is_none_or(|e| now + settle <= e);
-        let quick = Duration::from_secs(1);
+        // A join or a leave settles in milliseconds, plus the drain.
+        let quick = Duration::from_secs(1) + self.drain;
         let members = c.total - c.crashed;
         let mut options: Vec<(u32, Action)> = Vec::new();
         if c.live < self.min_live {
@@ -165,6 +169,11 @@ impl Demo {
                 } => self.journal.push_event(member, slot, event, recv),
                 Msg::Line(l) => self.journal.push_line(l),
                 Msg::Label { member, label } => self.journal.label(&member, label),
+                Msg::Drained {
+                    member,
+                    slot,
+                    drained,
+                } => self.journal.push_drained(member, slot, drained),
             }
         }
         self.journal.drain(Instant::now(), flush)
@@ -238,7 +247,7 @@ impl Demo {
 
     fn status_line(&self, snap: &Snapshot, c: &Counts) -> String {
         format!(
-            "status t={:.1}s epoch={} members={} paused={} crashed={} active={}/{} pending={} waiting={} overlaps={} handoffs={}",
+            "status t={:.1}s epoch={} members={} paused={} crashed={} active={}/{} pending={} waiting={} claim_waits={} draining={} overlaps={} handoffs={}",
             self.start.elapsed().as_secs_f64(),
             snap.epoch,
             snap.in_ring,
@@ -248,9 +257,16 @@ impl Demo {
             self.ring_size,
             snap.tally.pending,
             snap.tally.waiting,
+            snap.stalls.claim_waits(),
+            snap.tally.draining,
             self.overlaps(),
             self.journal.handoffs()
         )
+    }
+
+    /// The band's text as one line.
+    fn band_line(&self, snap: &Snapshot) -> String {
+        format!("ring: {}", snap.stalls.text(self.ring_size).join(" · "))
     }
 
     /// Stops every member, drains their last events, stops the checks and
@@ -362,6 +378,14 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     cfg.vnode_count = args.vnodes;
     cfg.lease_ttl = ttl;
     cfg.schema = args.schema.clone();
+    if let Some(unit) = args.drain {
+        // The timeout only bounds a worker that never finishes; this one
+        // always does, after one unit. A graceful stop waits for drains
+        // within its stop timeout, so that must outlast them.
+        let timeout = unit * 2;
+        cfg.drain_timeout = Some(timeout);
+        cfg.stop_timeout = cfg.stop_timeout.max(timeout + Duration::from_secs(2));
+    }
     cfg.validate()?;
     let pause = args.pause.unwrap_or(ttl * 3 / 2);
     let plain = args.plain || !ui::stdout_is_tty();
@@ -412,7 +436,11 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
         })));
     }
 
-    let settings = Settings { pg, member: cfg };
+    let settings = Settings {
+        pg,
+        member: cfg,
+        work_unit: args.drain,
+    };
     let cluster = Cluster::new(settings, tx);
     let start = Instant::now();
     let (rng, seed) = match args.seed {
@@ -431,6 +459,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
             next: start + Duration::from_millis(800),
             pause,
             ttl,
+            drain: args.drain.unwrap_or_default(),
             min_live: 2,
             max_members: (args.nodes as usize + 3).clamp(6, MAX_MEMBERS as usize),
         },
@@ -447,7 +476,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     demo.journal.show_views = plain;
 
     let header = format!(
-        "demo: {} · ring {:?} · {} partitions · {} members × {} vnodes · lease TTL {} · churn {}",
+        "demo: {} · ring {:?} · {} partitions · {} members × {} vnodes · lease TTL {} · churn {}{}",
         demo.db_desc,
         args.ring_id,
         args.ring_size,
@@ -458,7 +487,8 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
             format!("on (seed {})", demo.churn.seed)
         } else {
             "off".into()
-        }
+        },
+        drain_note(args.drain)
     );
     if plain {
         if !args.plain {
@@ -551,11 +581,58 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     }
 }
 
+/// ` · drained handoffs, unit of work 2.00 s` with `--drain`.
+fn drain_note(unit: Option<Duration>) -> String {
+    unit.map(|u| format!(" · drained handoffs, unit of work {}", human(u)))
+        .unwrap_or_default()
+}
+
+/// Lines of stdin, read on a thread — when it is not a terminal: a demo run
+/// in the background of a shell would be stopped (SIGTTIN) by reading it.
+fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = unbounded();
+    if !ui::stdin_is_tty() {
+        let spawned = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                for line in std::io::stdin().lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("commands on stdin are off: no thread to read them: {e}");
+        }
+    }
+    rx
+}
+
+/// How often `--plain` looks at the band's text (printed when it changes).
+const BAND_EVERY: Duration = Duration::from_millis(250);
+
 fn plain_loop(demo: &mut Demo, out: &mut Out) -> Quit {
     let mut next_status = demo.start + Duration::from_secs(1);
+    let mut next_band = demo.start;
+    let mut last_band = String::new();
+    let commands = stdin_lines();
     loop {
         std::thread::sleep(Duration::from_millis(20));
         let now = Instant::now();
+        for line in commands.try_iter() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_command(&line) {
+                Ok(c) => {
+                    if let Some(q) = run_command(demo, c) {
+                        return q;
+                    }
+                }
+                Err(e) => demo.note(Tone::Warn, format!("stdin: {e}")),
+            }
+        }
         demo.step(now);
         for l in demo.pump(false) {
             out.line(&l.plain(demo.start));
@@ -565,6 +642,16 @@ fn plain_loop(demo: &mut Demo, out: &mut Out) -> Quit {
         }
         if let Some(sig) = signals::received() {
             return Quit::Signal(sig);
+        }
+        if now >= next_band {
+            // The band's text when it changes: what is in handoff, and
+            // what waits for whose claim.
+            let text = demo.band_line(&demo.cluster.snapshot());
+            if text != last_band {
+                last_band = text.clone();
+                demo.note(Tone::Info, text);
+            }
+            next_band = now + BAND_EVERY;
         }
         if now >= next_status {
             let snap = demo.cluster.snapshot();
@@ -677,41 +764,16 @@ fn push_log(board: &mut Board, lines: Vec<Line>) {
 }
 
 fn on_key(demo: &mut Demo, board: &mut Board, code: KeyCode, mods: KeyModifiers) -> Option<Quit> {
-    let target = |demo: &Demo, board: &Board| -> Option<String> {
-        let name = board.selected.clone()?;
-        let snap_phase = demo
-            .cluster
-            .snapshot()
-            .rows
-            .into_iter()
-            .find(|r| r.name == name)
-            .map(|r| r.phase);
-        matches!(snap_phase, Some(Phase::Live)).then_some(name)
-    };
-    let action = match code {
+    let command = match code {
         KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => return Some(Quit::Key),
-        KeyCode::Char('q') | KeyCode::Char('Q') => return Some(Quit::Key),
-        KeyCode::Char('j') => Some(Action::Join),
-        KeyCode::Char('l') => Some(Action::Leave),
-        KeyCode::Char('k') => Some(Action::Crash),
-        KeyCode::Char('p') => Some(Action::Pause),
-        KeyCode::Char('c') => {
-            demo.churn.on = !demo.churn.on;
-            demo.churn.next = Instant::now() + Duration::from_millis(300);
-            let state = if demo.churn.on { "on" } else { "off" };
-            demo.note(Tone::Action, format!("[c] churn {state}"));
-            None
-        }
-        KeyCode::Char('v') => {
-            demo.journal.show_views = !demo.journal.show_views;
-            let state = if demo.journal.show_views {
-                "shown"
-            } else {
-                "hidden"
-            };
-            demo.note(Tone::Action, format!("[v] view changes {state}"));
-            None
-        }
+        KeyCode::Char('Q') => return Some(Quit::Key),
+        // The same letters as the lines `--plain` reads on stdin; `l`, `k`
+        // and `p` go to the member chosen with ↑↓, if any.
+        KeyCode::Char(c) => match parse_command(c.encode_utf8(&mut [0; 4])) {
+            Ok(Command::Act(action, None)) => Some(Command::Act(action, board.selected.clone())),
+            Ok(command) => Some(command),
+            Err(_) => None,
+        },
         KeyCode::Up | KeyCode::Down => {
             let names: Vec<String> = demo
                 .cluster
@@ -757,42 +819,115 @@ fn on_key(demo: &mut Demo, board: &mut Board, code: KeyCode, mods: KeyModifiers)
         }
         _ => None,
     };
-    if let Some(action) = action {
-        let key = match action {
-            Action::Join => "j",
-            Action::Leave => "l",
-            Action::Crash => "k",
-            Action::Pause => "p",
-        };
-        let counts = demo.cluster.counts();
-        match action {
-            Action::Join if counts.total - counts.crashed >= MAX_MEMBERS as usize => {
-                demo.note(
+    command.and_then(|c| run_command(demo, c))
+}
+
+/// What a key of the dashboard, or a line on stdin with `--plain`, asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Command {
+    /// Join, or leave, crash or pause this member (`None`: a random live one).
+    Act(Action, Option<String>),
+    Churn,
+    Views,
+    Quit,
+}
+
+/// `j`, `l [member]`, `k [member]`, `p [member]`, `c` (churn on/off), `v`
+/// (view changes shown/hidden), `q`.
+fn parse_command(line: &str) -> Result<Command, String> {
+    let mut words = line.split_whitespace();
+    let verb = words.next().unwrap_or_default();
+    let target = words.next().map(str::to_string);
+    if words.next().is_some() {
+        return Err(format!("{line:?}: at most a command and a member"));
+    }
+    let action = match verb {
+        "j" => Action::Join,
+        "l" => Action::Leave,
+        "k" => Action::Crash,
+        "p" => Action::Pause,
+        "c" | "v" | "q" if target.is_some() => {
+            return Err(format!("{line:?}: {verb} takes no member"))
+        }
+        "c" => return Ok(Command::Churn),
+        "v" => return Ok(Command::Views),
+        "q" => return Ok(Command::Quit),
+        _ => {
+            return Err(format!(
+                "{line:?}: not a command (j, l [member], k [member], p [member], c, v, q)"
+            ))
+        }
+    };
+    if matches!(action, Action::Join) && target.is_some() {
+        return Err(format!("{line:?}: a new member gets the next name"));
+    }
+    Ok(Command::Act(action, target))
+}
+
+fn run_command(demo: &mut Demo, command: Command) -> Option<Quit> {
+    let (action, wanted) = match command {
+        Command::Quit => return Some(Quit::Key),
+        Command::Churn => {
+            demo.churn.on = !demo.churn.on;
+            demo.churn.next = Instant::now() + Duration::from_millis(300);
+            let state = if demo.churn.on { "on" } else { "off" };
+            demo.note(Tone::Action, format!("[c] churn {state}"));
+            return None;
+        }
+        Command::Views => {
+            demo.journal.show_views = !demo.journal.show_views;
+            let state = if demo.journal.show_views {
+                "shown"
+            } else {
+                "hidden"
+            };
+            demo.note(Tone::Action, format!("[v] view changes {state}"));
+            return None;
+        }
+        Command::Act(action, wanted) => (action, wanted),
+    };
+    let key = match action {
+        Action::Join => "j",
+        Action::Leave => "l",
+        Action::Crash => "k",
+        Action::Pause => "p",
+    };
+    let counts = demo.cluster.counts();
+    match action {
+        Action::Join if counts.total - counts.crashed >= MAX_MEMBERS as usize => {
+            demo.note(
+                Tone::Warn,
+                format!("[j] already {MAX_MEMBERS} members: no more joins"),
+            );
+        }
+        Action::Join => perform(&demo.cluster, action, None, demo.pause, key, &mut demo.rng),
+        _ => {
+            let live = |name: &String| {
+                demo.cluster
+                    .snapshot()
+                    .rows
+                    .iter()
+                    .any(|r| &r.name == name && r.phase == Phase::Live)
+            };
+            match wanted {
+                Some(name) if !live(&name) => demo.note(
                     Tone::Warn,
-                    format!("[j] already {MAX_MEMBERS} members: no more joins"),
-                );
-            }
-            Action::Join => perform(&demo.cluster, action, None, demo.pause, key, &mut demo.rng),
-            _ => {
-                let t = target(demo, board);
-                if t.is_none() && board.selected.is_some() {
-                    demo.note(
-                        Tone::Warn,
-                        format!(
-                            "[{key}] {} is not live (paused, crashed, leaving or starting): nothing done",
-                            board.selected.as_deref().unwrap_or("?")
-                        ),
-                    );
-                } else if t.is_none() && counts.live == 0 {
-                    demo.note(Tone::Warn, format!("[{key}] no live member"));
-                } else {
-                    perform(&demo.cluster, action, t, demo.pause, key, &mut demo.rng);
+                    format!(
+                        "[{key}] {name} is not live (paused, crashed, leaving, starting or no member): nothing done"
+                    ),
+                ),
+                None if counts.live == 0 => {
+                    demo.note(Tone::Warn, format!("[{key}] no live member"))
                 }
+                t => perform(&demo.cluster, action, t, demo.pause, key, &mut demo.rng),
             }
         }
     }
     None
 }
+
+/// Rows of text under the band's cells.
+const BAND_TEXT_ROWS: usize = 2;
 
 fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     let area = f.area();
@@ -802,7 +937,7 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     let table_h = (snap.rows.len() as u16 + 3).clamp(4, 16);
     let [head, ring, table, log, foot] = Layout::vertical([
         Constraint::Length(5),
-        Constraint::Length(band_h + 2),
+        Constraint::Length(band_h + BAND_TEXT_ROWS as u16 + 2),
         Constraint::Length(table_h),
         Constraint::Min(4),
         Constraint::Length(1),
@@ -859,8 +994,15 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         },
     ));
     spans2.push(Span::raw(format!(
-        " · pending {} · waiting {} · churn ",
-        snap.tally.pending, snap.tally.waiting
+        " · pending {} · waiting for a claim {}{} · owner away {} · churn ",
+        snap.tally.pending,
+        snap.stalls.claim_waits(),
+        if demo.cluster.settings.work_unit.is_some() {
+            format!(" · draining {}", snap.tally.draining)
+        } else {
+            String::new()
+        },
+        snap.tally.waiting
     )));
     spans2.push(if demo.churn.on {
         Span::styled("ON", Style::new().fg(Color::LightMagenta).bold())
@@ -892,7 +1034,7 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     );
 
     // The ring.
-    let (lines, per) = ui::band(
+    let (mut lines, per) = ui::band(
         &snap.cells,
         inner_w,
         max_band,
@@ -908,19 +1050,44 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
                 Style::new().fg(member_color(slot)).bold(),
             ),
             Cell::Pending(slot) => ('░', Style::new().fg(member_color(slot))),
+            // Labelled by the member that waits, drawn in the holder's colour.
+            Cell::Claimed { owner, .. } if starts => (
+                ui::slot_label(owner),
+                Style::new().fg(member_color(owner)).bold(),
+            ),
+            Cell::Claimed { holder, .. } => (
+                '▞',
+                Style::new().fg(holder.map_or(Color::Gray, member_color)),
+            ),
+            Cell::Draining(slot) if starts => (
+                ui::slot_label(slot),
+                Style::new().fg(member_color(slot)).bold(),
+            ),
+            Cell::Draining(slot) => ('≈', Style::new().fg(member_color(slot))),
             Cell::Waiting(slot) => ('·', Style::new().fg(member_color(slot)).bold()),
             Cell::Free => ('·', dim),
             Cell::Double => ('!', bad),
         },
     );
     let unit = if per == 1 {
-        "a cell a partition".to_string()
+        "a cell each".to_string()
     } else {
-        format!("a cell per {per} partitions")
+        format!("a cell per {per}")
     };
     let title = format!(
-        " ring: {} partitions in ring order ({unit}, runs labelled by member): █ active  ░ pending  · waiting for a crashed/paused owner ",
-        s.ring_size
+        " ring ({} partitions, {unit}, runs labelled by member): █ active ░ taking its claim ▞ waiting for another's claim{} · owner away ",
+        s.ring_size,
+        if demo.cluster.settings.work_unit.is_some() {
+            " ≈ old owner draining"
+        } else {
+            ""
+        }
+    );
+    // Under the cells, in words: who waits for whose claim, what drains.
+    let text = band::fit(&snap.stalls.text(s.ring_size), inner_w, BAND_TEXT_ROWS);
+    lines.extend(
+        text.into_iter()
+            .map(|t| TextLine::from(Span::styled(t, Style::new().fg(Color::Gray)))),
     );
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(title)),
@@ -938,6 +1105,8 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
             "epoch",
             "active",
             "pending",
+            "waiting for",
+            "draining",
             "lease left",
             "token",
             "renewals",
@@ -989,6 +1158,10 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
                 TableCell::from(num(st.filter(|_| !crashed).map(|s| s.epoch.to_string()))),
                 TableCell::from(num(st.map(|s| s.active.to_string()))),
                 TableCell::from(num(st.filter(|_| !crashed).map(|s| s.pending.to_string()))),
+                TableCell::from(num(st
+                    .filter(|_| !crashed)
+                    .and_then(|s| claim_waits(&s.waiting_for)))),
+                TableCell::from(num(st.filter(|_| !crashed).map(|s| s.draining.to_string()))),
                 TableCell::from(num(st.and_then(|s| s.lease_left).map(human))),
                 TableCell::from(num(demo.journal.last_token(&r.name).map(|t| t.to_string()))),
                 TableCell::from(num(st.map(|s| s.renewals.to_string()))),
@@ -1008,6 +1181,8 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(15),
         Constraint::Length(8),
         Constraint::Length(10),
         Constraint::Length(6),
@@ -1089,4 +1264,51 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         ])
     };
     f.render_widget(Paragraph::new(footer), foot);
+}
+
+/// A member's claim waits for the table: `node-4: 60`, `node-4: 60 +1`
+/// (one more holder), `None` when it waits for nobody.
+fn claim_waits(waiting_for: &[(String, Vec<u32>)]) -> Option<String> {
+    let (holder, ps) = waiting_for.iter().max_by_key(|(_, ps)| ps.len())?;
+    let holder = if holder.is_empty() { "?" } else { holder };
+    let more = match waiting_for.len() - 1 {
+        0 => String::new(),
+        n => format!(" +{n}"),
+    };
+    Some(format!("{holder}: {}{more}", ps.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_like_the_keys() {
+        assert_eq!(parse_command("j"), Ok(Command::Act(Action::Join, None)));
+        assert_eq!(
+            parse_command(" p node-0 "),
+            Ok(Command::Act(Action::Pause, Some("node-0".into())))
+        );
+        assert_eq!(parse_command("k"), Ok(Command::Act(Action::Crash, None)));
+        assert_eq!(parse_command("c"), Ok(Command::Churn));
+        assert_eq!(parse_command("q"), Ok(Command::Quit));
+        assert!(parse_command("j node-9").is_err());
+        assert!(parse_command("q now").is_err());
+        assert!(parse_command("l a b").is_err());
+        assert!(parse_command("x").unwrap_err().contains("not a command"));
+    }
+
+    #[test]
+    fn claim_waits_name_the_biggest_holder() {
+        assert_eq!(claim_waits(&[]), None);
+        let w = vec![
+            ("node-1".to_string(), vec![1, 2]),
+            ("node-4".to_string(), vec![3, 4, 5]),
+        ];
+        assert_eq!(claim_waits(&w).as_deref(), Some("node-4: 3 +1"));
+        assert_eq!(
+            claim_waits(&[(String::new(), vec![7])]).as_deref(),
+            Some("?: 1")
+        );
+    }
 }

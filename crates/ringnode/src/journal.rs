@@ -7,7 +7,9 @@
 //! owner's `Acquired` then comes after the old owner's `Released`, and the
 //! gap between them is the handoff's duration. Events stamped long before
 //! they arrive (a paused member's release is stamped at its lease deadline)
-//! are processed when they come, and say so.
+//! are processed when they come, and say so. With `--drain`, the end of
+//! each drain (the old owner's worker done with the released partitions) is
+//! an item too: a handoff line then says how much of its time was the drain.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use leasering::{Event, ReleaseReason};
 
 use crate::checker::Checker;
 use crate::util::human;
+use crate::work::Drained;
 
 /// How long events wait for earlier-stamped events of other members.
 pub const REORDER_WINDOW: Duration = Duration::from_millis(60);
@@ -79,6 +82,11 @@ enum Item {
         recv: Instant,
     },
     Line(Line),
+    Drained {
+        member: String,
+        slot: usize,
+        drained: Drained,
+    },
 }
 
 impl Item {
@@ -86,6 +94,7 @@ impl Item {
         match self {
             Item::Event { event, .. } => event.at(),
             Item::Line(l) => l.at,
+            Item::Drained { drained, .. } => drained.at,
         }
     }
 }
@@ -97,6 +106,8 @@ pub struct Journal {
     owner: Vec<Option<(String, Instant)>>,
     /// Per partition: the last release (member, when, why).
     last_release: Vec<Option<(String, Instant, &'static str)>>,
+    /// Per partition: the end of the last drain (member, when).
+    last_drain: Vec<Option<(String, Instant)>>,
     buffer: Vec<(u64, Item)>,
     seq: u64,
     handoffs: u64,
@@ -112,6 +123,7 @@ impl Journal {
             books: HashMap::new(),
             owner: vec![None; ring_size as usize],
             last_release: vec![None; ring_size as usize],
+            last_drain: vec![None; ring_size as usize],
             buffer: Vec::new(),
             seq: 0,
             handoffs: 0,
@@ -177,6 +189,19 @@ impl Journal {
         self.buffer.push((self.seq, Item::Line(line)));
     }
 
+    /// A member's worker ended a drain.
+    pub fn push_drained(&mut self, member: String, slot: usize, drained: Drained) {
+        self.seq += 1;
+        self.buffer.push((
+            self.seq,
+            Item::Drained {
+                member,
+                slot,
+                drained,
+            },
+        ));
+    }
+
     /// Processes everything stamped before `now − REORDER_WINDOW` (or
     /// everything, with `flush`), in time order; returns the lines.
     pub fn drain(&mut self, now: Instant, flush: bool) -> Vec<Line> {
@@ -206,6 +231,11 @@ impl Journal {
                         out.push(l);
                     }
                 }
+                Item::Drained {
+                    member,
+                    slot,
+                    drained,
+                } => out.push(self.drained(member, slot, drained)),
             }
         }
         out
@@ -270,13 +300,15 @@ impl Journal {
     }
 
     fn acquired(&mut self, member: &str, partitions: &[u32], token: u64, at: Instant) -> String {
-        // Per previous owner: (partitions, min gap, max gap, unknown, why).
+        // Per previous owner: (partitions, min gap, max gap, unknown, why,
+        // longest drain).
         struct From {
             count: usize,
             min: Option<Duration>,
             max: Option<Duration>,
             unknown: usize,
             why: &'static str,
+            drain: Option<Duration>,
         }
         let mut from: Vec<(String, From)> = Vec::new();
         let mut fresh = 0usize;
@@ -302,6 +334,7 @@ impl Journal {
                                     max: None,
                                     unknown: 0,
                                     why: "",
+                                    drain: None,
                                 },
                             ));
                             from.len() - 1
@@ -315,6 +348,14 @@ impl Journal {
                             f.min = Some(f.min.map_or(gap, |m| m.min(gap)));
                             f.max = Some(f.max.map_or(gap, |m| m.max(gap)));
                             f.why = why;
+                            // The old owner's drain of this release, if any.
+                            let drain = self.last_drain[p as usize]
+                                .as_ref()
+                                .filter(|(d, dat)| *d == o && *rat <= *dat && *dat <= at)
+                                .map(|(_, dat)| *dat - *rat);
+                            if let Some(d) = drain {
+                                f.drain = Some(f.drain.map_or(d, |m| m.max(d)));
+                            }
                         }
                         None => f.unknown += 1,
                     }
@@ -350,6 +391,9 @@ impl Journal {
                 (Some(a), Some(b)) => s.push_str(&format!(", handoff {}–{}", human(a), human(b))),
                 _ => {}
             }
+            if let Some(d) = f.drain {
+                s.push_str(&format!(" ({} of it {o}'s drain)", human(d)));
+            }
             if f.unknown > 0 && f.unknown < f.count {
                 s.push_str(&format!(
                     ", {} whose release {o} has not reported yet (paused?)",
@@ -375,6 +419,33 @@ impl Journal {
             text.push_str(&parts.join("; "));
         }
         text
+    }
+
+    fn drained(&mut self, member: String, slot: usize, d: Drained) -> Line {
+        for &p in &d.partitions {
+            if let Some(last) = self.last_drain.get_mut(p as usize) {
+                *last = Some((member.clone(), d.at));
+            }
+        }
+        let took = human(d.at.saturating_duration_since(d.released));
+        let n = d.partitions.len();
+        let (tone, text) = if d.cut {
+            (
+                Tone::Warn,
+                format!("{n} drain cut short after {took}: their work stops now"),
+            )
+        } else {
+            (
+                Tone::Release,
+                format!("{n} drained: the unit of work ended {took} after their release, their claims go back"),
+            )
+        };
+        Line {
+            at: d.at,
+            member: Some((member, slot)),
+            tone,
+            text,
+        }
     }
 
     fn released(
@@ -496,5 +567,71 @@ mod tests {
         assert_eq!(j.handoffs(), 1);
         assert_eq!(j.checker().overlaps(), 0);
         assert_eq!(j.last_token("node-1"), Some(2));
+    }
+
+    #[test]
+    fn a_drained_handoff_says_how_long_the_drain_took() {
+        let s = Instant::now();
+        let mut j = Journal::new(4, s);
+        let ms = |n| s + Duration::from_millis(n);
+        let event = |member: &str, slot, event: Event| (member.to_string(), slot, event);
+        for (member, slot, ev) in [
+            event(
+                "node-0",
+                0,
+                Event::Acquired {
+                    partitions: vec![0, 1, 2, 3],
+                    token: 1,
+                    epoch: 1,
+                    at: ms(1),
+                },
+            ),
+            event(
+                "node-0",
+                0,
+                Event::Released {
+                    partitions: vec![2, 3],
+                    reason: ReleaseReason::Handoff,
+                    epoch: 2,
+                    at: ms(10),
+                    drain: None,
+                },
+            ),
+            event(
+                "node-1",
+                1,
+                Event::Acquired {
+                    partitions: vec![2, 3],
+                    token: 2,
+                    epoch: 2,
+                    at: ms(315),
+                },
+            ),
+        ] {
+            let at = ev.at();
+            j.push_event(member, slot, ev, at);
+        }
+        j.push_drained(
+            "node-0".into(),
+            0,
+            Drained {
+                partitions: vec![2, 3],
+                released: ms(10),
+                at: ms(310),
+                cut: false,
+            },
+        );
+        let lines = j.drain(ms(1000), false);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(lines.len(), 4, "{texts:?}");
+        assert_eq!(
+            texts[2],
+            "2 drained: the unit of work ended 300 ms after their release, their claims go back"
+        );
+        assert!(
+            texts[3]
+                .ends_with("2 from node-0 (handoff), handoff 305 ms (300 ms of it node-0's drain)"),
+            "{texts:?}"
+        );
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! * `ringnode demo` — N members in this process on a throwaway PostgreSQL
 //!   (or `--database-url`), with a live terminal dashboard; `--plain` prints
-//!   one line per event instead, for scripts and CI.
+//!   one line per event instead, for scripts and CI (commands then come on
+//!   stdin, one a line, when it is not a terminal).
 //! * `ringnode node` — one member in this process against a shared database,
 //!   one per terminal, with a live view of the ring from its eyes.
 //!
 //! Errors are one line on stderr and a non-zero exit (2 for bad flags, 1
 //! for everything else), never a panic.
 
+mod band;
 mod checker;
 mod cli;
 mod cluster;
@@ -18,6 +20,7 @@ mod node_cmd;
 mod signals;
 mod ui;
 mod util;
+mod work;
 
 use std::process::ExitCode;
 

@@ -18,6 +18,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Table};
 
+use crate::band::waiting_for_claim;
 use crate::cli::NodeArgs;
 use crate::cluster::start_member;
 use crate::journal::{Line, Tone};
@@ -252,13 +253,23 @@ impl App {
     fn status_line(&self) -> String {
         let st = self.node.status();
         format!(
-            "status t={:.1}s epoch={} members={} joined={} active={} pending={} lease_left={} renewals={} token={}",
+            "status t={:.1}s epoch={} members={} joined={} active={} pending={} waiting_for={} draining={} lease_left={} renewals={} token={}",
             self.start.elapsed().as_secs_f64(),
             st.epoch,
             self.node.ring().members().len(),
             st.joined,
             st.active,
             st.pending,
+            if st.waiting_for.is_empty() {
+                "-".to_string()
+            } else {
+                st.waiting_for
+                    .iter()
+                    .map(|(h, ps)| format!("{}:{}", if h.is_empty() { "?" } else { h }, ps.len()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            st.draining,
             st.lease_left.map(human).unwrap_or_else(|| "none".into()),
             st.renewals,
             self.story.last_token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
@@ -365,8 +376,20 @@ impl App {
             Span::styled(me.clone(), mine),
             Span::raw(format!(" · {}", self.header)),
         ]);
+        // What its pending partitions wait for: the claims other members
+        // still hold (a frozen or crashed holder's, until its lease ends).
+        let waits: String = st
+            .waiting_for
+            .iter()
+            .map(|(h, ps)| format!(" · {} ({})", waiting_for_claim(h), ps.len()))
+            .collect();
+        let draining = if st.draining > 0 {
+            format!(" · draining {}", st.draining)
+        } else {
+            String::new()
+        };
         let line2 = TextLine::from(vec![Span::raw(format!(
-            "{state} · epoch {} · members {} · active {} · pending {} · lease left {} · renewals {} (failed {}) · last token {} · up {}",
+            "{state} · epoch {} · members {} · active {} · pending {}{waits}{draining} · lease left {} · renewals {} (failed {}) · last token {} · up {}",
             st.epoch,
             view.members().len(),
             st.active,
@@ -385,12 +408,26 @@ impl App {
         #[derive(Clone, Copy, PartialEq)]
         enum C {
             Mine(bool),
+            /// Mine, pending: its claim is held by another member (slot).
+            MineHeld(Option<usize>),
             Other(usize),
             Free,
         }
+        let mut held = vec![None; view.ring_size() as usize];
+        for (holder, ps) in &st.waiting_for {
+            let slot = (!holder.is_empty()).then(|| slot_of(holder));
+            for p in ps {
+                if let Some(h) = held.get_mut(*p as usize) {
+                    *h = Some(slot);
+                }
+            }
+        }
         let cells: Vec<C> = (0..view.ring_size())
             .map(|p| match view.owner_of(p) {
-                Some(o) if o == me.as_str() => C::Mine(owned.contains(p)),
+                Some(o) if o == me.as_str() => match held[p as usize] {
+                    Some(holder) if !owned.contains(p) => C::MineHeld(holder),
+                    _ => C::Mine(owned.contains(p)),
+                },
                 Some(o) => C::Other(slot_of(o)),
                 None => C::Free,
             })
@@ -412,6 +449,10 @@ impl App {
                     Style::new().fg(member_color(slot)).bold(),
                 ),
                 C::Mine(false) => ('░', Style::new().fg(my)),
+                C::MineHeld(holder) => (
+                    '▞',
+                    Style::new().fg(holder.map_or(Color::Gray, member_color)),
+                ),
                 C::Other(slot) => (
                     '▒',
                     Style::new()
@@ -427,7 +468,7 @@ impl App {
             format!(", one cell per {per} partitions")
         };
         let title = format!(
-            " the ring as {me} sees it (epoch {}{unit}, runs labelled by member) — █ mine, active  ░ mine, pending  ▒ another member's arc ",
+            " the ring as {me} sees it (epoch {}{unit}, runs labelled by member) — █ mine, active  ░ mine, pending  ▞ mine, waiting for another member's claim (its colour)  ▒ another member's arc ",
             view.epoch()
         );
         f.render_widget(

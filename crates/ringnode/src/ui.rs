@@ -82,8 +82,17 @@ impl Drop for Screen {
 
 /// Whether stdout is a terminal.
 pub fn stdout_is_tty() -> bool {
+    is_tty(libc::STDOUT_FILENO)
+}
+
+/// Whether stdin is a terminal.
+pub fn stdin_is_tty() -> bool {
+    is_tty(libc::STDIN_FILENO)
+}
+
+fn is_tty(fd: libc::c_int) -> bool {
     // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
+    unsafe { libc::isatty(fd) == 1 }
 }
 
 /// Sends each log record, as a line, to the dashboard's log.

@@ -385,3 +385,177 @@ fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
     let stderr = String::from_utf8_lossy(&b_out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A `ringnode demo --plain` driven through stdin (one command a line, as
+/// the dashboard's keys), its stdout read line by line as it comes.
+struct Driven {
+    /// `None` once it quit.
+    child: Option<Child>,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Driven {
+    fn start(args: &[&str]) -> Driven {
+        let mut child = ringnode()
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn the ringnode binary");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let lines = lines_of(&mut child);
+        Driven {
+            child: Some(child),
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").expect("write a command to the demo");
+    }
+
+    fn wait(&mut self, want: impl Fn(&str) -> bool, what: &str) -> String {
+        wait_line(&self.lines, &mut self.seen, want, what);
+        self.seen.last().cloned().unwrap_or_default()
+    }
+
+    /// `q`: every member leaves, the database goes. Returns the exit
+    /// status, stderr and every stdout line.
+    fn quit(mut self) -> (std::process::ExitStatus, String, Vec<String>) {
+        self.send("q");
+        let child = self.child.take().expect("not quit yet");
+        let out = wait_output(child, Duration::from_secs(60));
+        self.seen.extend(self.lines.iter());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let seen = std::mem::take(&mut self.seen);
+        (out.status, stderr, seen)
+    }
+}
+
+impl Drop for Driven {
+    /// A test that failed half-way: SIGTERM makes the demo stop its
+    /// members and remove its throwaway PostgreSQL (SIGKILL would leave
+    /// the server behind); killed only if it does not end in time.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The final line is clean: exit 0, every partition active, no overlap.
+fn assert_clean_end(status: std::process::ExitStatus, stderr: &str, lines: &[String]) {
+    let all = lines.join("\n");
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{all}\nstderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    let [_, active, overlaps, _] =
+        parse_final(last).unwrap_or_else(|| panic!("unexpected final line {last:?}\n{all}"));
+    assert_eq!((active, overlaps), (1024, 0), "{last}\n{all}");
+}
+
+fn settled(l: &str) -> bool {
+    l.starts_with("status t=") && l.contains(" active=1024/1024 ") && l.contains(" draining=0 ")
+}
+
+/// Version 2: a member that joins while another is frozen waits only for
+/// the partitions whose claims the frozen one holds, and the band says so —
+/// by name — until the frozen member's lease ends and its claims free
+/// themselves.
+#[test]
+fn the_band_names_the_frozen_member_whose_claim_a_joiner_waits_for() {
+    // One member holds every claim, so whatever the joiner gets is behind
+    // the frozen one (whatever the hash places where). TTL 6 s: its lease
+    // runs at least 4 s after the pause (renewals every 2 s), far longer
+    // than the join and the band's next look (every 250 ms).
+    let mut d = Driven::start(&[
+        "demo",
+        "--plain",
+        "--nodes",
+        "1",
+        "--lease-ttl",
+        "6s",
+        "--seconds",
+        "120",
+    ]);
+    d.wait(settled, "node-0 active on the whole ring");
+    d.send("p node-0");
+    d.wait(
+        |l| l.contains("node-0") && l.contains("[p] paused for"),
+        "node-0 paused",
+    );
+    d.send("j");
+    d.wait(
+        |l| l.contains(" ring: ") && l.contains("→ node-1: waiting for node-0's claim (paused"),
+        "the band naming node-0's claim",
+    );
+    // Its lease ends, node-1 removes it: the claims are free, all is active.
+    d.wait(
+        |l| l.contains(" ring: all 1024 partitions active"),
+        "the ring active again once node-0's lease ended",
+    );
+    let (status, stderr, lines) = d.quit();
+    assert_clean_end(status, &stderr, &lines);
+}
+
+/// `--drain`: a released partition's next owner starts only after the old
+/// owner's worker finished its unit of work; the band shows the drain and
+/// the handoff line says how much of it was the drain.
+#[test]
+fn drains_show_in_the_band_and_come_before_the_takeover() {
+    let mut d = Driven::start(&[
+        "demo",
+        "--plain",
+        "--nodes",
+        "2",
+        "--drain",
+        "2s",
+        "--seconds",
+        "120",
+    ]);
+    d.wait(settled, "both members active, no drain left");
+    d.send("j");
+    d.wait(
+        |l| {
+            l.contains(" ring: ")
+                && l.contains("→ node-2: node-")
+                && l.contains(" is draining them")
+        },
+        "the band showing a drain towards node-2",
+    );
+    let drained = d.wait(
+        |l| l.contains(" drained: the unit of work ended "),
+        "a drain's end",
+    );
+    let holder = if drained.contains(" node-0 ") {
+        "node-0"
+    } else {
+        "node-1"
+    };
+    let took = d.wait(
+        |l| {
+            l.contains(" node-2 ")
+                && l.contains(" acquired, token ")
+                && l.contains(&format!("from {holder} (handoff)"))
+        },
+        "node-2 taking over what the drain held back",
+    );
+    assert!(took.contains(&format!("of it {holder}'s drain)")), "{took}");
+    let (status, stderr, lines) = d.quit();
+    assert_clean_end(status, &stderr, &lines);
+}
