@@ -45,12 +45,35 @@ impl Store {
             return Ok(());
         }
         let lock_key = fnv1a64(&[b"leasering schema ", self.schema.as_bytes()]) as i64;
-        let mut tx = self.begin(client)?;
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[(&lock_key, Type::INT8)],
-        )
-        .map_err(|e| Error::db("take the schema advisory lock", e))?;
+        let mut tx = loop {
+            let mut tx = self.begin(client)?;
+            // One migrator gets the lock; the others wait for it in *shared*
+            // mode, which PostgreSQL grants to all of them at once when it
+            // commits. Waiting in exclusive mode, as before, let them through
+            // one at a time: 70 members starting on an empty database queued
+            // for up to 3.4 s behind each other's (empty) re-checks.
+            let got: bool = tx
+                .query_typed(
+                    "SELECT pg_try_advisory_xact_lock($1)",
+                    &[(&lock_key, Type::INT8)],
+                )
+                .map_err(|e| Error::db("take the schema advisory lock", e))?[0]
+                .get(0);
+            if got {
+                break tx;
+            }
+            tx.query_typed(
+                "SELECT pg_advisory_xact_lock_shared($1)",
+                &[(&lock_key, Type::INT8)],
+            )
+            .map_err(|e| Error::db("wait for the schema's migrator", e))?;
+            if self.installed_version(&mut *tx)? == Some(SCHEMA_VERSION) {
+                return Ok(());
+            }
+            // The migrator failed (or had not begun): try again.
+            drop(tx);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         let from = self.installed_version(&mut *tx)?;
         match from {
             Some(v) if v == SCHEMA_VERSION => return Ok(()),
