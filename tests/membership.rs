@@ -316,3 +316,78 @@ fn notifications_off_still_hands_over() {
     });
     a.stop().unwrap();
 }
+
+#[test]
+fn a_joiner_absorbed_by_a_slow_member_gets_a_lease_that_outlasts_its_local_one() {
+    // x's join transaction sleeps 1.5 s right after it took the ring's lock
+    // (a trigger on its join request); y files its request meanwhile and
+    // x absorbs it. y's lease in the database must start no earlier than y
+    // sent its request — the instant y counts its local lease from — not
+    // at x's transaction start, 0.5 s (five of y's margins) before.
+    init_logs();
+    let db = db();
+    let ring = ring_name("slowabsorb");
+    let app = ring_name("slowjoiner");
+    let mut admin = db.client().unwrap();
+    leasering::migrate(&mut admin, "leasering").unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION leasering.slow_{app}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_setting('application_name') = '{app}' THEN PERFORM pg_sleep(1.5); END IF;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER slow_{app} AFTER INSERT ON leasering.join_requests
+               FOR EACH STATEMENT EXECUTE FUNCTION leasering.slow_{app}();"
+        ))
+        .unwrap();
+    // TTL 6 s: statements may run 2 s, longer than the trigger's sleep.
+    let ttl = Duration::from_secs(6);
+    let x = std::thread::spawn({
+        let (ring, pool) = (ring.clone(), named_pool(db, &app, 4));
+        move || {
+            builder(pool, &ring, "x")
+                .lease_ttl(ttl)
+                .ring_size(64)
+                .start()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let y = builder(pool(4), &ring, "y")
+        .lease_ttl(ttl)
+        .margin(Duration::from_millis(100))
+        .ring_size(64)
+        .start()
+        .unwrap();
+    let x = x.join().unwrap();
+    db.client()
+        .unwrap()
+        .batch_execute(&format!(
+            "DROP TRIGGER slow_{app} ON leasering.join_requests"
+        ))
+        .unwrap();
+    // Before y's first renewal (TTL/3 after its join), compare its local
+    // lease with the database's.
+    let in_db: f64 = db
+        .client()
+        .unwrap()
+        .query_one(
+            "SELECT extract(epoch FROM expires_at - now())::float8 FROM leasering.members
+             WHERE ring_id = $1 AND node_id = 'y'",
+            &[&ring],
+        )
+        .unwrap()
+        .get(0);
+    let local = y
+        .status()
+        .lease_left
+        .expect("y holds a lease")
+        .as_secs_f64();
+    assert!(
+        local < in_db,
+        "y's local lease ({local:.3} s left) outlasts its lease in the database ({in_db:.3} s left)"
+    );
+    x.stop().unwrap();
+    y.stop().unwrap();
+}

@@ -20,9 +20,13 @@
 //! payloads and the members' delta application are unchanged.
 //!
 //! Safety does not depend on any of this: a member's lease starts at the
-//! absorber's `now()`, which is after the requester sent its request (the
-//! instant it counts its local lease from), and claims, not the view,
-//! decide who may use a partition.
+//! absorber's `statement_timestamp()` of the insert — not `now()`, which is
+//! its *transaction's* start and may precede a request the transaction
+//! reads later (an absorber paused between its statements would start the
+//! joiner's lease before the joiner sent its request, the instant the
+//! joiner counts its local lease from). The insert starts after the read
+//! that saw the request committed, so after it was sent. And claims, not
+//! the view, decide who may use a partition.
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +112,7 @@ impl Store {
         let give_up = Instant::now() + Duration::from_millis(self.statement_timeout_ms * 4);
         let mut filed = false;
         loop {
-            let mut tx = self.begin(client)?;
+            let mut tx = self.begin_ring_locking(client)?;
             let locked = self.file_and_try_lock(&mut tx, incarnation, !filed)?;
             filed = true;
             if locked {
@@ -309,20 +313,20 @@ impl Store {
         let rows = tx
             .query_typed(
                 &format!(
-                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= now()
+                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= statement_timestamp()
                                    RETURNING node_id, incarnation),
                           req AS (DELETE FROM {s}.join_requests
-                                  WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= now())
+                                  WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= statement_timestamp())
                                   RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms,
-                                            refused IS NULL AND expires_at > now() AS live)
+                                            refused IS NULL AND expires_at > statement_timestamp() AS live)
                      SELECT 0, node_id, 0, incarnation, 0::float8 FROM gone
                      UNION ALL
                      SELECT 1, m.node_id, 0, 0, 0 FROM {s}.members m
-                      WHERE m.ring_id = $1 AND m.expires_at > now() AND m.node_id IN (SELECT node_id FROM req)
+                      WHERE m.ring_id = $1 AND m.expires_at > statement_timestamp() AND m.node_id IN (SELECT node_id FROM req)
                      UNION ALL
                      SELECT 2, node_id, position, 0, 0 FROM {s}.vnodes WHERE ring_id = $1
                      UNION ALL
-                     SELECT 3, node_id, 0, 0, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > now()
+                     SELECT 3, node_id, 0, 0, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
                      UNION ALL
                      SELECT 4, node_id, vnode_count, incarnation, ttl_ms FROM req WHERE live
                      UNION ALL
@@ -444,7 +448,7 @@ impl Store {
             &format!(
                 "WITH mem AS (INSERT INTO {s}.members
                                 (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
-                              SELECT $1, a.n, a.vc, $6, now() + a.ttl * interval '1 millisecond', a.inc, 2
+                              SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2
                               FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[]) AS a(n, vc, ttl, inc)),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, v.p, v.n, v.i FROM unnest($7::int4[], $8::text[], $9::int4[]) AS v(p, n, i)),

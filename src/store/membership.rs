@@ -173,7 +173,7 @@ impl Store {
     /// notify; commit. Returns the new epoch, or `None` if the member was
     /// already gone.
     pub(crate) fn leave(&self, client: &mut Client) -> Result<Option<u64>> {
-        let mut tx = self.begin(client)?;
+        let mut tx = self.begin_ring_locking(client)?;
         let (epoch, removed, incarnations) = self.lock_and_delete(&mut tx, "m.node_id = $2")?;
         let Some(epoch) = epoch.filter(|_| !removed.is_empty()) else {
             return Ok(None);
@@ -189,7 +189,7 @@ impl Store {
     /// members firing at once mostly do a cheap read.
     pub(crate) fn cleanup(&self, client: &mut Client) -> Result<Cleaned> {
         let s = &self.s;
-        let mut tx = self.begin(client)?;
+        let mut tx = self.begin_ring_locking(client)?;
         let rows = tx
             .query_typed(
                 &format!(
