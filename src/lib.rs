@@ -12,94 +12,53 @@
 //! PostgreSQL through your `r2d2` pool; there is no async runtime in its
 //! API.
 //!
+//! This page describes version 2 of the protocol (per-partition
+//! **claims**). Version 1 activated a partition only once *every* live
+//! member had acknowledged the ring's epoch, so one frozen member stalled
+//! every handoff in the ring; see [Upgrading from version
+//! 1](#upgrading-from-version-1).
+//!
 //! ## The model
 //!
 //! * A **ring** (named by a `ring_id`) has `ring_size` **partitions**
-//!   `0..ring_size` — the units your service does work for. Map a key to
+//!   `0..ring_size`: the units your service does work for. Map a key to
 //!   its partition with [`partition_for`].
 //! * Each **member** (a [`RingNode`]) holds `vnode_count` **positions** on
 //!   the ring. A vnode at position `p` covers the **arc** `(pred(p), p]`.
-//!   Positions are derived from the node id (DESIGN §2), so a restarted
-//!   member with the same id gets them back.
+//!   Positions are derived from the node id, so a restarted member with the
+//!   same id gets them back (when they are free).
 //! * Every membership change (join, leave, removal of a crashed member)
 //!   bumps the ring's **epoch** in the same transaction.
-//! * A member's **view** is its copy of the ring at some epoch
-//!   ([`RingNode::ring`]). The view says which partitions a member *should*
-//!   own. Whether it may work on them *now* is a second question: only
-//!   **active** partitions are reported by [`RingNode::owns`] and
-//!   [`RingNode::owned_partitions`]. Newly assigned partitions are
-//!   **pending** until the handoff barrier lets them go active.
 //!
-//! ## The protocol in four paragraphs
+//! Two questions are kept apart:
 //!
-//! **Adopting a view.** When a member learns of a newer epoch (a `NOTIFY`
-//! carrying it, or a renewal that returns it), it reads the change, then,
-//! in this order: (1) stops using every partition the new view gives to
-//! somebody else ([`Event::Released`] with [`ReleaseReason::Handoff`]),
-//! (2) acknowledges the epoch in its lease row, (3) marks newly assigned
-//! partitions pending, remembering `since`: the first epoch of its unbroken
-//! run of views that give it the partition.
+//! * **Who *should* own `p`** — the **view**, a member's copy of the ring
+//!   at some epoch ([`RingNode::ring`]). It is pure placement: every member
+//!   that has seen the same epoch computes the same owners. Views move
+//!   from member to member at different moments, so two members may both
+//!   believe, for a few milliseconds, that `p` is theirs.
+//! * **Who *may use* `p` now** — the **claim**, one row per partition in
+//!   the database, held by at most one member *incarnation* at a time. A
+//!   member uses `p` only while it holds `p`'s claim *and* its own lease is
+//!   valid.
 //!
-//! **The barrier.** A pending partition becomes active when one consistent
-//! snapshot of the database shows the ring at this member's view's epoch
-//! and every *other live* member's acknowledged epoch `>= since`. Every
-//! former owner has then released it. Its fencing token is `since`, which
-//! is strictly greater than any previous owner's token.
+//! A partition the view gives to this member is **pending** until the
+//! member holds its claim, then **active**. Only active partitions are
+//! reported by [`RingNode::owns`] and [`RingNode::owned_partitions`]; both
+//! check the local lease deadline on every call.
 //!
-//! **Leases.** Every `lease_ttl / 3` a member renews its own row (never
-//! anyone else's), and only while the database still considers it live —
-//! an expired lease is never resurrected; the member rejoins instead. Its
-//! local deadline is `sent + ttl − margin`, on the monotonic clock, taken
-//! *before* the renewal is sent: it always ends before the database's. When
-//! it passes without a renewal, the member **fences itself** (a thread that
-//! does no I/O releases everything with [`ReleaseReason::LeaseExpired`]),
-//! and [`RingNode::owns`] checks the deadline on every call, so even a
-//! process waking from a long pause never reports a stale partition.
+//! Each claim carries a **fencing token**. Whenever a free claim is taken,
+//! the taker's token is `GREATEST(token + 1, epoch)` (`epoch`: the ring's,
+//! as the take reads it): strictly greater than every token the partition
+//! had before, whoever held it. A member that asks again for a claim it
+//! already holds gets the same token back. The token
+//! of a partition is in [`Event::Acquired`]'s `token` and in
+//! [`OwnedPartitions::token`]; pass it with writes to other systems (see
+//! [Fencing writes with the token](#fencing-writes-with-the-token)).
 //!
-//! **Crashes and leaves.** A member whose lease expired in the database is
-//! removed by its successor at the moment of expiry (others follow after a
-//! short fallback), bumping the epoch; expired members do not count in the
-//! barrier. [`RingNode::stop`] releases everything locally first, then
-//! deletes the member in one transaction, so successors take over within
-//! milliseconds.
-//!
-//! ## Guarantees and their assumptions
-//!
-//! * **No overlap**, as long as the clock *rates* of the database host and
-//!   the members differ by less than `margin / ttl` (10 % by default) —
-//!   absolute clock offsets do not matter, only the database's clock
-//!   decides expiry.
-//! * **Tokens** strictly increase from owner to owner of a partition. A
-//!   process can still be paused between `owns(p)` and its write to some
-//!   other system; pass the token ([`OwnedPartitions::token`]) with such
-//!   writes and let the store refuse tokens lower than the highest it has
-//!   seen (`INSERT … ON CONFLICT … WHERE stored.token <= excluded.token`).
-//! * **Coverage**: on a stable ring every partition is active somewhere —
-//!   within milliseconds of a join or graceful leave, within `ttl` plus
-//!   milliseconds of a crash.
-//! * **Bad input** gets an [`Error`] with an [`ErrorKind`] and a message
-//!   naming the value, never a panic.
-//!
-//! ## Differences from DESIGN.md, and why
-//!
-//! * A renewal only extends a lease that is still live in the database
-//!   (`expires_at > now()`), and a renewal answered after the local deadline
-//!   fences before it extends. Either closes an interleaving that DESIGN's
-//!   model leaves to its fencing tick: a renewal delayed in the network past
-//!   the lease's end, applied after a joiner's barrier had (rightly) ignored
-//!   the expired member, would otherwise make its stale partitions valid
-//!   again.
-//! * Each membership change is both in the `NOTIFY` payload (epoch, ring
-//!   id, removed and added members; the epoch alone if it would not fit)
-//!   and in the change log (`changes` table): members apply the notified
-//!   delta without reading anything, and read the log only to fill a gap
-//!   (or the whole ring when the log no longer reaches back).
-//! * A member acknowledges an epoch with a statement that touches its own
-//!   row only, unless it has partitions waiting at the barrier (then the
-//!   acknowledgement also reads the barrier snapshot). With `n` members an
-//!   epoch therefore costs the database O(`n`), not O(`n`²).
-//! * `ring_size` is capped at [`MAX_RING_SIZE`] (2^20): every member keeps
-//!   O(`ring_size`) state for its lock-free hot path.
+//! An *incarnation* is one membership of one process: a random 64-bit id
+//! drawn at each join. A member restarted under the same node id is a new
+//! incarnation and never inherits its predecessor's claims.
 //!
 //! ## Example
 //!
@@ -167,9 +126,11 @@
 //!
 //! ## Fencing writes with the token
 //!
-//! Between `owns(p)` and a write to some other system a process can be
-//! paused (GC, swap, `SIGSTOP`) for longer than its lease. Make such writes
-//! conditional on the token, and the store refuses the stale one:
+//! `owns(p)` is exact at the instant it answers, but between `owns(p)` and
+//! a write to some other system a process can be paused (GC, swap,
+//! `SIGSTOP`) for longer than its lease, and meanwhile `p` may have moved
+//! on. Make such writes conditional on the token, and the store refuses
+//! the stale one:
 //!
 //! ```sql
 //! INSERT INTO results AS r (partition, token, value) VALUES ($1, $2, $3)
@@ -177,19 +138,367 @@
 //! WHERE r.token <= excluded.token;   -- 0 rows: a newer owner has written
 //! ```
 //!
+//! From Rust, with the token of the snapshot that said `p` is ours:
+//!
+//! ```no_run
+//! # fn demo(node: &leasering::RingNode, sink: &mut postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let p = node.partition_for(b"customer-42");
+//! // `None`: not active here (or the local lease has run out).
+//! let Some(token) = node.owned_partitions().token(p) else { return Ok(()) };
+//! let written = sink.execute(
+//!     "INSERT INTO results AS r (partition, token, value) VALUES ($1, $2, $3)
+//!      ON CONFLICT (partition) DO UPDATE SET token = excluded.token, value = excluded.value
+//!      WHERE r.token <= excluded.token",
+//!     &[&(p as i32), &(token as i64), &"42"],
+//! )?;
+//! if written == 0 {
+//!     // A newer owner of `p` has written: this process lost `p` meanwhile.
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Tokens compare only within one partition: partitions taken together
+//! usually share a token, but nothing orders the tokens of two partitions.
+//!
+//! ## The protocol
+//!
+//! **Leases.** A member's lease is its row in `members`; its expiry is
+//! always computed by the database (`now() + ttl`), and only the
+//! database's clock decides it. Every `heartbeat_interval` (by default
+//! `lease_ttl / 3`) the member renews its own row (never anyone else's), and only while the database still
+//! considers it live: an expired lease is never resurrected, the member
+//! rejoins instead. Its *local* lease is `sent_at + ttl − margin`, on the
+//! monotonic clock, `sent_at` taken *before* the renewal is sent, so it
+//! always ends before the database's. When it passes without a renewal, the
+//! member **fences itself**: a thread that does no I/O releases everything
+//! with [`ReleaseReason::LeaseExpired`], and the hot path checks the
+//! deadline itself, so even a process waking from a long pause never
+//! reports a stale partition.
+//!
+//! **Join.** A joiner files a request row and tries the ring's advisory
+//! lock without waiting. Whoever gets the lock *absorbs every pending
+//! request* in one transaction (group commit): it removes expired members
+//! (freeing their claims), places each requester, inserts them all with
+//! their vnodes, records one change — one epoch — per member, and notifies
+//! the ring. A joiner that did not get the lock waits for that notification
+//! and looks up what became of its request: absorbed (it has a view),
+//! refused (a typed error: [`ErrorKind::NodeIdInUse`],
+//! [`ErrorKind::RingSizeMismatch`], [`ErrorKind::RingFull`],
+//! [`ErrorKind::ProtocolMismatch`]), or still pending (it tries the lock
+//! again). Hundreds of members starting at once thus cost a few dozen
+//! commits instead of one each.
+//!
+//! **Take.** Everything the new view assigns to a member is pending. It
+//! takes the claims of its pending partitions in *one statement*: it
+//! locks the free ones (`FOR UPDATE SKIP LOCKED`, in partition order) and
+//! makes them its own, with a new token, provided its own lease is live in
+//! the database; claims it already holds come back with their token; and a
+//! claim another member holds gets this member as its **waiter**, so that
+//! its release will tell exactly this member. The members that lose a
+//! partition in the new view are releasing it meanwhile (below); whatever
+//! the take did not get, it asks for again when told of a release or of
+//! the holder's removal.
+//!
+//! **Activate.** A partition becomes active when the take's answer arrives
+//! *while the local lease still runs*. The database lease then has not
+//! ended, so the member's row — and with it its claims — cannot have been
+//! removed: nobody else can hold the claim. An answer that arrives after
+//! the local deadline is never used; its claims are given back.
+//!
+//! **Release.** A member that adopts a view which no longer gives it `p`
+//! first stops using `p` locally (`owns(p)` is false from then on, and
+//! [`Event::Released`] with [`ReleaseReason::Handoff`] goes out), then —
+//! after the drain, if one is configured — writes the release **naming the
+//! token** it frees. A stale or repeated release can never free a newer
+//! claim; releases are retried until confirmed, and the member does not
+//! take `p` again while its own release is unconfirmed. The release
+//! notifies only the member marked as the claim's waiter, on that member's
+//! own channel — nobody when nobody waits. (PostgreSQL's `NOTIFY` signals
+//! every listening backend of the database, not just those listening on
+//! the channel, so a ring-wide notification per release would cost
+//! O(members) wake-ups each.)
+//!
+//! **Reconcile.** Answers get lost: a connection can die after the take
+//! committed but before its answer arrived. Every renewal therefore also
+//! returns the claims the database says this incarnation holds; any that
+//! the member neither uses nor is draining or giving back (and that no take
+//! in flight asked for) is released by token. No partition stays blocked
+//! behind a live member that forgot it holds the claim.
+//!
+//! **Crashes and leaves.** A member whose lease expired in the database is
+//! removed by its successor on the ring at the moment of expiry (any other
+//! member follows after a fallback of 50–100 ms; the removal is
+//! idempotent), scheduled from the `expires_at` that renewals read. The
+//! transaction that deletes the member's row also frees its claims and
+//! notifies the ring, and members waiting for those claims take them at
+//! once. [`RingNode::stop`] releases everything locally first (waiting for
+//! drains, if configured), then deletes the member — freeing its claims —
+//! in one transaction, so successors take over within milliseconds.
+//!
+//! **Notifications.** Each member listens on two channels: the ring's
+//! (membership changes, for everyone; the payload carries the change, so
+//! members apply it without reading anything) and its own (releases of the
+//! claims it waits for; the payload names the partitions when they fit). A
+//! lost notification is covered by a backing-off retake of everything still
+//! waiting and by the epoch that every renewal returns. With
+//! [`Builder::notifications`] off the ring still works, by polling, only
+//! slower.
+//!
+//! ## How races are serialised
+//!
+//! `now()` in PostgreSQL is the *transaction's* start time. Two
+//! transactions that each compare `now()` with `expires_at` prove nothing
+//! about the order in which they commit, so no decision here rests on such
+//! a comparison. Every race is settled by a row lock, or by a row that is
+//! gone:
+//!
+//! * **Take against take.** A take locks each free claim it takes
+//!   (`FOR UPDATE`), which re-reads the row's newest version: of two takes
+//!   of one partition, only one finds it free. Rows another transaction
+//!   has locked are skipped (`SKIP LOCKED`), and the skipper looks again
+//!   2 ms later.
+//! * **Take against the taker's removal.** The take key-share locks the
+//!   taker's own member row before it touches a claim; deleting that row
+//!   (cleanup after expiry, leave) needs a stronger lock on it, and the
+//!   deleting transaction frees the deleted incarnation's claims in a
+//!   *later* statement, whose snapshot includes every take that committed
+//!   while the deletion waited. Either the take committed first (its claims
+//!   are freed with the member), or it finds the row gone and takes
+//!   nothing. A claim never names a deleted member.
+//! * **Take against release.** A take marks itself as a held claim's waiter
+//!   under that row's lock; the release locks the row and reads the waiter
+//!   from its newest version. Either the mark came first (the release
+//!   notifies the taker), or the release did (the take finds the claim
+//!   free, or — freed after the take's snapshot — neither takes nor marks
+//!   it and looks again in 2 ms).
+//! * **Renewal against cleanup.** The renewal updates the member's row only
+//!   while it is live, under the row's lock; the cleanup's delete waits for
+//!   that lock and re-checks the newest version. Either the cleanup deleted
+//!   the row first (the renewal finds nothing: the member was evicted), or
+//!   it finds the lease extended.
+//! * **Membership changes** (join absorption, leave, cleanup) are
+//!   serialised by a transaction-scoped advisory lock of the ring (a joiner
+//!   tries it without waiting; leaves and cleanups queue on it), then lock
+//!   the ring's row.
+//!
+//! **Lock order is partition order everywhere.** Takes, releases and the
+//! freeing of a removed member's claims all lock claim rows in ascending
+//! partition order (member rows before claim rows), so they cannot deadlock
+//! with each other.
+//!
+//! **Locked rows are found again by key, not by `ctid`.** A statement over
+//! a list of partitions first locks the rows it will write (a probe of the
+//! primary key per element of the sorted list, which also fixes the lock
+//! order), then updates them. A row that another transaction
+//! updated after this statement's snapshot — a take marking its waiter,
+//! say — is locked in its *newest* version, whose `ctid` the snapshot
+//! cannot see; an update by `ctid` silently skipped such rows (a release
+//! freed 61 of 143 claims, and the rest waited for the holder's next
+//! renewal). An update by key finds the version its snapshot sees and
+//! follows the update chain to the one it locked.
+//!
+//! ## Drained handoffs
+//!
+//! `Released` means "`owns()` is already false", not "your work has
+//! stopped": a request started just before the handoff may still be
+//! running when the next owner starts. With [`Builder::drain_timeout`] set
+//! (off by default), the `Released` of a handoff or a stop carries a
+//! [`DrainGuard`], cloned into every subscriber's copy of the event. The
+//! member holds on to the partition's claim — so the next owner cannot
+//! start — until one of:
+//!
+//! * every copy of the guard is dropped (a subscriber that does not keep
+//!   its copy lets go at once; with no subscriber at all, nothing waits);
+//! * the drain timeout ([`DrainGuard::deadline`]) passes;
+//! * the local lease runs out: a lease cannot wait for anyone. A second
+//!   `Released` with [`ReleaseReason::LeaseExpired`] then names the
+//!   partitions, meaning "stop now", and its `drain` is `None` — the lease,
+//!   not the user, decides from here, and tokens protect what follows.
+//!
+//! Graceful [`RingNode::stop`] waits for the drains of its `Stopping`
+//! release within `stop_timeout` before it leaves (the leave frees every
+//! claim). `LeaseExpired` and `Evicted` releases never carry a guard.
+//!
+//! ```no_run
+//! # fn flush(_: &[u32]) {}
+//! # fn demo(pool: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<r2d2_postgres::postgres::NoTls>>)
+//! #     -> leasering::Result<()> {
+//! use std::time::Duration;
+//! use leasering::{Event, ReleaseReason, RingNode};
+//!
+//! let mut builder = RingNode::builder(pool, "orders").drain_timeout(Duration::from_secs(5));
+//! let events = builder.subscribe();
+//! let node = builder.start()?;
+//!
+//! std::thread::spawn(move || {
+//!     for ev in events {
+//!         match ev {
+//!             Event::Released { reason: ReleaseReason::LeaseExpired, partitions, .. } => {
+//!                 // The lease is gone: abandon the work on `partitions` now.
+//!             }
+//!             Event::Released { partitions, drain, .. } => {
+//!                 // Finish the work in flight, then let the next owner start.
+//!                 std::thread::spawn(move || {
+//!                     flush(&partitions);
+//!                     drop(drain);
+//!                 });
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//! });
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees and their assumptions
+//!
+//! 1. **No overlap**: at no instant do two members have a partition active,
+//!    as long as the clock *rates* of the database host and the members
+//!    differ by less than `margin / ttl` (10 % by default). Absolute clock
+//!    offsets do not matter: only the database's clock decides expiry.
+//!    **Tokens** of a partition strictly increase from owner to owner.
+//! 2. **Coverage**: on a stable ring every partition is active somewhere —
+//!    within milliseconds of a join or a graceful leave, within `ttl` plus
+//!    milliseconds of a crash.
+//! 3. **No lost or leaked state**: after every member stops, none of their
+//!    member or vnode rows remains and no claim names them (the claim rows
+//!    themselves stay, free, one per partition, keeping their tokens); a
+//!    removed member never writes its row back.
+//! 4. **Bad input** gets an [`Error`] with an [`ErrorKind`] and a message
+//!    naming the value, never a panic.
+//! 5. **Isolation of a frozen member**: a member that is paused, crashed or
+//!    cut off delays only the partitions whose claims it holds, until its
+//!    lease ends in the database and a survivor removes it (about one TTL
+//!    after its last renewal). Every other join, leave and handoff goes on
+//!    in milliseconds meanwhile: nobody waits for its acknowledgement, and
+//!    a take skips claim rows that another transaction has locked instead
+//!    of waiting for them. [`NodeStatus::waiting_for`] shows who is waiting
+//!    for whom.
+//! 6. **Drained handoff** (opt-in): with a drain timeout, the next owner of
+//!    `p` starts only after every copy of the old owner's drain guard for
+//!    `p` is dropped, or the drain timeout passes — as long as the old
+//!    owner's lease holds (see above).
+//!
+//! What these rest on: the clock-rate bound above; the database's own
+//! durability (the claims *are* the permission); and, for the user's work
+//! rather than `owns()`, that the work stops at `Released` (or at the drop
+//! of the guard) — tokens are what protects writes from a process that did
+//! not. A member frozen *inside* one of the short membership transactions
+//! holds the ring's advisory lock until it wakes or the database ends its
+//! session (`idle_in_transaction_session_timeout`, four statement
+//! timeouts); joins, leaves and removals queue behind it meanwhile, though
+//! handoffs between the members already in the ring do not.
+//!
+//! ## Upgrading from version 1
+//!
+//! The schema migrates in place ([`SCHEMA_VERSION`] 2; run [`migrate`] or
+//! let the first member with `create_schema(true)` do it): it adds the
+//! `claims` table (one free row per partition for every existing ring,
+//! token 0), the `join_requests` table, the `claims.waiter` column, and
+//! `members.incarnation` and `members.protocol` (rows already there are
+//! marked as protocol 1).
+//!
+//! **Members of the two versions cannot share a ring**, and the library
+//! refuses rather than risk an overlap:
+//!
+//! * a version-2 member joining a ring that still has live version-1
+//!   members fails with [`ErrorKind::ProtocolMismatch`], naming them;
+//! * a version-1 member started against a migrated schema fails with
+//!   [`ErrorKind::Schema`] (the schema is newer than it understands), and
+//!   a version-1 member that was already running can no longer rejoin
+//!   after an eviction (its insert lacks the incarnation).
+//!
+//! So an upgrade from version 1 is a **stop-the-ring upgrade**, not a
+//! rolling one: stop every version-1 member of the ring (or let their
+//! leases end), then start the version-2 members. The ring's partitions are
+//! owned by nobody in between. Fencing tokens stay monotonic across the
+//! upgrade: version 1's tokens were epochs, and a version-2 token is never
+//! below the epoch at which it is taken — which is past every epoch
+//! version 1 handed out, since the version-2 members' joins bumped it.
+//!
+//! ## Differences from DESIGN.md, and why
+//!
+//! * **Joins are group commits** (DESIGN: one transaction per join under
+//!   the ring row's lock). Joins serialised one by one made a cold start of
+//!   512 members take about 32 s on two cores: each held the lock for
+//!   several round trips of a busy database, and each commit woke every
+//!   listening backend. Epochs stay one per member, so the change log, the
+//!   payloads and the delta application are unchanged.
+//! * **Membership changes queue on a transaction-scoped advisory lock** of
+//!   the ring before they touch its row: hundreds of members queueing on
+//!   the row lock itself kept the database's lock manager busy, since every
+//!   commit woke every waiter; an advisory lock is handed to one waiter at
+//!   a time.
+//! * **Release notifications go to the waiter only** (DESIGN §4.0 rule 4:
+//!   every release notifies the ring). A take that finds a claim held marks
+//!   itself as its `waiter`; the release notifies that member's own
+//!   channel, and nobody when nobody waits. With hundreds of members,
+//!   releases that always notified were most of the database's CPU at a
+//!   cold start. A claim has one waiter, the latest take to mark it; a
+//!   member whose mark was overwritten (views disagree for a moment) is
+//!   served by the safety net below, and removals of a holder still reach
+//!   everyone through the ring's channel.
+//! * **The take asks only for what may have changed, with a safety net.**
+//!   A take asks for the partitions newly pending or named by a release or
+//!   a removal; the ones still waiting are asked for again after a backoff
+//!   (100 ms, doubling to 2 s; at most 100 ms without notifications) in
+//!   case a notification was lost, and after 2 ms when a claim was skipped
+//!   as locked (no notification will come for it). Retaking everything on
+//!   every notification meant takes of thousands of partitions, thousands
+//!   of times, at a cold start. Right after its join a member takes first
+//!   and reads what changed since next.
+//! * **Claim rows exist from the ring's creation on** (and from the
+//!   migration for existing rings), free, with token 0. Inserting them at
+//!   the first take made concurrent takes wait on each other's inserts (a
+//!   unique-key check waits for the inserting transaction). The take still
+//!   inserts a row that is missing, as a fallback.
+//! * **Claims are freed explicitly**, in the transaction that deletes the
+//!   member, not by a foreign key `ON DELETE SET NULL`: the key's check on
+//!   every claim a take writes cost a query per row (a take of 300 claims
+//!   took 9 ms), while one key-share lock on the taker's member row
+//!   serialises a take against that row's deletion just as well (see
+//!   [How races are serialised](#how-races-are-serialised)).
+//! * **Updates find locked rows by key, not `ctid`** (same section): the
+//!   `ctid` of a row updated after the statement's snapshot is invisible
+//!   to it.
+//! * **Tokens are `GREATEST(token + 1, epoch)`** (DESIGN: strictly greater
+//!   than every earlier token). The `+ 1` gives strictness; the epoch keeps
+//!   tokens above those of version 1 (see the upgrade section).
+//! * **Incarnations are random 64-bit numbers** with a unique index, not a
+//!   sequence, so that a role with DML rights only can join (a sequence
+//!   needs its own `USAGE` grant).
+//! * A renewal only extends a lease that is still live in the database
+//!   (`expires_at > now()`), and a renewal answered after the local deadline
+//!   fences before it extends. With claims, safety no longer depends on
+//!   this (claims are freed only when a member row is deleted, so renewing
+//!   an expired but present row cannot let two members hold one claim); it
+//!   stays as defence in depth, and so that an expired lease means the
+//!   same thing to every member.
+//! * Each membership change is both in the `NOTIFY` payload (epoch, ring
+//!   id, removed and added members; the epoch alone if it would not fit)
+//!   and in the change log (`changes` table): members apply the notified
+//!   delta without reading anything, and read the log only to fill a gap
+//!   (or the whole ring when the log no longer reaches back).
+//! * A member acknowledges its view's epoch with its renewal, for the lag
+//!   bound only (nothing waits for acknowledgements any more): a member
+//!   that renews but has not adopted the ring's epoch for `ttl / 2` is not
+//!   extended, fences itself and rejoins.
+//! * `ring_size` is capped at [`MAX_RING_SIZE`] (2^20): every member keeps
+//!   O(`ring_size`) state for its lock-free hot path.
+//!
 //! ## How the crate is built
 //!
 //! In the manner of raft-rs, the protocol is a pure core driven by inputs,
 //! and I/O lives at the edge:
 //!
 //! * [`protocol`] — the core, without I/O and without clock reads:
-//!   [`protocol::Ownership`] (the partition state machine) and
-//!   [`protocol::Session`] (everything else a member decides: stale
-//!   answers, deltas and catch-up, acknowledgements, barrier polls,
-//!   renewals, rejoins, cleanup, release timestamps). Inputs in
-//!   [`protocol::input`], effects and next steps in [`protocol::output`].
-//!   Public, so that it can be simulated and benchmarked; it follows the
-//!   protocol, not semver.
+//!   [`protocol::Ownership`] (the partition state machine: pending, active,
+//!   the local lease) and [`protocol::Session`] (everything else a member
+//!   decides: stale answers, deltas and catch-up, which claims to take and
+//!   when to retry, which to drain and give back, reconciliation, renewals,
+//!   rejoins, cleanup, release timestamps). Inputs in [`protocol::input`],
+//!   effects and next steps in [`protocol::output`]. Public, so that it can
+//!   be simulated and benchmarked; it follows the protocol, not semver.
 //! * [`RingView`] and [`partition_for`] — the ring and the placement, pure.
 //! * the store (private) — each protocol step as one statement or one short
 //!   transaction against PostgreSQL, returning the core's input types.
@@ -199,12 +508,14 @@
 //!
 //! ## Threads
 //!
-//! Each member runs four named threads: `leasering-heartbeat-*` (renewal),
-//! `leasering-watcher-*` (LISTEN, adopting views, the barrier),
-//! `leasering-cleanup-*` (removing crashed members at the moment their lease
-//! ends) and `leasering-fence-*` (self-fencing; it does no I/O).
-//! [`RingNode::stop`] joins them; a thread stuck in a stalled socket is left
-//! to finish on its own, and `stop()` still returns within `stop_timeout`.
+//! Each member runs four named threads: `leasering-heartbeat-*` (renewal,
+//! reconciliation, rejoin), `leasering-watcher-*` (LISTEN, adopting views,
+//! taking and releasing claims, drains), `leasering-cleanup-*` (removing
+//! crashed members at the moment their lease ends) and `leasering-fence-*`
+//! (self-fencing, cutting drains short when the lease runs out; it does no
+//! I/O). [`RingNode::stop`] joins them; a thread stuck in a stalled socket
+//! is left to finish on its own, and `stop()` still returns within
+//! `stop_timeout`.
 //!
 //! Dropping the last clone of a [`RingNode`] without `stop()` never blocks
 //! the caller: local ownership ends at once (nothing is reported after the
@@ -215,9 +526,11 @@
 //! ## Health and metrics
 //!
 //! [`RingNode::status`] answers a readiness probe
-//! ([`NodeStatus::is_healthy`]) and feeds dashboards (epoch, active and
-//! pending partitions, lease time left, renewals). With the `metrics`
-//! feature, counters, gauges and a handoff-latency histogram go to whatever
+//! ([`NodeStatus::is_healthy`]) and feeds dashboards: epoch, active and
+//! pending partitions, the claims this member is waiting for and whose
+//! ([`NodeStatus::waiting_for`]), partitions still draining, lease time
+//! left, renewals. With the `metrics` feature, counters, gauges and a
+//! handoff-latency histogram go to whatever
 //! [`metrics`](https://docs.rs/metrics) recorder the application installs;
 //! the names are listed in [`telemetry`].
 //!
@@ -232,12 +545,16 @@
 //!
 //! ## What the database needs
 //!
-//! PostgreSQL 12 or newer. The role needs `CREATE` on the database (for the
-//! schema, once — or run [`migrate`] as an administrator and start nodes with
-//! `create_schema(false)`), and `SELECT, INSERT, UPDATE, DELETE` on the
-//! schema's tables. Each member keeps two pool connections (one listening)
-//! and borrows a third now and then: size the pool for at least
-//! [`MIN_POOL_SIZE`].
+//! PostgreSQL 12 or newer. The schema (default `leasering`) holds the
+//! tables `schema_version`, `rings`, `members`, `vnodes`, `changes`,
+//! `claims` and `join_requests`. The role needs `CREATE` on the database
+//! to create or migrate the schema, once — or run [`migrate`] as an
+//! administrator and start nodes with `create_schema(false)`. Then it needs
+//! `USAGE` on the schema and `SELECT, INSERT, UPDATE, DELETE` on its
+//! tables; no sequences, and nothing for `LISTEN`/`NOTIFY` or advisory
+//! locks. Each member keeps two pool connections (the watcher's, which
+//! listens, and the heartbeat's) and borrows a third now and then: size
+//! the pool for at least [`MIN_POOL_SIZE`].
 
 #![deny(missing_docs)]
 
