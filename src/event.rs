@@ -12,8 +12,10 @@ use crossbeam_channel::Sender;
 #[non_exhaustive]
 pub enum ReleaseReason {
     /// A newer view of the ring gives them to another member (a join, or a
-    /// change of arcs). Released *before* this member acknowledges the view,
-    /// so the new owner cannot start before this event.
+    /// change of arcs). Emitted when the partitions stop being active here,
+    /// *before* their claims are given back (after the drain, with
+    /// [`drain_timeout`](crate::Builder::drain_timeout)), so the new owner
+    /// cannot start before this event.
     Handoff,
     /// The local lease ran out without a successful renewal (database down,
     /// network stalled, process paused): the member fenced itself before its
@@ -49,7 +51,9 @@ pub enum Event {
     Acquired {
         /// The partitions, ascending.
         partitions: Vec<u32>,
-        /// Fencing token (an epoch of the ring).
+        /// Fencing token, kept by each partition's claim: above every earlier
+        /// token of those partitions, and at least the ring's epoch when
+        /// taken (`GREATEST(token + 1, epoch)`).
         token: u64,
         /// Epoch of the view in which they were activated.
         epoch: u64,

@@ -4,11 +4,11 @@
 //! it.
 //!
 //! * [`Ownership`] — the partition state machine of one member: active,
-//!   pending, the local lease, the handoff barrier (DESIGN §4).
+//!   pending (assigned, waiting for its claim), the local lease (DESIGN §4.0).
 //! * [`Session`] — everything else a member decides: which answers are
-//!   stale, how notified changes are applied, when to acknowledge, poll,
-//!   renew, rejoin and clean up, and when released partitions really
-//!   stopped being reported. Inputs are in [`input`], outputs in
+//!   stale, how notified changes are applied, which claims to take, when
+//!   to release (after a drain), reconcile, poll, renew, rejoin and clean
+//!   up, and when released partitions really stopped being reported. Inputs are in [`input`], outputs in
 //!   [`output`].
 //!
 //! Neither reads a clock (`now` is an argument) nor touches a connection,

@@ -9,7 +9,8 @@
 //! * [`membership`] — the other transactions under the ring's lock: leave,
 //!   removal of expired members, and the change recording all share;
 //! * [`statements`] — the statements a member's threads run on the
-//!   connections they keep: renewal, acknowledgement, barrier, catch-up;
+//!   connections they keep: renewal (with the claims held, for
+//!   reconciliation), take and release of claims, catch-up;
 //! * [`payload`] — the NOTIFY payload codec (pure).
 //!
 //! Nothing here holds state between calls except prepared statements on a

@@ -26,8 +26,9 @@
 //!   its latest version, so two takes of one partition are serialised and
 //!   only one finds it free; it skips rows another transaction holds
 //!   locked (a release or take in flight, whose notification brings the
-//!   taker back) and never locks rows held by others, so it never makes a
-//!   release wait;
+//!   taker back); it locks a row held by another member only to mark
+//!   itself as its waiter, skipping it if locked, so a release waits for a
+//!   take at most for that one update;
 //! * a take key-share locks the taker's own member row first, and a
 //!   member's deletion (cleanup after expiry, leave) takes that row's lock
 //!   and then, in a second statement of its transaction, frees the claims
