@@ -478,6 +478,44 @@ fn slow_claims_for(db: &TestPostgres, app: &str, secs: f64, when: &str, op: &str
         .unwrap();
 }
 
+/// Makes every take by a connection of application `app` that takes a free
+/// claim sleep `secs` once the rows are written (marks of claims held by
+/// others and releases do not sleep): a row trigger that sleeps once per
+/// transaction.
+fn slow_takes_for(db: &TestPostgres, app: &str, secs: f64) {
+    db.client()
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION leasering.slow_{app}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_setting('application_name') = '{app}'
+                  AND current_setting('leasering_test.slept', true) IS DISTINCT FROM 'y' THEN
+                 PERFORM set_config('leasering_test.slept', 'y', true);
+                 PERFORM pg_sleep({secs});
+               END IF;
+               RETURN NULL;
+             END $$;
+             DROP TRIGGER IF EXISTS slow_{app} ON leasering.claims;
+             CREATE TRIGGER slow_{app} AFTER UPDATE ON leasering.claims
+               FOR EACH ROW WHEN (OLD.holder IS NULL AND NEW.holder IS NOT NULL)
+               EXECUTE FUNCTION leasering.slow_{app}();"
+        ))
+        .unwrap();
+}
+
+/// Whether a backend of application `app` sleeps in `pg_sleep`.
+fn sleeping(db: &TestPostgres, app: &str) -> bool {
+    db.client()
+        .unwrap()
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE application_name = $1 AND wait_event = 'PgSleep')",
+            &[&app],
+        )
+        .unwrap()
+        .get(0)
+}
+
 fn fast_claims_for(db: &TestPostgres, app: &str) {
     db.client()
         .unwrap()
@@ -554,20 +592,24 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
     let a_name = "a";
     let y_name = follower_of(&x.ring(), a_name, 64);
     // After the rows are updated: y's take of them waits for a's to commit.
-    slow_claims_for(db, &app, 1.5, "AFTER", "UPDATE");
+    slow_takes_for(db, &app, 1.5);
     let a = recorder.start(
         builder(via_proxy, &ring, a_name)
             .lease_ttl(ttl)
             .ring_size(64),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(SETTLE, "a's take to sleep in the database", || {
+        sleeping(db, &app)
+    });
     proxy.set_mode(ProxyMode::Stall);
     let y = recorder.start(
         builder(pool(4), &ring, &y_name)
             .lease_ttl(ttl)
             .ring_size(64),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until(SETTLE, "a's take to end its sleep (and commit)", || {
+        !sleeping(db, &app)
+    });
     fast_claims_for(db, &app);
     proxy.cut();
     proxy.set_mode(ProxyMode::Pass);
