@@ -114,3 +114,69 @@ fn errors_carry_their_facts() {
     a.stop().unwrap();
     let _ = db;
 }
+
+#[test]
+fn a_crash_hands_out_no_drain_guard_and_the_status_lists_the_draining_partitions() {
+    init_logs();
+    let ring = ring_name("crash_drain");
+    let mut b = builder(pool(4), &ring, "crashes")
+        .ring_size(64)
+        .drain_timeout(Duration::from_secs(30));
+    let events = b.subscribe();
+    let node = b.start().unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the lone member owns the ring",
+        || node.owned_partitions().len() == 64,
+    );
+    let other = builder(pool(4), &ring, "joins")
+        .ring_size(64)
+        .drain_timeout(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    // The handoff to the joiner drains: its user keeps the guard.
+    let (handed_off, guard) = loop {
+        match events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a handoff")
+        {
+            Event::Released {
+                partitions,
+                reason: ReleaseReason::Handoff,
+                drain: Some(g),
+                ..
+            } => break (partitions, g),
+            _ => continue,
+        }
+    };
+    let status = node.status();
+    assert_eq!(status.draining_partitions, handed_off);
+    assert!(status.draining_partitions.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(status.draining as usize, handed_off.len());
+    node.crash();
+    let after: Vec<Event> = events.try_iter().collect();
+    let released: Vec<_> = after
+        .iter()
+        .filter_map(|e| match e {
+            Event::Released {
+                partitions,
+                reason,
+                drain,
+                ..
+            } => Some((partitions.clone(), *reason, drain.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert!(!released.is_empty(), "the crash released: {after:?}");
+    for (ps, reason, guarded) in &released {
+        assert_eq!(*reason, ReleaseReason::Stopping, "{ps:?}");
+        assert!(!guarded, "a crash cannot drain: {ps:?} came with a guard");
+    }
+    assert!(
+        released.iter().any(|(ps, _, _)| *ps == handed_off),
+        "the draining partitions are told to stop now: {released:?}"
+    );
+    assert!(node.status().draining_partitions.is_empty());
+    drop(guard);
+    other.stop().unwrap();
+}

@@ -94,6 +94,11 @@ pub struct NodeStatus {
     /// Partitions released locally whose drain is still running (their
     /// claims are held until the user's work stops).
     pub draining: u32,
+    /// The partitions counted by [`draining`](NodeStatus::draining),
+    /// ascending: released locally, their claims held until the user's work
+    /// on them stops (every drain guard dropped, the drain timeout, or the
+    /// local lease running out).
+    pub draining_partitions: Vec<u32>,
     /// Time left on the local lease, if it runs.
     pub lease_left: Option<Duration>,
     /// Whether the member is in the ring (false while rejoining or stopped).
@@ -209,6 +214,7 @@ impl RingNode {
             pending: own.pending_count(),
             waiting_for: s.waiting_for(),
             draining: s.draining_count() as u32,
+            draining_partitions: s.draining_partitions(),
             lease_left,
             joined: own.status() == Status::Member,
             stopped: own.status() == Status::Stopped,

@@ -76,9 +76,12 @@ impl Inner {
         }
         let started = Instant::now();
         let deadline = started + self.cfg.stop_timeout;
-        self.update(|s, now| s.stop(now));
         if leave {
+            self.update(|s, now| s.stop(now));
             self.wait_for_drains(deadline);
+        } else {
+            // A crash cannot drain: no guard is handed out.
+            self.update(|s, now| s.crash(now));
         }
         let left = if leave {
             self.leave(deadline, started)
@@ -108,6 +111,9 @@ impl Inner {
     fn wait_for_drains(&self, deadline: Instant) {
         loop {
             self.collect_drains();
+            // A lapsed lease cuts the drains (and says so) even if the
+            // fence thread is late.
+            self.update(|s, now| s.tick(now));
             let left = self.session.write().still_draining(Instant::now());
             if left == 0 {
                 return;

@@ -34,12 +34,13 @@ use crate::config::Config;
 use crate::event::ReleaseReason;
 use crate::placement::fnv1a64;
 use crate::protocol::input::{CatchUp, Joined, Notice, Renewal};
-use crate::protocol::output::{Drain, Effect, Output, WatcherStep};
+use crate::protocol::output::{Effect, Output, WatcherStep};
 use crate::protocol::ownership::{Action, Ownership, Status};
 use crate::ring::{Change, RingView};
 
 mod claims;
 mod cleanup;
+mod drains;
 mod heartbeat;
 
 /// Most notified changes kept while they cannot be applied yet: a member
@@ -277,11 +278,6 @@ impl Session {
         by.into_iter().map(|(w, ps)| (w.to_string(), ps)).collect()
     }
 
-    /// Partitions released locally whose drain is still running.
-    pub fn draining_count(&self) -> usize {
-        self.drains.values().map(|(c, _)| c.len()).sum()
-    }
-
     /// Claims held but not in use (draining or being given back).
     pub fn unused_claims(&self) -> usize {
         self.held.len()
@@ -307,6 +303,18 @@ impl Session {
     /// (eviction: the row and its claims are gone; a stop without a drain:
     /// the leave frees them).
     fn push(&mut self, out: &mut Output, actions: Vec<Action>, released_at: Instant, now: Instant) {
+        self.push_released(out, actions, released_at, now, true);
+    }
+
+    /// [`Session::push`]; without `may_drain` nothing drains (a crash).
+    fn push_released(
+        &mut self,
+        out: &mut Output,
+        actions: Vec<Action>,
+        released_at: Instant,
+        now: Instant,
+        may_drain: bool,
+    ) {
         let epoch = self.own.view_epoch();
         for a in actions {
             match a {
@@ -316,7 +324,7 @@ impl Session {
                     reason,
                 } => {
                     let claims: Vec<(u32, u64)> = partitions.iter().copied().zip(tokens).collect();
-                    let drain = self.after_release(claims, reason, now);
+                    let drain = self.after_release(claims, reason, now, may_drain);
                     out.effects.push(Effect::Released {
                         partitions,
                         reason,
@@ -343,34 +351,6 @@ impl Session {
         if !self.own.has_pending() {
             self.pending_since = None;
             self.waiting_for.clear();
-        }
-    }
-
-    fn after_release(
-        &mut self,
-        claims: Vec<(u32, u64)>,
-        reason: ReleaseReason,
-        now: Instant,
-    ) -> Option<Drain> {
-        let drains = matches!(reason, ReleaseReason::Handoff | ReleaseReason::Stopping);
-        match (reason, self.cfg.drain_timeout) {
-            (_, Some(timeout)) if drains => {
-                let id = self.next_drain;
-                self.next_drain += 1;
-                let deadline = now + timeout;
-                for c in &claims {
-                    self.held.insert(*c, Held::Draining(id));
-                }
-                self.drains.insert(id, (claims, deadline));
-                Some(Drain { id, deadline })
-            }
-            (ReleaseReason::Handoff | ReleaseReason::LeaseExpired, _) => {
-                for c in claims {
-                    self.held.insert(c, Held::Release);
-                }
-                None
-            }
-            _ => None,
         }
     }
 
@@ -509,7 +489,7 @@ impl Session {
             }
             self.hint = 0;
         }
-        self.end_overdue_drains(now);
+        self.end_overdue_drains(now, &mut out);
         if let Some(claims) = self.claims_to_release() {
             return (WatcherStep::Release { claims, ticket }, out);
         }
@@ -563,13 +543,14 @@ impl Session {
         }
     }
 
-    /// Adopts a newer view: a lapsed lease fences first (those partitions
-    /// stopped being reported at its deadline), then the view's releases.
+    /// Adopts a newer view: a lapsed lease fences first and cuts the drains
+    /// (those partitions stopped being reported at its deadline), then the
+    /// view's releases.
     fn adopt(&mut self, view: RingView, now: Instant, out: &mut Output) {
         let members = view.members().len();
         let released_at = self.stamp(now);
-        let mut actions = self.own.fence(now);
-        actions.extend(self.own.adopt(view));
+        self.lapse(now, out);
+        let actions = self.own.adopt(view);
         self.push(out, actions, released_at, now);
         self.note_pending(now);
         self.waiting_for.retain(|p, _| self.own.is_assigned(*p));
@@ -739,29 +720,42 @@ impl Session {
     /// now".
     pub fn tick(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
-        if self.own.lease_runs(now) {
-            return out;
-        }
-        let released_at = self.stamp(now);
-        let mut actions = self.own.fence(now);
-        actions.extend(self.cut_drains(ReleaseReason::LeaseExpired));
-        self.push(&mut out, actions, released_at, now);
-        if !self.held.is_empty() {
-            out.wake_watcher = true;
-        }
+        self.lapse(now, &mut out);
         out
     }
 
     /// `stop()`: everything is released ([`ReleaseReason::Stopping`](crate::ReleaseReason::Stopping)) and
     /// nothing becomes active again. With a drain timeout the released
-    /// partitions drain: the edge waits for [`Session::draining_count`] to
-    /// reach zero (within its bound) before it leaves, and the leave frees
-    /// every claim.
+    /// partitions drain (if the local lease still runs: past it nothing
+    /// waits): the edge waits for [`Session::draining_count`] to reach zero
+    /// (within its bound) before it leaves, and the leave frees every
+    /// claim.
     pub fn stop(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         let released_at = self.stamp(now);
         let actions = self.own.stop();
         self.push(&mut out, actions, released_at, now);
+        out.wake_fence = true;
+        out.wake_watcher = true;
+        out.wake_cleanup = true;
+        out
+    }
+
+    /// A crash (`RingNode::crash`, feature `test-util`): like
+    /// [`Session::stop`] everything is released
+    /// ([`ReleaseReason::Stopping`](crate::ReleaseReason::Stopping)) and
+    /// nothing becomes active again, but a crash cannot drain: no guard is
+    /// handed out, the drains in progress end now (their partitions are
+    /// released again, without a guard: stop now), and nothing is given
+    /// back — the claims free themselves when the lease ends in the
+    /// database and the survivors remove the member.
+    pub fn crash(&mut self, now: Instant) -> Output {
+        let mut out = Output::default();
+        let released_at = self.stamp(now);
+        let mut actions = self.own.stop();
+        actions.extend(self.cut_drains(ReleaseReason::Stopping));
+        self.push_released(&mut out, actions, released_at, now, false);
+        self.forget_claims();
         out.wake_fence = true;
         out.wake_watcher = true;
         out.wake_cleanup = true;

@@ -1,18 +1,17 @@
 //! The session's claims (DESIGN §4.0): which pending partitions to take and
 //! when to try again, what a take's answer activates, which claims it holds
-//! without using them — draining until the user's work has stopped, or to
-//! be given back by token — and the reconciliation of what the database
-//! says it holds.
+//! without using them — draining until the user's work has stopped (see
+//! [`drains`](super::drains)), or to be given back by token — and the
+//! reconciliation of what the database says it holds.
 
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
 use super::{Held, Session, IDLE_TICK};
-use crate::event::ReleaseReason;
 use crate::protocol::input::Took;
 use crate::protocol::output::Output;
-use crate::protocol::ownership::{Action, Taken};
+use crate::protocol::ownership::Taken;
 use crate::protocol::Ticket;
 
 /// The first wait before taking the waiting partitions again anyway, and
@@ -176,64 +175,6 @@ impl Session {
             }
         }
         Output::default()
-    }
-
-    /// Every copy of drain `id`'s guard was dropped: the user's work on its
-    /// partitions has stopped, their claims may be given back.
-    pub fn drained(&mut self, id: u64, _now: Instant) -> Output {
-        let mut out = Output::default();
-        if let Some((claims, _)) = self.drains.remove(&id) {
-            for c in claims {
-                if let Some(h) = self.held.get_mut(&c) {
-                    if *h == Held::Draining(id) {
-                        *h = Held::Release;
-                        out.wake_watcher = true;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Ends the drains whose deadline has passed and returns how many
-    /// partitions still drain: what `stop()` waits for before it leaves.
-    pub fn still_draining(&mut self, now: Instant) -> usize {
-        self.end_overdue_drains(now);
-        self.draining_count()
-    }
-
-    /// Drains whose deadline has passed end as if their guards were
-    /// dropped: the timeout bounds how long a handoff waits for the user.
-    pub(super) fn end_overdue_drains(&mut self, now: Instant) {
-        let overdue: Vec<u64> = self
-            .drains
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in overdue {
-            self.drained(id, now);
-        }
-    }
-
-    /// Ends every drain at once (the lease ran out, or is gone): their
-    /// partitions are released again with `reason`, so that the user stops
-    /// now; their claims are given back like any other.
-    pub(super) fn cut_drains(&mut self, reason: ReleaseReason) -> Vec<Action> {
-        let mut claims: Vec<(u32, u64)> = std::mem::take(&mut self.drains)
-            .into_values()
-            .flat_map(|(c, _)| c)
-            .collect();
-        if claims.is_empty() {
-            return Vec::new();
-        }
-        claims.sort_unstable();
-        let (partitions, tokens) = claims.into_iter().unzip();
-        vec![Action::Release {
-            partitions,
-            tokens,
-            reason,
-        }]
     }
 
     /// Reconciliation (DESIGN §4.0, rule 5): answers get lost (a connection

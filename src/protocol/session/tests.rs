@@ -1,6 +1,8 @@
 //! Tests of the session core without a database: the interleavings chaos
-//! runs found, one by one, and a randomised whole-ring simulation ([`sim`]).
+//! runs found, one by one, the drains and the local lease ([`drains`]), and
+//! a randomised whole-ring simulation ([`sim`]).
 
+mod drains;
 mod sim;
 
 use std::time::{Duration, Instant};
@@ -454,101 +456,6 @@ fn reconciliation_gives_back_claims_held_but_not_used_except_those_being_taken()
         matches!(&step, WatcherStep::Release { claims: c, ticket: t, .. } if *c == vec![(6, 1)] && *t == ticket),
         "{step:?}"
     );
-}
-
-#[test]
-fn a_drained_handoff_holds_the_claims_until_the_guard_is_dropped() {
-    let t0 = Instant::now();
-    let mut s = lone_active(t0, Some(ms(5000)));
-    let (step, out) = hand_off_to_b(&mut s, t0);
-    assert_eq!(
-        step,
-        WatcherStep::Wait(IDLE_TICK),
-        "nothing to give back yet"
-    );
-    let Some(Effect::Released {
-        drain: Some(d),
-        partitions,
-        ..
-    }) = out.effects.first()
-    else {
-        panic!("{:?}", out.effects)
-    };
-    assert_eq!(partitions, &vec![0, 1, 2, 3]);
-    assert_eq!(d.deadline, t0 + ms(5000));
-    assert_eq!(s.draining_count(), 4);
-    let out = s.drained(d.id, t0 + ms(200));
-    assert!(out.wake_watcher);
-    let ticket = s.ticket();
-    assert_eq!(
-        s.watcher_next(t0 + ms(200)).0,
-        WatcherStep::Release {
-            claims: claims(0..4, 1),
-            ticket
-        }
-    );
-    // A second handoff whose guard is never dropped ends at the timeout.
-    let mut s = lone_active(t0, Some(ms(5000)));
-    hand_off_to_b(&mut s, t0);
-    assert_eq!(
-        s.watcher_next(t0 + ms(4000)).0,
-        WatcherStep::Wait(IDLE_TICK)
-    );
-    assert_eq!(s.watcher_next(t0 + ms(4999)).0, WatcherStep::Wait(ms(1)));
-    assert!(matches!(
-        s.watcher_next(t0 + ms(5000)).0,
-        WatcherStep::Release { .. }
-    ));
-}
-
-#[test]
-fn a_lease_that_runs_out_cuts_a_drain_short() {
-    let t0 = Instant::now();
-    let mut s = lone_active(t0, Some(ms(30_000)));
-    hand_off_to_b(&mut s, t0);
-    assert_eq!(
-        s.fence_deadline(),
-        Some(t0 + ms(9000)),
-        "the fence guards the drain"
-    );
-    let out = s.tick(t0 + ms(9000));
-    let rel = released(&out);
-    // The four kept partitions fence, and the four draining ones are
-    // released again: stop now.
-    assert_eq!(rel.len(), 8);
-    assert!(rel.iter().all(|r| r.1 == ReleaseReason::LeaseExpired));
-    assert_eq!(s.draining_count(), 0);
-}
-
-#[test]
-fn stop_waits_for_drains_keeping_the_lease_and_the_fence() {
-    let t0 = Instant::now();
-    let mut s = lone_active(t0, Some(ms(2000)));
-    let out = s.stop(t0);
-    let Some(Effect::Released {
-        drain: Some(d),
-        reason: ReleaseReason::Stopping,
-        ..
-    }) = out.effects.first()
-    else {
-        panic!("{:?}", out.effects)
-    };
-    assert_eq!(s.still_draining(t0), 8);
-    // The lease is kept while draining: the heartbeat renews, the fence
-    // guards.
-    assert!(matches!(
-        s.heartbeat_next(t0 + ms(3333)),
-        HeartbeatStep::Renew { .. }
-    ));
-    assert!(s.fence_deadline().is_some());
-    s.drained(d.id, t0 + ms(10));
-    assert_eq!(s.still_draining(t0 + ms(10)), 0);
-    assert_eq!(s.heartbeat_next(t0 + ms(3333)), HeartbeatStep::Stop);
-    // The drain timeout also ends it.
-    let mut s = lone_active(t0, Some(ms(2000)));
-    s.stop(t0);
-    assert_eq!(s.still_draining(t0 + ms(1999)), 8);
-    assert_eq!(s.still_draining(t0 + ms(2000)), 0);
 }
 
 #[test]
