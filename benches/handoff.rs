@@ -29,12 +29,15 @@
 //!   frozen member does *not* hold, and from `stop()` until the leaver's
 //!   partitions are active elsewhere.
 //! * **drain** (DESIGN §10, guarantee 6): members with a drain timeout,
-//!   each with a [`DrainWorker`] doing 200 ms units of user work on its
-//!   partitions; members join and leave until over 1,000 partitions have
-//!   moved between owners; the user work of two members on one partition
-//!   must never intersect. Latency: from the old owner's `Released` to the
-//!   new owner's `Acquired`, which includes the drain (the rest of the
-//!   unit in progress).
+//!   each with the testkit's drain workload ([`Worker`], as in
+//!   `tests/claims.rs`) doing 200 ms units of user work on its partitions;
+//!   members join and leave until over 1,000 partitions have moved between
+//!   owners; the user work of two members on one partition must never
+//!   intersect (the oracle's [`History::judge_work`] over the workers'
+//!   `work-start`/`work-end` records). Latency: from the old owner's
+//!   `Released` to the new owner's `Acquired`, which includes the drain
+//!   (the rest of the unit in progress, until its `work-end`) and then the
+//!   claim's move.
 //!
 //! Every run also checks, from the merged events (and the member processes'
 //! logs), with the testkit's oracle, that no partition was ever active on
@@ -43,19 +46,22 @@
 //! `LEASERING_BENCH_QUICK=1` shortens the run; `LEASERING_BENCH_REPS`,
 //! `LEASERING_BENCH_CRASH_REPS`, `LEASERING_BENCH_FROZEN_REPS` and
 //! `LEASERING_BENCH_DRAIN_HANDOFFS` set the repetitions.
+//! `LEASERING_BENCH_HANDOFF_ONLY=drain` runs the drain section alone (its
+//! table, its counts and its `handoff drain` line).
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use leasering::{Builder, Event, ReleaseReason, RingNode};
-use leasering_testkit::drain_worker::{WorkLog, WorkOverlap, WorkerStats};
+use leasering::{Builder, Event, RingNode};
 use leasering_testkit::member_log::{parse_events, Ev};
-use leasering_testkit::oracle::{self, End, History, Ns};
+use leasering_testkit::oracle::{self, End, History, Ns, ReleaseKind, RunId, Work, WorkOverlap};
 use leasering_testkit::rng::Rng;
-use leasering_testkit::{instant_of, DrainWorker, MemberArgs, MemberProcess, TestPostgres};
+use leasering_testkit::worker::{Sink, WorkConfig, Worker};
+use leasering_testkit::{instant_of, MemberArgs, MemberProcess, TestPostgres};
 use support::*;
 
 /// The member process, built by Cargo with the benches.
@@ -594,44 +600,60 @@ struct Drained {
     drain_ms: Vec<f64>,
     claim_ms: Vec<f64>,
     handoffs: usize,
-    work_handoffs: usize,
+    /// The oracle's handoffs of user work ([`oracle::WorkVerdict::handoffs`]).
+    work_handoffs: u64,
     user_overlaps: Vec<WorkOverlap>,
+    /// The first few user-work overlaps, in words.
+    described: Vec<String>,
     overlaps: u64,
     regressions: u64,
-    units: usize,
-    worker: WorkerStats,
+    units: u64,
+    /// Drained releases whose guard the old owner's worker kept until its
+    /// unit of work on those partitions ended.
+    kept: usize,
+    /// Drained releases whose guard it let go at once (no unit ran on them).
+    dropped_at_once: usize,
     /// Releases that gave the user no guard (the lease ran out, eviction).
     unguarded: usize,
     /// Handoffs that took the whole drain timeout or more.
     timed_out: usize,
+    /// What the oracle could not match (ownership or work), in words.
+    anomalies: Vec<String>,
     cycles: usize,
 }
 
-/// A partition that moved from member instance `from` to another.
+/// Every member's records — ownership events and units of work, as its
+/// worker handed them to its sink (`log_ownership`) — by member instance,
+/// each member's in the order it emitted them.
+type Records = Arc<Mutex<Vec<(usize, Ev)>>>;
+
+fn lock_records(r: &Records) -> MutexGuard<'_, Vec<(usize, Ev)>> {
+    // A panicking worker must not hide its records from the judge.
+    r.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A partition that moved from one member instance to another.
 struct Handoff {
-    from: usize,
     released: Ns,
     acquired: Ns,
-    /// Index in the log of the `Released` event: its drain guard held back
+    /// Index in the records of the release: its drain guard held back
     /// every partition it names.
     release: usize,
 }
 
-/// Every handoff in `log`: per partition, an `Acquired` by a member other
-/// than the one whose `Released` came last before it.
-fn handoffs_of(log: &[(usize, Event)]) -> Vec<Handoff> {
+/// Every handoff in `log`: per partition, an acquisition by a member other
+/// than the one whose release came last before it.
+fn handoffs_of(log: &[(usize, Ev)]) -> Vec<Handoff> {
     // (at, acquired, member, index in the log)
     let mut per: BTreeMap<u32, Vec<(Ns, bool, usize, usize)>> = BTreeMap::new();
     for (k, (who, e)) in log.iter().enumerate() {
         let (parts, at, acquired) = match e {
-            Event::Acquired { partitions, at, .. } => (partitions, at, true),
-            Event::Released { partitions, at, .. } => (partitions, at, false),
+            Ev::Acquired { parts, at, .. } => (parts, *at, true),
+            Ev::Released { parts, at, .. } => (parts, *at, false),
             _ => continue,
         };
         for p in parts {
-            per.entry(*p)
-                .or_default()
-                .push((oracle::ns(*at), acquired, *who, k));
+            per.entry(*p).or_default().push((at, acquired, *who, k));
         }
     }
     let mut out = Vec::new();
@@ -644,7 +666,6 @@ fn handoffs_of(log: &[(usize, Event)]) -> Vec<Handoff> {
             } else if let Some((from, released, release)) = last.take() {
                 if from != who {
                     out.push(Handoff {
-                        from,
                         released,
                         acquired: at,
                         release,
@@ -656,21 +677,72 @@ fn handoffs_of(log: &[(usize, Event)]) -> Vec<Handoff> {
     out
 }
 
-/// Members of the drain ring, each with its worker; their events (guards
-/// taken out by the workers) merged in one hub.
+/// Per member instance and partition: its units of work `(from, to)` and
+/// the moments it acquired the partition, from the records.
+#[derive(Default)]
+struct WorkIndex {
+    units: HashMap<(usize, u32), Vec<(Ns, Ns)>>,
+    acquired: HashMap<(usize, u32), Vec<Ns>>,
+}
+
+impl WorkIndex {
+    fn new(work: &[Work], instance_of: &HashMap<RunId, usize>, log: &[(usize, Ev)]) -> WorkIndex {
+        let mut ix = WorkIndex::default();
+        for w in work {
+            ix.units
+                .entry((instance_of[&w.run], w.partition))
+                .or_default()
+                .push((w.from, w.to));
+        }
+        for (who, e) in log {
+            if let Ev::Acquired { parts, at, .. } = e {
+                for p in parts {
+                    ix.acquired.entry((*who, *p)).or_default().push(*at);
+                }
+            }
+        }
+        ix
+    }
+
+    /// When `who`'s worker let go of the guard of its release of `parts` at
+    /// `at`: the end of its last unit of work on them that still ran then —
+    /// the unit in progress, or one whose `owned_partitions()` snapshot was
+    /// taken just before the release (no later unit of it works on them
+    /// until it acquires them again). `None`: no unit did, the guard went
+    /// at once.
+    fn drain_end(&self, who: usize, parts: &[u32], at: Ns) -> Option<Ns> {
+        parts
+            .iter()
+            .filter_map(|&p| {
+                let again = self
+                    .acquired
+                    .get(&(who, p))
+                    .and_then(|a| a.iter().copied().find(|&t| t > at))
+                    .unwrap_or(Ns::MAX);
+                self.units
+                    .get(&(who, p))?
+                    .iter()
+                    .filter(|&&(from, to)| to > at && from < again)
+                    .map(|&(_, to)| to)
+                    .max()
+            })
+            .max()
+    }
+}
+
+/// Members of the drain ring, each with the testkit's drain workload
+/// ([`Worker`]); the workers hand their records to one shared log.
 struct DrainFleet {
-    hub: EventHub,
-    replay: Replay,
-    workers: Vec<(usize, DrainWorker)>,
-    names: HashMap<usize, String>,
-    work: WorkLog,
-    next: usize,
-    stats: WorkerStats,
+    members: Vec<(usize, RingNode, Worker)>,
+    /// By member instance.
+    names: Vec<String>,
+    records: Records,
 }
 
 impl DrainFleet {
     fn start(&mut self, db: &TestPostgres) {
-        let name = format!("d{:03}", self.next);
+        let i = self.names.len();
+        let name = format!("d{i:03}");
         let mut b: Builder = RingNode::builder(pool(db, &name, 3), "handoff-drain")
             .node_id(name.clone())
             .ring_size(DRAIN_RING)
@@ -679,62 +751,65 @@ impl DrainFleet {
             .start_timeout(Duration::from_secs(30));
         let rx = b.subscribe();
         let node = b.start().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        // The hub keeps every event: it gets the worker's copies, whose
-        // guards the worker has taken out (a kept guard would hold every
-        // drain until its timeout).
-        let (tee, events) = crossbeam_channel::unbounded();
-        self.hub.add(self.next, events);
-        let w = DrainWorker::start_with_tee(node, rx, self.work.clone(), DRAIN_UNIT, Some(tee));
-        self.workers.push((self.next, w));
-        self.names.insert(self.next, name);
-        self.next += 1;
+        // The worker is the subscription's only consumer, and the bench
+        // keeps its records, not the events: a kept event would hold its
+        // drain guard, hence the drain, until the timeout.
+        let sink: Sink = {
+            let records = self.records.clone();
+            Arc::new(move |ev| lock_records(&records).push((i, ev)))
+        };
+        let cfg = WorkConfig {
+            unit_min: DRAIN_UNIT,
+            unit_max: DRAIN_UNIT,
+            // One unit at a time on all of the member's partitions.
+            lanes: 1,
+            seed: 0xd7a1 ^ i as u64,
+            log_ownership: true,
+            ..WorkConfig::default()
+        };
+        let w = Worker::start(node.clone(), rx, cfg, sink);
+        self.members.push((i, node, w));
+        self.names.push(name);
     }
 
     fn stop_oldest(&mut self) {
-        let (_, w) = self.workers.remove(0);
-        let (result, st) = w.stop();
-        result.unwrap_or_else(|e| panic!("stop: {e}"));
-        self.stats.kept += st.kept;
-        self.stats.dropped_at_once += st.dropped_at_once;
-        self.stats.aborted += st.aborted;
-    }
-
-    fn pump(&mut self, wait: Duration) {
-        for (i, e) in self.hub.wait_drain(wait) {
-            self.replay.apply(i, &e);
-        }
+        let (_, node, w) = self.members.remove(0);
+        // `stop()` waits for the drains, which the worker ends as its units
+        // finish: the member first, then its worker.
+        node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
+        w.stop();
     }
 
     fn settled(&self) -> bool {
-        let Some((_, first)) = self.workers.first() else {
+        let Some((_, first, _)) = self.members.first() else {
             return true;
         };
-        let e = first.node().ring().epoch();
-        self.workers.iter().all(|(_, w)| {
-            let (n, v) = (w.node(), w.node().ring());
+        let e = first.ring().epoch();
+        self.members.iter().all(|(_, n, _)| {
+            let v = n.ring();
             v.epoch() == e && n.owned_partitions().len() == v.partitions_of(n.node_id()).len()
         })
     }
 
-    fn wait_settled(&mut self, timeout: Duration) {
+    fn wait_settled(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while !self.settled() {
             assert!(Instant::now() < deadline, "the drain ring did not settle");
-            self.pump(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        self.pump(Duration::ZERO);
+    }
+
+    fn handoffs(&self) -> usize {
+        let log = lock_records(&self.records).clone();
+        handoffs_of(&log).len()
     }
 }
 
 fn drain(db: &TestPostgres, target: usize) -> Drained {
     let mut fleet = DrainFleet {
-        hub: EventHub::default(),
-        replay: Replay::new(DRAIN_RING),
-        workers: Vec::new(),
-        names: HashMap::new(),
-        work: WorkLog::default(),
-        next: 0,
-        stats: WorkerStats::default(),
+        members: Vec::new(),
+        names: Vec::new(),
+        records: Records::default(),
     };
     // Every change waits for the ring to settle, here and in the teardown
     // too: a member stopped before its predecessor's partitions reached it
@@ -759,7 +834,7 @@ fn drain(db: &TestPostgres, target: usize) -> Drained {
     // Churn: a member joins, the ring settles (every drain has ended and
     // every partition is active on its new owner), the oldest member
     // leaves, it settles again — each time while the workers are mid-unit.
-    while handoffs_of(&fleet.hub.log).len() < target && out.cycles < target / 10 + 20 {
+    while fleet.handoffs() < target && out.cycles < target / 10 + 20 {
         pause();
         fleet.start(db);
         fleet.wait_settled(Duration::from_secs(30));
@@ -768,59 +843,172 @@ fn drain(db: &TestPostgres, target: usize) -> Drained {
         fleet.wait_settled(Duration::from_secs(30));
         out.cycles += 1;
     }
-    while !fleet.workers.is_empty() {
+    while !fleet.members.is_empty() {
         pause();
         fleet.stop_oldest();
         fleet.wait_settled(Duration::from_secs(30));
     }
-    for _ in 0..5 {
-        fleet.pump(Duration::from_millis(20));
+    // Every worker has stopped: nothing is added to the records any more.
+    let log = std::mem::take(&mut *lock_records(&fleet.records));
+
+    // The oracle's history of the records, ownership and work alike.
+    let mut h = History::with_ring_size(DRAIN_RING);
+    let runs: Vec<RunId> = fleet.names.iter().map(|n| h.add_run(n)).collect();
+    for (i, e) in &log {
+        h.logged(runs[*i], e);
     }
-    let log = &fleet.hub.log;
-    for h in handoffs_of(log) {
-        let name = &fleet.names[&h.from];
-        let Event::Released { partitions, .. } = &log[h.release].1 else {
-            unreachable!("a handoff starts at a release");
+    let end = oracle::now();
+    for r in &runs {
+        h.end(*r, End::Exited(end));
+    }
+    let instance_of: HashMap<RunId, usize> =
+        runs.iter().enumerate().map(|(i, r)| (*r, i)).collect();
+    let index = WorkIndex::new(h.work(), &instance_of, &log);
+
+    // Each release's drain: until the old owner's unit in progress on any
+    // partition of it ended (its one guard held them all back), or none
+    // (no unit ran on them: the guard went at once).
+    let mut drain_end: HashMap<usize, Option<Ns>> = HashMap::new();
+    for (k, (who, e)) in log.iter().enumerate() {
+        let Ev::Released {
+            at,
+            parts,
+            reason,
+            drain,
+            ..
+        } = e
+        else {
+            continue;
         };
-        // The drain: the old owner's unit in progress at the release on any
-        // partition of that release (its one guard held them all back), or
-        // none (every unit on them had ended: the guard went at once).
-        let end = partitions
-            .iter()
-            .filter_map(|q| fleet.work.last_end(*q, name, h.released))
-            .max()
-            .unwrap_or(h.released)
-            .max(h.released);
-        let lat = (h.acquired - h.released) as f64 / 1e6;
+        let ended = index.drain_end(*who, parts, *at);
+        drain_end.insert(k, ended);
+        match ReleaseKind::of(reason, *drain) {
+            ReleaseKind::Drained if ended.is_some() => out.kept += 1,
+            ReleaseKind::Drained => out.dropped_at_once += 1,
+            ReleaseKind::Forced => out.unguarded += 1,
+            ReleaseKind::Plain => {}
+        }
+    }
+    for hd in handoffs_of(&log) {
+        let end = drain_end[&hd.release]
+            .unwrap_or(hd.released)
+            .max(hd.released);
+        let lat = (hd.acquired - hd.released) as f64 / 1e6;
         out.latency_ms.push(lat);
-        out.drain_ms.push((end - h.released) as f64 / 1e6);
+        out.drain_ms.push((end - hd.released) as f64 / 1e6);
         out.claim_ms
-            .push(h.acquired.saturating_sub(end) as f64 / 1e6);
+            .push(hd.acquired.saturating_sub(end) as f64 / 1e6);
         if lat >= ms(DRAIN_TIMEOUT) {
             out.timed_out += 1;
         }
     }
     out.handoffs = out.latency_ms.len();
-    out.unguarded = log
+
+    let wv = h.judge_work(end);
+    let t0 = log.first().map_or(end, |(_, e)| e.at());
+    let ms_of = |t: Ns| t.saturating_sub(t0) as f64 / 1e6;
+    out.described = wv
+        .user_overlaps
         .iter()
-        .filter(|(_, e)| {
-            matches!(
-                e,
-                Event::Released {
-                    reason: ReleaseReason::LeaseExpired | ReleaseReason::Evicted,
-                    ..
-                }
+        .take(3)
+        .map(|o| {
+            format!(
+                "partition {}: {} worked {:.1}..{:.1} ms, {} {:.1}..{:.1} ms ({:.1} ms both protected)",
+                o.partition(),
+                h.name(o.a.run),
+                ms_of(o.a.from),
+                ms_of(o.a.to),
+                h.name(o.b.run),
+                ms_of(o.b.from),
+                ms_of(o.b.to),
+                o.protected_ns as f64 / 1e6,
             )
         })
-        .count();
-    out.work_handoffs = fleet.work.handoffs();
-    out.user_overlaps = fleet.work.overlaps();
-    out.units = fleet.work.units();
-    out.worker = fleet.stats;
-    let v = fleet.replay.verdict();
+        .collect();
+    out.work_handoffs = wv.handoffs;
+    out.units = wv.units;
+    out.user_overlaps = wv.user_overlaps;
+    out.anomalies = h.anomalies().iter().chain(&wv.anomalies).cloned().collect();
+    let v = h.judge(end);
     out.overlaps = v.overlaps.len() as u64;
     out.regressions = v.regressions.len() as u64;
     out
+}
+
+/// The drain part of the report's title.
+fn drain_title(d: &Drained) -> String {
+    format!(
+        "Drain: {} members + 1 joining and leaving in turn ({} cycles), ring {DRAIN_RING}, drain timeout {:.0} s, {:.0} ms units of user work:",
+        DRAIN_MEMBERS,
+        d.cycles,
+        DRAIN_TIMEOUT.as_secs_f64(),
+        ms(DRAIN_UNIT),
+    )
+}
+
+/// The drain's rows of the report's table.
+fn drain_rows(d: &Drained) -> Vec<Vec<String>> {
+    vec![
+        stat_row(
+            "drain: old owner's Released until the new owner's Acquired, drain included (ms)",
+            &stats(&d.latency_ms),
+            1.0,
+        ),
+        stat_row(
+            "  of which the old owner's unit in progress ran on (ms)",
+            &stats(&d.drain_ms),
+            1.0,
+        ),
+        stat_row("  then the claim moved (ms)", &stats(&d.claim_ms), 1.0),
+    ]
+}
+
+/// The drain's counts, and the first user-work overlaps and anomalies.
+fn print_drain_counts(d: &Drained) {
+    println!(
+        "drain: {} handoffs ({} of user work), {} user-work overlaps, ownership overlaps {}, token regressions {}, \
+         {} units, guards kept to a unit's end {} / dropped at once {}, releases without a guard (lease expired, evicted) {}, \
+         handoffs >= the drain timeout {}",
+        d.handoffs,
+        d.work_handoffs,
+        d.user_overlaps.len(),
+        d.overlaps,
+        d.regressions,
+        d.units,
+        d.kept,
+        d.dropped_at_once,
+        d.unguarded,
+        d.timed_out,
+    );
+    for o in &d.described {
+        println!("  user-work overlap: {o}");
+    }
+    for a in d.anomalies.iter().take(3) {
+        println!("  anomaly: {a}");
+    }
+}
+
+/// The drain's result line.
+fn drain_line(d: &Drained) -> String {
+    format!(
+        "handoff drain handoffs={} user_overlaps={} p50_ms={:.2}",
+        d.handoffs,
+        d.user_overlaps.len(),
+        stats(&d.latency_ms).p50
+    )
+}
+
+/// A row of statistics, in `unit`s.
+fn stat_row(name: &str, s: &Stats, unit: f64) -> Vec<String> {
+    vec![
+        name.to_string(),
+        s.n.to_string(),
+        f(s.min / unit, 2),
+        f(s.p50 / unit, 2),
+        f(s.p90 / unit, 2),
+        f(s.p99 / unit, 2),
+        f(s.max / unit, 2),
+    ]
 }
 
 fn main() {
@@ -841,6 +1029,26 @@ fn main() {
         pg_version(&db),
         if pss { ", pg_stat_statements on" } else { "" }
     );
+    match std::env::var("LEASERING_BENCH_HANDOFF_ONLY").as_deref() {
+        Err(_) | Ok("") => {}
+        Ok("drain") => {
+            let drained = drain(&db, drain_handoffs);
+            println!();
+            println!("{}", drain_title(&drained));
+            print_table(
+                &["measure", "n", "min", "p50", "p90", "p99", "max"],
+                &drain_rows(&drained),
+            );
+            print_drain_counts(&drained);
+            println!("loadavg after: {}", loadavg());
+            println!();
+            println!("{}", drain_line(&drained));
+            return;
+        }
+        Ok(other) => panic!(
+            "LEASERING_BENCH_HANDOFF_ONLY={other}: the one section that runs alone is `drain`"
+        ),
+    }
 
     // ---- join and leave ----------------------------------------------------
     let mut fleet = Fleet::new("handoff", Duration::from_secs(30));
@@ -987,17 +1195,7 @@ fn main() {
     let ttl_ms = ms(ttl);
     println!();
     println!("Handoff latency, {MEMBERS} members + 1, ring {RING_SIZE}, TTL 30 s ({} join/leave cycles per pool), crash TTL 2 s ({} kills):", j.n, c.n);
-    let row = |name: &str, s: &Stats, unit: f64| {
-        vec![
-            name.to_string(),
-            s.n.to_string(),
-            f(s.min / unit, 2),
-            f(s.p50 / unit, 2),
-            f(s.p90 / unit, 2),
-            f(s.p99 / unit, 2),
-            f(s.max / unit, 2),
-        ]
-    };
+    let row = stat_row;
     print_table(
         &["measure", "n", "min", "p50", "p90", "p99", "max"],
         &[
@@ -1085,51 +1283,31 @@ fn main() {
     let fl = stats(&frozen.leave_ms);
     let dl = stats(&drained.latency_ms);
     println!(
-        "Version 2. Frozen member: 3 members + 1 member process (SIGSTOP), ring {RING_SIZE}, TTL 10 s, {} joins and leaves in {} freezes of <= {:.1} s. \
-         Drain: {} members + 1 joining and leaving in turn ({} cycles), ring {DRAIN_RING}, drain timeout {:.0} s, {:.0} ms units of user work:",
+        "Version 2. Frozen member: 3 members + 1 member process (SIGSTOP), ring {RING_SIZE}, TTL 10 s, {} joins and leaves in {} freezes of <= {:.1} s. {}",
         fj.n,
         frozen.windows,
         FREEZE_WINDOW.as_secs_f64(),
-        DRAIN_MEMBERS,
-        drained.cycles,
-        DRAIN_TIMEOUT.as_secs_f64(),
-        ms(DRAIN_UNIT),
+        drain_title(&drained),
     );
-    print_table(
-        &["measure", "n", "min", "p50", "p90", "p99", "max"],
-        &[
-            row(
-                "frozen_member: start() until the joiner holds its share but the frozen member's claims (ms)",
-                &fj,
-                1.0,
-            ),
-            row(
-                "  partitions of the share waiting for the frozen member",
-                &stats(&frozen.waiting),
-                1.0,
-            ),
-            row(
-                "frozen_member_leave: stop() until its partitions are active elsewhere (ms)",
-                &fl,
-                1.0,
-            ),
-            row(
-                "drain: old owner's Released until the new owner's Acquired, drain included (ms)",
-                &dl,
-                1.0,
-            ),
-            row(
-                "  of which the old owner's unit in progress ran on (ms)",
-                &stats(&drained.drain_ms),
-                1.0,
-            ),
-            row(
-                "  then the claim moved (ms)",
-                &stats(&drained.claim_ms),
-                1.0,
-            ),
-        ],
-    );
+    let mut rows = vec![
+        row(
+            "frozen_member: start() until the joiner holds its share but the frozen member's claims (ms)",
+            &fj,
+            1.0,
+        ),
+        row(
+            "  partitions of the share waiting for the frozen member",
+            &stats(&frozen.waiting),
+            1.0,
+        ),
+        row(
+            "frozen_member_leave: stop() until its partitions are active elsewhere (ms)",
+            &fl,
+            1.0,
+        ),
+    ];
+    rows.extend(drain_rows(&drained));
+    print_table(&["measure", "n", "min", "p50", "p90", "p99", "max"], &rows);
     println!(
         "frozen member: overlaps {}, token regressions {}, unpaired events {}, joins completed after its lease ended {}, joins taking nothing from live members {}, failed {}; \
          after each SIGCONT settled again in {} ms",
@@ -1149,24 +1327,7 @@ fn main() {
     for w in &frozen.odd_waits {
         println!("  odd wait: {w}");
     }
-    println!(
-        "drain: {} handoffs ({} of user work), {} user-work overlaps, ownership overlaps {}, token regressions {}, \
-         {} units, guards kept to a unit's end {} / dropped at once {}, releases without a guard (lease expired, evicted) {}, \
-         handoffs >= the drain timeout {}",
-        drained.handoffs,
-        drained.work_handoffs,
-        drained.user_overlaps.len(),
-        drained.overlaps,
-        drained.regressions,
-        drained.units,
-        drained.worker.kept,
-        drained.worker.dropped_at_once,
-        drained.unguarded,
-        drained.timed_out,
-    );
-    for o in drained.user_overlaps.iter().take(3) {
-        println!("  user-work overlap: {o:?}");
-    }
+    print_drain_counts(&drained);
     println!("targets (DESIGN §10): join while a member is frozen p99 <= 50 ms; 0 user-work overlaps over >= 1,000 drained handoffs");
     println!("loadavg after: {}", loadavg());
     println!();
@@ -1196,12 +1357,7 @@ fn main() {
         "handoff frozen_member_leave p50_ms={:.2} p99_ms={:.2}",
         fl.p50, fl.p99
     );
-    println!(
-        "handoff drain handoffs={} user_overlaps={} p50_ms={:.2}",
-        drained.handoffs,
-        drained.user_overlaps.len(),
-        dl.p50
-    );
+    println!("{}", drain_line(&drained));
     println!(
         "handoff crash p50_over_ttl={:.3} max_over_ttl={:.3}",
         c.p50 / ttl_ms,

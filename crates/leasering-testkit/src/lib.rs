@@ -16,14 +16,12 @@
 //!   processes, and [`MemberProcess`] runs one (killed on drop, so a failing
 //!   test never leaves a stopped process behind). [`Sampler`] is the second, independent check: it samples
 //!   `owned_partitions()`.
-//! * [`worker::Worker`] is the drain workload: a user's worker doing units
-//!   of work on the partitions its member owns and holding each handoff
-//!   back with the drain guard until the unit in progress has ended; the
-//!   oracle judges its `work-start`/`work-end` records
-//!   ([`History::judge_work`](oracle::History::judge_work)).
-//! * [`DrainWorker`] is a user of drained handoffs: units of work on its
-//!   member's partitions, recorded in a [`WorkLog`] that judges overlaps
-//!   of *user work* across handoffs.
+//! * [`worker::Worker`] is the drain workload, the one user of drained
+//!   handoffs that the chaos members, the tests and the benches share: a
+//!   user's worker doing units of work on the partitions its member owns
+//!   and holding each handoff back with the drain guard until the unit in
+//!   progress has ended; the oracle judges its `work-start`/`work-end`
+//!   records ([`History::judge_work`](oracle::History::judge_work)).
 //! * [`rng::Rng`] is the seeded generator of chaos, benches and the demo.
 //! * [`unique_name`] makes names that are safe to use as PostgreSQL
 //!   identifiers (for example a schema per test).
@@ -44,7 +42,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub mod drain_worker;
 pub mod member_log;
 pub mod member_process;
 pub mod oracle;
@@ -55,7 +52,6 @@ pub mod rng;
 pub mod sampler;
 pub mod worker;
 
-pub use self::drain_worker::{DrainWorker, WorkLog};
 pub use self::member_process::{MemberArgs, MemberProcess};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};

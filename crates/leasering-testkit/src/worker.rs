@@ -2,8 +2,9 @@
 //! units of work on the partitions its member owns and holds back their
 //! handoff with the drain guard until the unit in progress has ended — the
 //! way a service is meant to use `Builder::drain_timeout`. Shared by the
-//! in-process drain test (`tests/claims.rs`) and the member process
-//! (`tests/bin/member.rs`, the chaos harness's members), so that both do
+//! in-process drain test (`tests/claims.rs`), the member process
+//! (`tests/bin/member.rs`, the chaos harness's members) and the handoff
+//! bench's drain section (`benches/handoff.rs`), so that all of them do
 //! the same thing and log it in the same [`member_log`](crate::member_log)
 //! lines.
 //!
