@@ -119,7 +119,7 @@ impl Store {
         let mut filed = false;
         let mut poll = OUTCOME_POLL;
         loop {
-            let mut tx = self.begin_ring_locking(client)?;
+            let mut tx = self.begin(client)?;
             let locked = self.file_and_try_lock(&mut tx, incarnation, !filed)?;
             filed = true;
             if locked {
@@ -170,8 +170,10 @@ impl Store {
                 &format!(
                     "WITH ins AS (INSERT INTO {s}.join_requests
                                     (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at)
-                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond' WHERE $8)
-                     SELECT pg_try_advisory_xact_lock($9)"
+                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond' WHERE $8),
+                          lk AS (SELECT pg_try_advisory_xact_lock($9) AS got)
+                     SELECT got, CASE WHEN got THEN set_config('idle_in_transaction_session_timeout', $10, true) END
+                     FROM lk"
                 ),
                 &[
                     (&self.ring_id, Type::TEXT),
@@ -183,6 +185,7 @@ impl Store {
                     (&expiry_ms, Type::FLOAT8),
                     (&file, Type::BOOL),
                     (&self.ring_lock, Type::INT8),
+                    (&self.ring_lock_idle(), Type::TEXT),
                 ],
             )
             .map_err(|e| Error::db("file the join request", e))?;

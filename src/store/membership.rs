@@ -131,7 +131,7 @@ impl Store {
     /// condition on `m`, with `$1` the ring id and `$2` this member's node
     /// id), in one statement. Returns the ring's epoch (`None`: no such
     /// ring) and the deleted members' node ids and incarnations.
-    fn lock_and_delete(
+    pub(super) fn lock_and_delete(
         &self,
         tx: &mut Tx<'_>,
         which: &str,
@@ -140,7 +140,7 @@ impl Store {
         let rows = tx
             .query_typed(
                 &format!(
-                    "WITH adv AS (SELECT pg_advisory_xact_lock($3)),
+                    "WITH adv AS (SELECT pg_advisory_xact_lock($3), set_config('idle_in_transaction_session_timeout', $4, true)),
                           lk AS (SELECT r.epoch FROM {s}.rings r, adv WHERE r.ring_id = $1 FOR NO KEY UPDATE OF r),
                           d AS (DELETE FROM {s}.members m USING lk WHERE m.ring_id = $1 AND {which}
                                 RETURNING m.node_id, m.incarnation)
@@ -150,6 +150,7 @@ impl Store {
                     (&self.ring_id, Type::TEXT),
                     (&self.node_id, Type::TEXT),
                     (&self.ring_lock, Type::INT8),
+                    (&self.ring_lock_idle(), Type::TEXT),
                 ],
             )
             .map_err(|e| Error::db("remove members", e))?;
@@ -173,7 +174,7 @@ impl Store {
     /// notify; commit. Returns the new epoch, or `None` if the member was
     /// already gone.
     pub(crate) fn leave(&self, client: &mut Client) -> Result<Option<u64>> {
-        let mut tx = self.begin_ring_locking(client)?;
+        let mut tx = self.begin(client)?;
         let (epoch, removed, incarnations) = self.lock_and_delete(&mut tx, "m.node_id = $2")?;
         let Some(epoch) = epoch.filter(|_| !removed.is_empty()) else {
             return Ok(None);
@@ -189,7 +190,7 @@ impl Store {
     /// members firing at once mostly do a cheap read.
     pub(crate) fn cleanup(&self, client: &mut Client) -> Result<Cleaned> {
         let s = &self.s;
-        let mut tx = self.begin_ring_locking(client)?;
+        let mut tx = self.begin(client)?;
         let rows = tx
             .query_typed(
                 &format!(

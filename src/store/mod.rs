@@ -66,7 +66,7 @@ pub(super) fn pg_i64(v: u64) -> i64 {
 }
 /// How long a transaction that may hold the ring's lock may sit idle
 /// between two statements before the server ends it (see
-/// [`Store::begin_ring_locking`]).
+/// [`Store::ring_lock_idle`]).
 const RING_LOCK_IDLE_MS: u64 = 2_000;
 
 impl Store {
@@ -116,23 +116,19 @@ impl Store {
         Ok(Tx { client, open: true })
     }
 
-    /// Like [`begin`](Store::begin), for a transaction that may take the
-    /// ring's lock (joins, leaves, cleanups): the server also ends it if the
-    /// member leaves it idle for [`RING_LOCK_IDLE_MS`] (a process frozen
-    /// between two of its statements), so that a paused member holds up
-    /// everyone's joins, leaves and crash cleanups for two seconds, not for
-    /// the usual idle bound of four statement timeouts (40 s by default,
-    /// longer than a TTL). These transactions do no client-side work
-    /// longer than a placement between their statements.
-    pub(super) fn begin_ring_locking<'a>(&self, client: &'a mut Client) -> Result<Tx<'a>> {
-        let idle = RING_LOCK_IDLE_MS.min(self.statement_timeout_ms * 4);
-        client
-            .batch_execute(&format!(
-                "BEGIN; {}; SET LOCAL idle_in_transaction_session_timeout = {idle}",
-                self.timeouts_sql("LOCAL")
-            ))
-            .map_err(|e| Error::db("begin transaction", e))?;
-        Ok(Tx { client, open: true })
+    /// The `idle_in_transaction_session_timeout` (ms, as text for
+    /// `set_config`) of a transaction once it holds the ring's lock (joins,
+    /// leaves, cleanups): the statement that takes the lock sets it, so
+    /// that a member frozen between two statements of such a transaction
+    /// holds up everyone's joins, leaves and crash cleanups for
+    /// [`RING_LOCK_IDLE_MS`], not for the usual idle bound of four
+    /// statement timeouts (40 s by default, longer than a TTL). Only the
+    /// holder gets it: a joiner that merely filed its request, descheduled
+    /// for two seconds on a busy machine, must not lose its connection.
+    pub(super) fn ring_lock_idle(&self) -> String {
+        RING_LOCK_IDLE_MS
+            .min(self.statement_timeout_ms * 4)
+            .to_string()
     }
 
     // ---- schema ---------------------------------------------------------

@@ -386,3 +386,41 @@ fn a_leave_frees_a_claim_whose_row_was_marked_meanwhile() {
         .get(0);
     assert_eq!(named, 0, "no claim names a member that left");
 }
+
+#[test]
+fn a_holder_of_the_ring_lock_left_idle_loses_it_within_the_bound() {
+    // A member frozen between two statements of a transaction holding the
+    // ring's lock (a leave, here) must not hold up everyone's joins and
+    // cleanups for four statement timeouts: the server ends it after
+    // RING_LOCK_IDLE_MS.
+    let (a, _ha, mut admin, _) = setup("a");
+    a.join(&mut admin).unwrap();
+    let db = TestPostgres::shared().unwrap();
+    let mut frozen = db.client().unwrap();
+    let mut tx = a.begin(&mut frozen).unwrap();
+    a.lock_and_delete(&mut tx, "false").unwrap();
+    let try_lock = |c: &mut Client| -> bool {
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&a.ring_lock])
+            .unwrap()
+            .get(0);
+        if got {
+            c.execute("SELECT pg_advisory_unlock($1)", &[&a.ring_lock])
+                .unwrap();
+        }
+        got
+    };
+    assert!(
+        !try_lock(&mut admin),
+        "the frozen transaction holds the ring's lock"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while !try_lock(&mut admin) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ring's lock was still held 6 s into an idle transaction (the bound is 2 s; without it 13 s)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(tx);
+}
