@@ -64,10 +64,6 @@ pub(crate) struct Store {
 pub(super) fn pg_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
-/// How long a transaction that may hold the ring's lock may sit idle
-/// between two statements before the server ends it (see
-/// [`Store::ring_lock_idle`]).
-const RING_LOCK_IDLE_MS: u64 = 2_000;
 
 impl Store {
     pub(crate) fn new(cfg: &crate::Config, node_id: &str) -> Result<Store> {
@@ -118,17 +114,17 @@ impl Store {
 
     /// The `idle_in_transaction_session_timeout` (ms, as text for
     /// `set_config`) of a transaction once it holds the ring's lock (joins,
-    /// leaves, cleanups): the statement that takes the lock sets it, so
-    /// that a member frozen between two statements of such a transaction
-    /// holds up everyone's joins, leaves and crash cleanups for
-    /// [`RING_LOCK_IDLE_MS`], not for the usual idle bound of four
-    /// statement timeouts (40 s by default, longer than a TTL). Only the
-    /// holder gets it: a joiner that merely filed its request, descheduled
-    /// for two seconds on a busy machine, must not lose its connection.
+    /// leaves, cleanups): one statement timeout (`lease_ttl / 3` by
+    /// default), set by the statement that takes the lock, so that a member
+    /// frozen between two statements of such a transaction holds up
+    /// everyone's joins, leaves and crash cleanups for less than a TTL, not
+    /// for the usual idle bound of four statement timeouts (40 s by
+    /// default). Not shorter: an absorber descheduled for two seconds on a
+    /// machine running 1024 members lost its connection, and its start
+    /// failed. Only the holder gets it: a joiner that merely filed its
+    /// request must not lose its connection either.
     pub(super) fn ring_lock_idle(&self) -> String {
-        RING_LOCK_IDLE_MS
-            .min(self.statement_timeout_ms * 4)
-            .to_string()
+        self.statement_timeout_ms.to_string()
     }
 
     // ---- schema ---------------------------------------------------------
