@@ -309,13 +309,19 @@ impl Chaos {
                 // are judged on their own: they must not wait for it.
                 let v = self.victim();
                 let d = self.ttl_times(0.8, 2.5);
-                let exempt = self.cluster.owned_of(v);
+                let mut exempt = self.cluster.owned_of(v);
                 let frozen = Instant::now();
                 let frozen_at = mono_now();
                 self.cluster.pause(v);
+                // And what it holds claims of (a take in flight when it
+                // froze still commits: read again once the joiner is in).
+                exempt.extend(self.cluster.claims_of(v)?);
                 let id = self.cluster.fresh_node_id();
                 let r = self.cluster.spawn(&id);
                 self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
+                exempt.extend(self.cluster.claims_of(v)?);
+                exempt.sort_unstable();
+                exempt.dedup();
                 let thawed = self.thaw_later(v, frozen, d);
                 isolation = Some(Isolation {
                     from: frozen_at,
@@ -376,7 +382,13 @@ impl Chaos {
                 let frozen = Instant::now();
                 let frozen_at = mono_now();
                 self.cluster.pause(v);
+                exempt.extend(self.cluster.claims_of(v)?);
+                exempt.sort_unstable();
+                exempt.dedup();
                 self.cluster.stop_many(&[l], STOP_TIMEOUT)?;
+                exempt.extend(self.cluster.claims_of(v)?);
+                exempt.sort_unstable();
+                exempt.dedup();
                 let thawed = self.thaw_later(v, frozen, d);
                 isolation = Some(Isolation {
                     from: frozen_at,

@@ -28,6 +28,10 @@ use crate::store::HeldConn;
 
 /// Longest a thread waits on a failed connection before trying again.
 const RECONNECT_TICK: Duration = Duration::from_millis(100);
+
+/// How often a watcher waiting for the pool looks for a connection a
+/// (re)join left it.
+const JOIN_CONN_LOOK: Duration = Duration::from_millis(50);
 /// While drains run, the watcher looks this often for guards dropped (its
 /// wait on the LISTEN socket cannot be interrupted by another thread).
 const DRAIN_POLL: Duration = Duration::from_millis(2);
@@ -141,36 +145,61 @@ impl Inner {
             .get(self.cfg.effective_statement_timeout())
             .map_err(|e| Error::pool("rejoin", e))?;
         let sent_at = Instant::now();
-        let joined = self.store.join(&mut conn)?;
+        let joined = if self.cfg.notifications {
+            // As at start: the connection stays listening and goes to the
+            // watcher, which may be waiting for the pool meanwhile.
+            let joined = self.store.join_and_listen(&mut conn)?;
+            *self.join_conn.lock() = Some(conn);
+            joined
+        } else {
+            self.store.join(&mut conn)?
+        };
         self.update(|s, now| s.joined(joined, sent_at, now));
         Ok(())
+    }
+
+    /// A connection for a thread to keep. The watcher (`listen`) takes the
+    /// connection a join left listening, if there is one, and otherwise
+    /// asks the pool in short slices, looking for such a connection between
+    /// them: after an outage the pool's own reconnection backs off, and a
+    /// watcher blocked in it for a whole statement timeout left a member
+    /// that had just rejoined on a connection of its own without its first
+    /// take for a second (chaos, a rejoin after a refused link).
+    fn connection_for(&self, listen: bool, t: Instant) -> Result<crate::pool::Conn> {
+        let timeout = self.cfg.effective_statement_timeout();
+        loop {
+            if listen {
+                if let Some(c) = self.join_conn.lock().take() {
+                    return Ok(c);
+                }
+            }
+            let slice = if listen {
+                timeout.saturating_sub(t.elapsed()).min(JOIN_CONN_LOOK)
+            } else {
+                timeout
+            };
+            match self.pool.get(slice.max(Duration::from_millis(1))) {
+                Ok(c) => return Ok(c),
+                Err(_) if listen && t.elapsed() < timeout => continue,
+                Err(e) => {
+                    let (all, idle) = self.pool.state();
+                    return Err(Error::pool(
+                        format!(
+                            "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
+                            t.elapsed()
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
     }
 
     /// The connection this thread keeps, connecting it first if needed.
     fn held<'c>(&self, conn: &'c mut Option<HeldConn>, listen: bool) -> Result<&'c mut HeldConn> {
         if conn.is_none() {
             let t = Instant::now();
-            let joined_on = if listen {
-                self.join_conn.lock().take()
-            } else {
-                None
-            };
-            let c = match joined_on {
-                Some(c) => c,
-                None => self
-                    .pool
-                    .get(self.cfg.effective_statement_timeout())
-                    .map_err(|e| {
-                        let (all, idle) = self.pool.state();
-                        Error::pool(
-                            format!(
-                            "hold a connection (pool: {all} connections, {idle} idle, after {:?})",
-                            t.elapsed()
-                        ),
-                            e,
-                        )
-                    })?,
-            };
+            let c = self.connection_for(listen, t)?;
             let held = self.store.hold(c, listen)?;
             log::debug!(target: "leasering", "node {}: connection ready in {:?} (listen: {listen})",
                 self.node_id, t.elapsed());
@@ -191,6 +220,13 @@ impl Inner {
                 || self.session.read().status() == Status::Stopped
             {
                 break;
+            }
+            if conn.is_some() || !self.cfg.notifications {
+                // A (re)join's connection this watcher does not need: back
+                // to the pool, or it would hold one of the pool's slots.
+                if let Some(mut spare) = self.join_conn.lock().take() {
+                    let _ = spare.batch_execute("UNLISTEN *");
+                }
             }
             let fresh = conn.is_none();
             let result = self.held(&mut conn, self.cfg.notifications).and_then(|c| {

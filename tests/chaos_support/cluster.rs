@@ -469,6 +469,26 @@ impl Cluster {
         self.members[i].owned.clone()
     }
 
+    /// The partitions whose claims member `i` holds in the database now.
+    /// A member's claims outlive its local lease (they are freed when its
+    /// row is removed, after the lease ended in the database too): a member
+    /// frozen just after it self-fenced owns nothing by its events, yet the
+    /// partitions it held still wait for it.
+    pub fn claims_of(&self, i: usize) -> Result<Vec<u32>, String> {
+        let mut c = self.db.client().map_err(|e| e.to_string())?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT c.partition FROM {SCHEMA}.claims c JOIN {SCHEMA}.members m
+                       ON m.ring_id = c.ring_id AND m.incarnation = c.holder
+                     WHERE c.ring_id = $1 AND m.node_id = $2"
+                ),
+                &[&RING, &self.members[i].node_id],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+    }
+
     /// The ring's vnodes in the database now: `(position, node id)`.
     pub fn vnodes(&self) -> Result<Vec<(u32, String)>, String> {
         let mut c = self.db.client().map_err(|e| e.to_string())?;
