@@ -178,6 +178,17 @@ impl Chaos {
         self.ttl.mul_f64(self.rng.range_f64(lo, hi))
     }
 
+    /// Adds to `exempt` the partitions whose claims frozen member `v`
+    /// holds in the database now (its claims outlive a local lease it lost
+    /// just before it froze, and a take in flight when it froze still
+    /// commits).
+    fn exempt_claims(&self, exempt: &mut Vec<u32>, v: usize) -> Result<(), String> {
+        exempt.extend(self.cluster.claims_of(v)?);
+        exempt.sort_unstable();
+        exempt.dedup();
+        Ok(())
+    }
+
     /// A random live, running member.
     fn victim(&mut self) -> usize {
         let live: Vec<usize> = self
@@ -315,13 +326,11 @@ impl Chaos {
                 self.cluster.pause(v);
                 // And what it holds claims of (a take in flight when it
                 // froze still commits: read again once the joiner is in).
-                exempt.extend(self.cluster.claims_of(v)?);
+                self.exempt_claims(&mut exempt, v)?;
                 let id = self.cluster.fresh_node_id();
                 let r = self.cluster.spawn(&id);
                 self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
-                exempt.extend(self.cluster.claims_of(v)?);
-                exempt.sort_unstable();
-                exempt.dedup();
+                self.exempt_claims(&mut exempt, v)?;
                 let thawed = self.thaw_later(v, frozen, d);
                 isolation = Some(Isolation {
                     from: frozen_at,
@@ -382,13 +391,9 @@ impl Chaos {
                 let frozen = Instant::now();
                 let frozen_at = mono_now();
                 self.cluster.pause(v);
-                exempt.extend(self.cluster.claims_of(v)?);
-                exempt.sort_unstable();
-                exempt.dedup();
+                self.exempt_claims(&mut exempt, v)?;
                 self.cluster.stop_many(&[l], STOP_TIMEOUT)?;
-                exempt.extend(self.cluster.claims_of(v)?);
-                exempt.sort_unstable();
-                exempt.dedup();
+                self.exempt_claims(&mut exempt, v)?;
                 let thawed = self.thaw_later(v, frozen, d);
                 isolation = Some(Isolation {
                     from: frozen_at,

@@ -337,6 +337,19 @@ fn mark_in_flight(
     })
 }
 
+/// How many claims of ring `ring_id` have a holder.
+fn held_claims(admin: &mut Client, schema: &str, ring_id: &str) -> i64 {
+    admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {schema}.claims WHERE ring_id = $1 AND holder IS NOT NULL"
+            ),
+            &[&ring_id],
+        )
+        .unwrap()
+        .get(0)
+}
+
 #[test]
 fn a_release_frees_a_claim_whose_row_was_marked_meanwhile() {
     // The release waits for the mark's row lock, then locks the row's
@@ -349,15 +362,7 @@ fn a_release_frees_a_claim_whose_row_was_marked_meanwhile() {
     let marker = mark_in_flight(&schema, &a.ring_id, 2, Duration::from_millis(300));
     assert_eq!(a.release_claims(&mut ha, ja.incarnation, &got).unwrap(), 3);
     marker.join().unwrap();
-    let held: i64 = admin
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {schema}.claims WHERE ring_id = $1 AND holder IS NOT NULL"
-            ),
-            &[&a.ring_id],
-        )
-        .unwrap()
-        .get(0);
+    let held = held_claims(&mut admin, &schema, &a.ring_id);
     assert_eq!(held, 0, "every released claim is free");
 }
 
@@ -375,15 +380,7 @@ fn a_leave_frees_a_claim_whose_row_was_marked_meanwhile() {
     let marker = mark_in_flight(&schema, &a.ring_id, 2, Duration::from_millis(300));
     a.leave(&mut admin).unwrap();
     marker.join().unwrap();
-    let named: i64 = admin
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {schema}.claims WHERE ring_id = $1 AND holder IS NOT NULL"
-            ),
-            &[&a.ring_id],
-        )
-        .unwrap()
-        .get(0);
+    let named = held_claims(&mut admin, &schema, &a.ring_id);
     assert_eq!(named, 0, "no claim names a member that left");
 }
 
