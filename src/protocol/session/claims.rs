@@ -144,13 +144,20 @@ impl Session {
         if took.live && !waiting {
             self.take_polls = 0;
             self.take_after = None;
-        } else if took.retry && took.live {
-            // A claim was locked by a release or take in flight, so nobody
-            // will tell us about it: look again in a moment.
-            self.take_after = Some(now + LOCKED_RETRY);
         } else {
-            self.take_polls += 1;
-            self.take_after = Some(now + self.take_backoff());
+            let next = if took.retry && took.live {
+                // A claim was locked by a release or take in flight, so
+                // nobody will tell us about it: look again in a moment.
+                now + LOCKED_RETRY
+            } else {
+                self.take_polls += 1;
+                now + self.take_backoff()
+            };
+            // The earlier deadline stands: the answer to a take of only the
+            // rechecked partitions says nothing of the locked ones an
+            // earlier answer left waiting for the short retry (replacing
+            // it pushed them back to the safety net, 100 ms and more).
+            self.take_after = Some(self.take_after.map_or(next, |t| t.min(next)));
         }
         out
     }
