@@ -558,6 +558,8 @@
 
 #![deny(missing_docs)]
 
+#[allow(dead_code)]
+mod balanced;
 mod clock;
 mod config;
 mod error;
