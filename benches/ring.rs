@@ -47,6 +47,7 @@ fn join_change(id: &str, positions: &[u32]) -> Change {
         epoch: 2,
         removed: Vec::new(),
         added: Some((id.to_string(), positions.to_vec())),
+        added_metadata: None,
     }
 }
 

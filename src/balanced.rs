@@ -286,6 +286,12 @@ impl Table {
         self.ring_size
     }
 
+    /// Per partition, the index of its owner in [`members`](Table::members)
+    /// (`u32::MAX` on an empty ring).
+    pub(crate) fn owners(&self) -> &[u32] {
+        &self.owner
+    }
+
     /// The members, ascending by node id.
     pub(crate) fn members(&self) -> &[BalancedMember] {
         &self.members

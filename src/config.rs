@@ -26,6 +26,11 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest accepted ring id and node id, in bytes.
 pub const MAX_ID_LEN: usize = 200;
 
+/// Longest accepted member metadata, in bytes: it travels in every
+/// notification of the member's join (PostgreSQL caps a payload at 8000
+/// bytes) and in every view.
+pub const MAX_METADATA_LEN: usize = 1024;
+
 /// The settings of one ring member. Built by [`Builder`](crate::Builder);
 /// usable on its own to validate settings without a database.
 ///
@@ -78,6 +83,15 @@ pub struct Config {
     /// drain guard dropped), at most `d`. `None` (the default): released at
     /// once.
     pub drain_timeout: Option<Duration>,
+    /// How partitions are placed on members. Default
+    /// [`Placement::Hashed`](crate::Placement::Hashed). Must match the ring
+    /// stored in the database.
+    pub placement: crate::Placement,
+    /// A small string stored with the member's row and shown to every
+    /// member and observer (in [`MemberInfo::metadata`](crate::MemberInfo::metadata)):
+    /// typically the address where the member serves its partitions. At
+    /// most [`MAX_METADATA_LEN`] bytes, no NUL. Default `None`.
+    pub metadata: Option<String>,
 }
 
 impl Config {
@@ -98,6 +112,8 @@ impl Config {
             stop_timeout: Duration::from_secs(5),
             statement_timeout: None,
             drain_timeout: None,
+            placement: crate::Placement::Hashed,
+            metadata: None,
         }
     }
 
@@ -131,6 +147,9 @@ impl Config {
             validate_id("node_id", "node id", node_id)?;
         }
         validate_schema(&self.schema)?;
+        if let Some(m) = &self.metadata {
+            validate_metadata(m)?;
+        }
         if self.ring_size == 0 || self.ring_size > MAX_RING_SIZE {
             return Err(Error::invalid(
                 "ring_size",
@@ -228,6 +247,26 @@ fn validate_id(setting: &'static str, what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+fn validate_metadata(m: &str) -> Result<()> {
+    if m.len() > MAX_METADATA_LEN {
+        let shown: String = m.chars().take(40).collect();
+        return Err(Error::invalid(
+            "metadata",
+            format!(
+                "metadata {shown:?}… is {} bytes long: it must be at most {MAX_METADATA_LEN} bytes",
+                m.len()
+            ),
+        ));
+    }
+    if m.contains('\0') {
+        return Err(Error::invalid(
+            "metadata",
+            format!("metadata {m:?} contains a NUL byte, which PostgreSQL text cannot store"),
+        ));
+    }
+    Ok(())
+}
+
 /// A schema name must be a plain lowercase identifier: it is the only name
 /// ever formatted into SQL (and then quoted as well).
 pub(crate) fn validate_schema(schema: &str) -> Result<()> {
@@ -315,6 +354,12 @@ mod tests {
         let mut c = Config::new("r");
         c.ring_size = 0;
         bad(c, "ring_size 0");
+        let mut m = Config::new("r");
+        m.metadata = Some("x".repeat(MAX_METADATA_LEN + 1));
+        bad(m, "metadata \"xxxx");
+        let mut m = Config::new("r");
+        m.metadata = Some("10.0.0.1\0:80".into());
+        bad(m, "NUL");
         let mut c = Config::new("r");
         c.ring_size = u32::MAX;
         bad(c, "ring_size 4294967295");

@@ -18,6 +18,10 @@ pub enum ErrorKind {
     /// The ring exists in the database with another `ring_size` than this
     /// node was configured with. [`Error::ring_sizes`] gives both.
     RingSizeMismatch,
+    /// The ring exists in the database with another
+    /// [`Placement`](crate::Placement) than this node was configured with.
+    /// [`Error::placements`] gives both.
+    PlacementMismatch,
     /// Another live member of the ring already uses this `node_id`
     /// ([`Error::node_id`]).
     NodeIdInUse,
@@ -49,6 +53,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::RingSizeMismatch => "ring size mismatch",
+            ErrorKind::PlacementMismatch => "placement mismatch",
             ErrorKind::NodeIdInUse => "node id in use",
             ErrorKind::RingFull => "ring full",
             ErrorKind::Database => "database error",
@@ -73,6 +78,7 @@ enum Detail {
     None,
     Setting(&'static str),
     RingSizes { stored: u32, configured: u32 },
+    Placements { stored: crate::Placement, configured: crate::Placement },
     NodeId(String),
 }
 
@@ -140,6 +146,21 @@ impl Error {
             ),
         );
         e.0.detail = Detail::RingSizes { stored, configured };
+        e
+    }
+
+    pub(crate) fn placement_mismatch(
+        ring_id: &str,
+        stored: crate::Placement,
+        configured: crate::Placement,
+    ) -> Error {
+        let mut e = Error::new(
+            ErrorKind::PlacementMismatch,
+            format!(
+                "ring {ring_id:?} has placement {stored} in the database, but this node was configured with placement {configured}"
+            ),
+        );
+        e.0.detail = Detail::Placements { stored, configured };
         e
     }
 
@@ -226,6 +247,16 @@ impl Error {
     pub fn ring_sizes(&self) -> Option<(u32, u32)> {
         match self.0.detail {
             Detail::RingSizes { stored, configured } => Some((stored, configured)),
+            _ => None,
+        }
+    }
+
+    /// For [`ErrorKind::PlacementMismatch`]: `(stored, configured)`, the
+    /// ring's placement in the database and the one this node was started
+    /// with.
+    pub fn placements(&self) -> Option<(crate::Placement, crate::Placement)> {
+        match self.0.detail {
+            Detail::Placements { stored, configured } => Some((stored, configured)),
             _ => None,
         }
     }

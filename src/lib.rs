@@ -565,6 +565,7 @@ mod config;
 mod error;
 mod event;
 mod node;
+mod observer;
 mod owned;
 mod placement;
 mod pool;
@@ -574,12 +575,15 @@ mod store;
 pub mod telemetry;
 
 pub use clock::monotonic_ns;
-pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};
+pub use config::{
+    Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{DrainGuard, Event, ReleaseReason};
 pub use node::{Builder, NodeStatus, RingNode, MIN_POOL_SIZE};
+pub use observer::{ObserverBuilder, RingObserver};
 pub use owned::OwnedPartitions;
-pub use placement::partition_for;
+pub use placement::{partition_for, Placement};
 pub use ring::{Change, MemberInfo, RingArc, RingView};
 pub use store::SCHEMA_VERSION;
 

@@ -2,7 +2,80 @@
 //! vnodes and the partition of a key. Pure functions, identical in every
 //! process, so that all members agree without talking.
 
+use std::fmt;
 use std::hash::Hasher;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// How partitions are placed on members: stored with the ring when it is
+/// created, like `ring_size`, and every member must be configured alike
+/// (a mismatch is [`ErrorKind::PlacementMismatch`](crate::ErrorKind::PlacementMismatch)).
+///
+/// | | `Hashed` (default) | `Balanced` |
+/// |---|---|---|
+/// | owner of a partition | the next vnode clockwise (DESIGN §2) | a table carried from epoch to epoch |
+/// | balance (16 members × 8 vnodes) | max/mean ≈ 1.6, worst ≈ 2.8 | within one partition of the weighted share |
+/// | partitions moved by a join / leave | about the minimum, on average | the minimum |
+/// | a member that leaves and comes back | gets exactly its old partitions | gets most of them (affinity) |
+/// | a view change costs | O(ring size) | O(ring size), plus the stored table (a few bytes per partition) written by the change |
+/// | computable by a non-member | from the vnodes alone | needs the stored table ([`RingObserver`](crate::RingObserver) reads it) |
+///
+/// Pick `Balanced` when members' shares of the work must be even (a member
+/// with 2.8× the mean is the one that falls over), `Hashed` when other
+/// programs must compute owners from the vnodes alone, or a member should
+/// get exactly its old partitions back after a restart. Weights: a member's
+/// [`vnode_count`](crate::Builder::vnode_count) is its weight in both.
+///
+/// ```
+/// use leasering::Placement;
+///
+/// assert_eq!("balanced".parse::<Placement>().unwrap(), Placement::Balanced);
+/// assert_eq!(Placement::default().to_string(), "hashed");
+/// assert!("round-robin".parse::<Placement>().unwrap_err().to_string().contains("round-robin"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Placement {
+    /// Consistent hashing: a partition belongs to the member holding the
+    /// next vnode clockwise.
+    #[default]
+    Hashed,
+    /// Every member's share within one partition of its weighted fair
+    /// share, and the minimum moved by each join and leave (see the
+    /// crate docs, "Placement").
+    Balanced,
+}
+
+impl Placement {
+    /// The name stored in the database and accepted by [`FromStr`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Hashed => "hashed",
+            Placement::Balanced => "balanced",
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Placement {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Placement> {
+        match s {
+            "hashed" => Ok(Placement::Hashed),
+            "balanced" => Ok(Placement::Balanced),
+            _ => Err(Error::invalid(
+                "placement",
+                format!("placement {s:?} is not one of \"hashed\", \"balanced\""),
+            )),
+        }
+    }
+}
 
 /// 64-bit FNV-1a over the concatenation of `parts` (the `fnv` crate's
 /// hasher, which is FNV-1a).

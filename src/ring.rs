@@ -5,6 +5,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::balanced::Table;
+use crate::Placement;
+
 /// One membership change, as stored in the change log and carried by
 /// notifications, applied to a view ([`RingView::apply`]) to get the next
 /// epoch's view without re-reading the whole ring.
@@ -16,6 +19,8 @@ pub struct Change {
     pub removed: Vec<String>,
     /// A member added, with its positions.
     pub added: Option<(String, Vec<u32>)>,
+    /// The added member's [metadata](MemberInfo::metadata), if it has any.
+    pub added_metadata: Option<String>,
 }
 
 /// A member as seen in a [`RingView`].
@@ -25,6 +30,7 @@ pub struct MemberInfo {
     /// Shared between successive views while unchanged.
     positions: Arc<[u32]>,
     partitions: u32,
+    metadata: Option<Arc<str>>,
 }
 
 impl MemberInfo {
@@ -36,9 +42,18 @@ impl MemberInfo {
     pub fn positions(&self) -> &[u32] {
         &self.positions
     }
-    /// How many partitions its arcs cover in this view.
+    /// How many partitions this view assigns to it.
     pub fn partition_count(&self) -> u32 {
         self.partitions
+    }
+    /// Its weight: the number of its positions (its `vnode_count`).
+    pub fn weight(&self) -> u32 {
+        self.positions.len() as u32
+    }
+    /// The metadata it was started with
+    /// ([`Builder::metadata`](crate::Builder::metadata)), e.g. its address.
+    pub fn metadata(&self) -> Option<&str> {
+        self.metadata.as_deref()
     }
 }
 
@@ -68,6 +83,8 @@ pub struct RingView {
 struct ViewInner {
     epoch: u64,
     ring_size: u32,
+    /// The balanced placement's table at this epoch; `None`: hashed.
+    table: Option<Arc<Table>>,
     /// (position, index into `members`), ascending by position.
     vnodes: Vec<(u32, u32)>,
     /// Ascending by node id.
@@ -89,6 +106,19 @@ impl RingView {
         epoch: u64,
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
+    ) -> RingView {
+        RingView::build_with(epoch, ring_size, vnodes, None, |_| None)
+    }
+
+    /// [`build`](RingView::build) for either placement: with `table`, the
+    /// balanced placement's owners (the table read with the vnodes, at the
+    /// same epoch); and each member's metadata.
+    pub(crate) fn build_with<'a>(
+        epoch: u64,
+        ring_size: u32,
+        vnodes: impl IntoIterator<Item = (u32, &'a str)>,
+        table: Option<Arc<Table>>,
+        metadata: impl Fn(&str) -> Option<Arc<str>>,
     ) -> RingView {
         let mut pairs: Vec<(u32, &str)> =
             vnodes.into_iter().filter(|(p, _)| *p < ring_size).collect();
@@ -141,9 +171,10 @@ impl RingView {
                 node_id: Arc::from(*n),
                 positions: ps.into(),
                 partitions: 0,
+                metadata: metadata(n),
             })
             .collect();
-        RingView::finish(epoch, ring_size, members, vnodes)
+        RingView::finish(epoch, ring_size, members, vnodes, table)
     }
 
     /// Completes a view from its members (ascending by node id, with their
@@ -154,9 +185,32 @@ impl RingView {
         ring_size: u32,
         mut members: Vec<MemberInfo>,
         vnodes: Vec<(u32, u32)>,
+        table: Option<Arc<Table>>,
     ) -> RingView {
         let mut owner = vec![NO_OWNER; ring_size as usize];
-        if let Some(&(_, first)) = vnodes.first() {
+        if let Some(t) = &table {
+            // The table's members and the view's are both ascending by node
+            // id and, from a consistent store, the same set: map indices by
+            // a merge walk (a member in one but not the other owns nothing).
+            let mut remap = vec![NO_OWNER; t.members().len()];
+            let mut j = 0;
+            for (i, tm) in t.members().iter().enumerate() {
+                while j < members.len() && &*members[j].node_id < tm.node_id() {
+                    j += 1;
+                }
+                if j < members.len() && &*members[j].node_id == tm.node_id() {
+                    remap[i] = j as u32;
+                }
+            }
+            for (p, o) in t.owners().iter().enumerate().take(ring_size as usize) {
+                if let Some(&k) = remap.get(*o as usize) {
+                    owner[p] = k;
+                    if k != NO_OWNER {
+                        members[k as usize].partitions += 1;
+                    }
+                }
+            }
+        } else if let Some(&(_, first)) = vnodes.first() {
             // Arcs are (pred(p), p]; partitions after the last vnode wrap
             // around to the first one.
             let mut start = 0usize;
@@ -173,6 +227,7 @@ impl RingView {
             inner: Arc::new(ViewInner {
                 epoch,
                 ring_size,
+                table,
                 vnodes,
                 members,
                 owner,
@@ -217,12 +272,14 @@ impl RingView {
         let mut remap = vec![NO_OWNER; inner.members.len()];
         let mut members: Vec<MemberInfo> = Vec::with_capacity(inner.members.len() + 1);
         let mut added_idx = NO_OWNER;
+        let added_metadata: Option<Arc<str>> = change.added_metadata.as_deref().map(Arc::from);
         let mut push_added = |members: &mut Vec<MemberInfo>, name: &str| {
             added_idx = members.len() as u32;
             members.push(MemberInfo {
                 node_id: Arc::from(name),
                 positions: added_positions.as_slice().into(),
                 partitions: 0,
+                metadata: added_metadata.clone(),
             });
         };
         for (i, m) in inner.members.iter().enumerate() {
@@ -239,6 +296,7 @@ impl RingView {
                 node_id: m.node_id.clone(),
                 positions: m.positions.clone(),
                 partitions: 0,
+                metadata: m.metadata.clone(),
             });
         }
         if let Some((name, at)) = added {
@@ -265,7 +323,33 @@ impl RingView {
                 }
             }
         }
-        RingView::finish(change.epoch, inner.ring_size, members, vnodes)
+        let table = self.next_table(change);
+        RingView::finish(change.epoch, inner.ring_size, members, vnodes, table)
+    }
+
+    /// The balanced table after `change` (`None` for a hashed view). The
+    /// added member's weight is the number of positions the change lists,
+    /// exactly as the store counts them when it writes the table.
+    fn next_table(&self, change: &Change) -> Option<Arc<Table>> {
+        let old = self.inner.table.as_ref()?;
+        let mut t = Table::clone(old);
+        t.apply(
+            &change.removed,
+            change
+                .added
+                .as_ref()
+                .map(|(n, ps)| (n.as_str(), ps.len() as u32)),
+        );
+        Some(Arc::new(t))
+    }
+
+    /// How this view places partitions.
+    pub fn placement(&self) -> Placement {
+        if self.inner.table.is_some() {
+            Placement::Balanced
+        } else {
+            Placement::Hashed
+        }
     }
 
     /// The view after several consecutive changes (`changes[0]` following
@@ -276,25 +360,33 @@ impl RingView {
         let Some(last) = changes.last() else {
             return self.clone();
         };
-        let mut members: std::collections::BTreeMap<&str, Vec<u32>> = self
+        if self.inner.table.is_some() {
+            // The table is history: each change is applied in turn.
+            return changes.iter().fold(self.clone(), |v, c| v.apply(c));
+        }
+        type Entry<'a> = (Vec<u32>, Option<Arc<str>>);
+        let mut members: std::collections::BTreeMap<&str, Entry<'_>> = self
             .members()
             .iter()
-            .map(|m| (m.node_id(), m.positions().to_vec()))
+            .map(|m| (m.node_id(), (m.positions().to_vec(), m.metadata.clone())))
             .collect();
         for change in changes {
             for r in &change.removed {
                 members.remove(r.as_str());
             }
             if let Some((name, positions)) = &change.added {
-                members.insert(name.as_str(), positions.clone());
+                let md = change.added_metadata.as_deref().map(Arc::from);
+                members.insert(name.as_str(), (positions.clone(), md));
             }
         }
-        RingView::build(
+        RingView::build_with(
             last.epoch,
             self.inner.ring_size,
             members
                 .iter()
-                .flat_map(|(n, ps)| ps.iter().map(move |p| (*p, *n))),
+                .flat_map(|(n, (ps, _))| ps.iter().map(move |p| (*p, *n))),
+            None,
+            |n| members.get(n).and_then(|(_, md)| md.clone()),
         )
     }
 
@@ -309,7 +401,20 @@ impl RingView {
         if let Some((name, positions)) = &change.added {
             pairs.extend(positions.iter().map(|p| (*p, name.as_str())));
         }
-        RingView::build(change.epoch, self.inner.ring_size, pairs)
+        let added_md = change.added_metadata.as_deref().map(Arc::<str>::from);
+        RingView::build_with(
+            change.epoch,
+            self.inner.ring_size,
+            pairs,
+            self.next_table(change),
+            |n| {
+                if Some(n) == added_name {
+                    added_md.clone()
+                } else {
+                    self.member(n).and_then(|m| m.metadata.clone())
+                }
+            },
+        )
     }
 
     fn vnodes_iter(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
@@ -340,6 +445,13 @@ impl RingView {
             return None;
         }
         Some(&self.inner.members[idx as usize].node_id)
+    }
+
+    /// Like [`owner_of`](RingView::owner_of), with the owner's
+    /// [`MemberInfo`] (its metadata, e.g. an address to route to). O(1).
+    pub fn owner_info(&self, p: u32) -> Option<&MemberInfo> {
+        let idx = *self.inner.owner.get(p as usize)?;
+        self.inner.members.get(idx as usize)
     }
 
     /// The members, ascending by node id.
@@ -374,6 +486,11 @@ impl RingView {
         };
         let inner = &*self.inner;
         let m = &inner.members[idx as usize];
+        if inner.table.is_some() {
+            let mut out = Vec::with_capacity(m.partitions as usize);
+            out.extend((0..inner.ring_size).filter(|p| inner.owner[*p as usize] == idx));
+            return out;
+        }
         let v = &inner.vnodes;
         let n = inner.ring_size;
         if v.len() == 1 {
@@ -401,7 +518,27 @@ impl RingView {
 
     /// The arcs of the ring, in position order; empty for an empty ring, one
     /// arc covering everything for a single vnode.
+    ///
+    /// Under [`Placement::Balanced`] an arc is a maximal run of consecutive
+    /// partitions with one owner (not wrapping), in partition order.
     pub fn arcs(&self) -> Vec<(RingArc, &str)> {
+        if self.inner.table.is_some() {
+            let o = &self.inner.owner;
+            let mut out = Vec::new();
+            let mut start = 0usize;
+            for p in 1..=o.len() {
+                if p == o.len() || o[p] != o[start] {
+                    if o[start] != NO_OWNER {
+                        out.push((
+                            RingArc { start: start as u32, end: p as u32 - 1 },
+                            &*self.inner.members[o[start] as usize].node_id,
+                        ));
+                    }
+                    start = p;
+                }
+            }
+            return out;
+        }
         let v = &self.inner.vnodes;
         let n = self.inner.ring_size;
         (0..v.len())
@@ -441,6 +578,7 @@ impl fmt::Debug for RingView {
             .field("ring_size", &self.inner.ring_size)
             .field("members", &self.inner.members.len())
             .field("vnodes", &self.inner.vnodes.len())
+            .field("placement", &self.placement())
             .finish()
     }
 }

@@ -64,6 +64,22 @@ impl Builder {
         self.cfg.node_id = Some(id.into());
         self
     }
+    /// How partitions are placed on members; every member of a ring must
+    /// agree (the ring stores it when it is created). Default
+    /// [`Placement::Hashed`](crate::Placement::Hashed); see
+    /// [`Placement`](crate::Placement) for when to pick which.
+    pub fn placement(mut self, placement: crate::Placement) -> Builder {
+        self.cfg.placement = placement;
+        self
+    }
+    /// A small string (at most 1024 bytes) stored with this member and
+    /// shown to every member and [`RingObserver`](crate::RingObserver) in
+    /// [`MemberInfo::metadata`](crate::MemberInfo::metadata) — typically
+    /// the address where it serves its partitions. Default none.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Builder {
+        self.cfg.metadata = Some(metadata.into());
+        self
+    }
     /// Schema of the tables. Default `leasering`.
     pub fn schema(mut self, schema: impl Into<String>) -> Builder {
         self.cfg.schema = schema.into();

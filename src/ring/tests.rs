@@ -45,6 +45,7 @@ fn apply_matches_rebuild() {
         epoch: 2,
         removed: vec!["b".into()],
         added: Some(("d".into(), vec![20, 50])),
+        added_metadata: None,
     };
     let w = v.apply(&c);
     let x = RingView::build(2, 64, [(3, "a"), (40, "c"), (20, "d"), (50, "d")]);
@@ -118,7 +119,7 @@ proptest! {
         let taken: HashSet<u32> = pairs.iter().map(|(p, _)| *p).collect();
         let newpos = newpos % ring_size;
         prop_assume!(!taken.contains(&newpos));
-        let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])) });
+        let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])), added_metadata: None });
         // Every partition that changed owner went to the joiner, and all of
         // them came from the same vnode: the arc that contained newpos.
         let mut from: HashMap<u32, ()> = HashMap::new();
@@ -152,6 +153,7 @@ proptest! {
             epoch: 2,
             removed: removed.iter().map(|i| name(*i)).collect(),
             added: added.clone().map(|(i, ps)| (name(i), ps)),
+            added_metadata: None,
         };
         let got = before.apply(&change);
         // The reference: the old view's pairs, changed, built anew.

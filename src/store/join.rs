@@ -34,12 +34,15 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::Type;
 use postgres::Client;
 
-use super::membership::{ChangeSet, Param, RecordValues, Vnodes};
+use std::sync::Arc;
+
+use super::membership::{Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes};
 use super::{pg_i64, Store, Tx};
 use crate::config::random_incarnation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::choose_positions;
 use crate::protocol::input::Joined;
+use crate::balanced::Table;
 use crate::ring::RingView;
 
 /// How long a joiner first waits for the lock holder's notification before
@@ -60,6 +63,8 @@ struct Request {
     vnode_count: u32,
     ring_size: u32,
     ttl_ms: f64,
+    placement: String,
+    metadata: Option<String>,
 }
 
 /// Why the absorber refused a request (stored in `join_requests.refused`
@@ -67,6 +72,7 @@ struct Request {
 enum Refusal {
     NodeId,
     RingSize(u32),
+    Placement(crate::Placement),
     Protocol(Vec<String>),
     RingFull(usize),
 }
@@ -76,6 +82,7 @@ impl Refusal {
         match self {
             Refusal::NodeId => "node_id".into(),
             Refusal::RingSize(n) => format!("ring_size:{n}"),
+            Refusal::Placement(p) => format!("placement:{p}"),
             Refusal::Protocol(names) => format!("protocol:{}", names.join(",")),
             Refusal::RingFull(free) => format!("ring_full:{free}"),
         }
@@ -169,8 +176,10 @@ impl Store {
             .query_typed(
                 &format!(
                     "WITH ins AS (INSERT INTO {s}.join_requests
-                                    (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at)
-                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond' WHERE $8),
+                                    (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at,
+                                     placement, metadata)
+                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $11, $12
+                                  WHERE $8),
                           lk AS (SELECT pg_try_advisory_xact_lock($9) AS got)
                      SELECT got, CASE WHEN got THEN set_config('idle_in_transaction_session_timeout', $10, true) END
                      FROM lk"
@@ -186,6 +195,8 @@ impl Store {
                     (&file, Type::BOOL),
                     (&self.ring_lock, Type::INT8),
                     (&self.ring_lock_idle(), Type::TEXT),
+                    (&self.placement.as_str(), Type::TEXT),
+                    (&self.metadata, Type::TEXT),
                 ],
             )
             .map_err(|e| Error::db("file the join request", e))?;
@@ -196,7 +207,8 @@ impl Store {
     /// inserts the accepted ones, records the changes, stores the
     /// refusals, and commits. Returns this member's outcome.
     fn absorb(&self, mut tx: Tx<'_>, me: i64) -> Result<Outcome> {
-        let (stored_size, epoch) = self.create_or_lock_ring(&mut tx)?;
+        let (stored_size, epoch, placement) = self.create_or_lock_ring(&mut tx)?;
+        let stored_placement = placement.placement();
         let read = self.read_for_absorb(&mut tx, me)?;
         let mut taken = vec![false; stored_size as usize];
         for (p, _) in &read.vnodes {
@@ -212,6 +224,8 @@ impl Store {
                 Some(Refusal::Protocol(read.older.clone()))
             } else if req.ring_size != stored_size {
                 Some(Refusal::RingSize(stored_size))
+            } else if req.placement != stored_placement.as_str() {
+                Some(Refusal::Placement(stored_placement))
             } else if live.contains(&req.node_id.as_str()) {
                 Some(Refusal::NodeId)
             } else {
@@ -239,7 +253,14 @@ impl Store {
             } else {
                 accepted.len() as u64
             };
-        self.insert_absorbed(&mut tx, epoch, last, &accepted, &refused, &read)?;
+        let table = match &placement {
+            StoredPlacement::Hashed => None,
+            StoredPlacement::Balanced(stored) => {
+                Some(self.next_table(stored.as_deref(), &read, &accepted)?)
+            }
+        };
+        let encoded = table.as_ref().filter(|_| last > epoch).map(Table::encode);
+        self.insert_absorbed(&mut tx, epoch, last, &accepted, &refused, &read, encoded)?;
         tx.commit().map_err(|e| Error::db("commit the join", e))?;
         if accepted.len() + refused.len() > 1 {
             log::debug!(target: "leasering",
@@ -254,23 +275,86 @@ impl Store {
             return Ok(Outcome::Gone);
         }
         let mut pairs: Vnodes = read.vnodes;
+        let mut metadata = read.metadata;
         for (q, ps) in &accepted {
             pairs.extend(ps.iter().map(|p| (*p, q.node_id.clone())));
+            if let Some(md) = &q.metadata {
+                metadata.push((q.node_id.clone(), md.clone()));
+            }
         }
         Ok(Outcome::Joined(self.joined_from(
             last,
             &pairs,
             read.removed,
             me,
+            table,
+            metadata,
         )))
     }
 
+    /// The balanced table after this absorption: the stored one (checked
+    /// against the members it must place), with the expired members
+    /// removed in the first change and each accepted member added in its
+    /// own, exactly as members applying the changes compute it.
+    fn next_table(
+        &self,
+        stored: Option<&[u8]>,
+        read: &AbsorbRead,
+        accepted: &[(&Request, Vec<u32>)],
+    ) -> Result<Table> {
+        let mut t = self.table_or_empty(stored)?;
+        // The members the table must place before this change: those with
+        // vnodes now, and the expired ones this change removes.
+        let mut weights: std::collections::BTreeMap<&str, u32> = Default::default();
+        for (_, n) in &read.vnodes {
+            *weights.entry(n.as_str()).or_default() += 1;
+        }
+        let consistent = t.members().len() == weights.len() + read.removed.len()
+            && t.members().iter().all(|m| {
+                weights.get(m.node_id()) == Some(&m.weight())
+                    || read.removed.iter().any(|r| r == m.node_id())
+            });
+        if !consistent {
+            // Never written by this code; rebuilt rather than refusing every
+            // change to the ring (members re-read the table on a gap).
+            log::warn!(target: "leasering",
+                "ring {:?}: the stored placement table does not match its members ({} vs {}): rebuilt",
+                self.ring_id, t.members().len(), weights.len());
+            t = Table::empty(self.ring_size);
+            for (n, w) in &weights {
+                t.join(n, *w);
+            }
+        }
+        if accepted.is_empty() {
+            t.apply(&read.removed, None);
+        }
+        for (i, (q, ps)) in accepted.iter().enumerate() {
+            let removed: &[String] = if i == 0 { &read.removed } else { &[] };
+            t.apply(removed, Some((q.node_id.as_str(), ps.len() as u32)));
+        }
+        Ok(t)
+    }
+
     /// The `Joined` of this member from the ring's vnodes at `epoch`.
-    fn joined_from(&self, epoch: u64, pairs: &Vnodes, removed: Vec<String>, me: i64) -> Joined {
-        let view = RingView::build(
+    fn joined_from(
+        &self,
+        epoch: u64,
+        pairs: &Vnodes,
+        removed: Vec<String>,
+        me: i64,
+        table: Option<Table>,
+        metadata: Vec<(String, String)>,
+    ) -> Joined {
+        let metadata: fnv::FnvHashMap<String, Arc<str>> = metadata
+            .into_iter()
+            .map(|(n, md)| (n, Arc::from(md)))
+            .collect();
+        let view = RingView::build_with(
             epoch,
             self.ring_size,
             pairs.iter().map(|(p, n)| (*p, n.as_str())),
+            table.map(Arc::new),
+            |n| metadata.get(n).cloned(),
         );
         let mut positions: Vec<u32> = pairs
             .iter()
@@ -290,28 +374,37 @@ impl Store {
     /// locks the existing one; returns its stored size and epoch. `DO
     /// UPDATE` (a no-op) rather than `DO NOTHING`: it locks the row and
     /// returns it, so this is one statement.
-    fn create_or_lock_ring(&self, tx: &mut Tx<'_>) -> Result<(u32, u64)> {
+    fn create_or_lock_ring(&self, tx: &mut Tx<'_>) -> Result<(u32, u64, StoredPlacement)> {
         let s = &self.s;
         let size = self.ring_size as i32;
         let rows = tx
             .query_typed(
                 &format!(
-                    "WITH up AS (INSERT INTO {s}.rings AS r (ring_id, ring_size) VALUES ($1, $2)
+                    "WITH up AS (INSERT INTO {s}.rings AS r (ring_id, ring_size, placement) VALUES ($1, $2, $3)
                                  ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
-                                 RETURNING r.ring_size, r.epoch, (r.xmax = 0) AS created),
+                                 RETURNING r.ring_size, r.epoch, (r.xmax = 0) AS created,
+                                           r.placement, r.placement_table),
                           cl AS (INSERT INTO {s}.claims (ring_id, partition, token)
                                  SELECT $1, g, 0 FROM up, generate_series(0, up.ring_size - 1) g
                                  WHERE up.created
                                  ON CONFLICT (ring_id, partition) DO NOTHING)
-                     SELECT ring_size, epoch FROM up"
+                     SELECT ring_size, epoch, placement, placement_table FROM up"
                 ),
-                &[(&self.ring_id, Type::TEXT), (&size, Type::INT4)],
+                &[
+                    (&self.ring_id, Type::TEXT),
+                    (&size, Type::INT4),
+                    (&self.placement.as_str(), Type::TEXT),
+                ],
             )
             .map_err(|e| Error::db("lock the ring", e))?;
         let row = rows
             .first()
             .ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
-        Ok((row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64))
+        Ok((
+            row.get::<_, i32>(0) as u32,
+            row.get::<_, i64>(1) as u64,
+            StoredPlacement::from_row(row.get(2), row.get(3))?,
+        ))
     }
 
     /// One snapshot, taken after the lock: removes the expired members
@@ -330,28 +423,31 @@ impl Store {
                                    RETURNING node_id, incarnation),
                           req AS (DELETE FROM {s}.join_requests
                                   WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= statement_timestamp())
-                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms,
+                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata,
                                             refused IS NULL AND expires_at > statement_timestamp() AS live)
-                     SELECT 0, node_id, 0, incarnation, 0::float8 FROM gone
+                     SELECT 0, node_id, 0, incarnation, 0::float8, NULL::text FROM gone
                      UNION ALL
-                     SELECT 1, m.node_id, 0, 0, 0 FROM {s}.members m
+                     SELECT 1, m.node_id, 0, 0, 0, NULL FROM {s}.members m
                       WHERE m.ring_id = $1 AND m.expires_at > statement_timestamp() AND m.node_id IN (SELECT node_id FROM req)
                      UNION ALL
-                     SELECT 2, node_id, position, 0, 0 FROM {s}.vnodes WHERE ring_id = $1
+                     SELECT 2, node_id, position, 0, 0, NULL FROM {s}.vnodes WHERE ring_id = $1
                      UNION ALL
-                     SELECT 3, node_id, 0, 0, 0 FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
+                     SELECT 3, node_id, 0, 0, 0, NULL FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
                      UNION ALL
-                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms FROM req WHERE live
+                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms, metadata FROM req WHERE live
                      UNION ALL
-                     SELECT 5, node_id, ring_size, incarnation, 0 FROM req WHERE live
+                     SELECT 5, node_id, ring_size, incarnation, 0, placement FROM req WHERE live
                      UNION ALL
-                     SELECT 6, node_id, 0, incarnation, 0 FROM {s}.members WHERE incarnation = $2"
+                     SELECT 6, node_id, 0, incarnation, 0, NULL FROM {s}.members WHERE incarnation = $2
+                     UNION ALL
+                     SELECT 7, node_id, 0, 0, 0, metadata FROM {s}.members
+                      WHERE ring_id = $1 AND metadata IS NOT NULL AND expires_at > statement_timestamp()"
                 ),
                 &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
             )
             .map_err(|e| Error::db("read the ring and its join requests", e))?;
         let mut read = AbsorbRead::default();
-        let mut sizes: Vec<(i64, u32)> = Vec::new();
+        let mut sizes: Vec<(i64, u32, String)> = Vec::new();
         let mut gone: Vec<i64> = Vec::new();
         for r in &rows {
             match r.get::<_, i32>(0) {
@@ -368,17 +464,20 @@ impl Store {
                     vnode_count: r.get::<_, i32>(2) as u32,
                     ring_size: 0,
                     ttl_ms: r.get(4),
+                    placement: String::new(),
+                    metadata: r.get(5),
                 }),
-                5 => sizes.push((r.get(3), r.get::<_, i32>(2) as u32)),
+                5 => sizes.push((r.get(3), r.get::<_, i32>(2) as u32, r.get(5))),
                 6 => read.already_member = true,
+                7 => read.metadata.push((r.get(1), r.get(5))),
                 _ => {}
             }
         }
         for q in &mut read.requests {
-            q.ring_size = sizes
-                .iter()
-                .find(|(i, _)| *i == q.incarnation)
-                .map_or(0, |(_, n)| *n);
+            if let Some((_, n, p)) = sizes.iter().find(|(i, _, _)| *i == q.incarnation) {
+                q.ring_size = *n;
+                q.placement = p.clone();
+            }
         }
         // First come, first placed: a fixed order (by node id) so that two
         // requests for one id are decided the same way by any holder.
@@ -388,6 +487,7 @@ impl Store {
                 .then(a.incarnation.cmp(&b.incarnation))
         });
         read.vnodes.retain(|(_, n)| !read.removed.contains(n));
+        read.metadata.retain(|(n, _)| !read.removed.contains(n));
         read.gone = gone;
         Ok(read)
     }
@@ -404,6 +504,7 @@ impl Store {
         accepted: &[(&Request, Vec<u32>)],
         refused: &[(&Request, Refusal)],
         read: &AbsorbRead,
+        table: Option<Vec<u8>>,
     ) -> Result<()> {
         if last == epoch && refused.is_empty() {
             return Ok(());
@@ -413,6 +514,7 @@ impl Store {
         let vcs: Vec<i32> = accepted.iter().map(|(q, _)| q.vnode_count as i32).collect();
         let ttls: Vec<f64> = accepted.iter().map(|(q, _)| q.ttl_ms).collect();
         let incs: Vec<i64> = accepted.iter().map(|(q, _)| q.incarnation).collect();
+        let mds: Vec<Option<&str>> = accepted.iter().map(|(q, _)| q.metadata.as_deref()).collect();
         let (mut vps, mut vns, mut vis) = (Vec::new(), Vec::new(), Vec::new());
         for (q, ps) in accepted {
             for (i, p) in ps.iter().enumerate() {
@@ -438,16 +540,18 @@ impl Store {
             (&rincs, Type::INT8_ARRAY),
             (&rns, Type::TEXT_ARRAY),
             (&rwhy, Type::TEXT_ARRAY),
+            (&mds, Type::TEXT_ARRAY),
         ];
-        let added: Vec<(&str, &[u32])> = accepted
+        let added: Vec<Added<'_>> = accepted
             .iter()
-            .map(|(q, ps)| (q.node_id.as_str(), ps.as_slice()))
+            .map(|(q, ps)| (q.node_id.as_str(), ps.as_slice(), q.metadata.as_deref()))
             .collect();
         let set = ChangeSet {
             first_epoch: epoch + 1,
             removed: &read.removed,
             freeing: &read.gone,
             added: &added,
+            table,
         };
         let mut values = RecordValues::default();
         let tail = if last > epoch {
@@ -460,9 +564,10 @@ impl Store {
         tx.query_typed(
             &format!(
                 "WITH mem AS (INSERT INTO {s}.members
-                                (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol)
-                              SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2
-                              FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[]) AS a(n, vc, ttl, inc)),
+                                (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol, metadata)
+                              SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2, a.md
+                              FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[], $13::text[])
+                                   AS a(n, vc, ttl, inc, md)),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, v.p, v.n, v.i FROM unnest($7::int4[], $8::text[], $9::int4[]) AS v(p, n, i)),
                       ref AS (INSERT INTO {s}.join_requests
@@ -488,30 +593,46 @@ impl Store {
                     "WITH q AS (DELETE FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NOT NULL
                                 RETURNING refused),
                           m AS (SELECT 1 FROM {s}.members WHERE incarnation = $2)
-                     SELECT 0, r.epoch, NULL::text, 0 FROM {s}.rings r WHERE r.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
+                     SELECT 0, r.epoch, r.placement, 0, r.placement_table, NULL::text FROM {s}.rings r
+                      WHERE r.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
                      UNION ALL
-                     SELECT 1, 0, v.node_id, v.position FROM {s}.vnodes v WHERE v.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
+                     SELECT 1, 0, v.node_id, v.position, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
                      UNION ALL
-                     SELECT 2, 0, q.refused, 0 FROM q
+                     SELECT 2, 0, q.refused, 0, NULL, NULL FROM q
                      UNION ALL
-                     SELECT 3, 0, NULL, 0 FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL"
+                     SELECT 3, 0, NULL, 0, NULL, NULL FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL
+                     UNION ALL
+                     SELECT 4, 0, mm.node_id, 0, NULL, mm.metadata FROM {s}.members mm
+                      WHERE mm.ring_id = $1 AND mm.metadata IS NOT NULL AND EXISTS (SELECT 1 FROM m)"
                 ),
                 &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
             )
             .map_err(|e| Error::db("look up the join request", e))?;
         let mut epoch = None;
+        let mut placement = StoredPlacement::Hashed;
         let mut pairs: Vnodes = Vec::new();
+        let mut metadata = Vec::new();
         for r in &rows {
             match r.get::<_, i32>(0) {
-                0 => epoch = Some(r.get::<_, i64>(1) as u64),
+                0 => {
+                    epoch = Some(r.get::<_, i64>(1) as u64);
+                    placement = StoredPlacement::from_row(r.get(2), r.get(4))?;
+                }
                 1 => pairs.push((r.get::<_, i32>(3) as u32, r.get(2))),
+                4 => metadata.push((r.get(2), r.get(5))),
                 2 => return Ok(Outcome::Refused(self.refusal_error(&r.get::<_, String>(2)))),
                 3 => return Ok(Outcome::Pending),
                 _ => {}
             }
         }
         Ok(match epoch {
-            Some(e) => Outcome::Joined(self.joined_from(e, &pairs, Vec::new(), me)),
+            Some(e) => {
+                let table = match placement {
+                    StoredPlacement::Hashed => None,
+                    StoredPlacement::Balanced(t) => Some(self.table_or_empty(t.as_deref())?),
+                };
+                Outcome::Joined(self.joined_from(e, &pairs, Vec::new(), me, table, metadata))
+            }
             None => Outcome::Gone,
         })
     }
@@ -524,6 +645,11 @@ impl Store {
             "ring_size" => {
                 Error::ring_size_mismatch(&self.ring_id, arg.parse().unwrap_or(0), self.ring_size)
             }
+            "placement" => Error::placement_mismatch(
+                &self.ring_id,
+                arg.parse().unwrap_or_default(),
+                self.placement,
+            ),
             "protocol" => Error::protocol_mismatch(
                 &self.ring_id,
                 arg.split(',').map(str::to_string).collect(),
@@ -555,4 +681,6 @@ struct AbsorbRead {
     requests: Vec<Request>,
     /// Whether this member's incarnation is a member already.
     already_member: bool,
+    /// The remaining members' metadata, where they have any.
+    metadata: Vec<(String, String)>,
 }

@@ -19,6 +19,7 @@ use postgres::Client;
 use super::payload::notify_payload;
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
 use crate::error::{Error, ErrorKind, Result};
+use crate::balanced::Table;
 use crate::protocol::input::Cleaned;
 
 /// A typed parameter.
@@ -34,8 +35,15 @@ pub(super) struct ChangeSet<'a> {
     pub(super) first_epoch: u64,
     pub(super) removed: &'a [String],
     pub(super) freeing: &'a [i64],
-    pub(super) added: &'a [(&'a str, &'a [u32])],
+    /// Node id, positions and metadata of each member added.
+    pub(super) added: &'a [Added<'a>],
+    /// The balanced placement's table after the last change, encoded
+    /// (`None`: a hashed ring).
+    pub(super) table: Option<Vec<u8>>,
 }
+
+/// A member added by a change: node id, positions, metadata.
+pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>);
 
 impl Store {
     /// The CTEs and final `SELECT` that record a set of changes, shared by
@@ -54,7 +62,8 @@ impl Store {
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, r, es, ads, fs, ts, ps, last, k, c, pls] = std::array::from_fn(|i| first + i);
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl] =
+            std::array::from_fn(|i| first + i);
         let n = set.added.len().max(1);
         for i in 0..n {
             let epoch = set.first_epoch + i as u64;
@@ -62,11 +71,13 @@ impl Store {
             let added = set.added.get(i).copied();
             values.epochs.push(pg_i64(epoch));
             values.from.push(values.positions.len() as i32 + 1);
-            if let Some((name, positions)) = added {
+            if let Some((name, positions, md)) = added {
                 values.added.push(Some(name.to_string()));
                 values.positions.extend(positions.iter().map(|p| *p as i32));
+                values.metadata.push(md.map(str::to_string));
             } else {
                 values.added.push(None);
+                values.metadata.push(None);
             }
             values.to.push(values.positions.len() as i32);
             values
@@ -79,12 +90,14 @@ impl Store {
                     ORDER BY partition FOR UPDATE),
              freed AS (UPDATE {s}.claims c SET holder = NULL, released_at = now()
                        FROM lk WHERE c.ring_id = $1 AND c.partition = lk.p),
-             bump AS (UPDATE {s}.rings SET epoch = ${last}, changed_at = now() WHERE ring_id = $1),
-             ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions)
+             bump AS (UPDATE {s}.rings SET epoch = ${last}, changed_at = now(),
+                             placement_table = COALESCE(${tbl}, placement_table)
+                      WHERE ring_id = $1),
+             ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata)
                      SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
-                            COALESCE((${ps}::int4[])[c.f:c.t], '{{}}')
-                     FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[])
-                          WITH ORDINALITY AS c(e, a, f, t, o)),
+                            COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md
+                     FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[])
+                          WITH ORDINALITY AS c(e, a, f, t, md, o)),
              trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
              SELECT (SELECT count(pg_notify(${c}, pl)) FROM unnest(${pls}::text[]) AS pl)"
         );
@@ -100,6 +113,8 @@ impl Store {
             (&CHANGES_KEPT, Type::INT8),
             (&self.channel, Type::TEXT),
             (&values.payloads, Type::TEXT_ARRAY),
+            (&values.metadata, Type::TEXT_ARRAY),
+            (&set.table, Type::BYTEA),
         ];
         (sql, params)
     }
@@ -110,14 +125,24 @@ impl Store {
         &self,
         tx: &mut Tx<'_>,
         epoch: u64,
-        removed: &[String],
+        locked: &Locked,
         freeing: &[i64],
     ) -> Result<()> {
+        let removed = &locked.removed;
+        let table = match &locked.placement {
+            StoredPlacement::Hashed => None,
+            StoredPlacement::Balanced(table) => {
+                let mut t = self.table_or_empty(table.as_deref())?;
+                t.apply(removed, None);
+                Some(t.encode())
+            }
+        };
         let set = ChangeSet {
             first_epoch: epoch,
             removed,
             freeing,
             added: &[],
+            table,
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
@@ -130,21 +155,21 @@ impl Store {
     /// Locks the ring row and deletes the members matching `which` (an SQL
     /// condition on `m`, with `$1` the ring id and `$2` this member's node
     /// id), in one statement. Returns the ring's epoch (`None`: no such
-    /// ring) and the deleted members' node ids and incarnations.
-    pub(super) fn lock_and_delete(
-        &self,
-        tx: &mut Tx<'_>,
-        which: &str,
-    ) -> Result<(Option<u64>, Vec<String>, Vec<i64>)> {
+    /// ring), its placement, and the deleted members' node ids and
+    /// incarnations.
+    pub(super) fn lock_and_delete(&self, tx: &mut Tx<'_>, which: &str) -> Result<Locked> {
         let s = &self.s;
         let rows = tx
             .query_typed(
                 &format!(
                     "WITH adv AS (SELECT pg_advisory_xact_lock($3), set_config('idle_in_transaction_session_timeout', $4, true)),
-                          lk AS (SELECT r.epoch FROM {s}.rings r, adv WHERE r.ring_id = $1 FOR NO KEY UPDATE OF r),
+                          lk AS (SELECT r.epoch, r.placement, r.placement_table FROM {s}.rings r, adv
+                                 WHERE r.ring_id = $1 FOR NO KEY UPDATE OF r),
                           d AS (DELETE FROM {s}.members m USING lk WHERE m.ring_id = $1 AND {which}
                                 RETURNING m.node_id, m.incarnation)
-                     SELECT (SELECT epoch FROM lk), d.node_id, d.incarnation FROM (SELECT 1) one LEFT JOIN d ON true"
+                     SELECT (SELECT epoch FROM lk), d.node_id, d.incarnation,
+                            (SELECT placement FROM lk), (SELECT placement_table FROM lk)
+                     FROM (SELECT 1) one LEFT JOIN d ON true"
                 ),
                 &[
                     (&self.ring_id, Type::TEXT),
@@ -166,7 +191,37 @@ impl Store {
             .iter()
             .filter_map(|r| r.get::<_, Option<i64>>(2))
             .collect();
-        Ok((epoch, removed, incarnations))
+        let placement = match rows.first() {
+            Some(r) => StoredPlacement::from_row(r.get(3), r.get(4))?,
+            None => StoredPlacement::Hashed,
+        };
+        Ok(Locked {
+            epoch,
+            removed,
+            incarnations,
+            placement,
+        })
+    }
+
+    /// The stored balanced table (or the empty one of a ring nobody has
+    /// joined), checked against this ring's size.
+    pub(super) fn table_or_empty(&self, stored: Option<&[u8]>) -> Result<Table> {
+        let Some(bytes) = stored else {
+            return Ok(Table::empty(self.ring_size));
+        };
+        let t = Table::decode(bytes)?;
+        if t.ring_size() != self.ring_size {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "ring {:?}: its stored placement table has {} partitions, the ring {}",
+                    self.ring_id,
+                    t.ring_size(),
+                    self.ring_size
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     /// Graceful leave, in four round trips: begin; lock the ring and delete
@@ -175,11 +230,11 @@ impl Store {
     /// already gone.
     pub(crate) fn leave(&self, client: &mut Client) -> Result<Option<u64>> {
         let mut tx = self.begin(client)?;
-        let (epoch, removed, incarnations) = self.lock_and_delete(&mut tx, "m.node_id = $2")?;
-        let Some(epoch) = epoch.filter(|_| !removed.is_empty()) else {
+        let locked = self.lock_and_delete(&mut tx, "m.node_id = $2")?;
+        let Some(epoch) = locked.epoch.filter(|_| !locked.removed.is_empty()) else {
             return Ok(None);
         };
-        self.commit_removal(&mut tx, epoch + 1, &removed, &incarnations)?;
+        self.commit_removal(&mut tx, epoch + 1, &locked, &locked.incarnations)?;
         tx.commit().map_err(|e| Error::db("commit the leave", e))?;
         Ok(Some(epoch + 1))
     }
@@ -214,17 +269,52 @@ impl Store {
             ..Cleaned::default()
         };
         if row.get::<_, bool>(0) {
-            let (epoch, removed, incarnations) =
-                self.lock_and_delete(&mut tx, "m.expires_at <= now()")?;
-            if let (Some(epoch), false) = (epoch, removed.is_empty()) {
-                self.commit_removal(&mut tx, epoch + 1, &removed, &incarnations)?;
+            let locked = self.lock_and_delete(&mut tx, "m.expires_at <= now()")?;
+            if let (Some(epoch), false) = (locked.epoch, locked.removed.is_empty()) {
+                self.commit_removal(&mut tx, epoch + 1, &locked, &locked.incarnations)?;
                 out.epoch = Some(epoch + 1);
-                out.removed = removed;
+                out.removed = locked.removed;
             }
         }
         tx.commit()
             .map_err(|e| Error::db("commit the cleanup", e))?;
         Ok(out)
+    }
+}
+
+/// What [`Store::lock_and_delete`] found and did.
+pub(super) struct Locked {
+    /// The ring's epoch; `None`: no such ring.
+    pub(super) epoch: Option<u64>,
+    pub(super) removed: Vec<String>,
+    pub(super) incarnations: Vec<i64>,
+    pub(super) placement: StoredPlacement,
+}
+
+/// A ring's placement as stored: balanced with its table (`None` until
+/// someone joins).
+pub(super) enum StoredPlacement {
+    Hashed,
+    Balanced(Option<Vec<u8>>),
+}
+
+impl StoredPlacement {
+    pub(super) fn from_row(name: Option<String>, table: Option<Vec<u8>>) -> Result<StoredPlacement> {
+        match name.as_deref() {
+            None | Some("hashed") => Ok(StoredPlacement::Hashed),
+            Some("balanced") => Ok(StoredPlacement::Balanced(table)),
+            Some(other) => Err(Error::new(
+                ErrorKind::Schema,
+                format!("the ring's stored placement {other:?} is unknown to this version of leasering"),
+            )),
+        }
+    }
+
+    pub(super) fn placement(&self) -> crate::Placement {
+        match self {
+            StoredPlacement::Hashed => crate::Placement::Hashed,
+            StoredPlacement::Balanced(_) => crate::Placement::Balanced,
+        }
     }
 }
 
@@ -238,5 +328,6 @@ pub(super) struct RecordValues {
     to: Vec<i32>,
     positions: Vec<i32>,
     payloads: Vec<String>,
+    metadata: Vec<Option<String>>,
     last: i64,
 }

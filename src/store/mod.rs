@@ -32,9 +32,10 @@ use crate::placement::{fmix64, fnv1a64};
 
 pub(crate) use statements::HeldConn;
 
-/// Version of the schema this build creates and understands (2: claims).
-/// A version-1 schema is migrated in place; see [`migrate`](crate::migrate).
-pub const SCHEMA_VERSION: i32 = 2;
+/// Version of the schema this build creates and understands (2: claims;
+/// 3: placement and member metadata). Older schemas are migrated in place;
+/// see [`migrate`](crate::migrate).
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// How many change-log entries a ring keeps: members further behind re-read
 /// the whole ring instead.
@@ -50,6 +51,8 @@ pub(crate) struct Store {
     pub(crate) node_id: String,
     ring_size: u32,
     vnode_count: u32,
+    placement: crate::Placement,
+    metadata: Option<String>,
     ttl_s: f64,
     lag_s: f64,
     statement_timeout_ms: u64,
@@ -80,6 +83,8 @@ impl Store {
             node_id: node_id.to_string(),
             ring_size: cfg.ring_size,
             vnode_count: cfg.vnode_count,
+            placement: cfg.placement,
+            metadata: cfg.metadata.clone(),
             ttl_s: cfg.lease_ttl.as_secs_f64(),
             lag_s: cfg.lag_limit().as_secs_f64(),
             statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,

@@ -12,21 +12,25 @@ pub(crate) const MAX_PAYLOAD: usize = 7900;
 /// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
 /// change itself, so that members apply it without reading the change log:
 /// ` r<len>:<ring id>` then `-<len>:<node>` per removed member, then
-/// `+<len>:<node>@<p>,<p>,…` for an added one (`len` in bytes).
+/// `+<len>:<node>@<p>,<p>,…` for an added one, followed by
+/// `~<len>:<metadata>` when it has metadata (`len` in bytes).
 pub(crate) fn notify_payload(
     ring_id: &str,
     epoch: u64,
     removed: &[String],
-    added: Option<(&str, &[u32])>,
+    added: Option<(&str, &[u32], Option<&str>)>,
 ) -> String {
     use std::fmt::Write;
     let mut out = format!("{epoch} r{}:{ring_id}", ring_id.len());
     for n in removed {
         let _ = write!(out, "-{}:{n}", n.len());
     }
-    if let Some((n, ps)) = added {
+    if let Some((n, ps, md)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
         write_list(&mut out, ps.iter());
+        if let Some(md) = md {
+            let _ = write!(out, "~{}:{md}", md.len());
+        }
     }
     if out.len() > MAX_PAYLOAD {
         return epoch.to_string();
@@ -109,6 +113,7 @@ pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
         epoch,
         removed: Vec::new(),
         added: None,
+        added_metadata: None,
     };
     while let Some(tail) = rest.strip_prefix('-') {
         let (n, r) = field(tail)?;
@@ -117,8 +122,19 @@ pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
     }
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
-        let positions = parse_list(r.strip_prefix('@')?)?;
-        change.added = Some((n.to_string(), positions));
+        let r = r.strip_prefix('@')?;
+        let (list, md) = match r.split_once('~') {
+            Some((list, md)) => {
+                let (md, end) = field(md)?;
+                if !end.is_empty() {
+                    return None;
+                }
+                (list, Some(md.to_string()))
+            }
+            None => (r, None),
+        };
+        change.added = Some((n.to_string(), parse_list(list)?));
+        change.added_metadata = md;
     } else if !rest.is_empty() {
         return None;
     }
@@ -146,7 +162,7 @@ mod tests {
             "orders",
             42,
             &["a b".into(), "c:d-e".into()],
-            Some(("x+y@z,", &[3, 1, 7])),
+            Some(("x+y@z,", &[3, 1, 7], Some("10.0.0.1:80 ~1:x"))),
         );
         let (e, ch) = change_of(parse_payload("orders", &p).unwrap());
         assert_eq!(e, 42);
@@ -154,6 +170,7 @@ mod tests {
         assert_eq!(ch.epoch, 42);
         assert_eq!(ch.removed, vec!["a b".to_string(), "c:d-e".to_string()]);
         assert_eq!(ch.added, Some(("x+y@z,".to_string(), vec![3, 1, 7])));
+        assert_eq!(ch.added_metadata.as_deref(), Some("10.0.0.1:80 ~1:x"));
         assert!(
             parse_payload("other", &p).is_none(),
             "a payload of another ring is ignored"
@@ -199,13 +216,16 @@ mod tests {
             epoch in any::<u64>(),
             removed in proptest::collection::vec("\\PC{1,20}", 0..4),
             added in proptest::option::of(("\\PC{1,20}", proptest::collection::vec(any::<u32>(), 0..10))),
+            metadata in proptest::option::of("\\PC{0,40}"),
         ) {
-            let p = notify_payload(&ring, epoch, &removed, added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice())));
+            let md = metadata.as_deref().filter(|_| added.is_some());
+            let p = notify_payload(&ring, epoch, &removed, added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice(), md)));
             let (e, ch) = change_of(parse_payload(&ring, &p).unwrap());
             prop_assert_eq!(e, epoch);
             let ch = ch.unwrap();
             prop_assert_eq!(ch.removed, removed);
             prop_assert_eq!(ch.added, added);
+            prop_assert_eq!(ch.added_metadata.as_deref(), md);
         }
 
         #[test]

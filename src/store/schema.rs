@@ -88,7 +88,7 @@ impl Store {
             }
             _ => {}
         }
-        let ddl = format!("{}\n{}", self.v1_ddl(), self.v2_ddl());
+        let ddl = format!("{}\n{}\n{}", self.v1_ddl(), self.v2_ddl(), self.v3_ddl());
         tx.batch_execute(&ddl).map_err(|e| {
             let err = Error::db(format!("create schema {}", self.schema), e);
             if err.kind() == ErrorKind::Privileges {
@@ -224,6 +224,29 @@ impl Store {
                  expires_at timestamptz NOT NULL,
                  refused text);
              CREATE INDEX IF NOT EXISTS join_requests_by_ring ON {s}.join_requests (ring_id);"
+        )
+    }
+
+    /// Version 3, on top of version 2 (existing rings stay hashed):
+    ///
+    /// * `rings.placement`: `hashed` or `balanced`, fixed when the ring is
+    ///   created; `join_requests.placement` carries a joiner's, for the
+    ///   absorber to refuse a mismatch.
+    /// * `rings.placement_table`: the balanced placement's owner table at
+    ///   the ring's epoch (see `balanced.rs` for its encoding), written by
+    ///   every change in the transaction that bumps the epoch; `NULL` for a
+    ///   hashed ring, and for a balanced ring nobody has joined yet.
+    /// * `members.metadata`, `join_requests.metadata`, `changes.metadata`:
+    ///   a member's metadata, and the added member's in its change.
+    fn v3_ddl(&self) -> String {
+        let s = &self.s;
+        format!(
+            "ALTER TABLE {s}.rings ADD COLUMN IF NOT EXISTS placement text NOT NULL DEFAULT 'hashed';
+             ALTER TABLE {s}.rings ADD COLUMN IF NOT EXISTS placement_table bytea;
+             ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS metadata text;
+             ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS placement text NOT NULL DEFAULT 'hashed';
+             ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS metadata text;
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS metadata text;"
         )
     }
 

@@ -45,6 +45,9 @@
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Statement;
 
+use std::sync::Arc;
+
+use super::membership::StoredPlacement;
 use super::payload::{parse_payload, release_head, MAX_PAYLOAD};
 use super::{pg_i64, Store};
 use crate::error::{Error, Result};
@@ -219,7 +222,7 @@ impl Store {
             ),
             Held::Changes => (
                 format!(
-                    "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions
+                    "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
                 ),
@@ -227,9 +230,16 @@ impl Store {
             ),
             Held::Full => (
                 format!(
-                    "SELECT r.epoch, v.position, v.node_id
-                 FROM {s}.rings r LEFT JOIN {s}.vnodes v ON v.ring_id = r.ring_id
-                 WHERE r.ring_id = $1"
+                    // One statement, so one snapshot: the vnodes, the
+                    // members' metadata and the placement table all at
+                    // the epoch of the first row (the ring's).
+                    "SELECT r.epoch, NULL::int4, r.placement, r.placement_table, NULL::text
+                 FROM {s}.rings r WHERE r.ring_id = $1
+                 UNION ALL
+                 SELECT NULL, v.position, v.node_id, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1
+                 UNION ALL
+                 SELECT NULL, NULL, m.node_id, NULL, m.metadata FROM {s}.members m
+                  WHERE m.ring_id = $1 AND m.metadata IS NOT NULL"
                 ),
                 "prepare the ring read",
             ),
@@ -378,6 +388,7 @@ impl Store {
                 epoch: e,
                 removed: r.get(2),
                 added: added.map(|n| (n, positions.iter().map(|p| *p as u32).collect())),
+                added_metadata: r.get(5),
             });
         }
         if contiguous && expect == ring_epoch + 1 {
@@ -393,19 +404,31 @@ impl Store {
             .client
             .query(&st, &[&self.ring_id])
             .map_err(|e| Error::db("read the ring", e))?;
-        let epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
-        let pairs: Vec<(u32, String)> = rows
-            .iter()
-            .filter_map(|r| {
-                let p: Option<i32> = r.get(1);
-                let n: Option<String> = r.get(2);
-                p.zip(n).map(|(p, n)| (p as u32, n))
-            })
-            .collect();
-        Ok(RingView::build(
+        let mut epoch = 0;
+        let mut placement = StoredPlacement::Hashed;
+        let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len());
+        let mut metadata: fnv::FnvHashMap<String, Arc<str>> = Default::default();
+        for r in &rows {
+            let name: Option<String> = r.get(2);
+            if let Some(e) = r.get::<_, Option<i64>>(0) {
+                epoch = e as u64;
+                placement = StoredPlacement::from_row(name, r.get(3))?;
+            } else if let Some(p) = r.get::<_, Option<i32>>(1) {
+                pairs.extend(name.map(|n| (p as u32, n)));
+            } else if let (Some(n), Some(md)) = (name, r.get::<_, Option<String>>(4)) {
+                metadata.insert(n, Arc::from(md));
+            }
+        }
+        let table = match placement {
+            StoredPlacement::Hashed => None,
+            StoredPlacement::Balanced(t) => Some(Arc::new(self.table_or_empty(t.as_deref())?)),
+        };
+        Ok(RingView::build_with(
             epoch,
             self.ring_size,
             pairs.iter().map(|(p, n)| (*p, n.as_str())),
+            table,
+            |n| metadata.get(n).cloned(),
         ))
     }
 

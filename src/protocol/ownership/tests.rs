@@ -117,6 +117,7 @@ fn adopting_releases_first_naming_the_tokens() {
         epoch: 2,
         removed: vec![],
         added: Some(("b".into(), vec![3])),
+        added_metadata: None,
     });
     let rel = a.adopt(v2.clone());
     assert_eq!(
@@ -209,11 +210,11 @@ proptest! {
                     epoch += 1;
                     let name = names[who];
                     let change = if view.member(name).is_some() && who != 0 {
-                        Change { epoch, removed: vec![name.to_string()], added: None }
+                        Change { epoch, removed: vec![name.to_string()], added: None, added_metadata: None }
                     } else {
                         let taken: Vec<u32> = view.vnodes().map(|(p, _)| p).collect();
                         let ps = crate::placement::choose_positions(&format!("{name}-{x}"), 2, SIZE, |p| taken.contains(&p)).unwrap();
-                        Change { epoch, removed: vec![], added: Some((name.to_string(), ps)) }
+                        Change { epoch, removed: vec![], added: Some((name.to_string(), ps)), added_metadata: None }
                     };
                     view = view.apply(&change);
                     m.adopt(view.clone())

@@ -137,6 +137,7 @@ fn hand_off_to_b(s: &mut Session, t: Instant) -> (WatcherStep, Output) {
             epoch: 2,
             removed: vec![],
             added: Some(("b".into(), vec![3])),
+            added_metadata: None,
         }),
     });
     s.watcher_next(t)
@@ -201,6 +202,7 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
             epoch: 3,
             removed: vec!["a".into()],
             added: None,
+            added_metadata: None,
         }),
     });
     let (step, _) = s2.watcher_next(t0);
@@ -288,6 +290,7 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
             epoch: 3,
             removed: vec!["b".into()],
             added: None,
+            added_metadata: None,
         }),
     });
     let (step, _) = s.watcher_next(t0);
@@ -524,16 +527,19 @@ fn notified_changes_apply_in_order_and_a_gap_reads_the_log() {
         epoch: 2,
         removed: vec![],
         added: Some(("b".into(), vec![3])),
+        added_metadata: None,
     };
     let c3 = Change {
         epoch: 3,
         removed: vec!["b".into()],
         added: None,
+        added_metadata: None,
     };
     let c5 = Change {
         epoch: 5,
         removed: vec![],
         added: Some(("c".into(), vec![1])),
+        added_metadata: None,
     };
     // 2 and 3 arrive with their changes, 4 is lost, 5 arrives.
     for c in [&c2, &c3, &c5] {
@@ -556,6 +562,7 @@ fn notified_changes_apply_in_order_and_a_gap_reads_the_log() {
         epoch: 4,
         removed: vec![],
         added: Some(("d".into(), vec![5])),
+        added_metadata: None,
     };
     s.caught_up(ticket, CatchUp::Changes(vec![c4, c5]), t0);
     assert_eq!(s.ownership().view_epoch(), 5);

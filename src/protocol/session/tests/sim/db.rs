@@ -67,6 +67,7 @@ impl Db {
             epoch: self.epoch,
             removed,
             added,
+            added_metadata: None,
         };
         self.view = self.view.apply(&change);
         self.log.push((change.clone(), now));
