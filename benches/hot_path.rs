@@ -133,6 +133,26 @@ fn main() {
             node.ring().owner_of(i & mask).map(str::len)
         }),
     ));
+    let observer = leasering::RingObserver::builder(pool(&db, "hot-observer", 2), "hot-path")
+        .start()
+        .unwrap_or_else(|e| panic!("observer: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while observer.view().epoch() != view.epoch() {
+        assert!(Instant::now() < deadline, "the observer never caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ok = measure(iters / 4, reps, |i| {
+        observer
+            .owner_of_key(&keys[(i & 1023) as usize])
+            .map(|m| m.node_id().len())
+    });
+    rows.push(("observer.owner_of_key(key)", ok));
+    let ok2 = measure_threads(2, iters / 4, reps, |i| {
+        observer
+            .owner_of_key(&keys[(i & 1023) as usize])
+            .map(|m| m.node_id().len())
+    });
+    rows.push(("observer.owner_of_key(key), 2 threads", ok2));
     let owns2 = measure_threads(2, iters, reps, |i| node.owns(i & mask));
     rows.push(("owns(p), 2 threads", owns2));
     let owned2 = measure_threads(2, iters, reps, |_| node.owned_partitions());
@@ -155,6 +175,7 @@ fn main() {
     );
     println!("targets (DESIGN §9): owns <= 5 ns with the expiry check; owned_partitions <= 25 ns; Go's unchecked read 5.35 ns");
     println!("loadavg after: {}", loadavg());
+    observer.stop();
     node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
     println!();
     println!(
@@ -162,4 +183,8 @@ fn main() {
         owns.p50, owned.p50, pf.p50, oo.p50, owns2.p50
     );
     println!("hot_extra owned_partitions_2threads_ns={:.2}", owned2.p50);
+    println!(
+        "observer owner_of_key_ns={:.2} owner_of_key_2threads_ns={:.2}",
+        ok.p50, ok2.p50
+    );
 }

@@ -5,9 +5,13 @@
 //!    the ring), `apply` (one join applied as a delta, what a member does per
 //!    epoch), and a member's `adopt` of the new view (its ownership state
 //!    machine: release/pending bookkeeping over the ring).
-//! 2. Load balance of the placement: max/mean partitions per member, median
-//!    and worst over many random rings (random node ids like the library's
-//!    default ones), for 4, 16, 64 members × 8 vnodes on 1024 partitions.
+//! 2. Balance and movement of both placements (hashed, balanced): max/mean
+//!    partitions per member, median and worst over many random id sets (ids
+//!    like the library's default ones), for 4, 16, 64, 256 members × 8
+//!    vnodes on 1024 and 16384 partitions; and for one join and one leave,
+//!    the partitions moved over the minimum that must move.
+//! 3. A balanced view change (one join as a delta) at 512 members on
+//!    16384 partitions.
 //!
 //! `LEASERING_BENCH_QUICK=1` shortens the run.
 
@@ -17,7 +21,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use leasering::protocol::{choose_positions, Ownership};
-use leasering::{Change, RingView};
+use leasering::{Change, Placement, RingView};
 use leasering_testkit::rng::Rng;
 use support::*;
 
@@ -39,6 +43,93 @@ fn random_ring(rng: &mut Rng, n: usize, ring_size: u32) -> Vec<(u32, String)> {
         }
     }
     pairs
+}
+
+/// `n` members with random ids joining one by one under `placement` (the
+/// balanced placement's table is history, so the view is built by applying
+/// each join, as members do). Returns the view and the ids.
+fn placed_ring(
+    rng: &mut Rng,
+    n: usize,
+    ring_size: u32,
+    placement: Placement,
+) -> (RingView, Vec<String>) {
+    let pairs = random_ring(rng, n, ring_size);
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    for (_, id) in &pairs {
+        if ids.last() != Some(id) {
+            ids.push(id.clone());
+        }
+    }
+    let view = match placement {
+        Placement::Hashed => RingView::build(
+            n as u64,
+            ring_size,
+            pairs.iter().map(|(p, id)| (*p, id.as_str())),
+        ),
+        _ => {
+            let mut v = RingView::empty_with(0, ring_size, placement);
+            for (i, id) in ids.iter().enumerate() {
+                let ps: Vec<u32> = pairs
+                    .iter()
+                    .filter(|(_, n)| n == id)
+                    .map(|(p, _)| *p)
+                    .collect();
+                v = v.apply(&Change {
+                    epoch: i as u64 + 1,
+                    removed: vec![],
+                    added: Some((id.clone(), ps)),
+                    added_metadata: None,
+                });
+            }
+            v
+        }
+    };
+    (view, ids)
+}
+
+/// The largest member's partitions over the mean.
+fn max_over_mean(view: &RingView) -> f64 {
+    let max = view
+        .members()
+        .iter()
+        .map(|m| m.partition_count())
+        .max()
+        .unwrap_or(0);
+    max as f64 / (view.ring_size() as f64 / view.members().len() as f64)
+}
+
+/// Partitions whose owner changed from `old` to `new`, over the fewest
+/// that must move for every member of `new` to hold strictly within one
+/// partition of its weighted share (`lo ..= hi`): the larger of what the
+/// members above `hi` must shed and what those below `lo` must gain (a
+/// member that left has `hi` 0, one that joined held 0).
+fn moved_over_min(old: &RingView, new: &RingView) -> f64 {
+    let moved = (0..new.ring_size())
+        .filter(|p| old.owner_of(*p) != new.owner_of(*p))
+        .count() as f64;
+    let total: u64 = new.members().iter().map(|m| m.weight() as u64).sum();
+    let r = new.ring_size() as u64;
+    let (mut shed, mut gain) = (0u64, 0u64);
+    for m in new.members() {
+        let (num, den) = (r * m.weight() as u64, total);
+        let (lo, hi) = if num % den == 0 {
+            (num / den, num / den)
+        } else {
+            (num / den, num / den + 1)
+        };
+        let had = old
+            .member(m.node_id())
+            .map_or(0, |o| o.partition_count() as u64);
+        shed += had.saturating_sub(hi);
+        gain += lo.saturating_sub(had);
+    }
+    for m in old.members() {
+        if new.member(m.node_id()).is_none() {
+            shed += m.partition_count() as u64;
+        }
+    }
+    moved / shed.max(gain).max(1) as f64
 }
 
 /// The change of `id` joining at epoch 2 with `positions`.
@@ -148,52 +239,103 @@ fn main() {
         &rows,
     );
 
-    // ---- 2. balance ----------------------------------------------------------
-    let rings = if q {
-        100
+    // ---- 2. balance and movement, both placements --------------------------
+    let sets = if q {
+        8
     } else {
-        env_usize("LEASERING_BENCH_RINGS", 2000)
+        env_usize("LEASERING_BENCH_RINGS", 60)
     };
-    let ring_size = 1024u32;
     let mut brows = Vec::new();
     let mut blines = Vec::new();
-    for n in [4usize, 16, 64] {
-        let mut ratios = Vec::with_capacity(rings);
-        for _ in 0..rings {
-            let pairs = random_ring(&mut rng, n, ring_size);
-            let view = RingView::build(1, ring_size, pairs.iter().map(|(p, id)| (*p, id.as_str())));
-            let max = view
-                .members()
-                .iter()
-                .map(|m| m.partition_count())
-                .max()
-                .unwrap_or(0);
-            ratios.push(max as f64 / (ring_size as f64 / n as f64));
+    for placement in [Placement::Hashed, Placement::Balanced] {
+        for ring_size in [1024u32, 16384] {
+            for n in [4usize, 16, 64, 256] {
+                if n as u32 * VNODES > ring_size {
+                    // 2048 vnodes do not fit on 1024 positions: such a ring
+                    // refuses the join (RingFull), whatever the placement.
+                    continue;
+                }
+                let mut ratios = Vec::with_capacity(sets);
+                let (mut join_ratio, mut leave_ratio) = (Vec::new(), Vec::new());
+                for _ in 0..sets {
+                    let (view, ids) = placed_ring(&mut rng, n, ring_size, placement);
+                    ratios.push(max_over_mean(&view));
+                    // One more member joins; then one of the first n leaves.
+                    let id = format!("node_{:016x}", rng.next_u64());
+                    let taken: Vec<u32> = view.vnodes().map(|(p, _)| p).collect();
+                    let ps = choose_positions(&id, VNODES, ring_size, |p| taken.contains(&p))
+                        .expect("room");
+                    let joined = view.apply(&Change {
+                        epoch: view.epoch() + 1,
+                        removed: vec![],
+                        added: Some((id, ps)),
+                        added_metadata: None,
+                    });
+                    join_ratio.push(moved_over_min(&view, &joined));
+                    let leaver = ids[rng.below(ids.len() as u64) as usize].clone();
+                    let left = joined.apply(&Change {
+                        epoch: joined.epoch() + 1,
+                        removed: vec![leaver],
+                        added: None,
+                        added_metadata: None,
+                    });
+                    leave_ratio.push(moved_over_min(&joined, &left));
+                }
+                let s = stats(&ratios);
+                let (j, l) = (stats(&join_ratio), stats(&leave_ratio));
+                brows.push(vec![
+                    placement.to_string(),
+                    ring_size.to_string(),
+                    n.to_string(),
+                    sets.to_string(),
+                    f(s.p50, 3),
+                    f(s.max, 3),
+                    f(j.p50, 2),
+                    f(j.max, 2),
+                    f(l.p50, 2),
+                    f(l.max, 2),
+                ]);
+                blines.push(format!(
+                    "balance placement={placement} ring_size={ring_size} members={n} vnodes={VNODES} max_over_mean_median={:.3} max_over_mean_worst={:.3} moved_over_min_join={:.2} moved_over_min_leave={:.2}",
+                    s.p50, s.max, j.max, l.max
+                ));
+            }
         }
-        let s = stats(&ratios);
-        brows.push(vec![
-            n.to_string(),
-            VNODES.to_string(),
-            rings.to_string(),
-            f(s.min, 2),
-            f(s.p50, 2),
-            f(s.p90, 2),
-            f(s.p99, 2),
-            f(s.max, 2),
-        ]);
-        blines.push(format!(
-            "balance members={n} vnodes={VNODES} max_over_mean_median={:.2} max_over_mean_worst={:.2}",
-            s.p50, s.max
-        ));
     }
     println!();
-    println!("Load balance on {ring_size} partitions (max/mean partitions per member over random rings; target for 16 × 8: <= 1.7, Go 2.4):");
+    println!("Balance and movement ({sets} random id sets each; max/mean partitions per member; moved ÷ minimum for one join and one leave: the partitions whose owner changed over the fewest that must move for every member to be within one of its share; < 1 where the placement does not reach that balance):");
     print_table(
         &[
-            "members", "vnodes", "rings", "best", "median", "p90", "p99", "worst",
+            "placement",
+            "ring_size",
+            "members",
+            "sets",
+            "max/mean p50",
+            "max/mean worst",
+            "join p50",
+            "join worst",
+            "leave p50",
+            "leave worst",
         ],
         &brows,
     );
+
+    // ---- 3. a balanced view change at 512 members, 16384 partitions ---------
+    let (view, _) = placed_ring(&mut rng, 512, 16384, Placement::Balanced);
+    let id = format!("node_{:016x}", rng.next_u64());
+    let taken: Vec<u32> = view.vnodes().map(|(p, _)| p).collect();
+    let ps = choose_positions(&id, VNODES, 16384, |p| taken.contains(&p)).expect("room");
+    let change = Change {
+        epoch: view.epoch() + 1,
+        removed: vec![],
+        added: Some((id, ps)),
+        added_metadata: None,
+    };
+    let apply = time_us(if q { 5 } else { 100 }, || view.apply(&change));
+    summary.push(format!(
+        "ring_rebuild placement=balanced members=512 vnodes={VNODES} ring_size=16384 apply_us={:.1} apply_p99_us={:.1}",
+        apply.p50, apply.p99
+    ));
     println!();
     for l in summary.iter().chain(blines.iter()) {
         println!("{l}");

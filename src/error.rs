@@ -77,8 +77,14 @@ impl fmt::Display for ErrorKind {
 enum Detail {
     None,
     Setting(&'static str),
-    RingSizes { stored: u32, configured: u32 },
-    Placements { stored: crate::Placement, configured: crate::Placement },
+    RingSizes {
+        stored: u32,
+        configured: u32,
+    },
+    Placements {
+        stored: crate::Placement,
+        configured: crate::Placement,
+    },
     NodeId(String),
 }
 

@@ -350,6 +350,62 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Placement: hashed or balanced
+//!
+//! [`Placement::Hashed`] (the default) is DESIGN §2's consistent hashing:
+//! a partition belongs to the member holding the next vnode clockwise. It
+//! is a pure function of the vnodes, so any program can compute it, and a
+//! member restarted under its node id gets exactly its old partitions back.
+//! Its weakness is balance: with 8 vnodes, the largest of 16 members holds
+//! 1.6× the mean (2.8× in the worst of many random rings).
+//!
+//! [`Placement::Balanced`] keeps every member strictly within one
+//! partition of its weighted fair share (`ring_size · w / W`, the weight
+//! being its `vnode_count`), and a join moves partitions only to the
+//! joiner, a leave only away from the leaver: the minimum that must move.
+//! No pure function of the member set can do both — capping rendezvous
+//! hashing at each member's quota balances as well, but each join cascades
+//! through the caps and moves 1.3× the minimum at 16 members and 4.5× at
+//! 256 — so the balanced placement is a **table carried from epoch to
+//! epoch**: every change applies one deterministic rule (integer
+//! arithmetic, ties broken by a hash of the node id) to the previous table.
+//! The transaction that records a change writes the new table with the
+//! ring (`rings.placement_table`, a few bytes per partition); members apply
+//! the change themselves, getting the same table bit for bit, and read the
+//! stored one only on a gap. Safety does not depend on it: claims, not the
+//! view, decide who may use a partition, so a table that two members
+//! computed differently could cost time, never an overlap.
+//!
+//! The placement is stored with the ring when it is created; a member
+//! configured otherwise is refused with [`ErrorKind::PlacementMismatch`]
+//! ([`Error::placements`] names both). The benchmark `benches/ring.rs`
+//! measures both placements.
+//!
+//! ## Routing: member metadata and the observer
+//!
+//! A member can publish a small string with its row
+//! ([`Builder::metadata`], e.g. `"10.0.0.7:8080"`): every view shows it in
+//! [`MemberInfo::metadata`]. A process that is not a member — a gateway, a
+//! producer — follows the ring with a [`RingObserver`]: no lease, no claim,
+//! one connection; it reads the ring, applies the changes the members'
+//! notifications carry, and polls the change log in case one was lost.
+//!
+//! ```no_run
+//! # fn demo(pool: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>)
+//! #     -> leasering::Result<()> {
+//! let router = leasering::RingObserver::builder(pool, "orders").start()?;
+//! match router.owner_of_key(b"customer-42") {
+//!     Some(owner) => { let _address = owner.metadata(); /* forward the request */ }
+//!     None => { /* nobody in the ring yet */ }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Its view is always one the ring had, so during a handoff it names the
+//! old owner or the new one. It tells where a key *should* go; the owner's
+//! [`RingNode::owns`] says whether it may work on it yet (the new owner may
+//! still be taking the claim), so a router retries a "not mine yet" reply.
+//!
 //! ## Guarantees and their assumptions
 //!
 //! 1. **No overlap**: at no instant do two members have a partition active,
@@ -485,6 +541,12 @@
 //!   extended, fences itself and rejoins.
 //! * `ring_size` is capped at [`MAX_RING_SIZE`] (2^20): every member keeps
 //!   O(`ring_size`) state for its lock-free hot path.
+//! * **A second placement** (not in DESIGN): the balanced table above,
+//!   stored with the ring; with it, `RingView`'s arcs are runs of
+//!   consecutive partitions with one owner, not vnode arcs. Vnodes are
+//!   still chosen and stored under it (they carry the weight, and pick the
+//!   member that cleans up a crashed one), so a ring still needs room for
+//!   every member's `vnode_count` positions.
 //!
 //! ## How the crate is built
 //!

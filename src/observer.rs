@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
-use postgres::tls::{MakeTlsConnect, TlsConnect};
 use postgres::error::SqlState;
+use postgres::tls::{MakeTlsConnect, TlsConnect};
 use postgres::types::Type;
 use postgres::Socket;
 use r2d2::Pool;
@@ -331,7 +331,9 @@ impl Follower {
         let wait = if due {
             Duration::ZERO
         } else {
-            next_poll.saturating_duration_since(Instant::now()).min(STOP_LOOK)
+            next_poll
+                .saturating_duration_since(Instant::now())
+                .min(STOP_LOOK)
         };
         let notices = if self.notifications {
             let store = self.store.clone().expect("checked above");

@@ -99,6 +99,40 @@ impl RingView {
         RingView::build(epoch, ring_size, std::iter::empty::<(u32, &str)>())
     }
 
+    /// An empty ring under `placement`: [`apply`](RingView::apply) the
+    /// ring's changes to it, in order, to get the views the members get
+    /// (a balanced view is history, so it cannot be built from the vnodes
+    /// alone). For simulations and benchmarks; members and observers read
+    /// the stored table instead.
+    ///
+    /// ```
+    /// use leasering::{Change, Placement, RingView};
+    ///
+    /// let mut v = RingView::empty_with(0, 12, Placement::Balanced);
+    /// for (i, n) in ["a", "b", "c"].iter().enumerate() {
+    ///     v = v.apply(&Change {
+    ///         epoch: i as u64 + 1,
+    ///         removed: vec![],
+    ///         added: Some((n.to_string(), vec![i as u32])), // one vnode: weight 1
+    ///         added_metadata: None,
+    ///     });
+    /// }
+    /// assert!(v.members().iter().all(|m| m.partition_count() == 4));
+    /// ```
+    pub fn empty_with(epoch: u64, ring_size: u32, placement: Placement) -> RingView {
+        let table = match placement {
+            Placement::Hashed => None,
+            Placement::Balanced => Some(Arc::new(Table::empty(ring_size))),
+        };
+        RingView::build_with(
+            epoch,
+            ring_size,
+            std::iter::empty::<(u32, &str)>(),
+            table,
+            |_| None,
+        )
+    }
+
     /// Builds a view from `(position, node id)` pairs. Positions outside the
     /// ring and duplicates (never produced by the store) are ignored; of two
     /// vnodes at one position, the smaller node id wins.
@@ -530,7 +564,10 @@ impl RingView {
                 if p == o.len() || o[p] != o[start] {
                     if o[start] != NO_OWNER {
                         out.push((
-                            RingArc { start: start as u32, end: p as u32 - 1 },
+                            RingArc {
+                                start: start as u32,
+                                end: p as u32 - 1,
+                            },
                             &*self.inner.members[o[start] as usize].node_id,
                         ));
                     }

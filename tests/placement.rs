@@ -50,12 +50,19 @@ fn settle(nodes: &[RingNode], size: u32, what: &str) {
     // read) place every partition alike.
     let first = owners(&nodes[0].ring());
     for n in &nodes[1..] {
-        assert_eq!(owners(&n.ring()), first, "{} disagrees with {}", n.node_id(), nodes[0].node_id());
+        assert_eq!(
+            owners(&n.ring()),
+            first,
+            "{} disagrees with {}",
+            n.node_id(),
+            nodes[0].node_id()
+        );
     }
 }
 
 #[test]
-fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_leaves_and_a_crash() {
+fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_leaves_and_a_crash()
+{
     init_logs();
     let ring = ring_name("balanced");
     let size = 1000u32;
@@ -100,7 +107,11 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
     let leaver = all[3].clone();
     let old = owners(&leaver.ring());
     leaver.stop().unwrap();
-    let rest: Vec<RingNode> = all.iter().filter(|n| n.node_id() != "b3").cloned().collect();
+    let rest: Vec<RingNode> = all
+        .iter()
+        .filter(|n| n.node_id() != "b3")
+        .cloned()
+        .collect();
     *nodes.lock().unwrap() = rest.clone();
     settle(&rest, size, "5 members to settle after b3 left");
     let view = rest[0].ring();
@@ -114,10 +125,27 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
     // its lease ends, to the others, shares within one again.
     let crashed = rest[1].clone();
     crashed.crash();
-    let alive: Vec<RingNode> = rest.iter().filter(|n| n.node_id() != crashed.node_id()).cloned().collect();
+    let alive: Vec<RingNode> = rest
+        .iter()
+        .filter(|n| n.node_id() != crashed.node_id())
+        .cloned()
+        .collect();
     *nodes.lock().unwrap() = alive.clone();
     settle(&alive, size, "4 members to settle after a crash");
     assert_within_one_of_share(&alive[0].ring());
+    // The table the database stored (read whole by a new observer) is the
+    // one the members computed change by change.
+    let late = RingObserver::builder(pool(2), &ring).start().unwrap();
+    wait_until(SETTLE, "a new observer to read the members' epoch", || {
+        late.view().epoch() == alive[0].ring().epoch()
+    });
+    assert_eq!(late.view().placement(), Placement::Balanced);
+    assert_eq!(
+        owners(&late.view()),
+        owners(&alive[0].ring()),
+        "stored table != members' tables"
+    );
+    late.stop();
     sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     for n in &alive {
@@ -137,12 +165,20 @@ fn a_mismatched_placement_is_a_typed_error_naming_both() {
     let err = builder(pool(4), &ring, "p1")
         .ring_size(64)
         .start()
-        .err()
-        .expect("a hashed member must not join a balanced ring");
+        .expect_err("a hashed member must not join a balanced ring");
     assert_eq!(err.kind(), ErrorKind::PlacementMismatch, "{err}");
-    assert_eq!(err.placements(), Some((Placement::Balanced, Placement::Hashed)));
-    assert!(err.to_string().contains("balanced") && err.to_string().contains("hashed"), "{err}");
-    assert!(first.status().is_healthy(), "the ring's member is unaffected");
+    assert_eq!(
+        err.placements(),
+        Some((Placement::Balanced, Placement::Hashed))
+    );
+    assert!(
+        err.to_string().contains("balanced") && err.to_string().contains("hashed"),
+        "{err}"
+    );
+    assert!(
+        first.status().is_healthy(),
+        "the ring's member is unaffected"
+    );
     first.stop().unwrap();
 }
 
@@ -151,8 +187,7 @@ fn bad_metadata_and_a_bad_placement_name_are_typed_errors() {
     let err = builder(pool(4), "r", "n")
         .metadata("x".repeat(leasering::MAX_METADATA_LEN + 1))
         .start()
-        .err()
-        .expect("oversized metadata");
+        .expect_err("oversized metadata");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     assert_eq!(err.setting(), Some("metadata"));
     let err = "rendezvous".parse::<Placement>().unwrap_err();
@@ -183,15 +218,22 @@ fn metadata_reaches_every_view_and_the_observer() {
             && v.member("b").and_then(|m| m.metadata()) == Some("10.0.0.2:8080 zone=b ~ +1:x")
             && v.member("c").is_some_and(|m| m.metadata().is_none())
     };
-    wait_until(SETTLE, "every view (and the observer's) to show a's and b's metadata", || {
-        [&a, &b, &c].iter().all(|n| want(&n.ring())) && want(&obs.view())
-    });
+    wait_until(
+        SETTLE,
+        "every view (and the observer's) to show a's and b's metadata",
+        || [&a, &b, &c].iter().all(|n| want(&n.ring())) && want(&obs.view()),
+    );
     // A late observer gets it from a full read.
     let late = RingObserver::builder(pool(2), &ring).start().unwrap();
     assert!(want(&late.view()), "{:?}", late.view().members());
-    let p = (0..64).find(|p| a.ring().owner_of(*p) == Some("b")).unwrap();
+    let p = (0..64)
+        .find(|p| a.ring().owner_of(*p) == Some("b"))
+        .unwrap();
     let owner = obs.owner_of(p).unwrap();
-    assert_eq!((owner.node_id(), owner.metadata()), ("b", Some("10.0.0.2:8080 zone=b ~ +1:x")));
+    assert_eq!(
+        (owner.node_id(), owner.metadata()),
+        ("b", Some("10.0.0.2:8080 zone=b ~ +1:x"))
+    );
     for n in [a, b, c] {
         n.stop().unwrap();
     }
@@ -228,7 +270,11 @@ fn observer_agrees_through_churn(placement: Placement) {
             while !stop.load(Ordering::Relaxed) {
                 for n in shared_nodes.lock().unwrap().iter() {
                     let v = n.ring();
-                    truth.lock().unwrap().entry(v.epoch()).or_insert_with(|| owners(&v));
+                    truth
+                        .lock()
+                        .unwrap()
+                        .entry(v.epoch())
+                        .or_insert_with(|| owners(&v));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -240,10 +286,15 @@ fn observer_agrees_through_churn(placement: Placement) {
             && obs.view().epoch() == v.epoch()
             && keys.iter().all(|k| {
                 obs.owner_of_key(k).map(|m| m.node_id().to_string())
-                    == v.owner_of(leasering::partition_for(k, size)).map(str::to_string)
+                    == v.owner_of(leasering::partition_for(k, size))
+                        .map(str::to_string)
             })
     };
-    wait_until(SETTLE, "the observer and 8 members to agree on 1000 keys", || agree(&nodes));
+    wait_until(
+        SETTLE,
+        "the observer and 8 members to agree on 1000 keys",
+        || agree(&nodes),
+    );
     // Churn: two leave, two join, one crashes; agreement after each settles.
     for round in 0..3 {
         match round {
@@ -263,7 +314,11 @@ fn observer_agrees_through_churn(placement: Placement) {
             }
         }
         *shared_nodes.lock().unwrap() = nodes.clone();
-        wait_until(SETTLE, &format!("agreement after churn round {round}"), || agree(&nodes));
+        wait_until(
+            SETTLE,
+            &format!("agreement after churn round {round}"),
+            || agree(&nodes),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
@@ -276,14 +331,22 @@ fn observer_agrees_through_churn(placement: Placement) {
         seen += 1;
         assert!(v.epoch() > 0);
         if let Some(t) = truth.get(&v.epoch()) {
-            assert_eq!(&owners(&v), t, "the observer's view at epoch {} is not the ring's", v.epoch());
+            assert_eq!(
+                &owners(&v),
+                t,
+                "the observer's view at epoch {} is not the ring's",
+                v.epoch()
+            );
             matched += 1;
         }
     }
     // Changes that arrive together are adopted as one view: at least the
     // first and one per churn round.
     assert!(seen >= 4, "the observer adopted only {seen} views");
-    assert!(matched >= 4, "only {matched} of the observer's {seen} views were compared");
+    assert!(
+        matched >= 4,
+        "only {matched} of the observer's {seen} views were compared"
+    );
     for n in nodes {
         n.stop().unwrap();
     }
@@ -310,10 +373,18 @@ fn an_observer_of_a_ring_that_does_not_exist_yet_follows_it_once_created() {
         .unwrap();
     assert!(obs.owner_of_key(b"k").is_none());
     assert_eq!(obs.view().members().len(), 0);
-    let n = builder(pool(4), &ring, "first").ring_size(32).start().unwrap();
-    wait_until(SETTLE, "the observer to see the ring's first member", || {
-        obs.owner_of_key(b"k").is_some_and(|m| m.node_id() == "first")
-    });
+    let n = builder(pool(4), &ring, "first")
+        .ring_size(32)
+        .start()
+        .unwrap();
+    wait_until(
+        SETTLE,
+        "the observer to see the ring's first member",
+        || {
+            obs.owner_of_key(b"k")
+                .is_some_and(|m| m.node_id() == "first")
+        },
+    );
     assert_eq!(obs.view().ring_size(), 32);
     n.stop().unwrap();
     obs.stop();

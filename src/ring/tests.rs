@@ -201,3 +201,128 @@ proptest! {
         }
     }
 }
+
+/// A random history of joins (with weights from their positions) and
+/// leaves, applied to a balanced view one change at a time.
+fn balanced_history(ring_size: u32, steps: &[(bool, u8, u8)]) -> (Vec<Change>, Vec<RingView>) {
+    let mut view = RingView::empty_with(0, ring_size, Placement::Balanced);
+    let mut taken: HashSet<u32> = HashSet::new();
+    let mut live: Vec<String> = Vec::new();
+    let (mut changes, mut views) = (Vec::new(), Vec::new());
+    for (i, (join, who, weight)) in steps.iter().enumerate() {
+        let epoch = i as u64 + 1;
+        let change = if *join || live.is_empty() {
+            let name = format!("n{who}");
+            if live.contains(&name) {
+                continue;
+            }
+            let w = 1 + (*weight as u32 % 4);
+            let Some(ps) = choose_positions(&name, w, ring_size, |p| taken.contains(&p)) else {
+                continue;
+            };
+            taken.extend(ps.iter().copied());
+            live.push(name.clone());
+            Change {
+                epoch,
+                removed: vec![],
+                added: Some((name, ps)),
+                added_metadata: Some(format!("md{who}")),
+            }
+        } else {
+            let name = live.remove(*who as usize % live.len());
+            for p in view.member(&name).unwrap().positions() {
+                taken.remove(p);
+            }
+            Change {
+                epoch,
+                removed: vec![name],
+                added: None,
+                added_metadata: None,
+            }
+        };
+        let epoch_fixed = Change {
+            epoch: view.epoch() + 1,
+            ..change
+        };
+        view = view.apply(&epoch_fixed);
+        changes.push(epoch_fixed);
+        views.push(view.clone());
+    }
+    (changes, views)
+}
+
+proptest! {
+    #[test]
+    fn balanced_views_are_within_one_of_the_share_and_deltas_agree(
+        ring_size in 8u32..300,
+        steps in proptest::collection::vec((proptest::bool::weighted(0.6), 0u8..12, any::<u8>()), 1..30),
+    ) {
+        let (changes, views) = balanced_history(ring_size, &steps);
+        let start = RingView::empty_with(0, ring_size, Placement::Balanced);
+        for (k, v) in views.iter().enumerate() {
+            prop_assert_eq!(v.placement(), Placement::Balanced);
+            let total: u64 = v.members().iter().map(|m| m.weight() as u64).sum();
+            let mut sum = 0;
+            for m in v.members() {
+                let share = ring_size as f64 * m.weight() as f64 / total as f64;
+                prop_assert!((m.partition_count() as f64 - share).abs() < 1.0,
+                    "{} holds {} of share {share}", m.node_id(), m.partition_count());
+                prop_assert_eq!(m.metadata().map(str::to_string), Some(format!("md{}", &m.node_id()[1..])));
+                // partitions_of and owner_of agree.
+                for p in v.partitions_of(m.node_id()) {
+                    prop_assert_eq!(v.owner_of(p), Some(m.node_id()));
+                }
+                sum += m.partition_count();
+            }
+            if !v.members().is_empty() {
+                prop_assert_eq!(sum, ring_size);
+                let arcs: u32 = v.arcs().iter().map(|(a, _)| a.end - a.start + 1).sum();
+                prop_assert_eq!(arcs, ring_size);
+            }
+            // Applying the changes all at once (a member that fell behind)
+            // gives the same view as one by one.
+            let all = start.apply_all(&changes[..=k]);
+            prop_assert_eq!(all.epoch(), v.epoch());
+            for p in 0..ring_size {
+                prop_assert_eq!(all.owner_of(p), v.owner_of(p));
+            }
+        }
+    }
+
+    #[test]
+    fn a_balanced_view_from_the_stored_table_equals_the_one_from_deltas(
+        ring_size in 8u32..300,
+        steps in proptest::collection::vec((proptest::bool::weighted(0.6), 0u8..12, any::<u8>()), 1..20),
+    ) {
+        // What the store does: the writer applies each change to the table
+        // it read, encodes it; a reader decodes it and builds the view from
+        // the vnodes and the table.
+        let (changes, views) = balanced_history(ring_size, &steps);
+        let mut t = Table::empty(ring_size);
+        for (c, v) in changes.iter().zip(&views) {
+            t.apply(&c.removed, c.added.as_ref().map(|(n, ps)| (n.as_str(), ps.len() as u32)));
+            let stored = Table::decode(&t.encode()).unwrap();
+            prop_assert!(stored == t);
+            let pairs: Vec<(u32, &str)> = v.vnodes().collect();
+            let read = RingView::build_with(v.epoch(), ring_size, pairs, Some(Arc::new(stored)), |_| None);
+            for p in 0..ring_size {
+                prop_assert_eq!(read.owner_of(p), v.owner_of(p));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hashed_view_ignores_weights_and_keeps_arcs() {
+    let v = RingView::empty_with(0, 16, Placement::Hashed);
+    assert_eq!(v.placement(), Placement::Hashed);
+    let v = v.apply(&Change {
+        epoch: 1,
+        removed: vec![],
+        added: Some(("a".into(), vec![3, 9])),
+        added_metadata: None,
+    });
+    assert_eq!(v.member("a").unwrap().weight(), 2);
+    assert_eq!(v.arcs().len(), 2);
+    assert_eq!(v.owner_info(4).map(|m| m.node_id()), Some("a"));
+}

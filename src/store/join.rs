@@ -38,11 +38,11 @@ use std::sync::Arc;
 
 use super::membership::{Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes};
 use super::{pg_i64, Store, Tx};
+use crate::balanced::Table;
 use crate::config::random_incarnation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::choose_positions;
 use crate::protocol::input::Joined;
-use crate::balanced::Table;
 use crate::ring::RingView;
 
 /// How long a joiner first waits for the lock holder's notification before
@@ -260,7 +260,7 @@ impl Store {
             }
         };
         let encoded = table.as_ref().filter(|_| last > epoch).map(Table::encode);
-        self.insert_absorbed(&mut tx, epoch, last, &accepted, &refused, &read, encoded)?;
+        self.insert_absorbed(&mut tx, (epoch, last), &accepted, &refused, &read, encoded)?;
         tx.commit().map_err(|e| Error::db("commit the join", e))?;
         if accepted.len() + refused.len() > 1 {
             log::debug!(target: "leasering",
@@ -494,13 +494,13 @@ impl Store {
 
     /// Inserts the accepted members and their vnodes, records their
     /// changes (epochs `epoch + 1 ..= last`; the first also removes the
-    /// expired members and frees their claims), and stores the refusals,
-    /// in one statement.
+    /// expired members and frees their claims; the balanced table, if any,
+    /// is the one after the last), and stores the refusals, in one
+    /// statement.
     fn insert_absorbed(
         &self,
         tx: &mut Tx<'_>,
-        epoch: u64,
-        last: u64,
+        (epoch, last): (u64, u64),
         accepted: &[(&Request, Vec<u32>)],
         refused: &[(&Request, Refusal)],
         read: &AbsorbRead,
@@ -514,7 +514,10 @@ impl Store {
         let vcs: Vec<i32> = accepted.iter().map(|(q, _)| q.vnode_count as i32).collect();
         let ttls: Vec<f64> = accepted.iter().map(|(q, _)| q.ttl_ms).collect();
         let incs: Vec<i64> = accepted.iter().map(|(q, _)| q.incarnation).collect();
-        let mds: Vec<Option<&str>> = accepted.iter().map(|(q, _)| q.metadata.as_deref()).collect();
+        let mds: Vec<Option<&str>> = accepted
+            .iter()
+            .map(|(q, _)| q.metadata.as_deref())
+            .collect();
         let (mut vps, mut vns, mut vis) = (Vec::new(), Vec::new(), Vec::new());
         for (q, ps) in accepted {
             for (i, p) in ps.iter().enumerate() {

@@ -18,8 +18,8 @@ use postgres::Client;
 
 use super::payload::notify_payload;
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
-use crate::error::{Error, ErrorKind, Result};
 use crate::balanced::Table;
+use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::input::Cleaned;
 
 /// A typed parameter.
@@ -299,13 +299,18 @@ pub(super) enum StoredPlacement {
 }
 
 impl StoredPlacement {
-    pub(super) fn from_row(name: Option<String>, table: Option<Vec<u8>>) -> Result<StoredPlacement> {
+    pub(super) fn from_row(
+        name: Option<String>,
+        table: Option<Vec<u8>>,
+    ) -> Result<StoredPlacement> {
         match name.as_deref() {
             None | Some("hashed") => Ok(StoredPlacement::Hashed),
             Some("balanced") => Ok(StoredPlacement::Balanced(table)),
             Some(other) => Err(Error::new(
                 ErrorKind::Schema,
-                format!("the ring's stored placement {other:?} is unknown to this version of leasering"),
+                format!(
+                    "the ring's stored placement {other:?} is unknown to this version of leasering"
+                ),
             )),
         }
     }

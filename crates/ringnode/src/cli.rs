@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use leasering::Placement;
 
 /// Most members the demo runs at once: each keeps two or three connections
 /// and the throwaway server allows 200.
@@ -50,6 +51,11 @@ pub struct DemoArgs {
     /// Vnodes (ring positions) per member
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub vnodes: u32,
+    /// How partitions are placed: `hashed` (consistent hashing) or
+    /// `balanced` (every member within one partition of its share, minimal
+    /// moves); fixed when the ring is created
+    #[arg(long, default_value = "hashed", value_name = "PLACEMENT", value_parser = parse_placement)]
+    pub placement: Placement,
     /// Lease time-to-live: a crashed or paused member's partitions move after about this long
     #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -93,6 +99,7 @@ impl Default for DemoArgs {
             ring_id: "demo".into(),
             ring_size: 1024,
             vnodes: 8,
+            placement: Placement::Hashed,
             lease_ttl: Duration::from_secs(3),
             churn: false,
             churn_every: Duration::from_millis(1500),
@@ -123,6 +130,14 @@ pub struct NodeArgs {
     /// Partitions in the ring (every member must agree)
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub ring_size: u32,
+    /// How partitions are placed: `hashed` or `balanced` (every member must
+    /// agree)
+    #[arg(long, default_value = "hashed", value_name = "PLACEMENT", value_parser = parse_placement)]
+    pub placement: Placement,
+    /// A small string stored with this member and shown to every member and
+    /// observer (e.g. the address where it serves its partitions)
+    #[arg(long, value_name = "TEXT")]
+    pub metadata: Option<String>,
     /// Lease time-to-live
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -179,6 +194,10 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// Longest `--drain`: a graceful stop waits for its drains, and the demo
 /// gives every member's stop 10 s when it quits.
 pub const MAX_DRAIN: Duration = Duration::from_secs(3);
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    s.parse::<Placement>().map_err(|e| e.message().to_string())
+}
 
 fn parse_drain(s: &str) -> Result<Duration, String> {
     let d = parse_positive_duration(s)?;

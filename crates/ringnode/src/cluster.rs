@@ -50,12 +50,16 @@ pub fn start_member(
     let mut b = RingNode::builder(pool, cfg.ring_id.clone())
         .vnode_count(cfg.vnode_count)
         .ring_size(cfg.ring_size)
+        .placement(cfg.placement)
         .lease_ttl(cfg.lease_ttl)
         .schema(cfg.schema.clone())
         .start_timeout(cfg.start_timeout)
         .stop_timeout(cfg.stop_timeout);
     if let Some(id) = &cfg.node_id {
         b = b.node_id(id.clone());
+    }
+    if let Some(md) = &cfg.metadata {
+        b = b.metadata(md.clone());
     }
     if let Some(d) = cfg.drain_timeout {
         b = b.drain_timeout(d);
@@ -165,6 +169,21 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Members in the ring (joined, running, not crashed).
     pub in_ring: usize,
+    /// The largest member's partitions over its weighted fair share, in
+    /// the newest view (1.00: perfectly even; 0 with no view).
+    pub share_max_over_mean: f64,
+}
+
+/// The largest ratio of a member's partitions to its weighted fair share.
+pub fn share_max_over_mean(view: &RingView) -> f64 {
+    let total: u64 = view.members().iter().map(|m| m.weight() as u64).sum();
+    view.members()
+        .iter()
+        .map(|m| {
+            let share = view.ring_size() as f64 * m.weight() as f64 / total.max(1) as f64;
+            m.partition_count() as f64 / share.max(f64::MIN_POSITIVE)
+        })
+        .fold(0.0, f64::max)
 }
 
 /// How many partitions are painted each way (free ones are the rest).
@@ -673,6 +692,7 @@ impl Cluster {
             cells,
             stalls,
             epoch: newest.as_ref().map_or(0, |v| v.epoch()),
+            share_max_over_mean: newest.as_ref().map_or(0.0, share_max_over_mean),
             in_ring,
         }
     }

@@ -247,10 +247,11 @@ impl Demo {
 
     fn status_line(&self, snap: &Snapshot, c: &Counts) -> String {
         format!(
-            "status t={:.1}s epoch={} members={} paused={} crashed={} active={}/{} pending={} waiting={} claim_waits={} draining={} overlaps={} handoffs={}",
+            "status t={:.1}s epoch={} members={} largest_share={:.2} paused={} crashed={} active={}/{} pending={} waiting={} claim_waits={} draining={} overlaps={} handoffs={}",
             self.start.elapsed().as_secs_f64(),
             snap.epoch,
             snap.in_ring,
+            snap.share_max_over_mean,
             c.paused,
             c.crashed,
             snap.tally.active,
@@ -376,6 +377,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     let mut cfg = Config::new(args.ring_id.clone());
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
+    cfg.placement = args.placement;
     cfg.lease_ttl = ttl;
     cfg.schema = args.schema.clone();
     if let Some(unit) = args.drain {
@@ -958,9 +960,10 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     let line1 = TextLine::from(vec![
         Span::styled("leasering demo", Style::new().bold()),
         Span::raw(format!(
-            " · ring {:?} · {} partitions · {} vnodes a member · lease TTL {} · {} · up {}",
+            " · ring {:?} · {} partitions · {} placement · {} vnodes a member · lease TTL {} · {} · up {}",
             s.ring_id,
             s.ring_size,
+            s.placement,
             s.vnode_count,
             human(s.lease_ttl),
             demo.db_desc,
@@ -970,6 +973,10 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     let mut spans2 = vec![
         Span::raw(format!("epoch {} · members in the ring ", snap.epoch)),
         Span::styled(snap.in_ring.to_string(), Style::new().bold()),
+        Span::raw(format!(
+            " · largest share {:.2}× its fair share",
+            snap.share_max_over_mean
+        )),
     ];
     let others: Vec<String> = [
         (counts.starting, "joining"),

@@ -155,6 +155,8 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
     let mut cfg = Config::new(args.ring_id.clone());
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
+    cfg.placement = args.placement;
+    cfg.metadata = args.metadata.clone();
     cfg.lease_ttl = args.lease_ttl;
     cfg.schema = args.schema.clone();
     cfg.node_id = args.node_id.clone();

@@ -155,6 +155,49 @@ fn plain_demo_with_churn_ends_with_a_clean_final_line() {
     );
 }
 
+#[test]
+fn a_balanced_demo_shows_even_shares() {
+    let out = run(
+        &[
+            "demo",
+            "--plain",
+            "--seconds",
+            "6",
+            "--placement",
+            "balanced",
+        ],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {}\n{stdout}", out.status);
+    let last = stdout.lines().last().unwrap_or("");
+    let [_, active, overlaps, _] =
+        parse_final(last).unwrap_or_else(|| panic!("unexpected final line {last:?}\n{stdout}"));
+    assert_eq!((active, overlaps), (1024, 0), "{last}");
+    // Five members of weight 8 on 1024 partitions: 204 or 205 each, so the
+    // largest is 205 / 204.8 = 1.00× its share (hashed: typically 1.3–1.6×).
+    let shares: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("status t=") && l.contains(" members=5 "))
+        .filter_map(|l| {
+            l.split("largest_share=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        !shares.is_empty(),
+        "no status line with 5 members:\n{stdout}"
+    );
+    assert!(
+        shares.last().is_some_and(|s| *s <= 1.01),
+        "largest share {shares:?}\n{stdout}"
+    );
+}
+
 /// Bad input: a non-zero exit, one line on stderr naming the problem, no
 /// panic, and nothing started.
 fn rejects(args: &[&str], code: i32, needle: &str) {
@@ -187,6 +230,7 @@ fn bad_flags_are_one_line_and_exit_2() {
     rejects(&["demo", "--nodes", "many"], 2, "--nodes");
     rejects(&["demo", "--lease-ttl", "soon"], 2, "--lease-ttl");
     rejects(&["demo", "--seconds", "0"], 2, "--seconds");
+    rejects(&["demo", "--placement", "rendezvous"], 2, "rendezvous");
     rejects(&["demo", "--churn-every", "1ms"], 2, "--churn-every");
     rejects(&["demo", "--bogus"], 2, "--bogus");
     rejects(&["node"], 2, "--database-url");
