@@ -575,7 +575,7 @@ pub use clock::monotonic_ns;
 pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{DrainGuard, Event, ReleaseReason};
-pub use node::{Builder, NodeStatus, RingNode, MIN_POOL_SIZE};
+pub use node::{Builder, Health, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use owned::OwnedPartitions;
 pub use placement::partition_for;
 pub use ring::{Change, MemberInfo, RingArc, RingView};

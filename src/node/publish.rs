@@ -12,6 +12,7 @@ use super::Inner;
 use crate::event::{DrainGuard, Event, ReleaseReason};
 use crate::protocol::output::{Effect, Output};
 use crate::protocol::Session;
+use crate::telemetry::{Gauges, Renewed};
 
 impl Inner {
     /// Reads `now`, runs `step` on the session under its write lock, and
@@ -30,16 +31,43 @@ impl Inner {
             .publish(&out.effects, own.valid_until(), own.view_epoch(), || {
                 own.active()
             });
+        let mut refused = false;
+        let (mut fenced, mut evicted) = (false, false);
         for effect in std::mem::take(&mut out.effects) {
+            match &effect {
+                Effect::RenewalRefused { .. } => refused = true,
+                Effect::Released { reason, .. } => {
+                    fenced |= *reason == ReleaseReason::LeaseExpired;
+                    evicted |= *reason == ReleaseReason::Evicted;
+                }
+                _ => {}
+            }
             if let Some(event) = self.describe(effect) {
                 self.emit(event);
             }
         }
-        if let Some(ok) = out.renewal {
-            self.telemetry.renewal(ok);
+        if fenced {
+            self.telemetry.self_fenced();
         }
-        self.telemetry
-            .state(own.active_count(), own.pending_count(), own.view_epoch());
+        // An eviction with nothing to release (a member that had fenced
+        // itself already) shows only as the rejoin it asks for.
+        if evicted || out.rejoin {
+            self.telemetry.evicted();
+        }
+        if let Some(ok) = out.renewal {
+            self.telemetry.renewal(match (ok, refused) {
+                (true, _) => Renewed::Ok,
+                (false, true) => Renewed::Refused,
+                (false, false) => Renewed::Failed,
+            });
+        }
+        if out.reconciled > 0 {
+            log::info!(target: "leasering",
+                "node {}: giving back {} claims the database says it holds but it does not use",
+                self.node_id, out.reconciled);
+            self.telemetry.reconciled(out.reconciled);
+        }
+        self.set_gauges(session);
         wake(&self.wake_fence.0, out.wake_fence);
         wake(&self.wake_watcher.0, out.wake_watcher);
         wake(&self.wake_cleanup.0, out.wake_cleanup);
@@ -76,11 +104,12 @@ impl Inner {
                 epoch,
                 at,
                 waited,
+                cause,
             } => {
                 log::info!(target: "leasering",
-                    "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
-                    partitions.len(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
-                self.telemetry.acquired(partitions.len(), waited);
+                    "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff ({}) took {:.2} ms",
+                    partitions.len(), cause.as_str(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
+                self.telemetry.acquired(partitions.len(), waited, cause);
                 Some(Event::Acquired {
                     partitions,
                     token,
@@ -125,6 +154,31 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Sets the member's gauges from `session` (after every output, and at
+    /// every heartbeat so that the lease time left keeps moving).
+    pub(crate) fn set_gauges(&self, session: &Session) {
+        let now = Instant::now();
+        let own = session.ownership();
+        let lease_left = own
+            .valid_until()
+            .and_then(|v| v.checked_duration_since(now))
+            .unwrap_or_default();
+        self.telemetry.state(Gauges {
+            active: if lease_left.is_zero() {
+                0
+            } else {
+                own.active_count()
+            },
+            pending: own.pending_count(),
+            waiting: session.waiting_count() as u32,
+            draining: session.draining_count() as u32,
+            epoch: own.view_epoch(),
+            ring_epoch: session.ring_epoch(),
+            lease_left,
+            healthy: self.unhealthy_reason(session, now).is_none(),
+        });
     }
 
     /// Sends `ev` to every subscriber, dropping those that went away.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{short_id, Inner};
 use crate::error::{Error, ErrorKind, Result};
+use crate::telemetry::DbOp;
 
 /// What became of a job run by [`bounded`].
 pub(crate) enum Bounded<T> {
@@ -159,8 +160,11 @@ impl Inner {
             Ok(epoch) => log::info!(target: "leasering",
                 "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
                 self.node_id, self.cfg.ring_id, started.elapsed().as_secs_f64() * 1000.0),
-            Err(e) => log::warn!(target: "leasering",
-                "node {}: leave failed, the lease will expire instead: {}", self.node_id, e),
+            Err(e) => {
+                log::warn!(target: "leasering",
+                    "node {}: leave failed, the lease will expire instead: {}", self.node_id, e);
+                self.telemetry.db_error(DbOp::Leave, e.kind());
+            }
         }
         result.map(|_| ())
     }

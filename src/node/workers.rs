@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::protocol::output::{CleanupStep, HeartbeatStep, WatcherStep};
 use crate::protocol::Status;
 use crate::store::HeldConn;
+use crate::telemetry::DbOp;
 
 /// Longest a thread waits on a failed connection before trying again.
 const RECONNECT_TICK: Duration = Duration::from_millis(100);
@@ -100,26 +101,40 @@ impl Inner {
                     {
                         break;
                     }
+                    // The lease time left keeps moving between changes.
+                    self.set_gauges(&self.session.read());
                 }
-                HeartbeatStep::Rejoin => {
-                    if let Err(e) = self.rejoin() {
+                HeartbeatStep::Rejoin => match self.rejoin() {
+                    Ok(true) => {
+                        *self.last_error.lock() = None;
+                        self.telemetry.rejoined();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
                         log::warn!(target: "leasering", "node {}: rejoin failed: {}", self.node_id, e);
+                        self.telemetry.db_error(DbOp::Rejoin, e.kind());
+                        *self.last_error.lock() = Some(e.to_string());
                         self.session.write().rejoin_failed(Instant::now());
                     }
-                }
+                },
                 HeartbeatStep::Renew { ack, ticket } => {
                     let renewed = self.held(&mut conn, false).and_then(|c| {
                         let sent_at = Instant::now();
                         let reply = self.store.renew(c, ticket.incarnation(), ack)?;
-                        log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
+                        let took = sent_at.elapsed();
+                        log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, took);
+                        self.telemetry.renewal_took(took);
                         Ok((reply, sent_at))
                     });
                     match renewed {
                         Ok((reply, sent_at)) => {
+                            *self.last_error.lock() = None;
                             self.update(|s, now| s.renewed(ticket, reply, sent_at, now));
                         }
                         Err(e) => {
                             log::warn!(target: "leasering", "node {}: lease renewal failed: {}", self.node_id, e);
+                            self.telemetry.db_error(DbOp::Renew, e.kind());
+                            *self.last_error.lock() = Some(e.to_string());
                             conn = None;
                             self.update(|s, now| s.renewal_failed(now));
                         }
@@ -133,12 +148,13 @@ impl Inner {
     }
 
     /// Joins the ring again after an eviction (from either thread; the
-    /// second finds nothing to do). Serialised against `stop()`.
-    fn rejoin(&self) -> Result<()> {
+    /// second finds nothing to do). Serialised against `stop()`. Whether it
+    /// rejoined.
+    fn rejoin(&self) -> Result<bool> {
         let _m = self.membership.lock();
         let stopped = self.stopped.load(std::sync::atomic::Ordering::SeqCst);
         if stopped || self.session.read().status() != Status::Joining {
-            return Ok(());
+            return Ok(false);
         }
         let mut conn = self
             .pool
@@ -155,7 +171,7 @@ impl Inner {
             self.store.join(&mut conn)?
         };
         self.update(|s, now| s.joined(joined, sent_at, now));
-        Ok(())
+        Ok(true)
     }
 
     /// A connection for a thread to keep. The watcher (`listen`) takes the
@@ -248,6 +264,7 @@ impl Inner {
                 Ok(false) => conn = None,
                 Err(e) => {
                     log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                    self.telemetry.db_error(DbOp::Watch, e.kind());
                     self.session.write().watcher_failed();
                     conn = None;
                     if let Err(RecvTimeoutError::Disconnected) =
@@ -295,6 +312,7 @@ impl Inner {
                 };
                 if let Err(e) = self.wait_for_change(c, timeout, shutdown) {
                     log::warn!(target: "leasering", "node {}: watcher lost its connection: {e}", self.node_id);
+                    self.telemetry.db_error(DbOp::Watch, e.kind());
                     self.session.write().watcher_failed();
                     return Ok(false);
                 }
@@ -374,6 +392,7 @@ impl Inner {
                         }
                         Err(e) => {
                             log::warn!(target: "leasering", "node {}: cleanup of {node:?} failed: {}", self.node_id, e);
+                            self.telemetry.db_error(DbOp::Cleanup, e.kind());
                             self.session.write().cleanup_failed(node, Instant::now());
                         }
                     }
