@@ -83,6 +83,11 @@ pub struct DemoArgs {
     /// next owner starts only then (drain timeout: twice this) [default: off]
     #[arg(long, value_name = "DURATION", value_parser = parse_drain)]
     pub drain: Option<Duration>,
+    /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
+    /// process runs) and /readyz (200 while every live member — not starting, paused, leaving or crashed — is in the ring with a valid lease and not fenced, and at least one is live; the reason names the first that is not, else 503 with a one-line
+    /// reason) on this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for DemoArgs {
@@ -102,6 +107,7 @@ impl Default for DemoArgs {
             schema: "leasering".into(),
             seed: None,
             drain: None,
+            http: None,
         }
     }
 }
@@ -137,6 +143,11 @@ pub struct NodeArgs {
     /// (also when stdout is not a terminal)
     #[arg(long)]
     pub plain: bool,
+    /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
+    /// process runs) and /readyz (200 while the member is in the ring with a valid lease and not fenced, else 503 with a one-line
+    /// reason) on this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Parses `1.5s`, `500ms`, `2m`, `1h`, `750us`, or a bare number of seconds.

@@ -15,6 +15,7 @@ mod checker;
 mod cli;
 mod cluster;
 mod demo;
+mod http;
 mod journal;
 mod node_cmd;
 mod signals;
