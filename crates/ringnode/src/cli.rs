@@ -29,6 +29,32 @@ pub enum Command {
     Demo(DemoArgs),
     /// One member in this process against a shared database: run one per terminal
     Node(NodeArgs),
+    /// Reads a ring straight from its database and prints its members, the
+    /// partitions waiting for a claim and the ring's epoch (read-only)
+    #[command(
+        after_help = "Exit codes: 0 the ring was read; 1 another error; 2 bad flags; \
+                            3 ring not found (or no leasering schema); 4 database unreachable."
+    )]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The ring's PostgreSQL (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the ring
+    #[arg(long, default_value = "ringnode", value_name = "ID")]
+    pub ring_id: String,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
+    /// JSON for scripts: {ring_id, schema, epoch, ring_size, changed_ago_seconds,
+    /// members: [{node_id, lease_left_seconds, expired, acked_epoch, epoch_lag,
+    /// vnodes, partitions_claimed, metadata}], waiting: [{partition, assigned_to,
+    /// held_by, waiter_marked}]}
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
