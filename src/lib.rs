@@ -570,6 +570,7 @@ pub mod protocol;
 mod ring;
 mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use clock::monotonic_ns;
 pub use config::{Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_RING_SIZE, MIN_LEASE_TTL};

@@ -62,7 +62,8 @@ impl Inner {
             });
         }
         if out.reconciled > 0 {
-            log::info!(target: "leasering",
+            log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                node = self.node_id.as_str(), claims = out.reconciled;
                 "node {}: giving back {} claims the database says it holds but it does not use",
                 self.node_id, out.reconciled);
             self.telemetry.reconciled(out.reconciled);
@@ -86,7 +87,7 @@ impl Inner {
                 at,
                 drain,
             } => {
-                log_release(node, partitions.len(), reason, epoch);
+                log_release(&self.cfg.ring_id, node, partitions.len(), reason, epoch);
                 self.telemetry.released(partitions.len(), reason);
                 let drain =
                     drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
@@ -106,7 +107,10 @@ impl Inner {
                 waited,
                 cause,
             } => {
-                log::info!(target: "leasering",
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), epoch = epoch, token = token,
+                    partitions = partitions.len(), cause = cause.as_str(),
+                    handoff_ms = waited.unwrap_or_default().as_secs_f64() * 1000.0;
                     "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff ({}) took {:.2} ms",
                     partitions.len(), cause.as_str(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
                 self.telemetry.acquired(partitions.len(), waited, cause);
@@ -126,7 +130,8 @@ impl Inner {
                 removed,
                 at,
             } => {
-                log::info!(target: "leasering",
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), epoch = epoch, vnodes = positions.len();
                     "node {node}: joined ring {:?} at epoch {epoch} with positions {positions:?}{}",
                     self.cfg.ring_id,
                     if removed.is_empty() { String::new() } else { format!(", removing expired members {removed:?}") });
@@ -137,7 +142,8 @@ impl Inner {
                 })
             }
             Effect::RenewalRefused { ring_epoch } => {
-                log::warn!(target: "leasering",
+                log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), ring_epoch = ring_epoch;
                     "node {node}: renewal refused: this member's acknowledged epoch has trailed ring epoch {ring_epoch} for over {:?}",
                     self.cfg.lag_limit());
                 None
@@ -148,7 +154,9 @@ impl Inner {
                 late_by,
             } => {
                 self.telemetry.removed_members(removed.len());
-                log::info!(target: "leasering",
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), removed = removed.len(),
+                    late_ms = late_by.as_secs_f64() * 1000.0;
                     "node {node}: removed expired members {removed:?} ({:.1} ms after the lease ended), epoch {epoch:?}",
                     late_by.as_secs_f64() * 1000.0);
                 None
@@ -188,15 +196,20 @@ impl Inner {
     }
 }
 
-fn log_release(node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
+fn log_release(ring: &str, node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
+    let why = format!("{reason:?}");
     match reason {
         ReleaseReason::Handoff => log::info!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: released {n} partitions to their new owners (epoch {epoch})"),
         ReleaseReason::LeaseExpired => log::warn!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: local lease ran out without a renewal: self-fenced, released {n} partitions"),
         ReleaseReason::Evicted => log::warn!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: lease lost in the database: released {n} partitions, rejoining"),
         _ => log::info!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: released {n} partitions ({reason:?})"),
     }
 }
