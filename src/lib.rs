@@ -523,16 +523,49 @@
 //! background thread (`leasering-leave-*`); the event channels disconnect
 //! when it is done. Call `stop()` to wait for the leave and see its error.
 //!
-//! ## Health and metrics
+//! ## Health, metrics and spans
 //!
-//! [`RingNode::status`] answers a readiness probe
-//! ([`NodeStatus::is_healthy`]) and feeds dashboards: epoch, active and
-//! pending partitions, the claims this member is waiting for and whose
+//! [`RingNode::status`] answers a readiness probe and feeds dashboards:
+//! epoch and the newest ring epoch heard of, active and pending
+//! partitions, the claims this member is waiting for and whose
 //! ([`NodeStatus::waiting_for`]), partitions still draining, lease time
-//! left, renewals. With the `metrics` feature, counters, gauges and a
-//! handoff-latency histogram go to whatever
-//! [`metrics`](https://docs.rs/metrics) recorder the application installs;
-//! the names are listed in [`telemetry`].
+//! left, renewals and how long they have been failing.
+//! [`NodeStatus::health`] is [`Health::Healthy`] or
+//! [`Health::Unhealthy`] with a one-line reason (`stopped`, `fenced: local
+//! lease expired; renewals failing for 3.2 s (last error: …)`, `renewals
+//! refused: view epoch lag 3 (view 12, ring 15)`, …) — what a `/readyz`
+//! endpoint answers:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use leasering::{Health, RingNode};
+//!
+//! /// A readiness endpoint's status code and one-line body.
+//! fn readyz(node: &RingNode) -> (u16, String) {
+//!     match node.status().health() {
+//!         Health::Healthy => (200, "ready".into()),
+//!         Health::Unhealthy(why) => (503, format!("not ready: {why}")),
+//!     }
+//! }
+//!
+//! # let db = leasering_testkit::TestPostgres::shared()?;
+//! # let pool = db.pool(4)?;
+//! let node = RingNode::builder(pool, "health-doc").start()?;
+//! assert_eq!(readyz(&node).0, 200);
+//! node.stop()?;
+//! assert_eq!(readyz(&node), (503, "not ready: stopped".to_string()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the `metrics` feature, counters, gauges and histograms go to
+//! whatever [`metrics`](https://docs.rs/metrics) recorder the application
+//! installs; [`telemetry`] has the table of every series, its labels, its
+//! meaning and what to alert on. With the `tracing` feature, each join,
+//! view adoption, claim take and release, renewal, cleanup and leave is a
+//! span ([`trace`]). The library serves nothing itself: the README shows
+//! the dozen lines that serve `/metrics`, `/healthz` and `/readyz` with
+//! `metrics-exporter-prometheus` and `tiny_http`.
 //!
 //! ## Testing your service
 //!
