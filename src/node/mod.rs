@@ -132,7 +132,8 @@ pub enum Health {
     /// In the ring, the local lease runs, renewals are answered.
     Healthy,
     /// Not ready, with a one-line reason such as `stopped`, `fenced: local
-    /// lease expired; renewals failing for 3.2 s (last error: …)`, or
+    /// lease expired; renewals failing for 3.2 s (last error: …)` (or `;
+    /// last renewal 2.1 s ago` while a renewal hangs on a stalled link), or
     /// `renewals refused: view epoch lag 3 (view 12, ring 15)`.
     Unhealthy(String),
 }
@@ -401,8 +402,10 @@ impl Inner {
     /// [`NodeStatus::is_healthy`].
     pub(crate) fn unhealthy_reason(&self, s: &Session, now: Instant) -> Option<String> {
         let own = s.ownership();
-        let failing = || match s.failing_since() {
-            Some(t) => {
+        // Failing renewals and their last error; else (a renewal still on
+        // its way through a stalled link, say) the last success's age.
+        let failing = || match (s.failing_since(), s.last_renewed()) {
+            (Some(t), _) => {
                 let err = self.last_error.lock().clone();
                 format!(
                     "renewals failing for {:.1} s{}",
@@ -411,7 +414,11 @@ impl Inner {
                         .unwrap_or_default()
                 )
             }
-            None => String::new(),
+            (None, Some(t)) => format!(
+                "last renewal {:.1} s ago",
+                now.saturating_duration_since(t).as_secs_f64()
+            ),
+            (None, None) => String::new(),
         };
         let lease_left = own
             .valid_until()
@@ -421,8 +428,10 @@ impl Inner {
             Status::Stopped => return Some("stopped".into()),
             Status::Joining => {
                 let f = failing();
-                return Some(if f.is_empty() {
+                return Some(if s.renewals() == 0 && s.renewal_failures() == 0 {
                     "not in the ring: joining".into()
+                } else if f.is_empty() {
+                    "not in the ring: rejoining".into()
                 } else {
                     format!("not in the ring: rejoining; {f}")
                 });

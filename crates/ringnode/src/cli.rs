@@ -110,8 +110,11 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_drain)]
     pub drain: Option<Duration>,
     /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
-    /// process runs) and /readyz (200 while every live member — not starting, paused, leaving or crashed — is in the ring with a valid lease and not fenced, and at least one is live; the reason names the first that is not, else 503 with a one-line
-    /// reason) on this address, e.g. 127.0.0.1:9464
+    /// process runs) and /readyz on this address, e.g. 127.0.0.1:9464.
+    /// /readyz answers 200 while at least one member is live and every live
+    /// member (not starting, paused, leaving or crashed) is in the ring with
+    /// a valid lease and not fenced; else 503 with a one-line reason naming
+    /// the first member that is not
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 }
@@ -170,8 +173,9 @@ pub struct NodeArgs {
     #[arg(long)]
     pub plain: bool,
     /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
-    /// process runs) and /readyz (200 while the member is in the ring with a valid lease and not fenced, else 503 with a one-line
-    /// reason) on this address, e.g. 127.0.0.1:9464
+    /// process runs) and /readyz on this address, e.g. 127.0.0.1:9464.
+    /// /readyz answers 200 while the member is in the ring with a valid lease
+    /// and not fenced, else 503 with a one-line reason
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 }
