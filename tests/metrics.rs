@@ -309,6 +309,23 @@ fn a_stalled_link_moves_the_failure_fence_eviction_and_rejoin_metrics() {
         m.count("leasering_renewals_total", "sp", &["result=failed"]) > 0
             && m.count("leasering_database_errors_total", "sp", &["op=renew"]) > 0
     });
+    // The reason names the failures and their last error (and `status()`
+    // returns: it once deadlocked here, on the error's lock taken twice).
+    wait_until(SETTLE, "sp's reason to name its failing renewals", || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let node = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(node.status());
+        });
+        let st = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("status() of a member whose renewals fail did not return");
+        st.last_error.is_some()
+            && st
+                .unhealthy_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("renewals failing for") && r.contains("last error: "))
+    });
     wait_until(SETTLE, "sq to clean sp up and cover the ring", || {
         m.count("leasering_members_removed_total", "sq", &[]) > 0
             && q.owned_partitions().len() == 64

@@ -268,12 +268,19 @@ impl RingNode {
             .and_then(|v| v.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero());
         let now = Instant::now();
+        // Its own statement: a guard in the struct expression below would
+        // live until its end, and `unhealthy_reason` locks it again.
+        let last_error = match s.failing_since() {
+            Some(_) => self.inner.last_error.lock().clone(),
+            None => None,
+        };
+        let unhealthy_reason = self.inner.unhealthy_reason(&s, now);
         NodeStatus {
             ring_epoch: s.ring_epoch(),
             last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
             renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),
-            last_error: s.failing_since().and(self.inner.last_error.lock().clone()),
-            unhealthy_reason: self.inner.unhealthy_reason(&s, now),
+            last_error,
+            unhealthy_reason,
             epoch: own.view_epoch(),
             active: if lease_left.is_some() {
                 own.active_count()
