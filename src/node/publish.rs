@@ -167,6 +167,10 @@ impl Inner {
     /// Sets the member's gauges from `session` (after every output, and at
     /// every heartbeat so that the lease time left keeps moving).
     pub(crate) fn set_gauges(&self, session: &Session) {
+        // Without the feature nothing reads them: not even the health.
+        if cfg!(not(feature = "metrics")) {
+            return;
+        }
         let now = Instant::now();
         let own = session.ownership();
         let lease_left = own
