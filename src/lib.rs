@@ -585,16 +585,49 @@
 //! background thread (`leasering-leave-*`); the event channels disconnect
 //! when it is done. Call `stop()` to wait for the leave and see its error.
 //!
-//! ## Health and metrics
+//! ## Health, metrics and spans
 //!
-//! [`RingNode::status`] answers a readiness probe
-//! ([`NodeStatus::is_healthy`]) and feeds dashboards: epoch, active and
-//! pending partitions, the claims this member is waiting for and whose
+//! [`RingNode::status`] answers a readiness probe and feeds dashboards:
+//! epoch and the newest ring epoch heard of, active and pending
+//! partitions, the claims this member is waiting for and whose
 //! ([`NodeStatus::waiting_for`]), partitions still draining, lease time
-//! left, renewals. With the `metrics` feature, counters, gauges and a
-//! handoff-latency histogram go to whatever
-//! [`metrics`](https://docs.rs/metrics) recorder the application installs;
-//! the names are listed in [`telemetry`].
+//! left, renewals and how long they have been failing.
+//! [`NodeStatus::health`] is [`Health::Healthy`] or
+//! [`Health::Unhealthy`] with a one-line reason (`stopped`, `fenced: local
+//! lease expired; renewals failing for 3.2 s (last error: …)`, `renewals
+//! refused: view epoch lag 3 (view 12, ring 15)`, …) — what a `/readyz`
+//! endpoint answers:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use leasering::{Health, RingNode};
+//!
+//! /// A readiness endpoint's status code and one-line body.
+//! fn readyz(node: &RingNode) -> (u16, String) {
+//!     match node.status().health() {
+//!         Health::Healthy => (200, "ready".into()),
+//!         Health::Unhealthy(why) => (503, format!("not ready: {why}")),
+//!     }
+//! }
+//!
+//! # let db = leasering_testkit::TestPostgres::shared()?;
+//! # let pool = db.pool(4)?;
+//! let node = RingNode::builder(pool, "health-doc").start()?;
+//! assert_eq!(readyz(&node).0, 200);
+//! node.stop()?;
+//! assert_eq!(readyz(&node), (503, "not ready: stopped".to_string()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the `metrics` feature, counters, gauges and histograms go to
+//! whatever [`metrics`](https://docs.rs/metrics) recorder the application
+//! installs; [`telemetry`] has the table of every series, its labels, its
+//! meaning and what to alert on. With the `tracing` feature, each join,
+//! view adoption, claim take and release, renewal, cleanup and leave is a
+//! span ([`trace`]). The library serves nothing itself: the README shows
+//! the dozen lines that serve `/metrics`, `/healthz` and `/readyz` with
+//! `metrics-exporter-prometheus` and `tiny_http`.
 //!
 //! ## Testing your service
 //!
@@ -635,6 +668,7 @@ pub mod protocol;
 mod ring;
 mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use clock::monotonic_ns;
 pub use config::{
@@ -642,12 +676,40 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use event::{DrainGuard, Event, ReleaseReason};
-pub use node::{Builder, NodeStatus, RingNode, MIN_POOL_SIZE};
+pub use node::{Builder, Health, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use observer::{ObserverBuilder, RingObserver};
 pub use owned::OwnedPartitions;
 pub use placement::{partition_for, Placement};
 pub use ring::{Change, MemberInfo, RingArc, RingView};
 pub use store::SCHEMA_VERSION;
+
+/// Reads ring `ring_id` of schema `schema` once, as its members see it
+/// (placement table, metadata and all), through any client — a
+/// transaction included; `None` when there is no such ring. For tools and
+/// one-off lookups (`ringnode status` uses it); to follow a ring, use a
+/// [`RingObserver`].
+pub fn read_ring(
+    client: &mut impl postgres::GenericClient,
+    schema: &str,
+    ring_id: &str,
+) -> Result<Option<RingView>> {
+    let mut cfg = Config::new(ring_id);
+    cfg.schema = schema.to_string();
+    cfg.validate()?;
+    let rows = client
+        .query_typed(
+            &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
+            &[(&ring_id, postgres::types::Type::TEXT)],
+        )
+        .map_err(|e| Error::db(format!("read ring {ring_id:?}"), e))?;
+    let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+        return Ok(None);
+    };
+    cfg.ring_size = size;
+    store::Store::new(&cfg, "reader")?
+        .read_ring_once(client)
+        .map(Some)
+}
 
 /// Creates or migrates the leasering schema `schema` with `client`, for
 /// administrators who start nodes with a DML-only role

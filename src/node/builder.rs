@@ -182,7 +182,9 @@ impl Builder {
         let node_id = cfg.node_id.clone().unwrap_or_else(random_node_id);
         cfg.node_id = Some(node_id.clone());
         let store = Store::new(&cfg, &node_id)?;
+        let op = crate::trace::Op::start(crate::trace::Kind::Join, &cfg.ring_id, &node_id, 0);
         let (joined, sent_at, conn) = join_within_start_timeout(&cfg, &store, &pool)?;
+        op.finish(joined.view.epoch(), joined.positions.len(), "joined");
         let inner = Arc::new(Inner::new(cfg, node_id, store, pool, subscribers));
         *inner.join_conn.lock() = Some(conn);
         inner.update(|s, now| s.joined(joined, sent_at, now));

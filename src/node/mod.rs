@@ -107,16 +107,79 @@ pub struct NodeStatus {
     pub stopped: bool,
     /// Successful renewals so far.
     pub renewals: u64,
-    /// Failed renewals so far.
+    /// Failed or refused renewals so far.
     pub renewal_failures: u64,
+    /// The newest ring epoch this member has heard of (at least
+    /// [`epoch`](NodeStatus::epoch)); the difference is its epoch lag.
+    pub ring_epoch: u64,
+    /// How long ago the last successful renewal was answered (none yet:
+    /// `None`).
+    pub last_renewal: Option<Duration>,
+    /// How long renewals have been failing or refused, if the last one did
+    /// not succeed.
+    pub renewals_failing_for: Option<Duration>,
+    /// The last renewal or rejoin error, while renewals fail.
+    pub last_error: Option<String>,
+    /// Why the member is not healthy, one line; `None` when it is. See
+    /// [`NodeStatus::health`].
+    pub unhealthy_reason: Option<String>,
+}
+
+/// Whether a member can serve: what a readiness probe reports. From
+/// [`NodeStatus::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// In the ring, the local lease runs, renewals are answered.
+    Healthy,
+    /// Not ready, with a one-line reason such as `stopped`, `fenced: local
+    /// lease expired; renewals failing for 3.2 s (last error: …)` (or `;
+    /// last renewal 2.1 s ago` while a renewal hangs on a stalled link), or
+    /// `renewals refused: view epoch lag 3 (view 12, ring 15)`.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// Whether this is [`Health::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Unhealthy(why) => f.write_str(why),
+        }
+    }
 }
 
 impl NodeStatus {
-    /// Healthy: in the ring, not stopped, and the local lease runs — what a
-    /// readiness probe should check. (Pending partitions are normal for a
-    /// few milliseconds after a change and do not count against it.)
+    /// Healthy: in the ring, not stopped, the local lease runs, and its
+    /// renewals are neither refused (the lag bound) nor failing for so
+    /// long that less than half the lease is left — what a readiness probe
+    /// should check. (Pending partitions are normal for a few milliseconds
+    /// after a change and do not count against it; one failed renewal does
+    /// not either.)
     pub fn is_healthy(&self) -> bool {
-        self.joined && !self.stopped && self.lease_left.is_some()
+        self.unhealthy_reason.is_none()
+    }
+
+    /// [`Health::Healthy`], or why not — for a readiness endpoint:
+    ///
+    /// ```no_run
+    /// # fn probe(node: &leasering::RingNode) -> (u16, String) {
+    /// match node.status().health() {
+    ///     leasering::Health::Healthy => (200, "ready\n".into()),
+    ///     leasering::Health::Unhealthy(why) => (503, format!("{why}\n")),
+    /// }
+    /// # }
+    /// ```
+    pub fn health(&self) -> Health {
+        match &self.unhealthy_reason {
+            None => Health::Healthy,
+            Some(why) => Health::Unhealthy(why.clone()),
+        }
     }
 }
 
@@ -204,7 +267,20 @@ impl RingNode {
             .valid_until()
             .and_then(|v| v.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero());
+        let now = Instant::now();
+        // Its own statement: a guard in the struct expression below would
+        // live until its end, and `unhealthy_reason` locks it again.
+        let last_error = match s.failing_since() {
+            Some(_) => self.inner.last_error.lock().clone(),
+            None => None,
+        };
+        let unhealthy_reason = self.inner.unhealthy_reason(&s, now);
         NodeStatus {
+            ring_epoch: s.ring_epoch(),
+            last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
+            renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),
+            last_error,
+            unhealthy_reason,
             epoch: own.view_epoch(),
             active: if lease_left.is_some() {
                 own.active_count()
@@ -289,6 +365,8 @@ pub(crate) struct Inner {
     membership: Mutex<()>,
     stopped: AtomicBool,
     telemetry: crate::telemetry::Telemetry,
+    /// The last renewal or rejoin error (for the health reason).
+    last_error: Mutex<Option<String>>,
     /// Test hook: the threads sleep until then.
     #[cfg(feature = "test-util")]
     frozen_until: Mutex<Option<Instant>>,
@@ -317,6 +395,7 @@ impl Inner {
             join_conn: Mutex::new(None),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
+            last_error: Mutex::new(None),
             #[cfg(feature = "test-util")]
             frozen_until: Mutex::new(None),
             node_id,
@@ -326,6 +405,72 @@ impl Inner {
         }
     }
 
+    /// Why the member is not healthy at `now`, or `None`. See
+    /// [`NodeStatus::is_healthy`].
+    pub(crate) fn unhealthy_reason(&self, s: &Session, now: Instant) -> Option<String> {
+        let own = s.ownership();
+        // Failing renewals and their last error; else (a renewal still on
+        // its way through a stalled link, say) the last success's age.
+        let failing = || match (s.failing_since(), s.last_renewed()) {
+            (Some(t), _) => {
+                let err = self.last_error.lock().clone();
+                format!(
+                    "renewals failing for {:.1} s{}",
+                    now.saturating_duration_since(t).as_secs_f64(),
+                    err.map(|e| format!(" (last error: {})", one_line(&e)))
+                        .unwrap_or_default()
+                )
+            }
+            (None, Some(t)) => format!(
+                "last renewal {:.1} s ago",
+                now.saturating_duration_since(t).as_secs_f64()
+            ),
+            (None, None) => String::new(),
+        };
+        let lease_left = own
+            .valid_until()
+            .and_then(|v| v.checked_duration_since(now))
+            .filter(|d| !d.is_zero());
+        match own.status() {
+            Status::Stopped => return Some("stopped".into()),
+            Status::Joining => {
+                let f = failing();
+                return Some(if s.renewals() == 0 && s.renewal_failures() == 0 {
+                    "not in the ring: joining".into()
+                } else if f.is_empty() {
+                    "not in the ring: rejoining".into()
+                } else {
+                    format!("not in the ring: rejoining; {f}")
+                });
+            }
+            Status::Member => {}
+        }
+        let Some(left) = lease_left else {
+            let f = failing();
+            return Some(if f.is_empty() {
+                "fenced: local lease expired".into()
+            } else {
+                format!("fenced: local lease expired; {f}")
+            });
+        };
+        if s.refused() {
+            let ring = s.ring_epoch();
+            let view = own.view_epoch();
+            return Some(format!(
+                "renewals refused: view epoch lag {} (view {view}, ring {ring})",
+                ring.saturating_sub(view)
+            ));
+        }
+        if s.failing_since().is_some() && left < self.cfg.lease_ttl / 2 {
+            return Some(format!(
+                "{}, lease left {:.1} s",
+                failing(),
+                left.as_secs_f64()
+            ));
+        }
+        None
+    }
+
     fn view(&self) -> RingView {
         self.session
             .read()
@@ -333,6 +478,12 @@ impl Inner {
             .cloned()
             .unwrap_or_else(|| RingView::empty(0, self.cfg.ring_size))
     }
+}
+
+/// The first line of `s`, at most 200 characters.
+fn one_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    line.chars().take(200).collect()
 }
 
 /// A short form of a node id for thread names (Linux keeps 15 bytes).

@@ -12,6 +12,7 @@ use super::Inner;
 use crate::event::{DrainGuard, Event, ReleaseReason};
 use crate::protocol::output::{Effect, Output};
 use crate::protocol::Session;
+use crate::telemetry::{Gauges, Renewed};
 
 impl Inner {
     /// Reads `now`, runs `step` on the session under its write lock, and
@@ -30,16 +31,44 @@ impl Inner {
             .publish(&out.effects, own.valid_until(), own.view_epoch(), || {
                 own.active()
             });
+        let mut refused = false;
+        let (mut fenced, mut evicted) = (false, false);
         for effect in std::mem::take(&mut out.effects) {
+            match &effect {
+                Effect::RenewalRefused { .. } => refused = true,
+                Effect::Released { reason, .. } => {
+                    fenced |= *reason == ReleaseReason::LeaseExpired;
+                    evicted |= *reason == ReleaseReason::Evicted;
+                }
+                _ => {}
+            }
             if let Some(event) = self.describe(effect) {
                 self.emit(event);
             }
         }
-        if let Some(ok) = out.renewal {
-            self.telemetry.renewal(ok);
+        if fenced {
+            self.telemetry.self_fenced();
         }
-        self.telemetry
-            .state(own.active_count(), own.pending_count(), own.view_epoch());
+        // An eviction with nothing to release (a member that had fenced
+        // itself already) shows only as the rejoin it asks for.
+        if evicted || out.rejoin {
+            self.telemetry.evicted();
+        }
+        if let Some(ok) = out.renewal {
+            self.telemetry.renewal(match (ok, refused) {
+                (true, _) => Renewed::Ok,
+                (false, true) => Renewed::Refused,
+                (false, false) => Renewed::Failed,
+            });
+        }
+        if out.reconciled > 0 {
+            log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                node = self.node_id.as_str(), claims = out.reconciled;
+                "node {}: giving back {} claims the database says it holds but it does not use",
+                self.node_id, out.reconciled);
+            self.telemetry.reconciled(out.reconciled);
+        }
+        self.set_gauges(session);
         wake(&self.wake_fence.0, out.wake_fence);
         wake(&self.wake_watcher.0, out.wake_watcher);
         wake(&self.wake_cleanup.0, out.wake_cleanup);
@@ -58,7 +87,7 @@ impl Inner {
                 at,
                 drain,
             } => {
-                log_release(node, partitions.len(), reason, epoch);
+                log_release(&self.cfg.ring_id, node, partitions.len(), reason, epoch);
                 self.telemetry.released(partitions.len(), reason);
                 let drain =
                     drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
@@ -76,11 +105,15 @@ impl Inner {
                 epoch,
                 at,
                 waited,
+                cause,
             } => {
-                log::info!(target: "leasering",
-                    "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff took {:.2} ms",
-                    partitions.len(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
-                self.telemetry.acquired(partitions.len(), waited);
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), epoch = epoch, token = token,
+                    partitions = partitions.len(), cause = cause.as_str(),
+                    handoff_ms = waited.unwrap_or_default().as_secs_f64() * 1000.0;
+                    "node {node}: acquired {} partitions, token {token}, epoch {epoch}, handoff ({}) took {:.2} ms",
+                    partitions.len(), cause.as_str(), waited.unwrap_or_default().as_secs_f64() * 1000.0);
+                self.telemetry.acquired(partitions.len(), waited, cause);
                 Some(Event::Acquired {
                     partitions,
                     token,
@@ -97,7 +130,8 @@ impl Inner {
                 removed,
                 at,
             } => {
-                log::info!(target: "leasering",
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), epoch = epoch, vnodes = positions.len();
                     "node {node}: joined ring {:?} at epoch {epoch} with positions {positions:?}{}",
                     self.cfg.ring_id,
                     if removed.is_empty() { String::new() } else { format!(", removing expired members {removed:?}") });
@@ -108,7 +142,8 @@ impl Inner {
                 })
             }
             Effect::RenewalRefused { ring_epoch } => {
-                log::warn!(target: "leasering",
+                log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), ring_epoch = ring_epoch;
                     "node {node}: renewal refused: this member's acknowledged epoch has trailed ring epoch {ring_epoch} for over {:?}",
                     self.cfg.lag_limit());
                 None
@@ -119,12 +154,43 @@ impl Inner {
                 late_by,
             } => {
                 self.telemetry.removed_members(removed.len());
-                log::info!(target: "leasering",
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = node.as_str(), removed = removed.len(),
+                    late_ms = late_by.as_secs_f64() * 1000.0;
                     "node {node}: removed expired members {removed:?} ({:.1} ms after the lease ended), epoch {epoch:?}",
                     late_by.as_secs_f64() * 1000.0);
                 None
             }
         }
+    }
+
+    /// Sets the member's gauges from `session` (after every output, and at
+    /// every heartbeat so that the lease time left keeps moving).
+    pub(crate) fn set_gauges(&self, session: &Session) {
+        // Without the feature nothing reads them: not even the health.
+        if cfg!(not(feature = "metrics")) {
+            return;
+        }
+        let now = Instant::now();
+        let own = session.ownership();
+        let lease_left = own
+            .valid_until()
+            .and_then(|v| v.checked_duration_since(now))
+            .unwrap_or_default();
+        self.telemetry.state(Gauges {
+            active: if lease_left.is_zero() {
+                0
+            } else {
+                own.active_count()
+            },
+            pending: own.pending_count(),
+            waiting: session.waiting_count() as u32,
+            draining: session.draining_count() as u32,
+            epoch: own.view_epoch(),
+            ring_epoch: session.ring_epoch(),
+            lease_left,
+            healthy: self.unhealthy_reason(session, now).is_none(),
+        });
     }
 
     /// Sends `ev` to every subscriber, dropping those that went away.
@@ -134,15 +200,20 @@ impl Inner {
     }
 }
 
-fn log_release(node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
+fn log_release(ring: &str, node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
+    let why = format!("{reason:?}");
     match reason {
         ReleaseReason::Handoff => log::info!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: released {n} partitions to their new owners (epoch {epoch})"),
         ReleaseReason::LeaseExpired => log::warn!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: local lease ran out without a renewal: self-fenced, released {n} partitions"),
         ReleaseReason::Evicted => log::warn!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: lease lost in the database: released {n} partitions, rejoining"),
         _ => log::info!(target: "leasering",
+            ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: released {n} partitions ({reason:?})"),
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{short_id, Inner};
 use crate::error::{Error, ErrorKind, Result};
+use crate::telemetry::DbOp;
 
 /// What became of a job run by [`bounded`].
 pub(crate) enum Bounded<T> {
@@ -137,6 +138,8 @@ impl Inner {
     /// The leave transaction, on a helper thread bounded by `deadline`.
     fn leave(&self, deadline: Instant, started: Instant) -> Result<()> {
         let _m = self.membership.lock();
+        let handed_over = self.view().partitions_of(&self.node_id).len();
+        let op = self.op(crate::trace::Kind::Leave);
         let (pool, store) = (self.pool.clone(), self.store.clone());
         let result = bounded("leave", deadline, move || {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -156,11 +159,19 @@ impl Inner {
             )),
         });
         match &result {
-            Ok(epoch) => log::info!(target: "leasering",
-                "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
-                self.node_id, self.cfg.ring_id, started.elapsed().as_secs_f64() * 1000.0),
-            Err(e) => log::warn!(target: "leasering",
-                "node {}: leave failed, the lease will expire instead: {}", self.node_id, e),
+            Ok(epoch) => {
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                    node = self.node_id.as_str(), epoch = epoch.unwrap_or_default(),
+                    leave_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    "node {}: left ring {:?} (epoch {epoch:?}) in {:.2} ms",
+                    self.node_id, self.cfg.ring_id, started.elapsed().as_secs_f64() * 1000.0);
+                self.finish_with(op, handed_over, "left");
+            }
+            Err(e) => {
+                log::warn!(target: "leasering",
+                    "node {}: leave failed, the lease will expire instead: {}", self.node_id, e);
+                self.telemetry.db_error(DbOp::Leave, e.kind());
+            }
         }
         result.map(|_| ())
     }

@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 use crate::protocol::output::{CleanupStep, HeartbeatStep, WatcherStep};
 use crate::protocol::Status;
 use crate::store::HeldConn;
+use crate::telemetry::DbOp;
+use crate::trace::{Kind, Op};
 
 /// Longest a thread waits on a failed connection before trying again.
 const RECONNECT_TICK: Duration = Duration::from_millis(100);
@@ -100,28 +102,54 @@ impl Inner {
                     {
                         break;
                     }
+                    // The lease time left keeps moving between changes.
+                    self.set_gauges(&self.session.read());
                 }
-                HeartbeatStep::Rejoin => {
-                    if let Err(e) = self.rejoin() {
-                        log::warn!(target: "leasering", "node {}: rejoin failed: {}", self.node_id, e);
+                HeartbeatStep::Rejoin => match self.rejoin() {
+                    Ok(true) => {
+                        *self.last_error.lock() = None;
+                        self.telemetry.rejoined();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                            node = self.node_id.as_str(), op = "rejoin", error = e.to_string().as_str();
+                            "node {}: rejoin failed: {}", self.node_id, e);
+                        self.telemetry.db_error(DbOp::Rejoin, e.kind());
+                        *self.last_error.lock() = Some(e.to_string());
                         self.session.write().rejoin_failed(Instant::now());
                     }
-                }
+                },
                 HeartbeatStep::Renew { ack, ticket } => {
+                    let op = self.op(Kind::Renew);
                     let renewed = self.held(&mut conn, false).and_then(|c| {
                         let sent_at = Instant::now();
                         let reply = self.store.renew(c, ticket.incarnation(), ack)?;
-                        log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, sent_at.elapsed());
+                        let took = sent_at.elapsed();
+                        log::debug!(target: "leasering", "node {}: renewal took {:?}", self.node_id, took);
+                        self.telemetry.renewal_took(took);
                         Ok((reply, sent_at))
                     });
                     match renewed {
                         Ok((reply, sent_at)) => {
-                            self.update(|s, now| s.renewed(ticket, reply, sent_at, now));
+                            *self.last_error.lock() = None;
+                            let out = self.update(|s, now| s.renewed(ticket, reply, sent_at, now));
+                            let outcome = match (out.rejoin, out.renewal) {
+                                (true, _) => "evicted",
+                                (_, Some(false)) => "refused",
+                                _ => "ok",
+                            };
+                            self.finish(op, outcome);
                         }
                         Err(e) => {
-                            log::warn!(target: "leasering", "node {}: lease renewal failed: {}", self.node_id, e);
+                            log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                                node = self.node_id.as_str(), op = "renew", error = e.to_string().as_str();
+                                "node {}: lease renewal failed: {}", self.node_id, e);
+                            self.telemetry.db_error(DbOp::Renew, e.kind());
+                            *self.last_error.lock() = Some(e.to_string());
                             conn = None;
                             self.update(|s, now| s.renewal_failed(now));
+                            self.finish(op, "failed");
                         }
                     }
                 }
@@ -133,13 +161,15 @@ impl Inner {
     }
 
     /// Joins the ring again after an eviction (from either thread; the
-    /// second finds nothing to do). Serialised against `stop()`.
-    fn rejoin(&self) -> Result<()> {
+    /// second finds nothing to do). Serialised against `stop()`. Whether it
+    /// rejoined.
+    fn rejoin(&self) -> Result<bool> {
         let _m = self.membership.lock();
         let stopped = self.stopped.load(std::sync::atomic::Ordering::SeqCst);
         if stopped || self.session.read().status() != Status::Joining {
-            return Ok(());
+            return Ok(false);
         }
+        let op = self.op(Kind::Join);
         let mut conn = self
             .pool
             .get(self.cfg.effective_statement_timeout())
@@ -154,8 +184,14 @@ impl Inner {
         } else {
             self.store.join(&mut conn)?
         };
+        let positions = joined.positions.len();
         self.update(|s, now| s.joined(joined, sent_at, now));
-        Ok(())
+        op.finish(
+            self.session.read().ownership().view_epoch(),
+            positions,
+            "rejoined",
+        );
+        Ok(true)
     }
 
     /// A connection for a thread to keep. The watcher (`listen`) takes the
@@ -236,8 +272,14 @@ impl Inner {
                 self.collect_drains();
                 let step = {
                     let mut s = self.session.write();
+                    // Views that notifications carried are adopted here.
+                    let op = (s.ring_epoch() > s.ownership().view_epoch())
+                        .then(|| self.op_at(Kind::View, s.ownership().view_epoch()));
                     let (step, out) = s.watcher_next(Instant::now());
                     self.publish(&s, out);
+                    if let Some(op) = op {
+                        op.finish(s.ownership().view_epoch(), assigned(&s), "notified");
+                    }
                     step
                 };
                 self.watch(c, step, shutdown)
@@ -248,6 +290,7 @@ impl Inner {
                 Ok(false) => conn = None,
                 Err(e) => {
                     log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                    self.telemetry.db_error(DbOp::Watch, e.kind());
                     self.session.write().watcher_failed();
                     conn = None;
                     if let Err(RecvTimeoutError::Disconnected) =
@@ -268,17 +311,24 @@ impl Inner {
     fn watch(&self, c: &mut HeldConn, step: WatcherStep, shutdown: &Receiver<()>) -> Result<bool> {
         match step {
             WatcherStep::CatchUp { from, ticket } => {
+                let op = self.op_at(Kind::View, from);
                 let read = self.store.catch_up(c, from)?;
                 self.update(|s, now| s.caught_up(ticket, read, now));
+                let s = self.session.read();
+                op.finish(s.ownership().view_epoch(), assigned(&s), "caught up");
             }
             WatcherStep::Take { partitions, ticket } => {
+                let op = self.op(Kind::Take);
                 let t = Instant::now();
                 let took = self.store.take(c, ticket.incarnation(), &partitions)?;
+                let got = took.got.len();
                 log::debug!(target: "leasering", "node {}: took {} of {} claims in {:?} ({} held by others)",
-                    self.node_id, took.got.len(), partitions.len(), t.elapsed(), took.held_by.len());
+                    self.node_id, got, partitions.len(), t.elapsed(), took.held_by.len());
                 self.update(|s, now| s.took(ticket, took, now));
+                self.finish_with(op, partitions.len(), format_args!("took {got}"));
             }
             WatcherStep::Release { claims, ticket } => {
+                let op = self.op(Kind::Release);
                 let t = Instant::now();
                 let freed = self
                     .store
@@ -286,6 +336,7 @@ impl Inner {
                 log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims in {:?}",
                     self.node_id, claims.len(), t.elapsed());
                 self.update(|s, now| s.released(ticket, now));
+                self.finish_with(op, claims.len(), format_args!("freed {freed}"));
             }
             WatcherStep::Wait(timeout) => {
                 let timeout = if self.session.read().draining_count() > 0 {
@@ -295,6 +346,7 @@ impl Inner {
                 };
                 if let Err(e) = self.wait_for_change(c, timeout, shutdown) {
                     log::warn!(target: "leasering", "node {}: watcher lost its connection: {e}", self.node_id);
+                    self.telemetry.db_error(DbOp::Watch, e.kind());
                     self.session.write().watcher_failed();
                     return Ok(false);
                 }
@@ -363,6 +415,7 @@ impl Inner {
                     }
                 }
                 CleanupStep::Run { node } => {
+                    let op = self.op(Kind::Cleanup);
                     let result = self
                         .pool
                         .get(self.cfg.effective_statement_timeout())
@@ -370,10 +423,15 @@ impl Inner {
                         .and_then(|mut conn| self.store.cleanup(&mut conn));
                     match result {
                         Ok(cleaned) => {
+                            let removed = cleaned.removed.len();
                             self.update(|s, now| s.cleaned(cleaned, now));
+                            self.finish_with(op, removed, "cleaned");
                         }
                         Err(e) => {
-                            log::warn!(target: "leasering", "node {}: cleanup of {node:?} failed: {}", self.node_id, e);
+                            log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                                node = self.node_id.as_str(), op = "cleanup", error = e.to_string().as_str();
+                                "node {}: cleanup of {node:?} failed: {}", self.node_id, e);
+                            self.telemetry.db_error(DbOp::Cleanup, e.kind());
                             self.session.write().cleanup_failed(node, Instant::now());
                         }
                     }
@@ -408,6 +466,33 @@ impl Inner {
         }
     }
 
+    // ---- spans --------------------------------------------------------------
+
+    /// Starts an operation's span at the view's epoch.
+    pub(crate) fn op(&self, kind: Kind) -> Op {
+        self.op_at(kind, self.session.read().ownership().view_epoch())
+    }
+
+    fn op_at(&self, kind: Kind, epoch: u64) -> Op {
+        Op::start(kind, &self.cfg.ring_id, &self.node_id, epoch)
+    }
+
+    /// Ends `op` with the view's epoch and active partitions.
+    fn finish(&self, op: Op, outcome: &str) {
+        let s = self.session.read();
+        let own = s.ownership();
+        op.finish(own.view_epoch(), own.active_count() as usize, outcome);
+    }
+
+    /// Ends `op` with the view's epoch and `partitions`.
+    pub(crate) fn finish_with(&self, op: Op, partitions: usize, outcome: impl std::fmt::Display) {
+        op.finish(
+            self.session.read().ownership().view_epoch(),
+            partitions,
+            outcome,
+        );
+    }
+
     // ---- the test hook --------------------------------------------------------
 
     /// Sleeps while the test hook says this member is paused; false if the
@@ -435,4 +520,10 @@ impl Inner {
     fn honor_freeze(&self, _shutdown: &Receiver<()>) -> bool {
         true
     }
+}
+
+/// Partitions assigned to the member (active or pending).
+fn assigned(s: &crate::protocol::Session) -> usize {
+    let own = s.ownership();
+    own.active_count() as usize + own.pending_count() as usize
 }

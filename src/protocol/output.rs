@@ -39,6 +39,9 @@ pub enum Effect {
         /// How long partitions had been waiting (pending) when these went
         /// active: the handoff time, for logs and metrics.
         waited: Option<Duration>,
+        /// What made them pending: the membership change behind the
+        /// handoff (for the handoff histogram's `cause` label).
+        cause: HandoffCause,
     },
     /// The member adopted a newer view.
     ViewChanged {
@@ -77,6 +80,30 @@ pub enum Effect {
     },
 }
 
+/// The membership change that made partitions pending, as far as the
+/// member can tell: the label of the handoff-latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandoffCause {
+    /// A member joined (this one, or a rejoin after an eviction; or a
+    /// change the member could not attribute).
+    Join,
+    /// A member left gracefully (removed while its lease still ran).
+    Leave,
+    /// A member crashed: removed once its lease had ended.
+    Crash,
+}
+
+impl HandoffCause {
+    /// The label value: `join`, `leave` or `crash`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffCause::Join => "join",
+            HandoffCause::Leave => "leave",
+            HandoffCause::Crash => "crash",
+        }
+    }
+}
+
 /// A drain in progress: the claims of released partitions are given back
 /// only when every copy of its guard is dropped, or at `deadline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +131,9 @@ pub struct Output {
     /// A renewal's outcome, for counters: `Some(true)` renewed,
     /// `Some(false)` failed or refused.
     pub renewal: Option<bool>,
+    /// Claims the database said this member holds but it does not use,
+    /// now marked to be given back (reconciliation after a lost answer).
+    pub reconciled: u32,
 }
 
 impl Output {
@@ -120,6 +150,7 @@ impl Output {
         self.wake_cleanup |= other.wake_cleanup;
         self.rejoin |= other.rejoin;
         self.renewal = other.renewal.or(self.renewal);
+        self.reconciled += other.reconciled;
     }
 }
 

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::event::ReleaseReason;
 use crate::placement::fnv1a64;
 use crate::protocol::input::{CatchUp, Joined, Notice, Renewal};
-use crate::protocol::output::{Effect, Output, WatcherStep};
+use crate::protocol::output::{Effect, HandoffCause, Output, WatcherStep};
 use crate::protocol::ownership::{Action, Ownership, Status};
 use crate::ring::{Change, RingView};
 
@@ -192,6 +192,25 @@ pub struct Session {
     cleanup_fallback: Duration,
     /// Since when partitions have been pending (handoff time).
     pending_since: Option<Instant>,
+    /// What made them pending (set with `pending_since`).
+    pending_cause: HandoffCause,
+    /// The cause of the view being adopted (see [`Session::note_pending`]).
+    adopting_cause: HandoffCause,
+    /// The lease ends of other members as the renewals and cleanups
+    /// reported them: a member removed at or after its lease end crashed,
+    /// one removed before it left. Bounded by the ring's membership.
+    expiries: BTreeMap<String, Instant>,
+    /// Members this member's own cleanup removed, until their removal is
+    /// adopted.
+    crashed: std::collections::BTreeSet<String>,
+    /// The newest ring epoch heard of (renewals, notifications, catch-ups).
+    ring_epoch: u64,
+    /// The last successful renewal's answer.
+    last_renewed: Option<Instant>,
+    /// Since when renewals have been failing (none since the last success).
+    failing_since: Option<Instant>,
+    /// The last renewal was refused by the lag bound.
+    refused: bool,
     renewals: u64,
     renewal_failures: u64,
 }
@@ -222,6 +241,14 @@ impl Session {
             cleanup_running: None,
             cleanup_fallback,
             pending_since: None,
+            pending_cause: HandoffCause::Join,
+            adopting_cause: HandoffCause::Join,
+            expiries: BTreeMap::new(),
+            crashed: Default::default(),
+            ring_epoch: 0,
+            last_renewed: None,
+            failing_since: None,
+            refused: false,
             renewals: 0,
             renewal_failures: 0,
             cfg,
@@ -260,6 +287,33 @@ impl Session {
         self.renewal_failures
     }
 
+    /// The newest ring epoch heard of (at least the view's).
+    pub fn ring_epoch(&self) -> u64 {
+        self.ring_epoch.max(self.own.view_epoch())
+    }
+
+    /// When the last renewal succeeded (its answer arrived).
+    pub fn last_renewed(&self) -> Option<Instant> {
+        self.last_renewed
+    }
+
+    /// Since when renewals have been failing or refused, if the last one
+    /// did not succeed.
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.failing_since
+    }
+
+    /// Whether the last renewal was refused by the lag bound.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Notes a renewal that did not succeed at `now`.
+    fn renewal_not_made(&mut self, now: Instant) {
+        self.renewal_failures += 1;
+        self.failing_since.get_or_insert(now);
+    }
+
     /// The current membership's ticket.
     pub fn ticket(&self) -> Ticket {
         Ticket {
@@ -276,6 +330,11 @@ impl Session {
             by.entry(who.as_str()).or_default().push(*p);
         }
         by.into_iter().map(|(w, ps)| (w.to_string(), ps)).collect()
+    }
+
+    /// How many pending partitions wait for a claim another member holds.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting_for.len()
     }
 
     /// Claims held but not in use (draining or being given back).
@@ -344,6 +403,7 @@ impl Session {
                         epoch,
                         at: now,
                         waited: self.pending_since.map(|t| now.saturating_duration_since(t)),
+                        cause: self.pending_cause,
                     });
                 }
             }
@@ -354,10 +414,37 @@ impl Session {
         }
     }
 
+    /// Partitions pending since `at` (if not pending already) because of
+    /// the change being adopted (`adopting_cause`).
     fn note_pending(&mut self, at: Instant) {
-        if self.own.has_pending() {
-            self.pending_since.get_or_insert(at);
+        if self.own.has_pending() && self.pending_since.is_none() {
+            self.pending_since = Some(at);
+            self.pending_cause = self.adopting_cause;
         }
+    }
+
+    /// What the step from `old` to `new` was: a removal at or after the
+    /// removed member's lease end (as reported, within a third of a TTL)
+    /// or by this member's own cleanup is a crash, another removal a leave,
+    /// anything else a join.
+    fn cause_of(&mut self, old: &RingView, new: &RingView, now: Instant) -> HandoffCause {
+        let soon = now + self.cfg.lease_ttl / 3;
+        let mut cause = HandoffCause::Join;
+        for m in old.members() {
+            let id = m.node_id();
+            if new.member(id).is_some() {
+                continue;
+            }
+            let expired =
+                self.crashed.remove(id) || self.expiries.get(id).is_some_and(|t| *t <= soon);
+            self.expiries.remove(id);
+            if expired {
+                cause = HandoffCause::Crash;
+            } else if cause == HandoffCause::Join {
+                cause = HandoffCause::Leave;
+            }
+        }
+        cause
     }
 
     fn stale(&self, ticket: Ticket) -> bool {
@@ -376,6 +463,8 @@ impl Session {
         }
         let released_at = self.stamp(now);
         let epoch = joined.view.epoch();
+        self.ring_epoch = self.ring_epoch.max(epoch);
+        self.adopting_cause = HandoffCause::Join;
         let actions = self.own.joined(joined.view, sent_at);
         self.push(&mut out, actions, released_at, now);
         self.generation += 1;
@@ -417,6 +506,7 @@ impl Session {
         match notice {
             Notice::Change { epoch, change } => {
                 self.hint = self.hint.max(epoch);
+                self.ring_epoch = self.ring_epoch.max(epoch);
                 if let Some(change) = change {
                     if self.deltas.len() < MAX_DELTAS && epoch > self.own.view_epoch() {
                         self.deltas.insert(epoch, change);
@@ -548,6 +638,11 @@ impl Session {
     /// view's releases.
     fn adopt(&mut self, view: RingView, now: Instant, out: &mut Output) {
         let members = view.members().len();
+        self.ring_epoch = self.ring_epoch.max(view.epoch());
+        self.adopting_cause = match self.own.view().cloned() {
+            Some(old) => self.cause_of(&old, &view, now),
+            None => HandoffCause::Join,
+        };
         let released_at = self.stamp(now);
         self.lapse(now, out);
         let actions = self.own.adopt(view);
@@ -640,7 +735,8 @@ impl Session {
                 return out;
             }
             Some(false) => {
-                self.renewal_failures += 1;
+                self.renewal_not_made(now);
+                self.refused = true;
                 out.renewal = Some(false);
                 out.effects.push(Effect::RenewalRefused {
                     ring_epoch: reply.epoch,
@@ -648,6 +744,9 @@ impl Session {
             }
             Some(true) => {
                 self.renewals += 1;
+                self.last_renewed = Some(now);
+                self.failing_since = None;
+                self.refused = false;
                 out.renewal = Some(true);
                 let lapsed = !self.own.lease_runs(now);
                 // A late answer fences first (inside `renewed`): the lease
@@ -658,11 +757,14 @@ impl Session {
                 }
                 self.push(&mut out, actions, released_at, now);
                 out.wake_fence = true;
-                if self.reconcile(&reply.held) {
+                let reconciled = self.reconcile(&reply.held);
+                if reconciled > 0 {
+                    out.reconciled = reconciled;
                     out.wake_watcher = true;
                 }
             }
         }
+        self.ring_epoch = self.ring_epoch.max(reply.epoch);
         if reply.epoch > self.own.view_epoch() {
             self.hint = self.hint.max(reply.epoch);
             out.wake_watcher = true;
@@ -694,6 +796,8 @@ impl Session {
         }
         if reply.renewed == Some(true) {
             self.renewals += 1;
+            self.last_renewed = Some(now);
+            self.failing_since = None;
             out.renewal = Some(true);
             self.own.renewed(sent_at, now);
         }

@@ -43,7 +43,8 @@
 //!   lease extended.
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::Statement;
+use postgres::types::Type;
+use postgres::{GenericClient, Statement};
 
 use std::sync::Arc;
 
@@ -404,11 +405,26 @@ impl Store {
             .client
             .query(&st, &[&self.ring_id])
             .map_err(|e| Error::db("read the ring", e))?;
+        self.view_of_rows(&rows)
+    }
+
+    /// [`read_ring`](Store::read_ring) on any client, without keeping a
+    /// prepared statement: for one-off reads ([`crate::read_ring`]).
+    pub(crate) fn read_ring_once(&self, client: &mut impl GenericClient) -> Result<RingView> {
+        let (sql, _) = self.held_sql(Held::Full);
+        let rows = client
+            .query_typed(&sql, &[(&self.ring_id, Type::TEXT)])
+            .map_err(|e| Error::db("read the ring", e))?;
+        self.view_of_rows(&rows)
+    }
+
+    /// The view from the rows of [`Held::Full`].
+    fn view_of_rows(&self, rows: &[postgres::Row]) -> Result<RingView> {
         let mut epoch = 0;
         let mut placement = StoredPlacement::Hashed;
         let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len());
         let mut metadata: fnv::FnvHashMap<String, Arc<str>> = Default::default();
-        for r in &rows {
+        for r in rows {
             let name: Option<String> = r.get(2);
             if let Some(e) = r.get::<_, Option<i64>>(0) {
                 epoch = e as u64;

@@ -30,6 +30,32 @@ pub enum Command {
     Demo(DemoArgs),
     /// One member in this process against a shared database: run one per terminal
     Node(NodeArgs),
+    /// Reads a ring straight from its database and prints its members, the
+    /// partitions waiting for a claim and the ring's epoch (read-only)
+    #[command(
+        after_help = "Exit codes: 0 the ring was read; 1 another error; 2 bad flags; \
+                            3 ring not found (or no leasering schema); 4 database unreachable."
+    )]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The ring's PostgreSQL (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the ring
+    #[arg(long, default_value = "ringnode", value_name = "ID")]
+    pub ring_id: String,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
+    /// JSON for scripts: {ring_id, schema, epoch, ring_size, changed_ago_seconds,
+    /// members: [{node_id, lease_left_seconds, expired, acked_epoch, epoch_lag,
+    /// vnodes, partitions_claimed, metadata}], waiting: [{partition, assigned_to,
+    /// held_by, waiter_marked}]}
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +115,14 @@ pub struct DemoArgs {
     /// next owner starts only then (drain timeout: twice this) [default: off]
     #[arg(long, value_name = "DURATION", value_parser = parse_drain)]
     pub drain: Option<Duration>,
+    /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
+    /// process runs) and /readyz on this address, e.g. 127.0.0.1:9464.
+    /// /readyz answers 200 while at least one member is live and every live
+    /// member (not starting, paused, leaving or crashed) is in the ring with
+    /// a valid lease and not fenced; else 503 with a one-line reason naming
+    /// the first member that is not
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for DemoArgs {
@@ -109,6 +143,7 @@ impl Default for DemoArgs {
             schema: "leasering".into(),
             seed: None,
             drain: None,
+            http: None,
         }
     }
 }
@@ -152,6 +187,12 @@ pub struct NodeArgs {
     /// (also when stdout is not a terminal)
     #[arg(long)]
     pub plain: bool,
+    /// Serve GET /metrics (Prometheus text format), /healthz (200 while the
+    /// process runs) and /readyz on this address, e.g. 127.0.0.1:9464.
+    /// /readyz answers 200 while the member is in the ring with a valid lease
+    /// and not fenced, else 503 with a one-line reason
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Parses `1.5s`, `500ms`, `2m`, `1h`, `750us`, or a bare number of seconds.

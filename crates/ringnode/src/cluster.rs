@@ -562,6 +562,35 @@ impl Cluster {
         c
     }
 
+    /// The demo's readiness (`/readyz`): ready while at least one member
+    /// is live and every live member (not starting, paused, leaving or
+    /// crashed: those are the demo's own doing) is healthy; otherwise the
+    /// reason names the first that is not.
+    pub fn readiness(&self) -> Result<String, String> {
+        let live: Vec<(String, RingNode)> = self
+            .members
+            .lock()
+            .iter()
+            .filter(|m| m.phase == Phase::Live)
+            .filter_map(|m| m.node.clone().map(|n| (m.name.clone(), n)))
+            .collect();
+        if live.is_empty() {
+            return Err("no live member".into());
+        }
+        let mut active = 0;
+        for (name, node) in &live {
+            let st = node.status();
+            if let leasering::Health::Unhealthy(why) = st.health() {
+                return Err(format!("{name}: {why}"));
+            }
+            active += st.active;
+        }
+        Ok(format!(
+            "ready: {} live members, {active} active partitions",
+            live.len()
+        ))
+    }
+
     /// Nodes that may hold partitions, for the sampler.
     pub fn nodes(&self) -> Vec<(String, RingNode)> {
         self.members

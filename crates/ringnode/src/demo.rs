@@ -498,6 +498,21 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
         }
         out.line(&header);
     }
+    if let Some(addr) = args.http {
+        // Before the first member starts: nothing it emits is lost.
+        let metrics = crate::http::install_recorder()?;
+        let c = cluster.clone();
+        crate::http::serve(
+            &addr.to_string(),
+            metrics,
+            std::sync::Arc::new(move || c.readiness()),
+        )?;
+        if plain {
+            out.line(&format!(
+                "demo: serving /metrics, /healthz and /readyz on http://{addr}"
+            ));
+        }
+    }
 
     // The first members, in parallel; a failure here ends the demo with
     // one line (bad ring size for an existing ring, privileges, ...).

@@ -7,17 +7,23 @@
 //! * `ringnode node` — one member in this process against a shared database,
 //!   one per terminal, with a live view of the ring from its eyes.
 //!
+//! * `ringnode status` — a ring read straight from its database: members,
+//!   partitions waiting for a claim, epoch (`--json` for scripts).
+//!
 //! Errors are one line on stderr and a non-zero exit (2 for bad flags, 1
-//! for everything else), never a panic.
+//! for everything else; `status` adds 3 for a ring not found and 4 for a
+//! database unreachable), never a panic.
 
 mod band;
 mod checker;
 mod cli;
 mod cluster;
 mod demo;
+mod http;
 mod journal;
 mod node_cmd;
 mod signals;
+mod status_cmd;
 mod ui;
 mod util;
 mod work;
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Node(args)) => node_cmd::run(args),
+        Some(Command::Status(args)) => status_cmd::run(args),
         None => demo::run(DemoArgs::default()),
     };
     match result {

@@ -175,8 +175,28 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
         })));
     }
 
+    let metrics = match args.http {
+        // Before the member starts: nothing it emits is lost.
+        Some(_) => Some(crate::http::install_recorder()?),
+        None => None,
+    };
     let start = Instant::now();
     let (node, events) = start_member(pg, &cfg)?;
+    if let (Some(addr), Some(metrics)) = (args.http, metrics) {
+        let served = crate::http::serve(
+            &addr.to_string(),
+            metrics,
+            crate::http::member_ready(node.clone()),
+        );
+        if let Err(e) = served {
+            let _ = node.stop();
+            return Err(e);
+        }
+        if plain {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "serving /metrics, /healthz and /readyz on http://{addr}");
+        }
+    }
     let me = node.node_id().to_string();
     let mut app = App {
         story: Story {

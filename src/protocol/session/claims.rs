@@ -189,8 +189,8 @@ impl Session {
     /// says this incarnation holds; any it neither uses nor already drains
     /// or gives back — and no take's answer is on its way for — is given
     /// back by token. Returns whether there is something to give back.
-    pub(super) fn reconcile(&mut self, held_in_db: &[(u32, u64)]) -> bool {
-        let mut any = false;
+    pub(super) fn reconcile(&mut self, held_in_db: &[(u32, u64)]) -> u32 {
+        let mut any = 0;
         for &(p, token) in held_in_db {
             let in_flight = self
                 .taking
@@ -200,7 +200,7 @@ impl Session {
                 continue;
             }
             self.held.insert((p, token), Held::Release);
-            any = true;
+            any += 1;
         }
         any
     }

@@ -26,6 +26,9 @@ impl Session {
                 self.cleanup_fallback
             };
         self.cleanup = Some((node.to_string(), expires + delay));
+        if self.expiries.len() < 4096 || self.expiries.contains_key(node) {
+            self.expiries.insert(node.to_string(), expires);
+        }
     }
 
     /// The cleanup thread's next step. A member already gone from the view
@@ -55,6 +58,7 @@ impl Session {
         let mut out = Output::default();
         let planned = self.cleanup_running.take().unwrap_or(now);
         if !cleaned.removed.is_empty() {
+            self.crashed.extend(cleaned.removed.iter().cloned());
             out.effects.push(Effect::MembersRemoved {
                 removed: cleaned.removed,
                 epoch: cleaned.epoch,

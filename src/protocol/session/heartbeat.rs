@@ -42,7 +42,8 @@ impl Session {
 
     /// A renewal could not be made (no connection, a failed statement).
     pub fn renewal_failed(&mut self, now: Instant) -> Output {
-        self.renewal_failures += 1;
+        self.renewal_not_made(now);
+        self.refused = false;
         self.next_renewal = now + self.cfg.retry();
         Output {
             renewal: Some(false),

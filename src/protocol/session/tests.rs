@@ -663,3 +663,51 @@ proptest! {
         prop_assert_eq!(uncovered, 0, "seed {} drain {:?}: uncovered after the quiet stretch: {}", seed, drain, sim.describe());
     }
 }
+
+/// The causes of the acquisitions in `out`.
+fn causes(out: &Output) -> Vec<HandoffCause> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Acquired { cause, .. } => Some(*cause),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `a` and `b` share the ring, `a` has its own share active and has been
+/// told `b`'s lease ends in `b_expires_in_ms`; then `b` is removed.
+fn removal_of_b(b_expires_in_ms: f64) -> Output {
+    let t0 = Instant::now();
+    let mut a = Session::new(cfg("a", None), t0);
+    a.joined(joined(view(2, &[(3, "b"), (7, "a")]), 1), t0, t0);
+    let mine: Vec<u32> = a.view().unwrap().partitions_of("a");
+    let (_, out) = sync_and_take(&mut a, t0, took(claims(mine.clone(), 2), vec![]));
+    assert_eq!(causes(&out), vec![HandoffCause::Join], "a's own join");
+    let t = a.ticket();
+    let mut r = renewal(2, Some(true), claims(mine, 2));
+    r.next_expiry = Some(("b".into(), b_expires_in_ms));
+    a.renewed(t, r, t0, t0);
+    a.notified(Notice::Change {
+        epoch: 3,
+        change: Some(Change {
+            epoch: 3,
+            removed: vec!["b".into()],
+            added: None,
+            added_metadata: None,
+        }),
+    });
+    let (step, _) = a.watcher_next(t0);
+    let WatcherStep::Take { partitions, ticket } = step else {
+        panic!("b's share is pending on a: {step:?}");
+    };
+    a.took(ticket, took(claims(partitions, 3), vec![]), t0)
+}
+
+#[test]
+fn a_handoff_is_labelled_by_the_change_behind_it() {
+    // Removed while its lease still ran for seconds: it left.
+    assert_eq!(causes(&removal_of_b(8000.0)), vec![HandoffCause::Leave]);
+    // Removed at the end of its lease: it crashed.
+    assert_eq!(causes(&removal_of_b(0.0)), vec![HandoffCause::Crash]);
+}
