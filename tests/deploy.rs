@@ -468,3 +468,107 @@ fn a_pool_the_application_exhausts_for_longer_than_the_ttl() {
         n.stop().expect("a graceful stop");
     }
 }
+
+// ---- TLS ------------------------------------------------------------------
+
+/// A cluster with `ssl = on` and a self-signed certificate made here; the
+/// members connect as a DML-only role that `pg_hba.conf` admits over TLS
+/// only, through `postgres-openssl` with the certificate as their CA (so
+/// the server's certificate and host name are checked).
+#[test]
+fn over_tls_as_a_role_with_dml_rights_only() {
+    use leasering_testkit::tls::{TlsFiles, TLS_ROLE};
+    use leasering_testkit::{TestPostgres, TestPostgresOptions};
+    use openssl::ssl::{SslConnector, SslMethod};
+    use postgres_openssl::MakeTlsConnector;
+    use r2d2_postgres::postgres::config::SslMode;
+    use r2d2_postgres::postgres::NoTls;
+    use r2d2_postgres::PostgresConnectionManager;
+
+    init_logs();
+    let tls = TlsFiles::self_signed().unwrap_or_else(|e| panic!("{e}"));
+    let db = TestPostgres::start_with(TestPostgresOptions {
+        extra_settings: tls.server_settings(),
+        ..TestPostgresOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("a cluster with ssl=on: {e}"));
+    // The administrator creates the schema and grants DML on it.
+    let schema = "ring_tls";
+    let mut admin = db.client().unwrap();
+    admin
+        .batch_execute(&format!("CREATE ROLE {TLS_ROLE} LOGIN"))
+        .unwrap();
+    leasering::migrate(&mut admin, schema).unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {schema} TO {TLS_ROLE};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {TLS_ROLE};"
+        ))
+        .unwrap();
+
+    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
+    connector.set_ca_file(tls.cert()).unwrap();
+    let connector = MakeTlsConnector::new(connector.build());
+    let mut config = db.config();
+    config.user(TLS_ROLE).ssl_mode(SslMode::Require);
+    // Without TLS the role is refused.
+    let mut plain = config.clone();
+    plain.ssl_mode(SslMode::Disable);
+    let Err(refused) = plain.connect(NoTls) else {
+        panic!("the TLS-only role connected without TLS");
+    };
+    assert!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("pg_hba.conf")),
+        "refused by pg_hba.conf: {refused:?}"
+    );
+
+    let ring = ring_name("tls");
+    let recorder = Recorder::default();
+    let start = |name: &str| {
+        let mut c = config.clone();
+        c.application_name(name);
+        let pool = r2d2::Pool::builder()
+            .max_size(4)
+            .min_idle(Some(0))
+            .build_unchecked(PostgresConnectionManager::new(c, connector.clone()));
+        recorder.start(
+            RingNode::builder(pool, ring.clone())
+                .node_id(name)
+                .schema(schema)
+                .create_schema(false)
+                .ring_size(RING_SIZE)
+                .lease_ttl(TTL)
+                .start_timeout(Duration::from_secs(20)),
+        )
+    };
+    let mut nodes: Vec<RingNode> = ["t0", "t1", "t2"].iter().map(|n| start(n)).collect();
+    wait_until(SETTLE, "three members over TLS to settle", || {
+        settled(&nodes) && covered_exactly_once(&nodes, RING_SIZE)
+    });
+    nodes.push(start("t3"));
+    let leaving = nodes.remove(0);
+    leaving.stop().expect("a graceful leave over TLS");
+    wait_until(SETTLE, "a join and a leave over TLS to settle", || {
+        settled(&nodes) && covered_exactly_once(&nodes, RING_SIZE)
+    });
+    // Every connection of the role is encrypted.
+    let row = admin
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+            &[&TLS_ROLE],
+        )
+        .unwrap();
+    let (encrypted, clear): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        encrypted >= 6,
+        "the members' connections are TLS ({encrypted})"
+    );
+    assert_eq!(clear, 0, "no connection of the role in the clear");
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in nodes {
+        n.stop().expect("a graceful stop");
+    }
+}

@@ -51,6 +51,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod rng;
 pub mod sampler;
+pub mod tls;
 pub mod worker;
 
 pub use self::member_process::{MemberArgs, MemberProcess};
