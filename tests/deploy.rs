@@ -572,3 +572,130 @@ fn over_tls_as_a_role_with_dml_rights_only() {
         n.stop().expect("a graceful stop");
     }
 }
+
+// ---- PostgreSQL failover --------------------------------------------------
+
+/// A primary with a streaming standby made by `pg_basebackup`, both with
+/// `synchronous_commit = on`, and the members' proxy pointing at the
+/// primary.
+struct Pair {
+    primary: leasering_testkit::TestPostgres,
+    standby: leasering_testkit::TestPostgres,
+    proxy: leasering_testkit::TcpProxy,
+}
+
+fn primary_and_standby(synchronous: bool) -> Pair {
+    use leasering_testkit::{TcpProxy, TestPostgres, TestPostgresOptions};
+    let options = TestPostgresOptions {
+        extra_settings: vec![
+            ("synchronous_commit".into(), "on".into()),
+            ("full_page_writes".into(), "on".into()),
+            ("wal_level".into(), "replica".into()),
+        ],
+        ..TestPostgresOptions::default()
+    };
+    let primary = TestPostgres::start_with(options.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let standby = primary
+        .start_standby(options)
+        .unwrap_or_else(|e| panic!("a standby: {e}"));
+    let mut c = primary.client().unwrap();
+    if synchronous {
+        c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            .unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    let want = if synchronous { "sync" } else { "async" };
+    wait_until(SETTLE, "the standby to stream from the primary", || {
+        c.query_opt(
+            "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = $1",
+            &[&want],
+        )
+        .unwrap()
+        .is_some()
+    });
+    let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into())
+        .unwrap_or_else(|e| panic!("proxy: {e}"));
+    Pair {
+        primary,
+        standby,
+        proxy,
+    }
+}
+
+/// The failover itself: the primary dies (`SIGQUIT`, as in a crash), the
+/// standby is promoted and the proxy (a virtual IP, a DNS name) points at
+/// it from now on.
+fn fail_over(pair: &Pair) {
+    pair.primary.stop_immediate().unwrap();
+    pair.standby.promote().unwrap_or_else(|e| panic!("{e}"));
+    pair.proxy
+        .set_target(([127, 0, 0, 1], pair.standby.port()).into());
+    pair.proxy.cut();
+}
+
+#[test]
+fn failover_to_a_synchronous_standby_carries_on() {
+    use leasering_testkit::oracle::Coverage;
+    init_logs();
+    let pair = primary_and_standby(true);
+    let ring = ring_name("failover");
+    let ttl = Duration::from_secs(3);
+    let recorder = Recorder::default();
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let sampler = start_sampler(nodes.clone());
+    let start = |name: &str| {
+        let pool = pair
+            .primary
+            .pool_via(pair.proxy.port(), 4)
+            .unwrap_or_else(|e| panic!("{e}"));
+        recorder.start(
+            common::builder(pool, &ring, name)
+                .ring_size(RING_SIZE)
+                .lease_ttl(ttl),
+        )
+    };
+    for name in ["f0", "f1", "f2", "f3"] {
+        let n = start(name);
+        nodes.lock().unwrap().push(n);
+    }
+    wait_until(SETTLE, "four members to settle", || {
+        settled_and_covered(&nodes)
+    });
+    // Some history first: a join and a leave.
+    let n = start("f4");
+    nodes.lock().unwrap().push(n);
+    let leaving = nodes.lock().unwrap().remove(0);
+    leaving.stop().unwrap();
+    wait_until(SETTLE, "a join and a leave to settle", || {
+        settled_and_covered(&nodes)
+    });
+
+    let failed_at = Instant::now();
+    fail_over(&pair);
+    wait_until(SETTLE, "the ring to settle on the promoted standby", || {
+        settled_and_covered(&nodes)
+    });
+    let back_in = failed_at.elapsed();
+    // It carries on: a join and a leave on the new primary.
+    let n = start("f5");
+    nodes.lock().unwrap().push(n);
+    let leaving = nodes.lock().unwrap().remove(0);
+    leaving.stop().unwrap();
+    wait_until(SETTLE, "a join and a leave on the new primary", || {
+        settled_and_covered(&nodes)
+    });
+
+    sampler.finish().assert_no_overlap();
+    recorder.assert_no_overlap_and_tokens_increase();
+    let coverage = Coverage::new(&recorder.intervals(), RING_SIZE);
+    let (gap, p) = coverage.worst_gap(oracle::ns(failed_at), oracle::now());
+    let gap = Duration::from_nanos(gap as u64);
+    eprintln!("deploy: failover settled in {back_in:?}; longest uncovered stretch {gap:?} (partition {p})");
+    assert!(
+        gap <= ttl + Duration::from_secs(1),
+        "every partition is covered again within TTL + 1 s of the failover: partition {p} was uncovered for {gap:?}"
+    );
+    for n in nodes.lock().unwrap().drain(..) {
+        n.stop().expect("a graceful stop");
+    }
+}

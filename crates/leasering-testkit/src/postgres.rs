@@ -44,6 +44,11 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use crate::{unique_name, TestkitError};
 
+// Streaming standbys of a started cluster: a child module, for `Local`'s
+// fields.
+#[path = "standby.rs"]
+mod standby;
+
 /// Name of the environment variable that points the testkit at an existing
 /// PostgreSQL server instead of starting one (see [`TestPostgres::from_env`]).
 pub const DATABASE_URL_ENV: &str = "LEASERING_TEST_DATABASE_URL";
