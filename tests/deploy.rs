@@ -689,7 +689,7 @@ fn failover_to_a_synchronous_standby_carries_on() {
     recorder.assert_no_overlap_and_tokens_increase();
     let coverage = Coverage::new(&recorder.intervals(), RING_SIZE);
     let (gap, p) = coverage.worst_gap(oracle::ns(failed_at), oracle::now());
-    let gap = Duration::from_nanos(gap as u64);
+    let gap = Duration::from_nanos(gap);
     eprintln!("deploy: failover settled in {back_in:?}; longest uncovered stretch {gap:?} (partition {p})");
     assert!(
         gap <= ttl + Duration::from_secs(1),
