@@ -699,3 +699,123 @@ fn failover_to_a_synchronous_standby_carries_on() {
         n.stop().expect("a graceful stop");
     }
 }
+
+/// A failover that loses the last commits (asynchronous standby, its
+/// stream cut before the members' last handoffs), handled the way the
+/// README says: the members are stopped before they reach the new primary
+/// (here: crashed, as they would be by the failover), the leftover state is
+/// cleared and the ring's epoch raised past every token the old primary can
+/// have issued, and the members start again. Every token after the
+/// failover is above every token before it, and nothing overlaps.
+#[test]
+fn a_failover_that_loses_commits_with_the_documented_recovery() {
+    init_logs();
+    let pair = primary_and_standby(false);
+    let ring = ring_name("lossy");
+    let ttl = Duration::from_secs(3);
+    let recorder = Recorder::default();
+    let start = |name: &str| {
+        let pool = pair
+            .primary
+            .pool_via(pair.proxy.port(), 4)
+            .unwrap_or_else(|e| panic!("{e}"));
+        recorder.start(
+            common::builder(pool, &ring, name)
+                .ring_size(RING_SIZE)
+                .lease_ttl(ttl),
+        )
+    };
+    let mut nodes: Vec<RingNode> = ["l0", "l1", "l2", "l3"].iter().map(|n| start(n)).collect();
+    wait_until(SETTLE, "four members to settle", || {
+        settled(&nodes) && covered_exactly_once(&nodes, RING_SIZE)
+    });
+    // The standby stops receiving: what follows is lost at the failover.
+    let mut s = pair.standby.client().unwrap();
+    s.batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
+        .unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut p = pair.primary.client().unwrap();
+    wait_until(SETTLE, "the standby to stop streaming", || {
+        p.query_opt("SELECT 1 FROM pg_stat_replication", &[])
+            .unwrap()
+            .is_none()
+    });
+    for round in 0..3 {
+        nodes.push(start(&format!("l{}", 4 + round)));
+        nodes.remove(0).stop().unwrap();
+        wait_until(SETTLE, "a join and a leave on the old primary", || {
+            settled(&nodes) && covered_exactly_once(&nodes, RING_SIZE)
+        });
+    }
+    let max_token = |filter: &dyn Fn(Instant) -> bool| {
+        recorder
+            .events()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                leasering::Event::Acquired { token, at, .. } if filter(at) => Some(token),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let before = max_token(&|_| true);
+    let lost_epoch: i64 = p
+        .query_one(
+            "SELECT epoch FROM leasering.rings WHERE ring_id = $1",
+            &[&ring],
+        )
+        .unwrap()
+        .get(0);
+    // The failover stops the members first.
+    for n in nodes.drain(..) {
+        n.crash();
+    }
+    fail_over(&pair);
+    let mut np = pair.standby.client().unwrap();
+    let kept_epoch: i64 = np
+        .query_one(
+            "SELECT epoch FROM leasering.rings WHERE ring_id = $1",
+            &[&ring],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        kept_epoch < lost_epoch,
+        "the promoted standby lost the last changes (epoch {kept_epoch} < {lost_epoch})"
+    );
+    // The recovery, with no member running.
+    np.batch_execute(&format!(
+        "BEGIN;
+         DELETE FROM leasering.members WHERE ring_id = '{ring}';
+         DELETE FROM leasering.vnodes WHERE ring_id = '{ring}';
+         DELETE FROM leasering.join_requests WHERE ring_id = '{ring}';
+         UPDATE leasering.claims SET holder = NULL, waiter = NULL WHERE ring_id = '{ring}';
+         UPDATE leasering.rings SET epoch = epoch + 4294967296 WHERE ring_id = '{ring}';
+         COMMIT;"
+    ))
+    .unwrap();
+    let restarted = Instant::now();
+    let nodes: Vec<RingNode> = ["l0", "l1", "l2", "l3"].iter().map(|n| start(n)).collect();
+    wait_until(
+        SETTLE,
+        "the restarted members to settle on the new primary",
+        || settled(&nodes) && covered_exactly_once(&nodes, RING_SIZE),
+    );
+    let after = recorder
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            leasering::Event::Acquired { token, at, .. } if at > restarted => Some(token),
+            _ => None,
+        })
+        .min()
+        .expect("acquisitions after the restart");
+    assert!(
+        after > before,
+        "every token after the recovery ({after} and up) is above every token before the failover ({before})"
+    );
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in nodes {
+        n.stop().expect("a graceful stop");
+    }
+}
