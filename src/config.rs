@@ -71,6 +71,15 @@ pub struct Config {
     /// Use `LISTEN`/`NOTIFY` for fast handoffs. Default `true`; turn off for
     /// poolers in transaction mode (handoffs then wait for the heartbeat).
     pub notifications: bool,
+    /// The pool's connections go through a pooler in *transaction* mode
+    /// (PgBouncer `pool_mode = transaction`), so that nothing may outlive a
+    /// transaction on a server connection. Default `false`. With it, no
+    /// statement is prepared by name (each is sent unnamed and typed), no
+    /// session setting is made (each of a kept connection's statements runs
+    /// in a transaction of its own with `SET LOCAL` timeouts: three round
+    /// trips instead of one) and nothing is `LISTEN`ed to — so
+    /// `notifications` must be `false`.
+    pub transaction_pooling: bool,
     /// How long `start()` may take before it fails. Default 10 s.
     pub start_timeout: Duration,
     /// How long `stop()` may take before it fails. Default 5 s.
@@ -108,6 +117,7 @@ impl Config {
             schema: "leasering".to_string(),
             create_schema: true,
             notifications: true,
+            transaction_pooling: false,
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             statement_timeout: None,
@@ -149,6 +159,13 @@ impl Config {
         validate_schema(&self.schema)?;
         if let Some(m) = &self.metadata {
             validate_metadata(m)?;
+        }
+        if self.transaction_pooling && self.notifications {
+            return Err(Error::invalid(
+                "notifications",
+                "transaction_pooling needs notifications(false): a pooler in transaction mode \
+                 does not deliver LISTEN/NOTIFY",
+            ));
         }
         if self.ring_size == 0 || self.ring_size > MAX_RING_SIZE {
             return Err(Error::invalid(

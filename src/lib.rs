@@ -436,7 +436,14 @@
 //!    owner's lease holds (see above).
 //!
 //! What these rest on: the clock-rate bound above; the database's own
-//! durability (the claims *are* the permission); and, for the user's work
+//! durability (the claims *are* the permission) — across a failover too:
+//! the promoted standby must have every commit the old primary acknowledged
+//! (synchronous replication). A standby that missed the last commits hands
+//! out again the tokens, claims and epochs issued after them: a fenced
+//! store then accepts repeated tokens, two members can use one partition
+//! for up to one TTL, and views can disagree under one epoch number. This
+//! version does not detect such a failover (the README's Known limits has
+//! the design); a lossless one (tested) is an outage like any other. And, for the user's work
 //! rather than `owns()`, that the work stops at `Released` (or at the drop
 //! of the guard) — tokens are what protects writes from a process that did
 //! not. A member frozen *inside* one of the short membership transactions
@@ -647,9 +654,18 @@
 //! administrator and start nodes with `create_schema(false)`. Then it needs
 //! `USAGE` on the schema and `SELECT, INSERT, UPDATE, DELETE` on its
 //! tables; no sequences, and nothing for `LISTEN`/`NOTIFY` or advisory
-//! locks. Each member keeps two pool connections (the watcher's, which
-//! listens, and the heartbeat's) and borrows a third now and then: size
-//! the pool for at least [`MIN_POOL_SIZE`].
+//! locks. Each member keeps two pool connections for as long as it runs
+//! (the watcher's, which listens, and the heartbeat's, both taken at start)
+//! and borrows a third now and then (crash cleanup, leave, rejoin): size
+//! the pool for at least [`MIN_POOL_SIZE`], plus what the application takes
+//! from it if it shares the pool.
+//!
+//! Behind a pooler in *transaction* mode (PgBouncer `pool_mode =
+//! transaction`) set [`Builder::transaction_pooling`] and turn
+//! notifications off: nothing then outlives a transaction on a server
+//! connection (no named prepared statements, no session settings, no
+//! `LISTEN`), and handoffs wait for the renewals instead. Session mode needs
+//! nothing. TLS is whatever connector the pool was built with.
 
 #![deny(missing_docs)]
 

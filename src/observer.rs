@@ -44,6 +44,7 @@ pub struct ObserverBuilder {
     ring_id: String,
     schema: String,
     notifications: bool,
+    transaction_pooling: bool,
     poll_interval: Duration,
     start_timeout: Duration,
     statement_timeout: Duration,
@@ -60,6 +61,14 @@ impl ObserverBuilder {
     /// polling alone.
     pub fn notifications(mut self, yes: bool) -> ObserverBuilder {
         self.notifications = yes;
+        self
+    }
+    /// Behind a pooler in transaction mode (like
+    /// [`Builder::transaction_pooling`](crate::Builder::transaction_pooling)):
+    /// no session state on the kept connection, each read a transaction of
+    /// its own. Needs `notifications(false)`. Default `false`.
+    pub fn transaction_pooling(mut self, yes: bool) -> ObserverBuilder {
+        self.transaction_pooling = yes;
         self
     }
     /// How often the change log is read even without a notification.
@@ -90,6 +99,8 @@ impl ObserverBuilder {
     pub fn start(self) -> Result<RingObserver> {
         let mut cfg = Config::new(self.ring_id.clone());
         cfg.schema = self.schema.clone();
+        cfg.notifications = self.notifications;
+        cfg.transaction_pooling = self.transaction_pooling;
         cfg.validate()?;
         if self.poll_interval < Duration::from_millis(10) {
             return Err(Error::invalid(
@@ -189,6 +200,7 @@ impl RingObserver {
             ring_id: ring_id.into(),
             schema: "leasering".into(),
             notifications: true,
+            transaction_pooling: false,
             poll_interval: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(5),

@@ -96,6 +96,18 @@ impl Builder {
         self.cfg.notifications = yes;
         self
     }
+    /// The pool reaches PostgreSQL through a pooler in transaction mode
+    /// (PgBouncer `pool_mode = transaction`). Default `false`. Then nothing
+    /// outlives a transaction: no named prepared statements, no session
+    /// settings (each statement of a kept connection runs in its own short
+    /// transaction with `SET LOCAL` timeouts), no `LISTEN`. Needs
+    /// [`notifications(false)`](Builder::notifications): handoffs and
+    /// removals are then found by polling. A pooler in *session* mode
+    /// needs none of this.
+    pub fn transaction_pooling(mut self, yes: bool) -> Builder {
+        self.cfg.transaction_pooling = yes;
+        self
+    }
     /// Safety margin between the local and the database lease. Default
     /// `lease_ttl / 10`; must cover clock-rate differences over one TTL.
     pub fn margin(mut self, margin: Duration) -> Builder {

@@ -92,6 +92,14 @@ impl Inner {
 
     fn heartbeat_loop(self: &Arc<Self>, shutdown: &Receiver<()>) {
         let mut conn: Option<HeldConn> = None;
+        // The renewal's connection is taken at once, not at the first
+        // renewal: in a pool shared with the application, a service busy
+        // from its start took every free connection in between, and the
+        // member fenced itself for want of one (tests/deploy.rs). Failing
+        // here is fine: the renewal asks again.
+        if let Err(e) = self.held(&mut conn, false) {
+            log::debug!(target: "leasering", "node {}: no connection for the heartbeat yet: {e}", self.node_id);
+        }
         loop {
             let step = self.session.write().heartbeat_next(Instant::now());
             match step {

@@ -118,9 +118,13 @@ impl Store {
     }
 
     fn join_listening(&self, client: &mut Client) -> Result<Joined> {
-        client
-            .batch_execute(&format!("LISTEN \"{}\"", self.channel))
-            .map_err(|e| Error::db("listen for the ring's changes", e))?;
+        // Behind a pooler in transaction mode nothing is listened to: the
+        // waits below are then plain polls.
+        if self.session_state {
+            client
+                .batch_execute(&format!("LISTEN \"{}\"", self.channel))
+                .map_err(|e| Error::db("listen for the ring's changes", e))?;
+        }
         let incarnation = random_incarnation();
         let give_up = Instant::now() + Duration::from_millis(self.statement_timeout_ms * 4);
         let mut filed = false;

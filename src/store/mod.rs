@@ -62,6 +62,10 @@ pub(crate) struct Store {
     pub(crate) own_channel: String,
     /// The advisory lock key that serialises this ring's membership changes.
     pub(crate) ring_lock: i64,
+    /// Whether anything may outlive a transaction on a connection (named
+    /// prepared statements, session settings, LISTEN): not behind a pooler
+    /// in transaction mode ([`Config::transaction_pooling`](crate::Config)).
+    pub(crate) session_state: bool,
 }
 
 pub(super) fn pg_i64(v: u64) -> i64 {
@@ -96,6 +100,7 @@ impl Store {
                 &[0],
                 cfg.ring_id.as_bytes(),
             ]) as i64,
+            session_state: !cfg.transaction_pooling,
         })
     }
 

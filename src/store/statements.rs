@@ -2,7 +2,10 @@
 //! ([`HeldConn`]): the renewal (with the acknowledgement of the member's
 //! view, for the lag bound, and the claims it holds, for reconciliation),
 //! the take and the release of claims, the change-log catch-up and the
-//! whole-ring read. Prepared once per connection, with generic plans.
+//! whole-ring read. Prepared once per connection, with generic plans — or,
+//! behind a pooler in transaction mode (`Config::transaction_pooling`),
+//! sent unnamed and typed, each in a transaction of its own that sets its
+//! timeouts locally (nothing outlives a transaction on a server connection).
 //!
 //! Every statement over a list of partitions drives its lookups from the
 //! list — a lateral probe of the primary key per element, which is also
@@ -43,15 +46,15 @@
 //!   lease extended.
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::Type;
-use postgres::{GenericClient, Statement};
+use postgres::types::{ToSql, Type};
+use postgres::{GenericClient, Row, Statement};
 
 use std::sync::Arc;
 
 use super::membership::StoredPlacement;
 use super::payload::{parse_payload, release_head, MAX_PAYLOAD};
 use super::{pg_i64, Store};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::input::{CatchUp, Notice, Renewal, Took};
 use crate::ring::{Change, RingView};
 
@@ -75,6 +78,15 @@ impl Store {
     /// Prepares a connection a thread will keep: session timeouts, LISTEN
     /// (if wanted); statements are prepared on first use.
     pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
+        if !self.session_state {
+            // Behind a pooler in transaction mode a session setting would
+            // stay on whichever server connection ran it (other clients'
+            // too) and not follow this one: each statement sets its own.
+            return Ok(HeldConn {
+                client,
+                prepared: Default::default(),
+            });
+        }
         // One round trip: session timeouts, generic plans (these statements
         // run thousands of times with the same shape; re-planning them was a
         // tenth of the database's CPU with hundreds of members) and LISTEN.
@@ -247,6 +259,63 @@ impl Store {
         }
     }
 
+    /// The parameter types of statement `q` (for sending it unnamed).
+    fn held_types(q: Held) -> &'static [Type] {
+        match q {
+            Held::Renew => &[
+                Type::TEXT,
+                Type::INT8,
+                Type::INT8,
+                Type::FLOAT8,
+                Type::FLOAT8,
+            ],
+            Held::Take => &[Type::TEXT, Type::INT8, Type::INT4_ARRAY, Type::TEXT],
+            Held::Release => &[
+                Type::TEXT,
+                Type::INT8,
+                Type::INT4_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT,
+                Type::INT4,
+            ],
+            Held::Changes => &[Type::TEXT, Type::INT8],
+            Held::Full => &[Type::TEXT],
+        }
+    }
+
+    /// Runs statement `q` on a held connection: prepared once (named, with
+    /// the session's generic plans and timeouts), or — behind a pooler in
+    /// transaction mode, where a named statement may be missing from the
+    /// next server connection — sent unnamed and typed in a transaction of
+    /// its own that sets the timeouts locally.
+    fn held_query(
+        &self,
+        conn: &mut HeldConn,
+        q: Held,
+        params: &[&(dyn ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<Vec<Row>> {
+        if self.session_state {
+            let st = self.stmt(conn, q)?;
+            return conn
+                .client
+                .query(&st, params)
+                .map_err(|e| Error::db(what, e));
+        }
+        let (sql, _) = self.held_sql(q);
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .zip(Self::held_types(q))
+            .map(|(p, t)| (*p, t.clone()))
+            .collect();
+        let mut tx = self.begin(&mut conn.client)?;
+        let rows = tx
+            .query_typed(&sql, &typed)
+            .map_err(|e| Error::db(what, e))?;
+        tx.commit().map_err(|e| Error::db(what, e))?;
+        Ok(rows)
+    }
+
     /// A held connection's prepared statement `q`, prepared on first use.
     fn stmt(&self, conn: &mut HeldConn, q: Held) -> Result<Statement> {
         if let Some(st) = &conn.prepared[q as usize] {
@@ -263,21 +332,19 @@ impl Store {
     /// updates this member's own row, and only while that row's lease is
     /// live: an expired lease is never resurrected — the member rejoins.
     pub(crate) fn renew(&self, conn: &mut HeldConn, incarnation: i64, ack: u64) -> Result<Renewal> {
-        let st = self.stmt(conn, Held::Renew)?;
-        let row = conn
-            .client
-            .query_opt(
-                &st,
-                &[
-                    &self.ring_id,
-                    &incarnation,
-                    &pg_i64(ack),
-                    &self.ttl_s,
-                    &self.lag_s,
-                ],
-            )
-            .map_err(|e| Error::db("renew the lease", e))?;
-        let Some(row) = row else {
+        let rows = self.held_query(
+            conn,
+            Held::Renew,
+            &[
+                &self.ring_id,
+                &incarnation,
+                &pg_i64(ack),
+                &self.ttl_s,
+                &self.lag_s,
+            ],
+            "renew the lease",
+        )?;
+        let Some(row) = rows.into_iter().next() else {
             // The ring row itself is gone: nobody is a member.
             return Ok(Renewal {
                 epoch: 0,
@@ -312,12 +379,13 @@ impl Store {
         incarnation: i64,
         partitions: &[u32],
     ) -> Result<Took> {
-        let st = self.stmt(conn, Held::Take)?;
         let ps: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
-        let rows = conn
-            .client
-            .query(&st, &[&self.ring_id, &incarnation, &ps, &self.own_channel])
-            .map_err(|e| Error::db("take claims", e))?;
+        let rows = self.held_query(
+            conn,
+            Held::Take,
+            &[&self.ring_id, &incarnation, &ps, &self.own_channel],
+            "take claims",
+        )?;
         let mut took = Took::default();
         let mut others = Vec::new();
         for r in &rows {
@@ -349,26 +417,31 @@ impl Store {
         incarnation: i64,
         claims: &[(u32, u64)],
     ) -> Result<u64> {
-        let st = self.stmt(conn, Held::Release)?;
         let ps: Vec<i32> = claims.iter().map(|(p, _)| *p as i32).collect();
         let ts: Vec<i64> = claims.iter().map(|(_, t)| pg_i64(*t)).collect();
         let head = release_head(&self.ring_id);
         let max = MAX_PAYLOAD as i32;
-        let row = conn
-            .client
-            .query_one(&st, &[&self.ring_id, &incarnation, &ps, &ts, &head, &max])
-            .map_err(|e| Error::db("release claims", e))?;
+        let rows = self.held_query(
+            conn,
+            Held::Release,
+            &[&self.ring_id, &incarnation, &ps, &ts, &head, &max],
+            "release claims",
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::new(ErrorKind::Database, "release claims: no row"))?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
     /// Catches up from epoch `from`: the change log if it reaches back far
     /// enough, else the whole ring.
     pub(crate) fn catch_up(&self, conn: &mut HeldConn, from: u64) -> Result<CatchUp> {
-        let st = self.stmt(conn, Held::Changes)?;
-        let rows = conn
-            .client
-            .query(&st, &[&self.ring_id, &pg_i64(from)])
-            .map_err(|e| Error::db("read the change log", e))?;
+        let rows = self.held_query(
+            conn,
+            Held::Changes,
+            &[&self.ring_id, &pg_i64(from)],
+            "read the change log",
+        )?;
         let ring_epoch = rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
         let mut changes = Vec::with_capacity(rows.len());
         let mut expect = from + 1;
@@ -400,11 +473,7 @@ impl Store {
 
     /// The whole ring, consistently (one statement).
     pub(crate) fn read_ring(&self, conn: &mut HeldConn) -> Result<RingView> {
-        let st = self.stmt(conn, Held::Full)?;
-        let rows = conn
-            .client
-            .query(&st, &[&self.ring_id])
-            .map_err(|e| Error::db("read the ring", e))?;
+        let rows = self.held_query(conn, Held::Full, &[&self.ring_id], "read the ring")?;
         self.view_of_rows(&rows)
     }
 
@@ -483,6 +552,9 @@ impl Store {
     /// Best-effort reset of what [`Store::hold`] changed, before a held
     /// connection goes back to the pool.
     pub(crate) fn unhold(&self, mut conn: HeldConn) {
+        if !self.session_state {
+            return;
+        }
         let _ = conn
             .client
             .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout; RESET plan_cache_mode");

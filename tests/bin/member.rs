@@ -22,7 +22,11 @@
 //! leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]
 //!        [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]
 //!        [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards]
+//!        [--transaction-pooling]
 //! ```
+//!
+//! `--transaction-pooling` is for a database reached through a pooler in
+//! transaction mode (`Builder::transaction_pooling`, notifications off).
 //!
 //! `--drain-ms` turns drained handoffs on (`Builder::drain_timeout`).
 //! `--work=MIN-MAX` runs the drain workload (`leasering_testkit::worker`):
@@ -81,7 +85,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 const USAGE: &str = "usage: leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> \
      [fenced-table] [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N] \
-     [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards]";
+     [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards] [--transaction-pooling]";
 
 /// Log records to standard error, filtered by `RUST_LOG` roughly as
 /// env_logger does: comma-separated `level` or `target=level` directives,
@@ -165,6 +169,8 @@ struct Options {
     drain: Option<Duration>,
     /// The drain workload, if asked for.
     work: Option<worker::WorkConfig>,
+    /// Behind a pooler in transaction mode (notifications off).
+    transaction_pooling: bool,
 }
 
 /// `MIN-MAX` in milliseconds.
@@ -209,6 +215,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         write_sample: 0,
         drain: None,
         work: None,
+        transaction_pooling: false,
     };
     let mut work = worker::WorkConfig::default();
     let mut work_on = false;
@@ -219,6 +226,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         if flag == "work-drop-guards" {
             work.drop_guards_at_once = true;
+            continue;
+        }
+        if flag == "transaction-pooling" {
+            opts.transaction_pooling = true;
             continue;
         }
         let (name, value) = flag
@@ -274,6 +285,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(d) = opts.drain {
         builder = builder.drain_timeout(d);
+    }
+    if opts.transaction_pooling {
+        builder = builder.transaction_pooling(true).notifications(false);
     }
     // Subscribed before start: the log misses nothing, the join and the
     // first activation included. The logger drops each event (and its copy

@@ -45,14 +45,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod member_log;
 pub mod member_process;
 pub mod oracle;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod recorder;
 pub mod rng;
 pub mod sampler;
+pub mod tls;
 pub mod worker;
 
 pub use self::member_process::{MemberArgs, MemberProcess};
+pub use self::pgbouncer::{PgBouncer, PoolMode};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};
 pub use self::recorder::Recorder;

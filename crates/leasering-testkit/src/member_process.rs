@@ -47,6 +47,12 @@ impl MemberProcess {
     /// Starts the member process and waits for its `ready` line (it has
     /// joined the ring).
     pub fn spawn(args: MemberArgs<'_>) -> Result<MemberProcess, TestkitError> {
+        MemberProcess::spawn_with(args, &[])
+    }
+
+    /// Like [`spawn`](Self::spawn), with further arguments after the six
+    /// positional ones (flags such as `--transaction-pooling`).
+    pub fn spawn_with(args: MemberArgs<'_>, extra: &[&str]) -> Result<MemberProcess, TestkitError> {
         let events = args.events.to_str().ok_or_else(|| {
             TestkitError::new(format!("the events path {:?} is not UTF-8", args.events))
         })?;
@@ -59,6 +65,7 @@ impl MemberProcess {
                 args.schema,
                 events,
             ])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

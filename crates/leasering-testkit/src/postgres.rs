@@ -44,6 +44,11 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use crate::{unique_name, TestkitError};
 
+// Streaming standbys of a started cluster: a child module, for `Local`'s
+// fields.
+#[path = "standby.rs"]
+mod standby;
+
 /// Name of the environment variable that points the testkit at an existing
 /// PostgreSQL server instead of starting one (see [`TestPostgres::from_env`]).
 pub const DATABASE_URL_ENV: &str = "LEASERING_TEST_DATABASE_URL";
@@ -130,9 +135,9 @@ struct Local {
 
 /// The unprivileged user to run PostgreSQL as when we are root.
 #[derive(Clone)]
-struct RunAs {
-    uid: u32,
-    gid: u32,
+pub(crate) struct RunAs {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     name: String,
     home: PathBuf,
 }
@@ -963,7 +968,7 @@ fn reap_if_exited(slot: &mut Option<Child>) {
 }
 
 /// Waits for the child to exit, at most `timeout`.
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -1112,7 +1117,7 @@ fn parse_version(name: &str) -> Option<Vec<u64>> {
 }
 
 /// When we are root: the `postgres` user to run PostgreSQL as.
-fn run_as_user() -> Result<Option<RunAs>, TestkitError> {
+pub(crate) fn run_as_user() -> Result<Option<RunAs>, TestkitError> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -1162,7 +1167,7 @@ fn lookup_user(name: &str) -> Option<RunAs> {
 
 /// Creates a fresh, private directory for a cluster under the temp dir,
 /// owned by the user PostgreSQL will run as.
-fn make_base_dir(run_as: Option<&RunAs>) -> Result<PathBuf, TestkitError> {
+pub(crate) fn make_base_dir(run_as: Option<&RunAs>) -> Result<PathBuf, TestkitError> {
     let tmp = std::env::temp_dir();
     if let Some(user) = run_as {
         check_reachable(&tmp, user)?;
@@ -1274,7 +1279,7 @@ fn check_reachable(dir: &Path, user: &RunAs) -> Result<(), TestkitError> {
     Ok(())
 }
 
-fn chown_recursive(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+pub(crate) fn chown_recursive(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     if fs::symlink_metadata(path)?.is_dir() {
         for entry in fs::read_dir(path)? {
@@ -1284,7 +1289,7 @@ fn chown_recursive(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
-fn remove_dir_logged(dir: &Path) {
+pub(crate) fn remove_dir_logged(dir: &Path) {
     if let Err(e) = fs::remove_dir_all(dir) {
         if e.kind() != io::ErrorKind::NotFound {
             log::warn!("testkit: could not remove {}: {e}", dir.display());
@@ -1293,7 +1298,7 @@ fn remove_dir_logged(dir: &Path) {
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -62,7 +62,8 @@ pub struct TcpProxy {
 }
 
 struct Shared {
-    target: SocketAddr,
+    /// Where new connections go (see [`TcpProxy::set_target`]).
+    target: Mutex<SocketAddr>,
     /// The mode and a generation number bumped on every change.
     mode: Mutex<(ProxyMode, u64)>,
     stopping: AtomicBool,
@@ -132,7 +133,7 @@ impl std::fmt::Debug for TcpProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpProxy")
             .field("addr", &self.addr)
-            .field("target", &self.shared.target)
+            .field("target", &*self.shared.target.lock())
             .field("mode", &self.mode())
             .field("connections", &self.connections())
             .finish()
@@ -152,7 +153,7 @@ impl TcpProxy {
             .set_nonblocking(true)
             .map_err(|e| TestkitError::new(format!("proxy: could not configure listener: {e}")))?;
         let shared = Arc::new(Shared {
-            target,
+            target: Mutex::new(target),
             mode: Mutex::new((ProxyMode::Pass, 0)),
             stopping: AtomicBool::new(false),
             cut_epoch: AtomicU64::new(0),
@@ -185,7 +186,16 @@ impl TcpProxy {
 
     /// The address connections are forwarded to.
     pub fn target(&self) -> SocketAddr {
-        self.shared.target
+        *self.shared.target.lock()
+    }
+
+    /// Sends the connections accepted from now on to `target` (a failover:
+    /// the proxy stands for a virtual IP or a DNS name moved to the new
+    /// primary). Connections already open stay with the old target; cut
+    /// them with [`cut`](Self::cut).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.shared.target.lock() = target;
+        log::debug!("testkit: proxy {} now -> {target}", self.addr);
     }
 
     /// Switches to `mode`; takes effect on all connections within ~10 ms.
@@ -320,10 +330,11 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Sets up one connection, then forwards client → server on this thread and
 /// server → client on a second one.
 fn connection(shared: Arc<Shared>, client: TcpStream, epoch: u64) {
-    let server = match TcpStream::connect_timeout(&shared.target, CONNECT_TIMEOUT) {
+    let target = *shared.target.lock();
+    let server = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
         Ok(server) => server,
         Err(e) => {
-            log::debug!("testkit: proxy could not reach {}: {e}", shared.target);
+            log::debug!("testkit: proxy could not reach {target}: {e}");
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
