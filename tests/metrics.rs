@@ -305,6 +305,11 @@ fn a_stalled_link_moves_the_failure_fence_eviction_and_rejoin_metrics() {
         .unhealthy_reason
         .expect("a fenced member is unhealthy");
     assert!(reason.starts_with("fenced"), "{reason}");
+    // A stalled link hangs the renewal on the connection the heartbeat
+    // keeps (it takes it at start) until TCP notices; the proxy's cut is
+    // that moment (keepalives, in production). New connections then stall
+    // in the pool: failed renewals.
+    proxy.cut();
     wait_until(SETTLE, "sp's renewals to fail with database errors", || {
         m.count("leasering_renewals_total", "sp", &["result=failed"]) > 0
             && m.count("leasering_database_errors_total", "sp", &["op=renew"]) > 0
