@@ -155,12 +155,16 @@ fn the_demo_serves_metrics_health_and_readiness_and_prometheus_scrapes_it() {
             .spawn()
             .expect("spawn ringnode demo"),
     ));
-    let ready = wait_for(LIMIT, "the demo's /readyz to answer 200", || {
-        match get(http, "/readyz") {
-            Some((200, body)) => Ok(body),
+    // The demo starts its members one after the other: ready (200) comes
+    // with the first, all three a little later.
+    let ready = wait_for(
+        LIMIT,
+        "the demo's /readyz to answer 200 for 3 members",
+        || match get(http, "/readyz") {
+            Some((200, body)) if body.starts_with("ready: 3 live members") => Ok(body),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     assert!(ready.starts_with("ready: 3 live members"), "{ready}");
     assert_eq!(get(http, "/healthz"), Some((200, "ok\n".into())));
     // Renewals come a third of the lease TTL after the joins.
