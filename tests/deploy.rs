@@ -473,14 +473,13 @@ fn a_pool_the_application_exhausts_for_longer_than_the_ttl() {
 
 /// A cluster with `ssl = on` and a self-signed certificate made here; the
 /// members connect as a DML-only role that `pg_hba.conf` admits over TLS
-/// only, through `postgres-openssl` with the certificate as their CA (so
-/// the server's certificate and host name are checked).
+/// only, through rustls (`tokio-postgres-rustls`) with the certificate as
+/// their only trusted root (so the server's certificate and host name are
+/// checked).
 #[test]
 fn over_tls_as_a_role_with_dml_rights_only() {
     use leasering_testkit::tls::{TlsFiles, TLS_ROLE};
     use leasering_testkit::{TestPostgres, TestPostgresOptions};
-    use openssl::ssl::{SslConnector, SslMethod};
-    use postgres_openssl::MakeTlsConnector;
     use r2d2_postgres::postgres::config::SslMode;
     use r2d2_postgres::postgres::NoTls;
     use r2d2_postgres::PostgresConnectionManager;
@@ -506,9 +505,21 @@ fn over_tls_as_a_role_with_dml_rights_only() {
         ))
         .unwrap();
 
-    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-    connector.set_ca_file(tls.cert()).unwrap();
-    let connector = MakeTlsConnector::new(connector.build());
+    let connector = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                tls.cert_der().to_vec(),
+            ))
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    };
     let mut config = db.config();
     config.user(TLS_ROLE).ssl_mode(SslMode::Require);
     // Without TLS the role is refused.

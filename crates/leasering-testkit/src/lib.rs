@@ -42,6 +42,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod debian;
 pub mod member_log;
 pub mod member_process;
 pub mod oracle;

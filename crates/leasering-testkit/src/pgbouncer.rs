@@ -37,9 +37,6 @@ impl PoolMode {
     }
 }
 
-const NOT_INSTALLED: &str = "pgbouncer not found on PATH or in /usr/sbin: install Debian's \
-     package `pgbouncer` (apt-get install pgbouncer; .ci/run does)";
-
 /// A running PgBouncer.
 pub struct PgBouncer {
     child: Option<Child>,
@@ -51,14 +48,7 @@ pub struct PgBouncer {
 }
 
 fn find_pgbouncer() -> Result<PathBuf, TestkitError> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push("/usr/sbin".into());
-    dirs.into_iter()
-        .map(|d| d.join("pgbouncer"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| TestkitError::new(NOT_INSTALLED))
+    crate::debian::program("pgbouncer", "pgbouncer")
 }
 
 impl PgBouncer {

@@ -1,5 +1,5 @@
 //! A self-signed certificate for a throwaway cluster with `ssl = on`, made
-//! with the `openssl` command-line tool (Debian's package `openssl`), and
+//! in-process with `rcgen` (no `openssl` tool needed), and
 //! the server settings that use it: TLS on, and a `pg_hba.conf` that admits
 //! the role [`TLS_ROLE`] over TCP only with TLS (`hostssl`), so that a
 //! client of that role that did not negotiate TLS is refused rather than
@@ -21,7 +21,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::postgres::{chown_recursive, make_base_dir, remove_dir_logged, run_as_user};
 use crate::TestkitError;
@@ -35,6 +34,7 @@ pub const TLS_ROLE: &str = "leasering_tls";
 /// drop.
 pub struct TlsFiles {
     dir: PathBuf,
+    cert_der: Vec<u8>,
 }
 
 impl TlsFiles {
@@ -42,30 +42,32 @@ impl TlsFiles {
     pub fn self_signed() -> Result<TlsFiles, TestkitError> {
         let run_as = run_as_user()?;
         let dir = make_base_dir(run_as.as_ref())?;
-        let files = TlsFiles { dir };
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-            .arg("-keyout")
-            .arg(files.key())
-            .arg("-out")
-            .arg(files.cert())
-            .output()
-            .map_err(|e| {
-                TestkitError::new(format!(
-                    "could not run the openssl command ({e}): install Debian's package `openssl`"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(TestkitError::new(format!(
-                "openssl req failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+        let mut files = TlsFiles {
+            dir,
+            cert_der: Vec::new(),
+        };
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| TestkitError::new(format!("could not make a TLS key: {e}")))?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .map_err(|e| TestkitError::new(format!("bad certificate parameters: {e}")))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| TestkitError::new(format!("could not sign the certificate: {e}")))?;
+        files.cert_der = cert.der().to_vec();
+        let write = || -> std::io::Result<()> {
+            fs::write(files.cert(), cert.pem())?;
+            fs::write(files.key(), key.serialize_pem())
+        };
+        write().map_err(|e| {
+            TestkitError::new(format!(
+                "could not write the certificate to {}: {e}",
+                files.dir.display()
+            ))
+        })?;
         let hba = format!(
             "local all all trust\n\
              hostssl all {TLS_ROLE} 127.0.0.1/32 trust\n\
@@ -97,6 +99,11 @@ impl TlsFiles {
     }
 
     /// The private key (PEM).
+    /// The certificate in DER form, for a client's trusted roots.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     pub fn key(&self) -> PathBuf {
         self.dir.join("server.key")
     }

@@ -31,19 +31,10 @@ fn ringnode() -> Command {
     c
 }
 
-/// A program of Debian's `prometheus` package, or a failure saying so.
+/// A program of Debian's `prometheus` package (installed by the testkit
+/// when missing and run as root), or a failure saying what to install.
 fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` not found on PATH: install Debian's `prometheus` package \
-                 (apt-get install prometheus), which provides prometheus and promtool; \
-                 .ci/run installs it"
-            )
-        })
+    leasering_testkit::debian::program(name, "prometheus").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn unused_port() -> u16 {
