@@ -320,7 +320,10 @@
 //!   says is already the taker's — until one lease TTL and the margin
 //!   after it (the margin covers the two primaries' clocks differing). By
 //!   then every lease granted on the old timeline has ended, or its holder
-//!   has renewed on the new timeline and been checked (next rule). A
+//!   has renewed on the new timeline and been checked (next rule). The TTL
+//!   is the *taker's*: members of one ring with different TTLs are covered
+//!   only if none has a longer one than the members that take after a
+//!   failover (give a ring's members one TTL). A
 //!   database whose table is empty records `-infinity`: a cold start waits
 //!   for nothing. A take refused this way says how long is left, and the
 //!   member takes again then.
