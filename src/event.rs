@@ -22,7 +22,10 @@ pub enum ReleaseReason {
     /// lease could end in the database.
     LeaseExpired,
     /// The database no longer holds this member's lease (it was removed as
-    /// expired, or its renewal was refused); the member rejoins.
+    /// expired, or its renewal was refused), or a failover to another
+    /// database timeline lost claims or changes this member relied on (it
+    /// fences: see the crate docs, "Failover and timelines"); the member
+    /// rejoins.
     Evicted,
     /// `stop()` (or drop) of this member.
     Stopping,
@@ -52,8 +55,10 @@ pub enum Event {
         /// The partitions, ascending.
         partitions: Vec<u32>,
         /// Fencing token, kept by each partition's claim: above every earlier
-        /// token of those partitions, and at least the ring's epoch when
-        /// taken (`GREATEST(token + 1, epoch)`).
+        /// token of those partitions, at least the ring's epoch when taken,
+        /// and above every token of an earlier database timeline
+        /// (`GREATEST(token + 1, epoch, (timeline - 1) << 32)`: see the
+        /// crate docs, "Failover and timelines").
         token: u64,
         /// Epoch of the view in which they were activated.
         epoch: u64,

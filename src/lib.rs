@@ -297,6 +297,58 @@
 //! renewal). An update by key finds the version its snapshot sees and
 //! follows the update chain to the one it locked.
 //!
+//! ## Failover and timelines
+//!
+//! A standby promoted behind the old primary has lost the last commits:
+//! claims taken, tokens issued, members joined or left, epochs. Three rules
+//! (checked first in the randomised claim model, with a lossy-failover
+//! fault, and by `tests/deploy.rs`) keep guarantees 1 and 3 through it,
+//! with nobody stopping the members:
+//!
+//! * **Tokens above every earlier timeline's.** PostgreSQL moves to a new
+//!   *timeline* at every promotion and point-in-time recovery. The take
+//!   reads the server's current one from the name of the WAL file being
+//!   written (`pg_walfile_name(pg_current_wal_lsn())`, which any role may
+//!   call; `pg_control_checkpoint()` would show the old timeline until the
+//!   first checkpoint after the promotion) and gives a new holder the token
+//!   `GREATEST(token + 1, epoch, (timeline - 1) << 32)`. So a fenced store
+//!   that saw the lost tokens accepts the new ones, assuming **fewer than
+//!   2³² tokens (and epochs) per partition per timeline**.
+//! * **A grace period on a new timeline.** The take records in a table
+//!   (`timelines`) the instant the database first served a take on its
+//!   current timeline, and takes nothing — not even a claim the database
+//!   says is already the taker's — until one lease TTL and the margin
+//!   after it (the margin covers the two primaries' clocks differing). By
+//!   then every lease granted on the old timeline has ended, or its holder
+//!   has renewed on the new timeline and been checked (next rule). The TTL
+//!   is the *taker's*: members of one ring with different TTLs are covered
+//!   only if none has a longer one than the members that take after a
+//!   failover (give a ring's members one TTL). A
+//!   database whose table is empty records `-infinity`: a cold start waits
+//!   for nothing. A take refused this way says how long is left, and the
+//!   member takes again then.
+//! * **Members check what they rely on when the timeline changes.** The
+//!   renewal (and, before the first renewal of a membership, the take)
+//!   returns the timeline; the member remembers it. A renewal from another
+//!   timeline is checked against what the member relies on: the ring's
+//!   epoch is not behind its view's, and every claim it uses (active or
+//!   draining) is still its own under the same token. If so (nothing it
+//!   relied on was lost: a synchronous standby, a replay that had caught
+//!   up) it adopts the new timeline and carries on. If not it **fences**:
+//!   every partition is released at once ([`ReleaseReason::Evicted`] — the
+//!   member leaves the ring as far as it is concerned; drains are cut
+//!   short), it deletes its own stale row on the new primary (which would
+//!   refuse its join as "node id in use" until it expired) and rejoins.
+//!   The check runs only on a change of timeline: on one timeline a
+//!   renewal's answer may be older than a take's answer that arrived after
+//!   it was sent, and a check there would fence healthy members.
+//!
+//! A member whose join was lost is simply evicted (the renewal finds no
+//! row) and rejoins. Members that left or crashed on the old timeline but
+//! are still in the new primary's rows expire and are cleaned up as after
+//! any crash. After a lossy failover the ring covers every partition again
+//! about one TTL (the grace period) after the new primary answers.
+//!
 //! ## Drained handoffs
 //!
 //! `Released` means "`owns()` is already false", not "your work has
@@ -436,14 +488,19 @@
 //!    owner's lease holds (see above).
 //!
 //! What these rest on: the clock-rate bound above; the database's own
-//! durability (the claims *are* the permission) — across a failover too:
-//! the promoted standby must have every commit the old primary acknowledged
-//! (synchronous replication). A standby that missed the last commits hands
-//! out again the tokens, claims and epochs issued after them: a fenced
-//! store then accepts repeated tokens, two members can use one partition
-//! for up to one TTL, and views can disagree under one epoch number. This
-//! version does not detect such a failover (the README's Known limits has
-//! the design); a lossless one (tested) is an outage like any other. And, for the user's work
+//! durability (the claims *are* the permission); and, across a failover
+//! that **loses commits** (an asynchronous standby promoted behind the old
+//! primary, a point-in-time recovery), one assumption: **a restore that
+//! loses commits starts a new timeline** — promotions and point-in-time
+//! recoveries do; a `pg_dump` restored into a fresh cluster, or a logical
+//! replica switched over, does *not*, and needs the manual recovery in the
+//! README. With it, guarantees 1 and 3 hold through such a failover with
+//! the members running (see "Failover and timelines" below), at the cost
+//! of one TTL without takes on the new timeline; without it, the lost
+//! tokens, claims and epochs are handed out again (a fenced store accepts
+//! repeated tokens, two members can use one partition for up to one TTL).
+//! A lossless failover (synchronous replication) is an outage like any
+//! other. And, for the user's work
 //! rather than `owns()`, that the work stops at `Released` (or at the drop
 //! of the guard) — tokens are what protects writes from a process that did
 //! not. A member frozen *inside* one of the short membership transactions
@@ -649,12 +706,13 @@
 //!
 //! PostgreSQL 12 or newer. The schema (default `leasering`) holds the
 //! tables `schema_version`, `rings`, `members`, `vnodes`, `changes`,
-//! `claims` and `join_requests`. The role needs `CREATE` on the database
+//! `claims`, `join_requests` and `timelines`. The role needs `CREATE` on the database
 //! to create or migrate the schema, once — or run [`migrate`] as an
 //! administrator and start nodes with `create_schema(false)`. Then it needs
 //! `USAGE` on the schema and `SELECT, INSERT, UPDATE, DELETE` on its
-//! tables; no sequences, and nothing for `LISTEN`/`NOTIFY` or advisory
-//! locks. Each member keeps two pool connections for as long as it runs
+//! tables; no sequences, and nothing for `LISTEN`/`NOTIFY`, advisory
+//! locks or the timeline (`pg_current_wal_lsn`, `pg_walfile_name`: any
+//! role). Each member keeps two pool connections for as long as it runs
 //! (the watcher's, which listens, and the heartbeat's, both taken at start)
 //! and borrows a third now and then (crash cleanup, leave, rejoin): size
 //! the pool for at least [`MIN_POOL_SIZE`], plus what the application takes

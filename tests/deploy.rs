@@ -711,9 +711,179 @@ fn failover_to_a_synchronous_standby_carries_on() {
     }
 }
 
-/// A failover that loses the last commits (asynchronous standby, its
-/// stream cut before the members' last handoffs), handled the way the
-/// README says: the members are stopped before they reach the new primary
+/// The largest token of the acquisitions `recorder` saw that `keep`
+/// accepts (by instant), or `None`.
+fn tokens(recorder: &Recorder, keep: &dyn Fn(Instant) -> bool) -> Vec<u64> {
+    recorder
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            leasering::Event::Acquired { token, at, .. } if keep(at) => Some(token),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 11, 3(b): a failover that loses the last commits, with the
+/// members running through it and nobody doing anything by hand. The
+/// asynchronous standby's stream is cut, the ring churns on the old
+/// primary (joins, leaves, handoffs: all of it lost), the primary dies and
+/// the standby — a new timeline, behind — is promoted under the members'
+/// feet. The members notice the new timeline in their renewals; those that
+/// relied on something lost fence and rejoin (those whose join was lost
+/// are evicted and rejoin); no claim is taken for a TTL on the new
+/// timeline, so every lease of the old one has ended first; and every
+/// token the new primary issues is above every token of the old one, so a
+/// fenced sink that saw the lost tokens accepts the new ones. The oracle
+/// (over every member's events) and the sampler see no overlap, and the
+/// ring covers every partition exactly once again within the bound.
+#[test]
+fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
+    init_logs();
+    let pair = primary_and_standby(false);
+    let ring = ring_name("lossy_auto");
+    let ttl = Duration::from_secs(3);
+    let recorder = Recorder::default();
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let sampler = start_sampler(nodes.clone());
+    let start = |name: &str| {
+        let pool = pair
+            .primary
+            .pool_via(pair.proxy.port(), 4)
+            .unwrap_or_else(|e| panic!("{e}"));
+        recorder.start(
+            common::builder(pool, &ring, name)
+                .ring_size(RING_SIZE)
+                .lease_ttl(ttl),
+        )
+    };
+    for name in ["a0", "a1", "a2", "a3"] {
+        let n = start(name);
+        nodes.lock().unwrap().push(n);
+    }
+    wait_until(SETTLE, "four members to settle", || {
+        settled_and_covered(&nodes)
+    });
+    // The standby stops receiving: what follows is lost at the failover.
+    let mut s = pair.standby.client().unwrap();
+    s.batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
+        .unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut p = pair.primary.client().unwrap();
+    wait_until(SETTLE, "the standby to stop streaming", || {
+        p.query_opt("SELECT 1 FROM pg_stat_replication", &[])
+            .unwrap()
+            .is_none()
+    });
+    for round in 0..3 {
+        let n = start(&format!("a{}", 4 + round));
+        nodes.lock().unwrap().push(n);
+        let leaving = nodes.lock().unwrap().remove(0);
+        leaving.stop().unwrap();
+        wait_until(SETTLE, "a join and a leave on the old primary", || {
+            settled_and_covered(&nodes)
+        });
+    }
+    let lost_epoch: i64 = p
+        .query_one(
+            "SELECT epoch FROM leasering.rings WHERE ring_id = $1",
+            &[&ring],
+        )
+        .unwrap()
+        .get(0);
+    let old_timeline: i64 = p
+        .query_one(
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    drop(p);
+
+    // The failover, with the members running.
+    let failed_at = Instant::now();
+    fail_over(&pair);
+    let promoted = Instant::now();
+    let before = tokens(&recorder, &|at| at < failed_at);
+    let max_before = *before
+        .iter()
+        .max()
+        .expect("acquisitions before the failover");
+    let mut np = pair.standby.client().unwrap();
+    let (kept_epoch, timeline): (i64, i64) = {
+        let r = np
+            .query_one(
+                "SELECT (SELECT epoch FROM leasering.rings WHERE ring_id = $1),
+                        ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8",
+                &[&ring],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        kept_epoch < lost_epoch,
+        "the promoted standby lost the last changes (epoch {kept_epoch} < {lost_epoch})"
+    );
+    assert_eq!(
+        timeline,
+        old_timeline + 1,
+        "a promotion starts a new timeline"
+    );
+    // The members notice: each of them rejoins — evicted (its join was
+    // lost), or fenced (claims or changes it relied on were: here every
+    // view is at an epoch the new primary lost) — and nobody stops them.
+    // (Whatever each had active is released first, as `Evicted`, or as
+    // `LeaseExpired` if the promotion outlasted its local lease: the
+    // oracle pairs every acquisition with its release.)
+    let names: Vec<String> = nodes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n.node_id().to_string())
+        .collect();
+    let rejoined = |name: &str| {
+        recorder.events().iter().any(|(n, e)| {
+            n == name && matches!(e, leasering::Event::Joined { at, .. } if *at > failed_at)
+        })
+    };
+    wait_until(
+        SETTLE,
+        "every member to rejoin and the ring to cover everything again on the new primary",
+        || names.iter().all(|n| rejoined(n)) && settled_and_covered(&nodes),
+    );
+    let back_in = failed_at.elapsed();
+    let after = tokens(&recorder, &|at| at > promoted);
+    let min_after = *after.iter().min().expect("acquisitions after the failover");
+    assert!(
+        min_after > max_before,
+        "every token after the failover ({min_after} and up) is above every token before it ({max_before})"
+    );
+    assert!(
+        min_after >= ((timeline - 1) as u64) << 32,
+        "tokens on timeline {timeline} start at (timeline - 1) << 32: {min_after}"
+    );
+    eprintln!("deploy: lossy failover covered again in {back_in:?} (epoch {lost_epoch} lost, back to {kept_epoch}; tokens {max_before} -> {min_after})");
+    // It carries on: a join and a leave on the new primary.
+    let n = start("a9");
+    nodes.lock().unwrap().push(n);
+    let leaving = nodes.lock().unwrap().remove(0);
+    leaving.stop().unwrap();
+    wait_until(SETTLE, "a join and a leave on the new primary", || {
+        settled_and_covered(&nodes)
+    });
+    sampler.finish().assert_no_overlap();
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in nodes.lock().unwrap().drain(..) {
+        n.stop().expect("a graceful stop");
+    }
+}
+
+/// The manual recovery the README documents for a lossy restore that does
+/// *not* start a new timeline (a `pg_dump` restored into a fresh cluster),
+/// here after a promotion (so the automatic rules apply on top: the grace
+/// period and the timeline's token floor). A failover that loses the last
+/// commits (asynchronous standby, its stream cut before the members' last
+/// handoffs): the members are stopped before they reach the new primary
 /// (here: crashed, as they would be by the failover), the leftover state is
 /// cleared and the ring's epoch raised past every token the old primary can
 /// have issued, and the members start again. Every token after the

@@ -142,6 +142,12 @@ impl Inner {
                         Ok((reply, sent_at)) => {
                             *self.last_error.lock() = None;
                             let out = self.update(|s, now| s.renewed(ticket, reply, sent_at, now));
+                            if let Some((seen, now_on)) = out.timeline_fence {
+                                log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+                                    node = self.node_id.as_str(), op = "renew";
+                                    "node {}: the database moved from timeline {} to {} and lost claims or changes this member relied on: fenced (every partition released), rejoining",
+                                    self.node_id, seen, now_on);
+                            }
                             let outcome = match (out.rejoin, out.renewal) {
                                 (true, _) => "evicted",
                                 (_, Some(false)) => "refused",
@@ -182,6 +188,13 @@ impl Inner {
             .pool
             .get(self.cfg.effective_statement_timeout())
             .map_err(|e| Error::pool("rejoin", e))?;
+        if self.session.read().stale_row() {
+            // Fenced by a timeline change: the new primary still has this
+            // member's row (reverted, perhaps renewed since); it would
+            // refuse the join as "node id in use" until it expired.
+            let gone = self.store.leave(&mut conn)?;
+            log::info!(target: "leasering", "node {}: deleted its stale row before rejoining (epoch {:?})", self.node_id, gone);
+        }
         let sent_at = Instant::now();
         let joined = if self.cfg.notifications {
             // As at start: the connection stays listening and goes to the

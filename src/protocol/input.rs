@@ -37,6 +37,12 @@ pub struct Renewal {
     /// (`(partition, token)`, ascending), for reconciliation: any it does
     /// not use is given back (DESIGN §4.0, rule 5).
     pub held: Vec<(u32, u64)>,
+    /// The database server's timeline (`None`: not read). It goes up at
+    /// every promotion of a standby and every point-in-time recovery: a
+    /// renewal from another timeline than the last one seen makes the
+    /// member check that nothing it relies on was lost (see
+    /// [`Session`](crate::protocol::Session), "Timelines").
+    pub timeline: Option<u64>,
 }
 
 /// The answer to a take of claims.
@@ -55,6 +61,12 @@ pub struct Took {
     /// Whether the member's lease was live in the database: a take by a
     /// member whose lease is not live takes nothing.
     pub live: bool,
+    /// The database server's timeline, if the lease was live.
+    pub timeline: Option<u64>,
+    /// `Some(d)`: the database is on a timeline it has served takes on for
+    /// less than its grace period (a lease TTL and the margin), so nothing
+    /// was taken; try again in `d`.
+    pub grace: Option<std::time::Duration>,
 }
 
 /// A read of the change log from some epoch on.

@@ -134,6 +134,11 @@ pub struct Output {
     /// Claims the database said this member holds but it does not use,
     /// now marked to be given back (reconciliation after a lost answer).
     pub reconciled: u32,
+    /// `Some((seen, now))`: a renewal came from another database timeline
+    /// than the last one seen, and something this member relied on was
+    /// lost with the old one: it fenced (every partition released at once,
+    /// `Evicted`) and rejoins, deleting its own stale row first.
+    pub timeline_fence: Option<(u64, u64)>,
 }
 
 impl Output {
@@ -151,6 +156,7 @@ impl Output {
         self.rejoin |= other.rejoin;
         self.renewal = other.renewal.or(self.renewal);
         self.reconciled += other.reconciled;
+        self.timeline_fence = other.timeline_fence.or(self.timeline_fence);
     }
 }
 

@@ -213,6 +213,12 @@ pub struct Session {
     refused: bool,
     renewals: u64,
     renewal_failures: u64,
+    /// The database timeline this membership last saw (renewals; a take's
+    /// while none is known yet). See "Timelines" in [`Session::renewed`].
+    timeline: Option<u64>,
+    /// Fenced by a timeline change: the member's row on the new timeline
+    /// is a stale one, to be deleted before the rejoin.
+    stale_row: bool,
 }
 
 impl Session {
@@ -251,6 +257,8 @@ impl Session {
             refused: false,
             renewals: 0,
             renewal_failures: 0,
+            timeline: None,
+            stale_row: false,
             cfg,
         }
     }
@@ -306,6 +314,19 @@ impl Session {
     /// Whether the last renewal was refused by the lag bound.
     pub fn refused(&self) -> bool {
         self.refused
+    }
+
+    /// The database timeline this membership last saw, if any.
+    pub fn timeline(&self) -> Option<u64> {
+        self.timeline
+    }
+
+    /// Whether the rejoin must first delete this member's own row: a
+    /// timeline change fenced it, and the row the new primary has is a
+    /// stale one (it would refuse the join as "node id in use" until it
+    /// expired). Cleared by the next join.
+    pub fn stale_row(&self) -> bool {
+        self.stale_row
     }
 
     /// Notes a renewal that did not succeed at `now`.
@@ -469,6 +490,8 @@ impl Session {
         self.push(&mut out, actions, released_at, now);
         self.generation += 1;
         self.incarnation = joined.incarnation;
+        self.timeline = None;
+        self.stale_row = false;
         self.forget_claims();
         self.synced = false;
         self.fresh_join = true;
@@ -723,7 +746,14 @@ impl Session {
         // answer), what is released below stopped being reported at its
         // deadline.
         let released_at = self.stamp(now);
-        match reply.renewed {
+        let mut renewed = reply.renewed;
+        if renewed.is_some() && !self.same_timeline(reply) {
+            // Lost with the old timeline: stop everything, as if evicted.
+            out.timeline_fence = self.timeline.zip(reply.timeline);
+            self.stale_row = true;
+            renewed = None;
+        }
+        match renewed {
             None => {
                 let mut actions = self.own.fence(now);
                 actions.extend(self.cut_drains(ReleaseReason::Evicted));
@@ -776,6 +806,43 @@ impl Session {
         out
     }
 
+    /// Timelines (DESIGN §4.0; issue 11, 3b): whether a renewal that
+    /// found this member's row may be relied on. The first timeline seen is
+    /// remembered. A renewal from another one means the database was
+    /// promoted from a standby or recovered to a point in time, and may
+    /// have lost the last commits. What this member relies on is then
+    /// checked against the answer (one statement, one snapshot): the ring's
+    /// epoch is not behind the view's, and every claim it uses — active or
+    /// draining, with its token — is still this incarnation's. If so
+    /// (nothing it relies on was lost: synchronous replication, or the
+    /// replay had caught up) the new timeline is adopted; if not, `false`:
+    /// the member fences. Only on a change of timeline: on one timeline a
+    /// renewal's answer may be older than a take's answer that arrived
+    /// after it was sent, and such a check would fence healthy members.
+    fn same_timeline(&mut self, reply: &Renewal) -> bool {
+        let Some(now_on) = reply.timeline else {
+            return true;
+        };
+        let Some(seen) = self.timeline else {
+            self.timeline = Some(now_on);
+            return true;
+        };
+        if seen == now_on {
+            return true;
+        }
+        let listed = |c: &(u32, u64)| reply.held.binary_search(c).is_ok();
+        let kept = reply.epoch >= self.own.view_epoch()
+            && self.own.active().all(|c| listed(&c))
+            && self
+                .drains
+                .values()
+                .all(|(claims, _)| claims.iter().all(listed));
+        if kept {
+            self.timeline = Some(now_on);
+        }
+        kept
+    }
+
     /// While `stop()` waits for drains the lease is kept (the leave frees
     /// the claims only after the drains): a renewal only extends it, or —
     /// lost or lapsed — cuts the drains short.
@@ -789,7 +856,7 @@ impl Session {
         let released_at = self.stamp(now);
         let lapsed = !self.own.lease_runs(now);
         let mut actions = Vec::new();
-        if reply.renewed.is_none() {
+        if reply.renewed.is_none() || !self.same_timeline(reply) {
             actions = self.cut_drains(ReleaseReason::Evicted);
         } else if lapsed {
             actions = self.cut_drains(ReleaseReason::LeaseExpired);

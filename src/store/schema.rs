@@ -246,7 +246,11 @@ impl Store {
              ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS metadata text;
              ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS placement text NOT NULL DEFAULT 'hashed';
              ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS metadata text;
-             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS metadata text;"
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS metadata text;
+             CREATE TABLE IF NOT EXISTS {s}.timelines (
+                 timeline bigint PRIMARY KEY,
+                 first_served timestamptz NOT NULL
+             );"
         )
     }
 

@@ -58,6 +58,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::input::{CatchUp, Notice, Renewal, Took};
 use crate::ring::{Change, RingView};
 
+/// The server's current timeline, as SQL: the first eight hex digits of
+/// the name of the WAL file being written. Readable by any role (unlike
+/// `pg_control_checkpoint()`, which also lags until the first checkpoint
+/// after a promotion).
+const TIMELINE: &str =
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8";
+
 /// A pooled connection a thread keeps, with its prepared statements.
 pub(crate) struct HeldConn {
     pub(crate) client: crate::pool::Conn,
@@ -138,7 +145,7 @@ impl Store {
                            FROM {s}.members WHERE ring_id = $1 AND incarnation <> $2),
                      h AS (SELECT array_agg(partition ORDER BY partition) AS ps, array_agg(token ORDER BY partition) AS ts
                            FROM {s}.claims WHERE ring_id = $1 AND holder = $2)
-                     SELECT r.epoch, (SELECT renewed FROM u), o.next_node, o.next_ms, h.ps, h.ts
+                     SELECT r.epoch, (SELECT renewed FROM u), o.next_node, o.next_ms, h.ps, h.ts, {TIMELINE}
                      FROM r CROSS JOIN o CROSS JOIN h"
                 ),
                 "prepare the renewal",
@@ -161,12 +168,34 @@ impl Store {
             // at a cold start, made takes wait for each other's inserts
             // (a unique-key check waits for the inserting transaction);
             // `fresh` only covers rows that are missing all the same.
+            //
+            // Failover (DESIGN §4.0, "Timelines"): tokens are at least
+            // `(timeline - 1) << 32`, above every token of an earlier
+            // timeline; and nothing is taken (nor returned as already this
+            // member's) until `$5` seconds after the first take served on
+            // this timeline (`timelines`; on a database that has no row at
+            // all, `-infinity`: no grace at a cold start). `g.wait_ms` is
+            // the grace left (NULL: none), or a short retry when a
+            // concurrent first take's row is not visible to this snapshot.
             Held::Take => (
                 format!(
                     "WITH me AS (SELECT m.incarnation FROM {s}.members m
                                  WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()
                                  FOR KEY SHARE),
                      r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
+                     tl AS (SELECT {TIMELINE} AS t),
+                     seen AS (INSERT INTO {s}.timelines (timeline, first_served)
+                              SELECT tl.t, CASE WHEN EXISTS (SELECT 1 FROM {s}.timelines) THEN now()
+                                                ELSE '-infinity'::timestamptz END FROM tl
+                              ON CONFLICT (timeline) DO NOTHING
+                              RETURNING first_served),
+                     fs AS (SELECT COALESCE((SELECT first_served FROM seen),
+                                            (SELECT x.first_served FROM {s}.timelines x, tl WHERE x.timeline = tl.t)) AS at),
+                     g AS (SELECT CASE WHEN fs.at IS NULL THEN 50::float8
+                                       WHEN fs.at <= now() - $5 * interval '1 second' THEN NULL
+                                       ELSE (extract(epoch FROM fs.at - now()) + $5) * 1000 END AS wait_ms
+                           FROM fs),
+                     ok AS (SELECT 1 FROM me, g WHERE g.wait_ms IS NULL),
                      cur AS (SELECT w.p, c.holder, c.token, c.found
                              FROM unnest($3::int[]) AS w(p)
                              LEFT JOIN LATERAL (SELECT c.holder, c.token, true AS found FROM {s}.claims c
@@ -175,14 +204,15 @@ impl Store {
                               LATERAL (SELECT c.partition AS p FROM {s}.claims c
                                        WHERE c.ring_id = $1 AND c.partition = w.p AND c.holder IS NULL
                                        FOR UPDATE SKIP LOCKED) f
-                              WHERE EXISTS (SELECT 1 FROM me)),
-                     took AS (UPDATE {s}.claims c SET holder = $2, token = GREATEST(c.token + 1, r.epoch),
+                              WHERE EXISTS (SELECT 1 FROM ok)),
+                     took AS (UPDATE {s}.claims c SET holder = $2,
+                                     token = GREATEST(c.token + 1, r.epoch, (tl.t - 1) << 32),
                                      claimed_at = now(), waiter = NULL
-                              FROM free f, r WHERE c.ring_id = $1 AND c.partition = f.p
+                              FROM free f, r, tl WHERE c.ring_id = $1 AND c.partition = f.p
                               RETURNING c.partition, c.token),
                      fresh AS (INSERT INTO {s}.claims (ring_id, partition, holder, token, claimed_at)
-                               SELECT $1, cur.p, me.incarnation, r.epoch, now()
-                               FROM cur, me, r WHERE cur.found IS NULL
+                               SELECT $1, cur.p, me.incarnation, GREATEST(r.epoch, (tl.t - 1) << 32), now()
+                               FROM cur, me, r, tl WHERE cur.found IS NULL AND EXISTS (SELECT 1 FROM ok)
                                ORDER BY cur.p
                                ON CONFLICT (ring_id, partition) DO NOTHING
                                RETURNING partition, token),
@@ -191,7 +221,7 @@ impl Store {
                                      WHERE c.ring_id = $1 AND c.partition = cur.p
                                        AND c.holder IS NOT NULL AND c.holder <> $2
                                      FOR UPDATE SKIP LOCKED) k
-                            WHERE cur.holder <> $2 AND EXISTS (SELECT 1 FROM me)),
+                            WHERE cur.holder <> $2 AND EXISTS (SELECT 1 FROM ok)),
                      marked AS (UPDATE {s}.claims c SET waiter = $4
                                 FROM mk WHERE c.ring_id = $1 AND c.partition = mk.p
                                 RETURNING c.partition)
@@ -199,12 +229,14 @@ impl Store {
                      UNION ALL
                      SELECT 0, f.partition, f.token, NULL FROM fresh f
                      UNION ALL
-                     SELECT 1, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM me)
+                     SELECT 1, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM ok)
                      UNION ALL
                      SELECT 2, cur.p, 0, m.node_id FROM cur JOIN {s}.members m ON m.incarnation = cur.holder
                       WHERE cur.holder <> $2 AND cur.p IN (SELECT partition FROM marked)
                      UNION ALL
-                     SELECT 3, 0, 0, NULL FROM me"
+                     SELECT 3, 0, tl.t, NULL FROM me, tl
+                     UNION ALL
+                     SELECT 4, 0, ceil(g.wait_ms)::int8, NULL FROM g WHERE g.wait_ms IS NOT NULL"
                 ),
                 "prepare the take",
             ),
@@ -269,7 +301,13 @@ impl Store {
                 Type::FLOAT8,
                 Type::FLOAT8,
             ],
-            Held::Take => &[Type::TEXT, Type::INT8, Type::INT4_ARRAY, Type::TEXT],
+            Held::Take => &[
+                Type::TEXT,
+                Type::INT8,
+                Type::INT4_ARRAY,
+                Type::TEXT,
+                Type::FLOAT8,
+            ],
             Held::Release => &[
                 Type::TEXT,
                 Type::INT8,
@@ -351,6 +389,7 @@ impl Store {
                 renewed: None,
                 next_expiry: None,
                 held: Vec::new(),
+                timeline: None,
             });
         };
         let name: Option<String> = row.get(2);
@@ -368,6 +407,7 @@ impl Store {
             renewed: row.get(1),
             next_expiry: name.zip(ms),
             held,
+            timeline: Some(row.get::<_, i64>(6) as u64),
         })
     }
 
@@ -383,7 +423,13 @@ impl Store {
         let rows = self.held_query(
             conn,
             Held::Take,
-            &[&self.ring_id, &incarnation, &ps, &self.own_channel],
+            &[
+                &self.ring_id,
+                &incarnation,
+                &ps,
+                &self.own_channel,
+                &self.grace_s,
+            ],
             "take claims",
         )?;
         let mut took = Took::default();
@@ -393,7 +439,15 @@ impl Store {
             match r.get::<_, i32>(0) {
                 0 | 1 => took.got.push((p, r.get::<_, i64>(2) as u64)),
                 2 => others.push((p, r.get::<_, String>(3))),
-                _ => took.live = true,
+                3 => {
+                    took.live = true;
+                    took.timeline = Some(r.get::<_, i64>(2) as u64);
+                }
+                _ => {
+                    took.grace = Some(std::time::Duration::from_millis(
+                        r.get::<_, i64>(2).max(1) as u64
+                    ))
+                }
             }
         }
         took.got.sort_unstable();

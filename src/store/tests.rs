@@ -420,3 +420,84 @@ fn a_holder_of_the_ring_lock_left_idle_loses_it_within_the_bound() {
     }
     drop(tx);
 }
+
+/// Issue 11, 3(b): a fresh database serves takes at once; a database whose
+/// `timelines` table knows an earlier timeline (faked here by a row for
+/// timeline 0, which no server has: timelines start at 1) takes nothing
+/// for a TTL and the margin after its first take on the current one, and
+/// says how long is left. Both ways of sending statements (prepared, and
+/// unnamed in a transaction for a pooler in transaction mode).
+#[test]
+fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
+    let db = TestPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    for pooling in [false, true] {
+        for earlier in [false, true] {
+            let schema = unique_name("store");
+            let mut cfg = Config::new(unique_name("ring"));
+            cfg.schema = schema.clone();
+            cfg.lease_ttl = Duration::from_secs(10);
+            cfg.transaction_pooling = pooling;
+            let store = Store::new(&cfg, "a").unwrap();
+            let pool = db.pool(2).unwrap();
+            let mut admin = db.client().unwrap();
+            store.migrate(&mut admin).unwrap();
+            let mut held = store
+                .hold(
+                    crate::pool::ConnSource::get(&pool, Duration::from_secs(5)).unwrap(),
+                    false,
+                )
+                .unwrap();
+            if earlier {
+                admin
+                    .execute(
+                        &format!(
+                            "INSERT INTO {schema}.timelines VALUES (0, now() - interval '1 day')"
+                        ),
+                        &[],
+                    )
+                    .unwrap();
+            }
+            let joined = store.join(&mut admin).unwrap();
+            let all: Vec<u32> = (0..cfg.ring_size).collect();
+            let took = store.take(&mut held, joined.incarnation, &all).unwrap();
+            let timeline: i64 = admin
+                .query_one(
+                    "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert!(took.live);
+            assert_eq!(took.timeline, Some(timeline as u64), "pooling {pooling}");
+            let renewal = store
+                .renew(&mut held, joined.incarnation, joined.view.epoch())
+                .unwrap();
+            assert_eq!(renewal.timeline, Some(timeline as u64));
+            if !earlier {
+                assert_eq!(took.grace, None, "a cold start waits for nothing");
+                assert_eq!(took.got.len(), all.len());
+                continue;
+            }
+            let left = took.grace.expect("a new timeline's grace period");
+            assert!(
+                left > Duration::from_secs(9) && left <= Duration::from_secs(11),
+                "a TTL and the margin: {left:?}"
+            );
+            assert!(took.got.is_empty(), "nothing taken in the grace period");
+            assert!(took.held_by.is_empty());
+            // Again: the first take's instant stands, nothing is taken.
+            let again = store.take(&mut held, joined.incarnation, &all).unwrap();
+            assert!(again.got.is_empty() && again.grace.is_some_and(|d| d <= left));
+            // Once the grace period has passed, takes are served.
+            admin
+                .execute(
+                    &format!("UPDATE {schema}.timelines SET first_served = now() - interval '12 seconds' WHERE timeline = $1"),
+                    &[&timeline],
+                )
+                .unwrap();
+            let after = store.take(&mut held, joined.incarnation, &all).unwrap();
+            assert_eq!(after.grace, None);
+            assert_eq!(after.got.len(), all.len(), "pooling {pooling}");
+        }
+    }
+}

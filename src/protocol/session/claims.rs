@@ -116,6 +116,11 @@ impl Session {
         if self.stale(ticket) {
             return out;
         }
+        if self.timeline.is_none() {
+            // Before any renewal of this membership: no partition is in
+            // use yet, so the first timeline seen may come from a take.
+            self.timeline = took.timeline;
+        }
         let got: Vec<(u32, u64)> = took
             .got
             .into_iter()
@@ -145,7 +150,11 @@ impl Session {
             self.take_polls = 0;
             self.take_after = None;
         } else {
-            let next = if took.retry && took.live {
+            let next = if let Some(d) = took.grace.filter(|_| took.live) {
+                // A new timeline's grace period: nothing is taken before
+                // it ends (the leases of the old timeline end first).
+                now + d
+            } else if took.retry && took.live {
                 // A claim was locked by a release or take in flight, so
                 // nobody will tell us about it: look again in a moment.
                 now + LOCKED_RETRY

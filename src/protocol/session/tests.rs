@@ -53,6 +53,7 @@ fn renewal(epoch: u64, renewed: Option<bool>, held: Vec<(u32, u64)>) -> Renewal 
         renewed,
         next_expiry: None,
         held,
+        timeline: None,
     }
 }
 
@@ -65,6 +66,8 @@ fn took(got: Vec<(u32, u64)>, held_by: Vec<(u32, &str)>) -> Took {
             .collect(),
         retry: false,
         live: true,
+        timeline: None,
+        grace: None,
     }
 }
 
@@ -710,4 +713,126 @@ fn a_handoff_is_labelled_by_the_change_behind_it() {
     assert_eq!(causes(&removal_of_b(8000.0)), vec![HandoffCause::Leave]);
     // Removed at the end of its lease: it crashed.
     assert_eq!(causes(&removal_of_b(0.0)), vec![HandoffCause::Crash]);
+}
+
+/// A renewal answer from database timeline `timeline`.
+fn renewal_on(timeline: u64, epoch: u64, held: Vec<(u32, u64)>) -> Renewal {
+    Renewal {
+        timeline: Some(timeline),
+        ..renewal(epoch, Some(true), held)
+    }
+}
+
+#[test]
+fn a_promotion_that_lost_nothing_is_adopted_and_every_partition_kept() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let t = t0 + ms(100);
+    let out = s.renewed(s.ticket(), renewal_on(1, 1, claims(0..8, 1)), t, t);
+    assert_eq!(
+        s.timeline(),
+        Some(1),
+        "the first timeline seen is remembered"
+    );
+    assert!(released(&out).is_empty());
+    // A promotion (synchronous standby): the ring's epoch and every claim
+    // in use are still there, with their tokens.
+    let t = t0 + ms(200);
+    let out = s.renewed(s.ticket(), renewal_on(2, 1, claims(0..8, 1)), t, t);
+    assert_eq!(out.timeline_fence, None);
+    assert!(!out.rejoin);
+    assert!(released(&out).is_empty(), "{out:?}");
+    assert_eq!(s.ownership().active_count(), 8);
+    assert_eq!(s.timeline(), Some(2), "the new timeline is adopted");
+    assert!(!s.stale_row());
+}
+
+#[test]
+fn a_promotion_that_lost_a_claim_in_use_fences_everything_and_rejoins_without_its_stale_row() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let t = t0 + ms(100);
+    s.renewed(s.ticket(), renewal_on(1, 1, claims(0..8, 1)), t, t);
+    // The new primary lost the take of 5 (the claim is free there, or
+    // someone else's after a lost handoff).
+    let held: Vec<(u32, u64)> = claims(0..8, 1)
+        .into_iter()
+        .filter(|(p, _)| *p != 5)
+        .collect();
+    let t = t0 + ms(200);
+    let out = s.renewed(s.ticket(), renewal_on(2, 1, held), t, t);
+    assert_eq!(out.timeline_fence, Some((1, 2)));
+    assert!(out.rejoin);
+    let rel = released(&out);
+    assert_eq!(rel.len(), 8, "every partition at once, not only 5: {rel:?}");
+    assert!(rel
+        .iter()
+        .all(|(_, r, at)| *r == ReleaseReason::Evicted && *at == t));
+    assert_eq!(s.status(), Status::Joining);
+    assert_eq!(s.ownership().active_count(), 0);
+    assert!(s.stale_row(), "the rejoin deletes the stale row first");
+    assert_eq!(s.heartbeat_next(t), HeartbeatStep::Rejoin);
+    s.joined(joined(view(3, &[(7, "a")]), 2), t, t);
+    assert!(!s.stale_row());
+    assert_eq!(
+        s.timeline(),
+        None,
+        "a new membership learns its timeline afresh"
+    );
+}
+
+#[test]
+fn a_promotion_that_lost_ring_changes_fences_even_with_every_claim_listed() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let t = t0 + ms(100);
+    s.renewed(s.ticket(), renewal_on(1, 1, claims(0..8, 1)), t, t);
+    // The ring's epoch went back (the change this view is at was lost).
+    let out = s.renewed(s.ticket(), renewal_on(2, 0, claims(0..8, 1)), t, t);
+    assert_eq!(out.timeline_fence, Some((1, 2)));
+    assert!(out.rejoin);
+    assert_eq!(released(&out).len(), 8);
+}
+
+#[test]
+fn on_one_timeline_an_older_looking_renewal_never_fences() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let t = t0 + ms(100);
+    s.renewed(s.ticket(), renewal_on(1, 1, claims(0..8, 1)), t, t);
+    // A renewal answer from before a take's (sent earlier, arrived later)
+    // lists fewer claims and an older epoch: normal, not a lost commit.
+    let out = s.renewed(s.ticket(), renewal_on(1, 0, claims(0..4, 1)), t, t);
+    assert_eq!(out.timeline_fence, None);
+    assert!(!out.rejoin);
+    assert!(released(&out).is_empty());
+    assert_eq!(s.ownership().active_count(), 8);
+}
+
+#[test]
+fn a_take_in_a_new_timelines_grace_period_waits_for_its_end_and_names_the_timeline() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg("a", None), t0);
+    s.joined(joined(view(1, &[(7, "a")]), 1), t0, t0);
+    let answer = Took {
+        retry: true,
+        timeline: Some(3),
+        grace: Some(ms(700)),
+        ..took(vec![], vec![])
+    };
+    let (asked, out) = sync_and_take(&mut s, t0, answer);
+    assert_eq!(asked.len(), 8);
+    assert!(acquired(&out).is_empty());
+    assert_eq!(
+        s.timeline(),
+        Some(3),
+        "before any renewal, a take's timeline is the one seen"
+    );
+    assert_eq!(
+        s.watcher_next(t0).0,
+        WatcherStep::Wait(ms(700)),
+        "not the short retry of a locked claim"
+    );
+    let (step, _) = s.watcher_next(t0 + ms(700));
+    assert!(matches!(step, WatcherStep::Take { .. }), "{step:?}");
 }

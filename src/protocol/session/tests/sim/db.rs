@@ -181,6 +181,7 @@ impl Db {
             renewed,
             next_expiry,
             held,
+            timeline: None,
         }
     }
 
