@@ -46,8 +46,19 @@ fn joins_acquisitions_releases_and_leaves_carry_key_values() {
     let start = |node: &str| builder(pool(4), &ring, node).ring_size(16).start().unwrap();
     let a = start("kva");
     let b = start("kvb");
+    // Until kvb has taken its share: right after kvb joins, kva still owns
+    // all 16 and kvb none, so the sum alone says nothing.
     wait_until(Duration::from_secs(30), "the two to share the ring", || {
-        a.owned_partitions().len() + b.owned_partitions().len() == 16
+        !a.owned_partitions().is_empty()
+            && !b.owned_partitions().is_empty()
+            && a.owned_partitions().len() + b.owned_partitions().len() == 16
+    });
+    // The event's log line is written as the event is published, which may
+    // be a moment after the hot-path state changed.
+    wait_until(Duration::from_secs(30), "kvb's \"acquired\" line", || {
+        LINES.lock().unwrap().iter().any(|(m, kv)| {
+            m.contains("acquired") && kv.get("node").map(String::as_str) == Some("kvb")
+        })
     });
     b.stop().unwrap();
     a.stop().unwrap();
