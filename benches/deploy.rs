@@ -18,7 +18,18 @@
 //!   hold it for 5 ms (no work for the server, so that its load is the same
 //!   for every size), give it back and pause 1 ms, all the time.
 //!
-//! `LEASERING_BENCH_DEPLOY=pooler` or `=pool` runs one section. Every
+//! * **failover**: 4 members (TTL as above, ring of 1024) reach a primary
+//!   with a synchronous standby through the testkit's TCP proxy; the
+//!   primary is killed (`SIGQUIT`), the standby promoted, the proxy
+//!   repointed. `settled`: from the kill until every member holds its share
+//!   again on the new primary; `join_after`: a 5th member started right
+//!   then, from `start()` until it holds its share — with the default
+//!   [`failover_grace`](leasering::Builder::failover_grace) (a TTL and the
+//!   margin: the new primary's grace period) and with `0` (a deployment
+//!   that only promotes synchronous standbys). `LEASERING_BENCH_REPS`
+//!   failovers each (at most 3).
+//!
+//! `LEASERING_BENCH_DEPLOY=pooler`, `=pool` or `=failover` runs one section. Every
 //! section also checks with the sampler that no partition was ever held by
 //! two members at once. One `deploy <section> <mode> join_p50_ms=...` line
 //! per measure.
@@ -30,7 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leasering::{Builder, RingNode};
-use leasering_testkit::{PgBouncer, PoolMode, Sampler, TestPostgres};
+use leasering_testkit::{
+    PgBouncer, PoolMode, Sampler, TcpProxy, TestPostgres, TestPostgresOptions,
+};
 use support::*;
 
 const RING_SIZE: u32 = 1024;
@@ -238,6 +251,99 @@ fn cycles(setup: &Setup<'_>, ring: &str, reps: usize) -> Measured {
     out
 }
 
+/// One failover under 4 members, then a 5th joins: (settled, join_after),
+/// or `None` if either timed out; and the overlaps the sampler saw.
+fn failover_once(ttl: Duration, grace: Option<Duration>, ring: &str) -> (Option<(f64, f64)>, u64) {
+    let options = TestPostgresOptions {
+        extra_settings: vec![
+            ("synchronous_commit".into(), "on".into()),
+            ("wal_level".into(), "replica".into()),
+        ],
+        ..TestPostgresOptions::default()
+    };
+    let primary = TestPostgres::start_with(options.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let standby = primary
+        .start_standby(options)
+        .unwrap_or_else(|e| panic!("a standby: {e}"));
+    let mut c = primary.client().unwrap_or_else(|e| panic!("{e}"));
+    // Two statements: ALTER SYSTEM cannot run in a multi-statement batch.
+    c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.batch_execute("SELECT pg_reload_conf()")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let streaming = wait("a synchronous standby", Duration::from_secs(60), || {
+        c.query_opt(
+            "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'sync'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .is_some()
+    });
+    assert!(
+        streaming.is_some(),
+        "the standby never streamed synchronously"
+    );
+    drop(c);
+    let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into())
+        .unwrap_or_else(|e| panic!("proxy: {e}"));
+    let start = |name: &str| {
+        let pool = primary
+            .pool_via(proxy.port(), 4)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut b = RingNode::builder(pool, ring)
+            .node_id(name)
+            .ring_size(RING_SIZE)
+            .lease_ttl(ttl)
+            .start_timeout(Duration::from_secs(30));
+        if let Some(g) = grace {
+            b = b.failover_grace(g);
+        }
+        b.start().unwrap_or_else(|e| panic!("start {name}: {e}"))
+    };
+    let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(
+        (0..4).map(|k| start(&format!("f{k}"))).collect(),
+    ));
+    let sampled = nodes.clone();
+    let sampler = Sampler::start(Duration::from_millis(1), move || {
+        sampled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| (n.node_id().to_string(), n.clone()))
+            .collect()
+    });
+    let settle = Duration::from_secs(60);
+    let fleet = nodes.lock().unwrap().clone();
+    let mut out = None;
+    if wait("four members to settle", settle, || settled(&fleet)).is_some() {
+        let t0 = Instant::now();
+        primary.stop_immediate().unwrap_or_else(|e| panic!("{e}"));
+        standby.promote().unwrap_or_else(|e| panic!("{e}"));
+        proxy.set_target(([127, 0, 0, 1], standby.port()).into());
+        proxy.cut();
+        let back = wait("the ring to settle on the new primary", settle, || {
+            settled(&fleet)
+        });
+        let t1 = Instant::now();
+        let joiner = start("f4");
+        nodes.lock().unwrap().push(joiner.clone());
+        let share = joiner.ring().partitions_of("f4");
+        let joined = wait("the joiner's share", settle, || {
+            share.iter().all(|p| joiner.owns(*p))
+                && fleet.iter().all(|n| share.iter().all(|p| !n.owns(*p)))
+        });
+        if let (Some(b), Some(j)) = (back, joined) {
+            out = Some((ms(b - t0), ms(j - t1)));
+        }
+    }
+    let overlaps = sampler.finish().overlaps;
+    for n in nodes.lock().unwrap().drain(..) {
+        let _ = n.stop();
+    }
+    (out, overlaps)
+}
+
 fn line(section: &str, mode: &str, m: &Measured) -> String {
     let j = stats(&m.join_ms);
     let l = stats(&m.leave_ms);
@@ -313,6 +419,34 @@ fn main() {
             };
             let m = cycles(&setup, &format!("pool-{size}"), reps);
             let l = line("shared-pool", &format!("size={size}"), &m);
+            println!("{l}");
+            lines.push(l);
+        }
+    }
+    if only.is_empty() || only == "failover" {
+        for (name, grace) in [("default", None), ("0", Some(Duration::ZERO))] {
+            let (mut settled_ms, mut join_ms) = (Vec::new(), Vec::new());
+            let (mut failures, mut overlaps) = (0, 0);
+            for rep in 0..reps.min(3) {
+                let (m, o) = failover_once(ttl, grace, &format!("failover-{name}-{rep}"));
+                overlaps += o;
+                match m {
+                    Some((s, j)) => {
+                        settled_ms.push(s);
+                        join_ms.push(j);
+                    }
+                    None => failures += 1,
+                }
+            }
+            let (s, j) = (stats(&settled_ms), stats(&join_ms));
+            let l = format!(
+                "deploy failover grace={name}: settled_p50_ms={} settled_max_ms={} join_after_p50_ms={} join_after_max_ms={} n={} failures={failures} overlaps={overlaps}",
+                f(s.p50, 1),
+                f(s.max, 1),
+                f(j.p50, 1),
+                f(j.max, 1),
+                join_ms.len()
+            );
             println!("{l}");
             lines.push(l);
         }

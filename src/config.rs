@@ -101,6 +101,14 @@ pub struct Config {
     /// typically the address where the member serves its partitions. At
     /// most [`MAX_METADATA_LEN`] bytes, no NUL. Default `None`.
     pub metadata: Option<String>,
+    /// How long after a promotion (the first take the database serves on a
+    /// new timeline) nothing is taken. `None`: `lease_ttl` plus the margin,
+    /// which keeps guarantees 1 and 3 through a failover that loses
+    /// commits. `Some(Duration::ZERO)` is safe only if **every promotion
+    /// loses nothing** (a synchronous standby, e.g. Patroni's
+    /// `synchronous_mode_strict`): then handoffs right after a failover do
+    /// not wait. See the crate docs, "Failover and timelines".
+    pub failover_grace: Option<Duration>,
 }
 
 impl Config {
@@ -124,6 +132,7 @@ impl Config {
             drain_timeout: None,
             placement: crate::Placement::Hashed,
             metadata: None,
+            failover_grace: None,
         }
     }
 
@@ -135,6 +144,13 @@ impl Config {
     /// The safety margin in force.
     pub fn effective_margin(&self) -> Duration {
         self.margin.unwrap_or(self.lease_ttl / 10)
+    }
+
+    /// The grace period of a new timeline in force: `lease_ttl` plus the
+    /// margin unless [`failover_grace`](Config::failover_grace) is set.
+    pub fn effective_failover_grace(&self) -> Duration {
+        self.failover_grace
+            .unwrap_or(self.lease_ttl + self.effective_margin())
     }
 
     /// The per-statement bound in force.
@@ -220,6 +236,17 @@ impl Config {
             return Err(Error::invalid(
                 "start_timeout",
                 "start_timeout must be above zero",
+            ));
+        }
+        let grace = self.effective_failover_grace();
+        let most = (ttl + margin) * 10;
+        if grace > most {
+            return Err(Error::invalid(
+                "failover_grace",
+                format!(
+                    "failover_grace {grace:?} is out of range: it must be at most ten times \
+                     lease_ttl plus margin ({most:?}); nothing is taken during it"
+                ),
             ));
         }
         if self.drain_timeout.is_some_and(|d| d.is_zero()) {
@@ -371,6 +398,18 @@ mod tests {
         let mut c = Config::new("r");
         c.ring_size = 0;
         bad(c, "ring_size 0");
+        let mut c = Config::new("r");
+        c.lease_ttl = Duration::from_secs(10);
+        c.failover_grace = Some(Duration::from_secs(111));
+        bad(c, "failover_grace 111s");
+        let mut c = Config::new("r");
+        c.failover_grace = Some(Duration::ZERO);
+        c.validate().unwrap();
+        assert_eq!(c.effective_failover_grace(), Duration::ZERO);
+        assert_eq!(
+            Config::new("r").effective_failover_grace(),
+            Duration::from_secs(33)
+        );
         let mut m = Config::new("r");
         m.metadata = Some("x".repeat(MAX_METADATA_LEN + 1));
         bad(m, "metadata \"xxxx");

@@ -326,7 +326,11 @@
 //!   failover (give a ring's members one TTL). A
 //!   database whose table is empty records `-infinity`: a cold start waits
 //!   for nothing. A take refused this way says how long is left, and the
-//!   member takes again then.
+//!   member takes again then. The period is
+//!   [`Builder::failover_grace`]: a deployment that only ever promotes a
+//!   synchronous standby may set it to zero, so that handoffs right after a
+//!   failover do not wait (nothing acknowledged is lost, so no lease of the
+//!   old timeline is unknown to the new one).
 //! * **Members check what they rely on when the timeline changes.** The
 //!   renewal (and, before the first renewal of a membership, the take)
 //!   returns the timeline; the member remembers it. A renewal from another
@@ -347,7 +351,9 @@
 //! row) and rejoins. Members that left or crashed on the old timeline but
 //! are still in the new primary's rows expire and are cleaned up as after
 //! any crash. After a lossy failover the ring covers every partition again
-//! about one TTL (the grace period) after the new primary answers.
+//! about one TTL (the grace period) after the new primary answers. After a
+//! lossless one nobody fences, and only handoffs inside the grace period
+//! wait for its end.
 //!
 //! ## Drained handoffs
 //!

@@ -147,6 +147,37 @@ impl Builder {
         self.cfg.drain_timeout = Some(timeout);
         self
     }
+    /// How long nothing is taken after a promotion (from the first take the
+    /// database serves on its new timeline). Default `lease_ttl` plus the
+    /// margin: enough for every lease granted on the old primary to end,
+    /// so that a failover that **loses commits** (an asynchronous standby
+    /// promoted while it lagged, a point-in-time recovery) hands no
+    /// partition to two members. The cost: a handoff in that window waits
+    /// for its end, even after a failover that lost nothing.
+    ///
+    /// `Duration::ZERO` is for deployments where **every promotion loses
+    /// nothing** — only a synchronous standby is ever promoted (Patroni's
+    /// `synchronous_mode_strict`, CloudNativePG with required synchronous
+    /// replicas): handoffs right after a failover then take milliseconds.
+    /// If such a deployment ever promotes a lagging standby, two members
+    /// may use one partition for up to one TTL. Give every member of a
+    /// ring the same value. At most ten times `lease_ttl` plus the margin.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn demo(pool: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>)
+    /// #     -> Result<(), leasering::Error> {
+    /// // Every promotion is of a synchronous standby.
+    /// let node = leasering::RingNode::builder(pool, "orders")
+    ///     .failover_grace(Duration::ZERO)
+    ///     .start()?;
+    /// # drop(node);
+    /// # Ok(()) }
+    /// ```
+    pub fn failover_grace(mut self, grace: Duration) -> Builder {
+        self.cfg.failover_grace = Some(grace);
+        self
+    }
     /// A receiver of the member's events that is registered *before* it
     /// starts, so that it sees everything: [`Event::Joined`] and the first
     /// [`Event::Acquired`] included. Like [`RingNode::subscribe`] otherwise.

@@ -54,9 +54,10 @@ pub(crate) struct Store {
     placement: crate::Placement,
     metadata: Option<String>,
     ttl_s: f64,
-    /// The grace period of a new timeline (a lease TTL and the margin, for
-    /// the clock difference of the old and the new primary): no claim is
-    /// taken before it has passed since the first take on the timeline.
+    /// The grace period of a new timeline (by default a lease TTL and the
+    /// margin, for the clock difference of the old and the new primary): no
+    /// claim is taken before it has passed since the first take on the
+    /// timeline.
     grace_s: f64,
     lag_s: f64,
     statement_timeout_ms: u64,
@@ -94,7 +95,7 @@ impl Store {
             placement: cfg.placement,
             metadata: cfg.metadata.clone(),
             ttl_s: cfg.lease_ttl.as_secs_f64(),
-            grace_s: (cfg.lease_ttl + cfg.effective_margin()).as_secs_f64(),
+            grace_s: cfg.effective_failover_grace().as_secs_f64(),
             lag_s: cfg.lag_limit().as_secs_f64(),
             statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,
             channel: format!("leasering_{h:016x}"),

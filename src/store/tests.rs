@@ -488,6 +488,19 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
             // Again: the first take's instant stands, nothing is taken.
             let again = store.take(&mut held, joined.incarnation, &all).unwrap();
             assert!(again.got.is_empty() && again.grace.is_some_and(|d| d <= left));
+            // A member set up for promotions that lose nothing
+            // (`failover_grace(0)`) takes at once on the same timeline.
+            let mut sync_cfg = cfg.clone();
+            sync_cfg.failover_grace = Some(Duration::ZERO);
+            let sync_store = Store::new(&sync_cfg, "b").unwrap();
+            let sync_joined = sync_store.join(&mut admin).unwrap();
+            let first: Vec<u32> = vec![0, 1];
+            let sync_took = sync_store
+                .take(&mut held, sync_joined.incarnation, &first)
+                .unwrap();
+            assert_eq!(sync_took.grace, None, "pooling {pooling}");
+            assert_eq!(sync_took.got.len(), first.len(), "pooling {pooling}");
+            let rest: Vec<u32> = (2..cfg.ring_size).collect();
             // Once the grace period has passed, takes are served.
             admin
                 .execute(
@@ -495,9 +508,9 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
                     &[&timeline],
                 )
                 .unwrap();
-            let after = store.take(&mut held, joined.incarnation, &all).unwrap();
+            let after = store.take(&mut held, joined.incarnation, &rest).unwrap();
             assert_eq!(after.grace, None);
-            assert_eq!(after.got.len(), all.len(), "pooling {pooling}");
+            assert_eq!(after.got.len(), rest.len(), "pooling {pooling}");
         }
     }
 }

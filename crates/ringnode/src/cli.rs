@@ -176,6 +176,11 @@ pub struct NodeArgs {
     /// Lease time-to-live
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// How long nothing is taken after a database promotion; `0s` only if
+    /// every promotion is of a synchronous standby [default: lease TTL plus
+    /// the margin]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub failover_grace: Option<Duration>,
     /// Schema of the leasering tables
     #[arg(long, default_value = "leasering", value_name = "NAME")]
     pub schema: String,

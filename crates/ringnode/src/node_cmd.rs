@@ -158,6 +158,7 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
     cfg.placement = args.placement;
     cfg.metadata = args.metadata.clone();
     cfg.lease_ttl = args.lease_ttl;
+    cfg.failover_grace = args.failover_grace;
     cfg.schema = args.schema.clone();
     cfg.node_id = args.node_id.clone();
     cfg.validate()?;

@@ -261,6 +261,17 @@ fn bad_values_are_one_line_and_exit_1() {
         "lease_ttl 1ms",
     );
     rejects(
+        &[
+            "node",
+            "--database-url",
+            "host=localhost",
+            "--failover-grace",
+            "5m",
+        ],
+        1,
+        "failover_grace 300s",
+    );
+    rejects(
         &["node", "--database-url", "=", "--vnodes", "3"],
         1,
         "invalid --database-url",
