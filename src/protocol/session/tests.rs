@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::ReleaseReason;
-use crate::protocol::input::{Cleaned, Took};
+use crate::protocol::input::{CatchUp, Cleaned, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, WatcherStep};
 
 const TTL: Duration = Duration::from_secs(10);

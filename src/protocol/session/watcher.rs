@@ -1,0 +1,218 @@
+//! The session's watcher: notifications, the views it adopts (change-log
+//! deltas or a full read), and when the watcher's connection comes and
+//! goes. Takes and releases are in `claims`.
+
+use std::time::Instant;
+
+use super::{Held, Session, BATCH_CHANGES, IDLE_TICK, MAX_DELTAS};
+use crate::protocol::input::{CatchUp, Notice};
+use crate::protocol::output::{Effect, HandoffCause, Output, WatcherStep};
+use crate::protocol::{Status, Ticket};
+use crate::ring::{Change, RingView};
+
+impl Session {
+    /// A notification arrived. A change may have freed claims (a member
+    /// removed) and a release names the partitions it freed: either way a
+    /// waiting take is retried at once.
+    pub fn notified(&mut self, notice: Notice) {
+        match notice {
+            Notice::Change { epoch, change } => {
+                self.hint = self.hint.max(epoch);
+                self.ring_epoch = self.ring_epoch.max(epoch);
+                if let Some(change) = change {
+                    if self.deltas.len() < MAX_DELTAS && epoch > self.own.view_epoch() {
+                        self.deltas.insert(epoch, change);
+                    }
+                }
+            }
+            Notice::Released { partitions } => match partitions {
+                Some(ps) => {
+                    for p in ps {
+                        if self.waiting_for.contains_key(&p) {
+                            self.recheck.insert(p);
+                        }
+                    }
+                }
+                None => self.recheck.extend(self.waiting_for.keys().copied()),
+            },
+        }
+    }
+
+    /// The watcher has a new connection: notifications may have been missed
+    /// before its LISTEN, so it reads the ring's changes first.
+    pub fn watcher_connected(&mut self) {
+        self.synced = false;
+        // Releases told while it was away are lost too: take everything
+        // waiting again.
+        self.recheck.extend(self.waiting_for.keys().copied());
+    }
+
+    /// The watcher's step failed (its connection died): a take's answer is
+    /// lost, a release is sent again.
+    pub fn watcher_failed(&mut self) {
+        self.taking = None;
+        for h in self.held.values_mut() {
+            if *h == Held::Releasing {
+                *h = Held::Release;
+            }
+        }
+        self.synced = false;
+    }
+
+    /// The watcher's next step. Changes that notifications carried are
+    /// applied here, in order, without a statement; what they do not cover
+    /// is read from the change log. Then claims to give back, then the
+    /// claims of pending partitions to take.
+    pub fn watcher_next(&mut self, now: Instant) -> (WatcherStep, Output) {
+        let mut out = Output::default();
+        if self.own.status() != Status::Member {
+            return (WatcherStep::Wait(IDLE_TICK), out);
+        }
+        let ticket = self.ticket();
+        let from = self.own.view_epoch();
+        if !self.synced {
+            // Right after a join the view is the join's own, read under the
+            // ring lock: take first (the partitions the old owners released
+            // on seeing the join are free by now), read what changed since
+            // the join next.
+            if self.fresh_join {
+                self.fresh_join = false;
+                if let Some(partitions) = self.partitions_to_take(now) {
+                    return (WatcherStep::Take { partitions, ticket }, out);
+                }
+            }
+            return (WatcherStep::CatchUp { from, ticket }, out);
+        }
+        if self.hint > from {
+            self.apply_deltas(now, &mut out);
+            if self.own.view_epoch() < self.hint {
+                let from = self.own.view_epoch();
+                return (WatcherStep::CatchUp { from, ticket }, out);
+            }
+            self.hint = 0;
+        }
+        self.end_overdue_drains(now, &mut out);
+        if let Some(claims) = self.claims_to_release() {
+            return (WatcherStep::Release { claims, ticket }, out);
+        }
+        if let Some(partitions) = self.partitions_to_take(now) {
+            return (WatcherStep::Take { partitions, ticket }, out);
+        }
+        (WatcherStep::Wait(self.watcher_wait(now)), out)
+    }
+
+    /// Applies the notified changes that follow the view without a gap.
+    fn apply_deltas(&mut self, now: Instant, out: &mut Output) {
+        let mut run = Vec::new();
+        while let Some(change) = self
+            .deltas
+            .remove(&(self.own.view_epoch() + 1 + run.len() as u64))
+        {
+            run.push(change);
+        }
+        self.apply_changes(run, now, out);
+        let at = self.own.view_epoch();
+        self.deltas.retain(|e, _| *e > at);
+    }
+
+    /// Adopts the views that consecutive `changes` (following the view's
+    /// epoch) lead to: one by one, or — many of them, after falling behind
+    /// — the last one, built once (the partitions only care about where the
+    /// ring ends up; without `since` to keep, skipping views is safe).
+    fn apply_changes(&mut self, changes: Vec<Change>, now: Instant, out: &mut Output) {
+        let Some(view) = self.own.view().cloned() else {
+            return;
+        };
+        // A holder removed (and perhaps back under the same node id, a new
+        // incarnation) freed its claims.
+        for change in &changes {
+            for (p, who) in &self.waiting_for {
+                if change.removed.contains(who) {
+                    self.recheck.insert(*p);
+                }
+            }
+        }
+        if changes.len() >= BATCH_CHANGES {
+            let next = view.apply_all(&changes);
+            self.adopt(next, now, out);
+            return;
+        }
+        for change in changes {
+            let Some(next) = self.own.view().map(|v| v.apply(&change)) else {
+                break;
+            };
+            self.adopt(next, now, out);
+        }
+    }
+
+    /// Adopts a newer view: a lapsed lease fences first and cuts the drains
+    /// (those partitions stopped being reported at its deadline), then the
+    /// view's releases.
+    fn adopt(&mut self, view: RingView, now: Instant, out: &mut Output) {
+        let members = view.members().len();
+        self.ring_epoch = self.ring_epoch.max(view.epoch());
+        self.adopting_cause = match self.own.view().cloned() {
+            Some(old) => self.cause_of(&old, &view, now),
+            None => HandoffCause::Join,
+        };
+        let released_at = self.stamp(now);
+        self.lapse(now, out);
+        let actions = self.own.adopt(view);
+        self.push(out, actions, released_at, now);
+        self.note_pending(now);
+        self.waiting_for.retain(|p, _| self.own.is_assigned(*p));
+        self.recheck.retain(|p| self.own.is_assigned(*p));
+        // A holder gone from the view was removed, its claims with it.
+        if let Some(v) = self.own.view() {
+            for (p, who) in &self.waiting_for {
+                if v.member(who).is_none() {
+                    self.recheck.insert(*p);
+                }
+            }
+        }
+        out.effects.push(Effect::ViewChanged {
+            epoch: self.own.view_epoch(),
+            members,
+            at: now,
+        });
+    }
+
+    /// The answer of a [`WatcherStep::CatchUp`].
+    pub fn caught_up(&mut self, ticket: Ticket, read: CatchUp, now: Instant) -> Output {
+        let mut out = Output::default();
+        if !self.stale(ticket) {
+            match read {
+                CatchUp::Changes(changes) => {
+                    let first = self.own.view_epoch() + 1;
+                    let mut run: Vec<Change> = Vec::new();
+                    for c in changes.into_iter().filter(|c| c.epoch >= first) {
+                        if c.epoch != first + run.len() as u64 {
+                            break;
+                        }
+                        run.push(c);
+                    }
+                    self.apply_changes(run, now, &mut out);
+                }
+                CatchUp::Full(view) => {
+                    if view.epoch() > self.own.view_epoch() {
+                        self.adopt(view, now, &mut out);
+                    }
+                }
+            }
+            let at = self.own.view_epoch();
+            self.deltas.retain(|e, _| *e > at);
+            self.synced = true;
+        }
+        // What is still missing shows in the next renewal's answer; changes
+        // notified meanwhile are applied next.
+        let at = self.own.view_epoch();
+        self.hint = self
+            .deltas
+            .keys()
+            .next_back()
+            .copied()
+            .filter(|e| *e > at)
+            .unwrap_or(0);
+        out
+    }
+}
