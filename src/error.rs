@@ -284,6 +284,33 @@ impl Error {
     pub fn code(&self) -> Option<&postgres::error::SqlState> {
         self.as_postgres()?.code()
     }
+
+    /// Whether the connection was lost while (or before) the statement ran:
+    /// closed, a socket error, or the server ending the session (shutdown,
+    /// an idle-in-transaction timeout, a terminated backend). The statement
+    /// may or may not have taken effect.
+    pub(crate) fn connection_lost(&self) -> bool {
+        use postgres::error::SqlState;
+        let Some(pg) = self.as_postgres() else {
+            return false;
+        };
+        if pg.is_closed() {
+            return true;
+        }
+        match pg.code() {
+            Some(c) => {
+                c.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                    ]
+                    .contains(c)
+            }
+            None => std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>()),
+        }
+    }
 }
 
 impl fmt::Debug for Error {

@@ -472,3 +472,170 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
         n.stop().unwrap();
     }
 }
+
+/// A member whose watcher fails while its renewals still work — here its
+/// role lost `UPDATE` on `claims`, so it can neither give back nor take —
+/// keeps its lease (and holds up its successor's handoff), so a readiness
+/// probe must see it: after half a TTL it is unhealthy, the reason naming
+/// the watcher and the database's error; with the privilege back it gives
+/// the claims back, the handoff completes and it is healthy again.
+#[test]
+fn a_failing_watcher_makes_the_member_unready_while_its_lease_runs() {
+    init_logs();
+    let db = db();
+    let (schema, role) = ("watchfail", "watchfail_member");
+    let mut admin = db.client().unwrap();
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .unwrap();
+    leasering::migrate(&mut admin, schema).unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {schema} TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};"
+        ))
+        .unwrap();
+    let mut config = db.config();
+    config.user(role);
+    let role_pool = r2d2::Pool::builder()
+        .max_size(4)
+        .build(r2d2_postgres::PostgresConnectionManager::new(
+            config,
+            r2d2_postgres::postgres::NoTls,
+        ))
+        .unwrap();
+    let ring = ring_name("watchfail");
+    let start = |pool: Pool, node: &str| {
+        builder(pool, &ring, node)
+            .schema(schema)
+            .create_schema(false)
+            .ring_size(32)
+            .start()
+            .unwrap()
+    };
+    let a = start(role_pool, "wa");
+    wait_until(SETTLE, "wa to own the ring and be healthy", || {
+        a.owned_partitions().len() == 32 && a.status().is_healthy()
+    });
+    admin
+        .batch_execute(&format!("REVOKE UPDATE ON {schema}.claims FROM {role}"))
+        .unwrap();
+    // A join: `wa` must give `wb` its share and cannot.
+    let b = start(pool(4), "wb");
+    let share = b.ring().partitions_of("wb");
+    assert!(!share.is_empty());
+    wait_until(
+        SETTLE,
+        "wa to be unhealthy because its watcher fails (permission denied)",
+        || {
+            a.status().unhealthy_reason.is_some_and(|r| {
+                r.starts_with("watcher failing for") && r.contains("permission denied")
+            })
+        },
+    );
+    let st = a.status();
+    assert!(
+        st.lease_left.is_some_and(|d| !d.is_zero()),
+        "its lease still runs: {st:?}"
+    );
+    assert!(
+        share.iter().all(|p| !b.owns(*p)),
+        "wb cannot have its share yet"
+    );
+    admin
+        .batch_execute(&format!("GRANT UPDATE ON {schema}.claims TO {role}"))
+        .unwrap();
+    wait_until(
+        SETTLE,
+        "wb to get its share and wa to be healthy again",
+        || share.iter().all(|p| b.owns(*p)) && a.status().is_healthy(),
+    );
+    b.stop().unwrap();
+    a.stop().unwrap();
+}
+
+/// The connection dies while the join's commit is on its way: the commit
+/// lands, its answer is lost (a deferred trigger holds the commit up while
+/// the proxy cuts the connection). `start()` tries again on another
+/// connection, finds that it had joined and carries on — instead of failing,
+/// or being refused as "node id in use" by its own new row, which then
+/// stayed in the ring as a ghost for a TTL.
+#[test]
+fn start_survives_losing_the_answer_to_its_joins_commit() {
+    init_logs();
+    let db = db();
+    let schema = "lostcommit";
+    let mut admin = db.client().unwrap();
+    leasering::migrate(&mut admin, schema).unwrap();
+    // Under the statement timeout (1 s with this TTL), so that the commit
+    // is slow but succeeds.
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.slow_once (node_id text);
+             INSERT INTO {schema}.slow_once VALUES ('lc');
+             CREATE FUNCTION {schema}.slow_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF EXISTS (SELECT 1 FROM {schema}.slow_once WHERE node_id = NEW.node_id) THEN
+                 DELETE FROM {schema}.slow_once WHERE node_id = NEW.node_id;
+                 PERFORM pg_sleep(0.5);
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {schema}.members
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {schema}.slow_fn();"
+        ))
+        .unwrap();
+    let proxy =
+        Arc::new(TcpProxy::start(format!("127.0.0.1:{}", db.port()).parse().unwrap()).unwrap());
+    let cutter = {
+        let proxy = proxy.clone();
+        let mut watch = db.client().unwrap();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + SETTLE;
+            while Instant::now() < deadline {
+                let sleeping = watch
+                    .query_opt(
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query = 'COMMIT'",
+                        &[],
+                    )
+                    .unwrap()
+                    .is_some();
+                if sleeping {
+                    proxy.cut();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            false
+        })
+    };
+    let ring = ring_name("lostcommit");
+    let node = builder(db.pool_via(proxy.port(), 4).unwrap(), &ring, "lc")
+        .schema(schema)
+        .create_schema(false)
+        .ring_size(16)
+        .start()
+        .unwrap_or_else(|e| panic!("start() should survive a lost commit answer: {e}"));
+    assert!(
+        cutter.join().unwrap(),
+        "the proxy cut the connection during the join's commit"
+    );
+    let slept: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {schema}.slow_once"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(slept, 0, "the slow commit happened");
+    wait_until(SETTLE, "lc to own the ring", || {
+        node.owned_partitions().len() == 16
+    });
+    let rows: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.members WHERE ring_id = $1"),
+            &[&ring],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "one member row: no ghost of a lost try");
+    assert_eq!(node.ring().epoch(), 1, "one join, no second membership");
+    node.stop().unwrap();
+}

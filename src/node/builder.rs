@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::pool::{Conn, ConnSource};
 use crate::protocol::input::Joined;
-use crate::store::Store;
+use crate::store::{JoinAttempt, Store};
 
 /// Builds and starts a [`RingNode`]. Setters consume and return the
 /// builder; each documents its default.
@@ -268,7 +268,7 @@ fn join_within_start_timeout(
             } else {
                 store.check_schema(&mut conn)?;
             }
-            let (joined, sent_at) = join_retrying(&store, &mut conn, deadline)?;
+            let (joined, sent_at) = join_retrying(&store, &pool, &mut conn, deadline)?;
             if abandoned.load(Ordering::SeqCst) {
                 let _ = store.leave(&mut conn);
                 let _ = conn.batch_execute("UNLISTEN *");
@@ -292,22 +292,29 @@ fn join_within_start_timeout(
 }
 
 /// Many members starting at once queue on the ring's row lock; a join that
-/// timed out there is tried again while the deadline allows.
+/// timed out there is tried again while the deadline allows. So is one
+/// whose connection was lost (on a new connection): the same attempt,
+/// which first looks up whether the lost try had committed.
 fn join_retrying(
     store: &Store,
-    conn: &mut postgres::Client,
+    pool: &Arc<dyn ConnSource>,
+    conn: &mut Conn,
     deadline: Instant,
 ) -> Result<(Joined, Instant)> {
+    let mut attempt = JoinAttempt::new(Instant::now());
     loop {
-        let sent_at = Instant::now();
-        match store.join_and_listen(conn) {
-            Ok(joined) => return Ok((joined, sent_at)),
-            Err(e)
-                if e.kind() == ErrorKind::Timeout
-                    && Instant::now() + Duration::from_millis(100) < deadline =>
-            {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match store.join_with(conn, &mut attempt, true) {
+            Ok(joined) => return Ok((joined, attempt.sent_at())),
+            Err(e) if e.kind() == ErrorKind::Timeout && left > Duration::from_millis(100) => {
                 log::debug!(target: "leasering", "join timed out ({}); trying again", e);
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.connection_lost() && left > Duration::from_millis(100) => {
+                log::warn!(target: "leasering", node = store.node_id.as_str();
+                    "node {}: lost the connection while joining ({e}); trying again on another", store.node_id);
+                std::thread::sleep(Duration::from_millis(10));
+                *conn = pool.get(left - Duration::from_millis(50)).map_err(|_| e)?;
             }
             Err(e) => return Err(e),
         }

@@ -134,7 +134,9 @@ pub enum Health {
     /// Not ready, with a one-line reason such as `stopped`, `fenced: local
     /// lease expired; renewals failing for 3.2 s (last error: …)` (or `;
     /// last renewal 2.1 s ago` while a renewal hangs on a stalled link), or
-    /// `renewals refused: view epoch lag 3 (view 12, ring 15)`.
+    /// `renewals refused: view epoch lag 3 (view 12, ring 15)`, or
+    /// `watcher failing for 2.0 s (last error: …); 12 partitions pending`
+    /// (it can neither take nor give back).
     Unhealthy(String),
 }
 
@@ -158,7 +160,8 @@ impl NodeStatus {
     /// Healthy: in the ring, not stopped, the local lease runs, and its
     /// renewals are neither refused (the lag bound) nor failing for so
     /// long that less than half the lease is left — what a readiness probe
-    /// should check. (Pending partitions are normal for a few milliseconds
+    /// should check; and its watcher (takes, releases, views) has not been
+    /// failing for half the TTL. (Pending partitions are normal for a few milliseconds
     /// after a change and do not count against it; one failed renewal does
     /// not either.)
     pub fn is_healthy(&self) -> bool {
@@ -361,6 +364,9 @@ pub(crate) struct Inner {
     /// channel: the watcher's first connection (it saves the joiner a
     /// connection and a round trip before its first take).
     join_conn: Mutex<Option<crate::pool::Conn>>,
+    /// A rejoin whose last try failed, to be resumed by the next (it may
+    /// have committed: see [`JoinAttempt`](crate::store::JoinAttempt)).
+    rejoin_attempt: Mutex<Option<crate::store::JoinAttempt>>,
     /// Serialises rejoin against stop, so a stopping member cannot rejoin.
     membership: Mutex<()>,
     stopped: AtomicBool,
@@ -393,6 +399,7 @@ impl Inner {
             wake_cleanup: unbounded(),
             drained: unbounded(),
             join_conn: Mutex::new(None),
+            rejoin_attempt: Mutex::new(None),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
             last_error: Mutex::new(None),
@@ -467,6 +474,20 @@ impl Inner {
                 failing(),
                 left.as_secs_f64()
             ));
+        }
+        // A watcher that fails takes nothing, gives nothing back and does
+        // not follow the view, while the lease may run on: after half a
+        // TTL (one failure is a reconnect) it is not ready.
+        if let Some((since, err)) = s.watcher_failing() {
+            let d = now.saturating_duration_since(since);
+            if d >= self.cfg.lease_ttl / 2 {
+                return Some(format!(
+                    "watcher failing for {:.1} s (last error: {}); {} partitions pending",
+                    d.as_secs_f64(),
+                    one_line(err),
+                    own.pending_count()
+                ));
+            }
         }
         None
     }

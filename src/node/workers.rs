@@ -24,7 +24,7 @@ use super::{short_id, Inner};
 use crate::error::{Error, Result};
 use crate::protocol::output::{CleanupStep, HeartbeatStep, WatcherStep};
 use crate::protocol::Status;
-use crate::store::HeldConn;
+use crate::store::{HeldConn, JoinAttempt};
 use crate::telemetry::DbOp;
 use crate::trace::{Kind, Op};
 
@@ -195,16 +195,28 @@ impl Inner {
             let gone = self.store.leave(&mut conn)?;
             log::info!(target: "leasering", "node {}: deleted its stale row before rejoining (epoch {:?})", self.node_id, gone);
         }
-        let sent_at = Instant::now();
-        let joined = if self.cfg.notifications {
-            // As at start: the connection stays listening and goes to the
-            // watcher, which may be waiting for the pool meanwhile.
-            let joined = self.store.join_and_listen(&mut conn)?;
-            *self.join_conn.lock() = Some(conn);
-            joined
-        } else {
-            self.store.join(&mut conn)?
+        let mut attempt = self
+            .rejoin_attempt
+            .lock()
+            .take()
+            .unwrap_or_else(|| JoinAttempt::new(Instant::now()));
+        // As at start: with notifications the connection stays listening
+        // and goes to the watcher, which may be waiting for the pool
+        // meanwhile.
+        let joined = match self
+            .store
+            .join_with(&mut conn, &mut attempt, self.cfg.notifications)
+        {
+            Ok(joined) => joined,
+            Err(e) => {
+                *self.rejoin_attempt.lock() = Some(attempt);
+                return Err(e);
+            }
         };
+        if self.cfg.notifications {
+            *self.join_conn.lock() = Some(conn);
+        }
+        let sent_at = attempt.sent_at();
         let positions = joined.positions.len();
         self.update(|s, now| s.joined(joined, sent_at, now));
         op.finish(
@@ -303,16 +315,25 @@ impl Inner {
                     }
                     step
                 };
-                self.watch(c, step, shutdown)
+                // A catch-up follows every reconnect: its success alone
+                // does not show that the watcher can do its work again.
+                let proves = !matches!(step, WatcherStep::CatchUp { .. });
+                self.watch(c, step, shutdown).map(|alive| (alive, proves))
             });
             match result {
-                Ok(true) => {}
+                Ok((true, proves)) => {
+                    if proves && self.session.read().watcher_failing().is_some() {
+                        self.session.write().watcher_ok();
+                    }
+                }
                 // The connection died while waiting: a new one at once.
-                Ok(false) => conn = None,
+                Ok((false, _)) => conn = None,
                 Err(e) => {
                     log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
                     self.telemetry.db_error(DbOp::Watch, e.kind());
-                    self.session.write().watcher_failed();
+                    self.session
+                        .write()
+                        .watcher_failed(Instant::now(), e.to_string());
                     conn = None;
                     if let Err(RecvTimeoutError::Disconnected) =
                         shutdown.recv_timeout(RECONNECT_TICK)
@@ -368,7 +389,9 @@ impl Inner {
                 if let Err(e) = self.wait_for_change(c, timeout, shutdown) {
                     log::warn!(target: "leasering", "node {}: watcher lost its connection: {e}", self.node_id);
                     self.telemetry.db_error(DbOp::Watch, e.kind());
-                    self.session.write().watcher_failed();
+                    self.session
+                        .write()
+                        .watcher_failed(Instant::now(), e.to_string());
                     return Ok(false);
                 }
             }

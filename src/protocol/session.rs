@@ -166,6 +166,9 @@ pub struct Session {
     /// Whether the watcher has read the ring since its connection was made
     /// (notifications may have been missed before its LISTEN).
     synced: bool,
+    /// Since when the watcher's statements (or its connection) fail, and
+    /// the last error: cleared by its next step that succeeds.
+    watcher_failing: Option<(Instant, String)>,
     /// A join just committed and nothing was taken yet.
     fresh_join: bool,
     /// Claims held but not used, by `(partition, token)`. A take's answer
@@ -240,6 +243,7 @@ impl Session {
             hint: 0,
             deltas: BTreeMap::new(),
             synced: false,
+            watcher_failing: None,
             fresh_join: false,
             held: BTreeMap::new(),
             drains: BTreeMap::new(),
@@ -321,6 +325,12 @@ impl Session {
     /// Whether the last renewal was refused by the lag bound.
     pub fn refused(&self) -> bool {
         self.refused
+    }
+
+    /// Since when the watcher fails (it cannot take, give back or follow
+    /// the view), with its last error; `None` while it works.
+    pub fn watcher_failing(&self) -> Option<(Instant, &str)> {
+        self.watcher_failing.as_ref().map(|(t, e)| (*t, e.as_str()))
     }
 
     /// The database timeline this membership last saw, if any.

@@ -98,26 +98,63 @@ enum Outcome {
     Gone,
 }
 
-impl Store {
-    /// Joins the ring (DESIGN §4 "Join"); the connection is left as it was.
-    pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
-        let joined = self.join_listening(client);
-        let _ = client.batch_execute("UNLISTEN *");
-        joined
+/// One join, kept across tries. A try can fail without saying whether it
+/// took effect — the connection dies while the commit's answer is on its
+/// way — and a blind retry would then find its own new row and be refused
+/// as "node id in use" until that row expired (a ghost member for a TTL).
+/// So every try of an attempt files the same incarnation, and a try after
+/// the first looks up what became of it first: joined (the view is read),
+/// refused, still waiting, or gone (then filed again).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JoinAttempt {
+    incarnation: i64,
+    tried: bool,
+    sent_at: Instant,
+}
+
+impl JoinAttempt {
+    /// A new attempt, made at `now` (before its first statement).
+    pub(crate) fn new(now: Instant) -> JoinAttempt {
+        JoinAttempt {
+            incarnation: random_incarnation(),
+            tried: false,
+            sent_at: now,
+        }
     }
 
-    /// Joins the ring and leaves the connection listening on the ring's
-    /// channel when it succeeds — for the watcher to keep (it saves the
-    /// joiner a connection and a round trip before its first take).
-    pub(crate) fn join_and_listen(&self, client: &mut Client) -> Result<Joined> {
-        let joined = self.join_listening(client);
-        if joined.is_err() {
+    /// An instant no later than the commit of the join, whichever try made
+    /// it: the local lease counts from here.
+    pub(crate) fn sent_at(&self) -> Instant {
+        self.sent_at
+    }
+}
+
+impl Store {
+    /// Joins the ring (DESIGN §4 "Join") in one attempt of its own; the
+    /// connection is left as it was.
+    #[cfg(test)]
+    pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
+        self.join_with(client, &mut JoinAttempt::new(Instant::now()), false)
+    }
+
+    /// One try of `attempt`. With `listen`, the connection is left
+    /// listening on the ring's channel when it succeeds — for the watcher
+    /// to keep (it saves the joiner a connection and a round trip before
+    /// its first take); else as it was.
+    pub(crate) fn join_with(
+        &self,
+        client: &mut Client,
+        attempt: &mut JoinAttempt,
+        listen: bool,
+    ) -> Result<Joined> {
+        let joined = self.join_listening(client, attempt);
+        if joined.is_err() || !listen {
             let _ = client.batch_execute("UNLISTEN *");
         }
         joined
     }
 
-    fn join_listening(&self, client: &mut Client) -> Result<Joined> {
+    fn join_listening(&self, client: &mut Client, attempt: &mut JoinAttempt) -> Result<Joined> {
         // Behind a pooler in transaction mode nothing is listened to: the
         // waits below are then plain polls.
         if self.session_state {
@@ -125,9 +162,24 @@ impl Store {
                 .batch_execute(&format!("LISTEN \"{}\"", self.channel))
                 .map_err(|e| Error::db("listen for the ring's changes", e))?;
         }
-        let incarnation = random_incarnation();
         let give_up = Instant::now() + Duration::from_millis(self.statement_timeout_ms * 4);
         let mut filed = false;
+        if attempt.tried {
+            match self.resumed_outcome(client, attempt.incarnation)? {
+                Outcome::Joined(j) => {
+                    log::info!(target: "leasering", ring = self.ring_id.as_str(), node = self.node_id.as_str();
+                        "node {}: an earlier try of its join had committed (its answer was lost)", self.node_id);
+                    return Ok(j);
+                }
+                Outcome::Refused(e) => return Err(e),
+                Outcome::Pending => filed = true,
+                // Nothing of it is left (never committed, or joined and
+                // removed since): a new membership, counted from now.
+                Outcome::Gone => *attempt = JoinAttempt::new(Instant::now()),
+            }
+        }
+        attempt.tried = true;
+        let incarnation = attempt.incarnation;
         let mut poll = OUTCOME_POLL;
         loop {
             let mut tx = self.begin(client)?;
@@ -587,6 +639,26 @@ impl Store {
         )
         .map_err(|e| Error::db("insert the joining members", e))?;
         Ok(())
+    }
+
+    /// What became of the request of an earlier try, `me`. That try may
+    /// still be committing on its lost connection (the server finishes a
+    /// statement before it notices the client is gone): while it holds
+    /// the ring's lock its outcome is not visible, and "gone" would be
+    /// wrong. So the ring's lock is taken first (waiting, within the lock
+    /// timeout): a try that absorbed requests committed or rolled back by
+    /// then.
+    fn resumed_outcome(&self, client: &mut Client, me: i64) -> Result<Outcome> {
+        let mut tx = self.begin(client)?;
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&self.ring_lock, Type::INT8)],
+        )
+        .map_err(|e| Error::db("wait for the ring's lock before resuming the join", e))?;
+        let outcome = self.join_outcome(&mut tx, me)?;
+        tx.commit()
+            .map_err(|e| Error::db("look up an earlier try of the join", e))?;
+        Ok(outcome)
     }
 
     /// What became of request `me`, in one statement (one snapshot):

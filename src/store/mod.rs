@@ -30,6 +30,7 @@ use crate::config::validate_schema;
 use crate::error::{Error, Result};
 use crate::placement::{fmix64, fnv1a64};
 
+pub(crate) use join::JoinAttempt;
 pub(crate) use statements::HeldConn;
 
 /// Version of the schema this build creates and understands (2: claims;

@@ -514,3 +514,37 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
         }
     }
 }
+
+/// A try of a join whose answer was lost (the connection died around the
+/// commit) is resumed by the next try of the same attempt: if it had
+/// committed, the next try finds the membership instead of being refused as
+/// "node id in use" by its own new row; if nothing of it is left, the next
+/// try joins afresh, as a new incarnation.
+#[test]
+fn a_join_whose_answer_was_lost_is_resumed_not_refused() {
+    let (store, _held, mut admin, schema) = setup("a");
+    let t0 = std::time::Instant::now();
+    let mut attempt = JoinAttempt::new(t0);
+    let first = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    // The answer is lost: the caller tries again, with the same attempt.
+    let again = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    assert_eq!(again.incarnation, first.incarnation, "the same membership");
+    assert_eq!(again.positions, first.positions);
+    assert!(again.view.epoch() >= first.view.epoch());
+    assert_eq!(attempt.sent_at(), t0, "the lease counts from the first try");
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {schema}.members"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "no second row, no ghost");
+    // A fresh attempt is refused by that live row, as before.
+    let refused = store.join(&mut admin).unwrap_err();
+    assert_eq!(refused.kind(), crate::ErrorKind::NodeIdInUse, "{refused}");
+    // Gone since (removed, say): the next try is a new membership.
+    admin
+        .batch_execute(&format!("DELETE FROM {schema}.members"))
+        .unwrap();
+    let fresh = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    assert_ne!(fresh.incarnation, first.incarnation);
+    assert!(attempt.sent_at() > t0);
+}

@@ -285,8 +285,8 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
     let (WatcherStep::Release { .. }, _) = hand_off_to_b(&mut s, t0) else {
         panic!()
     };
-    s.watcher_failed(); // the connection died: no answer
-                        // The view gives 0..=3 back (b left) before the release is confirmed.
+    s.watcher_failed(t0, "connection lost".into()); // the connection died: no answer
+                                                    // The view gives 0..=3 back (b left) before the release is confirmed.
     s.notified(Notice::Change {
         epoch: 3,
         change: Some(Change {

@@ -47,9 +47,14 @@ impl Session {
         self.recheck.extend(self.waiting_for.keys().copied());
     }
 
-    /// The watcher's step failed (its connection died): a take's answer is
-    /// lost, a release is sent again.
-    pub fn watcher_failed(&mut self) {
+    /// The watcher's step failed at `now` with `error` (its connection
+    /// died, a statement failed): a take's answer is lost, a release is
+    /// sent again.
+    pub fn watcher_failed(&mut self, now: Instant, error: String) {
+        match &mut self.watcher_failing {
+            Some((_, last)) => *last = error,
+            None => self.watcher_failing = Some((now, error)),
+        }
         self.taking = None;
         for h in self.held.values_mut() {
             if *h == Held::Releasing {
@@ -57,6 +62,11 @@ impl Session {
             }
         }
         self.synced = false;
+    }
+
+    /// A watcher step succeeded: it works again.
+    pub fn watcher_ok(&mut self) {
+        self.watcher_failing = None;
     }
 
     /// The watcher's next step. Changes that notifications carried are

@@ -610,7 +610,7 @@ impl Sim {
         let now = self.now;
         let s = &mut self.members[i].session;
         if f.lost {
-            s.watcher_failed();
+            s.watcher_failed(now, "connection lost".into());
             return;
         }
         let out = match (f.req, f.reply.unwrap()) {
