@@ -301,9 +301,10 @@
 //!
 //! A standby promoted behind the old primary has lost the last commits:
 //! claims taken, tokens issued, members joined or left, epochs. Three rules
-//! (checked first in the randomised claim model, with a lossy-failover
-//! fault, and by `tests/deploy.rs`) keep guarantees 1 and 3 through it,
-//! with nobody stopping the members:
+//! (checked first in the randomised claim model, `tests/model/claim_model.py`,
+//! with lossy and lossless promotions and a mutation for each rule, and by
+//! `tests/deploy.rs`) keep guarantees 1 and 3 through it, with nobody
+//! stopping the members:
 //!
 //! * **Tokens above every earlier timeline's.** PostgreSQL moves to a new
 //!   *timeline* at every promotion and point-in-time recovery. The take
@@ -323,14 +324,18 @@
 //!   has renewed on the new timeline and been checked (next rule). The TTL
 //!   is the *taker's*: members of one ring with different TTLs are covered
 //!   only if none has a longer one than the members that take after a
-//!   failover (give a ring's members one TTL). A
-//!   database whose table is empty records `-infinity`: a cold start waits
-//!   for nothing. A take refused this way says how long is left, and the
-//!   member takes again then. The period is
+//!   failover (give a ring's members one TTL). A take refused this way
+//!   says how long is left, and the member takes again then. The period is
 //!   [`Builder::failover_grace`]: a deployment that only ever promotes a
 //!   synchronous standby may set it to zero, so that handoffs right after a
 //!   failover do not wait (nothing acknowledged is lost, so no lease of the
-//!   old timeline is unknown to the new one).
+//!   old timeline is unknown to the new one). The timeline the schema is
+//!   created on is recorded with it as needing no grace (a cold start waits
+//!   for nothing); a take that finds no row for its timeline starts the
+//!   grace. (A first version let a take that found the table *empty* skip
+//!   the grace, taking it for a fresh database; the model found that a
+//!   standby promoted before that first take's row reached it then handed
+//!   out claims still in use.)
 //! * **Members check what they rely on when the timeline changes.** The
 //!   renewal (and, before the first renewal of a membership, the take)
 //!   returns the timeline; the member remembers it. A renewal from another
@@ -354,6 +359,13 @@
 //! about one TTL (the grace period) after the new primary answers. After a
 //! lossless one nobody fences, and only handoffs inside the grace period
 //! wait for its end.
+//!
+//! Epochs of two timelines are not comparable: the new primary may have
+//! lost the last changes and made others under the same epochs. So a
+//! member whose check passes reads the whole ring again and adopts it
+//! whatever its epoch, and a [`RingObserver`] re-reads the whole ring when
+//! the timeline changes, instead of applying the new timeline's deltas to
+//! a view of the lost one.
 //!
 //! ## Drained handoffs
 //!

@@ -118,6 +118,8 @@ impl ObserverBuilder {
             statement_timeout: self.statement_timeout,
             store: None,
             conn: None,
+            timeline: None,
+            resynced: false,
         };
         let deadline = Instant::now() + self.start_timeout;
         let first = loop {
@@ -270,6 +272,14 @@ struct Follower {
     statement_timeout: Duration,
     store: Option<Store>,
     conn: Option<HeldConn>,
+    /// The database's timeline at the last read. Epochs of two timelines
+    /// are not comparable (a promoted standby may have lost the last
+    /// changes and made others under the same epochs), so a change of
+    /// timeline means reading the whole ring again.
+    timeline: Option<u64>,
+    /// The last view was such a re-read: publish it even if its epoch is
+    /// the one already shown.
+    resynced: bool,
 }
 
 /// Longest wait on the connection between two looks at the stop flag.
@@ -291,7 +301,11 @@ impl Follower {
             match self.step(&current, due, next_poll) {
                 Ok(Some(next)) => {
                     backoff = Duration::from_millis(50);
-                    if next.epoch() != current.epoch() || next.ring_size() != current.ring_size() {
+                    let resynced = std::mem::take(&mut self.resynced);
+                    if resynced
+                        || next.epoch() != current.epoch()
+                        || next.ring_size() != current.ring_size()
+                    {
                         log::debug!(target: "leasering", "observer of {ring:?}: epoch {} -> {}",
                             current.epoch(), next.epoch());
                         *shared.view.write() = next.clone();
@@ -368,9 +382,18 @@ impl Follower {
         }
         if gap {
             let store = self.store.clone().expect("checked above");
-            let from = view.epoch();
-            let conn = self.held()?;
-            view = match store.catch_up(conn, from)? {
+            let timeline = store.timeline(self.held()?)?;
+            let changed = self.timeline.is_some_and(|t| t != timeline);
+            if changed {
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str();
+                    "observer of {:?}: the database moved to timeline {timeline} (a promotion or a recovery): reading the whole ring again",
+                    self.cfg.ring_id);
+                self.resynced = true;
+            }
+            self.timeline = Some(timeline);
+            // From 0: the whole ring.
+            let from = if changed { 0 } else { view.epoch() };
+            view = match store.catch_up(self.held()?, from)? {
                 CatchUp::Changes(cs) => view.apply_all(&cs),
                 CatchUp::Full(v) => v,
             };
@@ -427,7 +450,7 @@ impl Follower {
             self.store = Some(Store::new(&cfg, "observer")?);
         }
         let store = self.store.clone().expect("set above");
-        let conn = self.held()?;
-        store.read_ring(conn)
+        self.timeline = Some(store.timeline(self.held()?)?);
+        store.read_ring(self.held()?)
     }
 }

@@ -771,6 +771,25 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
     wait_until(SETTLE, "four members to settle", || {
         settled_and_covered(&nodes)
     });
+    // A router's observer follows the ring through the failover too.
+    let observer = leasering::RingObserver::builder(
+        pair.primary
+            .pool_via(pair.proxy.port(), 2)
+            .unwrap_or_else(|e| panic!("{e}")),
+        &ring,
+    )
+    .poll_interval(Duration::from_millis(200))
+    .start()
+    .unwrap_or_else(|e| panic!("observer: {e}"));
+    // It agrees with the members: same epoch, same owner of every partition.
+    let agrees = |nodes: &Arc<Mutex<Vec<RingNode>>>| {
+        let v = observer.view();
+        let m = nodes.lock().unwrap()[0].ring();
+        v.epoch() == m.epoch() && (0..RING_SIZE).all(|p| v.owner_of(p) == m.owner_of(p))
+    };
+    wait_until(SETTLE, "the observer to agree with the members", || {
+        agrees(&nodes)
+    });
     // The standby stops receiving: what follows is lost at the failover.
     let mut s = pair.standby.client().unwrap();
     s.batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
@@ -870,6 +889,13 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
         "tokens on timeline {timeline} start at (timeline - 1) << 32: {min_after}"
     );
     eprintln!("deploy: lossy failover covered again in {back_in:?} (epoch {lost_epoch} lost, back to {kept_epoch}; tokens {max_before} -> {min_after})");
+    // The observer's view of the lost timeline is not built on: it reads the
+    // ring again (epochs of two timelines are not comparable).
+    wait_until(
+        SETTLE,
+        "the observer to agree with the members on the new primary",
+        || settled(&nodes.lock().unwrap()) && agrees(&nodes),
+    );
     // It carries on: a join and a leave on the new primary.
     let n = start("a9");
     nodes.lock().unwrap().push(n);

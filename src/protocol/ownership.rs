@@ -193,6 +193,17 @@ impl Ownership {
         self.adopt_unchecked(view)
     }
 
+    /// Adopts `view` whatever its epoch: after the database moved to a new
+    /// timeline, the view at an epoch may not be the one this member had
+    /// under that epoch (the promoted standby lost the last changes and
+    /// made others since). Handoffs as for [`Ownership::adopt`].
+    pub fn resync(&mut self, view: RingView) -> Vec<Action> {
+        if self.status != Status::Member {
+            return Vec::new();
+        }
+        self.adopt_unchecked(view)
+    }
+
     fn adopt_unchecked(&mut self, view: RingView) -> Vec<Action> {
         let next = view.partitions_of(&self.me);
         let (mut partitions, mut tokens) = (Vec::new(), Vec::new());

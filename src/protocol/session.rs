@@ -169,6 +169,10 @@ pub struct Session {
     /// Since when the watcher's statements (or its connection) fail, and
     /// the last error: cleared by its next step that succeeds.
     watcher_failing: Option<(Instant, String)>,
+    /// The database moved to a new timeline and what this member relies on
+    /// survived: its view is read again whole and adopted whatever its
+    /// epoch (epochs of two timelines are not comparable).
+    resync: bool,
     /// A join just committed and nothing was taken yet.
     fresh_join: bool,
     /// Claims held but not used, by `(partition, token)`. A take's answer
@@ -244,6 +248,7 @@ impl Session {
             deltas: BTreeMap::new(),
             synced: false,
             watcher_failing: None,
+            resync: false,
             fresh_join: false,
             held: BTreeMap::new(),
             drains: BTreeMap::new(),

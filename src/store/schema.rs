@@ -101,6 +101,19 @@ impl Store {
             }
         })?;
         let s = &self.s;
+        // The timeline the schema is created on (or upgraded to version 3
+        // on) needs no grace period: nothing was taken before. Recorded
+        // here, with the schema, not by the first take: a take that found
+        // the table empty could not tell a fresh database from a standby
+        // promoted before that first take's row reached it — and handed
+        // out claims still in use on the lost timeline (found by the claim
+        // model's cold_failover mode).
+        tx.batch_execute(&format!(
+            "INSERT INTO {s}.timelines (timeline, first_served)
+             SELECT {}, '-infinity' WHERE NOT EXISTS (SELECT 1 FROM {s}.timelines)",
+            super::statements::TIMELINE
+        ))
+        .map_err(|e| Error::db("record the schema's timeline", e))?;
         tx.query_typed(
             &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
             &[(&SCHEMA_VERSION, Type::INT4)],

@@ -62,13 +62,13 @@ use crate::ring::{Change, RingView};
 /// the name of the WAL file being written. Readable by any role (unlike
 /// `pg_control_checkpoint()`, which also lags until the first checkpoint
 /// after a promotion).
-const TIMELINE: &str =
+pub(super) const TIMELINE: &str =
     "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8";
 
 /// A pooled connection a thread keeps, with its prepared statements.
 pub(crate) struct HeldConn {
     pub(crate) client: crate::pool::Conn,
-    prepared: [Option<Statement>; 5],
+    prepared: [Option<Statement>; 6],
 }
 
 /// The statements a held connection prepares (index into `prepared`).
@@ -79,6 +79,7 @@ enum Held {
     Release = 2,
     Changes = 3,
     Full = 4,
+    Timeline = 5,
 }
 
 impl Store {
@@ -173,8 +174,8 @@ impl Store {
             // `(timeline - 1) << 32`, above every token of an earlier
             // timeline; and nothing is taken (nor returned as already this
             // member's) until `$5` seconds after the first take served on
-            // this timeline (`timelines`; on a database that has no row at
-            // all, `-infinity`: no grace at a cold start). `g.wait_ms` is
+            // this timeline (`timelines`; the schema's creation records its
+            // own timeline as `-infinity`: no grace at a cold start). `g.wait_ms` is
             // the grace left (NULL: none), or a short retry when a
             // concurrent first take's row is not visible to this snapshot.
             Held::Take => (
@@ -185,8 +186,7 @@ impl Store {
                      r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
                      tl AS (SELECT {TIMELINE} AS t),
                      seen AS (INSERT INTO {s}.timelines (timeline, first_served)
-                              SELECT tl.t, CASE WHEN EXISTS (SELECT 1 FROM {s}.timelines) THEN now()
-                                                ELSE '-infinity'::timestamptz END FROM tl
+                              SELECT tl.t, now() FROM tl
                               ON CONFLICT (timeline) DO NOTHING
                               RETURNING first_served),
                      fs AS (SELECT COALESCE((SELECT first_served FROM seen),
@@ -273,6 +273,10 @@ impl Store {
                 ),
                 "prepare the change read",
             ),
+            Held::Timeline => (
+                format!("SELECT {TIMELINE}"),
+                "prepare the timeline read",
+            ),
             Held::Full => (
                 format!(
                     // One statement, so one snapshot: the vnodes, the
@@ -318,6 +322,7 @@ impl Store {
             ],
             Held::Changes => &[Type::TEXT, Type::INT8],
             Held::Full => &[Type::TEXT],
+            Held::Timeline => &[],
         }
     }
 
@@ -490,6 +495,11 @@ impl Store {
     /// Catches up from epoch `from`: the change log if it reaches back far
     /// enough, else the whole ring.
     pub(crate) fn catch_up(&self, conn: &mut HeldConn, from: u64) -> Result<CatchUp> {
+        // Nothing to build on (a view being re-read after a timeline
+        // change): the whole ring.
+        if from == 0 {
+            return self.read_ring(conn).map(CatchUp::Full);
+        }
         let rows = self.held_query(
             conn,
             Held::Changes,
@@ -523,6 +533,13 @@ impl Store {
             return Ok(CatchUp::Changes(changes));
         }
         self.read_ring(conn).map(CatchUp::Full)
+    }
+
+    /// The server's current timeline (see "Failover and timelines" in the
+    /// crate docs): an observer re-reads the whole ring when it changes.
+    pub(crate) fn timeline(&self, conn: &mut HeldConn) -> Result<u64> {
+        let rows = self.held_query(conn, Held::Timeline, &[], "read the timeline")?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     /// The whole ring, consistently (one statement).

@@ -421,8 +421,9 @@ fn a_holder_of_the_ring_lock_left_idle_loses_it_within_the_bound() {
     drop(tx);
 }
 
-/// Issue 11, 3(b): a fresh database serves takes at once; a database whose
-/// `timelines` table knows an earlier timeline (faked here by a row for
+/// Issue 11, 3(b): a fresh database serves takes at once (the schema's
+/// creation recorded its timeline); a database whose `timelines` table
+/// only knows an earlier timeline (faked here by moving that row to
 /// timeline 0, which no server has: timelines start at 1) takes nothing
 /// for a TTL and the margin after its first take on the current one, and
 /// says how long is left. Both ways of sending statements (prepared, and
@@ -447,14 +448,23 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
                     false,
                 )
                 .unwrap();
+            // The schema's creation recorded its timeline (no grace).
+            let recorded: i64 = admin
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {schema}.timelines WHERE first_served = '-infinity'"
+                    ),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(recorded, 1);
             if earlier {
+                // As if the schema had been created on an earlier timeline.
                 admin
-                    .execute(
-                        &format!(
-                            "INSERT INTO {schema}.timelines VALUES (0, now() - interval '1 day')"
-                        ),
-                        &[],
-                    )
+                    .batch_execute(&format!(
+                        "UPDATE {schema}.timelines SET timeline = 0, first_served = now() - interval '1 day'"
+                    ))
                     .unwrap();
             }
             let joined = store.join(&mut admin).unwrap();

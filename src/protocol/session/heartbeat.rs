@@ -130,6 +130,9 @@ impl Session {
             self.hint = self.hint.max(reply.epoch);
             out.wake_watcher = true;
         }
+        if self.resync {
+            out.wake_watcher = true;
+        }
         if let Some((node, ms)) = &reply.next_expiry {
             self.plan_cleanup(node, local_instant(now, *ms));
             out.wake_cleanup = true;
@@ -170,6 +173,13 @@ impl Session {
                 .all(|(claims, _)| claims.iter().all(listed));
         if kept {
             self.timeline = Some(now_on);
+            // Nothing it relies on was lost, but the view under its epoch
+            // may have been (changes lost and others made since): read it
+            // again whole; the lag and the hints start from the answer.
+            self.resync = true;
+            self.ring_epoch = reply.epoch;
+            self.hint = 0;
+            self.deltas.clear();
         }
         kept
     }

@@ -836,3 +836,41 @@ fn a_take_in_a_new_timelines_grace_period_waits_for_its_end_and_names_the_timeli
     let (step, _) = s.watcher_next(t0 + ms(700));
     assert!(matches!(step, WatcherStep::Take { .. }), "{step:?}");
 }
+
+/// A promotion that kept everything the member relies on (its claims, an
+/// epoch not behind its view) may still have lost changes of the view and
+/// made others since under the same epochs: the member reads the whole
+/// ring again and adopts it whatever its epoch — here the new primary's
+/// epoch 1 has `c` in it, so `a` hands `c`'s arc over.
+#[test]
+fn after_a_lossless_looking_promotion_the_view_is_read_again_whole() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let t = t0 + ms(100);
+    s.renewed(s.ticket(), renewal_on(1, 1, claims(0..8, 1)), t, t);
+    let (step, _) = s.watcher_next(t);
+    assert!(
+        matches!(step, WatcherStep::Wait(_)),
+        "on one timeline nothing is re-read: {step:?}"
+    );
+    let t = t0 + ms(200);
+    let out = s.renewed(s.ticket(), renewal_on(2, 1, claims(0..8, 1)), t, t);
+    assert_eq!(out.timeline_fence, None);
+    assert!(out.wake_watcher, "the watcher is woken to re-read the ring");
+    let (step, _) = s.watcher_next(t);
+    let WatcherStep::CatchUp { from: 0, ticket } = step else {
+        panic!("a whole-ring read (from 0): {step:?}");
+    };
+    let out = s.caught_up(ticket, CatchUp::Full(view(1, &[(7, "a"), (3, "c")])), t);
+    let handed: Vec<u32> = released(&out)
+        .iter()
+        .filter(|(_, r, _)| *r == ReleaseReason::Handoff)
+        .map(|(p, _, _)| *p)
+        .collect();
+    assert_eq!(handed, vec![0, 1, 2, 3], "c's arc is handed over");
+    assert!(s.view().unwrap().member("c").is_some());
+    assert_eq!(s.ownership().active_count(), 4);
+    // Once: the next step is the release, not another re-read.
+    let (step, _) = s.watcher_next(t);
+    assert!(matches!(step, WatcherStep::Release { .. }), "{step:?}");
+}

@@ -80,6 +80,9 @@ impl Session {
         }
         let ticket = self.ticket();
         let from = self.own.view_epoch();
+        if self.resync && self.own.status() == Status::Member {
+            return (WatcherStep::CatchUp { from: 0, ticket }, out);
+        }
         if !self.synced {
             // Right after a join the view is the join's own, read under the
             // ring lock: take first (the partitions the old owners released
@@ -159,6 +162,12 @@ impl Session {
     /// (those partitions stopped being reported at its deadline), then the
     /// view's releases.
     fn adopt(&mut self, view: RingView, now: Instant, out: &mut Output) {
+        self.adopt_forced(view, now, out, false);
+    }
+
+    /// [`Session::adopt`]; with `force` whatever the view's epoch (a
+    /// re-read after a timeline change).
+    fn adopt_forced(&mut self, view: RingView, now: Instant, out: &mut Output, force: bool) {
         let members = view.members().len();
         self.ring_epoch = self.ring_epoch.max(view.epoch());
         self.adopting_cause = match self.own.view().cloned() {
@@ -167,7 +176,11 @@ impl Session {
         };
         let released_at = self.stamp(now);
         self.lapse(now, out);
-        let actions = self.own.adopt(view);
+        let actions = if force {
+            self.own.resync(view)
+        } else {
+            self.own.adopt(view)
+        };
         self.push(out, actions, released_at, now);
         self.note_pending(now);
         self.waiting_for.retain(|p, _| self.own.is_assigned(*p));
@@ -204,7 +217,9 @@ impl Session {
                     self.apply_changes(run, now, &mut out);
                 }
                 CatchUp::Full(view) => {
-                    if view.epoch() > self.own.view_epoch() {
+                    if std::mem::take(&mut self.resync) {
+                        self.adopt_forced(view, now, &mut out, true);
+                    } else if view.epoch() > self.own.view_epoch() {
                         self.adopt(view, now, &mut out);
                     }
                 }

@@ -244,7 +244,9 @@ impl Db {
 
     pub fn catch_up(&self, from: u64) -> CatchUp {
         let first = self.log.len().saturating_sub(LOG_KEPT) as u64 + 1;
-        if from + 1 < first {
+        // From 0 (a re-read after a timeline change): the whole ring, as
+        // the store does.
+        if from == 0 || from + 1 < first {
             return CatchUp::Full(self.view.clone());
         }
         CatchUp::Changes(

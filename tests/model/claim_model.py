@@ -1,0 +1,612 @@
+"""Randomised model check of the per-partition claim handoff (shared/DESIGN.md section 4, "claims").
+
+The ring view says who *should* own a partition; a claim row per partition says who *may*
+use it. A member uses partition p only while it holds p's claim and its local lease is
+valid. A claim is taken only when it is free: never claimed, released by its holder, or its
+holder's membership row is gone (removed after its lease expired in the database).
+A holder stops using p locally *before* it writes the release; with a drain hook the
+release is written only after the user's work on p has stopped (drain), so the next owner
+starts only after that.
+
+Discrete-event simulation: one database (atomic operations at real time; DB clock = real
+time), members with drifting clocks, random request/reply delays (heavy tail), pauses up to
+3 x TTL, crashes, graceful leaves, joins, database outages, rejoins under the same name.
+Invariants checked every 5 ms of simulated time:
+  1. no two members *report* the same partition (owns(p) true);
+  2. no two members are *busy* on the same partition (reported, or draining before the
+     release is written) -- the user-level guarantee of the drain hook;
+  3. tokens strictly increase per partition.
+  4. liveness: after a quiet last stretch (no faults, database up, no pauses) every partition
+     is in use by exactly one member.
+
+Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
+in the quiet last stretch) the primary dies, requests and replies in flight are lost, and after
+an outage of 0.1-2 s a standby is promoted on a new timeline (the DB's timeline starts at 1 and
+increments; its clock is continuous). A *lossy* promotion (an asynchronous standby that lagged)
+comes up with the database as it was at t_s = t_fail - lag, lag random in (0, TTL/2]: a copy of
+the state (members, claims with holders and tokens, epoch, the timelines table) is kept every
+50-100 ms and the last one before t_s is restored; everything written after it is gone, rows of
+the timelines table included. A *lossless* promotion (a synchronous standby) loses nothing.
+Incarnations are random numbers in the library, so they stay unique across timelines (not
+reverted). Three rules make it safe:
+  A. token floor: a take gives a new holder max(old + 1, (timeline - 1) * 2**32), above every
+     token an earlier (possibly lost) timeline can have issued;
+  B. grace: table timelines (timeline -> first_served); the schema's creation records its own
+     timeline as -infinity (no grace at a cold start), and the first take a later timeline
+     serves inserts (timeline, now). No take succeeds (nor returns a claim already the taker's)
+     before first_served + GRACE; a refused take says how long is left and the member retries.
+     GRACE (the library's failover_grace) is TTL + MARGIN: every lease granted on the old
+     primary has ended by then, so a claim the new primary lost is not handed on while its
+     old holder may still use it;
+  C. check on a timeline change: renewal replies (and takes, before any timeline is known)
+     carry the timeline; a member remembers the first it sees. A successful renewal from
+     another timeline is checked against that reply: DB epoch >= the member's view epoch, and
+     every claim it uses (active or draining, as (partition, token)) held by its incarnation
+     with that token. Pass: adopt the timeline. Fail: fence -- stop using everything at once,
+     delete its own (stale) row, rejoin with a new incarnation.
+Views: a member here reads the whole ring whenever it adopts a view, so a view made under the
+same epoch on another timeline is never mixed with its own; the library's members and observers
+read the whole ring again after a timeline change for the same reason (deltas are numbered by
+epoch, and epochs of two timelines are not comparable).
+Invariant 3 is over tokens members activated with (not the DB's current values), so tokens
+issued on a lost timeline count. At the end the run prints the failovers (lossy, lossless),
+timeline fences and takes refused in a grace.
+Run:  python3 claim_model.py [SEEDS] [MUTATION]
+Mutations that must produce violations: no_exclusive, no_deadline_check, release_before_stop,
+untokened_release (safety); no_incarnation (liveness: a restarted member under the same name
+would be blocked by its predecessor's claims forever); and for failover:
+  no_timeline_token (drop rule A: the new timeline reissues token numbers that members already
+    used on the lost one -- invariant 3);
+  no_timeline_grace (GRACE = 0 with lossy promotions: a claim lost with the old timeline is
+    taken at once while its old holder, not yet renewed on the new primary, still uses it);
+  no_timeline_check (rule C off: a member keeps using a claim the new primary lost; the next
+    handoff of that partition then waits for nobody -- the taker starts while it still uses it.
+    Needs a take lost in the lag and a later handoff of that very partition, so it breaks fewer
+    seeds than the other two).
+  unseeded (rule B as first built: no row at the schema's creation; the first take inserts
+    -infinity if the table is empty, taking it for a fresh database): with one extra lossy
+    failover in the first 4 s whose standby lags behind the first take, the new primary's table
+    is empty, so takes get no grace while members still use claims of the lost timeline.
+Modes (must stay clean): cold_failover -- that extra early failover with rule B as built;
+  lossless_no_grace -- every promotion lossless and GRACE = 0: nothing is lost, the check
+  passes, tokens are unchanged; justifies failover_grace = 0 where only synchronous standbys
+  are ever promoted (mixing lossy ones in is no_timeline_grace).
+Mutations that do NOT break it, and why: resurrect (claims are freed only when a member row is
+deleted, so renewing an expired-but-present row cannot let two hold one claim; the rule stays as
+defence in depth), claim_while_releasing (a late answer with a token being released is never
+used), no_drain (drains are a user-level promise, checked by invariant 2 only when enabled).
+"""
+import heapq, random, sys
+
+R = 32
+TTL = 10.0
+MARGIN = TTL / 10
+RHO = 0.02
+MUT = None
+GRACE = TTL + MARGIN     # failover_grace: nothing is taken this long after a new timeline's first take
+TL_STRIDE = 2 ** 32      # tokens on timeline k are >= (k - 1) * TL_STRIDE
+SNAP_EVERY = (0.05, 0.1) # the standby's replay position advances in steps of this much simulated time
+
+
+class DB:
+    def __init__(s):
+        s.epoch = 0
+        s.members = {}   # name -> dict(inc, expires, vnodes)
+        s.claims = {}    # p -> dict(owner=(name, inc) or None, token)
+        s.up = True
+        s.inc = 0          # incarnations are random in the library: unique across timelines, not reverted
+        s.timeline = 1     # the server's timeline (not a table: it is the promoted server's own)
+        # table timelines: timeline -> first_served (reverted with the rest). Its first row is
+        # written with the schema, before any member exists (not so under mutation unseeded: the
+        # first take then finds the table empty and takes that for a fresh database)
+        s.timelines = {} if MUT == 'unseeded' else {1: float('-inf')}
+
+    def snapshot(s):
+        """What a standby that replayed up to now would hold."""
+        return dict(epoch=s.epoch,
+                    members={n: dict(m, vnodes=set(m['vnodes'])) for n, m in s.members.items()},
+                    claims={p: dict(c) for p, c in s.claims.items()},
+                    timelines=dict(s.timelines))
+
+    def restore(s, snap):
+        s.epoch = snap['epoch']
+        s.members = {n: dict(m, vnodes=set(m['vnodes'])) for n, m in snap['members'].items()}
+        s.claims = {p: dict(c) for p, c in snap['claims'].items()}
+        s.timelines = dict(snap['timelines'])
+
+    def ring(s):
+        return {p: n for n, m in s.members.items() for p in m['vnodes']}
+
+    def holder_present(s, owner):
+        if owner is None:
+            return False
+        name, inc = owner
+        m = s.members.get(name)
+        if MUT == 'no_incarnation':
+            return m is not None
+        return m is not None and m['inc'] == inc
+
+    def remove_expired(s, t):
+        dead = [n for n, m in s.members.items() if m['expires'] <= t]
+        for n in dead:
+            del s.members[n]
+        if dead:
+            s.epoch += 1
+        return dead
+
+
+def owners(ring):
+    if not ring:
+        return {}
+    ps = sorted(ring)
+    return {q: ring[next((p for p in ps if p >= q), ps[0])] for q in range(R)}
+
+
+class Member:
+    def __init__(s, name, rate):
+        s.name = name
+        s.rate = rate
+        s.inc = None
+        s.view_epoch = -1
+        s.own = set()
+        s.active = {}       # p -> token
+        s.draining = {}     # p -> local time the drain ends (release written then)
+        s.drain_tok = {}    # p -> token of a draining partition
+        s.unreleased = {}   # (p, token) -> True: claims to free (sent, not yet confirmed)
+        s.dropped = set()   # (p, token) given up: a late answer with it is never used
+        s.valid_until = -1.0
+        s.alive = True
+        s.paused_until = 0.0
+        s.member = False
+        s.leaving = False
+        s.timeline = None   # the first timeline this process saw in a reply; changed only after a check
+
+    def local(s, t):
+        return t * s.rate
+
+    def lease_ok(s, t):
+        return s.alive and s.local(t) < s.valid_until
+
+    def reported(s, t):
+        return set(s.active) if s.lease_ok(t) else set()
+
+    def busy(s, t):
+        return (set(s.active) | set(s.draining)) if s.lease_ok(t) else set()
+
+
+class Sim:
+    def __init__(s, seed):
+        s.rng = random.Random(seed)
+        s.db = DB()
+        s.t = 0.0
+        s.q = []
+        s.seq = 0
+        s.members = {}
+        s.violations = []
+        s.n = 0
+        s.last_token = {}
+        s.activations = 0
+        s.snaps = [(0.0, s.db.snapshot())]   # (time, state) the standby could be promoted with
+        s.promoting = None                    # the state a pending promotion comes up with
+        s.lossy = 0
+        s.lossless = 0
+        s.fences = 0
+        s.graced = 0
+        s.first_take = float('inf')
+
+    def at(s, t, fn, *a):
+        s.seq += 1
+        heapq.heappush(s.q, (t, s.seq, fn, a))
+
+    def delay(s):
+        if s.t >= getattr(s, 'quiet_from', float('inf')):
+            return s.rng.uniform(0.001, 0.02)
+        return s.rng.uniform(0.001, 0.02) if s.rng.random() < 0.9 else s.rng.uniform(0.02, TTL * 1.5)
+
+    def request(s, m, op, payload=None):
+        if not m.alive:
+            return
+        s.at(s.t + s.delay(), s.db_exec, m, op, payload, s.t, m.inc)
+
+    # ---------------------------------------------------------------- database
+    def db_exec(s, m, op, payload, t_send, inc):
+        db, t = s.db, s.t
+        if not db.up:
+            return  # no reply: the client times out
+        me = db.members.get(m.name)
+        live_me = me is not None and me['inc'] == inc and me['expires'] > t
+        res = None
+        if op == 'join':
+            db.remove_expired(t)
+            if m.name in db.members:
+                res = ('err',)
+            else:
+                taken = {p for mm in db.members.values() for p in mm['vnodes']}
+                free = [p for p in range(R) if p not in taken]
+                s.rng.shuffle(free)
+                db.inc += 1
+                db.epoch += 1
+                db.members[m.name] = dict(inc=db.inc, expires=t + TTL, vnodes=set(free[:2]))
+                res = ('ok', db.inc, db.epoch, db.ring())
+        elif op == 'hb':
+            ok = live_me or (MUT == 'resurrect' and me is not None and me['inc'] == inc)
+            if ok:
+                me['expires'] = t + TTL
+                held = [(p, c['token']) for p, c in db.claims.items() if c['owner'] == (m.name, inc)]
+                res = ('ok', db.epoch, db.ring(), held, db.timeline)
+            else:
+                res = ('evicted',)
+        elif op == 'claim':
+            got = []
+            if db.timeline not in db.timelines:
+                # the first take this timeline serves starts its grace (the schema's creation
+                # recorded its own timeline as -infinity: no grace at a cold start)
+                if MUT == 'unseeded':
+                    db.timelines[db.timeline] = t if db.timelines else float('-inf')
+                else:
+                    db.timelines[db.timeline] = t
+                s.first_take = min(s.first_take, t)
+            left = db.timelines[db.timeline] + GRACE - t
+            if left > 0:
+                res = ('wait', left, db.timeline)    # nothing taken nor returned in the grace
+            else:
+                if live_me:
+                    floor = 0 if MUT == 'no_timeline_token' else (db.timeline - 1) * TL_STRIDE
+                    for p in payload:
+                        c = db.claims.setdefault(p, dict(owner=None, token=0))
+                        mine = c['owner'] == (m.name, inc)
+                        free = c['owner'] is None or not db.holder_present(c['owner'])
+                        if mine:
+                            got.append((p, c['token']))  # a repeated take: same claim, same token
+                        elif free or MUT == 'no_exclusive':
+                            # a new holder: a new token, higher than every earlier one, also than
+                            # every token of an earlier timeline (some may be lost with it)
+                            c['token'] = max(c['token'] + 1, floor)
+                            c['owner'] = (m.name, inc)
+                            got.append((p, c['token']))
+                res = ('ok', got, db.timeline)
+        elif op == 'release':
+            for p, tok in payload:
+                c = db.claims.get(p)
+                if c and c['owner'] == (m.name, inc) and (c['token'] == tok or MUT == 'untokened_release'):
+                    c['owner'] = None
+            res = ('ok',)
+        elif op == 'cleanup':
+            db.remove_expired(t)
+            res = ('ok',)
+        elif op == 'leave':
+            for c in db.claims.values():
+                if c['owner'] == (m.name, inc):
+                    c['owner'] = None
+            if me is not None and me['inc'] == inc:
+                del db.members[m.name]
+                db.epoch += 1
+            res = ('ok',)
+        s.at(t + s.delay(), s.deliver, m, op, res, t_send, inc, payload)
+
+    def deliver(s, *a):
+        s.reply(*a)   # a reply on the wire; a failover loses it (the event is dropped)
+
+    # ---------------------------------------------------------------- member
+    def reply(s, m, op, res, t_send, inc, payload=None):
+        if not m.alive:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.reply, m, op, res, t_send, inc, payload)
+            return
+        if op == 'join' and res[0] == 'ok' and not m.member and not m.leaving:
+            m.member = True
+            m.inc = res[1]
+            m.valid_until = m.local(t_send) + TTL - MARGIN
+            s.adopt(m, res[2], res[3])
+        elif inc != m.inc or not m.member:
+            return  # a reply meant for an earlier membership
+        elif op == 'hb':
+            if res[0] == 'evicted':
+                s.drop_all(m)
+                m.unreleased = {}
+                m.member = False
+                m.inc = None
+                m.view_epoch = -1
+                m.own = set()
+            else:
+                tl = res[4]
+                if m.timeline is None:
+                    m.timeline = tl
+                elif tl != m.timeline and MUT != 'no_timeline_check':
+                    # the database moved to a new timeline: did it keep what this member relies on?
+                    # (one snapshot: this reply's epoch and claims)
+                    held = set(res[3])
+                    used = set(m.active.items()) | {(p, m.drain_tok[p]) for p in m.draining}
+                    if res[1] < m.view_epoch or not used <= held:
+                        s.fence(m, tl)
+                        return
+                    m.timeline = tl
+                m.valid_until = max(m.valid_until, m.local(t_send) + TTL - MARGIN)
+                # reconcile: claims the database says we hold but we do not use (lost answers)
+                used = {(p, t) for p, t in m.active.items()} | {(p, m.drain_tok[p]) for p in m.draining}
+                extra = [pt for pt in res[3] if pt not in used and pt not in m.unreleased]
+                if extra:
+                    s.send_release(m, extra)
+                s.adopt(m, res[1], res[2])
+        elif op == 'claim':
+            if m.timeline is None:
+                m.timeline = res[2]
+            if m.leaving:
+                return
+            if res[0] == 'wait':
+                s.graced += 1
+                s.at(s.t + res[1] / m.rate + 1e-6, s.retake, m, m.inc)  # retry when the grace ends
+                return
+            stray = []
+            for p, tok in res[1]:
+                if (p, tok) in m.dropped:
+                    continue
+                if m.active.get(p) == tok or m.drain_tok.get(p) == tok:
+                    continue  # a repeated answer for a claim in use or draining
+                if p in m.own and (m.lease_ok(s.t) or MUT == 'no_deadline_check'):
+                    lt, lo = s.last_token.get(p, (0, None))
+                    if tok < lt or (tok == lt and lo != (m.name, m.inc)):
+                        s.violations.append(('token', round(s.t, 3), p, tok, lt, lo, m.name))
+                    s.last_token[p] = (tok, (m.name, m.inc))
+                    m.active[p] = tok
+                    s.activations += 1
+                else:
+                    stray.append((p, tok))  # taken for a view it has left, or too late to use
+            if stray:
+                s.send_release(m, stray)
+        elif op == 'release':
+            for pt in payload:
+                m.unreleased.pop(pt, None)
+            s.claim_missing(m)
+
+    def fence(s, m, tl):
+        """Timeline fence: stop using everything at once, delete the (stale) own row, rejoin."""
+        s.fences += 1
+        s.drop_all(m)
+        s.request(m, 'leave')   # deletes this incarnation's row (its claims go with it)
+        m.unreleased = {}
+        m.member = False
+        m.inc = None
+        m.view_epoch = -1
+        m.own = set()
+        m.timeline = tl
+
+    def retake(s, m, inc):
+        if not m.alive or inc != m.inc:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.retake, m, inc)
+            return
+        s.claim_missing(m)
+
+    def drop_all(s, m):
+        m.active = {}
+        m.draining = {}
+        m.drain_tok = {}
+
+    def adopt(s, m, epoch, ring):
+        if epoch < m.view_epoch:
+            return
+        m.view_epoch = epoch
+        m.own = {p for p, n in owners(ring).items() if n == m.name}
+        gone = [p for p in m.active if p not in m.own]
+        if gone:
+            if MUT == 'release_before_stop':
+                s.send_release(m, [(p, m.active[p]) for p in gone])
+                s.at(s.t + 0.05, s.stop_using, m, gone, m.inc)
+            else:
+                for p in gone:
+                    m.drain_tok[p] = m.active.pop(p)
+                    drain = 0.0 if MUT == 'no_drain' else s.rng.choice([0.0, 0.0, s.rng.uniform(0.0, TTL / 4)])
+                    m.draining[p] = m.local(s.t) + drain
+                s.at(s.t, s.drain_step, m, m.inc)
+        s.claim_missing(m)
+
+    def claim_missing(s, m):
+        if m.leaving or not m.member:
+            return
+        releasing = {p for p, _ in m.unreleased}
+        want = [p for p in m.own if p not in m.active and p not in m.draining
+                and (p not in releasing or MUT == 'claim_while_releasing')]
+        if want and m.lease_ok(s.t):
+            s.request(m, 'claim', want)
+
+    def send_release(s, m, pts):
+        for pt in pts:
+            m.unreleased[pt] = True
+            m.dropped.add(pt)
+        s.request(m, 'release', list(pts))
+
+    def stop_using(s, m, ps, inc):
+        if inc == m.inc:
+            for p in ps:
+                m.active.pop(p, None)
+
+    def drain_step(s, m, inc):
+        """User work on draining partitions ends; then the release is written."""
+        if not m.alive or inc != m.inc:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.drain_step, m, inc)
+            return
+        done = [p for p, until in m.draining.items() if m.local(s.t) >= until]
+        for p in done:
+            del m.draining[p]
+        if done:
+            s.send_release(m, [(p, m.drain_tok.pop(p)) for p in done])
+        if m.draining:
+            nxt = min(m.draining.values())
+            s.at(max(s.t + 1e-4, nxt / m.rate + 1e-6), s.drain_step, m, inc)
+
+    def tick(s, m):
+        if not m.alive:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.tick, m)
+            return
+        if m.local(s.t) >= m.valid_until and (m.active or m.draining):
+            # self-fencing: stop at once (the library cannot wait for a drain past the lease);
+            # the claims are given back if the lease is renewed after all, or freed at its end
+            gone = list(m.active.items()) + [(p, m.drain_tok[p]) for p in m.draining]
+            s.drop_all(m)
+            s.send_release(m, gone)
+        if not m.member:
+            if not m.leaving:
+                s.request(m, 'join')
+        else:
+            s.request(m, 'hb')
+            if m.unreleased:
+                s.request(m, 'release', list(m.unreleased))
+            if s.rng.random() < 0.3:
+                s.request(m, 'cleanup')
+        s.at(s.t + s.rng.uniform(0.05, TTL / 3) / m.rate, s.tick, m)
+
+    # ---------------------------------------------------------------- chaos
+    def spawn(s, name=None, rate=None):
+        if name is None:
+            s.n += 1
+            name = 'n%d' % s.n
+        m = Member(name, rate or s.rng.uniform(1 - RHO, 1 + RHO))
+        s.members[name] = m
+        s.at(s.t, s.tick, m)
+
+    def chaos(s):
+        live = [m for m in s.members.values() if m.alive]
+        r = s.rng.random()
+        if r < 0.22 or len(live) < 2:
+            s.spawn()
+        elif r < 0.35:
+            s.rng.choice(live).alive = False
+        elif r < 0.42:
+            # crash, then a restart under the same name (rejoin while the old lease may live)
+            m = s.rng.choice(live)
+            m.alive = False
+            s.at(s.t + s.rng.uniform(0.0, TTL), s.spawn, m.name, m.rate)
+        elif r < 0.6:
+            m = s.rng.choice(live)
+            m.paused_until = s.t + s.rng.uniform(0.1, 3 * TTL)
+        elif r < 0.75:
+            m = s.rng.choice(live)
+            if m.member:
+                m.active = {}
+                m.draining = {}
+                m.leaving = True
+                s.request(m, 'leave')
+                s.at(s.t + 1.0, s.kill, m)
+        elif r < 0.85:
+            s.db.up = False
+            s.at(s.t + s.rng.uniform(0.1, 2 * TTL), s.dbup)
+        elif r < 0.93:
+            s.failover(lossy=MUT != 'lossless_no_grace')
+        elif r < 0.96:
+            s.failover(lossy=False)
+        s.at(s.t + s.rng.uniform(0.01, TTL), s.chaos)
+
+    def kill(s, m):
+        m.alive = False
+
+    def dbup(s):
+        if s.promoting is None:
+            s.db.up = True
+
+    def snap_tick(s):
+        if s.promoting is None:
+            s.snaps.append((s.t, s.db.snapshot()))
+            while s.snaps[0][0] < s.t - TTL:
+                s.snaps.pop(0)
+        s.at(s.t + s.rng.uniform(*SNAP_EVERY), s.snap_tick)
+
+    def failover(s, lossy, cold=False):
+        """The primary dies; a standby is promoted after a short outage. A lossy one had replayed
+        only up to now - lag: everything written after that is gone (the timelines table too)."""
+        if s.promoting is not None:
+            return
+        s.db.up = False
+        s.q = [e for e in s.q if e[2] not in (s.db_exec, s.deliver)]   # in flight: lost
+        heapq.heapify(s.q)
+        if lossy:
+            s.lossy += 1
+            t_s = s.t - s.rng.uniform(0.0, 0.5 * TTL)
+            if cold:   # the standby lags behind the very first take of a fresh database
+                t_s = s.rng.uniform(0.0, min(s.t, s.first_take))
+            i = max([0] + [k for k, (ts, _) in enumerate(s.snaps) if ts <= t_s])
+            s.snaps = s.snaps[:i + 1]        # later states belong to the lost timeline only
+            s.promoting = s.snaps[i][1]
+        else:
+            s.lossless += 1
+            s.promoting = s.db.snapshot()
+        s.at(s.t + s.rng.uniform(0.1, 2.0), s.promote)
+
+    def promote(s):
+        if s.promoting is None:
+            return
+        s.db.restore(s.promoting)
+        s.db.timeline += 1
+        s.db.up = True
+        s.promoting = None
+
+    def check(s):
+        seen, busy = {}, {}
+        for m in s.members.values():
+            for p in m.reported(s.t):
+                if p in seen:
+                    s.violations.append(('overlap', round(s.t, 3), p, seen[p], m.name))
+                seen[p] = m.name
+            for p in m.busy(s.t):
+                if p in busy:
+                    s.violations.append(('busy_overlap', round(s.t, 3), p, busy[p], m.name))
+                busy[p] = m.name
+        s.at(s.t + 0.005, s.check)
+
+    def run(s, until):
+        s.quiet_from = until - 6 * TTL   # chaos stops, the database is up: the ring must settle
+        s.spawn()
+        s.spawn()
+        s.at(0.5, s.chaos)
+        s.at(0.0, s.check)
+        s.at(0.05, s.snap_tick)
+        if MUT in ('cold_failover', 'unseeded'):
+            s.at(s.rng.uniform(0.2, 4.0), s.failover, True, True)
+        s.at(s.quiet_from, s.quiet)
+        while s.q and s.t < until and len(s.violations) < 5:
+            t, _, fn, a = heapq.heappop(s.q)
+            s.t = t
+            fn(*a)
+        if len(s.violations) == 0:
+            # liveness: after a quiet period every partition is in use by exactly one member
+            used = [p for m in s.members.values() for p in m.reported(s.t)]
+            if sorted(used) != list(range(R)) and any(m.alive for m in s.members.values()):
+                s.violations.append(('not_settled', round(s.t, 3), R - len(set(used))))
+        return s.violations
+
+    def quiet(s):
+        s.promote()
+        s.db.up = True
+        s.q = [e for e in s.q if e[2] not in (s.chaos, s.dbup, s.spawn, s.promote)]
+        heapq.heapify(s.q)
+        for m in s.members.values():
+            m.paused_until = min(m.paused_until, s.t)
+
+
+if __name__ == '__main__':
+    seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    MUT = sys.argv[2] if len(sys.argv) > 2 else None
+    if MUT in ('no_timeline_grace', 'lossless_no_grace'):
+        GRACE = 0.0
+    bad, acts, lossy, lossless, fences, graced = 0, 0, 0, 0, 0, 0
+    for seed in range(seeds):
+        sim = Sim(seed)
+        v = sim.run(400.0)
+        acts += sim.activations
+        lossy += sim.lossy
+        lossless += sim.lossless
+        fences += sim.fences
+        graced += sim.graced
+        if v:
+            bad += 1
+            if bad <= 3:
+                print('seed', seed, v[:3])
+    print('mutation', MUT, 'seeds', seeds, 'with violations', bad, 'activations', acts)
+    print('failovers lossy', lossy, 'lossless', lossless, 'timeline fences', fences,
+          'takes refused in grace', graced)
