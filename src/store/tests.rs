@@ -558,3 +558,23 @@ fn a_join_whose_answer_was_lost_is_resumed_not_refused() {
     assert_ne!(fresh.incarnation, first.incarnation);
     assert!(attempt.sent_at() > t0);
 }
+
+/// A `timelines` table without a row for the server's timeline — even an
+/// empty one, as on a standby promoted before the first take's row reached
+/// it — means a new timeline: the first take starts the grace period. Only
+/// the schema's creation records a timeline as needing none.
+#[test]
+fn an_empty_timelines_table_is_a_new_timeline_not_a_fresh_database() {
+    let (store, mut held, mut admin, schema) = setup("a");
+    admin
+        .batch_execute(&format!("DELETE FROM {schema}.timelines"))
+        .unwrap();
+    let joined = store.join(&mut admin).unwrap();
+    let took = store.take(&mut held, joined.incarnation, &[0, 1]).unwrap();
+    assert!(took.got.is_empty(), "nothing taken: {took:?}");
+    assert!(
+        took.grace.is_some_and(|d| d > Duration::from_secs(9)),
+        "a grace period of a TTL and the margin: {:?}",
+        took.grace
+    );
+}
