@@ -11,7 +11,7 @@ use common::*;
 use leasering::{Builder, ErrorKind, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
-use leasering_testkit::{MemberArgs, MemberProcess, PgBouncer, PoolMode};
+use leasering_testkit::{MemberArgs, MemberProcess, PgBouncer, PoolMode, ProxyMode, TcpProxy};
 
 const TTL: Duration = Duration::from_secs(2);
 const RING_SIZE: u32 = 64;
@@ -596,7 +596,7 @@ struct Pair {
 }
 
 fn primary_and_standby(synchronous: bool) -> Pair {
-    use leasering_testkit::{TcpProxy, TestPostgres, TestPostgresOptions};
+    use leasering_testkit::{TestPostgres, TestPostgresOptions};
     let options = TestPostgresOptions {
         extra_settings: vec![
             ("synchronous_commit".into(), "on".into()),
@@ -771,10 +771,13 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
     wait_until(SETTLE, "four members to settle", || {
         settled_and_covered(&nodes)
     });
-    // A router's observer follows the ring through the failover too.
+    // A router's observer follows the ring through the failover too. It
+    // has a proxy of its own (in front of the members'), to be cut off
+    // from the database across the failover.
+    let obs_proxy = TcpProxy::start(pair.proxy.addr()).unwrap_or_else(|e| panic!("proxy: {e}"));
     let observer = leasering::RingObserver::builder(
         pair.primary
-            .pool_via(pair.proxy.port(), 2)
+            .pool_via(obs_proxy.port(), 2)
             .unwrap_or_else(|e| panic!("{e}")),
         &ring,
     )
@@ -810,6 +813,13 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
             settled_and_covered(&nodes)
         });
     }
+    wait_until(
+        SETTLE,
+        "the observer to follow the old primary's changes",
+        || agrees(&nodes),
+    );
+    // Cut off until the new primary's epochs have passed the lost ones.
+    obs_proxy.set_mode(ProxyMode::Stall);
     let lost_epoch: i64 = p
         .query_one(
             "SELECT epoch FROM leasering.rings WHERE ring_id = $1",
@@ -826,10 +836,13 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
         .get(0);
     drop(p);
 
-    // The failover, with the members running.
+    // The failover, with the members running; a new member right after
+    // it, under an epoch the old primary had used for something else.
     let failed_at = Instant::now();
     fail_over(&pair);
     let promoted = Instant::now();
+    let z = start("az");
+    nodes.lock().unwrap().push(z);
     let before = tokens(&recorder, &|at| at < failed_at);
     let max_before = *before
         .iter()
@@ -889,13 +902,36 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
         "tokens on timeline {timeline} start at (timeline - 1) << 32: {min_after}"
     );
     eprintln!("deploy: lossy failover covered again in {back_in:?} (epoch {lost_epoch} lost, back to {kept_epoch}; tokens {max_before} -> {min_after})");
-    // The observer's view of the lost timeline is not built on: it reads the
-    // ring again (epochs of two timelines are not comparable).
+    // The new primary's epochs pass the lost ones; then the observer is
+    // back. Its view of the lost timeline is not built on with the new
+    // one's changes (which would leave `az`, joined under an epoch it had
+    // already seen, out of its view): it reads the whole ring again.
+    let mut np = pair.standby.client().unwrap();
+    let mut round = 0;
+    while np
+        .query_one(
+            "SELECT epoch FROM leasering.rings WHERE ring_id = $1",
+            &[&ring],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        <= lost_epoch
+    {
+        let n = start(&format!("ab{round}"));
+        nodes.lock().unwrap().push(n);
+        wait_until(SETTLE, "a join on the new primary", || {
+            settled_and_covered(&nodes)
+        });
+        round += 1;
+    }
+    obs_proxy.set_mode(ProxyMode::Pass);
+    obs_proxy.cut();
     wait_until(
         SETTLE,
         "the observer to agree with the members on the new primary",
         || settled(&nodes.lock().unwrap()) && agrees(&nodes),
     );
+    assert!(observer.view().member("az").is_some());
     // It carries on: a join and a leave on the new primary.
     let n = start("a9");
     nodes.lock().unwrap().push(n);
