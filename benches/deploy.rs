@@ -41,9 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leasering::{Builder, RingNode};
-use leasering_testkit::{
-    PgBouncer, PoolMode, Sampler, TcpProxy, TestPostgres, TestPostgresOptions,
-};
+use leasering_testkit::{PgBouncer, PoolMode, Sampler, TcpProxy, TestPostgres};
 use support::*;
 
 const RING_SIZE: u32 = 1024;
@@ -129,6 +127,19 @@ impl Setup<'_> {
     }
 }
 
+/// A 1 ms sampler of who owns what among `nodes` (as they come and go).
+fn sample(nodes: &Arc<Mutex<Vec<RingNode>>>) -> Sampler {
+    let sampled = nodes.clone();
+    Sampler::start(Duration::from_millis(1), move || {
+        sampled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| (n.node_id().to_string(), n.clone()))
+            .collect()
+    })
+}
+
 fn settled(nodes: &[RingNode]) -> bool {
     let e = nodes[0].ring().epoch();
     nodes.iter().all(|n| {
@@ -176,15 +187,7 @@ fn cycles(setup: &Setup<'_>, ring: &str, reps: usize) -> Measured {
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         nodes.lock().unwrap().push(n);
     }
-    let sampled = nodes.clone();
-    let sampler = Sampler::start(Duration::from_millis(1), move || {
-        sampled
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|n| (n.node_id().to_string(), n.clone()))
-            .collect()
-    });
+    let sampler = sample(&nodes);
     let mut out = Measured {
         join_ms: Vec::new(),
         leave_ms: Vec::new(),
@@ -254,37 +257,8 @@ fn cycles(setup: &Setup<'_>, ring: &str, reps: usize) -> Measured {
 /// One failover under 4 members, then a 5th joins: (settled, join_after),
 /// or `None` if either timed out; and the overlaps the sampler saw.
 fn failover_once(ttl: Duration, grace: Option<Duration>, ring: &str) -> (Option<(f64, f64)>, u64) {
-    let options = TestPostgresOptions {
-        extra_settings: vec![
-            ("synchronous_commit".into(), "on".into()),
-            ("wal_level".into(), "replica".into()),
-        ],
-        ..TestPostgresOptions::default()
-    };
-    let primary = TestPostgres::start_with(options.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let standby = primary
-        .start_standby(options)
-        .unwrap_or_else(|e| panic!("a standby: {e}"));
-    let mut c = primary.client().unwrap_or_else(|e| panic!("{e}"));
-    // Two statements: ALTER SYSTEM cannot run in a multi-statement batch.
-    c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-        .unwrap_or_else(|e| panic!("{e}"));
-    c.batch_execute("SELECT pg_reload_conf()")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let streaming = wait("a synchronous standby", Duration::from_secs(60), || {
-        c.query_opt(
-            "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'sync'",
-            &[],
-        )
-        .ok()
-        .flatten()
-        .is_some()
-    });
-    assert!(
-        streaming.is_some(),
-        "the standby never streamed synchronously"
-    );
-    drop(c);
+    let (primary, standby) = TestPostgres::with_standby(true)
+        .unwrap_or_else(|e| panic!("a primary and its standby: {e}"));
     let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into())
         .unwrap_or_else(|e| panic!("proxy: {e}"));
     let start = |name: &str| {
@@ -304,15 +278,7 @@ fn failover_once(ttl: Duration, grace: Option<Duration>, ring: &str) -> (Option<
     let nodes: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(
         (0..4).map(|k| start(&format!("f{k}"))).collect(),
     ));
-    let sampled = nodes.clone();
-    let sampler = Sampler::start(Duration::from_millis(1), move || {
-        sampled
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|n| (n.node_id().to_string(), n.clone()))
-            .collect()
-    });
+    let sampler = sample(&nodes);
     let settle = Duration::from_secs(60);
     let fleet = nodes.lock().unwrap().clone();
     let mut out = None;

@@ -596,34 +596,8 @@ struct Pair {
 }
 
 fn primary_and_standby(synchronous: bool) -> Pair {
-    use leasering_testkit::{TestPostgres, TestPostgresOptions};
-    let options = TestPostgresOptions {
-        extra_settings: vec![
-            ("synchronous_commit".into(), "on".into()),
-            ("full_page_writes".into(), "on".into()),
-            ("wal_level".into(), "replica".into()),
-        ],
-        ..TestPostgresOptions::default()
-    };
-    let primary = TestPostgres::start_with(options.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let standby = primary
-        .start_standby(options)
-        .unwrap_or_else(|e| panic!("a standby: {e}"));
-    let mut c = primary.client().unwrap();
-    if synchronous {
-        c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-            .unwrap();
-        c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    }
-    let want = if synchronous { "sync" } else { "async" };
-    wait_until(SETTLE, "the standby to stream from the primary", || {
-        c.query_opt(
-            "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = $1",
-            &[&want],
-        )
-        .unwrap()
-        .is_some()
-    });
+    let (primary, standby) = leasering_testkit::TestPostgres::with_standby(synchronous)
+        .unwrap_or_else(|e| panic!("a primary and its standby: {e}"));
     let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into())
         .unwrap_or_else(|e| panic!("proxy: {e}"));
     Pair {

@@ -106,6 +106,53 @@ impl TestPostgres {
         }
     }
 
+    /// A throwaway primary (`wal_level = replica`, `synchronous_commit =
+    /// on`) and a streaming standby of it, started and streaming: as a
+    /// *synchronous* standby (`synchronous_standby_names = '*'`: a commit
+    /// returns once the standby has it, so promoting it loses nothing) or
+    /// an asynchronous one. Returns `(primary, standby)`.
+    pub fn with_standby(synchronous: bool) -> Result<(TestPostgres, TestPostgres), TestkitError> {
+        let options = TestPostgresOptions {
+            extra_settings: vec![
+                ("synchronous_commit".into(), "on".into()),
+                ("full_page_writes".into(), "on".into()),
+                ("wal_level".into(), "replica".into()),
+            ],
+            ..TestPostgresOptions::default()
+        };
+        let primary = TestPostgres::start_with(options.clone())?;
+        let standby = primary.start_standby(options)?;
+        let mut c = primary.client()?;
+        let fail = |what: &str, e: postgres::Error| TestkitError::new(format!("{what}: {e}"));
+        if synchronous {
+            // Two statements: ALTER SYSTEM cannot run in a multi-statement batch.
+            c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                .map_err(|e| fail("synchronous_standby_names", e))?;
+            c.batch_execute("SELECT pg_reload_conf()")
+                .map_err(|e| fail("pg_reload_conf", e))?;
+        }
+        let want = if synchronous { "sync" } else { "async" };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let streaming = c
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = $1",
+                    &[&want],
+                )
+                .map_err(|e| fail("pg_stat_replication", e))?
+                .is_some();
+            if streaming {
+                return Ok((primary, standby));
+            }
+            if Instant::now() > deadline {
+                return Err(TestkitError::new(format!(
+                    "the standby did not stream from the primary ({want}) within 60 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Promotes a standby to primary (`pg_promote`, which switches it to a
     /// new timeline) and waits until it accepts writes, at most 60 s.
     pub fn promote(&self) -> Result<(), TestkitError> {
