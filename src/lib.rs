@@ -194,10 +194,11 @@
 //! makes them its own, with a new token, provided its own lease is live in
 //! the database; claims it already holds come back with their token; and a
 //! claim another member holds gets this member as its **waiter**, so that
-//! its release will tell exactly this member. The members that lose a
-//! partition in the new view are releasing it meanwhile (below); whatever
-//! the take did not get, it asks for again when told of a release or of
-//! the holder's removal.
+//! its release will tell it — and, once a second member waits for the same
+//! claim (views disagree for a moment during concurrent joins and leaves),
+//! every member. The members that lose a partition in the new view are
+//! releasing it meanwhile (below); whatever the take did not get, it asks
+//! for again when told of a release or of the holder's removal.
 //!
 //! **Activate.** A partition becomes active when the take's answer arrives
 //! *while the local lease still runs*. The database lease then has not
@@ -211,12 +212,11 @@
 //! after the drain, if one is configured — writes the release **naming the
 //! token** it frees. A stale or repeated release can never free a newer
 //! claim; releases are retried until confirmed, and the member does not
-//! take `p` again while its own release is unconfirmed. The release
-//! notifies only the member marked as the claim's waiter, on that member's
-//! own channel — nobody when nobody waits. (PostgreSQL's `NOTIFY` signals
-//! every listening backend of the database, not just those listening on
-//! the channel, so a ring-wide notification per release would cost
-//! O(members) wake-ups each.)
+//! take `p` again while its own release is unconfirmed. A release sends
+//! one notification, and only if somebody waits: on the waiter's own
+//! channel when the freed claims name one waiter, on the ring's channel
+//! (every member hears it) when they name two or more. So every waiter is
+//! told, at the cost of one `NOTIFY` per release that anyone waits for.
 //!
 //! **Reconcile.** Answers get lost: a connection can die after the take
 //! committed but before its answer arrived. Every renewal therefore also
@@ -243,6 +243,21 @@
 //! waiting and by the epoch that every renewal returns. With
 //! [`Builder::notifications`] off the ring still works, by polling, only
 //! slower.
+//!
+//! **What a handoff waits for.** Between live members that are not frozen,
+//! with notifications on, a handoff waits for no timer. It waits for: the
+//! old owner adopting the view that moves the partition (the change's
+//! notification), the old owner's work on it (the drain, if configured),
+//! the old owner's release (one statement), that release's notification to
+//! the new owner (or the notification of the old owner's removal, for a
+//! leave), and the new owner's take (one statement) — whatever the order in
+//! which views, releases and takes meet, and however many members wait for
+//! one claim. The one exception is a claim row locked by a transaction in
+//! flight (a release or another take): the take skips it rather than wait
+//! for the lock, and looks again 2 ms later. The backoff (100 ms, doubling
+//! to 2 s) only covers a notification lost with a connection; a crashed or
+//! frozen holder is waited for until its lease ends (see the guarantees),
+//! and a new timeline's takes until its grace period ends.
 //!
 //! ## How races are serialised
 //!
@@ -567,15 +582,18 @@
 //!   the row lock itself kept the database's lock manager busy, since every
 //!   commit woke every waiter; an advisory lock is handed to one waiter at
 //!   a time.
-//! * **Release notifications go to the waiter only** (DESIGN §4.0 rule 4:
+//! * **Release notifications go to the waiters only** (DESIGN §4.0 rule 4:
 //!   every release notifies the ring). A take that finds a claim held marks
 //!   itself as its `waiter`; the release notifies that member's own
 //!   channel, and nobody when nobody waits. With hundreds of members,
 //!   releases that always notified were most of the database's CPU at a
-//!   cold start. A claim has one waiter, the latest take to mark it; a
-//!   member whose mark was overwritten (views disagree for a moment) is
-//!   served by the safety net below, and removals of a holder still reach
-//!   everyone through the ring's channel.
+//!   cold start. A claim that a second member marks names the ring's
+//!   channel instead, and its release tells every member, in one
+//!   notification. (A first version kept one waiter, the latest take to
+//!   mark it: a member whose mark a stale view's take overwrote waited for
+//!   the safety net, 100 ms to 2 s, during every burst of joins and leaves;
+//!   the claim model's `single_waiter` mutation.) Removals of a holder
+//!   reach everyone through the ring's channel.
 //! * **The take asks only for what may have changed, with a safety net.**
 //!   A take asks for the partitions newly pending or named by a release or
 //!   a removal; the ones still waiting are asked for again after a backoff

@@ -60,9 +60,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// No new fault is started later than this before the end of the budget.
 const LONGEST_FAULT: Duration = Duration::from_secs(15);
-/// Graceful changes (and, while a member is frozen, those that do not
-/// involve it) are covered again within this.
-const GRACEFUL_BOUND: Duration = Duration::from_secs(1);
 /// After a change made while a member is frozen, it stays frozen at least
 /// this long: the others' handoffs complete (or not) while it is.
 const FROZEN_AFTER_CHANGE: Duration = Duration::from_millis(1500);
@@ -129,20 +126,27 @@ impl Kind {
         }
     }
 
-    /// Graceful changes must be covered again within 1 s; crashes, pauses,
-    /// link faults and database outages within TTL + 1 s (a frozen
-    /// member's own partitions too; the others' are judged apart, against
-    /// the graceful bound).
+    /// How long a partition may be active nowhere after the fault: bounds
+    /// of liveness, not of speed (issue 17: on a busy 2-core machine in a
+    /// debug build, a bound near the handoff time flaked; speed is the
+    /// benches'). Graceful changes within one lease TTL — nobody waited
+    /// for a lease to end; crashes, pauses, link faults and database
+    /// outages within two — the lease of the member that is gone, and
+    /// nothing after it (a frozen member's own partitions too; the
+    /// others' are judged apart, within one TTL: see [`Isolation`]).
     fn bound(self, ttl: Duration) -> Duration {
         match self {
-            Kind::Restart | Kind::JoinBurst => GRACEFUL_BOUND,
-            _ => ttl + GRACEFUL_BOUND,
+            Kind::Restart | Kind::JoinBurst => ttl,
+            _ => ttl * 2,
         }
     }
 }
 
 /// A change made while a member was frozen: from `from` to `to` (its thaw)
-/// every partition but `exempt` must stay within the graceful bound.
+/// every partition but `exempt` must be covered again within one lease TTL
+/// (the exact, timing-free check that a join and a leave take nothing from
+/// a frozen member's lease is `tests/claims.rs`'s
+/// `a_frozen_member_delays_only_the_partitions_whose_claims_it_holds`).
 struct Isolation {
     from: u64,
     to: u64,
@@ -749,7 +753,7 @@ fn run_chaos(plan: Plan) -> Outcome {
                 label: format!("#{} {}", i + 1, f.label),
                 from: iso.from,
                 to: iso.to,
-                bound_ms: GRACEFUL_BOUND.as_millis() as u64,
+                bound_ms: ttl.as_millis() as u64,
                 exempt: iso.exempt.clone(),
             })
         })

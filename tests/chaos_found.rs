@@ -59,8 +59,10 @@ fn partitions_activated_by_a_barrier_read_are_fenced_when_the_lease_runs_out() {
     let stalled_at = Instant::now();
     // Its local lease (TTL minus margin from its last renewal) runs out
     // within one TTL: it must say so with an event, not only in owns().
+    // (Without the fix the event never comes: the deadline only bounds how
+    // long that failure takes to show.)
     let fenced = loop {
-        match events.recv_deadline(stalled_at + TTL + Duration::from_secs(1)) {
+        match events.recv_deadline(stalled_at + TTL * 5) {
             Ok(Event::Released {
                 reason: ReleaseReason::LeaseExpired,
                 at,
@@ -122,13 +124,22 @@ fn a_release_after_the_local_deadline_is_stamped_with_the_deadline() {
         || node.owned_partitions().len() == 1024,
     );
     // A few renewals, so that the heartbeat holds its connection; then the
-    // link stalls, and within one heartbeat interval a renewal is in flight.
+    // link stalls, and within one heartbeat interval a renewal is in flight:
+    // once the local lease has run 200 ms past the point where the next
+    // renewal was due (TTL - margin - heartbeat interval left) — measured
+    // on the lease itself, not from the stall, so that a late heartbeat or
+    // a slow test thread cannot eat the lease left to freeze in.
     let renewals = node.status().renewals;
     wait_until(Duration::from_secs(30), "two renewals", || {
         node.status().renewals >= renewals + 2
     });
     link.set_mode(ProxyMode::Stall);
-    std::thread::sleep(ttl / 3 + Duration::from_millis(200));
+    let renewal_due = ttl - ttl / 10 - ttl / 3 - Duration::from_millis(200);
+    wait_until(
+        Duration::from_secs(30),
+        "a renewal to be due behind the stalled link",
+        || node.status().lease_left.is_none_or(|l| l <= renewal_due),
+    );
     let lease_left = node
         .status()
         .lease_left

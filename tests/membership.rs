@@ -319,7 +319,7 @@ fn notifications_off_still_hands_over() {
 
 #[test]
 fn a_joiner_absorbed_by_a_slow_member_gets_a_lease_that_outlasts_its_local_one() {
-    // x's join transaction sleeps 1.5 s right after it took the ring's lock
+    // x's join transaction sleeps 3 s right after it took the ring's lock
     // (a trigger on its join request); y files its request meanwhile and
     // x absorbs it. y's lease in the database must start no earlier than y
     // sent its request — the instant y counts its local lease from — not
@@ -334,15 +334,17 @@ fn a_joiner_absorbed_by_a_slow_member_gets_a_lease_that_outlasts_its_local_one()
         .batch_execute(&format!(
             "CREATE OR REPLACE FUNCTION leasering.slow_{app}() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-               IF current_setting('application_name') = '{app}' THEN PERFORM pg_sleep(1.5); END IF;
+               IF current_setting('application_name') = '{app}' THEN PERFORM pg_sleep(3); END IF;
                RETURN NULL;
              END $$;
              CREATE TRIGGER slow_{app} AFTER INSERT ON leasering.join_requests
                FOR EACH STATEMENT EXECUTE FUNCTION leasering.slow_{app}();"
         ))
         .unwrap();
-    // TTL 6 s: statements may run 2 s, longer than the trigger's sleep.
-    let ttl = Duration::from_secs(6);
+    // TTL 30 s: statements may run 10 s, far longer than the trigger's
+    // sleep; and y's first renewal, which would move both leases on, comes
+    // 10 s after its join — long after the comparison below.
+    let ttl = Duration::from_secs(30);
     let x = std::thread::spawn({
         let (ring, pool) = (ring.clone(), named_pool(db, &app, 4));
         move || {
@@ -353,13 +355,29 @@ fn a_joiner_absorbed_by_a_slow_member_gets_a_lease_that_outlasts_its_local_one()
                 .unwrap()
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
     let y = builder(pool(4), &ring, "y")
         .lease_ttl(ttl)
         .margin(Duration::from_millis(100))
-        .ring_size(64)
-        .start()
-        .unwrap();
+        .ring_size(64);
+    // y files its request 0.5 s into x's sleep (a condition, then the
+    // offset the test is about), with 2.5 s of it left.
+    wait_until(
+        SETTLE,
+        "x's join to sleep in the database, holding the ring's lock",
+        || {
+            db.client()
+                .unwrap()
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE application_name = $1 AND wait_event = 'PgSleep')",
+                    &[&app],
+                )
+                .unwrap()
+                .get(0)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let y = y.start().unwrap();
     let x = x.join().unwrap();
     db.client()
         .unwrap()
@@ -367,8 +385,8 @@ fn a_joiner_absorbed_by_a_slow_member_gets_a_lease_that_outlasts_its_local_one()
             "DROP TRIGGER slow_{app} ON leasering.join_requests"
         ))
         .unwrap();
-    // Before y's first renewal (TTL/3 after its join), compare its local
-    // lease with the database's.
+    // Before y's first renewal (TTL/3 = 10 s after its join), compare its
+    // local lease with the database's.
     let in_db: f64 = db
         .client()
         .unwrap()

@@ -172,17 +172,25 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
     let m = store();
     let ring = ring_name("metrics");
     let ttl = Duration::from_secs(2);
-    let start = |node: &str, notifications: bool| -> RingNode {
+    // Leases long enough for the windows of the steps below: a join while
+    // `ma` is frozen (within what is left of `ma`'s local lease), a
+    // reconciliation by `ma`'s next renewal (every third of its TTL) before
+    // `mc`'s lease ends, and a leave that `ma`, hearing of it only through
+    // a renewal, adopts long before `mb`'s last reported lease end (a
+    // removal adopted within a third of a TTL of it counts as a crash).
+    let held = ttl * 4;
+    let member = |node: &str, notifications: bool, ttl: Duration| {
         builder(pool(4), &ring, node)
             .ring_size(64)
             .lease_ttl(ttl)
             .notifications(notifications)
-            .start()
-            .unwrap()
+    };
+    let start = |node: &str, notifications: bool, ttl: Duration| -> RingNode {
+        member(node, notifications, ttl).start().unwrap()
     };
     // `ma` hears of changes only through its renewals' answers: each one
     // shows as an epoch lag until its watcher catches up.
-    let a = start("ma", false);
+    let a = start("ma", false, held);
     wait_until(SETTLE, "ma to own the ring and renew twice", || {
         a.owned_partitions().len() == 64
             && m.count("leasering_renewals_total", "ma", &["result=ok"]) >= 2
@@ -195,9 +203,13 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
     assert_eq!(m.gauge("leasering_healthy", "ma"), 1.0);
     assert!(a.status().is_healthy());
 
-    // A join while `ma` is frozen: `mb` waits for claims `ma` holds.
-    a.pause_threads_for(ttl / 4);
-    let b = start("mb", true);
+    // A join while `ma` is frozen: `mb` waits for claims `ma` holds. The
+    // pause (`mb` made ready beforehand) is far longer than the join and
+    // its first take need, and well within what is left of `ma`'s local
+    // lease (more than half its TTL).
+    let b = member("mb", true, held * 2);
+    a.pause_threads_for(ttl);
+    let b = b.start().unwrap();
     wait_until(
         SETTLE,
         "mb's share to arrive through a join handoff",
@@ -234,8 +246,10 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
 
     // A crash; before its lease ends, one of its claims is given to `ma`
     // in the database (as a take whose answer was lost would leave it):
-    // `ma`'s next renewal reads it and gives it back.
-    let c = start("mc", true);
+    // `ma`'s next renewal reads it and gives it back. (`mc`'s lease runs
+    // at least two thirds of its TTL after the crash: more than a TTL of
+    // slack after `ma`'s next renewal, a third of its own.)
+    let c = start("mc", true, held);
     wait_until(SETTLE, "mc to own its share", || {
         !c.owned_partitions().is_empty()
             && a.owned_partitions().len() + c.owned_partitions().len() == 64

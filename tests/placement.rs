@@ -290,13 +290,26 @@ fn observer_agrees_through_churn(placement: Placement) {
                         .map(str::to_string)
             })
     };
+    // Each agreed view goes into the truth too: the sampler may not run
+    // between the members' adopting an epoch and the next change.
+    let record_agreed = |nodes: &[RingNode]| {
+        let v = nodes[0].ring();
+        truth
+            .lock()
+            .unwrap()
+            .entry(v.epoch())
+            .or_insert_with(|| owners(&v));
+    };
     wait_until(
         SETTLE,
         "the observer and 8 members to agree on 1000 keys",
         || agree(&nodes),
     );
-    // Churn: two leave, two join, one crashes; agreement after each settles.
+    record_agreed(&nodes);
+    // Churn: two leave, two join, one crashes; agreement after each settles
+    // (after a crash: once its lease has ended and it is removed).
     for round in 0..3 {
+        let mut crashed: Option<String> = None;
         match round {
             0 => {
                 let gone = nodes.remove(2);
@@ -311,14 +324,21 @@ fn observer_agrees_through_churn(placement: Placement) {
             _ => {
                 let gone = nodes.remove(1);
                 gone.crash();
+                crashed = Some(gone.node_id().to_string());
             }
         }
         *shared_nodes.lock().unwrap() = nodes.clone();
-        wait_until(
-            SETTLE,
-            &format!("agreement after churn round {round}"),
-            || agree(&nodes),
-        );
+        let what = match &crashed {
+            Some(c) => format!("agreement after churn round {round}, {c} removed"),
+            None => format!("agreement after churn round {round}"),
+        };
+        wait_until(SETTLE, &what, || {
+            agree(&nodes)
+                && crashed
+                    .as_deref()
+                    .is_none_or(|c| nodes[0].ring().member(c).is_none())
+        });
+        record_agreed(&nodes);
     }
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();

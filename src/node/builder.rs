@@ -268,12 +268,27 @@ fn join_within_start_timeout(
             } else {
                 store.check_schema(&mut conn)?;
             }
-            let (joined, sent_at) = join_retrying(&store, &pool, &mut conn, deadline)?;
+            let mut attempt = JoinAttempt::new(Instant::now()).until(deadline);
+            let joined = match join_retrying(&store, &pool, &mut conn, deadline, &mut attempt) {
+                Ok(joined) => joined,
+                Err(e) => {
+                    // A request that committed may be absorbed later, or
+                    // have been absorbed with its answer lost: a ghost
+                    // member for a TTL. Withdrawn here, best-effort, on a
+                    // fresh connection (this one may be what failed).
+                    drop(conn);
+                    if let Some(incarnation) = attempt.filed() {
+                        withdraw(&store, &pool, incarnation, start_timeout);
+                    }
+                    return Err(e);
+                }
+            };
             if abandoned.load(Ordering::SeqCst) {
-                let _ = store.leave(&mut conn);
+                // The caller has given up: this member never runs.
                 let _ = conn.batch_execute("UNLISTEN *");
+                withdraw(&store, &pool, joined.incarnation, start_timeout);
             }
-            Ok((joined, sent_at, conn))
+            Ok((joined, attempt.sent_at(), conn))
         }
     };
     match bounded("start", deadline, job)? {
@@ -291,6 +306,29 @@ fn join_within_start_timeout(
     }
 }
 
+/// Best-effort withdrawal of the join of `incarnation` (its request, or
+/// its row) after a `start()` that failed or was given up on, on a
+/// connection of its own.
+fn withdraw(store: &Store, pool: &Arc<dyn ConnSource>, incarnation: i64, bound: Duration) {
+    let node = store.node_id.as_str();
+    let result = pool
+        .get(bound.min(Duration::from_secs(5)))
+        .map_err(|e| Error::pool("withdraw the join", e))
+        .and_then(|mut c| store.withdraw_join(&mut c, incarnation));
+    match result {
+        Ok(Some(epoch)) => log::info!(target: "leasering", ring = store.ring_id.as_str(), node;
+            "node {node}: start failed after its join had committed: removed its row (epoch {epoch})"),
+        Ok(None) => {
+            log::debug!(target: "leasering", "node {node}: start failed: join request withdrawn")
+        }
+        Err(e) => {
+            log::warn!(target: "leasering", ring = store.ring_id.as_str(), node, error = e.to_string().as_str();
+            "node {node}: start failed, and its join could not be withdrawn ({e}): \
+             a pending request may still be absorbed (it expires unrenewed within a TTL)")
+        }
+    }
+}
+
 /// Many members starting at once queue on the ring's row lock; a join that
 /// timed out there is tried again while the deadline allows. So is one
 /// whose connection was lost (on a new connection): the same attempt,
@@ -300,12 +338,12 @@ fn join_retrying(
     pool: &Arc<dyn ConnSource>,
     conn: &mut Conn,
     deadline: Instant,
-) -> Result<(Joined, Instant)> {
-    let mut attempt = JoinAttempt::new(Instant::now());
+    attempt: &mut JoinAttempt,
+) -> Result<Joined> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match store.join_with(conn, &mut attempt, true) {
-            Ok(joined) => return Ok((joined, attempt.sent_at())),
+        match store.join_with(conn, attempt, true) {
+            Ok(joined) => return Ok(joined),
             Err(e) if e.kind() == ErrorKind::Timeout && left > Duration::from_millis(100) => {
                 log::debug!(target: "leasering", "join timed out ({}); trying again", e);
                 std::thread::sleep(Duration::from_millis(10));

@@ -20,6 +20,9 @@ mod publish;
 mod shutdown;
 mod workers;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -71,15 +71,25 @@ impl Inner {
     /// Stops the member: local release, then (if `leave`) the leave
     /// transaction, then the threads. Bounded by `stop_timeout`. Calling it
     /// again does nothing.
-    pub(crate) fn shutdown(&self, leave: bool) -> Result<()> {
+    ///
+    /// Without a drain, the local release happens inside the leave, once
+    /// the ring's lock is held (see [`Store::leave_releasing`]): the
+    /// member's partitions are active nowhere only for the rest of that
+    /// transaction. With a drain, the partitions are released first and
+    /// drained, and the leave (which frees the claims) comes after.
+    ///
+    /// [`Store::leave_releasing`]: crate::store::Store::leave_releasing
+    pub(crate) fn shutdown(self: &Arc<Self>, leave: bool) -> Result<()> {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         let started = Instant::now();
         let deadline = started + self.cfg.stop_timeout;
         if leave {
-            self.update(|s, now| s.stop(now));
-            self.wait_for_drains(deadline);
+            if self.cfg.drain_timeout.is_some() {
+                self.update(|s, now| s.stop(now));
+                self.wait_for_drains(deadline);
+            }
         } else {
             // A crash cannot drain: no guard is handed out.
             self.update(|s, now| s.crash(now));
@@ -90,6 +100,10 @@ impl Inner {
             log::warn!(target: "leasering", "node {}: crashed on purpose (no leave)", self.node_id);
             Ok(())
         };
+        // Whatever became of the leave (it failed, timed out, or never got
+        // the lock): nothing is owned once stop() returns. A no-op if the
+        // leave released already.
+        self.update(|s, now| s.stop(now));
         let stuck = self.join_threads(deadline);
         self.subscribers.lock().clear();
         left?;
@@ -135,18 +149,22 @@ impl Inner {
         }
     }
 
-    /// The leave transaction, on a helper thread bounded by `deadline`.
-    fn leave(&self, deadline: Instant, started: Instant) -> Result<()> {
+    /// The leave transaction, on a helper thread bounded by `deadline`;
+    /// it releases everything locally once it holds the ring's lock (a
+    /// no-op after a drained stop, which released first).
+    fn leave(self: &Arc<Self>, deadline: Instant, started: Instant) -> Result<()> {
         let _m = self.membership.lock();
         let handed_over = self.view().partitions_of(&self.node_id).len();
         let op = self.op(crate::trace::Kind::Leave);
-        let (pool, store) = (self.pool.clone(), self.store.clone());
+        let (pool, store, inner) = (self.pool.clone(), self.store.clone(), Arc::clone(self));
         let result = bounded("leave", deadline, move || {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut conn = pool
                 .get(remaining.max(Duration::from_millis(1)))
                 .map_err(|e| Error::pool("leave", e))?;
-            store.leave(&mut conn)
+            store.leave_releasing(&mut conn, || {
+                inner.update(|s, now| s.stop(now));
+            })
         })
         .and_then(|b| match b {
             Bounded::Done(r) => r,

@@ -57,6 +57,9 @@ const MAX_DELTAS: usize = 4096;
 /// this only bounds how late it sees a heartbeat's hint of a missed
 /// notification. Long, so that an idle member costs next to no CPU.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The watcher's wait while the member rejoins: its first take follows the
+/// join's commit by at most this.
+pub const JOINING_TICK: Duration = Duration::from_millis(5);
 /// From this many changes in a row on, a member builds the view they lead
 /// to once instead of applying them one by one.
 const BATCH_CHANGES: usize = 8;
@@ -183,6 +186,11 @@ pub struct Session {
     next_drain: u64,
     /// The partitions of the take in flight, if any.
     taking: Option<Vec<u32>>,
+    /// Members removed by the changes adopted while the take was in
+    /// flight (`None`: a whole ring was read, which does not say): a holder
+    /// its answer names may be gone already, its removal heard before the
+    /// answer came.
+    removed_while_taking: Option<std::collections::BTreeSet<String>>,
     /// Pending partitions whose claim another member holds, and who (empty
     /// when the take skipped a claim locked by a transaction in flight).
     waiting_for: BTreeMap<u32, String>,
@@ -254,6 +262,7 @@ impl Session {
             drains: BTreeMap::new(),
             next_drain: 1,
             taking: None,
+            removed_while_taking: Some(Default::default()),
             waiting_for: BTreeMap::new(),
             recheck: Default::default(),
             take_polls: 0,
@@ -536,6 +545,7 @@ impl Session {
         self.held.clear();
         self.drains.clear();
         self.taking = None;
+        self.removed_while_taking = Some(Default::default());
         self.waiting_for.clear();
         self.recheck.clear();
         self.take_polls = 0;

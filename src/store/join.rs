@@ -110,6 +110,9 @@ pub(crate) struct JoinAttempt {
     incarnation: i64,
     tried: bool,
     sent_at: Instant,
+    /// When the caller gives up (`start()`'s deadline): a try waits for
+    /// its request's absorption no longer than this.
+    deadline: Option<Instant>,
 }
 
 impl JoinAttempt {
@@ -119,13 +122,26 @@ impl JoinAttempt {
             incarnation: random_incarnation(),
             tried: false,
             sent_at: now,
+            deadline: None,
         }
+    }
+
+    /// This attempt, given up at `deadline`.
+    pub(crate) fn until(mut self, deadline: Instant) -> JoinAttempt {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// An instant no later than the commit of the join, whichever try made
     /// it: the local lease counts from here.
     pub(crate) fn sent_at(&self) -> Instant {
         self.sent_at
+    }
+
+    /// The incarnation of a try that may have filed a request (or been
+    /// absorbed), if any: the one a failed start withdraws.
+    pub(crate) fn filed(&self) -> Option<i64> {
+        self.tried.then_some(self.incarnation)
     }
 }
 
@@ -162,7 +178,11 @@ impl Store {
                 .batch_execute(&format!("LISTEN \"{}\"", self.channel))
                 .map_err(|e| Error::db("listen for the ring's changes", e))?;
         }
-        let give_up = Instant::now() + Duration::from_millis(self.statement_timeout_ms * 4);
+        let began = Instant::now();
+        let mut give_up = began + Duration::from_millis(self.statement_timeout_ms * 4);
+        if let Some(d) = attempt.deadline {
+            give_up = give_up.min(d);
+        }
         let mut filed = false;
         if attempt.tried {
             match self.resumed_outcome(client, attempt.incarnation)? {
@@ -175,7 +195,12 @@ impl Store {
                 Outcome::Pending => filed = true,
                 // Nothing of it is left (never committed, or joined and
                 // removed since): a new membership, counted from now.
-                Outcome::Gone => *attempt = JoinAttempt::new(Instant::now()),
+                Outcome::Gone => {
+                    *attempt = JoinAttempt {
+                        deadline: attempt.deadline,
+                        ..JoinAttempt::new(Instant::now())
+                    }
+                }
             }
         }
         attempt.tried = true;
@@ -214,7 +239,7 @@ impl Store {
                         "the join request of {:?} to ring {:?} was not taken up within {:?}",
                         self.node_id,
                         self.ring_id,
-                        Duration::from_millis(self.statement_timeout_ms * 4)
+                        give_up.saturating_duration_since(began)
                     ),
                 ));
             }

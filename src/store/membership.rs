@@ -229,8 +229,67 @@ impl Store {
     /// notify; commit. Returns the new epoch, or `None` if the member was
     /// already gone.
     pub(crate) fn leave(&self, client: &mut Client) -> Result<Option<u64>> {
+        self.remove_where(client, "m.node_id = $2", || {})
+    }
+
+    /// [`Store::leave`], calling `locked` once the ring's lock is held and
+    /// before the claims are freed: a member that stops without a drain
+    /// keeps its partitions until then, so that they are active nowhere
+    /// only for the rest of this transaction — not for its wait on the
+    /// ring's lock behind other joins and leaves (issue 17: in bursts of
+    /// joins and leaves that wait was most of a leaver's partitions'
+    /// uncovered time). `locked` is called on every path that gets the
+    /// lock, also when nothing is left to delete.
+    pub(crate) fn leave_releasing(
+        &self,
+        client: &mut Client,
+        locked: impl FnOnce(),
+    ) -> Result<Option<u64>> {
+        self.remove_where(client, "m.node_id = $2", locked)
+    }
+
+    /// Withdraws the join of incarnation `incarnation` after a `start()`
+    /// that failed (issue 17): its request, if it is still pending, and its
+    /// member row, if an absorber inserted one after all (the answer was
+    /// lost with the connection). Either would otherwise be absorbed or
+    /// stay as a ghost member that nobody renews, holding its share of the
+    /// ring for a TTL. Returns the epoch of the removal, if there was a row
+    /// to remove.
+    pub(crate) fn withdraw_join(
+        &self,
+        client: &mut Client,
+        incarnation: i64,
+    ) -> Result<Option<u64>> {
+        // An absorber that read the request holds its row: this waits for
+        // its commit, and then finds the request gone and the member in.
         let mut tx = self.begin(client)?;
-        let locked = self.lock_and_delete(&mut tx, "m.node_id = $2")?;
+        tx.query_typed(
+            &format!(
+                "DELETE FROM {}.join_requests WHERE incarnation = $1",
+                self.s
+            ),
+            &[(&incarnation, Type::INT8)],
+        )
+        .map_err(|e| Error::db("withdraw the join request", e))?;
+        tx.commit()
+            .map_err(|e| Error::db("withdraw the join request", e))?;
+        self.remove_where(client, &format!("m.incarnation = {incarnation}"), || {})
+    }
+
+    /// Removes the members matching `which` (see [`Store::lock_and_delete`])
+    /// in one transaction under the ring's lock: frees their claims, bumps
+    /// the epoch and notifies. `None`: nobody matched.
+    fn remove_where(
+        &self,
+        client: &mut Client,
+        which: &str,
+        on_lock: impl FnOnce(),
+    ) -> Result<Option<u64>> {
+        let mut tx = self.begin(client)?;
+        let locked = self.lock_and_delete(&mut tx, which)?;
+        // The deletion is not visible to anyone before the commit below;
+        // the claims are freed (and the ring told) by its second statement.
+        on_lock();
         let Some(epoch) = locked.epoch.filter(|_| !locked.removed.is_empty()) else {
             return Ok(None);
         };

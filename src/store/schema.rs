@@ -196,10 +196,11 @@ impl Store {
     ///   took 9 ms), where one key-share lock on the taker's own member row
     ///   serialises a take against that row's deletion just as well.
     /// * `claims.waiter`: the NOTIFY channel of the member whose take found
-    ///   the claim held by another, so that the release tells exactly it —
-    ///   and nobody when nobody waits (a NOTIFY wakes every listening
-    ///   backend of the database; with hundreds of members, releases that
-    ///   always notified were most of the database's CPU at a cold start).
+    ///   the claim held by another, so that the release tells it — the
+    ///   ring's channel once a second member waits too, so that the release
+    ///   tells them all — and nobody when nobody waits (with hundreds of
+    ///   members, releases that always notified were most of the
+    ///   database's CPU at a cold start).
     /// * `join_requests`: joins waiting for the holder of the ring's lock to
     ///   absorb them (see the store's `join`), and refusals for their
     ///   requesters to read.

@@ -99,8 +99,9 @@ impl Store {
         // run thousands of times with the same shape; re-planning them was a
         // tenth of the database's CPU with hundreds of members) and LISTEN.
         let mut setup = format!(
-            "{}; SET SESSION plan_cache_mode = force_generic_plan",
-            self.timeouts_sql("SESSION")
+            "{}; SET SESSION plan_cache_mode = force_generic_plan; {}",
+            self.timeouts_sql("SESSION"),
+            Store::planner_sql("SESSION")
         );
         if listen {
             setup.push_str(&format!(
@@ -159,8 +160,13 @@ impl Store {
             // it gone. Free claims are locked in partition order, skipping
             // those another transaction has locked (a release or take in
             // flight). Claims held by others get this member as their
-            // waiter (`$4`, its channel), so that their release tells it —
-            // also skipping locked ones, so a take never makes a release
+            // waiter (`$4`, its channel), so that their release tells it;
+            // a claim another member already waits for gets the ring's
+            // channel (`$6`) instead, so that its release tells every
+            // member — each waiter is told, whichever views marked it (a
+            // claim once had one waiter, the latest: a member whose mark a
+            // stale view overwrote waited for the safety net, up to 2 s).
+            // Also skipping locked ones, so a take never makes a release
             // wait: a claim that is neither taken nor marked (locked, or
             // freed since the snapshot) is looked at again at once.
             // Lock order is the partition order everywhere (takes,
@@ -199,7 +205,7 @@ impl Store {
                      cur AS (SELECT w.p, c.holder, c.token, c.found
                              FROM unnest($3::int[]) AS w(p)
                              LEFT JOIN LATERAL (SELECT c.holder, c.token, true AS found FROM {s}.claims c
-                                                WHERE c.ring_id = $1 AND c.partition = w.p) c ON true),
+                                                WHERE c.ring_id = $1 AND c.partition = w.p OFFSET 0) c ON true),
                      free AS (SELECT f.p FROM unnest($3::int[]) AS w(p),
                               LATERAL (SELECT c.partition AS p FROM {s}.claims c
                                        WHERE c.ring_id = $1 AND c.partition = w.p AND c.holder IS NULL
@@ -222,7 +228,8 @@ impl Store {
                                        AND c.holder IS NOT NULL AND c.holder <> $2
                                      FOR UPDATE SKIP LOCKED) k
                             WHERE cur.holder <> $2 AND EXISTS (SELECT 1 FROM ok)),
-                     marked AS (UPDATE {s}.claims c SET waiter = $4
+                     marked AS (UPDATE {s}.claims c
+                                SET waiter = CASE WHEN c.waiter IS NULL OR c.waiter = $4 THEN $4 ELSE $6 END
                                 FROM mk WHERE c.ring_id = $1 AND c.partition = mk.p
                                 RETURNING c.partition)
                      SELECT 0, t.partition, t.token, NULL::text FROM took t
@@ -241,11 +248,14 @@ impl Store {
                 "prepare the take",
             ),
             // Frees only a claim this member holds under the named token, so
-            // a stale or repeated release never frees a newer claim; each
+            // a stale or repeated release never frees a newer claim; every
             // member waiting for one (its take marked the claim, under the
-            // same row lock) hears of it at once, on its own channel, and
-            // nobody else: `$5` is the payload's head, the partitions
-            // follow when they fit (see `payload::release_payload`).
+            // same row lock) hears of it at once, in one notification per
+            // release: on the one waiter's channel when all the freed
+            // claims name the same one, else on the ring's (`$7`), which
+            // every member hears; nobody when nobody waits. `$5` is the
+            // payload's head, the partitions follow when they fit (see
+            // `payload::release_payload`).
             Held::Release => (
                 format!(
                     "WITH lk AS (SELECT c.p, c.waiter
@@ -257,9 +267,10 @@ impl Store {
                      rel AS (UPDATE {s}.claims c SET holder = NULL, released_at = now(), waiter = NULL
                              FROM lk WHERE c.ring_id = $1 AND c.partition = lk.p
                              RETURNING c.partition),
-                     n AS (SELECT lk.waiter AS ch, $5 || ' ' || string_agg(lk.p::text, ',' ORDER BY lk.p) AS pl
+                     n AS (SELECT CASE WHEN count(DISTINCT lk.waiter) = 1 THEN min(lk.waiter) ELSE $7 END AS ch,
+                                  $5 || ' ' || string_agg(lk.p::text, ',' ORDER BY lk.p) AS pl
                            FROM lk WHERE lk.waiter IS NOT NULL AND EXISTS (SELECT 1 FROM rel)
-                           GROUP BY lk.waiter)
+                           HAVING count(*) > 0)
                      SELECT (SELECT count(*) FROM rel),
                             (SELECT count(pg_notify(n.ch, CASE WHEN octet_length(n.pl) > $6 THEN $5 ELSE n.pl END)) FROM n)"
                 ),
@@ -311,6 +322,7 @@ impl Store {
                 Type::INT4_ARRAY,
                 Type::TEXT,
                 Type::FLOAT8,
+                Type::TEXT,
             ],
             Held::Release => &[
                 Type::TEXT,
@@ -319,6 +331,7 @@ impl Store {
                 Type::INT8_ARRAY,
                 Type::TEXT,
                 Type::INT4,
+                Type::TEXT,
             ],
             Held::Changes => &[Type::TEXT, Type::INT8],
             Held::Full => &[Type::TEXT],
@@ -351,7 +364,7 @@ impl Store {
             .zip(Self::held_types(q))
             .map(|(p, t)| (*p, t.clone()))
             .collect();
-        let mut tx = self.begin(&mut conn.client)?;
+        let mut tx = self.begin_planned(&mut conn.client)?;
         let rows = tx
             .query_typed(&sql, &typed)
             .map_err(|e| Error::db(what, e))?;
@@ -434,6 +447,7 @@ impl Store {
                 &ps,
                 &self.own_channel,
                 &self.grace_s,
+                &self.channel,
             ],
             "take claims",
         )?;
@@ -483,7 +497,15 @@ impl Store {
         let rows = self.held_query(
             conn,
             Held::Release,
-            &[&self.ring_id, &incarnation, &ps, &ts, &head, &max],
+            &[
+                &self.ring_id,
+                &incarnation,
+                &ps,
+                &ts,
+                &head,
+                &max,
+                &self.channel,
+            ],
             "release claims",
         )?;
         let row = rows
@@ -626,8 +648,11 @@ impl Store {
         if !self.session_state {
             return;
         }
-        let _ = conn
-            .client
-            .batch_execute("UNLISTEN *; RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout; RESET plan_cache_mode");
+        let _ = conn.client.batch_execute(
+            "UNLISTEN *; RESET statement_timeout; RESET lock_timeout; \
+                 RESET idle_in_transaction_session_timeout; RESET plan_cache_mode; \
+                 RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_bitmapscan; \
+                 RESET enable_seqscan",
+        );
     }
 }

@@ -142,6 +142,7 @@ fn other(a: &Store, node: &str) -> (Store, HeldConn) {
     let db = TestPostgres::shared().unwrap();
     let mut b = a.clone();
     b.node_id = node.into();
+    b.own_channel = super::node_channel(&a.schema, &a.ring_id, node);
     let pool = db.pool(1).unwrap();
     let held = b
         .hold(
@@ -150,6 +151,106 @@ fn other(a: &Store, node: &str) -> (Store, HeldConn) {
         )
         .unwrap();
     (b, held)
+}
+
+/// Every notification `listener` receives within `wait` of the first (which
+/// must come within 30 s: it was sent at a commit that has returned), as
+/// (channel, payload).
+fn heard(listener: &mut Client, wait: Duration) -> Vec<(String, String)> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let first = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(30))
+        .next()
+        .unwrap()
+        .expect("a notification within 30 s");
+    let mut all = vec![(first.channel().to_string(), first.payload().to_string())];
+    let mut n = listener.notifications();
+    let mut it = n.timeout_iter(wait);
+    while let Ok(Some(x)) = it.next() {
+        all.push((x.channel().to_string(), x.payload().to_string()));
+    }
+    all
+}
+
+/// Issue 17: a claim two members wait for (views disagree for a moment in
+/// a burst of joins and leaves) is released to both — one notification, on
+/// the ring's channel — while a claim only one member waits for is told on
+/// that member's channel alone; a release that frees claims of two
+/// different waiters also sends one notification, on the ring's channel.
+#[test]
+fn a_release_tells_every_waiter_in_one_notification() {
+    let (a, mut ha, mut admin, _schema) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    let (b, mut hb) = other(&a, "b");
+    let jb = b.join(&mut admin).unwrap();
+    let (c, mut hc) = other(&a, "c");
+    let jc = c.join(&mut admin).unwrap();
+    let got = a.take(&mut ha, ja.incarnation, &[1, 2, 3]).unwrap().got;
+    assert_eq!(got.len(), 3);
+    let mut listener = TestPostgres::shared().unwrap().client().unwrap();
+    listener
+        .batch_execute(&format!(
+            "LISTEN \"{}\"; LISTEN \"{}\"; LISTEN \"{}\"",
+            a.channel, b.own_channel, c.own_channel
+        ))
+        .unwrap();
+    // 1: b waits, then c too. 2: only b. 3: only c.
+    assert_eq!(
+        b.take(&mut hb, jb.incarnation, &[1, 2])
+            .unwrap()
+            .held_by
+            .len(),
+        2
+    );
+    assert_eq!(
+        c.take(&mut hc, jc.incarnation, &[1, 3])
+            .unwrap()
+            .held_by
+            .len(),
+        2
+    );
+    // b's take again does not make a claim only b waits for a ring-wide one.
+    b.take(&mut hb, jb.incarnation, &[2]).unwrap();
+    let token = |p: u32| got.iter().find(|(q, _)| *q == p).unwrap().1;
+    let release = |ps: &[u32], ha: &mut HeldConn| {
+        let claims: Vec<(u32, u64)> = ps.iter().map(|p| (*p, token(*p))).collect();
+        assert_eq!(
+            a.release_claims(ha, ja.incarnation, &claims).unwrap(),
+            ps.len() as u64
+        );
+    };
+    release(&[1], &mut ha);
+    assert_eq!(
+        heard(&mut listener, Duration::from_millis(200)),
+        vec![(
+            a.channel.clone(),
+            crate::store::payload::release_payload(&a.ring_id, &[1])
+        )],
+        "two waiters: the ring's channel, once"
+    );
+    release(&[2], &mut ha);
+    assert_eq!(
+        heard(&mut listener, Duration::from_millis(200)),
+        vec![(
+            b.own_channel.clone(),
+            crate::store::payload::release_payload(&a.ring_id, &[2])
+        )],
+        "one waiter: its own channel"
+    );
+    // 2 and 3 again, b waiting for 2 and c for 3, released together.
+    let got2 = a.take(&mut ha, ja.incarnation, &[2, 3]).unwrap().got;
+    b.take(&mut hb, jb.incarnation, &[2]).unwrap();
+    c.take(&mut hc, jc.incarnation, &[3]).unwrap();
+    assert_eq!(a.release_claims(&mut ha, ja.incarnation, &got2).unwrap(), 2);
+    assert_eq!(
+        heard(&mut listener, Duration::from_millis(200)),
+        vec![(
+            a.channel.clone(),
+            crate::store::payload::release_payload(&a.ring_id, &[2, 3])
+        )],
+        "two waiters of two claims: one notification, on the ring's channel"
+    );
 }
 
 #[test]
@@ -215,7 +316,7 @@ fn claims_are_exclusive_tokened_and_freed_with_their_member() {
         use postgres::fallible_iterator::FallibleIterator;
         let first = listener
             .notifications()
-            .timeout_iter(Duration::from_secs(5))
+            .timeout_iter(Duration::from_secs(30))
             .next()
             .unwrap()
             .expect("a notification for the waiter");

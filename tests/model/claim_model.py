@@ -11,6 +11,17 @@ starts only after that.
 Discrete-event simulation: one database (atomic operations at real time; DB clock = real
 time), members with drifting clocks, random request/reply delays (heavy tail), pauses up to
 3 x TTL, crashes, graceful leaves, joins, database outages, rejoins under the same name.
+Notifications (issue 17). Every membership change (join, leave, removal) notifies the ring: each
+member hears it after a delivery delay and adopts the ring it carries. A take that finds a claim
+held by a live member marks itself as the claim's waiter: the claim names that one member, or --
+once a second member marks it -- ALL. A release of claims somebody waited for sends one
+notification: to the one waiter when the freed claims name the same one, else to every member.
+A member takes again at once: the partitions a release names that it waits for (or asked for in
+a take whose answer has not come yet: a notification may overtake an answer); those whose holder
+a change removed (also a holder that a take's answer names but that the member's view no longer
+has: the removal was heard first); everything waiting after its connection to the database was
+re-established or the timeline changed. Outside quiet periods a notification is lost now and
+then; the safety net then retakes everything waiting after a backoff (100 ms doubling to 2 s).
 Invariants checked every 5 ms of simulated time:
   1. no two members *report* the same partition (owns(p) true);
   2. no two members are *busy* on the same partition (reported, or draining before the
@@ -18,6 +29,12 @@ Invariants checked every 5 ms of simulated time:
   3. tokens strictly increase per partition.
   4. liveness: after a quiet last stretch (no faults, database up, no pauses) every partition
      is in use by exactly one member.
+  5. liveness without timers (issue 17): in that quiet stretch, bursts of 2 or 4 graceful leaves
+     and as many joins at one instant, every 0.3-1.5 s (views disagree for a moment, so two
+     members may wait for one claim); a claim that is free while the member the database's ring
+     gives it to has it pending is taken within TAKE_BOUND: one delivery and one request
+     (2 x 20 ms), plus one check interval -- no backoff in between. The grace of a new timeline
+     is a timer the protocol states, and is not measured.
 
 Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
 in the quiet last stretch) the primary dies, requests and replies in flight are lost, and after
@@ -54,7 +71,8 @@ timeline fences and takes refused in a grace.
 Run:  python3 claim_model.py [SEEDS] [MUTATION]
 Mutations that must produce violations: no_exclusive, no_deadline_check, release_before_stop,
 untokened_release (safety); no_incarnation (liveness: a restarted member under the same name
-would be blocked by its predecessor's claims forever); and for failover:
+would be blocked by its predecessor's claims forever -- the bursts leave only members that an
+earlier burst started, so that the blocked ones stay); and for failover:
   no_timeline_token (drop rule A: the new timeline reissues token numbers that members already
     used on the lost one -- invariant 3);
   no_timeline_grace (GRACE = 0 with lossy promotions: a claim lost with the old timeline is
@@ -67,11 +85,23 @@ would be blocked by its predecessor's claims forever); and for failover:
     -infinity if the table is empty, taking it for a fresh database): with one extra lossy
     failover in the first 4 s whose standby lags behind the first take, the new primary's table
     is empty, so takes get no grace while members still use claims of the lost timeline.
+  single_waiter (issue 17: a claim has one waiter, the latest take to mark it): a member whose mark
+    a stale view's take overwrote is not told of the release and waits for the safety net's
+    backoff -- invariant 5.
 Modes (must stay clean): cold_failover -- that extra early failover with rule B as built;
+  ring_release -- every release that freed a waited-for claim notifies every member (the
+    simpler rule, at the cost of a delivery to every member per release);
   lossless_no_grace -- every promotion lossless and GRACE = 0: nothing is lost, the check
   passes, tokens are unchanged; justifies failover_grace = 0 where only synchronous standbys
   are ever promoted (mixing lossy ones in is no_timeline_grace).
-Mutations that do NOT break it, and why: resurrect (claims are freed only when a member row is
+Mutations that do NOT break it, and why: no_removal_recheck (a holder removed while a take that
+found it holding was on its way, the removal heard before the take's answer: the answer's
+partitions then wait for the safety net; it needs a leave to commit in the few milliseconds
+between a take and its answer, for a claim the taker did not wait for before, and the bursts'
+takes mostly come after the leaves they race with; in the library a take's answer and the
+notifications share the watcher's connection, where PostgreSQL delivers a notification only
+after the statement's result, so the rule guards the order of takes on other connections),
+resurrect (claims are freed only when a member row is
 deleted, so renewing an expired-but-present row cannot let two hold one claim; the rule stays as
 defence in depth), claim_while_releasing (a late answer with a token being released is never
 used), no_drain (drains are a user-level promise, checked by invariant 2 only when enabled).
@@ -86,13 +116,25 @@ MUT = None
 GRACE = TTL + MARGIN     # failover_grace: nothing is taken this long after a new timeline's first take
 TL_STRIDE = 2 ** 32      # tokens on timeline k are >= (k - 1) * TL_STRIDE
 SNAP_EVERY = (0.05, 0.1) # the standby's replay position advances in steps of this much simulated time
+FIRST_TAKE_RETRY = 0.1   # the safety net for a lost notification: retake everything waiting after
+MAX_TAKE_BACKOFF = 2.0   # 100 ms, doubling, at most 2 s (the library's FIRST_TAKE_RETRY/MAX_TAKE_BACKOFF)
+QUIET_DELAY = (0.001, 0.02)  # a request, a reply or a notification in a quiet period
+NOTE_LOSS = 0.05         # a notification lost (outside quiet periods): only the safety net finds it
+# Liveness in a quiet period: once a claim is free and the member that should own it (by the
+# database's ring) has that partition pending in its view, the claim is taken within one
+# notification and one take: a delivery, then a request -- no timer in between. Checked every
+# CHECK_EVERY, hence the slack of one check.
+CHECK_EVERY = 0.005
+TAKE_BOUND = 2 * QUIET_DELAY[1] + CHECK_EVERY + 1e-6
 
 
 class DB:
     def __init__(s):
         s.epoch = 0
         s.members = {}   # name -> dict(inc, expires, vnodes)
-        s.claims = {}    # p -> dict(owner=(name, inc) or None, token)
+        s.claims = {}    # p -> dict(owner=(name, inc) or None, token, waiter)
+        # waiter: None, a member's name (the one member waiting: its release tells it alone), or
+        # ALL (two or more waited: the release tells every member, in one notification)
         s.up = True
         s.inc = 0          # incarnations are random in the library: unique across timelines, not reverted
         s.timeline = 1     # the server's timeline (not a table: it is the promoted server's own)
@@ -116,6 +158,13 @@ class DB:
 
     def ring(s):
         return {p: n for n, m in s.members.items() for p in m['vnodes']}
+
+    def incs(s):
+        return {n: m['inc'] for n, m in s.members.items()}
+
+    def free(s, p):
+        c = s.claims.get(p)
+        return c is None or c['owner'] is None or not s.holder_present(c['owner'])
 
     def holder_present(s, owner):
         if owner is None:
@@ -160,6 +209,13 @@ class Member:
         s.member = False
         s.leaving = False
         s.timeline = None   # the first timeline this process saw in a reply; changed only after a check
+        s.incs = {}         # the members of its view: name -> incarnation
+        s.waiting = {}      # p -> (name, inc) holding its claim (None: unknown), as the last take saw it
+        s.recheck = set()   # waiting partitions a notification concerned: taken again at once
+        s.taking = {}       # (sent at, partitions) -> True: takes in flight (see in_flight)
+        s.polls = 0         # safety-net retakes in a row without getting everything
+        s.timer = 0         # generation of the scheduled safety-net retake (older ones are void)
+        s.timer_at = None   # when it is due
 
     def local(s, t):
         return t * s.rate
@@ -217,9 +273,11 @@ class Sim:
         live_me = me is not None and me['inc'] == inc and me['expires'] > t
         res = None
         if op == 'join':
-            db.remove_expired(t)
+            dead = db.remove_expired(t)
             if m.name in db.members:
                 res = ('err',)
+                if dead:
+                    s.note_ring()
             else:
                 taken = {p for mm in db.members.values() for p in mm['vnodes']}
                 free = [p for p in range(R) if p not in taken]
@@ -227,13 +285,14 @@ class Sim:
                 db.inc += 1
                 db.epoch += 1
                 db.members[m.name] = dict(inc=db.inc, expires=t + TTL, vnodes=set(free[:2]))
-                res = ('ok', db.inc, db.epoch, db.ring())
+                res = ('ok', db.inc, db.epoch, db.ring(), db.incs())
+                s.note_ring()
         elif op == 'hb':
             ok = live_me or (MUT == 'resurrect' and me is not None and me['inc'] == inc)
             if ok:
                 me['expires'] = t + TTL
                 held = [(p, c['token']) for p, c in db.claims.items() if c['owner'] == (m.name, inc)]
-                res = ('ok', db.epoch, db.ring(), held, db.timeline)
+                res = ('ok', db.epoch, db.ring(), held, db.timeline, db.incs())
             else:
                 res = ('evicted',)
         elif op == 'claim':
@@ -250,10 +309,11 @@ class Sim:
             if left > 0:
                 res = ('wait', left, db.timeline)    # nothing taken nor returned in the grace
             else:
+                held_by = {}
                 if live_me:
                     floor = 0 if MUT == 'no_timeline_token' else (db.timeline - 1) * TL_STRIDE
                     for p in payload:
-                        c = db.claims.setdefault(p, dict(owner=None, token=0))
+                        c = db.claims.setdefault(p, dict(owner=None, token=0, waiter=None))
                         mine = c['owner'] == (m.name, inc)
                         free = c['owner'] is None or not db.holder_present(c['owner'])
                         if mine:
@@ -263,16 +323,37 @@ class Sim:
                             # every token of an earlier timeline (some may be lost with it)
                             c['token'] = max(c['token'] + 1, floor)
                             c['owner'] = (m.name, inc)
+                            c['waiter'] = None
                             got.append((p, c['token']))
-                res = ('ok', got, db.timeline)
+                        else:
+                            # held by a live member: mark this member as waiting, so that the
+                            # release tells it. One waiter is named; a second one makes it ALL
+                            # (under single_waiter the latest mark replaces the earlier one)
+                            w = c.get('waiter')
+                            if MUT == 'single_waiter' or w is None or w == m.name:
+                                c['waiter'] = m.name
+                            else:
+                                c['waiter'] = 'ALL'
+                            held_by[p] = c['owner']
+                res = ('ok', got, db.timeline, held_by, live_me)
         elif op == 'release':
+            told, freed = set(), []
             for p, tok in payload:
                 c = db.claims.get(p)
                 if c and c['owner'] == (m.name, inc) and (c['token'] == tok or MUT == 'untokened_release'):
                     c['owner'] = None
+                    if c.get('waiter') is not None:
+                        told.add(c['waiter'])
+                        freed.append(p)
+                    c['waiter'] = None
+            if told:
+                # one notification per transaction: the one waiter's, or every member's when the
+                # freed claims had two or more waiters between them
+                s.note_release(told.pop() if len(told) == 1 and MUT != 'ring_release' else 'ALL', freed)
             res = ('ok',)
         elif op == 'cleanup':
-            db.remove_expired(t)
+            if db.remove_expired(t):
+                s.note_ring()
             res = ('ok',)
         elif op == 'leave':
             for c in db.claims.values():
@@ -281,11 +362,53 @@ class Sim:
             if me is not None and me['inc'] == inc:
                 del db.members[m.name]
                 db.epoch += 1
+                s.note_ring()
             res = ('ok',)
         s.at(t + s.delay(), s.deliver, m, op, res, t_send, inc, payload)
 
     def deliver(s, *a):
         s.reply(*a)   # a reply on the wire; a failover loses it (the event is dropped)
+
+    # ---------------------------------------------------------------- notifications
+    def quiet_now(s):
+        return s.t >= getattr(s, 'quiet_from', float('inf'))
+
+    def ndelay(s):
+        return s.rng.uniform(*QUIET_DELAY) if s.quiet_now() or s.rng.random() < 0.9 else s.rng.uniform(0.02, 1.0)
+
+    def note_ring(s):
+        """A membership change committed: the ring's channel tells every member (the change rides
+        in the payload; here, the ring at its epoch). Outside quiet periods one may be lost."""
+        db = s.db
+        epoch, ring, incs = db.epoch, db.ring(), db.incs()
+        for m in s.members.values():
+            if m.alive and (s.quiet_now() or s.rng.random() >= NOTE_LOSS):
+                s.at(s.t + s.ndelay(), s.hear, m, 'ring', (epoch, ring, incs))
+
+    def note_release(s, who, ps):
+        """A release freed claims somebody waited for: one notification, to the one waiter or to
+        every member."""
+        for m in s.members.values():
+            if m.alive and (who == 'ALL' or m.name == who) and (s.quiet_now() or s.rng.random() >= NOTE_LOSS):
+                s.at(s.t + s.ndelay(), s.hear, m, 'release', ps)
+
+    def hear(s, m, kind, what):
+        if not m.alive:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.hear, m, kind, what)
+            return
+        if not m.member or m.leaving:
+            return
+        if kind == 'ring':
+            s.adopt(m, *what)
+        else:
+            # a release: the partitions this member waits for -- or asked for in a take whose
+            # answer is still on its way (the notification may overtake it) -- are taken again
+            for p in what:
+                if p in m.waiting or s.in_flight(m, p):
+                    m.recheck.add(p)
+            s.claim_missing(m)
 
     # ---------------------------------------------------------------- member
     def reply(s, m, op, res, t_send, inc, payload=None):
@@ -297,13 +420,15 @@ class Sim:
         if op == 'join' and res[0] == 'ok' and not m.member and not m.leaving:
             m.member = True
             m.inc = res[1]
+            s.forget_takes(m)
             m.valid_until = m.local(t_send) + TTL - MARGIN
-            s.adopt(m, res[2], res[3])
+            s.adopt(m, res[2], res[3], res[4])
         elif inc != m.inc or not m.member:
             return  # a reply meant for an earlier membership
         elif op == 'hb':
             if res[0] == 'evicted':
                 s.drop_all(m)
+                s.forget_takes(m)
                 m.unreleased = {}
                 m.member = False
                 m.inc = None
@@ -322,14 +447,20 @@ class Sim:
                         s.fence(m, tl)
                         return
                     m.timeline = tl
+                    # the new primary may have lost marks of this member's takes (and their
+                    # releases' notifications went to the old one): take everything waiting again
+                    m.recheck |= set(m.waiting)
                 m.valid_until = max(m.valid_until, m.local(t_send) + TTL - MARGIN)
                 # reconcile: claims the database says we hold but we do not use (lost answers)
                 used = {(p, t) for p, t in m.active.items()} | {(p, m.drain_tok[p]) for p in m.draining}
-                extra = [pt for pt in res[3] if pt not in used and pt not in m.unreleased]
+                # (not those a take on its way asked for: its answer says whether they are used)
+                extra = [pt for pt in res[3] if pt not in used and pt not in m.unreleased
+                         and not s.in_flight(m, pt[0])]
                 if extra:
                     s.send_release(m, extra)
-                s.adopt(m, res[1], res[2])
+                s.adopt(m, res[1], res[2], res[5])
         elif op == 'claim':
+            m.taking.pop((t_send, tuple(payload)), None)
             if m.timeline is None:
                 m.timeline = res[2]
             if m.leaving:
@@ -355,9 +486,35 @@ class Sim:
                     stray.append((p, tok))  # taken for a view it has left, or too late to use
             if stray:
                 s.send_release(m, stray)
+            # what was asked and not got waits: for its holder's release (it was marked as
+            # waiting) or removal, or -- lost notifications -- for the safety net
+            got = {p for p, _ in res[1]}
+            for p in payload:
+                if p in m.active:
+                    m.waiting.pop(p, None)
+                elif p in m.own and p not in got and p not in m.draining:
+                    m.waiting[p] = res[3].get(p)
+            if MUT != 'no_removal_recheck':
+                # a holder the take found may have been removed since, and the notification of its
+                # removal come before this answer (it found nothing waiting then)
+                m.recheck |= {p for p, h in res[3].items() if p in m.waiting and m.incs.get(h[0]) != h[1]}
+            if res[4] and not m.waiting:
+                m.polls = 0
+                m.timer += 1
+                m.timer_at = None
+            else:
+                m.polls += 1
+                due = s.t + min(FIRST_TAKE_RETRY * 2 ** min(m.polls - 1, 16), MAX_TAKE_BACKOFF) / m.rate
+                if m.timer_at is None or due < m.timer_at:
+                    m.timer += 1
+                    m.timer_at = due
+                    s.at(due, s.safety_net, m, m.inc, m.timer)
+            if m.recheck & set(m.waiting):
+                s.claim_missing(m)   # a release was heard while this take was on its way
         elif op == 'release':
             for pt in payload:
                 m.unreleased.pop(pt, None)
+                m.waiting.pop(pt[0], None)   # its own claim was what it waited for
             s.claim_missing(m)
 
     def fence(s, m, tl):
@@ -378,18 +535,53 @@ class Sim:
         if s.t < m.paused_until:
             s.at(m.paused_until, s.retake, m, inc)
             return
-        s.claim_missing(m)
+        s.claim_missing(m, True)
+
+    def safety_net(s, m, inc, timer):
+        """The backoff's deadline: take everything still waiting again (a notification may have
+        been lost)."""
+        if not m.alive or inc != m.inc or timer != m.timer:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.safety_net, m, inc, timer)
+            return
+        m.timer_at = None
+        s.claim_missing(m, True)
+
+    def in_flight(s, m, p):
+        """Whether a take that asked for p may still answer. A take unanswered for a statement
+        timeout (TTL / 3) has failed: the library's watcher then drops it (and its connection)."""
+        for (sent, ps) in list(m.taking):
+            if s.t - sent > TTL / 3:
+                del m.taking[(sent, ps)]
+            elif p in ps:
+                return True
+        return False
+
+    def forget_takes(s, m):
+        m.waiting = {}
+        m.recheck = set()
+        m.taking = {}
+        m.polls = 0
+        m.timer += 1
+        m.timer_at = None
 
     def drop_all(s, m):
         m.active = {}
         m.draining = {}
         m.drain_tok = {}
 
-    def adopt(s, m, epoch, ring):
+    def adopt(s, m, epoch, ring, incs):
         if epoch < m.view_epoch:
             return
         m.view_epoch = epoch
+        m.incs = incs
         m.own = {p for p, n in owners(ring).items() if n == m.name}
+        m.waiting = {p: h for p, h in m.waiting.items() if p in m.own}
+        m.recheck &= m.own
+        for p, h in m.waiting.items():
+            if h is None or incs.get(h[0]) != h[1]:
+                m.recheck.add(p)   # its holder was removed (its claims with it), or unknown
         gone = [p for p in m.active if p not in m.own]
         if gone:
             if MUT == 'release_before_stop':
@@ -403,13 +595,18 @@ class Sim:
                 s.at(s.t, s.drain_step, m, m.inc)
         s.claim_missing(m)
 
-    def claim_missing(s, m):
+    def claim_missing(s, m, everything=False):
+        """Takes the pending partitions that may have become free: new ones, and the waiting ones a
+        notification concerned (with `everything`, the safety net's, all that wait)."""
         if m.leaving or not m.member:
             return
         releasing = {p for p, _ in m.unreleased}
-        want = [p for p in m.own if p not in m.active and p not in m.draining
-                and (p not in releasing or MUT == 'claim_while_releasing')]
+        want = [p for p in sorted(m.own) if p not in m.active and p not in m.draining
+                and (p not in releasing or MUT == 'claim_while_releasing')
+                and (everything or p not in m.waiting or p in m.recheck)]
         if want and m.lease_ok(s.t):
+            m.recheck -= set(want)
+            m.taking[(s.t, tuple(want))] = True
             s.request(m, 'claim', want)
 
     def send_release(s, m, pts):
@@ -509,6 +706,24 @@ class Sim:
     def dbup(s):
         if s.promoting is None:
             s.db.up = True
+            s.reconnected()
+
+    def reconnected(s):
+        """The database answers again: the members' listening connections were lost with it, and
+        what was notified meanwhile with them; each takes everything waiting again once its new
+        connection listens (the library's watcher_connected)."""
+        for m in s.members.values():
+            if m.alive:
+                s.at(s.t + s.delay(), s.relisten, m, m.inc)
+
+    def relisten(s, m, inc):
+        if not m.alive or inc != m.inc or not m.member:
+            return
+        if s.t < m.paused_until:
+            s.at(m.paused_until, s.relisten, m, inc)
+            return
+        m.recheck |= set(m.waiting)
+        s.claim_missing(m)
 
     def snap_tick(s):
         if s.promoting is None:
@@ -523,7 +738,7 @@ class Sim:
         if s.promoting is not None:
             return
         s.db.up = False
-        s.q = [e for e in s.q if e[2] not in (s.db_exec, s.deliver)]   # in flight: lost
+        s.q = [e for e in s.q if e[2] not in (s.db_exec, s.deliver, s.hear)]   # in flight: lost
         heapq.heapify(s.q)
         if lossy:
             s.lossy += 1
@@ -545,6 +760,7 @@ class Sim:
         s.db.timeline += 1
         s.db.up = True
         s.promoting = None
+        s.reconnected()
 
     def check(s):
         seen, busy = {}, {}
@@ -557,10 +773,69 @@ class Sim:
                 if p in busy:
                     s.violations.append(('busy_overlap', round(s.t, 3), p, busy[p], m.name))
                 busy[p] = m.name
-        s.at(s.t + 0.005, s.check)
+        if s.t >= s.measure_from:
+            s.check_takes()
+        s.at(s.t + CHECK_EVERY, s.check)
+
+    def check_takes(s):
+        """Liveness in a quiet period (bursts of graceful joins and leaves, no faults): a claim
+        that is free while the member the database's ring gives it to has it pending is taken
+        within TAKE_BOUND -- a notification and a take, no timer."""
+        db = s.db
+        own = owners(db.ring())
+        first = db.timelines.get(db.timeline)
+        if first is None or s.t < first + GRACE:
+            # a new timeline's grace (or its first take still to come, which starts it): a
+            # timer the protocol states -- nothing is taken, by design
+            s.takeable_since.clear()
+            return
+        for p in range(R):
+            name = own.get(p)
+            m = s.members.get(name)
+            row = db.members.get(name)
+            takeable = (m is not None and row is not None and m.alive and m.member and not m.leaving
+                        and m.inc == row['inc'] and p in m.own and p not in m.active
+                        and p not in m.draining and m.lease_ok(s.t) and db.free(p))
+            if not takeable:
+                s.takeable_since.pop(p, None)
+                continue
+            since = s.takeable_since.setdefault(p, s.t)
+            if s.t - since > TAKE_BOUND and p not in s.slow:
+                s.slow.add(p)
+                s.violations.append(('slow_take', round(s.t, 3), p, round((s.t - since) * 1000), name,
+                                     'waited %s' % (m.waiting.get(p),)))
+        s.slow &= set(s.takeable_since)
+        s.max_takeable = max([s.max_takeable] + [s.t - t for t in s.takeable_since.values()])
+
+    def burst(s):
+        """k graceful leaves and k joins at one instant (a rolling deploy's step): views disagree
+        for a moment, and two members may wait for one claim."""
+        k = s.rng.choice([2, 4])
+        s.bursts += 1
+        # the leavers are members an earlier burst started: the members left over from the
+        # chaos stay, so that a rule whose mutation blocks them for good (no_incarnation) still
+        # shows at the end instead of being carried away by the bursts
+        live = [m for m in s.members.values() if m.alive and m.member and not m.leaving
+                and m.name in s.deployed]
+        for m in s.rng.sample(live, min(k, len(live))):
+            m.active = {}
+            m.draining = {}
+            m.leaving = True
+            s.request(m, 'leave')
+            s.at(s.t + 1.0, s.kill, m)
+        for _ in range(k):
+            s.spawn()
+            s.deployed.add('n%d' % s.n)
+        if s.t + 3.0 < s.until - 2 * TTL:
+            s.at(s.t + s.rng.uniform(0.3, 1.5), s.burst)
 
     def run(s, until):
-        s.quiet_from = until - 6 * TTL   # chaos stops, the database is up: the ring must settle
+        # from quiet_from on, chaos stops and the database is up: after every fault's effects
+        # have passed (leases, the grace), bursts of graceful changes, checked by check_takes
+        s.until = until
+        s.quiet_from = until - 12 * TTL
+        s.measure_from = s.quiet_from + 2.5 * TTL
+        s.takeable_since, s.slow, s.max_takeable, s.bursts, s.deployed = {}, set(), 0.0, 0, set()
         s.spawn()
         s.spawn()
         s.at(0.5, s.chaos)
@@ -569,6 +844,7 @@ class Sim:
         if MUT in ('cold_failover', 'unseeded'):
             s.at(s.rng.uniform(0.2, 4.0), s.failover, True, True)
         s.at(s.quiet_from, s.quiet)
+        s.at(s.measure_from, s.burst)
         while s.q and s.t < until and len(s.violations) < 5:
             t, _, fn, a = heapq.heappop(s.q)
             s.t = t
@@ -582,7 +858,9 @@ class Sim:
 
     def quiet(s):
         s.promote()
-        s.db.up = True
+        if not s.db.up:
+            s.db.up = True
+            s.reconnected()
         s.q = [e for e in s.q if e[2] not in (s.chaos, s.dbup, s.spawn, s.promote)]
         heapq.heapify(s.q)
         for m in s.members.values():
@@ -595,6 +873,7 @@ if __name__ == '__main__':
     if MUT in ('no_timeline_grace', 'lossless_no_grace'):
         GRACE = 0.0
     bad, acts, lossy, lossless, fences, graced = 0, 0, 0, 0, 0, 0
+    bursts, worst = 0, 0.0
     for seed in range(seeds):
         sim = Sim(seed)
         v = sim.run(400.0)
@@ -603,6 +882,8 @@ if __name__ == '__main__':
         lossless += sim.lossless
         fences += sim.fences
         graced += sim.graced
+        bursts += sim.bursts
+        worst = max(worst, sim.max_takeable)
         if v:
             bad += 1
             if bad <= 3:
@@ -610,3 +891,5 @@ if __name__ == '__main__':
     print('mutation', MUT, 'seeds', seeds, 'with violations', bad, 'activations', acts)
     print('failovers lossy', lossy, 'lossless', lossless, 'timeline fences', fences,
           'takes refused in grace', graced)
+    print('quiet bursts', bursts, 'longest a free claim waited for its owner %.1f ms (bound %.1f ms)'
+          % (worst * 1000, TAKE_BOUND * 1000))

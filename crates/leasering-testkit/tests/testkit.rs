@@ -267,8 +267,9 @@ fn proxy_stall_holds_traffic_until_pass() {
     client.is_valid(Duration::from_secs(10)).unwrap();
     assert_eq!(select_int(&mut client, 2), 2);
 
-    // stall_for: stalled now, passing again by itself later.
-    proxy.stall_for(Duration::from_millis(200)).unwrap();
+    // stall_for: stalled now, passing again by itself later (long enough
+    // that "now" is still within it when checked on a loaded machine).
+    proxy.stall_for(Duration::from_secs(2)).unwrap();
     assert_eq!(proxy.mode(), ProxyMode::Stall);
     client.is_valid(Duration::from_secs(10)).unwrap();
     wait_until("stall_for ends", || proxy.mode() == ProxyMode::Pass);

@@ -133,12 +133,14 @@ fn plain_demo_with_churn_ends_with_a_clean_final_line() {
     assert_eq!(overlaps, 0, "{last}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(handoffs > 0, "{last}");
     // The story is told: status lines every second, events, churn actions.
+    // (At least half of the ten: on a loaded machine the demo's loop may
+    // be held past a second boundary, and a missed second is skipped.)
     assert!(
         stdout
             .lines()
             .filter(|l| l.starts_with("status t="))
             .count()
-            >= 9,
+            >= 5,
         "{stdout}"
     );
     assert!(stdout.contains(" acquired, token "), "{stdout}");
@@ -157,45 +159,31 @@ fn plain_demo_with_churn_ends_with_a_clean_final_line() {
 
 #[test]
 fn a_balanced_demo_shows_even_shares() {
-    let out = run(
-        &[
-            "demo",
-            "--plain",
-            "--seconds",
-            "6",
-            "--placement",
-            "balanced",
-        ],
-        Duration::from_secs(120),
+    // Driven to the state it is about, not run for a fixed time: on a
+    // loaded machine the five members may not all have joined by then.
+    let mut d = Driven::start(&[
+        "demo",
+        "--plain",
+        "--seconds",
+        "120",
+        "--placement",
+        "balanced",
+    ]);
+    let line = d.wait(
+        |l| settled(l) && l.contains(" members=5 "),
+        "a settled status line with 5 members",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {}\n{stdout}", out.status);
-    let last = stdout.lines().last().unwrap_or("");
-    let [_, active, overlaps, _] =
-        parse_final(last).unwrap_or_else(|| panic!("unexpected final line {last:?}\n{stdout}"));
-    assert_eq!((active, overlaps), (1024, 0), "{last}");
     // Five members of weight 8 on 1024 partitions: 204 or 205 each, so the
     // largest is 205 / 204.8 = 1.00× its share (hashed: typically 1.3–1.6×).
-    let shares: Vec<f64> = stdout
-        .lines()
-        .filter(|l| l.starts_with("status t=") && l.contains(" members=5 "))
-        .filter_map(|l| {
-            l.split("largest_share=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    assert!(
-        !shares.is_empty(),
-        "no status line with 5 members:\n{stdout}"
-    );
-    assert!(
-        shares.last().is_some_and(|s| *s <= 1.01),
-        "largest share {shares:?}\n{stdout}"
-    );
+    let share: f64 = line
+        .split("largest_share=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no largest_share in {line:?}"));
+    assert!(share <= 1.01, "largest share {share}: {line}");
+    let (status, stderr, lines) = d.quit();
+    assert_clean_end(status, &stderr, &lines);
 }
 
 /// Bad input: a non-zero exit, one line on stderr naming the problem, no
@@ -362,7 +350,7 @@ fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
                 "--node-id",
                 id,
                 "--lease-ttl",
-                "2s",
+                "5s",
             ])
             .env("DATABASE_URL", &url)
             .spawn()
@@ -395,6 +383,8 @@ fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
     );
 
     // Ctrl+C: alpha leaves gracefully, beta takes everything over at once.
+    // (Graceful: alpha says it left, below. At once: within a lease TTL, a
+    // bound of liveness a healthy takeover, milliseconds, never comes near.)
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(a.id() as libc::pid_t, libc::SIGINT) };
     let t = Instant::now();
@@ -411,8 +401,8 @@ fn two_node_processes_share_a_ring_and_ctrl_c_leaves() {
         "beta taking over",
     );
     assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "takeover took {:?} (TTL 2 s): not a graceful leave?",
+        t.elapsed() < Duration::from_secs(5),
+        "takeover took {:?}, a whole lease TTL (5 s): not a graceful leave?",
         t.elapsed()
     );
     let a_out = wait_output(a, Duration::from_secs(20));
@@ -535,16 +525,17 @@ fn settled(l: &str) -> bool {
 #[test]
 fn the_band_names_the_frozen_member_whose_claim_a_joiner_waits_for() {
     // One member holds every claim, so whatever the joiner gets is behind
-    // the frozen one (whatever the hash places where). TTL 6 s: its lease
-    // runs at least 4 s after the pause (renewals every 2 s), far longer
-    // than the join and the band's next look (every 250 ms).
+    // the frozen one (whatever the hash places where). TTL 12 s: its lease
+    // runs at least 8 s after the pause (renewals every 4 s), far longer
+    // than the join and the band's next look (every 250 ms) even on a
+    // loaded machine.
     let mut d = Driven::start(&[
         "demo",
         "--plain",
         "--nodes",
         "1",
         "--lease-ttl",
-        "6s",
+        "12s",
         "--seconds",
         "120",
     ]);
@@ -578,8 +569,10 @@ fn drains_show_in_the_band_and_come_before_the_takeover() {
         "--plain",
         "--nodes",
         "2",
+        // The longest drain (a lease TTL of the demo's): the band, looked
+        // at every 250 ms, shows it for that long.
         "--drain",
-        "2s",
+        "3s",
         "--seconds",
         "120",
     ]);

@@ -242,15 +242,21 @@ fn the_demo_serves_metrics_health_and_readiness_and_prometheus_scrapes_it() {
         })
     });
     assert_eq!(up, 1.0, "{}", log_of());
-    let active = wait_for(LIMIT, "prometheus to have the ring's partitions", || {
-        query(web, "sum(leasering_partitions_active{ring=\"demo\"})").and_then(|v| {
-            if v > 0.0 {
-                Ok(v)
-            } else {
-                Err(format!("sum = {v}"))
-            }
-        })
-    });
+    // Waited for whole: a scrape taken while a handoff was in flight may
+    // sum less.
+    let active = wait_for(
+        LIMIT,
+        "prometheus to have the ring's 1024 partitions",
+        || {
+            query(web, "sum(leasering_partitions_active{ring=\"demo\"})").and_then(|v| {
+                if v == 1024.0 {
+                    Ok(v)
+                } else {
+                    Err(format!("sum = {v}"))
+                }
+            })
+        },
+    );
     assert_eq!(active, 1024.0);
     prom.end_with(libc::SIGTERM, "prometheus");
     let _ = std::fs::remove_dir_all(&dir);
@@ -328,24 +334,35 @@ fn status_reads_a_live_ring_and_has_exit_codes_for_missing_ring_and_database() {
     let db = TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     let url = db.url();
     let ring = unique_name("status");
-    let start_in =
-        |ring: &str, id: &str, placement: Placement, metadata: Option<&str>| -> RingNode {
-            let mut b = RingNode::builder(db.pool(4).unwrap(), ring.to_string())
-                .node_id(id)
-                .ring_size(64)
-                .placement(placement)
-                .lease_ttl(Duration::from_secs(10));
-            if let Some(md) = metadata {
-                b = b.metadata(md);
-            }
-            b.start().unwrap()
-        };
+    let ttl = Duration::from_secs(10);
+    // `alpha` is frozen below while `beta` joins, for a TTL of beta's: long
+    // enough that the join and the status checks never come near its end.
+    // Its local lease must outlast the freeze: it runs more than half its
+    // TTL after its last renewal.
+    let alpha_ttl = ttl * 3;
+    let start_in = |ring: &str,
+                    id: &str,
+                    placement: Placement,
+                    metadata: Option<&str>,
+                    ttl: Duration|
+     -> RingNode {
+        let mut b = RingNode::builder(db.pool(4).unwrap(), ring.to_string())
+            .node_id(id)
+            .ring_size(64)
+            .placement(placement)
+            .lease_ttl(ttl);
+        if let Some(md) = metadata {
+            b = b.metadata(md);
+        }
+        b.start().unwrap()
+    };
     let start = |id: &str| {
         start_in(
             &ring,
             id,
             Placement::Hashed,
             (id == "beta").then_some("zone=a"),
+            if id == "alpha" { alpha_ttl } else { ttl },
         )
     };
     let a = start("alpha");
@@ -365,10 +382,11 @@ fn status_reads_a_live_ring_and_has_exit_codes_for_missing_ring_and_database() {
     assert!(text.contains("no partition waits for a claim"), "{text}");
 
     // `alpha` frozen while `beta` joins: beta's share waits for alpha's
-    // claims until the freeze ends.
-    a.pause_threads_for(Duration::from_secs(4));
+    // claims until the freeze ends (everything below up to the metadata
+    // happens within it).
+    a.pause_threads_for(ttl);
     let b = start("beta");
-    let json: serde_json::Value = wait_for(Duration::from_secs(4), "beta waiting on alpha", || {
+    let json: serde_json::Value = wait_for(LIMIT, "beta waiting on alpha", || {
         let (code, out, err) = status(&["--database-url", &url, "--ring-id", &ring, "--json"]);
         if code != 0 {
             return Err(err);
@@ -395,7 +413,7 @@ fn status_reads_a_live_ring_and_has_exit_codes_for_missing_ring_and_database() {
     assert_eq!(members[0]["vnodes"], 8);
     assert!(members[0]["metadata"].is_null());
     let left = members[0]["lease_left_seconds"].as_f64().unwrap();
-    assert!(left > 0.0 && left <= 10.0, "{json}");
+    assert!(left > 0.0 && left <= alpha_ttl.as_secs_f64(), "{json}");
     assert!(json["epoch"].as_i64().unwrap() >= 2, "{json}");
     let (code, text, _) = status(&["--database-url", &url, "--ring-id", &ring]);
     assert_eq!(code, 0);
@@ -413,9 +431,9 @@ fn status_reads_a_live_ring_and_has_exit_codes_for_missing_ring_and_database() {
     // settled ring has nobody waiting (placing them by the vnodes, as a
     // hashed ring, would show most of them waiting).
     let bring = unique_name("status_balanced");
-    let b1 = start_in(&bring, "b1", Placement::Balanced, None);
-    let b2 = start_in(&bring, "b2", Placement::Balanced, None);
-    let b3 = start_in(&bring, "b3", Placement::Balanced, None);
+    let b1 = start_in(&bring, "b1", Placement::Balanced, None, ttl);
+    let b2 = start_in(&bring, "b2", Placement::Balanced, None, ttl);
+    let b3 = start_in(&bring, "b3", Placement::Balanced, None, ttl);
     let v = wait_for(
         Duration::from_secs(20),
         "the balanced ring to settle",

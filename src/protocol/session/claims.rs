@@ -77,6 +77,7 @@ impl Session {
             self.take_after = None;
         }
         self.taking = Some(partitions.clone());
+        self.removed_while_taking = Some(Default::default());
         Some(partitions)
     }
 
@@ -136,9 +137,16 @@ impl Session {
         // What was asked and not got waits: for the member holding it, or
         // (skipped: locked by a transaction in flight) for nobody known.
         let held_by: BTreeMap<u32, String> = took.held_by.into_iter().collect();
+        let removed = self.removed_while_taking.replace(Default::default());
         for p in asked {
             if self.own.is_assigned(p) && self.own.token(p).is_none() {
                 let who = held_by.get(&p).cloned().unwrap_or_default();
+                // Its holder was removed while the take was on its way
+                // (the removal freed the claim, and was heard before
+                // this answer): take it again at once.
+                if held_by.contains_key(&p) && removed.as_ref().is_none_or(|r| r.contains(&who)) {
+                    self.recheck.insert(p);
+                }
                 self.waiting_for.insert(p, who);
             }
         }

@@ -177,6 +177,10 @@ impl Session {
             // may have been (changes lost and others made since): read it
             // again whole; the lag and the hints start from the answer.
             self.resync = true;
+            // Marks of this member's takes may be lost with the old
+            // timeline, and releases were told on the old primary: take
+            // everything waiting again (after the grace, if any).
+            self.recheck.extend(self.waiting_for.keys().copied());
             self.ring_epoch = reply.epoch;
             self.hint = 0;
             self.deltas.clear();

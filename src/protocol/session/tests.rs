@@ -121,6 +121,15 @@ fn sync_and_take(s: &mut Session, t: Instant, answer: Took) -> (Vec<u32>, Output
     (partitions, out)
 }
 
+/// A joiner's catch-up after its first take, which finds nothing new.
+fn catch_up_nothing(s: &mut Session, t: Instant) {
+    let (step, _) = s.watcher_next(t);
+    let WatcherStep::CatchUp { ticket, .. } = step else {
+        panic!("a joiner reads what changed since its join after its first take: {step:?}");
+    };
+    s.caught_up(ticket, CatchUp::Changes(vec![]), t);
+}
+
 /// A lone member `a` at epoch 1 with everything active under token 1.
 fn lone_active(t0: Instant, drain: Option<Duration>) -> Session {
     let mut s = Session::new(cfg("a", drain), t0);
@@ -212,6 +221,110 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
     assert!(
         matches!(&step, WatcherStep::Take { partitions, .. } if partitions.len() == 8),
         "{step:?}"
+    );
+}
+
+/// Issue 17: a release can be heard before the answer of the take that
+/// marked the member as its waiter (the notification overtakes it, or
+/// arrives on another connection). The partition is taken again as soon as
+/// that answer is in, not at the safety net's deadline (the claim model's
+/// `slow_take` check).
+#[test]
+fn a_release_heard_while_its_take_is_on_the_way_is_taken_again_at_once() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg("b", None), t0);
+    s.joined(joined(view(2, &[(3, "b"), (7, "a")]), 7), t0, t0);
+    let (step, _) = s.watcher_next(t0);
+    let WatcherStep::Take { partitions, ticket } = step else {
+        panic!("a joiner takes first: {step:?}");
+    };
+    assert_eq!(partitions, vec![0, 1, 2, 3]);
+    // The take is on its way; a's release of 3 (it marked b as waiting)
+    // is heard first, and a release of 6, which b never asked for.
+    s.notified(Notice::Released {
+        partitions: Some(vec![3, 6]),
+    });
+    s.took(ticket, took(claims(0..3, 2), vec![(3, "a")]), t0 + ms(1));
+    catch_up_nothing(&mut s, t0 + ms(1));
+    let (step, _) = s.watcher_next(t0 + ms(1));
+    let WatcherStep::Take { partitions, .. } = step else {
+        panic!("3 is taken again at once, not after the safety net: {step:?}");
+    };
+    assert_eq!(partitions, vec![3]);
+    // The same with a release too large to name its partitions.
+    let mut s = Session::new(cfg("b", None), t0);
+    s.joined(joined(view(2, &[(3, "b"), (7, "a")]), 7), t0, t0);
+    let (WatcherStep::Take { ticket, .. }, _) = s.watcher_next(t0) else {
+        panic!("a joiner takes first");
+    };
+    s.notified(Notice::Released { partitions: None });
+    s.took(ticket, took(claims(0..3, 2), vec![(3, "a")]), t0 + ms(1));
+    catch_up_nothing(&mut s, t0 + ms(1));
+    assert!(
+        matches!(s.watcher_next(t0 + ms(1)).0, WatcherStep::Take { partitions, .. } if partitions == vec![3])
+    );
+    // The same with a holder's removal. b gains 6 and 7 when a leaves, but
+    // h still holds their claims (it had them before a joined, and still
+    // drains them); h's removal is adopted while b's take of 6 and 7 is on
+    // its way, and the answer names h.
+    let mut s = Session::new(cfg("b", None), t0);
+    s.joined(joined(view(2, &[(3, "b"), (5, "h"), (7, "a")]), 7), t0, t0);
+    sync_and_take(&mut s, t0, took(claims(0..4, 2), vec![]));
+    let removal = |epoch: u64, who: &str| Notice::Change {
+        epoch,
+        change: Some(Change {
+            epoch,
+            removed: vec![who.into()],
+            added: None,
+            added_metadata: None,
+        }),
+    };
+    s.notified(removal(3, "a"));
+    let (WatcherStep::Take { partitions, ticket }, _) = s.watcher_next(t0) else {
+        panic!("b takes what a's leave gave it");
+    };
+    assert_eq!(partitions, vec![6, 7]);
+    s.notified(removal(4, "h"));
+    let (step, _) = s.watcher_next(t0 + ms(1));
+    assert!(
+        matches!(step, WatcherStep::Wait(_)),
+        "one take at a time: {step:?}"
+    );
+    assert_eq!(s.ownership().view_epoch(), 4, "h's removal is adopted");
+    s.took(ticket, took(vec![], vec![(6, "h"), (7, "h")]), t0 + ms(2));
+    let (step, _) = s.watcher_next(t0 + ms(2));
+    assert!(
+        matches!(&step, WatcherStep::Take { partitions, .. } if *partitions == vec![4, 5, 6, 7]),
+        "h's removal, adopted before the answer naming it, freed 6 and 7: {step:?}"
+    );
+}
+
+/// A member evicted (its row gone: frozen past its lease, say) rejoins from
+/// the heartbeat's thread while the watcher waits on its socket. The
+/// rejoin's own notification may wake the watcher before the join's
+/// answer reaches the session; the watcher must then look again soon, not
+/// after a whole idle tick (the demo showed a rejoined member's first take
+/// a second late, its partitions uncovered meanwhile).
+#[test]
+fn a_rejoining_members_watcher_looks_again_soon() {
+    let t0 = Instant::now();
+    let mut s = lone_active(t0, None);
+    let out = s.renewed(s.ticket(), renewal(1, None, vec![]), t0, t0 + ms(1));
+    assert!(out.rejoin, "evicted: it rejoins");
+    s.notified(Notice::Change {
+        epoch: 2,
+        change: None,
+    });
+    let (step, _) = s.watcher_next(t0 + ms(2));
+    assert!(
+        matches!(step, WatcherStep::Wait(w) if w <= ms(5)),
+        "while rejoining the watcher waits a few milliseconds at most: {step:?}"
+    );
+    s.joined(joined(view(2, &[(7, "a")]), 9), t0 + ms(2), t0 + ms(3));
+    let (step, _) = s.watcher_next(t0 + ms(4));
+    assert!(
+        matches!(&step, WatcherStep::Take { partitions, .. } if partitions.len() == 8),
+        "then it takes at once: {step:?}"
     );
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Held, Session, BATCH_CHANGES, IDLE_TICK, MAX_DELTAS};
+use super::{Held, Session, BATCH_CHANGES, IDLE_TICK, JOINING_TICK, MAX_DELTAS};
 use crate::protocol::input::{CatchUp, Notice};
 use crate::protocol::output::{Effect, HandoffCause, Output, WatcherStep};
 use crate::protocol::{Status, Ticket};
@@ -13,7 +13,10 @@ use crate::ring::{Change, RingView};
 impl Session {
     /// A notification arrived. A change may have freed claims (a member
     /// removed) and a release names the partitions it freed: either way a
-    /// waiting take is retried at once.
+    /// waiting take is retried at once. A release may also concern a take
+    /// still on its way (its answer, on another connection or later on
+    /// this one, says the claim is held): those partitions are retried as
+    /// soon as that answer is in, not at the safety net's deadline.
     pub fn notified(&mut self, notice: Notice) {
         match notice {
             Notice::Change { epoch, change } => {
@@ -25,16 +28,26 @@ impl Session {
                     }
                 }
             }
-            Notice::Released { partitions } => match partitions {
-                Some(ps) => {
-                    for p in ps {
-                        if self.waiting_for.contains_key(&p) {
-                            self.recheck.insert(p);
-                        }
-                    }
-                }
-                None => self.recheck.extend(self.waiting_for.keys().copied()),
-            },
+            Notice::Released { partitions } => {
+                let taking = |p: &u32| {
+                    self.taking
+                        .as_ref()
+                        .is_some_and(|t| t.binary_search(p).is_ok())
+                };
+                let concerned: Vec<u32> = match partitions {
+                    Some(ps) => ps
+                        .into_iter()
+                        .filter(|p| self.waiting_for.contains_key(p) || taking(p))
+                        .collect(),
+                    None => self
+                        .waiting_for
+                        .keys()
+                        .copied()
+                        .chain(self.taking.iter().flatten().copied())
+                        .collect(),
+                };
+                self.recheck.extend(concerned);
+            }
         }
     }
 
@@ -75,8 +88,16 @@ impl Session {
     /// claims of pending partitions to take.
     pub fn watcher_next(&mut self, now: Instant) -> (WatcherStep, Output) {
         let mut out = Output::default();
-        if self.own.status() != Status::Member {
-            return (WatcherStep::Wait(IDLE_TICK), out);
+        match self.own.status() {
+            Status::Member => {}
+            // Rejoining: the heartbeat's join may commit any moment, and
+            // its own notification can reach the watcher before the join's
+            // answer reaches the session (the watcher then heard a change
+            // while not in the ring, and waited a whole idle tick on its
+            // socket, which no other thread can interrupt: a rejoined
+            // member took its first claims a second late). Look again soon.
+            Status::Joining => return (WatcherStep::Wait(JOINING_TICK), out),
+            Status::Stopped => return (WatcherStep::Wait(IDLE_TICK), out),
         }
         let ticket = self.ticket();
         let from = self.own.view_epoch();
@@ -143,6 +164,9 @@ impl Session {
                 if change.removed.contains(who) {
                     self.recheck.insert(*p);
                 }
+            }
+            if let Some(r) = &mut self.removed_while_taking {
+                r.extend(change.removed.iter().cloned());
             }
         }
         if changes.len() >= BATCH_CHANGES {
@@ -217,6 +241,11 @@ impl Session {
                     self.apply_changes(run, now, &mut out);
                 }
                 CatchUp::Full(view) => {
+                    // A holder removed and back under its node id (a new
+                    // incarnation) does not show in a whole ring: take
+                    // everything waiting again.
+                    self.recheck.extend(self.waiting_for.keys().copied());
+                    self.removed_while_taking = None;
                     if std::mem::take(&mut self.resync) {
                         self.adopt_forced(view, now, &mut out, true);
                     } else if view.epoch() > self.own.view_epoch() {

@@ -49,6 +49,8 @@
 //! `LEASERING_BENCH_HANDOFF_ONLY=drain` runs the drain section alone (its
 //! table, its counts and its `handoff drain` line).
 
+mod burst;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1029,8 +1031,21 @@ fn main() {
         pg_version(&db),
         if pss { ", pg_stat_statements on" } else { "" }
     );
+    let burst_rounds = env_usize("LEASERING_BENCH_BURST_ROUNDS", if q { 10 } else { 40 });
+    let run_bursts = || -> Vec<burst::Burst> {
+        [2, 4]
+            .into_iter()
+            .map(|k| burst::burst(&db, pss, k, burst_rounds))
+            .collect()
+    };
     match std::env::var("LEASERING_BENCH_HANDOFF_ONLY").as_deref() {
         Err(_) | Ok("") => {}
+        Ok("burst") => {
+            let bursts = run_bursts();
+            burst::report(&bursts);
+            println!("loadavg after: {}", loadavg());
+            return;
+        }
         Ok("drain") => {
             let drained = drain(&db, drain_handoffs);
             println!();
@@ -1046,7 +1061,7 @@ fn main() {
             return;
         }
         Ok(other) => panic!(
-            "LEASERING_BENCH_HANDOFF_ONLY={other}: the one section that runs alone is `drain`"
+            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `drain` and `burst`"
         ),
     }
 
@@ -1106,6 +1121,7 @@ fn main() {
     // ---- version 2: a frozen member, drained handoffs ------------------------
     let frozen = frozen_member(&db, frozen_reps, &dir);
     let drained = drain(&db, drain_handoffs);
+    let bursts = run_bursts();
 
     // ---- crash (kill -9 of a member process) ----------------------------------
     let ttl = Duration::from_secs(2);
@@ -1329,6 +1345,7 @@ fn main() {
     }
     print_drain_counts(&drained);
     println!("targets (DESIGN §10): join while a member is frozen p99 <= 50 ms; 0 user-work overlaps over >= 1,000 drained handoffs");
+    burst::report(&bursts);
     println!("loadavg after: {}", loadavg());
     println!();
     println!("handoff join p50_ms={:.2} p99_ms={:.2}", j.p50, j.p99);
@@ -1358,6 +1375,12 @@ fn main() {
         fl.p50, fl.p99
     );
     println!("{}", drain_line(&drained));
+    for b in &bursts {
+        println!("{}", burst::burst_line(b));
+    }
+    for b in &bursts {
+        println!("{}", burst::burst_cost_line(b));
+    }
     println!(
         "handoff crash p50_over_ttl={:.3} max_over_ttl={:.3}",
         c.p50 / ttl_ms,
