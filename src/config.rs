@@ -373,6 +373,11 @@ pub(crate) fn random_incarnation() -> i64 {
     (u64::from_be_bytes(random_bytes()) >> 1).max(1) as i64
 }
 
+/// A random 64-bit number (a client's id).
+pub(crate) fn random_u64() -> u64 {
+    u64::from_be_bytes(random_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,12 +212,44 @@ impl Error {
         Error::with_source(kind, context, err)
     }
 
-    /// No connection from the pool for doing `context`.
-    pub(crate) fn pool(context: impl Into<String>, err: r2d2::Error) -> Error {
-        let context = context.into();
+    /// No connection from `pool` within `timeout` for doing `context`: the
+    /// server's own reason when it refuses connections (with what to do
+    /// about the usual one, `too many clients`), else that every
+    /// connection of the pool is in use.
+    pub(crate) fn no_connection(
+        pool: &(impl crate::pool::ConnSource + ?Sized),
+        context: &str,
+        timeout: std::time::Duration,
+        err: r2d2::Error,
+    ) -> Error {
+        let (all, idle) = pool.state();
+        let refused_text = err.to_string();
+        let why = match pool.diagnose() {
+            Some(r) => {
+                let too_many = r.code == Some(postgres::error::SqlState::TOO_MANY_CONNECTIONS);
+                let mut why = format!("the server refused the connection: {}", r.message);
+                if too_many {
+                    why.push_str(TOO_MANY_ADVICE);
+                }
+                why
+            }
+            // r2d2 keeps "db error" for any refusal by the server.
+            None if refused_text.ends_with("db error") => format!(
+                "the server refused the connection (the pool keeps no more than \"{refused_text}\": \
+                 the server's log says why; the usual reason is max_connections{TOO_MANY_ADVICE}; \
+                 leasering::Client::connect builds a pool that keeps the server's reason)"
+            ),
+            None if idle == 0 && all >= pool.max_size() => format!(
+                "all {all} connections of the pool are in use: size it for the application and \
+                 the library (see MIN_POOL_SIZE)"
+            ),
+            None => format!("the pool has no connection to give ({refused_text})"),
+        };
         Error::with_source(
             ErrorKind::Database,
-            format!("{context}: no connection from the pool"),
+            format!(
+                "{context}: no connection within {timeout:?} (pool: {all} connections, {idle} idle): {why}"
+            ),
             err,
         )
     }
@@ -354,6 +386,12 @@ impl StdError for Error {
             .map(|s| &**s as &(dyn StdError + 'static))
     }
 }
+
+/// What to do about `sorry, too many clients already`.
+const TOO_MANY_ADVICE: &str =
+    " (max_connections is reached: share one leasering::Client per process, \
+     which holds one connection at rest; keep the pools' min_idle at 0; raise max_connections; \
+     or put PgBouncer in front)";
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -147,20 +147,32 @@ impl Event {
 pub struct DrainGuard(Arc<DrainInner>);
 
 struct DrainInner {
+    /// The member (its uid) and the drain.
+    member: u64,
     id: u64,
     deadline: Instant,
-    done: Sender<u64>,
+    done: Sender<(u64, u64)>,
 }
 
 impl Drop for DrainInner {
     fn drop(&mut self) {
-        let _ = self.done.send(self.id);
+        let _ = self.done.send((self.member, self.id));
     }
 }
 
 impl DrainGuard {
-    pub(crate) fn new(id: u64, deadline: Instant, done: Sender<u64>) -> DrainGuard {
-        DrainGuard(Arc::new(DrainInner { id, deadline, done }))
+    pub(crate) fn new(
+        member: u64,
+        id: u64,
+        deadline: Instant,
+        done: Sender<(u64, u64)>,
+    ) -> DrainGuard {
+        DrainGuard(Arc::new(DrainInner {
+            member,
+            id,
+            deadline,
+            done,
+        }))
     }
 
     /// When the drain ends at the latest, guard or not: the drain timeout

@@ -765,6 +765,7 @@
 
 #[allow(dead_code)]
 mod balanced;
+mod client;
 mod clock;
 mod config;
 mod error;
@@ -780,6 +781,7 @@ mod store;
 pub mod telemetry;
 pub mod trace;
 
+pub use client::Client;
 pub use clock::monotonic_ns;
 pub use config::{
     Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,

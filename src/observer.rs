@@ -15,14 +15,18 @@
 //! up to a TTL). A router that must not send work too early retries on the
 //! owner's "not mine yet" answer; the owner's
 //! [`owns`](crate::RingNode::owns) is the authority.
+//!
+//! An observer is served by a [`Client`]: its notifications come through
+//! the client's held connection, its reads run on the client's work
+//! thread. The view is behind a lock-free pointer: lookups from any number
+//! of threads never wait for each other or for an update.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use postgres::error::SqlState;
 use postgres::tls::{MakeTlsConnect, TlsConnect};
 use postgres::types::Type;
@@ -30,17 +34,28 @@ use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::client::{Client, Mode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::partition_for;
 use crate::pool::ConnSource;
 use crate::protocol::input::{CatchUp, Notice};
 use crate::ring::{MemberInfo, RingView};
-use crate::store::{HeldConn, Store};
+use crate::store::payload::parse_payloads;
+use crate::store::{hold, HeldConn, Store};
 use crate::Config;
 
-/// Builds a [`RingObserver`]; from [`RingObserver::builder`].
+/// Where an observer's connection comes from.
+enum Source {
+    /// A pool: the observer gets a [`Client`] of its own.
+    Pool(Arc<dyn ConnSource>),
+    /// A client shared with members and other observers.
+    Client(Client),
+}
+
+/// Builds a [`RingObserver`]; from [`RingObserver::builder`] or
+/// [`Client::observer`].
 pub struct ObserverBuilder {
-    pool: Arc<dyn ConnSource>,
+    source: Source,
     ring_id: String,
     schema: String,
     notifications: bool,
@@ -51,6 +66,23 @@ pub struct ObserverBuilder {
 }
 
 impl ObserverBuilder {
+    fn with_source(source: Source, ring_id: String) -> ObserverBuilder {
+        ObserverBuilder {
+            source,
+            ring_id,
+            schema: "leasering".into(),
+            notifications: true,
+            transaction_pooling: false,
+            poll_interval: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub(crate) fn new(client: Client, ring_id: String) -> ObserverBuilder {
+        ObserverBuilder::with_source(Source::Client(client), ring_id)
+    }
+
     /// Schema of the ring's tables. Default `leasering`.
     pub fn schema(mut self, schema: impl Into<String>) -> ObserverBuilder {
         self.schema = schema.into();
@@ -90,7 +122,7 @@ impl ObserverBuilder {
     }
 
     /// Reads the ring (an empty view while the ring does not exist yet) and
-    /// starts the thread that follows it, `leasering-observer`.
+    /// has its client follow it.
     ///
     /// Fails with a typed error for a bad ring id or schema name
     /// ([`ErrorKind::InvalidConfig`]), an unreachable database within the
@@ -101,6 +133,7 @@ impl ObserverBuilder {
         cfg.schema = self.schema.clone();
         cfg.notifications = self.notifications;
         cfg.transaction_pooling = self.transaction_pooling;
+        cfg.statement_timeout = Some(self.statement_timeout);
         cfg.validate()?;
         if self.poll_interval < Duration::from_millis(10) {
             return Err(Error::invalid(
@@ -111,20 +144,28 @@ impl ObserverBuilder {
                 ),
             ));
         }
-        let mut follower = Follower {
-            pool: self.pool,
-            cfg,
-            notifications: self.notifications,
-            statement_timeout: self.statement_timeout,
-            store: None,
-            conn: None,
-            timeline: None,
-            resynced: false,
+        let client = match self.source {
+            Source::Pool(pool) => Client::with_source(pool, Some("observer".into())),
+            Source::Client(c) => c,
         };
+        client.shared.check_mode(Mode {
+            notifications: self.notifications,
+            transaction_pooling: self.transaction_pooling,
+        })?;
+        let follower = Arc::new(Follower::new(cfg, self.poll_interval));
+        let pool = client.shared.pool.clone();
         let deadline = Instant::now() + self.start_timeout;
-        let first = loop {
-            match follower.read_full() {
-                Ok(v) => break v,
+        loop {
+            let first = pool
+                .get(self.statement_timeout, "observe the ring")
+                .and_then(|c| {
+                    let mut held = hold(c, self.statement_timeout, !self.transaction_pooling)?;
+                    let r = follower.read_full(&mut follower.state.lock(), &mut held);
+                    held.unhold();
+                    r
+                });
+            match first {
+                Ok(()) => break,
                 Err(e) if Instant::now() < deadline && e.kind() == ErrorKind::Database => {
                     log::debug!(target: "leasering", "observer of {:?}: first read failed, retrying: {e}",
                         follower.cfg.ring_id);
@@ -132,37 +173,24 @@ impl ObserverBuilder {
                 }
                 Err(e) => return Err(e),
             }
-        };
-        let shared = Arc::new(Shared {
-            view: RwLock::new(first),
-            subscribers: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
-            thread: Mutex::new(None),
-        });
-        let poll = self.poll_interval;
-        let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("leasering-observer".into())
-            .spawn(move || follower.run(&s, poll))
-            .map_err(|e| Error::spawn("observer", e))?;
-        *shared.thread.lock() = Some(handle);
-        Ok(RingObserver { shared })
+        }
+        client.shared.register_observer(follower.clone())?;
+        Ok(RingObserver {
+            handle: Arc::new(Handle {
+                follower,
+                client,
+                stopped: Mutex::new(false),
+            }),
+        })
     }
-}
-
-struct Shared {
-    view: RwLock<RingView>,
-    subscribers: Mutex<Vec<Sender<RingView>>>,
-    stopping: AtomicBool,
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Follows a ring's view without joining it: who owns partition `p`, who
 /// owns key `k` and how to reach it (the owner's
 /// [`metadata`](MemberInfo::metadata)), and a channel of view changes.
 ///
-/// Cheap to clone (an `Arc`); the following thread stops when the last
-/// clone is dropped or [`stop`](RingObserver::stop) is called.
+/// Cheap to clone (an `Arc`); it stops following when the last clone is
+/// dropped or [`stop`](RingObserver::stop) is called.
 ///
 /// ```no_run
 /// # fn main() -> leasering::Result<()> {
@@ -181,12 +209,42 @@ struct Shared {
 /// ```
 #[derive(Clone)]
 pub struct RingObserver {
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+}
+
+/// Dropped with the last clone of a [`RingObserver`].
+struct Handle {
+    follower: Arc<Follower>,
+    client: Client,
+    stopped: Mutex<bool>,
+}
+
+impl Handle {
+    /// Leaves the client (idempotent); with `wait`, waits for its threads
+    /// if they stop with this observer.
+    fn stop(&self, wait: Duration) {
+        let mut stopped = self.stopped.lock();
+        if std::mem::replace(&mut *stopped, true) {
+            return;
+        }
+        let _ = self
+            .client
+            .shared
+            .deregister_observer(&self.follower, Instant::now() + wait);
+        self.follower.subscribers.lock().clear();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Never blocks: threads that stop with it end on their own.
+        self.stop(Duration::ZERO);
+    }
 }
 
 impl RingObserver {
-    /// A builder for an observer of ring `ring_id`, reading through `pool`
-    /// (one connection, kept).
+    /// A builder for an observer of ring `ring_id` using `pool` (through a
+    /// [`Client`] of its own: one connection, kept).
     pub fn builder<T>(
         pool: Pool<PostgresConnectionManager<T>>,
         ring_id: impl Into<String>,
@@ -197,34 +255,26 @@ impl RingObserver {
         T::Stream: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        ObserverBuilder {
-            pool: Arc::new(pool),
-            ring_id: ring_id.into(),
-            schema: "leasering".into(),
-            notifications: true,
-            transaction_pooling: false,
-            poll_interval: Duration::from_secs(1),
-            start_timeout: Duration::from_secs(10),
-            statement_timeout: Duration::from_secs(5),
-        }
+        ObserverBuilder::with_source(Source::Pool(Arc::new(pool)), ring_id.into())
     }
 
     /// The view followed now (cheap: an `Arc` clone).
     pub fn view(&self) -> RingView {
-        self.shared.view.read().clone()
+        RingView::clone(&self.handle.follower.view.load())
     }
 
     /// The member the current view places partition `p` on, with its
     /// metadata; `None` on an empty ring or for `p >= ring_size`.
     pub fn owner_of(&self, p: u32) -> Option<MemberInfo> {
-        self.shared.view.read().owner_info(p).cloned()
+        self.handle.follower.view.load().owner_info(p).cloned()
     }
 
     /// The member the current view places `key` on:
     /// [`owner_of`](RingObserver::owner_of) of
     /// [`partition_for`](crate::partition_for)`(key, ring_size)`.
+    /// Lock-free.
     pub fn owner_of_key(&self, key: &[u8]) -> Option<MemberInfo> {
-        let view = self.shared.view.read();
+        let view = self.handle.follower.view.load();
         view.owner_info(partition_for(key, view.ring_size()))
             .cloned()
     }
@@ -234,197 +284,219 @@ impl RingObserver {
     /// stops.
     pub fn subscribe(&self) -> Receiver<RingView> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.shared.subscribers.lock().push(tx);
+        if !*self.handle.stopped.lock() {
+            self.handle.follower.subscribers.lock().push(tx);
+        }
         rx
     }
 
-    /// Stops following (idempotent) and waits for the thread. The view
+    /// Stops following (idempotent); when it was its client's last member
+    /// or observer, waits up to 5 s for the client's threads. The view
     /// stays readable, frozen.
     pub fn stop(&self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        if let Some(h) = self.shared.thread.lock().take() {
-            let _ = h.join();
-        }
-        self.shared.subscribers.lock().clear();
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
+        self.handle.stop(Duration::from_secs(5));
     }
 }
 
 impl std::fmt::Debug for RingObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingObserver")
-            .field("view", &*self.shared.view.read())
+            .field("view", &**self.handle.follower.view.load())
             .finish()
     }
 }
 
-/// The following thread's state: the store (once the ring's size is
-/// known) and the connection it keeps.
-struct Follower {
-    pool: Arc<dyn ConnSource>,
+/// An observer as its client's threads see it: the view it publishes, the
+/// notices the connection thread hands it, and the reads the work thread
+/// makes for it.
+pub(crate) struct Follower {
     cfg: Config,
-    notifications: bool,
-    statement_timeout: Duration,
+    /// The ring's channel (known without the ring: schema and ring id).
+    channel: String,
+    poll: Duration,
+    view: ArcSwap<RingView>,
+    subscribers: Mutex<Vec<Sender<RingView>>>,
+    /// Notices not applied yet (the connection thread's side).
+    pending: Mutex<Pending>,
+    /// The work thread's side.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct Pending {
+    notices: Vec<Notice>,
+    /// Notifications may have been lost (a reconnect): read the log.
+    gap: bool,
+}
+
+struct State {
+    /// The ring's store, once its size is known.
     store: Option<Store>,
-    conn: Option<HeldConn>,
     /// The database's timeline at the last read. Epochs of two timelines
     /// are not comparable (a promoted standby may have lost the last
     /// changes and made others under the same epochs), so a change of
     /// timeline means reading the whole ring again.
     timeline: Option<u64>,
-    /// The last view was such a re-read: publish it even if its epoch is
-    /// the one already shown.
-    resynced: bool,
+    next_poll: Instant,
+    /// After a failed read: not before then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
 
-/// Longest wait on the connection between two looks at the stop flag.
-const STOP_LOOK: Duration = Duration::from_millis(100);
-
 impl Follower {
-    fn run(mut self, shared: &Arc<Shared>, poll: Duration) {
-        let ring = self.cfg.ring_id.clone();
-        let mut next_poll = Instant::now() + poll;
-        let mut backoff = Duration::from_millis(50);
-        // Stops when asked, or when every RingObserver is gone (then the
-        // only Arc left is this thread's).
-        while !shared.stopping.load(Ordering::Acquire) && Arc::strong_count(shared) > 1 {
-            let current = shared.view.read().clone();
-            let due = Instant::now() >= next_poll;
-            if due {
-                next_poll = Instant::now() + poll;
-            }
-            match self.step(&current, due, next_poll) {
-                Ok(Some(next)) => {
-                    backoff = Duration::from_millis(50);
-                    let resynced = std::mem::take(&mut self.resynced);
-                    if resynced
-                        || next.epoch() != current.epoch()
-                        || next.ring_size() != current.ring_size()
-                    {
-                        log::debug!(target: "leasering", "observer of {ring:?}: epoch {} -> {}",
-                            current.epoch(), next.epoch());
-                        *shared.view.write() = next.clone();
-                        shared
-                            .subscribers
-                            .lock()
-                            .retain(|tx| tx.send(next.clone()).is_ok());
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    log::warn!(target: "leasering", "observer of {ring:?}: {e}; retrying in {backoff:?}");
-                    if let (Some(store), Some(c)) = (&self.store, self.conn.take()) {
-                        store.unhold(c);
-                    }
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until && !shared.stopping.load(Ordering::Acquire) {
-                        std::thread::sleep(STOP_LOOK.min(backoff));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    // Read again as soon as it works.
-                    next_poll = Instant::now();
-                }
-            }
-        }
-        if let (Some(store), Some(c)) = (&self.store, self.conn.take()) {
-            store.unhold(c);
+    fn new(cfg: Config, poll: Duration) -> Follower {
+        let channel = Store::ring_channel(&cfg.schema, &cfg.ring_id);
+        Follower {
+            cfg,
+            channel,
+            poll,
+            view: ArcSwap::from_pointee(RingView::empty(0, 0)),
+            subscribers: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
+            state: Mutex::new(State {
+                store: None,
+                timeline: None,
+                next_poll: Instant::now() + poll,
+                retry_at: None,
+                backoff: Duration::from_millis(50),
+            }),
         }
     }
 
-    /// With a poll `due`, a read of the change log (of the whole ring,
-    /// while it did not exist); else one wait for notifications (until
-    /// `next_poll`, at most [`STOP_LOOK`]) and the view they lead to.
-    /// `None`: nothing to adopt.
-    fn step(
-        &mut self,
-        current: &RingView,
-        due: bool,
-        next_poll: Instant,
-    ) -> Result<Option<RingView>> {
-        if self.store.is_none() {
-            // The ring did not exist at the last look.
-            if due {
-                return self.read_full().map(Some);
-            }
-            std::thread::sleep(STOP_LOOK.min(next_poll.saturating_duration_since(Instant::now())));
-            return Ok(None);
+    /// The channel the client's connection listens on for this observer.
+    pub(crate) fn channel(&self) -> Option<String> {
+        self.cfg.notifications.then(|| self.channel.clone())
+    }
+
+    /// A notification on the ring's channel (from the connection thread).
+    pub(crate) fn notified(&self, payload: &str) {
+        let notices = parse_payloads(&self.cfg.ring_id, payload);
+        if !notices.is_empty() {
+            self.pending.lock().notices.extend(notices);
         }
-        let wait = if due {
-            Duration::ZERO
-        } else {
-            next_poll
-                .saturating_duration_since(Instant::now())
-                .min(STOP_LOOK)
+    }
+
+    /// The client's listening connection is new: notifications may have
+    /// been missed.
+    pub(crate) fn reconnected(&self) {
+        self.pending.lock().gap = true;
+    }
+
+    /// One step on the work thread: apply what was notified, read the
+    /// change log on a gap or when the poll is due. `Ok(None)`: a read
+    /// ran; `Ok(Some(d))`: nothing to do for `d`.
+    pub(crate) fn step(
+        &self,
+        conn: &mut Option<HeldConn>,
+        connect: impl FnOnce() -> Result<HeldConn>,
+        now: Instant,
+    ) -> Result<Option<Duration>> {
+        let mut st = self.state.lock();
+        if let Some(t) = st.retry_at {
+            if now < t {
+                return Ok(Some(t - now));
+            }
+            st.retry_at = None;
+        }
+        let due = now >= st.next_poll;
+        let (notices, gap) = {
+            let mut p = self.pending.lock();
+            (std::mem::take(&mut p.notices), std::mem::take(&mut p.gap))
         };
-        let notices = if self.notifications {
-            let store = self.store.clone().expect("checked above");
-            let conn = self.held()?;
-            store.notices(conn, wait)?
-        } else {
-            std::thread::sleep(wait);
-            Vec::new()
-        };
+        if notices.is_empty() && !due && !gap {
+            return Ok(Some(st.next_poll - now));
+        }
+        if due {
+            st.next_poll = now + self.poll;
+        }
+        let current = RingView::clone(&self.view.load());
         let mut view = current.clone();
-        let mut gap = due;
+        let mut read = due || gap;
         for n in notices {
             if let Notice::Change { epoch, change } = n {
                 match change {
                     Some(c) if epoch == view.epoch() + 1 => view = view.apply(&c),
-                    _ if epoch > view.epoch() => gap = true,
+                    _ if epoch > view.epoch() => read = true,
                     _ => {}
                 }
             }
         }
-        if gap {
-            let store = self.store.clone().expect("checked above");
-            let timeline = store.timeline(self.held()?)?;
-            let changed = self.timeline.is_some_and(|t| t != timeline);
-            if changed {
-                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str();
-                    "observer of {:?}: the database moved to timeline {timeline} (a promotion or a recovery): reading the whole ring again",
-                    self.cfg.ring_id);
-                self.resynced = true;
-            }
-            self.timeline = Some(timeline);
-            // From 0: the whole ring.
-            let from = if changed { 0 } else { view.epoch() };
-            view = match store.catch_up(self.held()?, from)? {
-                CatchUp::Changes(cs) => view.apply_all(&cs),
-                CatchUp::Full(v) => v,
+        let mut resynced = false;
+        if read {
+            let result = match conn {
+                Some(c) => self.read(&mut st, c, &mut view, &mut resynced),
+                None => connect().and_then(|c| {
+                    let c = conn.insert(c);
+                    self.read(&mut st, c, &mut view, &mut resynced)
+                }),
             };
+            if let Err(e) = result {
+                log::warn!(target: "leasering", "observer of {:?}: {e}; retrying in {:?}",
+                    self.cfg.ring_id, st.backoff);
+                st.retry_at = Some(now + st.backoff);
+                st.backoff = (st.backoff * 2).min(Duration::from_secs(2));
+                self.pending.lock().gap = true;
+                return Err(e);
+            }
+            st.backoff = Duration::from_millis(50);
         }
-        Ok(Some(view))
+        if resynced || view.epoch() != current.epoch() || view.ring_size() != current.ring_size() {
+            log::debug!(target: "leasering", "observer of {:?}: epoch {} -> {}",
+                self.cfg.ring_id, current.epoch(), view.epoch());
+            self.view.store(Arc::new(view.clone()));
+            self.subscribers
+                .lock()
+                .retain(|tx| tx.send(view.clone()).is_ok());
+        }
+        Ok(if read {
+            None
+        } else {
+            Some(st.next_poll.saturating_duration_since(now))
+        })
     }
 
-    /// The connection kept, connected (and listening) first if needed.
-    fn held(&mut self) -> Result<&mut HeldConn> {
-        if self.conn.is_none() {
-            let store = self.store.as_ref().expect("a store before a connection");
-            let c = self
-                .pool
-                .get(self.statement_timeout)
-                .map_err(|e| Error::pool("observe the ring", e))?;
-            self.conn = Some(store.hold(c, self.notifications)?);
+    /// Reads what the view misses: the whole ring while its size is not
+    /// known, else the change log (the whole ring after a timeline change).
+    fn read(
+        &self,
+        st: &mut State,
+        c: &mut HeldConn,
+        view: &mut RingView,
+        resynced: &mut bool,
+    ) -> Result<()> {
+        let Some(store) = st.store.clone() else {
+            // The ring did not exist at the last look: published once it
+            // does (its size changes from 0).
+            let before = self.view.load_full();
+            self.read_full(st, c)?;
+            *view = RingView::clone(&self.view.swap(before));
+            return Ok(());
+        };
+        let timeline = store.timeline(c)?;
+        let changed = st.timeline.is_some_and(|t| t != timeline);
+        if changed {
+            log::info!(target: "leasering", ring = self.cfg.ring_id.as_str();
+                "observer of {:?}: the database moved to timeline {timeline} (a promotion or a recovery): reading the whole ring again",
+                self.cfg.ring_id);
+            *resynced = true;
         }
-        Ok(self.conn.as_mut().expect("connected above"))
+        st.timeline = Some(timeline);
+        // From 0: the whole ring.
+        let from = if changed { 0 } else { view.epoch() };
+        *view = match store.catch_up(c, from)? {
+            CatchUp::Changes(cs) => view.apply_all(&cs),
+            CatchUp::Full(v) => v,
+        };
+        Ok(())
     }
 
     /// The whole ring: its size and placement first (the store needs the
-    /// size), then its view. An empty view (ring size 0) while the ring
-    /// does not exist.
-    fn read_full(&mut self) -> Result<RingView> {
-        if self.store.is_none() {
-            let mut c = self
-                .pool
-                .get(self.statement_timeout)
-                .map_err(|e| Error::pool("observe the ring", e))?;
+    /// size), then its view, published. An empty view (ring size 0) while
+    /// the ring does not exist.
+    fn read_full(&self, st: &mut State, c: &mut HeldConn) -> Result<()> {
+        if st.store.is_none() {
             let schema = &self.cfg.schema;
-            let rows = match c.query_typed(
+            let rows = match c.client.query_typed(
                 &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
                 &[(&self.cfg.ring_id, Type::TEXT)],
             ) {
@@ -441,16 +513,17 @@ impl Follower {
                 Err(e) => return Err(Error::db(format!("read ring {:?}", self.cfg.ring_id), e)),
             };
             let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
-                return Ok(RingView::empty(0, 0));
+                return Ok(());
             };
             let mut cfg = self.cfg.clone();
             cfg.ring_size = size;
             cfg.vnode_count = 1;
-            cfg.statement_timeout = Some(self.statement_timeout);
-            self.store = Some(Store::new(&cfg, "observer")?);
+            st.store = Some(Store::new(&cfg, "observer")?);
         }
-        let store = self.store.clone().expect("set above");
-        self.timeline = Some(store.timeline(self.held()?)?);
-        store.read_ring(self.held()?)
+        let store = st.store.clone().expect("set above");
+        st.timeline = Some(store.timeline(c)?);
+        let view = store.read_ring(c)?;
+        self.view.store(Arc::new(view));
+        Ok(())
     }
 }

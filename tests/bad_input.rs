@@ -79,8 +79,8 @@ fn configuration_errors_name_the_value() {
     );
     expect(
         ErrorKind::InvalidConfig,
-        "pool max_size 2 is too small",
-        builder(pool(2), &ring, "n"),
+        "pool max_size 1 is too small",
+        builder(pool(1), &ring, "n"),
     );
 }
 

@@ -341,7 +341,9 @@ fn terminate_member_backends(
             &[&app, &spare],
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // Often enough that no connection of the member lives long enough
+        // to connect and renew (a few round trips), whoever gets the slot.
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -374,13 +376,13 @@ fn a_pool_the_application_exhausts_for_longer_than_the_ttl() {
     let share = a.owned_partitions().to_vec();
 
     // 1. The application takes every connection the member does not hold,
-    //    for three TTLs: the member renews on the connections it keeps, and
-    //    keeps its lease and its partitions all along.
+    //    for three TTLs: the member renews on the connection its client
+    //    keeps, and keeps its lease and its partitions all along.
     let hog = Hog::start(&shared);
     wait_until(
         SETTLE,
         "the application to hold the rest of the pool",
-        || hog.pids.lock().unwrap().len() == 2,
+        || hog.pids.lock().unwrap().len() >= 2,
     );
     let renewals = a.status().renewals;
     let until = Instant::now() + TTL * 3;

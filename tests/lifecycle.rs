@@ -109,7 +109,7 @@ fn errors_carry_their_facts() {
         .start()
         .unwrap_err();
     assert_eq!(err.setting(), Some("vnode_count"), "{err}");
-    let err = builder(pool(2), &ring, "x").start().unwrap_err();
+    let err = builder(pool(1), &ring, "x").start().unwrap_err();
     assert_eq!(err.setting(), Some("pool"), "{err}");
     a.stop().unwrap();
     let _ = db;

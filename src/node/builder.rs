@@ -10,6 +10,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::shutdown::{bounded, Bounded};
 use super::{Inner, RingNode, MIN_POOL_SIZE};
+use crate::client::{Client, Mode};
 use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -35,9 +36,17 @@ use crate::store::{JoinAttempt, Store};
 /// # Ok(()) }
 /// ```
 pub struct Builder {
-    pool: Arc<dyn ConnSource>,
+    source: Source,
     cfg: Config,
     subscribers: Vec<Sender<Event>>,
+}
+
+/// Where a member's connection comes from.
+enum Source {
+    /// A pool: the member gets a [`Client`] of its own.
+    Pool(Arc<dyn ConnSource>),
+    /// A client shared with other members and observers.
+    Client(Client),
 }
 
 impl Builder {
@@ -192,9 +201,17 @@ impl Builder {
         &self.cfg
     }
 
-    pub(super) fn new(pool: Arc<dyn ConnSource>, ring_id: String) -> Builder {
+    pub(super) fn from_pool(pool: Arc<dyn ConnSource>, ring_id: String) -> Builder {
         Builder {
-            pool,
+            source: Source::Pool(pool),
+            cfg: Config::new(ring_id),
+            subscribers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn new(client: Client, ring_id: String) -> Builder {
+        Builder {
+            source: Source::Client(client),
             cfg: Config::new(ring_id),
             subscribers: Vec::new(),
         }
@@ -207,31 +224,56 @@ impl Builder {
     /// have let go — milliseconds on a healthy ring.
     pub fn start(self) -> Result<RingNode> {
         let Builder {
-            pool,
+            source,
             mut cfg,
             subscribers,
         } = self;
         cfg.validate()?;
+        let node_id = cfg.node_id.clone().unwrap_or_else(random_node_id);
+        cfg.node_id = Some(node_id.clone());
+        let client = match source {
+            Source::Pool(pool) => Client::with_source(pool, Some(super::short_id(&node_id))),
+            Source::Client(c) => c,
+        };
+        let pool = client.shared.pool.clone();
         if pool.max_size() < MIN_POOL_SIZE {
             return Err(Error::invalid(
                 "pool",
                 format!(
-                    "pool max_size {} is too small: a node needs at least {MIN_POOL_SIZE} connections \
-                     (watcher, heartbeat, cleanup)",
+                    "pool max_size {} is too small: a member needs at least {MIN_POOL_SIZE} connections \
+                     (its client's, which listens and renews, and one for takes, joins and leaves)",
                     pool.max_size()
                 ),
             ));
         }
-        let node_id = cfg.node_id.clone().unwrap_or_else(random_node_id);
-        cfg.node_id = Some(node_id.clone());
-        let store = Store::new(&cfg, &node_id)?;
+        client.shared.check_mode(Mode {
+            notifications: cfg.notifications,
+            transaction_pooling: cfg.transaction_pooling,
+        })?;
+        let mut store = Store::new(&cfg, &node_id)?;
+        // Releases of the claims it waits for are told on its client's
+        // channel, which one LISTEN serves for all of the client's members.
+        store.own_channel = client.shared.channel(&cfg.schema);
         let op = crate::trace::Op::start(crate::trace::Kind::Join, &cfg.ring_id, &node_id, 0);
         let (joined, sent_at, conn) = join_within_start_timeout(&cfg, &store, &pool)?;
         op.finish(joined.view.epoch(), joined.positions.len(), "joined");
-        let inner = Arc::new(Inner::new(cfg, node_id, store, pool, subscribers));
-        *inner.join_conn.lock() = Some(conn);
+        // The join's connection goes back to the pool: the client's threads
+        // borrow what they need.
+        drop(conn);
+        let inner = Arc::new(Inner::new(
+            cfg,
+            node_id,
+            store,
+            client.shared.clone(),
+            subscribers,
+        ));
         inner.update(|s, now| s.joined(joined, sent_at, now));
-        inner.spawn_threads()?;
+        if let Err(e) = client.shared.register_member(inner.clone()) {
+            // No threads: leave again, so that nobody waits for a member
+            // that never runs.
+            let _ = inner.shutdown(true);
+            return Err(e);
+        }
         Ok(RingNode::from_inner(inner))
     }
 }
@@ -256,13 +298,10 @@ fn join_within_start_timeout(
             // failure arrives as such rather than as a timeout.
             let remaining = deadline.saturating_duration_since(Instant::now());
             let remaining = remaining - (remaining / 10).min(Duration::from_millis(100));
-            let mut conn = pool.get(remaining.max(Duration::from_millis(1))).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Database,
-                    format!("could not connect to the database within start_timeout {start_timeout:?}"),
-                    e,
-                )
-            })?;
+            let mut conn = pool.get(
+                remaining.max(Duration::from_millis(1)),
+                &format!("start (start_timeout {start_timeout:?})"),
+            )?;
             if create {
                 store.migrate(&mut conn)?;
             } else {
@@ -312,8 +351,7 @@ fn join_within_start_timeout(
 fn withdraw(store: &Store, pool: &Arc<dyn ConnSource>, incarnation: i64, bound: Duration) {
     let node = store.node_id.as_str();
     let result = pool
-        .get(bound.min(Duration::from_secs(5)))
-        .map_err(|e| Error::pool("withdraw the join", e))
+        .get(bound.min(Duration::from_secs(5)), "withdraw the join")
         .and_then(|mut c| store.withdraw_join(&mut c, incarnation));
     match result {
         Ok(Some(epoch)) => log::info!(target: "leasering", ring = store.ring_id.as_str(), node;
@@ -342,7 +380,7 @@ fn join_retrying(
 ) -> Result<Joined> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match store.join_with(conn, attempt, true) {
+        match store.join_with(conn, attempt, false) {
             Ok(joined) => return Ok(joined),
             Err(e) if e.kind() == ErrorKind::Timeout && left > Duration::from_millis(100) => {
                 log::debug!(target: "leasering", "join timed out ({}); trying again", e);
@@ -352,7 +390,9 @@ fn join_retrying(
                 log::warn!(target: "leasering", node = store.node_id.as_str();
                     "node {}: lost the connection while joining ({e}); trying again on another", store.node_id);
                 std::thread::sleep(Duration::from_millis(10));
-                *conn = pool.get(left - Duration::from_millis(50)).map_err(|_| e)?;
+                *conn = pool
+                    .get_raw(left - Duration::from_millis(50))
+                    .map_err(|_| e)?;
             }
             Err(e) => return Err(e),
         }

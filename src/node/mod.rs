@@ -8,17 +8,17 @@
 //!   [`RingNode::owns`] and [`RingNode::owned_partitions`];
 //! * [`publish`] — making a session output visible: hot path, events,
 //!   logs, metrics, wake-ups;
-//! * [`workers`] — the four named threads (heartbeat, watcher, cleanup,
-//!   fence), each a thin loop: ask the session for the next step, run that
-//!   one statement, hand the answer back;
-//! * [`shutdown`] — `stop()`, the leave, joining the threads, and the
+//! * [`steps`] — the member's steps that its [`Client`](crate::Client)'s
+//!   threads run: catch-ups, takes and releases, rejoins, renewal
+//!   failures;
+//! * [`shutdown`] — `stop()`, the leave, leaving the client, and the
 //!   non-blocking `Drop`.
 
 mod builder;
 mod hot_path;
 mod publish;
 mod shutdown;
-mod workers;
+mod steps;
 
 #[cfg(test)]
 mod tests;
@@ -36,21 +36,20 @@ use r2d2_postgres::PostgresConnectionManager;
 
 pub use self::builder::Builder;
 use self::hot_path::HotPath;
-use self::workers::Control;
 use crate::clock::coarse_resolution_ns;
 use crate::config::Config;
 use crate::error::Result;
 use crate::event::Event;
 use crate::owned::OwnedPartitions;
 use crate::placement::partition_for;
-use crate::pool::ConnSource;
 use crate::protocol::{Session, SessionConfig, Status};
 use crate::ring::RingView;
 use crate::store::Store;
 
-/// Fewest pool connections a node needs: the watcher keeps one (LISTEN),
-/// the heartbeat keeps one, cleanup and stop borrow one now and then.
-pub const MIN_POOL_SIZE: u32 = 3;
+/// Fewest pool connections a member needs: its client keeps one (LISTEN
+/// and renewals), and takes, releases, joins and leaves borrow another now
+/// and then.
+pub const MIN_POOL_SIZE: u32 = 2;
 
 /// One member of a ring. See the [crate documentation](crate) for the model.
 ///
@@ -201,7 +200,7 @@ impl RingNode {
         T::Stream: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        Builder::new(Arc::new(pool), ring_id.into())
+        Builder::from_pool(Arc::new(pool), ring_id.into())
     }
 
     fn from_inner(inner: Arc<Inner>) -> RingNode {
@@ -344,38 +343,31 @@ impl std::fmt::Debug for RingNode {
     }
 }
 
-/// A wake-up channel of one thread.
-type Wake = (Sender<()>, Receiver<()>);
-
-/// The member behind every clone of a [`RingNode`] and its threads.
+/// The member behind every clone of a [`RingNode`], served by its client's
+/// threads.
 pub(crate) struct Inner {
-    cfg: Config,
-    node_id: String,
-    store: Store,
-    pool: Arc<dyn ConnSource>,
+    pub(crate) cfg: Config,
+    pub(crate) node_id: String,
+    pub(crate) store: Store,
+    /// The client whose threads serve this member.
+    pub(crate) client: Arc<crate::client::Shared>,
+    /// Unique in this process: routes this member's drains.
+    pub(crate) uid: u64,
     /// Everything the member decides (see [`Session`]).
-    session: RwLock<Session>,
+    pub(crate) session: RwLock<Session>,
     hot: HotPath,
     subscribers: Mutex<Vec<Sender<Event>>>,
-    control: Mutex<Option<Control>>,
-    wake_watcher: Wake,
-    wake_fence: Wake,
-    wake_cleanup: Wake,
-    /// Drain guards send their drain's id here when their last copy drops.
-    drained: (Sender<u64>, Receiver<u64>),
-    /// The connection `start()` joined on, already listening on the ring's
-    /// channel: the watcher's first connection (it saves the joiner a
-    /// connection and a round trip before its first take).
-    join_conn: Mutex<Option<crate::pool::Conn>>,
     /// A rejoin whose last try failed, to be resumed by the next (it may
     /// have committed: see [`JoinAttempt`](crate::store::JoinAttempt)).
     rejoin_attempt: Mutex<Option<crate::store::JoinAttempt>>,
+    /// The renewal found this member evicted: the changes thread rejoins.
+    rejoin_wanted: AtomicBool,
     /// Serialises rejoin against stop, so a stopping member cannot rejoin.
     membership: Mutex<()>,
     stopped: AtomicBool,
-    telemetry: crate::telemetry::Telemetry,
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     /// The last renewal or rejoin error (for the health reason).
-    last_error: Mutex<Option<String>>,
+    pub(crate) last_error: Mutex<Option<String>>,
     /// Test hook: the threads sleep until then.
     #[cfg(feature = "test-util")]
     frozen_until: Mutex<Option<Instant>>,
@@ -386,7 +378,7 @@ impl Inner {
         cfg: Config,
         node_id: String,
         store: Store,
-        pool: Arc<dyn ConnSource>,
+        client: Arc<crate::client::Shared>,
         subscribers: Vec<Sender<Event>>,
     ) -> Inner {
         let lead = Duration::from_nanos(coarse_resolution_ns());
@@ -396,21 +388,17 @@ impl Inner {
             hot: HotPath::new(cfg.ring_size),
             session: RwLock::new(session),
             subscribers: Mutex::new(subscribers),
-            control: Mutex::new(None),
-            wake_watcher: unbounded(),
-            wake_fence: unbounded(),
-            wake_cleanup: unbounded(),
-            drained: unbounded(),
-            join_conn: Mutex::new(None),
             rejoin_attempt: Mutex::new(None),
+            rejoin_wanted: AtomicBool::new(false),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
             last_error: Mutex::new(None),
             #[cfg(feature = "test-util")]
             frozen_until: Mutex::new(None),
+            uid: crate::client::next_uid(),
             node_id,
             store,
-            pool,
+            client,
             cfg,
         }
     }
@@ -511,7 +499,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// A short form of a node id for thread names (Linux keeps 15 bytes).
-fn short_id(node_id: &str) -> String {
+pub(crate) fn short_id(node_id: &str) -> String {
     let s: String = node_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')

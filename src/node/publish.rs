@@ -6,8 +6,6 @@
 
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
-
 use super::Inner;
 use crate::event::{DrainGuard, Event, ReleaseReason};
 use crate::protocol::output::{Effect, Output};
@@ -69,9 +67,15 @@ impl Inner {
             self.telemetry.reconciled(out.reconciled);
         }
         self.set_gauges(session);
-        wake(&self.wake_fence.0, out.wake_fence);
-        wake(&self.wake_watcher.0, out.wake_watcher);
-        wake(&self.wake_cleanup.0, out.wake_cleanup);
+        if out.wake_fence {
+            self.client.wake_fence();
+        }
+        if out.wake_watcher {
+            self.client.wake_work();
+        }
+        if out.wake_cleanup {
+            self.client.wake_changes();
+        }
         out
     }
 
@@ -89,8 +93,9 @@ impl Inner {
             } => {
                 log_release(&self.cfg.ring_id, node, partitions.len(), reason, epoch);
                 self.telemetry.released(partitions.len(), reason);
-                let drain =
-                    drain.map(|d| DrainGuard::new(d.id, d.deadline, self.drained.0.clone()));
+                let drain = drain.map(|d| {
+                    DrainGuard::new(self.uid, d.id, d.deadline, self.client.drained.0.clone())
+                });
                 Some(Event::Released {
                     partitions,
                     reason,
@@ -215,11 +220,5 @@ fn log_release(ring: &str, node: &str, n: usize, reason: ReleaseReason, epoch: u
         _ => log::info!(target: "leasering",
             ring = ring, node = node, epoch = epoch, partitions = n, reason = why.as_str();
             "node {node}: released {n} partitions ({reason:?})"),
-    }
-}
-
-fn wake(tx: &Sender<()>, yes: bool) {
-    if yes {
-        let _ = tx.send(());
     }
 }

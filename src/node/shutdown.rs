@@ -1,6 +1,7 @@
-//! Stopping a member: local release first, then the leave transaction,
-//! then the threads — all within `stop_timeout`, even when a socket hangs.
-//! `Drop` does the same without making the caller wait.
+//! Stopping a member: local release, the leave transaction, and leaving
+//! its client (whose threads stop with its last member) — all within
+//! `stop_timeout`, even when a socket hangs. `Drop` does the same without
+//! making the caller wait.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,12 +59,13 @@ impl Inner {
             }
         });
         if let Err(e) = spawned {
-            // No thread for the leave: the lease will expire instead, and
-            // the member's own threads end with the shutdown signal.
+            // No thread for the leave: the lease will expire instead.
             log::warn!(target: "leasering",
                 "node {}: could not start the leave thread ({e}); the lease will expire instead", self.node_id);
             self.stopped.store(true, Ordering::SeqCst);
-            drop(self.control.lock().take());
+            let _ = self
+                .client
+                .deregister_member(self.uid, Instant::now() + self.cfg.stop_timeout);
             self.subscribers.lock().clear();
         }
     }
@@ -104,7 +106,7 @@ impl Inner {
         // the lock): nothing is owned once stop() returns. A no-op if the
         // leave released already.
         self.update(|s, now| s.stop(now));
-        let stuck = self.join_threads(deadline);
+        let stuck = self.client.deregister_member(self.uid, deadline);
         self.subscribers.lock().clear();
         left?;
         if !stuck.is_empty() {
@@ -125,8 +127,8 @@ impl Inner {
     /// work has stopped.
     fn wait_for_drains(&self, deadline: Instant) {
         loop {
-            self.collect_drains();
-            // A lapsed lease cuts the drains (and says so) even if the
+            // The client's work thread hands dropped guards to the session;
+            // a lapsed lease cuts the drains (and says so) even if the
             // fence thread is late.
             self.update(|s, now| s.tick(now));
             let left = self.session.write().still_draining(Instant::now());
@@ -138,14 +140,9 @@ impl Inner {
                     "node {}: stop_timeout reached with {left} partitions still draining; leaving anyway", self.node_id);
                 return;
             }
-            let _ = self
-                .drained
-                .1
-                .recv_timeout(
-                    Duration::from_millis(2)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                )
-                .map(|id| self.update(|s, now| s.drained(id, now)));
+            std::thread::sleep(
+                Duration::from_millis(2).min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
     }
 
@@ -156,12 +153,15 @@ impl Inner {
         let _m = self.membership.lock();
         let handed_over = self.view().partitions_of(&self.node_id).len();
         let op = self.op(crate::trace::Kind::Leave);
-        let (pool, store, inner) = (self.pool.clone(), self.store.clone(), Arc::clone(self));
+        let (pool, store, inner) = (
+            self.client.pool.clone(),
+            self.store.clone(),
+            Arc::clone(self),
+        );
         let result = bounded("leave", deadline, move || {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut conn = pool
-                .get(remaining.max(Duration::from_millis(1)))
-                .map_err(|e| Error::pool("leave", e))?;
+                .get(remaining.max(Duration::from_millis(1)), "leave")?;
             store.leave_releasing(&mut conn, || {
                 inner.update(|s, now| s.stop(now));
             })
@@ -192,37 +192,5 @@ impl Inner {
             }
         }
         result.map(|_| ())
-    }
-
-    /// Signals the threads to end (by dropping the shutdown sender) and
-    /// joins those that finish by `deadline`; returns the names of the rest.
-    fn join_threads(&self, deadline: Instant) -> Vec<String> {
-        let Some(control) = self.control.lock().take() else {
-            return Vec::new();
-        };
-        let super::workers::Control {
-            shutdown,
-            threads,
-            done,
-        } = control;
-        drop(shutdown);
-        let mut finished: Vec<&'static str> = Vec::new();
-        while finished.len() < threads.len() {
-            match done.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(1))) {
-                Ok(name) => finished.push(name),
-                Err(_) => break,
-            }
-        }
-        let mut stuck = Vec::new();
-        for t in threads {
-            let name = t.thread().name().unwrap_or("?").to_string();
-            let prefix = |f: &&str| name.starts_with(&format!("leasering-{f}-"));
-            if finished.iter().any(prefix) {
-                let _ = t.join();
-            } else {
-                stuck.push(name);
-            }
-        }
-        stuck
     }
 }

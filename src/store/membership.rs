@@ -16,7 +16,7 @@
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
-use super::payload::notify_payload;
+use super::payload::{notify_payload, transaction_payload};
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
 use crate::balanced::Table;
 use crate::error::{Error, ErrorKind, Result};
@@ -52,7 +52,10 @@ impl Store {
     /// sees the takes that committed while the deletion waited for them;
     /// locked in partition order), epoch bump, one change-log entry per
     /// change (the log trimmed to the last `CHANGES_KEPT` entries) and one
-    /// NOTIFY per change, carrying it. The ring id is `$1`; the values
+    /// NOTIFY for the transaction, carrying its changes (or, when they do
+    /// not fit, its last epoch). One NOTIFY per transaction, not per
+    /// change: every NOTIFY wakes every listening backend of the database,
+    /// and notifying commits serialise on one lock of the instance. The ring id is `$1`; the values
     /// follow the caller's parameters, from `$<first>` on. Returns the SQL
     /// and the parameters.
     pub(super) fn record_changes<'a>(
@@ -85,6 +88,7 @@ impl Store {
                 .push(notify_payload(&self.ring_id, epoch, removed, added));
         }
         values.last = pg_i64(set.first_epoch + n as u64 - 1);
+        values.payload = transaction_payload(&values.payloads);
         let sql = format!(
             "lk AS (SELECT partition AS p FROM {s}.claims WHERE ring_id = $1 AND holder = ANY(${f})
                     ORDER BY partition FOR UPDATE),
@@ -99,7 +103,7 @@ impl Store {
                      FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[])
                           WITH ORDINALITY AS c(e, a, f, t, md, o)),
              trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
-             SELECT (SELECT count(pg_notify(${c}, pl)) FROM unnest(${pls}::text[]) AS pl)"
+             SELECT (SELECT count(pg_notify(${c}, ${pls}::text)))"
         );
         let params: Vec<Param<'a>> = vec![
             (&set.freeing, Type::INT8_ARRAY),
@@ -112,7 +116,7 @@ impl Store {
             (&values.last, Type::INT8),
             (&CHANGES_KEPT, Type::INT8),
             (&self.channel, Type::TEXT),
-            (&values.payloads, Type::TEXT_ARRAY),
+            (&values.payload, Type::TEXT),
             (&values.metadata, Type::TEXT_ARRAY),
             (&set.table, Type::BYTEA),
         ];
@@ -392,6 +396,7 @@ pub(super) struct RecordValues {
     to: Vec<i32>,
     positions: Vec<i32>,
     payloads: Vec<String>,
+    payload: String,
     metadata: Vec<Option<String>>,
     last: i64,
 }

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::placement::{fmix64, fnv1a64};
 
 pub(crate) use join::JoinAttempt;
-pub(crate) use statements::HeldConn;
+pub(crate) use statements::{hold, HeldConn, RenewItem};
 
 /// Version of the schema this build creates and understands (2: claims;
 /// 3: placement and member metadata). Older schemas are migrated in place;
@@ -81,11 +81,6 @@ pub(super) fn pg_i64(v: u64) -> i64 {
 impl Store {
     pub(crate) fn new(cfg: &crate::Config, node_id: &str) -> Result<Store> {
         validate_schema(&cfg.schema)?;
-        let h = fmix64(fnv1a64(&[
-            cfg.schema.as_bytes(),
-            &[0],
-            cfg.ring_id.as_bytes(),
-        ]));
         Ok(Store {
             s: format!("\"{}\"", cfg.schema),
             schema: cfg.schema.clone(),
@@ -99,7 +94,7 @@ impl Store {
             grace_s: cfg.effective_failover_grace().as_secs_f64(),
             lag_s: cfg.lag_limit().as_secs_f64(),
             statement_timeout_ms: cfg.effective_statement_timeout().as_millis().max(1) as u64,
-            channel: format!("leasering_{h:016x}"),
+            channel: Store::ring_channel(&cfg.schema, &cfg.ring_id),
             own_channel: node_channel(&cfg.schema, &cfg.ring_id, node_id),
             ring_lock: fnv1a64(&[
                 b"leasering ring ",
@@ -111,13 +106,21 @@ impl Store {
         })
     }
 
+    /// The NOTIFY channel of ring `ring_id` in `schema` (membership
+    /// changes, and releases of claims two members wait for): everyone
+    /// following the ring listens on it.
+    pub(crate) fn ring_channel(schema: &str, ring_id: &str) -> String {
+        let h = fmix64(fnv1a64(&[schema.as_bytes(), &[0], ring_id.as_bytes()]));
+        format!("leasering_{h:016x}")
+    }
+
+    /// The schema's name (unquoted).
+    pub(crate) fn schema(&self) -> &str {
+        &self.schema
+    }
+
     pub(super) fn timeouts_sql(&self, scope: &str) -> String {
-        format!(
-            "SET {scope} statement_timeout = {ms}; SET {scope} lock_timeout = {ms}; \
-             SET {scope} idle_in_transaction_session_timeout = {idle}",
-            ms = self.statement_timeout_ms,
-            idle = self.statement_timeout_ms * 4,
-        )
+        timeouts_sql(scope, self.statement_timeout_ms)
     }
 
     /// The planner settings of the statements a member runs over and over
@@ -177,6 +180,16 @@ impl Store {
     }
 
     // ---- schema ---------------------------------------------------------
+}
+
+/// The timeouts of a session or transaction (`scope`): statements and lock
+/// waits `ms`, idle in a transaction four times that.
+pub(super) fn timeouts_sql(scope: &str, ms: u64) -> String {
+    format!(
+        "SET {scope} statement_timeout = {ms}; SET {scope} lock_timeout = {ms}; \
+         SET {scope} idle_in_transaction_session_timeout = {idle}",
+        idle = ms * 4,
+    )
 }
 
 /// A transaction opened by [`Store::begin`]: rolled back on drop unless

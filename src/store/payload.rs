@@ -1,13 +1,28 @@
-//! The NOTIFY payloads of a ring's channel (pure): a membership change —
-//! its epoch and, where it fits, the change itself, so that members apply
-//! it without a read — and a release of claims, naming the partitions, so
-//! that members waiting for them take them at once.
+//! The NOTIFY payloads of a ring's channel (pure): the membership changes
+//! of one transaction — their epochs and, where they fit, the changes
+//! themselves, so that members apply them without a read; one NOTIFY per
+//! transaction, however many members it adds — and a release of claims,
+//! naming the partitions, so that members waiting for them take them at
+//! once.
 
 use crate::protocol::input::Notice;
 use crate::ring::Change;
 
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
 pub(crate) const MAX_PAYLOAD: usize = 7900;
+
+/// The one NOTIFY payload of a transaction that recorded `changes` (each
+/// one [`notify_payload`], in epoch order): all of them, separated by a
+/// newline, when they fit; else the last epoch alone (members read the
+/// change log).
+pub(crate) fn transaction_payload(changes: &[String]) -> String {
+    let joined = changes.join("\n");
+    if joined.len() <= MAX_PAYLOAD {
+        return joined;
+    }
+    let last = changes.last().map(String::as_str).unwrap_or("0");
+    last.split(' ').next().unwrap_or("0").to_string()
+}
 
 /// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
 /// change itself, so that members apply it without reading the change log:
@@ -80,9 +95,29 @@ fn field(s: &str) -> Option<(&str, &str)> {
     Some((rest.get(..len)?, rest.get(len..)?))
 }
 
-/// A NOTIFY payload, parsed. `None` for a payload of another ring (a
-/// channel-name collision) or one that does not parse.
-pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
+/// A NOTIFY payload, parsed: a release, or the changes of one
+/// transaction. Empty for a payload of another ring (a channel-name
+/// collision) or one that does not parse.
+pub(crate) fn parse_payloads(ring_id: &str, payload: &str) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let mut rest = payload;
+    loop {
+        match parse_one(ring_id, rest) {
+            Some((n, tail)) => {
+                out.push(n);
+                match tail.strip_prefix('\n') {
+                    Some(next) => rest = next,
+                    None if tail.is_empty() => return out,
+                    None => return Vec::new(),
+                }
+            }
+            None => return Vec::new(),
+        }
+    }
+}
+
+/// The first notice of `payload` and what follows it.
+fn parse_one<'a>(ring_id: &str, payload: &'a str) -> Option<(Notice, &'a str)> {
     if let Some(rest) = payload.strip_prefix("R ") {
         let (ring, rest) = field(rest.strip_prefix('r')?)?;
         if ring != ring_id {
@@ -93,17 +128,17 @@ pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
             None if rest.is_empty() => None,
             None => return None,
         };
-        return Some(Notice::Released { partitions });
+        return Some((Notice::Released { partitions }, ""));
     }
-    let (epoch, rest) = match payload.split_once(' ') {
-        Some((e, rest)) => (e.parse::<u64>().ok()?, rest),
-        None => {
-            let epoch = payload.parse::<u64>().ok()?;
-            return Some(Notice::Change {
-                epoch,
-                change: None,
-            });
-        }
+    // The epoch alone (the changes did not fit), or followed by a change.
+    let digits = payload
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(payload.len());
+    let epoch = payload[..digits].parse::<u64>().ok()?;
+    let rest = &payload[digits..];
+    let Some(rest) = rest.strip_prefix(' ') else {
+        let change = None;
+        return Some((Notice::Change { epoch, change }, rest));
     };
     let (ring, mut rest) = field(rest.strip_prefix('r')?)?;
     if ring != ring_id {
@@ -123,25 +158,29 @@ pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
         let r = r.strip_prefix('@')?;
-        let (list, md) = match r.split_once('~') {
-            Some((list, md)) => {
-                let (md, end) = field(md)?;
-                if !end.is_empty() {
-                    return None;
-                }
-                (list, Some(md.to_string()))
-            }
-            None => (r, None),
-        };
-        change.added = Some((n.to_string(), parse_list(list)?));
-        change.added_metadata = md;
-    } else if !rest.is_empty() {
-        return None;
+        let end = r.find(['~', '\n']).unwrap_or(r.len());
+        change.added = Some((n.to_string(), parse_list(&r[..end])?));
+        rest = &r[end..];
+        if let Some(md) = rest.strip_prefix('~') {
+            let (md, tail) = field(md)?;
+            change.added_metadata = Some(md.to_string());
+            rest = tail;
+        }
     }
-    Some(Notice::Change {
-        epoch,
-        change: Some(change),
-    })
+    Some((
+        Notice::Change {
+            epoch,
+            change: Some(change),
+        },
+        rest,
+    ))
+}
+
+/// [`parse_payloads`] of a payload that holds one notice.
+#[cfg(test)]
+pub(crate) fn parse_payload(ring_id: &str, payload: &str) -> Option<Notice> {
+    let mut v = parse_payloads(ring_id, payload);
+    (v.len() == 1).then(|| v.remove(0))
 }
 
 #[cfg(test)]
@@ -207,6 +246,111 @@ mod tests {
             "too many: a release without a list (every waiting taker retries)"
         );
         assert_eq!(parse_payload("orders", "R r6:orders x"), None);
+    }
+
+    #[test]
+    fn a_transactions_changes_travel_in_one_payload_or_as_its_last_epoch() {
+        let md = "10.0.0.1:80\n~2:x";
+        let changes: Vec<String> = (0..3u64)
+            .map(|i| {
+                let removed: Vec<String> = if i == 0 {
+                    vec!["gone\nx".into()]
+                } else {
+                    vec![]
+                };
+                let name = format!("n{i}");
+                notify_payload(
+                    "orders",
+                    10 + i,
+                    &removed,
+                    Some((&name, &[i as u32, 7], Some(md))),
+                )
+            })
+            .collect();
+        let p = transaction_payload(&changes);
+        let notices = parse_payloads("orders", &p);
+        assert_eq!(notices.len(), 3, "{p:?}");
+        for (i, n) in notices.into_iter().enumerate() {
+            let (e, ch) = change_of(n);
+            assert_eq!(e, 10 + i as u64);
+            let ch = ch.unwrap();
+            assert_eq!(ch.added, Some((format!("n{i}"), vec![i as u32, 7])));
+            assert_eq!(ch.added_metadata.as_deref(), Some(md));
+            assert_eq!(ch.removed.is_empty(), i != 0);
+        }
+        assert!(parse_payloads("other", &p).is_empty());
+        // Too many for one payload: the last epoch alone.
+        let many: Vec<String> = (0..200u64)
+            .map(|i| {
+                notify_payload(
+                    "orders",
+                    i + 1,
+                    &[],
+                    Some((&format!("{i:0>60}"), &[1, 2], None)),
+                )
+            })
+            .collect();
+        let p = transaction_payload(&many);
+        assert_eq!(p, "200");
+        assert_eq!(
+            parse_payloads("orders", &p),
+            vec![Notice::Change {
+                epoch: 200,
+                change: None
+            }]
+        );
+        // Garbage after a change makes the whole payload unreadable (the
+        // member then reads the change log), never half of it.
+        assert!(parse_payloads("orders", &format!("{}junk", changes[0])).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn any_run_of_changes_survives_one_payload(
+            ring in "\\PC{1,30}",
+            first in 0u64..1_000_000,
+            changes in proptest::collection::vec(
+                (proptest::collection::vec("\\PC{1,12}", 0..3),
+                 proptest::option::of(("\\PC{1,12}", proptest::collection::vec(any::<u32>(), 0..5),
+                                       proptest::option::of("\\PC{0,20}")))),
+                1..6),
+        ) {
+            let payloads: Vec<String> = changes
+                .iter()
+                .enumerate()
+                .map(|(i, (removed, added))| {
+                    notify_payload(
+                        &ring,
+                        first + i as u64,
+                        removed,
+                        added.as_ref().map(|(n, ps, md)| (n.as_str(), ps.as_slice(), md.as_deref())),
+                    )
+                })
+                .collect();
+            let p = transaction_payload(&payloads);
+            let parsed = parse_payloads(&ring, &p);
+            if p.len() < payloads.iter().map(String::len).sum::<usize>() {
+                // Did not fit: the last epoch alone.
+                prop_assert_eq!(parsed.len(), 1);
+            } else {
+                prop_assert_eq!(parsed.len(), changes.len());
+                for (i, (n, (removed, added))) in parsed.into_iter().zip(&changes).enumerate() {
+                    let (e, ch) = change_of(n);
+                    prop_assert_eq!(e, first + i as u64);
+                    if let Some(ch) = ch {
+                        prop_assert_eq!(&ch.removed, removed);
+                        prop_assert_eq!(
+                            ch.added,
+                            added.as_ref().map(|(n, ps, _)| (n.clone(), ps.clone()))
+                        );
+                        prop_assert_eq!(
+                            ch.added_metadata.as_deref(),
+                            added.as_ref().and_then(|(_, _, md)| md.as_deref())
+                        );
+                    }
+                }
+            }
+        }
     }
 
     proptest! {

@@ -52,10 +52,10 @@ use postgres::{GenericClient, Row, Statement};
 use std::sync::Arc;
 
 use super::membership::StoredPlacement;
-use super::payload::{parse_payload, release_head, MAX_PAYLOAD};
+use super::payload::{release_head, MAX_PAYLOAD};
 use super::{pg_i64, Store};
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::input::{CatchUp, Notice, Renewal, Took};
+use crate::protocol::input::{CatchUp, Renewal, Took};
 use crate::ring::{Change, RingView};
 
 /// The server's current timeline, as SQL: the first eight hex digits of
@@ -65,10 +65,135 @@ use crate::ring::{Change, RingView};
 pub(super) const TIMELINE: &str =
     "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8";
 
-/// A pooled connection a thread keeps, with its prepared statements.
+/// A pooled connection a thread keeps, with its prepared statements (by
+/// statement and schema: one connection serves the members of every ring
+/// of a [`Client`](crate::Client)).
 pub(crate) struct HeldConn {
     pub(crate) client: crate::pool::Conn,
-    prepared: [Option<Statement>; 6],
+    prepared: std::collections::HashMap<(usize, String), Statement>,
+    /// The channels this connection LISTENs on.
+    listening: std::collections::BTreeSet<String>,
+    /// The statement timeout set for the session (ms), if any.
+    timeout_ms: Option<u64>,
+    /// Whether session state is kept (not behind a pooler in transaction
+    /// mode).
+    session_state: bool,
+}
+
+/// Holds `client` for a thread: with `session_state`, session timeouts of
+/// `statement_timeout`, generic plans and the planner settings of the
+/// repeated statements, in one round trip; behind a pooler in transaction
+/// mode nothing (each statement then sets its own, in its transaction).
+/// Statements are prepared on first use; LISTEN with
+/// [`HeldConn::listen`].
+pub(crate) fn hold(
+    mut client: crate::pool::Conn,
+    statement_timeout: std::time::Duration,
+    session_state: bool,
+) -> Result<HeldConn> {
+    let ms = statement_timeout.as_millis().max(1) as u64;
+    if session_state {
+        // Generic plans: these statements run thousands of times with the
+        // same shape; re-planning them was a tenth of the database's CPU
+        // with hundreds of members.
+        client
+            .batch_execute(&format!(
+                "{}; SET SESSION plan_cache_mode = force_generic_plan; {}",
+                super::timeouts_sql("SESSION", ms),
+                Store::planner_sql("SESSION")
+            ))
+            .map_err(|e| Error::db("prepare the connection (timeouts, plans)", e))?;
+    }
+    Ok(HeldConn {
+        client,
+        prepared: Default::default(),
+        listening: Default::default(),
+        timeout_ms: session_state.then_some(ms),
+        session_state,
+    })
+}
+
+impl HeldConn {
+    /// LISTENs on exactly `channels` from now on (one round trip, only if
+    /// anything changes). Does nothing behind a pooler in transaction mode.
+    pub(crate) fn listen(&mut self, channels: &std::collections::BTreeSet<String>) -> Result<()> {
+        if !self.session_state || *channels == self.listening {
+            return Ok(());
+        }
+        let mut sql = String::new();
+        for c in channels.difference(&self.listening) {
+            sql.push_str(&format!("LISTEN \"{c}\"; "));
+        }
+        for c in self.listening.difference(channels) {
+            sql.push_str(&format!("UNLISTEN \"{c}\"; "));
+        }
+        self.client
+            .batch_execute(&sql)
+            .map_err(|e| Error::db("LISTEN on the rings' channels", e))?;
+        self.listening = channels.clone();
+        Ok(())
+    }
+
+    /// Sets the session's statement timeout to `t` if it is another.
+    pub(crate) fn set_timeout(&mut self, t: std::time::Duration) -> Result<()> {
+        let ms = t.as_millis().max(1) as u64;
+        if !self.session_state || self.timeout_ms == Some(ms) {
+            return Ok(());
+        }
+        self.client
+            .batch_execute(&super::timeouts_sql("SESSION", ms))
+            .map_err(|e| Error::db("set the statement timeout", e))?;
+        self.timeout_ms = Some(ms);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for notifications and returns every one that
+    /// arrived (the first wait bounded, the rest already buffered), as
+    /// (channel, payload).
+    pub(crate) fn notifications(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut notes = self.client.notifications();
+        let first = notes
+            .timeout_iter(timeout)
+            .next()
+            .map_err(|e| Error::db("wait for notifications", e))?;
+        if let Some(n) = first {
+            out.push((n.channel().to_string(), n.payload().to_string()));
+        }
+        let mut rest = notes.iter();
+        while let Some(n) = rest
+            .next()
+            .map_err(|e| Error::db("read notifications", e))?
+        {
+            out.push((n.channel().to_string(), n.payload().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Best-effort reset of what [`hold`] and [`HeldConn::listen`] changed,
+    /// before the connection goes back to the pool.
+    pub(crate) fn unhold(mut self) {
+        if !self.session_state {
+            return;
+        }
+        let _ = self.client.batch_execute(
+            "UNLISTEN *; RESET statement_timeout; RESET lock_timeout; \
+             RESET idle_in_transaction_session_timeout; RESET plan_cache_mode; \
+             RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_bitmapscan; \
+             RESET enable_seqscan; DEALLOCATE ALL",
+        );
+    }
+}
+
+/// One membership's part of a batched renewal.
+#[derive(Debug, Clone)]
+pub(crate) struct RenewItem<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) incarnation: i64,
+    pub(crate) ack: u64,
 }
 
 /// The statements a held connection prepares (index into `prepared`).
@@ -83,39 +208,20 @@ enum Held {
 }
 
 impl Store {
-    /// Prepares a connection a thread will keep: session timeouts, LISTEN
-    /// (if wanted); statements are prepared on first use.
-    pub(crate) fn hold(&self, mut client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
-        if !self.session_state {
-            // Behind a pooler in transaction mode a session setting would
-            // stay on whichever server connection ran it (other clients'
-            // too) and not follow this one: each statement sets its own.
-            return Ok(HeldConn {
-                client,
-                prepared: Default::default(),
-            });
-        }
-        // One round trip: session timeouts, generic plans (these statements
-        // run thousands of times with the same shape; re-planning them was a
-        // tenth of the database's CPU with hundreds of members) and LISTEN.
-        let mut setup = format!(
-            "{}; SET SESSION plan_cache_mode = force_generic_plan; {}",
-            self.timeouts_sql("SESSION"),
-            Store::planner_sql("SESSION")
-        );
-        if listen {
-            setup.push_str(&format!(
-                "; LISTEN \"{}\"; LISTEN \"{}\"",
-                self.channel, self.own_channel
-            ));
-        }
-        client
-            .batch_execute(&setup)
-            .map_err(|e| Error::db("prepare the connection (timeouts, LISTEN)", e))?;
-        Ok(HeldConn {
+    /// [`hold`] with this member's statement timeout, LISTENing on its
+    /// ring's channel and its own (`listen`): for tests and one-member
+    /// callers.
+    #[cfg(test)]
+    pub(crate) fn hold(&self, client: crate::pool::Conn, listen: bool) -> Result<HeldConn> {
+        let mut held = hold(
             client,
-            prepared: Default::default(),
-        })
+            std::time::Duration::from_millis(self.statement_timeout_ms),
+            self.session_state,
+        )?;
+        if listen {
+            held.listen(&[self.channel.clone(), self.own_channel.clone()].into())?;
+        }
+        Ok(held)
     }
 
     /// The text of a statement a held connection prepares, and what it does.
@@ -125,30 +231,46 @@ impl Store {
             // Only this member's row, only while its lease is live, not past
             // the lag bound: the member is behind since the first change it
             // has not acknowledged was committed.
+            // Batched: one statement renews every membership of a client in
+            // this schema (`$1..$5` arrays, one element each; `i` numbers
+            // them). Each only updates its own row, only while its lease is
+            // live, not past the lag bound: a member is behind since the
+            // first change it has not acknowledged was committed. Each row
+            // of the answer is one membership's, from one snapshot: the
+            // ring's epoch, whether it was renewed (NULL: no live row; false:
+            // refused by the lag bound), the other member whose lease ends
+            // first (for the crash cleanup), the claims it holds (for
+            // reconciliation), and the server's timeline.
             Held::Renew => (
                 format!(
-                    "WITH r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                     b AS (SELECT CASE WHEN GREATEST(m.acked_epoch, $3) >= r.epoch THEN NULL
+                    "WITH q AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[])
+                                WITH ORDINALITY AS q(ring, inc, ack, ttl, lag, i)),
+                     b AS (SELECT q.i, m.incarnation AS inc, q.ttl, q.lag, GREATEST(m.acked_epoch, q.ack) AS ack,
+                                  CASE WHEN GREATEST(m.acked_epoch, q.ack) >= r.epoch THEN NULL
                                   ELSE COALESCE((SELECT c.at FROM {s}.changes c
-                                                 WHERE c.ring_id = $1 AND c.epoch = GREATEST(m.acked_epoch, $3) + 1),
+                                                 WHERE c.ring_id = q.ring AND c.epoch = GREATEST(m.acked_epoch, q.ack) + 1),
                                                 m.behind_since, now()) END AS since
-                           FROM {s}.members m, r WHERE m.ring_id = $1 AND m.incarnation = $2),
+                           FROM q JOIN {s}.rings r ON r.ring_id = q.ring
+                                  JOIN {s}.members m ON m.ring_id = q.ring AND m.incarnation = q.inc),
                      u AS (UPDATE {s}.members m SET
-                             acked_epoch = GREATEST(m.acked_epoch, $3),
+                             acked_epoch = b.ack,
                              behind_since = b.since,
-                             expires_at = CASE WHEN b.since IS NOT NULL AND b.since <= now() - $5 * interval '1 second'
-                                               THEN m.expires_at ELSE now() + $4 * interval '1 second' END,
+                             expires_at = CASE WHEN b.since IS NOT NULL AND b.since <= now() - b.lag * interval '1 second'
+                                               THEN m.expires_at ELSE now() + b.ttl * interval '1 second' END,
                              renewed_at = now()
                            FROM b
-                           WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()
-                           RETURNING m.expires_at = now() + $4 * interval '1 second' AS renewed),
-                     o AS (SELECT (array_agg(node_id ORDER BY expires_at))[1] AS next_node,
-                                  (extract(epoch FROM min(expires_at) - now()) * 1000)::float8 AS next_ms
-                           FROM {s}.members WHERE ring_id = $1 AND incarnation <> $2),
-                     h AS (SELECT array_agg(partition ORDER BY partition) AS ps, array_agg(token ORDER BY partition) AS ts
-                           FROM {s}.claims WHERE ring_id = $1 AND holder = $2)
-                     SELECT r.epoch, (SELECT renewed FROM u), o.next_node, o.next_ms, h.ps, h.ts, {TIMELINE}
-                     FROM r CROSS JOIN o CROSS JOIN h"
+                           WHERE m.incarnation = b.inc AND m.expires_at > now()
+                           RETURNING b.i, m.expires_at = now() + b.ttl * interval '1 second' AS renewed)
+                     SELECT q.i, r.epoch, u.renewed, o.node_id, o.ms, h.ps, h.ts, {TIMELINE}
+                     FROM q LEFT JOIN {s}.rings r ON r.ring_id = q.ring
+                            LEFT JOIN u ON u.i = q.i
+                            LEFT JOIN LATERAL (SELECT x.node_id, (extract(epoch FROM x.expires_at - now()) * 1000)::float8 AS ms
+                                               FROM {s}.members x WHERE x.ring_id = q.ring AND x.incarnation <> q.inc
+                                               ORDER BY x.expires_at LIMIT 1) o ON true
+                            LEFT JOIN LATERAL (SELECT array_agg(c.partition ORDER BY c.partition) AS ps,
+                                                      array_agg(c.token ORDER BY c.partition) AS ts
+                                               FROM {s}.claims c WHERE c.ring_id = q.ring AND c.holder = q.inc) h ON true
+                     ORDER BY q.i"
                 ),
                 "prepare the renewal",
             ),
@@ -310,11 +432,11 @@ impl Store {
     fn held_types(q: Held) -> &'static [Type] {
         match q {
             Held::Renew => &[
-                Type::TEXT,
-                Type::INT8,
-                Type::INT8,
-                Type::FLOAT8,
-                Type::FLOAT8,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::FLOAT8_ARRAY,
+                Type::FLOAT8_ARRAY,
             ],
             Held::Take => &[
                 Type::TEXT,
@@ -351,7 +473,7 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         what: &'static str,
     ) -> Result<Vec<Row>> {
-        if self.session_state {
+        if conn.session_state {
             let st = self.stmt(conn, q)?;
             return conn
                 .client
@@ -374,59 +496,86 @@ impl Store {
 
     /// A held connection's prepared statement `q`, prepared on first use.
     fn stmt(&self, conn: &mut HeldConn, q: Held) -> Result<Statement> {
-        if let Some(st) = &conn.prepared[q as usize] {
+        let key = (q as usize, self.s.clone());
+        if let Some(st) = conn.prepared.get(&key) {
             return Ok(st.clone());
         }
         let (sql, what) = self.held_sql(q);
         let st = conn.client.prepare(&sql).map_err(|e| Error::db(what, e))?;
-        conn.prepared[q as usize] = Some(st.clone());
+        conn.prepared.insert(key, st.clone());
         Ok(st)
     }
 
     /// The renewal of incarnation `incarnation`'s lease, acknowledging view
-    /// epoch `ack` (DESIGN §4 "Heartbeat"), in one statement. It only ever
-    /// updates this member's own row, and only while that row's lease is
-    /// live: an expired lease is never resurrected — the member rejoins.
+    /// epoch `ack`: [`Store::renew_batch`] of one.
+    #[cfg(test)]
     pub(crate) fn renew(&self, conn: &mut HeldConn, incarnation: i64, ack: u64) -> Result<Renewal> {
-        let rows = self.held_query(
+        let item = RenewItem {
+            store: self,
+            incarnation,
+            ack,
+        };
+        Ok(Store::renew_batch(conn, &[item])?.remove(0))
+    }
+
+    /// Renews the leases of `items` — memberships of rings of one schema —
+    /// acknowledging their views' epochs (DESIGN §4 "Heartbeat"), in one
+    /// statement; one answer per item, in order. Each only ever updates its
+    /// own member's row, and only while that row's lease is live: an
+    /// expired lease is never resurrected — the member rejoins.
+    pub(crate) fn renew_batch(
+        conn: &mut HeldConn,
+        items: &[RenewItem<'_>],
+    ) -> Result<Vec<Renewal>> {
+        let Some(first) = items.first() else {
+            return Ok(Vec::new());
+        };
+        let rings: Vec<&str> = items.iter().map(|m| m.store.ring_id.as_str()).collect();
+        let incs: Vec<i64> = items.iter().map(|m| m.incarnation).collect();
+        let acks: Vec<i64> = items.iter().map(|m| pg_i64(m.ack)).collect();
+        let ttls: Vec<f64> = items.iter().map(|m| m.store.ttl_s).collect();
+        let lags: Vec<f64> = items.iter().map(|m| m.store.lag_s).collect();
+        let rows = first.store.held_query(
             conn,
             Held::Renew,
-            &[
-                &self.ring_id,
-                &incarnation,
-                &pg_i64(ack),
-                &self.ttl_s,
-                &self.lag_s,
-            ],
-            "renew the lease",
+            &[&rings, &incs, &acks, &ttls, &lags],
+            "renew the leases",
         )?;
-        let Some(row) = rows.into_iter().next() else {
-            // The ring row itself is gone: nobody is a member.
-            return Ok(Renewal {
+        let mut out: Vec<Renewal> = items
+            .iter()
+            .map(|_| Renewal {
                 epoch: 0,
                 renewed: None,
                 next_expiry: None,
                 held: Vec::new(),
                 timeline: None,
-            });
-        };
-        let name: Option<String> = row.get(2);
-        let ms: Option<f64> = row.get(3);
-        let ps: Option<Vec<i32>> = row.get(4);
-        let ts: Option<Vec<i64>> = row.get(5);
-        let held = ps
-            .unwrap_or_default()
-            .into_iter()
-            .zip(ts.unwrap_or_default())
-            .map(|(p, t)| (p as u32, t as u64))
+            })
             .collect();
-        Ok(Renewal {
-            epoch: row.get::<_, i64>(0) as u64,
-            renewed: row.get(1),
-            next_expiry: name.zip(ms),
-            held,
-            timeline: Some(row.get::<_, i64>(6) as u64),
-        })
+        for row in rows {
+            let i = row.get::<_, i64>(0) as usize;
+            let Some(r) = i.checked_sub(1).and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            let Some(epoch) = row.get::<_, Option<i64>>(1) else {
+                // The ring row itself is gone: nobody is a member.
+                continue;
+            };
+            let name: Option<String> = row.get(3);
+            let ms: Option<f64> = row.get(4);
+            let ps: Option<Vec<i32>> = row.get(5);
+            let ts: Option<Vec<i64>> = row.get(6);
+            r.epoch = epoch as u64;
+            r.renewed = row.get(2);
+            r.next_expiry = name.zip(ms);
+            r.held = ps
+                .unwrap_or_default()
+                .into_iter()
+                .zip(ts.unwrap_or_default())
+                .map(|(p, t)| (p as u32, t as u64))
+                .collect();
+            r.timeline = Some(row.get::<_, i64>(7) as u64);
+        }
+        Ok(out)
     }
 
     /// Takes the claims of `partitions` (ascending) for `incarnation`, in
@@ -608,51 +757,5 @@ impl Store {
             table,
             |n| metadata.get(n).cloned(),
         ))
-    }
-
-    /// Waits up to `timeout` for notifications on a listening connection
-    /// and returns every one that arrived (the first wait bounded, the rest
-    /// already buffered), decoded; payloads of other rings are dropped.
-    pub(crate) fn notices(
-        &self,
-        conn: &mut HeldConn,
-        timeout: std::time::Duration,
-    ) -> Result<Vec<Notice>> {
-        let mut out = Vec::new();
-        let mut notes = conn.client.notifications();
-        let mut keep = |n: postgres::Notification| {
-            if let Some(notice) = parse_payload(&self.ring_id, n.payload()) {
-                out.push(notice);
-            }
-        };
-        let first = notes
-            .timeout_iter(timeout)
-            .next()
-            .map_err(|e| Error::db("wait for notifications", e))?;
-        if let Some(n) = first {
-            keep(n);
-        }
-        let mut rest = notes.iter();
-        while let Some(n) = rest
-            .next()
-            .map_err(|e| Error::db("read notifications", e))?
-        {
-            keep(n);
-        }
-        Ok(out)
-    }
-
-    /// Best-effort reset of what [`Store::hold`] changed, before a held
-    /// connection goes back to the pool.
-    pub(crate) fn unhold(&self, mut conn: HeldConn) {
-        if !self.session_state {
-            return;
-        }
-        let _ = conn.client.batch_execute(
-            "UNLISTEN *; RESET statement_timeout; RESET lock_timeout; \
-                 RESET idle_in_transaction_session_timeout; RESET plan_cache_mode; \
-                 RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_bitmapscan; \
-                 RESET enable_seqscan",
-        );
     }
 }

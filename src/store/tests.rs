@@ -22,7 +22,7 @@ fn setup(node: &str) -> (Store, HeldConn, Client, String) {
     store.migrate(&mut admin).unwrap();
     let held = store
         .hold(
-            crate::pool::ConnSource::get(&pool, Duration::from_secs(5)).unwrap(),
+            crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
             false,
         )
         .unwrap();
@@ -146,7 +146,7 @@ fn other(a: &Store, node: &str) -> (Store, HeldConn) {
     let pool = db.pool(1).unwrap();
     let held = b
         .hold(
-            crate::pool::ConnSource::get(&pool, Duration::from_secs(5)).unwrap(),
+            crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
             false,
         )
         .unwrap();
@@ -545,7 +545,7 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
             store.migrate(&mut admin).unwrap();
             let mut held = store
                 .hold(
-                    crate::pool::ConnSource::get(&pool, Duration::from_secs(5)).unwrap(),
+                    crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
                     false,
                 )
                 .unwrap();
@@ -678,4 +678,68 @@ fn an_empty_timelines_table_is_a_new_timeline_not_a_fresh_database() {
         "a grace period of a TTL and the margin: {:?}",
         took.grace
     );
+}
+
+/// Issue 18: one NOTIFY per transaction. Three joins absorbed together
+/// (their requests filed while the ring's lock was held elsewhere) make
+/// three changes, three epochs — and one notification, carrying all three.
+#[test]
+fn a_group_commit_of_three_joins_sends_one_notification_with_three_changes() {
+    let (a, _ha, mut admin, schema) = setup("a");
+    a.join(&mut admin).unwrap();
+    let mut listener = TestPostgres::shared().unwrap().client().unwrap();
+    listener
+        .batch_execute(&format!("LISTEN \"{}\"", a.channel))
+        .unwrap();
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&a.ring_lock])
+        .unwrap();
+    let joiners: Vec<_> = ["b", "c", "d"]
+        .into_iter()
+        .map(|n| {
+            let (s, _) = other(&a, n);
+            std::thread::spawn(move || {
+                let mut c = TestPostgres::shared().unwrap().client().unwrap();
+                s.join(&mut c).map(|j| j.view.epoch())
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.join_requests WHERE refused IS NULL"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if pending == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "three requests filed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&a.ring_lock])
+        .unwrap();
+    let mut epochs: Vec<u64> = joiners
+        .into_iter()
+        .map(|j| j.join().unwrap().unwrap())
+        .collect();
+    epochs.sort_unstable();
+    let heard = heard(&mut listener, Duration::from_millis(300));
+    assert_eq!(heard.len(), 1, "one NOTIFY for the transaction: {heard:?}");
+    let notices = crate::store::payload::parse_payloads(&a.ring_id, &heard[0].1);
+    let notified: Vec<u64> = notices
+        .iter()
+        .map(|n| match n {
+            crate::protocol::input::Notice::Change { epoch, change } => {
+                assert!(change.is_some(), "the change itself travels");
+                *epoch
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(notified.len(), 3, "{notices:?}");
+    assert_eq!(notified.last(), epochs.last(), "up to the last epoch");
 }

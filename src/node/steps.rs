@@ -1,0 +1,234 @@
+//! The member's steps, run by its [`Client`](crate::Client)'s threads:
+//! each asks the session core for the next step, runs that one statement,
+//! hands the answer back with its ticket, and publishes what came out.
+//!
+//! * [`Inner::watch_step`] (the work thread): a catch-up, a take or a
+//!   release;
+//! * [`Inner::rejoin`] (the changes thread): joining again after an
+//!   eviction;
+//! * renewals are batched across the client's members by its connection
+//!   thread, which reports each answer here ([`Inner::renewal_failed`]).
+
+use std::time::Instant;
+
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::protocol::output::WatcherStep;
+use crate::protocol::Status;
+use crate::store::{HeldConn, JoinAttempt};
+use crate::telemetry::DbOp;
+use crate::trace::{Kind, Op};
+
+impl Inner {
+    /// One step of this member's watcher on the work thread's connection
+    /// (`connect` borrows one when there is none): `Ok(None)` when a
+    /// statement ran, `Ok(Some(d))` when there is nothing to do for `d`.
+    /// A failed step is handed to the session (a take's answer is lost, a
+    /// release is sent again) and returned.
+    pub(crate) fn watch_step(
+        &self,
+        conn: &mut Option<HeldConn>,
+        connect: impl FnOnce() -> Result<HeldConn>,
+    ) -> Result<Option<std::time::Duration>> {
+        if self.session.read().status() != Status::Member {
+            return Ok(Some(crate::protocol::IDLE_TICK));
+        }
+        let step = {
+            let mut s = self.session.write();
+            // Views that notifications carried are adopted here.
+            let op = (s.ring_epoch() > s.ownership().view_epoch())
+                .then(|| self.op_at(Kind::View, s.ownership().view_epoch()));
+            let (step, out) = s.watcher_next(Instant::now());
+            self.publish(&s, out);
+            if let Some(op) = op {
+                op.finish(s.ownership().view_epoch(), assigned(&s), "notified");
+            }
+            step
+        };
+        if let WatcherStep::Wait(d) = step {
+            return Ok(Some(d));
+        }
+        // A catch-up follows every reconnect: its success alone does not
+        // show that the watcher can do its work again.
+        let proves = !matches!(step, WatcherStep::CatchUp { .. });
+        let result = match conn {
+            Some(c) => self.run_step(c, step),
+            None => connect().and_then(|c| {
+                let c = conn.insert(c);
+                self.run_step(c, step)
+            }),
+        };
+        match result {
+            Ok(()) => {
+                if proves && self.session.read().watcher_failing().is_some() {
+                    self.session.write().watcher_ok();
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                self.telemetry.db_error(DbOp::Watch, e.kind());
+                self.session
+                    .write()
+                    .watcher_failed(Instant::now(), e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one watcher step on `c`.
+    fn run_step(&self, c: &mut HeldConn, step: WatcherStep) -> Result<()> {
+        match step {
+            WatcherStep::CatchUp { from, ticket } => {
+                let op = self.op_at(Kind::View, from);
+                let read = self.store.catch_up(c, from)?;
+                self.update(|s, now| s.caught_up(ticket, read, now));
+                let s = self.session.read();
+                op.finish(s.ownership().view_epoch(), assigned(&s), "caught up");
+            }
+            WatcherStep::Take { partitions, ticket } => {
+                let op = self.op(Kind::Take);
+                let t = Instant::now();
+                let took = self.store.take(c, ticket.incarnation(), &partitions)?;
+                let got = took.got.len();
+                log::debug!(target: "leasering", "node {}: took {} of {} claims in {:?} ({} held by others)",
+                    self.node_id, got, partitions.len(), t.elapsed(), took.held_by.len());
+                self.update(|s, now| s.took(ticket, took, now));
+                self.finish_with(op, partitions.len(), format_args!("took {got}"));
+            }
+            WatcherStep::Release { claims, ticket } => {
+                let op = self.op(Kind::Release);
+                let t = Instant::now();
+                let freed = self
+                    .store
+                    .release_claims(c, ticket.incarnation(), &claims)?;
+                log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims in {:?}",
+                    self.node_id, claims.len(), t.elapsed());
+                self.update(|s, now| s.released(ticket, now));
+                self.finish_with(op, claims.len(), format_args!("freed {freed}"));
+            }
+            WatcherStep::Wait(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A renewal that could not be made (no connection, a failed
+    /// statement): logged, counted, handed to the session.
+    pub(crate) fn renewal_failed(&self, e: &Error, op: Op) {
+        log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
+            node = self.node_id.as_str(), op = "renew", error = e.to_string().as_str();
+            "node {}: lease renewal failed: {}", self.node_id, e);
+        self.telemetry.db_error(DbOp::Renew, e.kind());
+        *self.last_error.lock() = Some(e.to_string());
+        self.update(|s, now| s.renewal_failed(now));
+        self.finish(op, "failed");
+    }
+
+    /// Joins the ring again after an eviction (from the changes thread).
+    /// Serialised against `stop()`. Whether it rejoined.
+    pub(crate) fn rejoin(&self) -> Result<bool> {
+        let _m = self.membership.lock();
+        let stopped = self.stopped.load(std::sync::atomic::Ordering::SeqCst);
+        if stopped || self.session.read().status() != Status::Joining {
+            return Ok(false);
+        }
+        let op = self.op(Kind::Join);
+        let mut conn = self
+            .client
+            .pool
+            .get(self.cfg.effective_statement_timeout(), "rejoin")?;
+        if self.session.read().stale_row() {
+            // Fenced by a timeline change: the new primary still has this
+            // member's row (reverted, perhaps renewed since); it would
+            // refuse the join as "node id in use" until it expired.
+            let gone = self.store.leave(&mut conn)?;
+            log::info!(target: "leasering", "node {}: deleted its stale row before rejoining (epoch {:?})", self.node_id, gone);
+        }
+        let mut attempt = self
+            .rejoin_attempt
+            .lock()
+            .take()
+            .unwrap_or_else(|| JoinAttempt::new(Instant::now()));
+        let joined = match self.store.join_with(&mut conn, &mut attempt, false) {
+            Ok(joined) => joined,
+            Err(e) => {
+                *self.rejoin_attempt.lock() = Some(attempt);
+                return Err(e);
+            }
+        };
+        let sent_at = attempt.sent_at();
+        let positions = joined.positions.len();
+        self.update(|s, now| s.joined(joined, sent_at, now));
+        op.finish(
+            self.session.read().ownership().view_epoch(),
+            positions,
+            "rejoined",
+        );
+        Ok(true)
+    }
+
+    /// Asks the changes thread to rejoin this member.
+    pub(crate) fn want_rejoin(&self) {
+        self.rejoin_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a rejoin was asked for (and clears the ask).
+    pub(crate) fn take_rejoin_wanted(&self) -> bool {
+        self.rejoin_wanted
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    // ---- spans --------------------------------------------------------------
+
+    /// Starts an operation's span at the view's epoch.
+    pub(crate) fn op(&self, kind: Kind) -> Op {
+        self.op_at(kind, self.session.read().ownership().view_epoch())
+    }
+
+    fn op_at(&self, kind: Kind, epoch: u64) -> Op {
+        Op::start(kind, &self.cfg.ring_id, &self.node_id, epoch)
+    }
+
+    /// Ends `op` with the view's epoch and active partitions.
+    pub(crate) fn finish(&self, op: Op, outcome: &str) {
+        let s = self.session.read();
+        let own = s.ownership();
+        op.finish(own.view_epoch(), own.active_count() as usize, outcome);
+    }
+
+    /// Ends `op` with the view's epoch and `partitions`.
+    pub(crate) fn finish_with(&self, op: Op, partitions: usize, outcome: impl std::fmt::Display) {
+        op.finish(
+            self.session.read().ownership().view_epoch(),
+            partitions,
+            outcome,
+        );
+    }
+
+    // ---- the test hook --------------------------------------------------------
+
+    /// How much longer this member's threads are frozen (the test hook):
+    /// the client's threads skip it meanwhile — no renewal, no take, no
+    /// fence; notifications are kept for it, as a socket would.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn frozen(&self) -> Option<std::time::Duration> {
+        let until = (*self.frozen_until.lock())?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Without the `test-util` feature a member is never frozen.
+    #[cfg(not(feature = "test-util"))]
+    #[inline]
+    pub(crate) fn frozen(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Partitions assigned to the member (active or pending).
+fn assigned(s: &crate::protocol::Session) -> usize {
+    let own = s.ownership();
+    own.active_count() as usize + own.pending_count() as usize
+}
