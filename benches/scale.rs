@@ -1,19 +1,35 @@
-//! Hundreds of members on one local PostgreSQL (ring size 16384, TTL 30 s,
-//! each member with its own pool of at most 3 connections):
+//! Hundreds of members on one local PostgreSQL (ring size 16384, TTL 30 s):
+//!
+//! **Fleet**: n members, each with a [`Client`](leasering::Client) (and a
+//! pool of at most 2 connections) of its own — the honest model of n
+//! single-member processes — for n = 256, 512, 1024 and 2048 (each size in
+//! a child process of its own, against one PostgreSQL whose
+//! `max_connections` is 2n + 100: a member holds one connection at rest and
+//! borrows a second while it takes, gives back or joins):
 //!
 //! * **settle**: n members call `start()` at the same instant; the time
 //!   until the ring is settled (every member's view at the final epoch,
 //!   nothing pending, every partition active exactly once);
 //! * **at rest**: database statements and transactions per second, the
-//!   database's CPU, the members' CPU, and resident memory per member;
+//!   database's CPU, the members' CPU, resident memory per member, and the
+//!   connections the members hold (`backends_at_rest`: checked out of
+//!   their pools; a pool keeps the ones given back idle until its idle
+//!   timeout, `pool_idle`);
 //! * **rolling restart** of 64 members, one after the other (`stop()`, then
 //!   `start()` with the same node id): overlaps (must be 0, checked over the
 //!   merged events of every member) and the longest time a partition was
 //!   active nowhere, per restart.
 //!
-//! Each size runs in its own child process (so that its memory is measured
-//! alone) against one PostgreSQL started by the parent with a raised
-//! `max_connections`.
+//! It prints `scale fleet members=<n> settle_s=… backends_at_rest=…
+//! backends_peak=… start_failures=… notifies=… db_cpu_s=…
+//! rss_per_member_kb=…` (`notifies`: the NOTIFYs of the cold start;
+//! `db_cpu_s`: the database's CPU during it).
+//!
+//! **Multi-ring** (`LEASERING_BENCH_SCALE_MULTI`, default on): 16 clients
+//! (processes, in one process here) × 64 rings, every client a member of
+//! every ring (1,024 memberships): the connections held at rest (one per
+//! client) and the statements per second at rest (one renewal per client
+//! per heartbeat: 16 / 10 s), in one line `scale multi …`.
 //!
 //! `LEASERING_BENCH_QUICK=1` runs 64 and 256 members with shorter windows;
 //! `LEASERING_BENCH_SCALE_SIZES=64,256,512` picks the sizes.
@@ -30,7 +46,7 @@ use leasering_testkit::TestPostgres;
 use support::*;
 
 const RING_SIZE: u32 = 16384;
-const POOL_SIZE: u32 = 3;
+const POOL_SIZE: u32 = 2;
 const CHILD_ENV: &str = "LEASERING_BENCH_SCALE_CHILD";
 
 fn sizes() -> Vec<usize> {
@@ -40,31 +56,42 @@ fn sizes() -> Vec<usize> {
     if quick() {
         vec![64, 256]
     } else {
-        vec![64, 256, 512]
+        vec![256, 512, 1024, 2048]
     }
 }
 
 fn main() {
     if let Ok(n) = std::env::var(CHILD_ENV) {
-        child(n.parse().expect("member count"));
+        if n == "multi" {
+            multi();
+        } else {
+            child(n.parse().expect("member count"));
+        }
         return;
     }
     print_machine("scale");
     let sizes = sizes();
     let max_n = sizes.iter().copied().max().unwrap_or(64) as u32;
-    let (db, pss) = start_pg(max_n * POOL_SIZE + 100, &[]);
+    let max_connections = (max_n * POOL_SIZE + 100).max(MULTI_CLIENTS as u32 * 4 + 100);
+    let (db, pss) = start_pg(max_connections, &[]);
     println!(
         "# PostgreSQL {} (loopback, fsync off), max_connections {}{}",
         pg_version(&db),
-        max_n * POOL_SIZE + 100,
+        max_connections,
         if pss { ", pg_stat_statements on" } else { "" }
     );
     let started = Instant::now();
     let mut summary = Vec::new();
-    for n in sizes {
+    let multi = std::env::var("LEASERING_BENCH_SCALE_MULTI").map_or(true, |v| v != "0");
+    let runs: Vec<String> = sizes
+        .iter()
+        .map(|n| n.to_string())
+        .chain(multi.then(|| "multi".to_string()))
+        .collect();
+    for n in runs {
         let t = Instant::now();
         let mut kid = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD_ENV, n.to_string())
+            .env(CHILD_ENV, &n)
             .env("LEASERING_TEST_DATABASE_URL", db.url())
             .env(
                 "LEASERING_BENCH_DB_PID",
@@ -156,11 +183,17 @@ fn child(n: usize) {
     let db_cpu = || db_pid.map_or(0.0, tree_cpu_s);
 
     println!();
-    println!("## {n} members, ring {RING_SIZE}, TTL 30 s, pools of {POOL_SIZE}");
+    println!("## {n} members, each with a client of its own, ring {RING_SIZE}, TTL 30 s, pools of {POOL_SIZE}");
     let rss0 = rss_kb();
     let mut hub = EventHub::default();
+    let pools: Vec<Pool> = (0..n + restarts)
+        .map(|k| pool(&db, &format!("n{:03}", k % n), POOL_SIZE))
+        .collect();
+    let next_pool = std::cell::Cell::new(0usize);
     let builder = |name: &str| {
-        RingNode::builder(pool(&db, name, POOL_SIZE), ring.clone())
+        let p = pools[next_pool.get()].clone();
+        next_pool.set(next_pool.get() + 1);
+        RingNode::builder(p, ring.clone())
             .node_id(name)
             .ring_size(RING_SIZE)
             .start_timeout(Duration::from_secs(240))
@@ -188,6 +221,7 @@ fn child(n: usize) {
     reset_statements(&db);
     let activity = ActivitySampler::start(&db);
     let cpu_a = (db_cpu(), own_cpu_s());
+    let notifies0 = leasering::telemetry::notifications_sent();
     barrier.wait();
     let t0 = Instant::now();
     let mut members = Vec::new();
@@ -231,12 +265,13 @@ fn child(n: usize) {
         f64::NAN
     };
     let cpu_b = (db_cpu(), own_cpu_s());
+    let notifies = leasering::telemetry::notifications_sent() - notifies0;
     let start_costly = if pss {
         costly_statements(&db, 6)
     } else {
         Vec::new()
     };
-    let start_activity = activity.finish(10);
+    let (start_activity, backends_peak) = activity.finish(10);
     let st = stats(&start_ms);
     for e in start_errors.iter().take(5) {
         println!("start error: {e}");
@@ -267,6 +302,13 @@ fn child(n: usize) {
     let db_cpu_pct = (db1 - db0) / secs * 100.0;
     let members_cpu_pct = (own1 - own0) / secs * 100.0;
     let rss_per_member = rss_kb().saturating_sub(rss0) as f64 / members.len().max(1) as f64;
+    let (held_at_rest, pool_idle) = pools[..n].iter().fold((0u32, 0u32), |(h, i), p| {
+        let s = p.state();
+        (
+            h + s.connections - s.idle_connections,
+            i + s.idle_connections,
+        )
+    });
     let top = if pss {
         costly_statements(&db, 4)
     } else {
@@ -462,7 +504,12 @@ fn child(n: usize) {
         println!("  {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
     }
     println!(
-        "scale members={n} settle_s={settle_s:.2} rolling_restart_overlaps={overlaps} db_statements_per_s={:.1} rss_per_member_kb={rss_per_member:.0}",
+        "scale fleet members={n} settle_s={settle_s:.2} backends_at_rest={held_at_rest} backends_peak={backends_peak} start_failures={} notifies={notifies} db_cpu_s={:.1} rss_per_member_kb={rss_per_member:.0}",
+        start_errors.len(),
+        cpu_b.0 - cpu_a.0
+    );
+    println!(
+        "scale members={n} settle_s={settle_s:.2} rolling_restart_overlaps={overlaps} db_statements_per_s={:.1} rss_per_member_kb={rss_per_member:.0} pool_idle={pool_idle}",
         stmt_s.unwrap_or(xact_s)
     );
     println!(
@@ -485,7 +532,7 @@ fn child(n: usize) {
 /// the busy backends are in, and what they wait for (lock, LWLock, CPU).
 struct ActivitySampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<std::collections::HashMap<String, u64>>,
+    handle: std::thread::JoinHandle<(std::collections::HashMap<String, u64>, i64)>,
 }
 
 impl ActivitySampler {
@@ -495,7 +542,15 @@ impl ActivitySampler {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut counts = std::collections::HashMap::new();
+            let mut peak = 0i64;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = client.query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    &[],
+                ) {
+                    peak = peak.max(r.get(0));
+                }
                 let rows = client
                     .query(
                         "SELECT coalesce(wait_event_type || ':' || wait_event, 'running'),
@@ -511,18 +566,128 @@ impl ActivitySampler {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            counts
+            (counts, peak)
         });
         ActivitySampler { stop, handle }
     }
 
-    /// The `n` most frequent (samples, what) pairs.
-    fn finish(self, n: usize) -> Vec<(u64, String)> {
+    /// The `n` most frequent (samples, what) pairs, and the most client
+    /// backends seen at once.
+    fn finish(self, n: usize) -> (Vec<(u64, String)>, i64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let counts = self.handle.join().unwrap_or_default();
+        let (counts, peak) = self.handle.join().unwrap_or_default();
         let mut v: Vec<(u64, String)> = counts.into_iter().map(|(k, c)| (c, k)).collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
         v.truncate(n);
-        v
+        (v, peak)
     }
+}
+
+/// Clients of the multi-ring run, and rings each is a member of.
+const MULTI_CLIENTS: usize = 16;
+const MULTI_RINGS: usize = 64;
+
+/// The multi-ring run: 16 clients, each a member of 64 rings (ring size
+/// 1024, TTL 30 s), started client by client in parallel; the connections
+/// they hold at rest, their threads, and the statements per second at
+/// rest.
+fn multi() {
+    let _ = env_logger::builder().format_timestamp_millis().try_init();
+    let db = TestPostgres::from_env()
+        .ok()
+        .flatten()
+        .expect("the parent passes the database URL");
+    let pss = std::env::var("LEASERING_BENCH_PSS").is_ok_and(|v| v == "1");
+    let q = quick();
+    let rest_window = Duration::from_secs(if q { 12 } else { 30 });
+    let tag = std::process::id();
+    println!();
+    println!("## multi-ring: {MULTI_CLIENTS} clients x {MULTI_RINGS} rings (ring 1024, TTL 30 s), pools of 4");
+    let threads0 = leasering_threads();
+    let pools: Vec<Pool> = (0..MULTI_CLIENTS)
+        .map(|c| pool(&db, &format!("c{c:02}"), 4))
+        .collect();
+    let t0 = Instant::now();
+    let handles: Vec<_> = pools
+        .iter()
+        .enumerate()
+        .map(|(c, p)| {
+            let client = leasering::Client::new(p.clone());
+            std::thread::spawn(move || {
+                let members: Vec<RingNode> = (0..MULTI_RINGS)
+                    .map(|r| {
+                        client
+                            .member(format!("multi-{tag}-{r}"))
+                            .node_id(format!("c{c:02}"))
+                            .start_timeout(Duration::from_secs(120))
+                            .start()
+                            .expect("start a membership")
+                    })
+                    .collect();
+                (client, members)
+            })
+        })
+        .collect();
+    let clients: Vec<(leasering::Client, Vec<RingNode>)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let started = t0.elapsed();
+    let all: Vec<&RingNode> = clients.iter().flat_map(|(_, m)| m.iter()).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let ok = all.iter().all(|m| {
+            let s = m.status();
+            s.joined && s.pending == 0 && m.ring().members().len() == MULTI_CLIENTS
+        });
+        if ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = t0.elapsed();
+    let threads = leasering_threads() - threads0;
+    // Past every membership's first renewal and the flush of counters.
+    std::thread::sleep(Duration::from_secs(12));
+    reset_statements(&db);
+    let c0 = db_counters(&db, pss);
+    std::thread::sleep(rest_window);
+    let c1 = db_counters(&db, pss);
+    let secs = (c1.at.unwrap() - c0.at.unwrap()).as_secs_f64();
+    let stmt_s = c1
+        .statements
+        .zip(c0.statements)
+        .map(|(a, b)| (a - b) as f64 / secs);
+    let held: u32 = pools
+        .iter()
+        .map(|p| {
+            let s = p.state();
+            s.connections - s.idle_connections
+        })
+        .sum();
+    let expected = MULTI_CLIENTS as f64 / 10.0;
+    println!(
+        "started in {:.2} s, settled in {:.2} s; {threads} leasering threads; at rest over {secs:.0} s: {} statements/s ({expected:.1} expected: one renewal per client per 10 s), {held} connections held",
+        started.as_secs_f64(),
+        settled.as_secs_f64(),
+        stmt_s.map_or("n/a".into(), |v| f(v, 2)),
+    );
+    println!(
+        "scale multi clients={MULTI_CLIENTS} rings={MULTI_RINGS} memberships={} settle_s={:.2} backends_at_rest={held} threads={threads} statements_per_s_at_rest={} expected_per_s={expected:.1}",
+        all.len(),
+        settled.as_secs_f64(),
+        stmt_s.map_or("n/a".into(), |v| f(v, 2)),
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+/// How many of this process's threads are leasering's.
+fn leasering_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|n| n.starts_with("leasering-"))
+                .count()
+        })
+        .unwrap_or(0)
 }

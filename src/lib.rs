@@ -235,14 +235,16 @@
 //! drains, if configured), then deletes the member — freeing its claims —
 //! in one transaction, so successors take over within milliseconds.
 //!
-//! **Notifications.** Each member listens on two channels: the ring's
-//! (membership changes, for everyone; the payload carries the change, so
-//! members apply it without reading anything) and its own (releases of the
-//! claims it waits for; the payload names the partitions when they fit). A
-//! lost notification is covered by a backing-off retake of everything still
-//! waiting and by the epoch that every renewal returns. With
-//! [`Builder::notifications`] off the ring still works, by polling, only
-//! slower.
+//! **Notifications.** A [`Client`]'s one held connection listens on the
+//! channel of every ring it has a member or an observer of (membership
+//! changes, for everyone; the payload carries the changes of the
+//! transaction, so members apply them without reading anything; one
+//! `NOTIFY` per transaction) and on the client's own (releases of the
+//! claims its members wait for; the payload names the partitions when
+//! they fit). A lost notification is covered by a backing-off retake of
+//! everything still waiting and by the epoch that every renewal returns.
+//! With [`Builder::notifications`] off the ring still works, by polling,
+//! only slower.
 //!
 //! **What a handoff waits for.** Between live members that are not frozen,
 //! with notifications on, a handoff waits for no timer. It waits for: the
@@ -664,20 +666,26 @@
 //! * [`RingView`] and [`partition_for`] — the ring and the placement, pure.
 //! * the store (private) — each protocol step as one statement or one short
 //!   transaction against PostgreSQL, returning the core's input types.
-//! * [`RingNode`] — the edge: the lock-free hot path, the event fan-out, and
-//!   four threads that each loop "ask the session for the next step, run
+//! * [`RingNode`] and [`Client`] — the edge: the member's lock-free hot
+//!   path and event fan-out, and the client's four threads, shared by all
+//!   of its members, that each loop "ask a session for its next step, run
 //!   that statement, hand the answer back".
 //!
 //! ## Threads
 //!
-//! Each member runs four named threads: `leasering-heartbeat-*` (renewal,
-//! reconciliation, rejoin), `leasering-watcher-*` (LISTEN, adopting views,
-//! taking and releasing claims, drains), `leasering-cleanup-*` (removing
-//! crashed members at the moment their lease ends) and `leasering-fence-*`
-//! (self-fencing, cutting drains short when the lease runs out; it does no
-//! I/O). [`RingNode::stop`] joins them; a thread stuck in a stalled socket
-//! is left to finish on its own, and `stop()` still returns within
-//! `stop_timeout`.
+//! A [`Client`] runs four named threads for all of its members and
+//! observers, whatever their number: `leasering-conn-*` (the held
+//! connection: LISTEN, one batched renewal per heartbeat, reconciliation),
+//! `leasering-work-*` (adopting views, taking and releasing claims, drains,
+//! observers' reads, on a connection borrowed while there is work),
+//! `leasering-changes-*` (rejoins, removing crashed members at the moment
+//! their lease ends) and `leasering-fence-*` (self-fencing, cutting drains
+//! short when a lease runs out; it does no I/O). They start with its first
+//! member or observer and end with its last: [`RingNode::stop`] of a
+//! client's last member joins them; a thread stuck in a stalled socket is
+//! left to finish on its own, and `stop()` still returns within
+//! `stop_timeout`. A renewal never waits behind a take: they run on
+//! different threads and connections.
 //!
 //! Dropping the last clone of a [`RingNode`] without `stop()` never blocks
 //! the caller: local ownership ends at once (nothing is reported after the
@@ -748,11 +756,24 @@
 //! `USAGE` on the schema and `SELECT, INSERT, UPDATE, DELETE` on its
 //! tables; no sequences, and nothing for `LISTEN`/`NOTIFY`, advisory
 //! locks or the timeline (`pg_current_wal_lsn`, `pg_walfile_name`: any
-//! role). Each member keeps two pool connections for as long as it runs
-//! (the watcher's, which listens, and the heartbeat's, both taken at start)
-//! and borrows a third now and then (crash cleanup, leave, rejoin): size
-//! the pool for at least [`MIN_POOL_SIZE`], plus what the application takes
-//! from it if it shares the pool.
+//! role).
+//!
+//! **What a process costs.** A [`Client`] holds **one** connection at rest,
+//! whatever its rings and members (it listens and renews them all), runs
+//! **four threads**, and sends **one renewal statement per heartbeat**
+//! (`lease_ttl / 3`) for all of its memberships. While partitions move it
+//! borrows a second connection (takes, releases, catch-ups; given back a
+//! quarter second after the last), and now and then a third (rejoins,
+//! crash cleanups) and the caller's (`start()`'s join, `stop()`'s leave):
+//! a peak of four, typically two. Size a pool for at least
+//! [`MIN_POOL_SIZE`] (two) plus what the application takes from it, and
+//! build it with `min_idle(Some(0))` (r2d2 otherwise keeps `max_size`
+//! connections open) — or let [`Client::connect`] build it. Each
+//! membership change sends one `NOTIFY` per transaction (a group commit
+//! of many joins: one), each release that someone waits for one; every
+//! `NOTIFY` wakes every listening backend of the database. A database
+//! that runs out of connections answers `sorry, too many clients
+//! already`: the error says so (for pools [`Client::connect`] builds).
 //!
 //! Behind a pooler in *transaction* mode (PgBouncer `pool_mode =
 //! transaction`) set [`Builder::transaction_pooling`] and turn

@@ -412,7 +412,12 @@ impl Follower {
         let current = RingView::clone(&self.view.load());
         let mut view = current.clone();
         let mut read = due || gap;
-        for n in notices {
+        if st.store.is_none() {
+            // The ring did not exist at the last look: a notice says it
+            // does now; its changes apply to no view yet.
+            read |= !notices.is_empty();
+        }
+        for n in notices.into_iter().filter(|_| st.store.is_some()) {
             if let Notice::Change { epoch, change } = n {
                 match change {
                     Some(c) if epoch == view.epoch() + 1 => view = view.apply(&c),

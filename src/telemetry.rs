@@ -43,6 +43,15 @@ use crate::event::ReleaseReason;
 use crate::protocol::output::HandoffCause;
 use std::time::Duration;
 
+/// How many `NOTIFY`s this process's members have sent so far (membership
+/// changes, and releases of claims someone waited for): at most one per
+/// transaction. Every `NOTIFY` wakes every listening backend of the
+/// database, so this is what the library costs the database's other
+/// listeners. Process-wide; without the `metrics` feature too.
+pub fn notifications_sent() -> u64 {
+    crate::store::NOTIFIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Every metric name of the table, for tests and dashboards.
 pub const METRIC_NAMES: &[&str] = &[
     "leasering_partitions_active",

@@ -17,10 +17,16 @@
 //! partitions must not wait for it, guarantee 5), cut, refused, stalled
 //! (mostly longer than the TTL)
 //! or slow links of one member, PostgreSQL stopped (fast, immediate, killed) and
-//! started again, PostgreSQL restarted under the members. Then every member
+//! started again, PostgreSQL restarted under the members; and a member
+//! process serving three rings on one `leasering::Client` (the checked ring
+//! and two others, `--extra-rings`: one held connection and four threads
+//! for all of its members) that joins and is then killed with `kill -9`, or
+//! frozen (`SIGSTOP`, thawed 0.8–2.5 × TTL later), with all its members at
+//! once — judged on the checked ring as a kill or a pause is. Then every member
 //! stops and the checker (`chaos_support::checker`, on the testkit's oracle)
 //! judges the logs — user work included: no two members' units on one
-//! partition may intersect while both leases ran.
+//! partition may intersect while both leases ran. The extra rings are not
+//! judged; only rows of killed processes may remain in them at the end.
 //!
 //! A second test, `undrained_handoffs_are_caught`, runs the same harness
 //! briefly with the mutation that drops every drain guard at once while the
@@ -46,8 +52,8 @@ mod chaos_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chaos_support::checker::{check, FaultSpan, Input, IsolationSpan, Report};
-use chaos_support::cluster::{mono_now, Cluster, Settings, WorkLoad};
+use chaos_support::checker::{check, End, FaultSpan, Input, IsolationSpan, Report};
+use chaos_support::cluster::{mono_now, Cluster, Member, Settings, WorkLoad};
 use leasering_testkit::rng::{fresh_seed, Rng};
 use leasering_testkit::{unique_name, ProxyMode};
 
@@ -63,6 +69,8 @@ const LONGEST_FAULT: Duration = Duration::from_secs(15);
 /// After a change made while a member is frozen, it stays frozen at least
 /// this long: the others' handoffs complete (or not) while it is.
 const FROZEN_AFTER_CHANGE: Duration = Duration::from_millis(1500);
+/// Rings a multi-ring member process serves besides the checked one.
+const EXTRA_RINGS: u32 = 2;
 
 /// One chaos run at a time in this test binary: two at once would load the
 /// machine and each other's timing bounds.
@@ -85,9 +93,11 @@ enum Kind {
     DbRestart,
     JoinWhileFrozen,
     LeaveWhileFrozen,
+    MultiRingKill,
+    MultiRingPause,
 }
 
-const KINDS: [Kind; 15] = [
+const KINDS: [Kind; 17] = [
     Kind::Kill,
     Kind::Pause,
     Kind::Restart,
@@ -103,6 +113,8 @@ const KINDS: [Kind; 15] = [
     Kind::DbRestart,
     Kind::JoinWhileFrozen,
     Kind::LeaveWhileFrozen,
+    Kind::MultiRingKill,
+    Kind::MultiRingPause,
 ];
 
 impl Kind {
@@ -123,6 +135,8 @@ impl Kind {
             Kind::DbRestart => "db_restart",
             Kind::JoinWhileFrozen => "join_while_frozen",
             Kind::LeaveWhileFrozen => "leave_while_frozen",
+            Kind::MultiRingKill => "multi_ring_kill",
+            Kind::MultiRingPause => "multi_ring_pause",
         }
     }
 
@@ -270,8 +284,10 @@ impl Chaos {
             Kind::Restart => {
                 let v = self.victim();
                 let id = self.cluster.members[v].node_id.clone();
+                let extra = self.cluster.members[v].extra_rings;
                 self.cluster.stop_many(&[v], STOP_TIMEOUT)?;
-                let r = self.cluster.spawn(&id);
+                // Restarted as it was: a multi-ring process with its rings.
+                let r = self.cluster.spawn_with(&id, extra);
                 self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
                 label = format!("graceful restart of {} as {}", self.name(v), self.name(r));
             }
@@ -413,6 +429,40 @@ impl Chaos {
                     self.names(&r)
                 );
             }
+            Kind::MultiRingKill | Kind::MultiRingPause => {
+                // A process serving several rings on one client (one held
+                // connection, four threads for all its members) joins,
+                // then dies or freezes with all of them at once; the
+                // checked ring must fare exactly as with a one-ring
+                // process. Counted from the join: that is judged too.
+                let id = self.cluster.fresh_node_id();
+                let v = self.cluster.spawn_with(&id, EXTRA_RINGS);
+                self.cluster.wait_ready(&[v], STEP_TIMEOUT)?;
+                // Settled: it holds its share when the fault hits, and (as
+                // for kill) its log holds every change it made.
+                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
+                let rings = EXTRA_RINGS + 1;
+                if kind == Kind::MultiRingKill {
+                    // It replaces nobody: the ring is back to its size.
+                    self.cluster.kill(v);
+                    label = format!("{} joined ({rings} rings), then kill -9", self.name(v));
+                } else {
+                    let d = self.ttl_times(0.8, 2.5);
+                    self.cluster.pause(v);
+                    self.sleep(d);
+                    self.cluster.resume(v);
+                    // Back to the ring's size once it is whole again.
+                    self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
+                    let leave = self.some_members(1);
+                    self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
+                    label = format!(
+                        "{} joined ({rings} rings), SIGSTOP for {}, then {} left",
+                        self.name(v),
+                        secs(d),
+                        self.names(&leave)
+                    );
+                }
+            }
             Kind::StallAfterJoin => {
                 // A newcomer's link stalls the moment it first acquires:
                 // before any renewal since its activation.
@@ -536,6 +586,50 @@ impl Chaos {
             from,
             isolation,
         })
+    }
+}
+
+/// The extra rings of the multi-ring processes are not judged, but a
+/// process that stopped must have left them too: once every member has
+/// stopped, only killed processes' rows may remain there (nobody of those
+/// rings may have been left to remove them). Prints what it found.
+fn check_extra_rings(cluster: &Cluster) -> Result<(), String> {
+    let multi: Vec<&Member> = cluster
+        .members
+        .iter()
+        .filter(|m| m.extra_rings > 0)
+        .collect();
+    if multi.is_empty() {
+        return Ok(());
+    }
+    let killed: Vec<&str> = multi
+        .iter()
+        .filter(|m| matches!(m.end, Some(End::Killed(_))))
+        .map(|m| m.node_id.as_str())
+        .collect();
+    let rows = cluster
+        .extra_ring_rows()
+        .map_err(|e| format!("cannot read the extra rings' rows: {e}"))?;
+    let stray: Vec<String> = rows
+        .iter()
+        .filter(|(_, node)| !killed.contains(&node.as_str()))
+        .map(|(ring, node)| format!("{ring}/{node}"))
+        .collect();
+    println!(
+        "chaos-extra-rings: processes={} killed={} rows_left={} rows_of_stopped={}",
+        multi.len(),
+        killed.len(),
+        rows.len(),
+        stray.len()
+    );
+    if stray.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} rows of the extra rings left behind by processes that stopped: {}",
+            stray.len(),
+            stray.join(" ")
+        ))
     }
 }
 
@@ -722,6 +816,9 @@ fn run_chaos(plan: Plan) -> Outcome {
         failures.push(format!("cannot count membership rows: {e}"));
         0
     });
+    if let Err(e) = check_extra_rings(&chaos.cluster) {
+        failures.push(e);
+    }
     let (sink_anomalies, shown) = chaos.cluster.sink_anomalies().unwrap_or_else(|e| {
         failures.push(format!("cannot read the sink's anomalies: {e}"));
         (0, Vec::new())

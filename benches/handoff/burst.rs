@@ -11,12 +11,10 @@
 //! counts once. The testkit's overlap sampler runs beside it.
 //!
 //! **Cost**: the statements of the rounds (`pg_stat_statements`, all
-//! statements of the database) and the NOTIFYs, counted by a connection of
-//! the bench's own that listens on the ring's channel and on every
-//! member's, per handoff — one `Acquired` event, a set of partitions that
-//! one take activated — and per round. The channel names are the library's
-//! (`store::Store::new`, `store::node_channel`), computed here the same
-//! way; a run that counts no notification at all says so.
+//! statements of the database) and the NOTIFYs the members sent
+//! ([`leasering::telemetry::notifications_sent`]), per handoff — one
+//! `Acquired` event, a set of partitions that one take activated — and per
+//! round.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier, Mutex};
@@ -27,14 +25,12 @@ use leasering::{Event, RingNode};
 use leasering_testkit::rng::Rng;
 use leasering_testkit::sampler::Sampler;
 use leasering_testkit::TestPostgres;
-use postgres::fallible_iterator::FallibleIterator;
 
 use super::support::*;
 
 const RING_SIZE: u32 = 1024;
 const MEMBERS: usize = 16;
 const TTL: Duration = Duration::from_secs(3);
-const SCHEMA: &str = "leasering";
 
 type Members = Arc<Mutex<Vec<(String, RingNode)>>>;
 
@@ -58,9 +54,8 @@ pub struct Burst {
     pub failed_rounds: usize,
     /// `Acquired` events during the rounds.
     pub handoffs: u64,
-    /// NOTIFYs on the ring's channel and on members' own channels.
-    pub notifies_ring: u64,
-    pub notifies_member: u64,
+    /// NOTIFYs the members sent during the rounds.
+    pub notifies: u64,
     /// Statements of the rounds (`None` without `pg_stat_statements`).
     pub statements: Option<i64>,
 }
@@ -81,43 +76,6 @@ fn own_cpu_s() -> f64 {
             Some((f.first()? + f.get(1)?) as f64 / tick)
         })
         .unwrap_or(0.0)
-}
-
-/// The library's channel of a ring, and of one member of it.
-fn ring_channel(ring: &str) -> String {
-    format!(
-        "leasering_{:016x}",
-        hash(&[SCHEMA.as_bytes(), &[0], ring.as_bytes()])
-    )
-}
-
-fn node_channel(ring: &str, node: &str) -> String {
-    let h = hash(&[
-        SCHEMA.as_bytes(),
-        &[0],
-        ring.as_bytes(),
-        &[0],
-        node.as_bytes(),
-    ]);
-    format!("leasering_n{h:016x}")
-}
-
-/// FNV-1a 64 over the parts, then MurmurHash3's finalizer (the library's
-/// `fmix64(fnv1a64(..))`).
-fn hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
 }
 
 /// The coverage sampler: uncovered intervals (ms) of the partitions, read
@@ -175,59 +133,6 @@ impl Coverage {
     }
 }
 
-/// Counts the NOTIFYs of the ring's channel and of the members' channels.
-struct Notices {
-    client: postgres::Client,
-    ring: String,
-    listening: HashSet<String>,
-    ring_channel: String,
-    on_ring: u64,
-    on_members: u64,
-}
-
-impl Notices {
-    fn new(db: &TestPostgres, ring: &str) -> Notices {
-        let mut client = db.client().expect("the bench's listening connection");
-        let ring_channel = ring_channel(ring);
-        client
-            .batch_execute(&format!("LISTEN \"{ring_channel}\""))
-            .expect("LISTEN");
-        Notices {
-            client,
-            ring: ring.to_string(),
-            listening: HashSet::new(),
-            ring_channel,
-            on_ring: 0,
-            on_members: 0,
-        }
-    }
-
-    fn listen(&mut self, node: &str) {
-        let ch = node_channel(&self.ring, node);
-        if self.listening.insert(ch.clone()) {
-            self.client
-                .batch_execute(&format!("LISTEN \"{ch}\""))
-                .expect("LISTEN");
-        }
-    }
-
-    /// Counts what has arrived; zeroes the counts first with `reset`.
-    fn count(&mut self, reset: bool) {
-        let mut n = self.client.notifications();
-        let mut it = n.timeout_iter(Duration::from_millis(50));
-        while let Ok(Some(x)) = it.next() {
-            if reset {
-                continue;
-            }
-            if x.channel() == self.ring_channel {
-                self.on_ring += 1;
-            } else {
-                self.on_members += 1;
-            }
-        }
-    }
-}
-
 fn builder(db: &TestPostgres, ring: &str, name: &str) -> (leasering::Builder, Receiver<Event>) {
     let mut b = RingNode::builder(pool(db, name, 3), ring.to_string())
         .node_id(name)
@@ -269,11 +174,9 @@ fn wait_settled(members: &Members, timeout: Duration) -> bool {
 pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
     let ring = format!("burst-{k}");
     let members: Members = Arc::default();
-    let mut notices = Notices::new(db, &ring);
     let mut events: Vec<(String, Receiver<Event>)> = Vec::new();
     for i in 0..MEMBERS {
         let name = format!("b{k}-m{i:02}");
-        notices.listen(&name);
         let (b, rx) = builder(db, &ring, &name);
         let node = b.start().unwrap_or_else(|e| panic!("start {name}: {e}"));
         events.push((name.clone(), rx));
@@ -291,7 +194,7 @@ pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
     for (_, rx) in &events {
         while rx.try_recv().is_ok() {}
     }
-    notices.count(true);
+    let notifies0 = leasering::telemetry::notifications_sent();
     if pss {
         reset_statements(db);
     }
@@ -323,7 +226,6 @@ pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
         let joining: Vec<(String, leasering::Builder)> = (0..k)
             .map(|i| {
                 let name = format!("b{k}-r{round}-{i}");
-                notices.listen(&name);
                 let (b, rx) = builder(db, &ring, &name);
                 events.push((name.clone(), rx));
                 (name, b)
@@ -396,7 +298,7 @@ pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
         (cpu1.0 - cpu0.0) * 1000.0 / rounds as f64,
         (cpu1.1 - cpu0.1) * 1000.0 / rounds as f64
     );
-    notices.count(false);
+    let notifies = leasering::telemetry::notifications_sent() - notifies0;
     let intervals = coverage.finish();
     let all_events: Vec<(String, Event)> = events
         .iter()
@@ -438,8 +340,7 @@ pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
         overlaps: report.overlaps,
         failed_rounds,
         handoffs,
-        notifies_ring: notices.on_ring,
-        notifies_member: notices.on_members,
+        notifies,
         statements: stmts0.zip(stmts1).map(|(a, b)| b - a),
     }
 }
@@ -463,7 +364,7 @@ pub fn burst_line(b: &Burst) -> String {
 pub fn burst_cost_line(b: &Burst) -> String {
     let h = b.handoffs.max(1) as f64;
     let r = b.rounds.max(1) as f64;
-    let notifies = (b.notifies_ring + b.notifies_member) as f64;
+    let notifies = b.notifies as f64;
     let stmts = b
         .statements
         .map_or("?".to_string(), |s| format!("{:.1}", s as f64 / h));
@@ -471,11 +372,10 @@ pub fn burst_cost_line(b: &Burst) -> String {
         .statements
         .map_or("?".to_string(), |s| format!("{:.1}", s as f64 / r));
     format!(
-        "handoff burst_cost k={} handoffs={} notifies_per_handoff={:.2} ring_notifies_per_handoff={:.2} statements_per_handoff={stmts} notifies_per_round={:.1} statements_per_round={stmts_round}",
+        "handoff burst_cost k={} handoffs={} notifies_per_handoff={:.2} statements_per_handoff={stmts} notifies_per_round={:.1} statements_per_round={stmts_round}",
         b.k,
         b.handoffs,
         notifies / h,
-        b.notifies_ring as f64 / h,
         notifies / r
     )
 }
@@ -514,14 +414,6 @@ pub fn report(bursts: &[Burst]) {
         })
         .collect();
     print_table(&["measure", "n", "min", "p50", "p90", "p99", "max"], &rows);
-    for b in bursts {
-        if b.notifies_ring + b.notifies_member == 0 && b.handoffs > 0 {
-            println!(
-                "  k={}: no NOTIFY counted: the bench's channel names no longer match the library's",
-                b.k
-            );
-        }
-    }
     println!("targets (issue 17): uncovered max <= 100 ms, p99 <= 50 ms for k = 2 and k = 4");
     println!();
     for b in bursts {

@@ -161,6 +161,7 @@ impl Client {
                 listen_changed: AtomicBool::new(true),
                 lifecycle: Mutex::new(None),
                 mode: Mutex::new(None),
+                spare: Mutex::new(None),
             }),
         }
     }
@@ -216,6 +217,9 @@ pub(crate) struct Shared {
     /// The running threads, if any; also serialises registration.
     lifecycle: Mutex<Option<Threads>>,
     mode: Mutex<Option<Mode>>,
+    /// A connection set up for the work thread by a first member's
+    /// `start()` (it joined on it): taken instead of a borrowed one.
+    spare: Mutex<Option<crate::store::HeldConn>>,
 }
 
 /// The threads of a client and the channel that stops them.
@@ -398,6 +402,14 @@ impl Shared {
             done: done_rx,
         });
         Ok(())
+    }
+
+    /// Offers the work thread a connection (a first member's join
+    /// connection): used if it has none, else given back.
+    pub(crate) fn offer_work(&self, c: crate::store::HeldConn) {
+        if let Some(old) = self.spare.lock().replace(c) {
+            old.unhold();
+        }
     }
 
     pub(crate) fn wake_work(&self) {

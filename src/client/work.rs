@@ -30,6 +30,14 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
     let mut last_work = Instant::now();
     let mut turn = 0usize;
     while !stopping(shutdown) {
+        if let Some(spare) = shared.spare.lock().take() {
+            // A first member's join connection: its first take needs no
+            // connection opened.
+            match conn {
+                None => conn = Some(spare),
+                Some(_) => spare.unhold(),
+            }
+        }
         collect_drains(shared);
         let now = Instant::now();
         let mut wait = IDLE_TICK;

@@ -255,11 +255,16 @@ impl Builder {
         // channel, which one LISTEN serves for all of the client's members.
         store.own_channel = client.shared.channel(&cfg.schema);
         let op = crate::trace::Op::start(crate::trace::Kind::Join, &cfg.ring_id, &node_id, 0);
-        let (joined, sent_at, conn) = join_within_start_timeout(&cfg, &store, &pool)?;
+        // A client's first member joins on the connection its client's
+        // work thread will use for the first take: set up (session
+        // settings) with the join's first statement. Later members join on
+        // a borrowed one and give it back.
+        let session_state = !cfg.transaction_pooling;
+        let timeout = cfg.effective_statement_timeout();
+        let first = client.registrations() == 0;
+        let keep = (first && session_state).then(|| crate::store::hold_setup(timeout, &[]));
+        let (joined, sent_at, conn) = join_within_start_timeout(&cfg, &store, &pool, keep.clone())?;
         op.finish(joined.view.epoch(), joined.positions.len(), "joined");
-        // The join's connection goes back to the pool: the client's threads
-        // borrow what they need.
-        drop(conn);
         let inner = Arc::new(Inner::new(
             cfg,
             node_id,
@@ -268,6 +273,20 @@ impl Builder {
             subscribers,
         ));
         inner.update(|s, now| s.joined(joined, sent_at, now));
+        if first {
+            // The work thread takes first on it: no connection to open
+            // before the first take. (The client's held connection, which
+            // listens, is opened meanwhile; releases notified before its
+            // LISTEN are found by the catch-up that follows it.)
+            client.shared.offer_work(crate::store::HeldConn::adopt(
+                conn,
+                timeout,
+                session_state,
+                Default::default(),
+            ));
+        } else {
+            drop(conn);
+        }
         if let Err(e) = client.shared.register_member(inner.clone()) {
             // No threads: leave again, so that nobody waits for a member
             // that never runs.
@@ -287,6 +306,7 @@ fn join_within_start_timeout(
     cfg: &Config,
     store: &Store,
     pool: &Arc<dyn ConnSource>,
+    keep: Option<String>,
 ) -> Result<(Joined, Instant, Conn)> {
     let deadline = Instant::now() + cfg.start_timeout;
     let abandoned = Arc::new(AtomicBool::new(false));
@@ -308,7 +328,14 @@ fn join_within_start_timeout(
                 store.check_schema(&mut conn)?;
             }
             let mut attempt = JoinAttempt::new(Instant::now()).until(deadline);
-            let joined = match join_retrying(&store, &pool, &mut conn, deadline, &mut attempt) {
+            let joined = match join_retrying(
+                &store,
+                &pool,
+                &mut conn,
+                deadline,
+                &mut attempt,
+                keep.as_deref(),
+            ) {
                 Ok(joined) => joined,
                 Err(e) => {
                     // A request that committed may be absorbed later, or
@@ -377,10 +404,11 @@ fn join_retrying(
     conn: &mut Conn,
     deadline: Instant,
     attempt: &mut JoinAttempt,
+    keep: Option<&str>,
 ) -> Result<Joined> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match store.join_with(conn, attempt, false) {
+        match store.join_with(conn, attempt, keep) {
             Ok(joined) => return Ok(joined),
             Err(e) if e.kind() == ErrorKind::Timeout && left > Duration::from_millis(100) => {
                 log::debug!(target: "leasering", "join timed out ({}); trying again", e);

@@ -149,7 +149,7 @@ impl Inner {
             .lock()
             .take()
             .unwrap_or_else(|| JoinAttempt::new(Instant::now()));
-        let joined = match self.store.join_with(&mut conn, &mut attempt, false) {
+        let joined = match self.store.join_with(&mut conn, &mut attempt, None) {
             Ok(joined) => joined,
             Err(e) => {
                 *self.rejoin_attempt.lock() = Some(attempt);

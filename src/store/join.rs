@@ -150,34 +150,51 @@ impl Store {
     /// connection is left as it was.
     #[cfg(test)]
     pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {
-        self.join_with(client, &mut JoinAttempt::new(Instant::now()), false)
+        self.join_with(client, &mut JoinAttempt::new(Instant::now()), None)
     }
 
-    /// One try of `attempt`. With `listen`, the connection is left
-    /// listening on the ring's channel when it succeeds — for the watcher
-    /// to keep (it saves the joiner a connection and a round trip before
-    /// its first take); else as it was.
+    /// One try of `attempt`. With `keep` (statements that set the
+    /// connection up for its next owner: session settings), they are sent
+    /// with the join's first statement. The connection is left listening
+    /// on nothing (the `UNLISTEN` goes with the commit).
     pub(crate) fn join_with(
         &self,
         client: &mut Client,
         attempt: &mut JoinAttempt,
-        listen: bool,
+        keep: Option<&str>,
     ) -> Result<Joined> {
-        let joined = self.join_listening(client, attempt);
-        if joined.is_err() || !listen {
+        let mut unlisten = self.session_state;
+        let joined = self.join_listening(client, attempt, keep.unwrap_or(""), &mut unlisten);
+        if joined.is_err() || unlisten {
             let _ = client.batch_execute("UNLISTEN *");
         }
         joined
     }
 
-    fn join_listening(&self, client: &mut Client, attempt: &mut JoinAttempt) -> Result<Joined> {
+    /// The join. `keep` goes with the first `BEGIN`; `unlisten`: the
+    /// connection is to be left unlistened — done with the absorbing
+    /// commit (then cleared) when this try absorbs.
+    fn join_listening(
+        &self,
+        client: &mut Client,
+        attempt: &mut JoinAttempt,
+        keep: &str,
+        unlisten: &mut bool,
+    ) -> Result<Joined> {
         // Behind a pooler in transaction mode nothing is listened to: the
-        // waits below are then plain polls.
-        if self.session_state {
-            client
-                .batch_execute(&format!("LISTEN \"{}\"", self.channel))
-                .map_err(|e| Error::db("listen for the ring's changes", e))?;
-        }
+        // waits below are then plain polls. The LISTEN goes with the first
+        // BEGIN (one round trip): a joiner that does not get the ring's
+        // lock hears its holder's commit.
+        let mut prelude = if self.session_state {
+            let listen = format!("LISTEN \"{}\"", self.channel);
+            Some(if keep.is_empty() {
+                listen
+            } else {
+                format!("{listen}; {keep}")
+            })
+        } else {
+            None
+        };
         let began = Instant::now();
         let mut give_up = began + Duration::from_millis(self.statement_timeout_ms * 4);
         if let Some(d) = attempt.deadline {
@@ -185,6 +202,11 @@ impl Store {
         }
         let mut filed = false;
         if attempt.tried {
+            if let Some(p) = prelude.take() {
+                client
+                    .batch_execute(&p)
+                    .map_err(|e| Error::db("listen for the ring's changes", e))?;
+            }
             match self.resumed_outcome(client, attempt.incarnation)? {
                 Outcome::Joined(j) => {
                     log::info!(target: "leasering", ring = self.ring_id.as_str(), node = self.node_id.as_str();
@@ -207,14 +229,28 @@ impl Store {
         let incarnation = attempt.incarnation;
         let mut poll = OUTCOME_POLL;
         loop {
-            let mut tx = self.begin(client)?;
+            let mut tx = self.begin_with(client, prelude.take().as_deref().unwrap_or(""))?;
             let locked = self.file_and_try_lock(&mut tx, incarnation, !filed)?;
             filed = true;
             if locked {
-                match self.absorb(tx, incarnation)? {
+                let after = if std::mem::take(unlisten) {
+                    "UNLISTEN *"
+                } else {
+                    ""
+                };
+                let absorbed = self.absorb(tx, incarnation, after);
+                if absorbed.is_err() && !after.is_empty() {
+                    *unlisten = true;
+                }
+                match absorbed? {
                     Outcome::Joined(j) => return Ok(j),
                     Outcome::Refused(e) => return Err(e),
                     Outcome::Pending | Outcome::Gone => filed = false,
+                }
+                if !after.is_empty() {
+                    // Unlistened with that commit: listen again.
+                    *unlisten = true;
+                    prelude = Some(format!("LISTEN \"{}\"", self.channel));
                 }
                 continue;
             }
@@ -287,10 +323,9 @@ impl Store {
     /// With the ring's lock: takes every pending request, places and
     /// inserts the accepted ones, records the changes, stores the
     /// refusals, and commits. Returns this member's outcome.
-    fn absorb(&self, mut tx: Tx<'_>, me: i64) -> Result<Outcome> {
-        let (stored_size, epoch, placement) = self.create_or_lock_ring(&mut tx)?;
+    fn absorb(&self, mut tx: Tx<'_>, me: i64, after: &str) -> Result<Outcome> {
+        let (read, (stored_size, epoch, placement)) = self.read_for_absorb(&mut tx, me)?;
         let stored_placement = placement.placement();
-        let read = self.read_for_absorb(&mut tx, me)?;
         let mut taken = vec![false; stored_size as usize];
         for (p, _) in &read.vnodes {
             if let Some(t) = taken.get_mut(*p as usize) {
@@ -342,7 +377,8 @@ impl Store {
         };
         let encoded = table.as_ref().filter(|_| last > epoch).map(Table::encode);
         self.insert_absorbed(&mut tx, (epoch, last), &accepted, &refused, &read, encoded)?;
-        tx.commit().map_err(|e| Error::db("commit the join", e))?;
+        tx.commit_with(after)
+            .map_err(|e| Error::db("commit the join", e))?;
         if accepted.len() + refused.len() > 1 {
             log::debug!(target: "leasering",
                 "node {}: absorbed {} join requests ({} refused) into epochs {}..={last}",
@@ -451,43 +487,6 @@ impl Store {
         }
     }
 
-    /// Creates the ring row — and a free claim row for each partition — or
-    /// locks the existing one; returns its stored size and epoch. `DO
-    /// UPDATE` (a no-op) rather than `DO NOTHING`: it locks the row and
-    /// returns it, so this is one statement.
-    fn create_or_lock_ring(&self, tx: &mut Tx<'_>) -> Result<(u32, u64, StoredPlacement)> {
-        let s = &self.s;
-        let size = self.ring_size as i32;
-        let rows = tx
-            .query_typed(
-                &format!(
-                    "WITH up AS (INSERT INTO {s}.rings AS r (ring_id, ring_size, placement) VALUES ($1, $2, $3)
-                                 ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
-                                 RETURNING r.ring_size, r.epoch, (r.xmax = 0) AS created,
-                                           r.placement, r.placement_table),
-                          cl AS (INSERT INTO {s}.claims (ring_id, partition, token)
-                                 SELECT $1, g, 0 FROM up, generate_series(0, up.ring_size - 1) g
-                                 WHERE up.created
-                                 ON CONFLICT (ring_id, partition) DO NOTHING)
-                     SELECT ring_size, epoch, placement, placement_table FROM up"
-                ),
-                &[
-                    (&self.ring_id, Type::TEXT),
-                    (&size, Type::INT4),
-                    (&self.placement.as_str(), Type::TEXT),
-                ],
-            )
-            .map_err(|e| Error::db("lock the ring", e))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
-        Ok((
-            row.get::<_, i32>(0) as u32,
-            row.get::<_, i64>(1) as u64,
-            StoredPlacement::from_row(row.get(2), row.get(3))?,
-        ))
-    }
-
     /// One snapshot, taken after the lock: removes the expired members
     /// (their deletion is not visible to the rest of the statement, hence
     /// `expires_at > now()` and the filter below) and takes the pending
@@ -495,39 +494,63 @@ impl Store {
     /// live members that hold a requested node id, the live members of
     /// protocol version 1, the vnodes, and whether this member is one
     /// already (absorbed by an earlier holder).
-    fn read_for_absorb(&self, tx: &mut Tx<'_>, me: i64) -> Result<AbsorbRead> {
+    fn read_for_absorb(
+        &self,
+        tx: &mut Tx<'_>,
+        me: i64,
+    ) -> Result<(AbsorbRead, (u32, u64, StoredPlacement))> {
         let s = &self.s;
+        let size = self.ring_size as i32;
+        // The ring's row is created — with a free claim row for each
+        // partition — or locked in the same statement (`DO UPDATE`, a
+        // no-op, locks it and returns it): one round trip less per join.
         let rows = tx
             .query_typed(
                 &format!(
-                    "WITH gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= statement_timestamp()
+                    "WITH up AS (INSERT INTO {s}.rings AS r (ring_id, ring_size, placement) VALUES ($1, $3, $4)
+                                 ON CONFLICT (ring_id) DO UPDATE SET epoch = r.epoch
+                                 RETURNING r.ring_size, r.epoch, (r.xmax = 0) AS created,
+                                           r.placement, r.placement_table),
+                          cl AS (INSERT INTO {s}.claims (ring_id, partition, token)
+                                 SELECT $1, g, 0 FROM up, generate_series(0, up.ring_size - 1) g
+                                 WHERE up.created
+                                 ON CONFLICT (ring_id, partition) DO NOTHING),
+                          gone AS (DELETE FROM {s}.members WHERE ring_id = $1 AND expires_at <= statement_timestamp()
                                    RETURNING node_id, incarnation),
                           req AS (DELETE FROM {s}.join_requests
                                   WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= statement_timestamp())
                                   RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata,
                                             refused IS NULL AND expires_at > statement_timestamp() AS live)
-                     SELECT 0, node_id, 0, incarnation, 0::float8, NULL::text FROM gone
+                     SELECT 8, placement, ring_size, epoch, 0::float8, NULL::text, placement_table FROM up
                      UNION ALL
-                     SELECT 1, m.node_id, 0, 0, 0, NULL FROM {s}.members m
+                     SELECT 0, node_id, 0, incarnation, 0::float8, NULL::text, NULL::bytea FROM gone
+                     UNION ALL
+                     SELECT 1, m.node_id, 0, 0, 0, NULL, NULL FROM {s}.members m
                       WHERE m.ring_id = $1 AND m.expires_at > statement_timestamp() AND m.node_id IN (SELECT node_id FROM req)
                      UNION ALL
-                     SELECT 2, node_id, position, 0, 0, NULL FROM {s}.vnodes WHERE ring_id = $1
+                     SELECT 2, node_id, position, 0, 0, NULL, NULL FROM {s}.vnodes WHERE ring_id = $1
                      UNION ALL
-                     SELECT 3, node_id, 0, 0, 0, NULL FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
+                     SELECT 3, node_id, 0, 0, 0, NULL, NULL FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
                      UNION ALL
-                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms, metadata FROM req WHERE live
+                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms, metadata, NULL FROM req WHERE live
                      UNION ALL
-                     SELECT 5, node_id, ring_size, incarnation, 0, placement FROM req WHERE live
+                     SELECT 5, node_id, ring_size, incarnation, 0, placement, NULL FROM req WHERE live
                      UNION ALL
-                     SELECT 6, node_id, 0, incarnation, 0, NULL FROM {s}.members WHERE incarnation = $2
+                     SELECT 6, node_id, 0, incarnation, 0, NULL, NULL FROM {s}.members WHERE incarnation = $2
                      UNION ALL
-                     SELECT 7, node_id, 0, 0, 0, metadata FROM {s}.members
+                     SELECT 7, node_id, 0, 0, 0, metadata, NULL FROM {s}.members
                       WHERE ring_id = $1 AND metadata IS NOT NULL AND expires_at > statement_timestamp()"
                 ),
-                &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
+                &[
+                    (&self.ring_id, Type::TEXT),
+                    (&me, Type::INT8),
+                    (&size, Type::INT4),
+                    (&self.placement.as_str(), Type::TEXT),
+                ],
             )
-            .map_err(|e| Error::db("read the ring and its join requests", e))?;
+            .map_err(|e| Error::db("lock and read the ring and its join requests", e))?;
         let mut read = AbsorbRead::default();
+        let mut ring = None;
         let mut sizes: Vec<(i64, u32, String)> = Vec::new();
         let mut gone: Vec<i64> = Vec::new();
         for r in &rows {
@@ -551,6 +574,13 @@ impl Store {
                 5 => sizes.push((r.get(3), r.get::<_, i32>(2) as u32, r.get(5))),
                 6 => read.already_member = true,
                 7 => read.metadata.push((r.get(1), r.get(5))),
+                8 => {
+                    ring = Some((
+                        r.get::<_, i32>(2) as u32,
+                        r.get::<_, i64>(3) as u64,
+                        StoredPlacement::from_row(r.get(1), r.get(6))?,
+                    ))
+                }
                 _ => {}
             }
         }
@@ -570,7 +600,8 @@ impl Store {
         read.vnodes.retain(|(_, n)| !read.removed.contains(n));
         read.metadata.retain(|(n, _)| !read.removed.contains(n));
         read.gone = gone;
-        Ok(read)
+        let ring = ring.ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
+        Ok((read, ring))
     }
 
     /// Inserts the accepted members and their vnodes, records their
@@ -662,6 +693,7 @@ impl Store {
             ),
             &params,
         )
+        .map(|rows| super::notified(rows.first().map_or(0, |r| r.get(0))))
         .map_err(|e| Error::db("insert the joining members", e))?;
         Ok(())
     }

@@ -151,8 +151,10 @@ impl Store {
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
         params.insert(0, (&self.ring_id, Type::TEXT));
-        tx.query_typed(&format!("WITH {tail}"), &params)
+        let rows = tx
+            .query_typed(&format!("WITH {tail}"), &params)
             .map_err(|e| Error::db("record the change", e))?;
+        super::notified(rows.first().map_or(0, |r| r.get(0)));
         Ok(())
     }
 

@@ -31,12 +31,23 @@ use crate::error::{Error, Result};
 use crate::placement::{fmix64, fnv1a64};
 
 pub(crate) use join::JoinAttempt;
-pub(crate) use statements::{hold, HeldConn, RenewItem};
+pub(crate) use statements::{hold, hold_setup, HeldConn, RenewItem};
 
 /// Version of the schema this build creates and understands (2: claims;
 /// 3: placement and member metadata). Older schemas are migrated in place;
 /// see [`migrate`](crate::migrate).
 pub const SCHEMA_VERSION: i32 = 3;
+
+/// NOTIFYs this process's statements sent (each counted when its
+/// statement returns): see [`crate::telemetry::notifications_sent`].
+pub(crate) static NOTIFIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` NOTIFYs sent.
+pub(crate) fn notified(n: i64) {
+    if n > 0 {
+        NOTIFIES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// How many change-log entries a ring keeps: members further behind re-read
 /// the whole ring instead.
@@ -144,8 +155,18 @@ impl Store {
     /// Opens a transaction with its timeouts in one round trip (`BEGIN` and
     /// the `SET LOCAL`s in one simple-query message).
     pub(super) fn begin<'a>(&self, client: &'a mut Client) -> Result<Tx<'a>> {
+        self.begin_with(client, "")
+    }
+
+    /// [`Store::begin`], with `before` (statements outside the transaction,
+    /// such as `LISTEN`) in the same round trip.
+    pub(super) fn begin_with<'a>(&self, client: &'a mut Client, before: &str) -> Result<Tx<'a>> {
+        let sep = if before.is_empty() { "" } else { "; " };
         client
-            .batch_execute(&format!("BEGIN; {}", self.timeouts_sql("LOCAL")))
+            .batch_execute(&format!(
+                "{before}{sep}BEGIN; {}",
+                self.timeouts_sql("LOCAL")
+            ))
             .map_err(|e| Error::db("begin transaction", e))?;
         Ok(Tx { client, open: true })
     }
@@ -201,9 +222,19 @@ pub(crate) struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    pub(crate) fn commit(mut self) -> std::result::Result<(), postgres::Error> {
+    pub(crate) fn commit(self) -> std::result::Result<(), postgres::Error> {
+        self.commit_with("")
+    }
+
+    /// Commits, with `after` (statements outside the transaction, such as
+    /// `UNLISTEN`) in the same round trip.
+    pub(crate) fn commit_with(mut self, after: &str) -> std::result::Result<(), postgres::Error> {
         self.open = false;
-        self.client.batch_execute("COMMIT")
+        if after.is_empty() {
+            self.client.batch_execute("COMMIT")
+        } else {
+            self.client.batch_execute(&format!("COMMIT; {after}"))
+        }
     }
 }
 

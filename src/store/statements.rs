@@ -71,6 +71,8 @@ pub(super) const TIMELINE: &str =
 pub(crate) struct HeldConn {
     pub(crate) client: crate::pool::Conn,
     prepared: std::collections::HashMap<(usize, String), Statement>,
+    /// Statements run once unnamed on this connection, not prepared yet.
+    used_once: std::collections::HashSet<(usize, String)>,
     /// The channels this connection LISTENs on.
     listening: std::collections::BTreeSet<String>,
     /// The statement timeout set for the session (ms), if any.
@@ -91,29 +93,57 @@ pub(crate) fn hold(
     statement_timeout: std::time::Duration,
     session_state: bool,
 ) -> Result<HeldConn> {
-    let ms = statement_timeout.as_millis().max(1) as u64;
     if session_state {
-        // Generic plans: these statements run thousands of times with the
-        // same shape; re-planning them was a tenth of the database's CPU
-        // with hundreds of members.
         client
-            .batch_execute(&format!(
-                "{}; SET SESSION plan_cache_mode = force_generic_plan; {}",
-                super::timeouts_sql("SESSION", ms),
-                Store::planner_sql("SESSION")
-            ))
+            .batch_execute(&hold_setup(statement_timeout, &[]))
             .map_err(|e| Error::db("prepare the connection (timeouts, plans)", e))?;
     }
-    Ok(HeldConn {
+    Ok(HeldConn::adopt(
         client,
-        prepared: Default::default(),
-        listening: Default::default(),
-        timeout_ms: session_state.then_some(ms),
+        statement_timeout,
         session_state,
-    })
+        Default::default(),
+    ))
+}
+
+/// The session setup of a held connection (with a session: not behind a
+/// pooler in transaction mode): timeouts of `statement_timeout`, generic
+/// plans — these statements run thousands of times with the same shape;
+/// re-planning them was a tenth of the database's CPU with hundreds of
+/// members — the planner settings of the repeated statements, and a
+/// LISTEN on each of `listen`.
+pub(crate) fn hold_setup(statement_timeout: std::time::Duration, listen: &[String]) -> String {
+    let ms = statement_timeout.as_millis().max(1) as u64;
+    let mut sql = format!(
+        "{}; SET SESSION plan_cache_mode = force_generic_plan; {}",
+        super::timeouts_sql("SESSION", ms),
+        Store::planner_sql("SESSION")
+    );
+    for c in listen {
+        sql.push_str(&format!("; LISTEN \"{c}\""));
+    }
+    sql
 }
 
 impl HeldConn {
+    /// A connection already set up with [`hold_setup`] (when
+    /// `session_state`) and LISTENing on `listening`.
+    pub(crate) fn adopt(
+        client: crate::pool::Conn,
+        statement_timeout: std::time::Duration,
+        session_state: bool,
+        listening: std::collections::BTreeSet<String>,
+    ) -> HeldConn {
+        HeldConn {
+            client,
+            prepared: Default::default(),
+            used_once: Default::default(),
+            listening,
+            timeout_ms: session_state.then_some(statement_timeout.as_millis().max(1) as u64),
+            session_state,
+        }
+    }
+
     /// LISTENs on exactly `channels` from now on (one round trip, only if
     /// anything changes). Does nothing behind a pooler in transaction mode.
     pub(crate) fn listen(&mut self, channels: &std::collections::BTreeSet<String>) -> Result<()> {
@@ -473,19 +503,29 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         what: &'static str,
     ) -> Result<Vec<Row>> {
-        if conn.session_state {
-            let st = self.stmt(conn, q)?;
-            return conn
-                .client
-                .query(&st, params)
-                .map_err(|e| Error::db(what, e));
-        }
         let (sql, _) = self.held_sql(q);
         let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
             .iter()
             .zip(Self::held_types(q))
             .map(|(p, t)| (*p, t.clone()))
             .collect();
+        if conn.session_state {
+            // Sent unnamed the first time on a connection (one round trip;
+            // a borrowed connection may run it only once before it goes
+            // back), prepared the second (its generic plan reused).
+            let key = (q as usize, self.s.clone());
+            if !conn.prepared.contains_key(&key) && conn.used_once.insert(key) {
+                return conn
+                    .client
+                    .query_typed(&sql, &typed)
+                    .map_err(|e| Error::db(what, e));
+            }
+            let st = self.stmt(conn, q)?;
+            return conn
+                .client
+                .query(&st, params)
+                .map_err(|e| Error::db(what, e));
+        }
         let mut tx = self.begin_planned(&mut conn.client)?;
         let rows = tx
             .query_typed(&sql, &typed)
@@ -660,6 +700,7 @@ impl Store {
         let row = rows
             .first()
             .ok_or_else(|| Error::new(ErrorKind::Database, "release claims: no row"))?;
+        super::notified(row.get::<_, i64>(1));
         Ok(row.get::<_, i64>(0) as u64)
     }
 

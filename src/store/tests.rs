@@ -636,9 +636,9 @@ fn a_join_whose_answer_was_lost_is_resumed_not_refused() {
     let (store, _held, mut admin, schema) = setup("a");
     let t0 = std::time::Instant::now();
     let mut attempt = JoinAttempt::new(t0);
-    let first = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    let first = store.join_with(&mut admin, &mut attempt, None).unwrap();
     // The answer is lost: the caller tries again, with the same attempt.
-    let again = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    let again = store.join_with(&mut admin, &mut attempt, None).unwrap();
     assert_eq!(again.incarnation, first.incarnation, "the same membership");
     assert_eq!(again.positions, first.positions);
     assert!(again.view.epoch() >= first.view.epoch());
@@ -655,7 +655,7 @@ fn a_join_whose_answer_was_lost_is_resumed_not_refused() {
     admin
         .batch_execute(&format!("DELETE FROM {schema}.members"))
         .unwrap();
-    let fresh = store.join_with(&mut admin, &mut attempt, false).unwrap();
+    let fresh = store.join_with(&mut admin, &mut attempt, None).unwrap();
     assert_ne!(fresh.incarnation, first.incarnation);
     assert!(attempt.sent_at() > t0);
 }

@@ -22,11 +22,22 @@
 //! leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> [fenced-table]
 //!        [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N]
 //!        [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards]
-//!        [--transaction-pooling]
+//!        [--transaction-pooling] [--extra-rings=N]
 //! ```
 //!
 //! `--transaction-pooling` is for a database reached through a pooler in
 //! transaction mode (`Builder::transaction_pooling`, notifications off).
+//!
+//! `--extra-rings=N` makes the process one that serves several rings, the
+//! way a service with one member per tenant does: it builds one
+//! `leasering::Client` from its pool and starts, from that client, its
+//! member of `<ring-id>` and members of N more rings, `<ring-id>-x1` to
+//! `<ring-id>-xN` (the same node id, TTL, schema and other settings), all
+//! sharing the client's one held connection and four threads — so that a
+//! `kill -9` or a `SIGSTOP` of the process hits every ring at once. Only
+//! the member of `<ring-id>` logs events, works and writes (the extra
+//! rings' members have no subscriber: their drains end at once). Without
+//! the flag the member makes a client of its own (`RingNode::builder`).
 //!
 //! `--drain-ms` turns drained handoffs on (`Builder::drain_timeout`).
 //! `--work=MIN-MAX` runs the drain workload (`leasering_testkit::worker`):
@@ -50,8 +61,9 @@
 //! ```
 //!
 //! `t0` is read *before* `owned_partitions()` was taken, `t1` after the
-//! answer. It prints `ready <node-id>` on standard output once joined, and
-//! exits (after leaving) when its standard input closes or says `stop`.
+//! answer. It prints `ready <node-id>` on standard output once joined (every
+//! ring's member, with `--extra-rings`), and exits (after leaving, every
+//! ring) when its standard input closes or says `stop`.
 //! Library logs go to standard error (`RUST_LOG`).
 //!
 //! A bin cannot use the library's dev-dependencies, and the library gains
@@ -85,7 +97,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 const USAGE: &str = "usage: leasering-member <database-url> <ring-id> <node-id> <ttl-ms> <schema> <events-file> \
      [fenced-table] [--ring-size=N] [--vnodes=N] [--writes=FILE] [--write-every-ms=N] [--write-sample=N] \
-     [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards] [--transaction-pooling]";
+     [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards] [--transaction-pooling] \
+     [--extra-rings=N]";
 
 /// Log records to standard error, filtered by `RUST_LOG` roughly as
 /// env_logger does: comma-separated `level` or `target=level` directives,
@@ -171,6 +184,8 @@ struct Options {
     work: Option<worker::WorkConfig>,
     /// Behind a pooler in transaction mode (notifications off).
     transaction_pooling: bool,
+    /// Members of this many more rings, on one client with the main one.
+    extra_rings: u32,
 }
 
 /// `MIN-MAX` in milliseconds.
@@ -216,6 +231,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         drain: None,
         work: None,
         transaction_pooling: false,
+        extra_rings: 0,
     };
     let mut work = worker::WorkConfig::default();
     let mut work_on = false;
@@ -248,6 +264,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "writes" => opts.writes = Some(value.to_string()),
             "write-every-ms" => opts.write_every = Duration::from_millis(parse_flag(name, value)?),
             "write-sample" => opts.write_sample = parse_flag(name, value)?,
+            "extra-rings" => opts.extra_rings = parse_flag(name, value)?,
             _ => return Err(format!("unknown flag {a}: {USAGE}").into()),
         }
     }
@@ -272,23 +289,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .append(true)
             .open(&args[5])?,
     )));
-    let mut builder = RingNode::builder(pool, args[1].clone())
-        .node_id(args[2].clone())
-        .lease_ttl(Duration::from_millis(ttl_ms))
-        .schema(args[4].clone())
-        .start_timeout(Duration::from_secs(20));
-    if let Some(n) = opts.ring_size {
-        builder = builder.ring_size(n);
-    }
-    if let Some(n) = opts.vnodes {
-        builder = builder.vnode_count(n);
-    }
-    if let Some(d) = opts.drain {
-        builder = builder.drain_timeout(d);
-    }
-    if opts.transaction_pooling {
-        builder = builder.transaction_pooling(true).notifications(false);
-    }
+    // One client for every ring with `--extra-rings` (the members share its
+    // held connection and threads); without, the builder's own client, as
+    // a one-member process makes it.
+    let client = (opts.extra_rings > 0).then(|| leasering::Client::new(pool.clone()));
+    let member_of = |ring: String| -> leasering::Builder {
+        let builder = match &client {
+            Some(c) => c.member(ring),
+            None => RingNode::builder(pool.clone(), ring),
+        };
+        configure(builder, &args, ttl_ms, &opts)
+    };
+    let mut builder = member_of(args[1].clone());
     // Subscribed before start: the log misses nothing, the join and the
     // first activation included. The logger drops each event (and its copy
     // of a drain guard) as soon as it is written; the worker has its own
@@ -311,6 +323,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             return Err(e.into());
         }
     };
+    // The extra rings join after the main one: `ready` says all did.
+    let mut extras: Vec<RingNode> = Vec::new();
+    for k in 1..=opts.extra_rings {
+        match member_of(format!("{}-x{k}", args[1])).start() {
+            Ok(x) => extras.push(x),
+            Err(e) => {
+                for m in extras.iter().chain([&node]) {
+                    let _ = m.stop();
+                }
+                drop(node);
+                let _ = logger.join();
+                return Err(format!("joining ring {}-x{k}: {e}", args[1]).into());
+            }
+        }
+    }
     let work = match (opts.work.clone(), work_events) {
         (Some(cfg), Some(rx)) => {
             let log = file.clone();
@@ -348,12 +375,43 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         w.stop();
     }
     drop(node);
+    // Then the extra rings, each leaving (the last one's stop ends the
+    // client's threads); the first failure is the exit's.
+    let result = extras.iter().map(RingNode::stop).fold(result, Result::and);
+    drop(extras);
     if let Some(w) = writer {
         let _ = w.join();
     }
     let _ = logger.join();
     result?;
     Ok(())
+}
+
+/// The settings of every member of the process, whatever its ring.
+fn configure(
+    mut builder: leasering::Builder,
+    args: &[String],
+    ttl_ms: u64,
+    opts: &Options,
+) -> leasering::Builder {
+    builder = builder
+        .node_id(args[2].clone())
+        .lease_ttl(Duration::from_millis(ttl_ms))
+        .schema(args[4].clone())
+        .start_timeout(Duration::from_secs(20));
+    if let Some(n) = opts.ring_size {
+        builder = builder.ring_size(n);
+    }
+    if let Some(n) = opts.vnodes {
+        builder = builder.vnode_count(n);
+    }
+    if let Some(d) = opts.drain {
+        builder = builder.drain_timeout(d);
+    }
+    if opts.transaction_pooling {
+        builder = builder.transaction_pooling(true).notifications(false);
+    }
+    builder
 }
 
 /// Writes rows for owned partitions into a fenced table, the way a user's

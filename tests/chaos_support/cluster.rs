@@ -1,7 +1,9 @@
 //! The cluster of a chaos run: a private PostgreSQL, member processes (the
 //! `leasering-member` bin, `tests/bin/member.rs`), each with its own TCP
 //! proxy, their logs followed live (to know when the ring has settled) and
-//! collected at the end for the checker.
+//! collected at the end for the checker. Some processes also serve members
+//! of extra rings (`<RING>-x1`, …) on the same client: only [`RING`] is
+//! judged, and those rings' rows are only counted at the end.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -106,6 +108,8 @@ pub struct Member {
     /// Unique per process: `<node-id>#<n>`.
     pub name: String,
     pub node_id: String,
+    /// Rings it is a member of besides [`RING`], on the same client.
+    pub extra_rings: u32,
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
@@ -225,6 +229,13 @@ impl Cluster {
 
     /// Starts a member process for `node_id` (not waiting for it to join).
     pub fn spawn(&mut self, node_id: &str) -> usize {
+        self.spawn_with(node_id, 0)
+    }
+
+    /// Starts a member process for `node_id` that is also a member of
+    /// `extra_rings` more rings (`<RING>-x1`, …), all on one client (not
+    /// waiting for it to join: its `ready` says every ring's member did).
+    pub fn spawn_with(&mut self, node_id: &str, extra_rings: u32) -> usize {
         let n = self.processes_of.entry(node_id.to_string()).or_insert(0);
         *n += 1;
         let name = format!("{node_id}#{n}");
@@ -259,6 +270,7 @@ impl Cluster {
         .arg(format!("--writes={}", writes_path.display()))
         .arg(format!("--write-every-ms={}", s.write_every_ms))
         .arg(format!("--write-sample={}", s.write_sample))
+        .args((extra_rings > 0).then(|| format!("--extra-rings={extra_rings}")))
         .args(s.work.iter().flat_map(|w| {
             let mut a = vec![
                 format!("--drain-ms={}", w.drain.as_millis()),
@@ -302,6 +314,7 @@ impl Cluster {
         self.members.push(Member {
             name,
             node_id: node_id.to_string(),
+            extra_rings,
             child,
             stdin,
             stdout: rx,
@@ -581,6 +594,22 @@ impl Cluster {
             )
             .map_err(|e| e.to_string())?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Rows of the extra rings (members and vnodes), as `(ring, node id)`.
+    pub fn extra_ring_rows(&self) -> Result<Vec<(String, String)>, String> {
+        let mut c = self.db.client().map_err(|e| e.to_string())?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT ring_id, node_id FROM {SCHEMA}.members WHERE ring_id LIKE $1
+                     UNION ALL
+                     SELECT ring_id, node_id FROM {SCHEMA}.vnodes WHERE ring_id LIKE $1"
+                ),
+                &[&format!("{RING}-x%")],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Accepted writes the sink's trigger found against its token order.

@@ -51,7 +51,8 @@ impl MemberProcess {
     }
 
     /// Like [`spawn`](Self::spawn), with further arguments after the six
-    /// positional ones (flags such as `--transaction-pooling`).
+    /// positional ones (flags such as `--transaction-pooling` or
+    /// `--extra-rings=N`).
     pub fn spawn_with(args: MemberArgs<'_>, extra: &[&str]) -> Result<MemberProcess, TestkitError> {
         let events = args.events.to_str().ok_or_else(|| {
             TestkitError::new(format!("the events path {:?} is not UTF-8", args.events))
