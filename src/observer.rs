@@ -265,18 +265,23 @@ impl RingObserver {
 
     /// The member the current view places partition `p` on, with its
     /// metadata; `None` on an empty ring or for `p >= ring_size`.
+    /// Lock-free, and contention-free across threads: see
+    /// [`owner_of_key`](RingObserver::owner_of_key).
     pub fn owner_of(&self, p: u32) -> Option<MemberInfo> {
-        self.handle.follower.view.load().owner_info(p).cloned()
+        self.handle.follower.lookup(|_| p)
     }
 
     /// The member the current view places `key` on:
     /// [`owner_of`](RingObserver::owner_of) of
     /// [`partition_for`](crate::partition_for)`(key, ring_size)`.
-    /// Lock-free.
+    ///
+    /// For a router's hot path: lock-free, and the threads that call it do
+    /// not contend — each keeps its own copy of the current view's members
+    /// (taken once per view), so the reference counts it touches are its
+    /// own: a version check, a table lookup and one uncontended reference
+    /// count increment.
     pub fn owner_of_key(&self, key: &[u8]) -> Option<MemberInfo> {
-        let view = self.handle.follower.view.load();
-        view.owner_info(partition_for(key, view.ring_size()))
-            .cloned()
+        self.handle.follower.lookup(|size| partition_for(key, size))
     }
 
     /// A receiver of every view the observer adopts from now on (each
@@ -306,10 +311,36 @@ impl std::fmt::Debug for RingObserver {
     }
 }
 
+thread_local! {
+    /// Per thread, per observer (by uid): the view version cached, the
+    /// view, and this thread's own copies of its members.
+    static OWNER_CACHE: std::cell::RefCell<Vec<CachedView>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A thread's copy of one observer's view.
+struct CachedView {
+    uid: u64,
+    version: u64,
+    view: RingView,
+    /// The view's members, with reference counts of this thread's own.
+    members: Vec<MemberInfo>,
+}
+
+/// How many observers a thread keeps its own copies of.
+const OWNER_CACHE_SIZE: usize = 8;
+
+/// Source of [`Follower::uid`].
+static NEXT_OBSERVER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// An observer as its client's threads see it: the view it publishes, the
 /// notices the connection thread hands it, and the reads the work thread
 /// makes for it.
 pub(crate) struct Follower {
+    /// Unique in this process (keys the per-thread caches).
+    uid: u64,
+    /// Bumped after every new view is stored.
+    version: std::sync::atomic::AtomicU64,
     cfg: Config,
     /// The ring's channel (known without the ring: schema and ring id).
     channel: String,
@@ -347,6 +378,8 @@ impl Follower {
     fn new(cfg: Config, poll: Duration) -> Follower {
         let channel = Store::ring_channel(&cfg.schema, &cfg.ring_id);
         Follower {
+            uid: NEXT_OBSERVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            version: std::sync::atomic::AtomicU64::new(1),
             cfg,
             channel,
             poll,
@@ -360,6 +393,56 @@ impl Follower {
                 retry_at: None,
                 backoff: Duration::from_millis(50),
             }),
+        }
+    }
+
+    /// Stores a new view (and makes the threads' caches take it).
+    fn publish(&self, view: RingView) {
+        self.view.store(Arc::new(view));
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The member of the current view that partition
+    /// `partition(ring_size)` belongs to, cloned from this thread's own
+    /// copy.
+    #[inline]
+    fn lookup(&self, partition: impl Fn(u32) -> u32) -> Option<MemberInfo> {
+        let version = self.version.load(std::sync::atomic::Ordering::Acquire);
+        let from_cache = OWNER_CACHE.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let i = match cache.iter().position(|e| e.uid == self.uid) {
+                Some(i) => i,
+                None => {
+                    if cache.len() >= OWNER_CACHE_SIZE {
+                        cache.remove(0);
+                    }
+                    cache.push(CachedView {
+                        uid: self.uid,
+                        version: 0,
+                        view: RingView::empty(0, 0),
+                        members: Vec::new(),
+                    });
+                    cache.len() - 1
+                }
+            };
+            let entry = &mut cache[i];
+            if entry.version != version {
+                let view = RingView::clone(&self.view.load());
+                entry.members = view.members().iter().map(MemberInfo::unshared).collect();
+                entry.view = view;
+                entry.version = version;
+            }
+            let idx = entry.view.owner_index(partition(entry.view.ring_size()))?;
+            entry.members.get(idx).cloned()
+        });
+        match from_cache {
+            Ok(found) => found,
+            // A thread being torn down: the shared view.
+            Err(_) => {
+                let view = self.view.load();
+                view.owner_info(partition(view.ring_size())).cloned()
+            }
         }
     }
 
@@ -448,7 +531,7 @@ impl Follower {
         if resynced || view.epoch() != current.epoch() || view.ring_size() != current.ring_size() {
             log::debug!(target: "leasering", "observer of {:?}: epoch {} -> {}",
                 self.cfg.ring_id, current.epoch(), view.epoch());
-            self.view.store(Arc::new(view.clone()));
+            self.publish(view.clone());
             self.subscribers
                 .lock()
                 .retain(|tx| tx.send(view.clone()).is_ok());
@@ -475,6 +558,8 @@ impl Follower {
             let before = self.view.load_full();
             self.read_full(st, c)?;
             *view = RingView::clone(&self.view.swap(before));
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             return Ok(());
         };
         let timeline = store.timeline(c)?;
@@ -528,7 +613,7 @@ impl Follower {
         let store = st.store.clone().expect("set above");
         st.timeline = Some(store.timeline(c)?);
         let view = store.read_ring(c)?;
-        self.view.store(Arc::new(view));
+        self.publish(view);
         Ok(())
     }
 }

@@ -23,9 +23,13 @@ pub struct Change {
     pub added_metadata: Option<String>,
 }
 
-/// A member as seen in a [`RingView`].
+/// A member as seen in a [`RingView`]. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberInfo {
+pub struct MemberInfo(Arc<MemberData>);
+
+/// What a [`MemberInfo`] holds; while a view is built, its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberData {
     node_id: Arc<str>,
     /// Shared between successive views while unchanged.
     positions: Arc<[u32]>,
@@ -36,24 +40,36 @@ pub struct MemberInfo {
 impl MemberInfo {
     /// The member's node id.
     pub fn node_id(&self) -> &str {
-        &self.node_id
+        &self.0.node_id
     }
     /// Its vnode positions, ascending.
     pub fn positions(&self) -> &[u32] {
-        &self.positions
+        &self.0.positions
     }
     /// How many partitions this view assigns to it.
     pub fn partition_count(&self) -> u32 {
-        self.partitions
+        self.0.partitions
     }
     /// Its weight: the number of its positions (its `vnode_count`).
     pub fn weight(&self) -> u32 {
-        self.positions.len() as u32
+        self.0.positions.len() as u32
     }
     /// The metadata it was started with
     /// ([`Builder::metadata`](crate::Builder::metadata)), e.g. its address.
     pub fn metadata(&self) -> Option<&str> {
-        self.metadata.as_deref()
+        self.0.metadata.as_deref()
+    }
+
+    /// A copy that shares no reference count with `self`: for a thread's
+    /// own cache, whose clones then contend with no other thread's.
+    pub(crate) fn unshared(&self) -> MemberInfo {
+        let d = &self.0;
+        MemberInfo(Arc::new(MemberData {
+            node_id: Arc::from(&*d.node_id),
+            positions: Arc::from(&*d.positions),
+            partitions: d.partitions,
+            metadata: d.metadata.as_deref().map(Arc::from),
+        }))
     }
 }
 
@@ -198,10 +214,10 @@ impl RingView {
                 v.1 = remap[v.1 as usize];
             }
         }
-        let members: Vec<MemberInfo> = names
+        let members: Vec<MemberData> = names
             .iter()
             .zip(positions)
-            .map(|(n, ps)| MemberInfo {
+            .map(|(n, ps)| MemberData {
                 node_id: Arc::from(*n),
                 positions: ps.into(),
                 partitions: 0,
@@ -217,7 +233,7 @@ impl RingView {
     fn finish(
         epoch: u64,
         ring_size: u32,
-        mut members: Vec<MemberInfo>,
+        mut members: Vec<MemberData>,
         vnodes: Vec<(u32, u32)>,
         table: Option<Arc<Table>>,
     ) -> RingView {
@@ -263,7 +279,10 @@ impl RingView {
                 ring_size,
                 table,
                 vnodes,
-                members,
+                members: members
+                    .into_iter()
+                    .map(|d| MemberInfo(Arc::new(d)))
+                    .collect(),
                 owner,
             }),
         }
@@ -274,7 +293,7 @@ impl RingView {
     /// indices (no string sorting): O(members + vnodes + ring_size).
     pub fn apply(&self, change: &Change) -> RingView {
         let inner = &*self.inner;
-        let find = |name: &str| inner.members.binary_search_by(|m| (*m.node_id).cmp(name));
+        let find = |name: &str| inner.members.binary_search_by(|m| m.node_id().cmp(name));
         let mut dropped = vec![false; inner.members.len()];
         for r in &change.removed {
             if let Ok(i) = find(r) {
@@ -304,12 +323,12 @@ impl RingView {
         // added member inserted in name order. Unchanged members share their
         // positions with the old view.
         let mut remap = vec![NO_OWNER; inner.members.len()];
-        let mut members: Vec<MemberInfo> = Vec::with_capacity(inner.members.len() + 1);
+        let mut members: Vec<MemberData> = Vec::with_capacity(inner.members.len() + 1);
         let mut added_idx = NO_OWNER;
         let added_metadata: Option<Arc<str>> = change.added_metadata.as_deref().map(Arc::from);
-        let mut push_added = |members: &mut Vec<MemberInfo>, name: &str| {
+        let mut push_added = |members: &mut Vec<MemberData>, name: &str| {
             added_idx = members.len() as u32;
-            members.push(MemberInfo {
+            members.push(MemberData {
                 node_id: Arc::from(name),
                 positions: added_positions.as_slice().into(),
                 partitions: 0,
@@ -326,11 +345,11 @@ impl RingView {
                 continue;
             }
             remap[i] = members.len() as u32;
-            members.push(MemberInfo {
-                node_id: m.node_id.clone(),
-                positions: m.positions.clone(),
+            members.push(MemberData {
+                node_id: m.0.node_id.clone(),
+                positions: m.0.positions.clone(),
                 partitions: 0,
-                metadata: m.metadata.clone(),
+                metadata: m.0.metadata.clone(),
             });
         }
         if let Some((name, at)) = added {
@@ -402,7 +421,7 @@ impl RingView {
         let mut members: std::collections::BTreeMap<&str, Entry<'_>> = self
             .members()
             .iter()
-            .map(|m| (m.node_id(), (m.positions().to_vec(), m.metadata.clone())))
+            .map(|m| (m.node_id(), (m.positions().to_vec(), m.0.metadata.clone())))
             .collect();
         for change in changes {
             for r in &change.removed {
@@ -445,7 +464,7 @@ impl RingView {
                 if Some(n) == added_name {
                     added_md.clone()
                 } else {
-                    self.member(n).and_then(|m| m.metadata.clone())
+                    self.member(n).and_then(|m| m.0.metadata.clone())
                 }
             },
         )
@@ -455,7 +474,7 @@ impl RingView {
         self.inner
             .vnodes
             .iter()
-            .map(|(p, i)| (*p, &*self.inner.members[*i as usize].node_id))
+            .map(|(p, i)| (*p, self.inner.members[*i as usize].node_id()))
     }
 
     /// The epoch of this view.
@@ -478,7 +497,7 @@ impl RingView {
         if idx == NO_OWNER {
             return None;
         }
-        Some(&self.inner.members[idx as usize].node_id)
+        Some(self.inner.members[idx as usize].node_id())
     }
 
     /// Like [`owner_of`](RingView::owner_of), with the owner's
@@ -486,6 +505,13 @@ impl RingView {
     pub fn owner_info(&self, p: u32) -> Option<&MemberInfo> {
         let idx = *self.inner.owner.get(p as usize)?;
         self.inner.members.get(idx as usize)
+    }
+
+    /// The index into [`RingView::members`] of the member partition `p`
+    /// belongs to.
+    pub(crate) fn owner_index(&self, p: u32) -> Option<usize> {
+        let idx = *self.inner.owner.get(p as usize)?;
+        (idx != NO_OWNER).then_some(idx as usize)
     }
 
     /// The members, ascending by node id.
@@ -502,7 +528,7 @@ impl RingView {
     fn member_index(&self, node_id: &str) -> Option<u32> {
         self.inner
             .members
-            .binary_search_by(|m| (*m.node_id).cmp(node_id))
+            .binary_search_by(|m| m.node_id().cmp(node_id))
             .ok()
             .map(|i| i as u32)
     }
@@ -521,7 +547,7 @@ impl RingView {
         let inner = &*self.inner;
         let m = &inner.members[idx as usize];
         if inner.table.is_some() {
-            let mut out = Vec::with_capacity(m.partitions as usize);
+            let mut out = Vec::with_capacity(m.partition_count() as usize);
             out.extend((0..inner.ring_size).filter(|p| inner.owner[*p as usize] == idx));
             return out;
         }
@@ -530,9 +556,9 @@ impl RingView {
         if v.len() == 1 {
             return (0..n).collect();
         }
-        let mut out = Vec::with_capacity(m.partitions as usize);
+        let mut out = Vec::with_capacity(m.partition_count() as usize);
         let mut tail = None;
-        for &p in m.positions.iter() {
+        for &p in m.positions().iter() {
             let k = v.partition_point(|(q, _)| *q < p);
             let pred = if k == 0 { v[v.len() - 1].0 } else { v[k - 1].0 };
             if pred < p {
@@ -568,7 +594,7 @@ impl RingView {
                                 start: start as u32,
                                 end: p as u32 - 1,
                             },
-                            &*self.inner.members[o[start] as usize].node_id,
+                            self.inner.members[o[start] as usize].node_id(),
                         ));
                     }
                     start = p;
@@ -589,7 +615,7 @@ impl RingView {
                 };
                 (
                     RingArc { start, end: p },
-                    &*self.inner.members[idx as usize].node_id,
+                    self.inner.members[idx as usize].node_id(),
                 )
             })
             .collect()
@@ -598,12 +624,12 @@ impl RingView {
     /// The member that follows `node_id`'s lowest position clockwise, other
     /// than `node_id` itself: the one expected to clean it up if it crashes.
     pub fn successor_of(&self, node_id: &str) -> Option<&str> {
-        let first = *self.member(node_id)?.positions.first()?;
+        let first = *self.member(node_id)?.positions().first()?;
         let v = &self.inner.vnodes;
         let start = v.partition_point(|(p, _)| *p <= first);
         (0..v.len())
             .map(|k| v[(start + k) % v.len()].1)
-            .map(|idx| &*self.inner.members[idx as usize].node_id)
+            .map(|idx| self.inner.members[idx as usize].node_id())
             .find(|n| *n != node_id)
     }
 }

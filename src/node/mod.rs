@@ -41,7 +41,6 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::event::Event;
 use crate::owned::OwnedPartitions;
-use crate::placement::partition_for;
 use crate::protocol::{Session, SessionConfig, Status};
 use crate::ring::RingView;
 use crate::store::Store;
@@ -246,7 +245,7 @@ impl RingNode {
     /// The partition of `key` in this ring: `leasering::partition_for(key, ring_size)`.
     #[inline]
     pub fn partition_for(&self, key: &[u8]) -> u32 {
-        partition_for(key, self.inner.cfg.ring_size)
+        crate::placement::partition_for(key, self.inner.cfg.ring_size)
     }
 
     /// This member's current view of the ring.
