@@ -1,12 +1,16 @@
-//! A soak run: 16 members of one ring in this process, with churn (leaves
-//! and joins, crashes, pauses past the TTL) and a fenced sink (every
-//! member writes the partitions it owns, with their tokens, every 100 ms,
-//! the way a user's service guards its writes), while resident memory,
-//! thread count, open connections (`pg_stat_activity`) and rows per table
-//! are sampled every few seconds. It ends with one line:
+//! A soak run: 16 members of one ring in this process, on 4 shared
+//! [`Client`]s (4 members each, the way a process with several rings or
+//! tenants runs them), with churn (leaves and joins, crashes, pauses past
+//! the TTL) and a fenced sink (every member writes the partitions it owns,
+//! with their tokens, every 100 ms, the way a user's service guards its
+//! writes), while live heap bytes (a counting global allocator: what the
+//! program holds, unlike resident memory, which also keeps what the
+//! allocator has not returned to the system), resident memory, thread
+//! count, open connections (`pg_stat_activity`) and rows per table are
+//! sampled every few seconds. It ends with one line:
 //!
 //! ```text
-//! soak: secs=<n> handoffs=<n> overlaps=<n> rss_growth_kb=<n> threads_growth=<n> connections_growth=<n> rows_growth=<n>
+//! soak: secs=<n> handoffs=<n> overlaps=<n> heap_growth_kb=<n> rss_growth_kb=<n> threads_growth=<n> connections_growth=<n> rows_growth=<n>
 //! ```
 //!
 //! `handoffs`: partitions activated after the warm-up; `overlaps`: what
@@ -21,7 +25,7 @@
 //!   ring settled): one after the warm-up, one at the end. Not on the
 //!   slopes: over 45 s, one allocator arena or one pool's idle connection
 //!   more, extrapolated to an hour, is noise that looks like a leak.
-//! * `LEASERING_SOAK_SECS=1800 cargo test --release --test soak -- --ignored --nocapture`
+//! * `LEASERING_SOAK_SECS=7200 cargo test --release --test soak -- --ignored --nocapture`
 //!   runs the long one (`soak`), which prints a sample line every 30 s.
 
 mod common;
@@ -31,10 +35,50 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leasering::{Event, RingNode};
+use leasering::{Client, Event, RingNode};
 use leasering_testkit::rng::Rng;
 
+/// The system allocator, counting the bytes it has handed out and not yet
+/// been given back: a leak grows this, allocator caching does not.
+struct Counting;
+
+static LIVE_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+// SAFETY: every call goes to `System` unchanged; the counter is a side effect.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc(l);
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(l.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        std::alloc::System.dealloc(p, l)
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc_zeroed(l);
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(l.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let q = std::alloc::System.realloc(p, l, new);
+        if !q.is_null() {
+            LIVE_BYTES.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
 const MEMBERS: usize = 16;
+/// Processes: the members share out over this many clients.
+const CLIENTS: usize = 4;
 const RING_SIZE: u32 = 512;
 const TTL: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(60);
@@ -43,6 +87,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at_s: f64,
+    heap_kb: f64,
     rss_kb: f64,
     threads: f64,
     connections: f64,
@@ -82,6 +127,8 @@ struct Soak {
     schema: String,
     ring: String,
     nodes: Arc<Mutex<Vec<RingNode>>>,
+    /// Each with a pool of its own; member k uses client k mod [`CLIENTS`].
+    clients: Vec<Client>,
     handoffs: Arc<AtomicU64>,
     counting: Arc<AtomicBool>,
     recorder: Option<Recorder>,
@@ -114,10 +161,14 @@ impl Soak {
                 "CREATE TABLE {schema}.sink (partition int PRIMARY KEY, token bigint NOT NULL, node_id text NOT NULL, writes bigint NOT NULL DEFAULT 1)"
             ))
             .unwrap();
+        let clients = (0..CLIENTS)
+            .map(|c| Client::new(named_pool(db(), &format!("soak-client-{c}"), 4)))
+            .collect();
         Soak {
             ring: ring_name("soakring"),
             schema,
             nodes: Arc::new(Mutex::new(Vec::new())),
+            clients,
             handoffs: Arc::new(AtomicU64::new(0)),
             counting: Arc::new(AtomicBool::new(false)),
             recorder: keep_events.then(Recorder::default),
@@ -135,8 +186,12 @@ impl Soak {
     /// fenced writer.
     fn start_member(&mut self) {
         let name = format!("k{:05}", self.next_id);
+        let client = &self.clients[self.next_id % CLIENTS];
         self.next_id += 1;
-        let mut b = builder(named_pool(db(), &name, 4), &self.ring, &name)
+        let mut b = client
+            .member(&self.ring)
+            .node_id(&name)
+            .start_timeout(Duration::from_secs(20))
             .schema(self.schema.clone())
             .create_schema(false)
             .ring_size(RING_SIZE)
@@ -258,6 +313,7 @@ impl Soak {
         self.last_rows = rows;
         Sample {
             at_s: self.started.elapsed().as_secs_f64(),
+            heap_kb: LIVE_BYTES.load(Ordering::Relaxed) as f64 / 1024.0,
             rss_kb: proc_status("VmRSS:"),
             threads: proc_status("Threads:"),
             connections: connections as f64,
@@ -319,8 +375,9 @@ fn run_soak(secs: u64, keep_events: bool, print_every: Duration) -> Outcome {
         if now >= next_print {
             let s = samples.last().copied().unwrap_or_else(|| soak.sample());
             println!(
-                "soak sample: t={:.0}s rss_kb={} threads={} connections={} rows={} handoffs={} stale_writes={} overlaps={}",
+                "soak sample: t={:.0}s heap_kb={:.0} rss_kb={} threads={} connections={} rows={} handoffs={} stale_writes={} overlaps={}",
                 s.at_s,
+                s.heap_kb,
                 s.rss_kb,
                 s.threads,
                 s.connections,
@@ -364,10 +421,11 @@ fn run_soak(secs: u64, keep_events: bool, print_every: Duration) -> Outcome {
         (slope(&pts) * 3600.0).round() as i64
     };
     let line = format!(
-        "soak: secs={} handoffs={} overlaps={} rss_growth_kb={} threads_growth={} connections_growth={} rows_growth={}",
+        "soak: secs={} handoffs={} overlaps={} heap_growth_kb={} rss_growth_kb={} threads_growth={} connections_growth={} rows_growth={}",
         soak.started.elapsed().as_secs(),
         soak.handoffs.load(Ordering::Relaxed),
         overlaps,
+        per_hour(|s| s.heap_kb),
         per_hour(|s| s.rss_kb),
         per_hour(|s| s.threads),
         per_hour(|s| s.connections),
@@ -407,15 +465,15 @@ fn end_rows_of(rows: &[(String, i64)], table: &str) -> i64 {
 /// * `members`, `vnodes`, `join_requests`, `claims` and `rings` rows equal
 ///   at both (16 members, their vnodes, no request left); `changes` at most
 ///   the 1000 the ring keeps;
-/// * threads at the end at most 8 above the baseline (each of the 16
-///   members has 4 threads, its counter, its writer and its pool's 3: a
-///   member leaked is ≥ 9);
-/// * connections at the end at most 16 above the baseline (a pool keeps a
-///   borrowed connection idle; a member leaked keeps 2–3, each churn step
-///   would add its own);
-/// * resident memory at most 64 MiB above the baseline (the events of the
-///   whole run are kept for the oracle; a leak of everything a member
-///   allocates per churn step would be far more).
+/// * threads at the end at most 8 above the baseline (the 4 clients keep
+///   4 threads each whatever their members do; a member adds its counter
+///   and its writer, which end with it: a member leaked per churn step
+///   adds 2 threads a step, dozens over the run);
+/// * connections at the end at most 16 above the baseline (4 clients ×
+///   a pool of 4; a leaked member's writer keeps its own connection);
+/// * resident memory and live heap at most 64 MiB above the baseline (the
+///   events of the whole run are kept for the oracle; a leak of everything
+///   a member allocates per churn step would be far more).
 #[test]
 fn soak_for_a_minute() {
     let secs = std::env::var("LEASERING_SOAK_SHORT_SECS")
@@ -454,6 +512,13 @@ fn soak_for_a_minute() {
         o.line
     );
     assert!(
+        o.end.heap_kb <= o.baseline.heap_kb + 64.0 * 1024.0,
+        "live heap grew from {:.0} to {:.0} KiB ({})",
+        o.baseline.heap_kb,
+        o.end.heap_kb,
+        o.line
+    );
+    assert!(
         o.end.rss_kb <= o.baseline.rss_kb + 64.0 * 1024.0,
         "resident memory grew from {} to {} KiB ({})",
         o.baseline.rss_kb,
@@ -466,7 +531,7 @@ fn soak_for_a_minute() {
 /// kept (so that the run's own bookkeeping does not grow), a sample line
 /// every 30 s, the `soak:` line at the end.
 #[test]
-#[ignore = "long: LEASERING_SOAK_SECS=1800 cargo test --release --test soak -- --ignored --nocapture"]
+#[ignore = "long: LEASERING_SOAK_SECS=7200 cargo test --release --test soak -- --ignored --nocapture"]
 fn soak() {
     let secs = std::env::var("LEASERING_SOAK_SECS")
         .ok()
