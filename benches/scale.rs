@@ -31,6 +31,17 @@
 //! client) and the statements per second at rest (one renewal per client
 //! per heartbeat: 16 / 10 s), in one line `scale multi …`.
 //!
+//! **Through PgBouncer** (`LEASERING_BENCH_SCALE_BOUNCER`, default 2048
+//! members; `0` skips it): a second PostgreSQL with the default
+//! `max_connections = 100`, PgBouncer in transaction mode in front of it
+//! (80 server connections), and n members, each with a client of its own,
+//! in `transaction_pooling` mode with notifications off (TTL 9 s:
+//! a heartbeat every 3 s, which is what a change waits for without
+//! notifications), then a rolling restart of 16. One line:
+//! `deploy pgbouncer-fleet members=<n> max_connections=100 settle_s=…
+//! start_failures=… overlaps=… restart_p50_ms=… restart_max_ms=…
+//! gap_p50_ms=… gap_max_ms=… heartbeat_ms=3000`.
+//!
 //! `LEASERING_BENCH_QUICK=1` runs 64 and 256 members with shorter windows;
 //! `LEASERING_BENCH_SCALE_SIZES=64,256,512` picks the sizes.
 
@@ -42,12 +53,24 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use leasering::{Event, RingNode};
-use leasering_testkit::TestPostgres;
+use leasering_testkit::{PgBouncer, PoolMode, TestPostgres};
 use support::*;
 
 const RING_SIZE: u32 = 16384;
 const POOL_SIZE: u32 = 2;
 const CHILD_ENV: &str = "LEASERING_BENCH_SCALE_CHILD";
+/// The port of the PgBouncer a `bouncer:<n>` child goes through.
+const BOUNCER_PORT_ENV: &str = "LEASERING_BENCH_SCALE_BOUNCER_PORT";
+/// Without notifications a change waits for a heartbeat: a TTL of 9 s
+/// makes it 3 s.
+const BOUNCER_TTL: Duration = Duration::from_secs(9);
+
+fn bouncer_members() -> Option<usize> {
+    match std::env::var("LEASERING_BENCH_SCALE_BOUNCER") {
+        Ok(v) => v.trim().parse().ok().filter(|n| *n > 0),
+        Err(_) => Some(if quick() { 256 } else { 2048 }),
+    }
+}
 
 fn sizes() -> Vec<usize> {
     if let Ok(s) = std::env::var("LEASERING_BENCH_SCALE_SIZES") {
@@ -64,8 +87,14 @@ fn main() {
     if let Ok(n) = std::env::var(CHILD_ENV) {
         if n == "multi" {
             multi();
+        } else if let Some(n) = n.strip_prefix("bouncer:") {
+            let port = std::env::var(BOUNCER_PORT_ENV)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .expect("the parent passes PgBouncer's port");
+            child(n.parse().expect("member count"), Some(port));
         } else {
-            child(n.parse().expect("member count"));
+            child(n.parse().expect("member count"), None);
         }
         return;
     }
@@ -89,33 +118,21 @@ fn main() {
         .chain(multi.then(|| "multi".to_string()))
         .collect();
     for n in runs {
-        let t = Instant::now();
-        let mut kid = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD_ENV, &n)
-            .env("LEASERING_TEST_DATABASE_URL", db.url())
-            .env(
-                "LEASERING_BENCH_DB_PID",
-                db.pid().map_or(String::new(), |p| p.to_string()),
-            )
-            .env("LEASERING_BENCH_PSS", if pss { "1" } else { "" })
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the scale child");
-        for line in BufReader::new(kid.stdout.take().unwrap()).lines() {
-            let line = line.unwrap_or_default();
-            println!("{line}");
-            if line.starts_with("scale ") || line.starts_with("scale_extra ") {
-                summary.push(line);
-            }
-        }
-        let status = kid.wait().expect("wait for the scale child");
-        println!(
-            "# {n} members: {:.1} s (child {status})",
-            t.elapsed().as_secs_f64()
+        run_child(&n, &db, pss, None, &mut summary);
+    }
+    if let Some(n) = bouncer_members() {
+        // A server as a DBA leaves it: 100 connections, the bouncer's 80
+        // and room for the bench's own statistics queries.
+        let (small, small_pss) = start_pg(100, &[]);
+        let bouncer = PgBouncer::start(&small, PoolMode::Transaction, 80)
+            .unwrap_or_else(|e| panic!("pgbouncer: {e}"));
+        run_child(
+            &format!("bouncer:{n}"),
+            &small,
+            small_pss,
+            Some(bouncer.port()),
+            &mut summary,
         );
-        if !status.success() {
-            summary.push(format!("scale members={n} FAILED ({status})"));
-        }
     }
     println!();
     println!(
@@ -125,6 +142,37 @@ fn main() {
     );
     for l in summary {
         println!("{l}");
+    }
+}
+
+/// Runs one size (`n`, `multi` or `bouncer:<n>`) in a child process of its
+/// own, echoing its output and keeping its summary lines.
+fn run_child(n: &str, db: &TestPostgres, pss: bool, bouncer: Option<u16>, summary: &mut Vec<String>) {
+    let t = Instant::now();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD_ENV, n)
+        .env("LEASERING_TEST_DATABASE_URL", db.url())
+        .env(
+            "LEASERING_BENCH_DB_PID",
+            db.pid().map_or(String::new(), |p| p.to_string()),
+        )
+        .env("LEASERING_BENCH_PSS", if pss { "1" } else { "" })
+        .stdout(Stdio::piped());
+    if let Some(port) = bouncer {
+        cmd.env(BOUNCER_PORT_ENV, port.to_string());
+    }
+    let mut kid = cmd.spawn().expect("spawn the scale child");
+    for line in BufReader::new(kid.stdout.take().unwrap()).lines() {
+        let line = line.unwrap_or_default();
+        println!("{line}");
+        if line.starts_with("scale ") || line.starts_with("scale_extra ") || line.starts_with("deploy ") {
+            summary.push(line);
+        }
+    }
+    let status = kid.wait().expect("wait for the scale child");
+    println!("# {n}: {:.1} s (child {status})", t.elapsed().as_secs_f64());
+    if !status.success() {
+        summary.push(format!("scale members={n} FAILED ({status})"));
     }
 }
 
@@ -164,7 +212,9 @@ fn settled(members: &[Member]) -> bool {
     active == RING_SIZE as u64
 }
 
-fn child(n: usize) {
+/// One fleet of `n` members, each with a client of its own: straight to
+/// the server, or through PgBouncer (transaction mode) on `bouncer`.
+fn child(n: usize, bouncer: Option<u16>) {
     // RUST_LOG=leasering=warn shows evictions, refused renewals, retries.
     let _ = env_logger::builder().format_timestamp_millis().try_init();
     let q = quick();
@@ -178,25 +228,43 @@ fn child(n: usize) {
     let pss = std::env::var("LEASERING_BENCH_PSS").is_ok_and(|v| v == "1");
     let ring = format!("scale-{n}-{}", std::process::id());
     let rest_window = Duration::from_secs(if q { 10 } else { 20 });
-    let restarts = n.min(if q { 16 } else { 64 });
+    let restarts = n.min(if q || bouncer.is_some() { 16 } else { 64 });
     let settle_timeout = Duration::from_secs(300);
     let db_cpu = || db_pid.map_or(0.0, tree_cpu_s);
 
     println!();
-    println!("## {n} members, each with a client of its own, ring {RING_SIZE}, TTL 30 s, pools of {POOL_SIZE}");
+    match bouncer {
+        None => println!("## {n} members, each with a client of its own, ring {RING_SIZE}, TTL 30 s, pools of {POOL_SIZE}"),
+        Some(port) => println!(
+            "## {n} members through PgBouncer (transaction mode, port {port}, 80 server connections, max_connections 100), each with a client of its own, notifications off, ring {RING_SIZE}, TTL {BOUNCER_TTL:?}, pools of {POOL_SIZE}"
+        ),
+    }
     let rss0 = rss_kb();
     let mut hub = EventHub::default();
     let pools: Vec<Pool> = (0..n + restarts)
-        .map(|k| pool(&db, &format!("n{:03}", k % n), POOL_SIZE))
+        .map(|k| {
+            let app = format!("n{:03}", k % n);
+            match bouncer {
+                None => pool(&db, &app, POOL_SIZE),
+                Some(port) => bouncer_pool(&db, port, &app),
+            }
+        })
         .collect();
     let next_pool = std::cell::Cell::new(0usize);
     let builder = |name: &str| {
         let p = pools[next_pool.get()].clone();
         next_pool.set(next_pool.get() + 1);
-        RingNode::builder(p, ring.clone())
+        let b = RingNode::builder(p, ring.clone())
             .node_id(name)
             .ring_size(RING_SIZE)
-            .start_timeout(Duration::from_secs(240))
+            .start_timeout(Duration::from_secs(240));
+        match bouncer {
+            None => b,
+            Some(_) => b
+                .lease_ttl(BOUNCER_TTL)
+                .transaction_pooling(true)
+                .notifications(false),
+        }
     };
 
     // ---- everyone starts at once ------------------------------------------
@@ -503,6 +571,20 @@ fn child(n: usize) {
     for (calls, total, mean, q) in &restart_costly {
         println!("  {calls:>7} calls {total:>9.1} ms total {mean:>7.3} ms mean: {q}");
     }
+    if bouncer.is_some() {
+        println!(
+            "deploy pgbouncer-fleet members={n} max_connections=100 settle_s={settle_s:.2} start_failures={} overlaps={overlaps} restart_p50_ms={:.1} restart_max_ms={:.1} gap_p50_ms={:.1} gap_max_ms={:.1} restart_failures={restart_failures} heartbeat_ms={}",
+            start_errors.len(),
+            rs.p50,
+            rs.max,
+            gs.p50,
+            gs.max,
+            (BOUNCER_TTL / 3).as_millis()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(0);
+    }
     println!(
         "scale fleet members={n} settle_s={settle_s:.2} backends_at_rest={held_at_rest} backends_peak={backends_peak} start_failures={} notifies={notifies} db_cpu_s={:.1} rss_per_member_kb={rss_per_member:.0}",
         start_errors.len(),
@@ -526,6 +608,28 @@ fn child(n: usize) {
     // others): the process exits, the connections close, the ring is
     // abandoned (its name is unique to this run).
     std::process::exit(0);
+}
+
+/// A pool of at most [`POOL_SIZE`] connections through the PgBouncer on
+/// `port`, opened lazily, as the user and database of `db`.
+fn bouncer_pool(db: &TestPostgres, port: u16, app: &str) -> Pool {
+    let base = db.config();
+    let mut config = r2d2_postgres::postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(base.get_user().unwrap_or("postgres"))
+        .dbname(base.get_dbname().unwrap_or("postgres"))
+        .application_name(app)
+        .connect_timeout(Duration::from_secs(30));
+    r2d2::Pool::builder()
+        .max_size(POOL_SIZE)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(30))
+        .build_unchecked(r2d2_postgres::PostgresConnectionManager::new(
+            config,
+            r2d2_postgres::postgres::NoTls,
+        ))
 }
 
 /// Samples `pg_stat_activity` while the members start: which statements

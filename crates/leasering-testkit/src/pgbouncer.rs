@@ -78,7 +78,7 @@ impl PgBouncer {
              auth_type = trust\n\
              auth_file = {dir}/userlist.txt\n\
              pool_mode = {mode}\n\
-             max_client_conn = 2000\n\
+             max_client_conn = 10000\n\
              default_pool_size = {server_pool}\n\
              reserve_pool_size = 0\n\
              server_login_retry = 1\n\
