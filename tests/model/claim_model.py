@@ -29,13 +29,26 @@ Invariants checked every 5 ms of simulated time:
   3. tokens strictly increase per partition.
   4. liveness: after a quiet last stretch (no faults, database up, no pauses) every partition
      is in use by exactly one member.
-  5. liveness without timers (issue 17): in that quiet stretch, bursts of 2 or 4 graceful leaves
+  5. liveness without timers (issue 17, widened by issue 19): in that quiet stretch, bursts of 2 or 4 graceful leaves
      and as many joins at one instant, every 0.3-1.5 s (views disagree for a moment, so two
      members may wait for one claim); a claim that is free while the member the database's ring
      gives it to has it pending is taken within TAKE_BOUND: one delivery and one request
-     (2 x 20 ms), plus one check interval -- no backoff in between. The grace of a new timeline
-     is a timer the protocol states, and is not measured.
+     (2 x 20 ms), plus one check interval -- no backoff in between. And from the moment such a
+     claim is free, whether or not the member's view has the partition yet, within VIEW_BOUND
+     (one more delivery: the change's own notification) -- no heartbeat in between. The grace
+     of a new timeline is a timer the protocol states, and is not measured.
 
+Eligibility (issue 19). A member may join not ready (it takes nothing until it says it is), and
+become ready, or not, later; an operator may cordon a member by name, and uncordon it -- stored
+in the database, so a member restarted under a cordoned name joins cordoned. A member is
+*eligible* when it is ready and not cordoned, and the ring places partitions on eligible members
+only. An eligibility change is a membership change: it bumps the epoch in the transaction that
+writes it and notifies the ring, so the member that loses partitions drains and releases them
+(a live member giving up a share, as on a join) and the ones that gain them take them as after
+any other change. Chaos toggles readiness and cordons at random; the quiet bursts join some
+members not ready (ready 50-300 ms later) and cordon and uncordon now and then, all inside the
+liveness check (an ineligible member owns nothing in the database's ring, so nobody waits for
+it).
 Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
 in the quiet last stretch) the primary dies, requests and replies in flight are lost, and after
 an outage of 0.1-2 s a standby is promoted on a new timeline (the DB's timeline starts at 1 and
@@ -88,6 +101,9 @@ earlier burst started, so that the blocked ones stay); and for failover:
   single_waiter (issue 17: a claim has one waiter, the latest take to mark it): a member whose mark
     a stale view's take overwrote is not told of the release and waits for the safety net's
     backoff -- invariant 5.
+  silent_eligibility (issue 19: an eligibility change bumps the epoch but notifies nobody, as a
+    column update outside the membership path would): the members that gain partitions learn it
+    from their next heartbeat -- invariant 5.
 Modes (must stay clean): cold_failover -- that extra early failover with rule B as built;
   ring_release -- every release that freed a waited-for claim notifies every member (the
     simpler rule, at the cost of a delivery to every member per release);
@@ -126,12 +142,16 @@ NOTE_LOSS = 0.05         # a notification lost (outside quiet periods): only the
 # CHECK_EVERY, hence the slack of one check.
 CHECK_EVERY = 0.005
 TAKE_BOUND = 2 * QUIET_DELAY[1] + CHECK_EVERY + 1e-6
+# The same, counted whether or not the member's view has the partition yet (issue 19): the
+# change that gave it to the member notifies it too, so its view lags by at most one delivery.
+VIEW_BOUND = TAKE_BOUND + QUIET_DELAY[1]
 
 
 class DB:
     def __init__(s):
         s.epoch = 0
-        s.members = {}   # name -> dict(inc, expires, vnodes)
+        s.members = {}   # name -> dict(inc, expires, vnodes, ready)
+        s.cordoned = set()  # node ids an operator cordoned: kept across the member's restarts
         s.claims = {}    # p -> dict(owner=(name, inc) or None, token, waiter)
         # waiter: None, a member's name (the one member waiting: its release tells it alone), or
         # ALL (two or more waited: the release tells every member, in one notification)
@@ -145,19 +165,22 @@ class DB:
 
     def snapshot(s):
         """What a standby that replayed up to now would hold."""
-        return dict(epoch=s.epoch,
+        return dict(epoch=s.epoch, cordoned=set(s.cordoned),
                     members={n: dict(m, vnodes=set(m['vnodes'])) for n, m in s.members.items()},
                     claims={p: dict(c) for p, c in s.claims.items()},
                     timelines=dict(s.timelines))
 
     def restore(s, snap):
         s.epoch = snap['epoch']
+        s.cordoned = set(snap['cordoned'])
         s.members = {n: dict(m, vnodes=set(m['vnodes'])) for n, m in snap['members'].items()}
         s.claims = {p: dict(c) for p, c in snap['claims'].items()}
         s.timelines = dict(snap['timelines'])
 
     def ring(s):
-        return {p: n for n, m in s.members.items() for p in m['vnodes']}
+        """Vnode -> member, of the eligible members (ready, not cordoned) only."""
+        return {p: n for n, m in s.members.items() if m['ready'] and n not in s.cordoned
+                for p in m['vnodes']}
 
     def incs(s):
         return {n: m['inc'] for n, m in s.members.items()}
@@ -208,6 +231,8 @@ class Member:
         s.paused_until = 0.0
         s.member = False
         s.leaving = False
+        s.early = None      # the newest ring notification heard while joining: (epoch, ring, incs)
+        s.start_unready = False  # joins (and rejoins) not ready: set_ready(True) makes it eligible
         s.timeline = None   # the first timeline this process saw in a reply; changed only after a check
         s.incs = {}         # the members of its view: name -> incarnation
         s.waiting = {}      # p -> (name, inc) holding its claim (None: unknown), as the last take saw it
@@ -284,7 +309,8 @@ class Sim:
                 s.rng.shuffle(free)
                 db.inc += 1
                 db.epoch += 1
-                db.members[m.name] = dict(inc=db.inc, expires=t + TTL, vnodes=set(free[:2]))
+                db.members[m.name] = dict(inc=db.inc, expires=t + TTL, vnodes=set(free[:2]),
+                                          ready=not payload)
                 res = ('ok', db.inc, db.epoch, db.ring(), db.incs())
                 s.note_ring()
         elif op == 'hb':
@@ -351,6 +377,13 @@ class Sim:
                 # freed claims had two or more waiters between them
                 s.note_release(told.pop() if len(told) == 1 and MUT != 'ring_release' else 'ALL', freed)
             res = ('ok',)
+        elif op == 'ready':
+            # the member's own readiness: a membership change like any other
+            if live_me and me['ready'] != payload:
+                me['ready'] = payload
+                db.epoch += 1
+                s.note_eligibility()
+            res = ('ok',)
         elif op == 'cleanup':
             if db.remove_expired(t):
                 s.note_ring()
@@ -385,6 +418,35 @@ class Sim:
             if m.alive and (s.quiet_now() or s.rng.random() >= NOTE_LOSS):
                 s.at(s.t + s.ndelay(), s.hear, m, 'ring', (epoch, ring, incs))
 
+    def note_eligibility(s):
+        """An eligibility change committed: like any membership change, the ring's channel tells
+        every member (under silent_eligibility nobody: the members see it at their next heartbeat)."""
+        if MUT != 'silent_eligibility':
+            s.note_ring()
+
+    def cordon(s, name, yes):
+        """An operator (`ringnode cordon`) cordons or uncordons a node id, straight in the database
+        under the ring's lock: stored whether or not the member is there."""
+        db = s.db
+        if not db.up or (name in db.cordoned) == yes:
+            return
+        if yes:
+            db.cordoned.add(name)
+        else:
+            db.cordoned.discard(name)
+        if name in db.members:
+            db.epoch += 1
+            s.note_eligibility()
+
+    def set_ready(s, m, yes):
+        """The member's set_ready: remembered (a rejoin joins as ready as this says) and, while it
+        is a member, written."""
+        if not m.alive or m.leaving:
+            return
+        m.start_unready = not yes
+        if m.member:
+            s.request(m, 'ready', yes)
+
     def note_release(s, who, ps):
         """A release freed claims somebody waited for: one notification, to the one waiter or to
         every member."""
@@ -397,6 +459,12 @@ class Sim:
             return
         if s.t < m.paused_until:
             s.at(m.paused_until, s.hear, m, kind, what)
+            return
+        if kind == 'ring' and not m.member and not m.leaving:
+            # heard while joining (the member listens before its join commits, as the library's
+            # LISTEN is in the join's first transaction): kept, applied once the join answers
+            if m.early is None or what[0] > m.early[0]:
+                m.early = what
             return
         if not m.member or m.leaving:
             return
@@ -423,6 +491,9 @@ class Sim:
             s.forget_takes(m)
             m.valid_until = m.local(t_send) + TTL - MARGIN
             s.adopt(m, res[2], res[3], res[4])
+            if m.early is not None and m.early[0] > res[2]:
+                s.adopt(m, *m.early)   # changes committed after its join, heard before the answer
+            m.early = None
         elif inc != m.inc or not m.member:
             return  # a reply meant for an earlier membership
         elif op == 'hb':
@@ -431,6 +502,7 @@ class Sim:
                 s.forget_takes(m)
                 m.unreleased = {}
                 m.member = False
+                m.early = None
                 m.inc = None
                 m.view_epoch = -1
                 m.own = set()
@@ -524,6 +596,7 @@ class Sim:
         s.request(m, 'leave')   # deletes this incarnation's row (its claims go with it)
         m.unreleased = {}
         m.member = False
+        m.early = None
         m.inc = None
         m.view_epoch = -1
         m.own = set()
@@ -650,7 +723,8 @@ class Sim:
             s.send_release(m, gone)
         if not m.member:
             if not m.leaving:
-                s.request(m, 'join')
+                # a rejoin after an eviction is as ready as the member was
+                s.request(m, 'join', m.start_unready)
         else:
             s.request(m, 'hb')
             if m.unreleased:
@@ -660,13 +734,15 @@ class Sim:
         s.at(s.t + s.rng.uniform(0.05, TTL / 3) / m.rate, s.tick, m)
 
     # ---------------------------------------------------------------- chaos
-    def spawn(s, name=None, rate=None):
+    def spawn(s, name=None, rate=None, unready=False):
         if name is None:
             s.n += 1
             name = 'n%d' % s.n
         m = Member(name, rate or s.rng.uniform(1 - RHO, 1 + RHO))
+        m.start_unready = unready
         s.members[name] = m
         s.at(s.t, s.tick, m)
+        return m
 
     def chaos(s):
         live = [m for m in s.members.values() if m.alive]
@@ -698,6 +774,16 @@ class Sim:
             s.failover(lossy=MUT != 'lossless_no_grace')
         elif r < 0.96:
             s.failover(lossy=False)
+        elif r < 0.98:
+            m = s.rng.choice(live)
+            s.set_ready(m, m.start_unready)   # flips it
+        else:
+            # an operator cordons a member, or lifts a cordon (of a member that may be gone)
+            names = sorted(s.db.cordoned)
+            if names and s.rng.random() < 0.5:
+                s.cordon(s.rng.choice(names), False)
+            else:
+                s.cordon(s.rng.choice(live).name, True)
         s.at(s.t + s.rng.uniform(0.01, TTL), s.chaos)
 
     def kill(s, m):
@@ -788,14 +874,24 @@ class Sim:
             # a new timeline's grace (or its first take still to come, which starts it): a
             # timer the protocol states -- nothing is taken, by design
             s.takeable_since.clear()
+            s.due_since.clear()
             return
         for p in range(R):
             name = own.get(p)
             m = s.members.get(name)
             row = db.members.get(name)
-            takeable = (m is not None and row is not None and m.alive and m.member and not m.leaving
-                        and m.inc == row['inc'] and p in m.own and p not in m.active
-                        and p not in m.draining and m.lease_ok(s.t) and db.free(p))
+            due = (m is not None and row is not None and m.alive and m.member and not m.leaving
+                   and m.inc == row['inc'] and p not in m.active
+                   and p not in m.draining and m.lease_ok(s.t) and db.free(p))
+            if not due:
+                s.due_since.pop(p, None)
+            else:
+                since = s.due_since.setdefault(p, s.t)
+                if s.t - since > VIEW_BOUND and ('view', p) not in s.slow:
+                    s.slow.add(('view', p))
+                    s.violations.append(('stale_view', round(s.t, 3), p, round((s.t - since) * 1000), name,
+                                         'in its view' if p in m.own else 'not in its view'))
+            takeable = due and p in m.own
             if not takeable:
                 s.takeable_since.pop(p, None)
                 continue
@@ -804,7 +900,7 @@ class Sim:
                 s.slow.add(p)
                 s.violations.append(('slow_take', round(s.t, 3), p, round((s.t - since) * 1000), name,
                                      'waited %s' % (m.waiting.get(p),)))
-        s.slow &= set(s.takeable_since)
+        s.slow &= set(s.takeable_since) | {('view', p) for p in s.due_since}
         s.max_takeable = max([s.max_takeable] + [s.t - t for t in s.takeable_since.values()])
 
     def burst(s):
@@ -824,8 +920,19 @@ class Sim:
             s.request(m, 'leave')
             s.at(s.t + 1.0, s.kill, m)
         for _ in range(k):
-            s.spawn()
-            s.deployed.add('n%d' % s.n)
+            # a rolling deploy's new members warm up before they are ready, now and then
+            unready = s.rng.random() < 0.5
+            m = s.spawn(unready=unready)
+            s.deployed.add(m.name)
+            if unready:
+                s.at(s.t + s.rng.uniform(0.05, 0.3), s.set_ready, m, True)
+        if s.rng.random() < 0.3:
+            # an operator cordons a member for a moment
+            live = sorted(m.name for m in s.members.values() if m.alive and m.member and not m.leaving)
+            if live:
+                name = s.rng.choice(live)
+                s.cordon(name, True)
+                s.at(s.t + s.rng.uniform(0.2, 1.0), s.cordon, name, False)
         if s.t + 3.0 < s.until - 2 * TTL:
             s.at(s.t + s.rng.uniform(0.3, 1.5), s.burst)
 
@@ -836,6 +943,7 @@ class Sim:
         s.quiet_from = until - 12 * TTL
         s.measure_from = s.quiet_from + 2.5 * TTL
         s.takeable_since, s.slow, s.max_takeable, s.bursts, s.deployed = {}, set(), 0.0, 0, set()
+        s.due_since = {}
         s.spawn()
         s.spawn()
         s.at(0.5, s.chaos)
@@ -865,6 +973,12 @@ class Sim:
         heapq.heapify(s.q)
         for m in s.members.values():
             m.paused_until = min(m.paused_until, s.t)
+        # the quiet stretch starts with every member eligible (bursts then change that briefly)
+        for name in sorted(s.db.cordoned):
+            s.cordon(name, False)
+        for m in s.members.values():
+            if m.start_unready:
+                s.set_ready(m, True)
 
 
 if __name__ == '__main__':
