@@ -13,18 +13,26 @@
 //! heartbeat (a third of the lease TTL by default); a timestamp gauge lets
 //! an alert see a member whose threads stopped (`time() - …`).
 //!
+//! Alert rules for these metrics ship beside them, ready to install:
+//! `deploy/prometheus/leasering-alerts.yml` (one group, `leasering`), with
+//! `promtool test rules` unit tests in `leasering-alerts.test.yml` next to
+//! it. Their thresholds assume the default lease TTL; the file's comments
+//! say which to change for another.
+//!
 //! | name | type | extra labels | meaning | alert on |
 //! |---|---|---|---|---|
-//! | `leasering_partitions_active` | gauge | | partitions this member owns now (0 once its lease ran out locally) | `sum by (ring)` below the ring size for minutes: partitions nobody owns |
+//! | `leasering_partitions_active` | gauge | | partitions this member owns now (0 once its lease ran out locally) | `sum by (ring)` below `max by (ring) (leasering_ring_partitions)` for minutes: partitions nobody owns |
 //! | `leasering_partitions_pending` | gauge | | partitions assigned to this member, not active yet (waiting for their claim) | above 0 for longer than a lease TTL |
 //! | `leasering_partitions_waiting_for_claim` | gauge | | pending partitions whose claim another member still holds (a frozen or crashed holder delays exactly these until its lease ends) | above 0 for longer than a lease TTL plus the drain timeout |
 //! | `leasering_partitions_draining` | gauge | | partitions released locally whose claims are held until the user's work on them stops | above 0 for longer than the drain timeout |
+//! | `leasering_ring_partitions` | gauge | | the ring's size (its number of partitions), to compare `sum by (ring) (leasering_partitions_active)` with | |
+//! | `leasering_partitions_unassigned` | gauge | | partitions of the ring the placement gives to no member, because the members' declared capacity is below the ring size (0 while no member declares one) | above 0 |
 //! | `leasering_partitions_acquired_total` | counter | | partitions activated | |
 //! | `leasering_partitions_released_total` | counter | `reason`: `handoff`, `lease_expired`, `evicted`, `stopping` | partitions released | rate of `lease_expired`/`evicted` above 0 |
 //! | `leasering_handoff_seconds` | histogram | `cause`: `join`, `leave`, `crash` | from partitions becoming pending to their activation, by the membership change behind it (a removal at or after the removed member's lease end counts as a crash) | p99 of `join`/`leave` above a second; `crash` is about one lease TTL by design |
 //! | `leasering_renewals_total` | counter | `result`: `ok`, `failed` (no answer, an error), `refused` (the lag bound) | lease renewals | rate of `failed` + `refused` above 0 for a minute |
 //! | `leasering_renewal_duration_seconds` | histogram | | round trip of a renewal that was answered | p99 above a tenth of the lease TTL |
-//! | `leasering_last_renewal_timestamp_seconds` | gauge | | Unix time of the last successful renewal | `time() - …` above half the lease TTL |
+//! | `leasering_last_renewal_timestamp_seconds` | gauge | | Unix time of the last successful renewal | `time() - …` above half the lease TTL: renewals late; the shipped rule takes `timestamp(…) - …` above twice the default TTL: threads stopped |
 //! | `leasering_lease_remaining_seconds` | gauge | | time left on the local lease (0 when none runs) | below a third of the lease TTL |
 //! | `leasering_self_fences_total` | counter | | times the local lease ran out without a renewal and the member released everything | any increase |
 //! | `leasering_evictions_total` | counter | | times the database no longer held the member's lease (it released everything and rejoins) | any increase |
@@ -58,6 +66,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "leasering_partitions_pending",
     "leasering_partitions_waiting_for_claim",
     "leasering_partitions_draining",
+    "leasering_ring_partitions",
+    "leasering_partitions_unassigned",
     "leasering_partitions_acquired_total",
     "leasering_partitions_released_total",
     "leasering_handoff_seconds",
@@ -99,6 +109,16 @@ const HELP: &[(char, &str, &str)] = &[
         'g',
         "leasering_partitions_draining",
         "Partitions released locally whose claims wait for the user's work to stop.",
+    ),
+    (
+        'g',
+        "leasering_ring_partitions",
+        "The ring's size: its number of partitions.",
+    ),
+    (
+        'g',
+        "leasering_partitions_unassigned",
+        "Partitions the placement gives to no member (declared capacity below the ring size).",
     ),
     (
         'c',
@@ -219,6 +239,10 @@ pub(crate) struct Gauges {
     pub pending: u32,
     pub waiting: u32,
     pub draining: u32,
+    /// The ring's size.
+    pub ring_partitions: u32,
+    /// Partitions of the ring the placement gives to no member.
+    pub unassigned: u32,
     pub epoch: u64,
     pub ring_epoch: u64,
     pub lease_left: Duration,
@@ -244,9 +268,19 @@ impl Telemetry {
                 _ => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
             }
         }
-        Telemetry {
-            labels: [("ring", ring.to_string()), ("node", node.to_string())],
+        let labels = [("ring", ring.to_string()), ("node", node.to_string())];
+        // The counters the shipped alerts watch with `increase()`/`rate()`
+        // start at 0: a series that first appears at 1 shows no increase,
+        // so a member's first self-fence or eviction would go unseen.
+        for name in ["leasering_self_fences_total", "leasering_evictions_total"] {
+            metrics::counter!(name, &labels).increment(0);
         }
+        let telemetry = Telemetry { labels };
+        for r in ["ok", "failed", "refused"] {
+            metrics::counter!("leasering_renewals_total", &telemetry.with("result", r))
+                .increment(0);
+        }
+        telemetry
     }
 
     /// The member's labels plus one more.
@@ -345,6 +379,8 @@ impl Telemetry {
         metrics::gauge!("leasering_partitions_pending", l).set(g.pending as f64);
         metrics::gauge!("leasering_partitions_waiting_for_claim", l).set(g.waiting as f64);
         metrics::gauge!("leasering_partitions_draining", l).set(g.draining as f64);
+        metrics::gauge!("leasering_ring_partitions", l).set(g.ring_partitions as f64);
+        metrics::gauge!("leasering_partitions_unassigned", l).set(g.unassigned as f64);
         metrics::gauge!("leasering_epoch", l).set(g.epoch as f64);
         metrics::gauge!("leasering_epoch_lag", l).set(g.ring_epoch.saturating_sub(g.epoch) as f64);
         metrics::gauge!("leasering_lease_remaining_seconds", l).set(g.lease_left.as_secs_f64());

@@ -191,6 +191,8 @@ impl Inner {
             pending: own.pending_count(),
             waiting: session.waiting_count() as u32,
             draining: session.draining_count() as u32,
+            ring_partitions: self.cfg.ring_size,
+            unassigned: unassigned_partitions(session),
             epoch: own.view_epoch(),
             ring_epoch: session.ring_epoch(),
             lease_left,
@@ -203,6 +205,14 @@ impl Inner {
         let mut subs = self.subscribers.lock();
         subs.retain(|tx| tx.send(ev.clone()).is_ok());
     }
+}
+
+/// Partitions of the ring that the placement gives to no member
+/// (`leasering_partitions_unassigned`). Always 0 for now: every member
+/// takes any share. Capacity (issue 19, item 3) will compute it here, from
+/// the view, once members can declare fewer partitions than the ring has.
+fn unassigned_partitions(_session: &Session) -> u32 {
+    0
 }
 
 fn log_release(ring: &str, node: &str, n: usize, reason: ReleaseReason, epoch: u64) {
