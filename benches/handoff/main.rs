@@ -47,9 +47,12 @@
 //! `LEASERING_BENCH_CRASH_REPS`, `LEASERING_BENCH_FROZEN_REPS` and
 //! `LEASERING_BENCH_DRAIN_HANDOFFS` set the repetitions.
 //! `LEASERING_BENCH_HANDOFF_ONLY=drain` runs the drain section alone (its
-//! table, its counts and its `handoff drain` line).
+//! table, its counts and its `handoff drain` line); `=burst` the bursts
+//! (`burst.rs`), `=notifications` the notifications a change costs
+//! (`notifications.rs`).
 
 mod burst;
+mod notifications;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -1040,8 +1043,13 @@ fn main() {
     };
     match std::env::var("LEASERING_BENCH_HANDOFF_ONLY").as_deref() {
         Err(_) | Ok("") => {}
+        Ok("notifications") => {
+            notifications::notifications(&db, if q { 10 } else { 40 });
+            return;
+        }
         Ok("burst") => {
             let bursts = run_bursts();
+    notifications::notifications(&db, if q { 10 } else { 40 });
             burst::report(&bursts);
             println!("loadavg after: {}", loadavg());
             return;
@@ -1061,7 +1069,7 @@ fn main() {
             return;
         }
         Ok(other) => panic!(
-            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `drain` and `burst`"
+            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `drain`, `burst` and `notifications`"
         ),
     }
 

@@ -137,11 +137,34 @@ fn prepare(shared: &Shared, c: &mut HeldConn) -> Result<()> {
             .listen_changed
             .swap(false, std::sync::atomic::Ordering::SeqCst)
     {
-        if let Err(e) = c.listen(&shared.channels()) {
-            shared
-                .listen_changed
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            return Err(e);
+        let channels = shared.channels();
+        let added = match c.listen(&channels) {
+            Ok(added) => {
+                shared.set_listened(channels);
+                added
+            }
+            Err(e) => {
+                shared
+                    .listen_changed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        // A member or observer registered while this thread waited (up to
+        // MAX_WAIT) heard nothing on its new channels until now: it reads
+        // what it missed, as after a new connection.
+        if !added.is_empty() {
+            for m in members(shared) {
+                if added.contains(&m.store.channel) || added.contains(&m.store.own_channel) {
+                    m.session.write().watcher_connected();
+                }
+            }
+            for o in observers(shared) {
+                if o.channel().is_some_and(|ch| added.contains(&ch)) {
+                    o.reconnected();
+                }
+            }
+            shared.wake_work();
         }
     }
     c.set_timeout(shared.statement_timeout())

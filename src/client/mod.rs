@@ -157,6 +157,7 @@ impl Client {
                 wake_changes: unbounded(),
                 wake_fence: unbounded(),
                 wake_conn: unbounded(),
+                listened: Mutex::new(BTreeSet::new()),
                 drained: unbounded(),
                 listen_changed: AtomicBool::new(true),
                 lifecycle: Mutex::new(None),
@@ -214,6 +215,9 @@ pub(crate) struct Shared {
     pub(crate) drained: Drained,
     /// The set of channels to LISTEN on may have changed.
     listen_changed: AtomicBool,
+    /// The channels the held connection LISTENs on (as of its last
+    /// update).
+    listened: Mutex<BTreeSet<String>>,
     /// The running threads, if any; also serialises registration.
     lifecycle: Mutex<Option<Threads>>,
     mode: Mutex<Option<Mode>>,
@@ -229,6 +233,41 @@ struct Threads {
     handles: Vec<JoinHandle<()>>,
     /// Each thread sends its name here when it ends.
     done: Receiver<&'static str>,
+}
+
+/// A client's threads told to stop, not yet waited for.
+pub(crate) struct Retiring {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    done: Receiver<&'static str>,
+}
+
+impl Retiring {
+    /// Waits for the threads until `deadline`; returns the names of those
+    /// that did not finish by then (stuck in a database call: they end
+    /// when it returns).
+    pub(crate) fn join(self, deadline: Instant) -> Vec<String> {
+        let Retiring { handles, done } = self;
+        let mut finished: Vec<&'static str> = Vec::new();
+        while finished.len() < handles.len() {
+            match done.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(1))) {
+                Ok(name) => finished.push(name),
+                Err(_) => break,
+            }
+        }
+        let mut stuck = Vec::new();
+        for h in handles {
+            let name = h.thread().name().unwrap_or("?").to_string();
+            if finished
+                .iter()
+                .any(|f| name.starts_with(&format!("leasering-{f}-")))
+            {
+                let _ = h.join();
+            } else {
+                stuck.push(name);
+            }
+        }
+        stuck
+    }
 }
 
 /// Source of member uids (for routing drains).
@@ -306,10 +345,21 @@ impl Shared {
     /// did not finish by then (stuck in a database call: they end when it
     /// returns).
     pub(crate) fn deregister_member(&self, uid: u64, deadline: Instant) -> Vec<String> {
+        self.retire_member(uid)
+            .map_or_else(Vec::new, |r| r.join(deadline))
+    }
+
+    /// Removes member `uid`; when nothing is left, tells the threads to
+    /// stop and returns them, to be waited for with [`Retiring::join`].
+    /// `stop()` calls this before its leave: the connection thread may be
+    /// waiting for notifications on its socket, where nothing else can
+    /// wake it, and the leave's own `NOTIFY` (on the ring's channel, which
+    /// it listens on) does — so `stop()` does not wait out that wait.
+    pub(crate) fn retire_member(&self, uid: u64) -> Option<Retiring> {
         let mut lc = self.lifecycle.lock();
         self.members.write().retain(|m| m.uid != uid);
         self.listen_changed.store(true, Ordering::SeqCst);
-        self.stop_if_idle(&mut lc, deadline)
+        self.retire_if_idle(&mut lc)
     }
 
     /// Removes an observer; like [`Shared::deregister_member`].
@@ -321,39 +371,24 @@ impl Shared {
     }
 
     fn stop_if_idle(&self, lc: &mut Option<Threads>, deadline: Instant) -> Vec<String> {
+        self.retire_if_idle(lc)
+            .map_or_else(Vec::new, |r| r.join(deadline))
+    }
+
+    /// With no member or observer left: tells the threads to stop (their
+    /// shutdown channel disconnects) and hands them over to be waited for.
+    fn retire_if_idle(&self, lc: &mut Option<Threads>) -> Option<Retiring> {
         if !self.members.read().is_empty() || !self.observers.read().is_empty() {
             self.wake_all();
-            return Vec::new();
+            return None;
         }
-        let Some(Threads {
+        let Threads {
             shutdown,
             handles,
             done,
-        }) = lc.take()
-        else {
-            return Vec::new();
-        };
+        } = lc.take()?;
         drop(shutdown);
-        let mut finished: Vec<&'static str> = Vec::new();
-        while finished.len() < handles.len() {
-            match done.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(1))) {
-                Ok(name) => finished.push(name),
-                Err(_) => break,
-            }
-        }
-        let mut stuck = Vec::new();
-        for h in handles {
-            let name = h.thread().name().unwrap_or("?").to_string();
-            if finished
-                .iter()
-                .any(|f| name.starts_with(&format!("leasering-{f}-")))
-            {
-                let _ = h.join();
-            } else {
-                stuck.push(name);
-            }
-        }
-        stuck
+        Some(Retiring { handles, done })
     }
 
     fn ensure_threads(self: &Arc<Self>, lc: &mut Option<Threads>) -> Result<()> {
@@ -438,7 +473,21 @@ impl Shared {
     /// The channels the held connection listens on: the client's own (for
     /// releases) per schema, and every ring's that has a member or an
     /// observer here.
-    fn channels(&self) -> BTreeSet<String> {
+    /// Whether the connection thread, waiting for notifications, must be
+    /// woken to LISTEN on `channel` (threads running, notifications on,
+    /// not listened on yet).
+    pub(crate) fn wants_wake_for(&self, channel: &str) -> bool {
+        self.lifecycle.lock().is_some()
+            && self.mode().notifications
+            && !self.listened.lock().contains(channel)
+    }
+
+    /// Records what the held connection LISTENs on now.
+    pub(crate) fn set_listened(&self, channels: BTreeSet<String>) {
+        *self.listened.lock() = channels;
+    }
+
+    pub(crate) fn channels(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for m in self.members.read().iter() {
             out.insert(m.store.channel.clone());

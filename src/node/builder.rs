@@ -284,15 +284,32 @@ impl Builder {
                 session_state,
                 Default::default(),
             ));
-        } else {
-            drop(conn);
+            if let Err(e) = client.shared.register_member(inner.clone()) {
+                let _ = inner.shutdown(true);
+                return Err(e);
+            }
+            return Ok(RingNode::from_inner(inner));
         }
+        let mut conn = conn;
         if let Err(e) = client.shared.register_member(inner.clone()) {
             // No threads: leave again, so that nobody waits for a member
             // that never runs.
             let _ = inner.shutdown(true);
             return Err(e);
         }
+        // A client already running waits for notifications on its socket,
+        // up to a second, before it LISTENs on a new ring's channel: wake it
+        // (once per ring new to the client; a few bytes to every listener
+        // of the database, like any NOTIFY). What it missed meanwhile it
+        // reads (see `conn::prepare`).
+        let ch = inner.store.channel.clone();
+        if client.shared.wants_wake_for(&ch) {
+            let own = inner.store.own_channel.clone();
+            if let Err(e) = conn.execute("SELECT pg_notify($1, '')", &[&own]) {
+                log::debug!(target: "leasering", "node {}: could not wake its client's connection: {e}", inner.node_id);
+            }
+        }
+        drop(conn);
         Ok(RingNode::from_inner(inner))
     }
 }

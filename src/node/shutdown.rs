@@ -96,6 +96,12 @@ impl Inner {
             // A crash cannot drain: no guard is handed out.
             self.update(|s, now| s.crash(now));
         }
+        // Out of the client before the leave: nothing of the leave needs
+        // its threads (its own connection, the local release in its
+        // transaction), and when this was the client's last registration,
+        // the leave's NOTIFY wakes the connection thread to end (see
+        // `Shared::retire_member`).
+        let retiring = self.client.retire_member(self.uid);
         let left = if leave {
             self.leave(deadline, started)
         } else {
@@ -106,7 +112,7 @@ impl Inner {
         // the lock): nothing is owned once stop() returns. A no-op if the
         // leave released already.
         self.update(|s, now| s.stop(now));
-        let stuck = self.client.deregister_member(self.uid, deadline);
+        let stuck = retiring.map_or_else(Vec::new, |r| r.join(deadline));
         self.subscribers.lock().clear();
         left?;
         if !stuck.is_empty() {

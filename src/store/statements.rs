@@ -145,11 +145,16 @@ impl HeldConn {
     }
 
     /// LISTENs on exactly `channels` from now on (one round trip, only if
-    /// anything changes). Does nothing behind a pooler in transaction mode.
-    pub(crate) fn listen(&mut self, channels: &std::collections::BTreeSet<String>) -> Result<()> {
+    /// anything changes); returns the channels it listens on now and did
+    /// not before. Does nothing behind a pooler in transaction mode.
+    pub(crate) fn listen(
+        &mut self,
+        channels: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
         if !self.session_state || *channels == self.listening {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let added: Vec<String> = channels.difference(&self.listening).cloned().collect();
         let mut sql = String::new();
         for c in channels.difference(&self.listening) {
             sql.push_str(&format!("LISTEN \"{c}\"; "));
@@ -161,7 +166,7 @@ impl HeldConn {
             .batch_execute(&sql)
             .map_err(|e| Error::db("LISTEN on the rings' channels", e))?;
         self.listening = channels.clone();
-        Ok(())
+        Ok(added)
     }
 
     /// Sets the session's statement timeout to `t` if it is another.
