@@ -1049,7 +1049,6 @@ fn main() {
         }
         Ok("burst") => {
             let bursts = run_bursts();
-    notifications::notifications(&db, if q { 10 } else { 40 });
             burst::report(&bursts);
             println!("loadavg after: {}", loadavg());
             return;
@@ -1130,6 +1129,7 @@ fn main() {
     let frozen = frozen_member(&db, frozen_reps, &dir);
     let drained = drain(&db, drain_handoffs);
     let bursts = run_bursts();
+    notifications::notifications(&db, if q { 10 } else { 40 });
 
     // ---- crash (kill -9 of a member process) ----------------------------------
     let ttl = Duration::from_secs(2);
