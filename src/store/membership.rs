@@ -164,17 +164,36 @@ impl Store {
     /// ring), its placement, and the deleted members' node ids and
     /// incarnations.
     pub(super) fn lock_and_delete(&self, tx: &mut Tx<'_>, which: &str) -> Result<Locked> {
+        self.lock_and_delete_with(tx, which, true)?
+            .ok_or_else(|| Error::new(ErrorKind::Database, "remove members: the ring's lock was not taken"))
+    }
+
+    /// [`Store::lock_and_delete`], waiting for the ring's lock or (`wait`
+    /// false) only trying it: then `None` when someone else holds it, and
+    /// nothing done.
+    fn lock_and_delete_with(
+        &self,
+        tx: &mut Tx<'_>,
+        which: &str,
+        wait: bool,
+    ) -> Result<Option<Locked>> {
         let s = &self.s;
+        let got = if wait {
+            "(SELECT true FROM (SELECT pg_advisory_xact_lock($3)) l)"
+        } else {
+            "pg_try_advisory_xact_lock($3)"
+        };
         let rows = tx
             .query_typed(
                 &format!(
-                    "WITH adv AS (SELECT pg_advisory_xact_lock($3), set_config('idle_in_transaction_session_timeout', $4, true)),
+                    "WITH adv AS (SELECT {got} AS got, set_config('idle_in_transaction_session_timeout', $4, true)),
                           lk AS (SELECT r.epoch, r.placement, r.placement_table FROM {s}.rings r, adv
-                                 WHERE r.ring_id = $1 FOR NO KEY UPDATE OF r),
+                                 WHERE adv.got AND r.ring_id = $1 FOR NO KEY UPDATE OF r),
                           d AS (DELETE FROM {s}.members m USING lk WHERE m.ring_id = $1 AND {which}
                                 RETURNING m.node_id, m.incarnation)
                      SELECT (SELECT epoch FROM lk), d.node_id, d.incarnation,
-                            (SELECT placement FROM lk), (SELECT placement_table FROM lk)
+                            (SELECT placement FROM lk), (SELECT placement_table FROM lk),
+                            (SELECT got FROM adv)
                      FROM (SELECT 1) one LEFT JOIN d ON true"
                 ),
                 &[
@@ -185,6 +204,9 @@ impl Store {
                 ],
             )
             .map_err(|e| Error::db("remove members", e))?;
+        if !rows.first().is_some_and(|r| r.get::<_, bool>(5)) {
+            return Ok(None);
+        }
         let epoch = rows
             .first()
             .and_then(|r| r.get::<_, Option<i64>>(0))
@@ -201,12 +223,12 @@ impl Store {
             Some(r) => StoredPlacement::from_row(r.get(3), r.get(4))?,
             None => StoredPlacement::Hashed,
         };
-        Ok(Locked {
+        Ok(Some(Locked {
             epoch,
             removed,
             incarnations,
             placement,
-        })
+        }))
     }
 
     /// The stored balanced table (or the empty one of a ring nobody has
@@ -314,7 +336,7 @@ impl Store {
         let rows = tx
             .query_typed(
                 &format!(
-                    "SELECT EXISTS (SELECT 1 FROM {s}.members WHERE ring_id = $1 AND expires_at <= now()),
+                    "SELECT (SELECT node_id FROM {s}.members WHERE ring_id = $1 AND expires_at <= now() LIMIT 1),
                             n.node_id, n.ms
                      FROM (SELECT 1) one LEFT JOIN
                           (SELECT node_id, (extract(epoch FROM expires_at - now()) * 1000)::float8 AS ms
@@ -333,8 +355,18 @@ impl Store {
                 .zip(row.get::<_, Option<f64>>(2)),
             ..Cleaned::default()
         };
-        if row.get::<_, bool>(0) {
-            let locked = self.lock_and_delete(&mut tx, "m.expires_at <= now()")?;
+        if let Some(expired) = row.get::<_, Option<String>>(0) {
+            // Without waiting for the ring's lock: its holder is a
+            // membership transaction — a batch of joins removes expired
+            // members itself — and a cleanup waiting behind joins (seconds,
+            // at a cold start of hundreds) kept the connection its client's
+            // takes needed. Busy: looked at again shortly.
+            let Some(locked) =
+                self.lock_and_delete_with(&mut tx, "m.expires_at <= now()", false)?
+            else {
+                out.next_expiry = Some((expired, CLEANUP_BUSY_RETRY_MS));
+                return Ok(out);
+            };
             if let (Some(epoch), false) = (locked.epoch, locked.removed.is_empty()) {
                 self.commit_removal(&mut tx, epoch + 1, &locked, &locked.incarnations)?;
                 out.epoch = Some(epoch + 1);
@@ -346,6 +378,10 @@ impl Store {
         Ok(out)
     }
 }
+
+/// When a cleanup found the ring's lock held: look again this many
+/// milliseconds later.
+const CLEANUP_BUSY_RETRY_MS: f64 = 100.0;
 
 /// What [`Store::lock_and_delete`] found and did.
 pub(super) struct Locked {
