@@ -844,6 +844,46 @@ pub fn read_ring(
         .map(Some)
 }
 
+/// Cordons (`cordoned = true`) or uncordons member `node_id` of ring
+/// `ring_id` in schema `schema`, for operators (`ringnode cordon` /
+/// `uncordon`): a cordoned member stays in the ring as a live member that
+/// holds nothing — it gives its partitions up with drain, as on any view
+/// change. Stored by node id, so the cordon outlives the member's restarts
+/// (it rejoins holding nothing) and may be set while it is absent.
+/// Written under the ring's lock as a membership change (the epoch bumps,
+/// every member is told) when it changes a present member's eligibility.
+/// Returns the epoch of that change, if any. An unknown ring is an
+/// [`ErrorKind::InvalidConfig`] error naming it.
+///
+/// While every member is cordoned or not ready, no partition has an owner
+/// (`leasering_partitions_unassigned` shows the ring's size).
+pub fn cordon(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+    node_id: &str,
+    cordoned: bool,
+) -> Result<Option<u64>> {
+    let mut cfg = Config::new(ring_id);
+    cfg.schema = schema.to_string();
+    cfg.node_id = Some(node_id.to_string());
+    cfg.validate()?;
+    let rows = client
+        .query_typed(
+            &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
+            &[(&ring_id, postgres::types::Type::TEXT)],
+        )
+        .map_err(|e| Error::db(format!("read ring {ring_id:?}"), e))?;
+    let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+        return Err(Error::invalid(
+            "ring_id",
+            format!("no ring {ring_id:?} in schema {schema}: cannot cordon node {node_id:?}"),
+        ));
+    };
+    cfg.ring_size = size;
+    store::Store::new(&cfg, node_id)?.set_cordon(client, cordoned)
+}
+
 /// Creates or migrates the leasering schema `schema` with `client`, for
 /// administrators who start nodes with a DML-only role
 /// (`Builder::create_schema(false)`). Idempotent.

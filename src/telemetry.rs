@@ -26,7 +26,7 @@
 //! | `leasering_partitions_waiting_for_claim` | gauge | | pending partitions whose claim another member still holds (a frozen or crashed holder delays exactly these until its lease ends) | above 0 for longer than a lease TTL plus the drain timeout |
 //! | `leasering_partitions_draining` | gauge | | partitions released locally whose claims are held until the user's work on them stops | above 0 for longer than the drain timeout |
 //! | `leasering_ring_partitions` | gauge | | the ring's size (its number of partitions), to compare `sum by (ring) (leasering_partitions_active)` with | |
-//! | `leasering_partitions_unassigned` | gauge | | partitions of the ring the placement gives to no member, because the members' declared capacity is below the ring size (0 while no member declares one) | above 0 |
+//! | `leasering_partitions_unassigned` | gauge | | partitions of the ring the placement gives to no member: all of them while every member is ineligible (not ready, or cordoned; see `RingNode::set_ready`, `leasering::cordon`); capacity below the ring size will count here too | above 0 |
 //! | `leasering_partitions_acquired_total` | counter | | partitions activated | |
 //! | `leasering_partitions_released_total` | counter | `reason`: `handoff`, `lease_expired`, `evicted`, `stopping` | partitions released | rate of `lease_expired`/`evicted` above 0 |
 //! | `leasering_handoff_seconds` | histogram | `cause`: `join`, `leave`, `crash` | from partitions becoming pending to their activation, by the membership change behind it (a removal at or after the removed member's lease end counts as a crash) | p99 of `join`/`leave` above a second; `crash` is about one lease TTL by design |
