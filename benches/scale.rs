@@ -147,7 +147,13 @@ fn main() {
 
 /// Runs one size (`n`, `multi` or `bouncer:<n>`) in a child process of its
 /// own, echoing its output and keeping its summary lines.
-fn run_child(n: &str, db: &TestPostgres, pss: bool, bouncer: Option<u16>, summary: &mut Vec<String>) {
+fn run_child(
+    n: &str,
+    db: &TestPostgres,
+    pss: bool,
+    bouncer: Option<u16>,
+    summary: &mut Vec<String>,
+) {
     let t = Instant::now();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(CHILD_ENV, n)
@@ -165,7 +171,10 @@ fn run_child(n: &str, db: &TestPostgres, pss: bool, bouncer: Option<u16>, summar
     for line in BufReader::new(kid.stdout.take().unwrap()).lines() {
         let line = line.unwrap_or_default();
         println!("{line}");
-        if line.starts_with("scale ") || line.starts_with("scale_extra ") || line.starts_with("deploy ") {
+        if line.starts_with("scale ")
+            || line.starts_with("scale_extra ")
+            || line.starts_with("deploy ")
+        {
             summary.push(line);
         }
     }

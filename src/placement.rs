@@ -166,7 +166,6 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashSet;
 
-
     #[test]
     fn fnv_and_fmix_match_reference_values() {
         // FNV-1a 64 of "" and "a" (published test vectors).
