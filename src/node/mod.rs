@@ -135,6 +135,10 @@ pub struct NodeStatus {
     /// member that is not ready changes nothing it can see; `ringnode
     /// status` reads the cordons themselves.)
     pub cordoned: bool,
+    /// Partitions its view gives to no member: the whole ring while every
+    /// member is ineligible (not ready, or cordoned) — nobody owns them
+    /// then — else 0. Also the gauge `leasering_partitions_unassigned`.
+    pub unassigned: u32,
 }
 
 /// Whether a member can serve: what a readiness probe reports. From
@@ -300,6 +304,7 @@ impl RingNode {
             ready,
             eligible,
             cordoned: own.status() == Status::Member && ready && !eligible,
+            unassigned: own.view().map_or(0, |v| v.unassigned()),
             ring_epoch: s.ring_epoch(),
             last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
             renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),
