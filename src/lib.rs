@@ -468,6 +468,37 @@
 //! ([`Error::placements`] names both). The benchmark `benches/ring.rs`
 //! measures both placements.
 //!
+//! ## Eligibility: readiness and cordons
+//!
+//! A member takes partitions only while it is *eligible*: ready and not
+//! cordoned. Both are sources of one mechanism (issue 19):
+//!
+//! * **Readiness** is the member's own. [`Builder::start_unready`] joins
+//!   holding nothing (the ring stays covered by the others) until
+//!   [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once caches
+//!   are warm; `set_ready(false)` takes it away again. A rejoin after an
+//!   eviction joins as ready as the member then is.
+//! * **A cordon** is an operator's, by node id ([`cordon`], `ringnode
+//!   cordon` / `uncordon`): stored in the database, so it outlives the
+//!   member's restarts and may be set while the member is absent.
+//!
+//! An eligibility change is a membership change: the transaction that
+//! writes it, under the ring's lock, bumps the epoch, records a change
+//! ([`Change::eligible`], [`Change::ineligible`]) and notifies the ring, as
+//! joins and leaves do. The placement considers eligible members only —
+//! hashed skips ineligible members' vnodes, balanced treats becoming
+//! ineligible as a table leave and becoming eligible as a join — so the
+//! member that loses its partitions releases them as on any view change,
+//! with its drain ([`Builder::drain_timeout`]), and stays a live member
+//! that renews, holding nothing. Every view lists it
+//! ([`MemberInfo::is_eligible`] says it owns nothing);
+//! [`NodeStatus`] has `ready`, `eligible` and `cordoned`.
+//!
+//! **Failure mode:** while *every* member is ineligible, no partition has an
+//! owner. [`NodeStatus::unassigned`] and the gauge
+//! `leasering_partitions_unassigned` then show the ring's size, and
+//! `ringnode status` says so.
+//!
 //! ## Routing: member metadata and the observer
 //!
 //! A member can publish a small string with its row
