@@ -232,8 +232,17 @@ fn a_cordon_empties_a_member_across_its_restart_until_lifted() {
         covered_exactly_once(&both, size) && settled(&both)
     });
     let sampler = start_sampler(nodes.clone());
+    // An observer follows eligibility like any membership change.
+    let observer = leasering::RingObserver::builder(pool(2), &ring)
+        .start()
+        .unwrap();
     let mut admin = db().client().unwrap();
     let epoch = leasering::cordon(&mut admin, "leasering", &ring, "b", true).unwrap();
+    wait_until(SETTLE, "the observer to see b ineligible", || {
+        let v = observer.view();
+        v.member("b").is_some_and(|m| !m.is_eligible())
+            && (0..size).all(|p| v.owner_of(p) == Some("a"))
+    });
     assert!(epoch.is_some(), "a present member's eligibility changed");
     wait_until(SETTLE, "b to shed everything to a", || {
         holds_nothing(&b) && a.owned_partitions().len() == size as usize
@@ -274,6 +283,12 @@ fn a_cordon_empties_a_member_across_its_restart_until_lifted() {
     let c = recorder.start(builder(pool(4), &ring, "c").ring_size(size));
     nodes.lock().unwrap().push(c.clone());
     assert!(holds_nothing(&c));
+    wait_until(SETTLE, "the observer to see b eligible and c not", || {
+        let v = observer.view();
+        v.member("b").is_some_and(|m| m.is_eligible())
+            && v.member("c").is_some_and(|m| !m.is_eligible())
+    });
+    observer.stop();
     sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     for n in [a, b2, c] {

@@ -94,13 +94,9 @@ impl Store {
                 eligible: if first_change { set.eligible } else { &[] },
                 ineligible: if first_change { set.ineligible } else { &[] },
             };
-            values.payloads.push(notify_payload(
-                &self.ring_id,
-                epoch,
-                removed,
-                flips,
-                added.map(|(n, ps, md, e)| (n, ps, md, e)),
-            ));
+            values
+                .payloads
+                .push(notify_payload(&self.ring_id, epoch, removed, flips, added));
         }
         values.last = pg_i64(set.first_epoch + n as u64 - 1);
         values.payload = transaction_payload(&values.payloads);
