@@ -884,7 +884,8 @@ pub fn read_ring(
 /// Written under the ring's lock as a membership change (the epoch bumps,
 /// every member is told) when it changes a present member's eligibility.
 /// Returns the epoch of that change, if any. An unknown ring is an
-/// [`ErrorKind::InvalidConfig`] error naming it.
+/// [`ErrorKind::InvalidConfig`] error naming it; a schema that is missing
+/// or older than this build's an [`ErrorKind::Schema`] one.
 ///
 /// While every member is cordoned or not ready, no partition has an owner
 /// (`leasering_partitions_unassigned` shows the ring's size).
@@ -899,6 +900,9 @@ pub fn cordon(
     cfg.schema = schema.to_string();
     cfg.node_id = Some(node_id.to_string());
     cfg.validate()?;
+    // A missing schema, or one older than the cordons (version 4), is a
+    // typed error saying so, not a database error about a table.
+    store::Store::new(&cfg, node_id)?.check_schema(client)?;
     let rows = client
         .query_typed(
             &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),

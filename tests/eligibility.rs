@@ -310,6 +310,9 @@ fn a_cordon_of_an_unknown_ring_or_a_bad_node_id_is_a_typed_error() {
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
     let err = leasering::cordon(&mut admin, "bad;schema", &ring, "a", true).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+    let err = leasering::cordon(&mut admin, "no_such_schema", &ring, "a", true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Schema, "{err}");
+    assert!(err.to_string().contains("no_such_schema"), "{err}");
     assert!(a.status().eligible);
     a.stop().unwrap();
 }

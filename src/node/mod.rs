@@ -346,7 +346,9 @@ impl RingNode {
     /// lock as a membership change (the epoch bumps, every member is told),
     /// on a pool connection from the calling thread; the partitions move
     /// as the members apply it. Remembered: a rejoin after an eviction joins
-    /// as ready as this says. A no-op after [`stop`](RingNode::stop).
+    /// as ready as this says. A no-op after [`stop`](RingNode::stop). On
+    /// an error (database unreachable, lock timeout) the readiness is still
+    /// remembered for the next join, but not written: call it again.
     pub fn set_ready(&self, ready: bool) -> Result<()> {
         self.inner.set_ready(ready)
     }
