@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// N members in this process on a throwaway PostgreSQL, with a live dashboard
-    /// (keys: j join, l leave, k crash, p pause, c churn, q quit)
+    /// (keys: j join, l leave, k crash, p pause, r ready, u cordon, c churn, q quit)
     Demo(DemoArgs),
     /// One member in this process against a shared database: run one per terminal
     Node(NodeArgs),
