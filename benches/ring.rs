@@ -80,6 +80,7 @@ fn placed_ring(
                     removed: vec![],
                     added: Some((id.clone(), ps)),
                     added_metadata: None,
+                    ..Default::default()
                 });
             }
             v
@@ -139,6 +140,7 @@ fn join_change(id: &str, positions: &[u32]) -> Change {
         removed: Vec::new(),
         added: Some((id.to_string(), positions.to_vec())),
         added_metadata: None,
+        ..Default::default()
     }
 }
 
@@ -270,6 +272,7 @@ fn main() {
                         removed: vec![],
                         added: Some((id, ps)),
                         added_metadata: None,
+                        ..Default::default()
                     });
                     join_ratio.push(moved_over_min(&view, &joined));
                     let leaver = ids[rng.below(ids.len() as u64) as usize].clone();
@@ -278,6 +281,7 @@ fn main() {
                         removed: vec![leaver],
                         added: None,
                         added_metadata: None,
+                        ..Default::default()
                     });
                     leave_ratio.push(moved_over_min(&joined, &left));
                 }
@@ -330,6 +334,7 @@ fn main() {
         removed: vec![],
         added: Some((id, ps)),
         added_metadata: None,
+        ..Default::default()
     };
     let apply = time_us(if q { 5 } else { 100 }, || view.apply(&change));
     summary.push(format!(

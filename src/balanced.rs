@@ -385,6 +385,52 @@ impl Table {
         log.finish()
     }
 
+    /// One membership change with eligibility (issue 19), in the one order
+    /// every process uses: the removals and the members that became
+    /// ineligible leave (ascending node id each), then the members that
+    /// became eligible join (ascending node id, with their weights), then
+    /// the added member joins if it is eligible (an ineligible one that
+    /// replaces its old self leaves instead). The table only ever holds
+    /// eligible members: an ineligible member is a live member that owns
+    /// nothing.
+    pub(crate) fn apply_change(
+        &mut self,
+        removed: &[String],
+        ineligible: &[String],
+        eligible: &[(&str, u32)],
+        added: Option<(&str, u32, bool)>,
+    ) -> Moved {
+        let mut leaving: Vec<&str> = ineligible.iter().map(String::as_str).collect();
+        leaving.sort_unstable();
+        leaving.dedup();
+        let mut joining: Vec<(&str, u32)> = eligible.to_vec();
+        joining.sort_unstable();
+        joining.dedup_by_key(|(n, _)| *n);
+        let mut log = MoveLog::default();
+        let mut removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+        removed.sort_unstable();
+        removed.dedup();
+        for r in removed {
+            self.leave_into(r, &mut log);
+        }
+        for r in leaving {
+            self.leave_into(r, &mut log);
+        }
+        for (n, w) in joining {
+            // Already placed (never produced by the store): left as it is,
+            // not reshuffled by a re-join.
+            if self.index_of(n).is_none() {
+                self.join_into(n, w, &mut log);
+            }
+        }
+        match added {
+            Some((n, w, true)) => self.join_into(n, w, &mut log),
+            Some((n, _, false)) => self.leave_into(n, &mut log),
+            None => {}
+        }
+        log.finish()
+    }
+
     /// Moves partition `p` from member `from` to member `to` (indices),
     /// logging it.
     fn reassign(

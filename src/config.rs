@@ -109,6 +109,11 @@ pub struct Config {
     /// `synchronous_mode_strict`): then handoffs right after a failover do
     /// not wait. See the crate docs, "Failover and timelines".
     pub failover_grace: Option<Duration>,
+    /// Whether the member joins ready (eligible for partitions, unless
+    /// cordoned). Default `true`; `false` is
+    /// [`Builder::start_unready`](crate::Builder::start_unready): it joins
+    /// holding nothing until [`RingNode::set_ready`](crate::RingNode::set_ready).
+    pub start_ready: bool,
 }
 
 impl Config {
@@ -133,6 +138,7 @@ impl Config {
             placement: crate::Placement::Hashed,
             metadata: None,
             failover_grace: None,
+            start_ready: true,
         }
     }
 

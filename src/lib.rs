@@ -468,6 +468,37 @@
 //! ([`Error::placements`] names both). The benchmark `benches/ring.rs`
 //! measures both placements.
 //!
+//! ## Eligibility: readiness and cordons
+//!
+//! A member takes partitions only while it is *eligible*: ready and not
+//! cordoned. Both are sources of one mechanism (issue 19):
+//!
+//! * **Readiness** is the member's own. [`Builder::start_unready`] joins
+//!   holding nothing (the ring stays covered by the others) until
+//!   [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once caches
+//!   are warm; `set_ready(false)` takes it away again. A rejoin after an
+//!   eviction joins as ready as the member then is.
+//! * **A cordon** is an operator's, by node id ([`cordon`], `ringnode
+//!   cordon` / `uncordon`): stored in the database, so it outlives the
+//!   member's restarts and may be set while the member is absent.
+//!
+//! An eligibility change is a membership change: the transaction that
+//! writes it, under the ring's lock, bumps the epoch, records a change
+//! ([`Change::eligible`], [`Change::ineligible`]) and notifies the ring, as
+//! joins and leaves do. The placement considers eligible members only —
+//! hashed skips ineligible members' vnodes, balanced treats becoming
+//! ineligible as a table leave and becoming eligible as a join — so the
+//! member that loses its partitions releases them as on any view change,
+//! with its drain ([`Builder::drain_timeout`]), and stays a live member
+//! that renews, holding nothing. Every view lists it
+//! ([`MemberInfo::is_eligible`] says it owns nothing);
+//! [`NodeStatus`] has `ready`, `eligible` and `cordoned`.
+//!
+//! **Failure mode:** while *every* member is ineligible, no partition has an
+//! owner. [`NodeStatus::unassigned`] and the gauge
+//! `leasering_partitions_unassigned` then show the ring's size, and
+//! `ringnode status` says so.
+//!
 //! ## Routing: member metadata and the observer
 //!
 //! A member can publish a small string with its row
@@ -842,6 +873,50 @@ pub fn read_ring(
     store::Store::new(&cfg, "reader")?
         .read_ring_once(client)
         .map(Some)
+}
+
+/// Cordons (`cordoned = true`) or uncordons member `node_id` of ring
+/// `ring_id` in schema `schema`, for operators (`ringnode cordon` /
+/// `uncordon`): a cordoned member stays in the ring as a live member that
+/// holds nothing — it gives its partitions up with drain, as on any view
+/// change. Stored by node id, so the cordon outlives the member's restarts
+/// (it rejoins holding nothing) and may be set while it is absent.
+/// Written under the ring's lock as a membership change (the epoch bumps,
+/// every member is told) when it changes a present member's eligibility.
+/// Returns the epoch of that change, if any. An unknown ring is an
+/// [`ErrorKind::InvalidConfig`] error naming it; a schema that is missing
+/// or older than this build's an [`ErrorKind::Schema`] one.
+///
+/// While every member is cordoned or not ready, no partition has an owner
+/// (`leasering_partitions_unassigned` shows the ring's size).
+pub fn cordon(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+    node_id: &str,
+    cordoned: bool,
+) -> Result<Option<u64>> {
+    let mut cfg = Config::new(ring_id);
+    cfg.schema = schema.to_string();
+    cfg.node_id = Some(node_id.to_string());
+    cfg.validate()?;
+    // A missing schema, or one older than the cordons (version 4), is a
+    // typed error saying so, not a database error about a table.
+    store::Store::new(&cfg, node_id)?.check_schema(client)?;
+    let rows = client
+        .query_typed(
+            &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
+            &[(&ring_id, postgres::types::Type::TEXT)],
+        )
+        .map_err(|e| Error::db(format!("read ring {ring_id:?}"), e))?;
+    let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+        return Err(Error::invalid(
+            "ring_id",
+            format!("no ring {ring_id:?} in schema {schema}: cannot cordon node {node_id:?}"),
+        ));
+    };
+    cfg.ring_size = size;
+    store::Store::new(&cfg, node_id)?.set_cordon(client, cordoned)
 }
 
 /// Creates or migrates the leasering schema `schema` with `client`, for

@@ -11,7 +11,10 @@ use crate::Placement;
 /// One membership change, as stored in the change log and carried by
 /// notifications, applied to a view ([`RingView::apply`]) to get the next
 /// epoch's view without re-reading the whole ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Build one with `..Default::default()` for the fields you do not set:
+/// fields may be added (as eligibility was).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Change {
     /// The epoch this change produced.
     pub epoch: u64,
@@ -21,6 +24,16 @@ pub struct Change {
     pub added: Option<(String, Vec<u32>)>,
     /// The added member's [metadata](MemberInfo::metadata), if it has any.
     pub added_metadata: Option<String>,
+    /// Whether the added member joined ineligible (not ready, or
+    /// cordoned): a live member that owns nothing. `false` for the usual
+    /// eligible join.
+    pub added_ineligible: bool,
+    /// Members that became [eligible](MemberInfo::is_eligible) (made ready,
+    /// or uncordoned).
+    pub eligible: Vec<String>,
+    /// Members that became ineligible (made unready, or cordoned): they stay
+    /// members and give up their partitions.
+    pub ineligible: Vec<String>,
 }
 
 /// A member as seen in a [`RingView`]. Cheap to clone (one `Arc`).
@@ -35,6 +48,8 @@ struct MemberData {
     positions: Arc<[u32]>,
     partitions: u32,
     metadata: Option<Arc<str>>,
+    /// Ready and not cordoned: the placement gives it partitions.
+    eligible: bool,
 }
 
 impl MemberInfo {
@@ -59,6 +74,13 @@ impl MemberInfo {
     pub fn metadata(&self) -> Option<&str> {
         self.0.metadata.as_deref()
     }
+    /// Whether the placement gives it partitions: it is ready
+    /// ([`RingNode::set_ready`](crate::RingNode::set_ready)) and not
+    /// cordoned ([`cordon`](crate::cordon)). An ineligible member is a live
+    /// member that owns nothing.
+    pub fn is_eligible(&self) -> bool {
+        self.0.eligible
+    }
 
     /// A copy that shares no reference count with `self`: for a thread's
     /// own cache, whose clones then contend with no other thread's.
@@ -69,6 +91,7 @@ impl MemberInfo {
             positions: Arc::from(&*d.positions),
             partitions: d.partitions,
             metadata: d.metadata.as_deref().map(Arc::from),
+            eligible: d.eligible,
         }))
     }
 }
@@ -103,10 +126,17 @@ struct ViewInner {
     table: Option<Arc<Table>>,
     /// (position, index into `members`), ascending by position.
     vnodes: Vec<(u32, u32)>,
+    /// Whether every member is eligible: then a hashed view's arcs are the
+    /// vnodes' (the usual case, kept on its fast paths).
+    all_eligible: bool,
     /// Ascending by node id.
     members: Vec<MemberInfo>,
-    /// Per partition: index into `members`, or `NO_OWNER` on an empty ring.
+    /// Per partition: index into `members`, or `NO_OWNER` on an empty ring
+    /// (or one whose members are all ineligible).
     owner: Vec<u32>,
+    /// Partitions the placement gives to nobody although the ring has
+    /// members (every member ineligible).
+    unassigned: u32,
 }
 
 impl RingView {
@@ -131,6 +161,7 @@ impl RingView {
     ///         removed: vec![],
     ///         added: Some((n.to_string(), vec![i as u32])), // one vnode: weight 1
     ///         added_metadata: None,
+    ///         ..Default::default()
     ///     });
     /// }
     /// assert!(v.members().iter().all(|m| m.partition_count() == 4));
@@ -146,6 +177,7 @@ impl RingView {
             std::iter::empty::<(u32, &str)>(),
             table,
             |_| None,
+            |_| true,
         )
     }
 
@@ -157,18 +189,19 @@ impl RingView {
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
     ) -> RingView {
-        RingView::build_with(epoch, ring_size, vnodes, None, |_| None)
+        RingView::build_with(epoch, ring_size, vnodes, None, |_| None, |_| true)
     }
 
     /// [`build`](RingView::build) for either placement: with `table`, the
     /// balanced placement's owners (the table read with the vnodes, at the
-    /// same epoch); and each member's metadata.
+    /// same epoch); and each member's metadata and eligibility.
     pub(crate) fn build_with<'a>(
         epoch: u64,
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
         table: Option<Arc<Table>>,
         metadata: impl Fn(&str) -> Option<Arc<str>>,
+        eligible: impl Fn(&str) -> bool,
     ) -> RingView {
         let mut pairs: Vec<(u32, &str)> =
             vnodes.into_iter().filter(|(p, _)| *p < ring_size).collect();
@@ -222,6 +255,7 @@ impl RingView {
                 positions: ps.into(),
                 partitions: 0,
                 metadata: metadata(n),
+                eligible: eligible(n),
             })
             .collect();
         RingView::finish(epoch, ring_size, members, vnodes, table)
@@ -238,6 +272,12 @@ impl RingView {
         table: Option<Arc<Table>>,
     ) -> RingView {
         let mut owner = vec![NO_OWNER; ring_size as usize];
+        let all_eligible = members.iter().all(|m| m.eligible);
+        // Ineligible members' vnodes are skipped (a copy only when there
+        // are any).
+        let owning_copy: Option<Vec<(u32, u32)>> = (!all_eligible)
+            .then(|| owning_vnodes(false, &vnodes, |i| members[i as usize].eligible).into_owned());
+        let owning: &[(u32, u32)] = owning_copy.as_deref().unwrap_or(&vnodes);
         if let Some(t) = &table {
             // The table's members and the view's are both ascending by node
             // id and, from a consistent store, the same set: map indices by
@@ -260,11 +300,12 @@ impl RingView {
                     }
                 }
             }
-        } else if let Some(&(_, first)) = vnodes.first() {
+        } else if let Some(&(_, first)) = owning.first() {
             // Arcs are (pred(p), p]; partitions after the last vnode wrap
-            // around to the first one.
+            // around to the first one. Ineligible members' vnodes are
+            // skipped: their arcs go to the next eligible vnode clockwise.
             let mut start = 0usize;
-            for &(p, idx) in &vnodes {
+            for &(p, idx) in owning {
                 let end = p as usize + 1;
                 owner[start..end].fill(idx);
                 members[idx as usize].partitions += (end - start) as u32;
@@ -273,11 +314,18 @@ impl RingView {
             owner[start..].fill(first);
             members[first as usize].partitions += (ring_size as usize - start) as u32;
         }
+        let unassigned = if members.is_empty() {
+            0
+        } else {
+            ring_size - members.iter().map(|m| m.partitions).sum::<u32>()
+        };
         RingView {
             inner: Arc::new(ViewInner {
                 epoch,
                 ring_size,
                 table,
+                unassigned,
+                all_eligible,
                 vnodes,
                 members: members
                     .into_iter()
@@ -333,6 +381,7 @@ impl RingView {
                 positions: added_positions.as_slice().into(),
                 partitions: 0,
                 metadata: added_metadata.clone(),
+                eligible: !change.added_ineligible,
             });
         };
         for (i, m) in inner.members.iter().enumerate() {
@@ -350,6 +399,7 @@ impl RingView {
                 positions: m.0.positions.clone(),
                 partitions: 0,
                 metadata: m.0.metadata.clone(),
+                eligible: m.0.eligible,
             });
         }
         if let Some((name, at)) = added {
@@ -357,6 +407,7 @@ impl RingView {
                 push_added(&mut members, name);
             }
         }
+        flip_eligibility(&mut members, change);
         let mut vnodes: Vec<(u32, u32)> =
             Vec::with_capacity(inner.vnodes.len() + added_positions.len());
         vnodes.extend(inner.vnodes.iter().filter_map(|(p, i)| {
@@ -386,14 +437,30 @@ impl RingView {
     fn next_table(&self, change: &Change) -> Option<Arc<Table>> {
         let old = self.inner.table.as_ref()?;
         let mut t = Table::clone(old);
-        t.apply(
+        // A member that becomes eligible joins with its weight in this
+        // view, as the store counts its vnodes.
+        let eligible: Vec<(&str, u32)> = change
+            .eligible
+            .iter()
+            .filter_map(|n| self.member(n).map(|m| (n.as_str(), m.weight())))
+            .collect();
+        t.apply_change(
             &change.removed,
+            &change.ineligible,
+            &eligible,
             change
                 .added
                 .as_ref()
-                .map(|(n, ps)| (n.as_str(), ps.len() as u32)),
+                .map(|(n, ps)| (n.as_str(), ps.len() as u32, !change.added_ineligible)),
         );
         Some(Arc::new(t))
+    }
+
+    /// Partitions this view gives to no member although the ring has
+    /// members: all of them when every member is ineligible (not ready, or
+    /// cordoned), else 0. (`leasering_partitions_unassigned`.)
+    pub(crate) fn unassigned(&self) -> u32 {
+        self.inner.unassigned
     }
 
     /// How this view places partitions.
@@ -417,19 +484,34 @@ impl RingView {
             // The table is history: each change is applied in turn.
             return changes.iter().fold(self.clone(), |v, c| v.apply(c));
         }
-        type Entry<'a> = (Vec<u32>, Option<Arc<str>>);
+        type Entry<'a> = (Vec<u32>, Option<Arc<str>>, bool);
         let mut members: std::collections::BTreeMap<&str, Entry<'_>> = self
             .members()
             .iter()
-            .map(|m| (m.node_id(), (m.positions().to_vec(), m.0.metadata.clone())))
+            .map(|m| {
+                (
+                    m.node_id(),
+                    (m.positions().to_vec(), m.0.metadata.clone(), m.0.eligible),
+                )
+            })
             .collect();
         for change in changes {
             for r in &change.removed {
                 members.remove(r.as_str());
             }
+            for (names, to) in [(&change.ineligible, false), (&change.eligible, true)] {
+                for n in names {
+                    if let Some(e) = members.get_mut(n.as_str()) {
+                        e.2 = to;
+                    }
+                }
+            }
             if let Some((name, positions)) = &change.added {
                 let md = change.added_metadata.as_deref().map(Arc::from);
-                members.insert(name.as_str(), (positions.clone(), md));
+                members.insert(
+                    name.as_str(),
+                    (positions.clone(), md, !change.added_ineligible),
+                );
             }
         }
         RingView::build_with(
@@ -437,9 +519,10 @@ impl RingView {
             self.inner.ring_size,
             members
                 .iter()
-                .flat_map(|(n, (ps, _))| ps.iter().map(move |p| (*p, *n))),
+                .flat_map(|(n, (ps, _, _))| ps.iter().map(move |p| (*p, *n))),
             None,
-            |n| members.get(n).and_then(|(_, md)| md.clone()),
+            |n| members.get(n).and_then(|(_, md, _)| md.clone()),
+            |n| members.get(n).is_none_or(|(_, _, e)| *e),
         )
     }
 
@@ -465,6 +548,17 @@ impl RingView {
                     added_md.clone()
                 } else {
                     self.member(n).and_then(|m| m.0.metadata.clone())
+                }
+            },
+            |n| {
+                if Some(n) == added_name {
+                    !change.added_ineligible
+                } else if change.ineligible.iter().any(|x| x == n) {
+                    false
+                } else if change.eligible.iter().any(|x| x == n) {
+                    true
+                } else {
+                    self.member(n).is_none_or(|m| m.0.eligible)
                 }
             },
         )
@@ -546,7 +640,10 @@ impl RingView {
         };
         let inner = &*self.inner;
         let m = &inner.members[idx as usize];
-        if inner.table.is_some() {
+        if !m.is_eligible() {
+            return Vec::new();
+        }
+        if inner.table.is_some() || !inner.all_eligible {
             let mut out = Vec::with_capacity(m.partition_count() as usize);
             out.extend((0..inner.ring_size).filter(|p| inner.owner[*p as usize] == idx));
             return out;
@@ -602,7 +699,10 @@ impl RingView {
             }
             return out;
         }
-        let v = &self.inner.vnodes;
+        let members = &self.inner.members;
+        let v = owning_vnodes(self.inner.all_eligible, &self.inner.vnodes, |i| {
+            members[i as usize].is_eligible()
+        });
         let n = self.inner.ring_size;
         (0..v.len())
             .map(|i| {
@@ -631,6 +731,37 @@ impl RingView {
             .map(|k| v[(start + k) % v.len()].1)
             .map(|idx| self.inner.members[idx as usize].node_id())
             .find(|n| *n != node_id)
+    }
+}
+
+/// The vnodes that own arcs: those of eligible members (all of them, without
+/// a copy, in the usual case where every member is eligible).
+fn owning_vnodes(
+    all_eligible: bool,
+    vnodes: &[(u32, u32)],
+    eligible: impl Fn(u32) -> bool,
+) -> std::borrow::Cow<'_, [(u32, u32)]> {
+    if all_eligible {
+        return std::borrow::Cow::Borrowed(vnodes);
+    }
+    std::borrow::Cow::Owned(
+        vnodes
+            .iter()
+            .copied()
+            .filter(|(_, i)| eligible(*i))
+            .collect(),
+    )
+}
+
+/// Applies a change's eligibility flips to the next view's members
+/// (ascending by node id); names not among them are ignored.
+fn flip_eligibility(members: &mut [MemberData], change: &Change) {
+    for (names, to) in [(&change.ineligible, false), (&change.eligible, true)] {
+        for n in names {
+            if let Ok(i) = members.binary_search_by(|m| (*m.node_id).cmp(n.as_str())) {
+                members[i].eligible = to;
+            }
+        }
     }
 }
 

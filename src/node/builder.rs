@@ -187,6 +187,15 @@ impl Builder {
         self.cfg.failover_grace = Some(grace);
         self
     }
+    /// Joins *not ready* (issue 19): a live member that the placement gives
+    /// no partitions — the ring stays covered by the others — until
+    /// [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once its
+    /// caches are warm. A rejoin after an eviction joins as ready as the
+    /// member is then.
+    pub fn start_unready(mut self) -> Builder {
+        self.cfg.start_ready = false;
+        self
+    }
     /// A receiver of the member's events that is registered *before* it
     /// starts, so that it sees everything: [`Event::Joined`] and the first
     /// [`Event::Acquired`] included. Like [`RingNode::subscribe`] otherwise.

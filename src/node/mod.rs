@@ -124,6 +124,21 @@ pub struct NodeStatus {
     /// Why the member is not healthy, one line; `None` when it is. See
     /// [`NodeStatus::health`].
     pub unhealthy_reason: Option<String>,
+    /// Its own readiness ([`Builder::start_unready`],
+    /// [`RingNode::set_ready`]).
+    pub ready: bool,
+    /// Whether its view makes it eligible for partitions (ready and not
+    /// cordoned); false while it is not a member.
+    pub eligible: bool,
+    /// Whether its view shows it cordoned by an operator
+    /// ([`cordon`](crate::cordon)): ready, yet not eligible. (A cordon of a
+    /// member that is not ready changes nothing it can see; `ringnode
+    /// status` reads the cordons themselves.)
+    pub cordoned: bool,
+    /// Partitions its view gives to no member: the whole ring while every
+    /// member is ineligible (not ready, or cordoned) — nobody owns them
+    /// then — else 0. Also the gauge `leasering_partitions_unassigned`.
+    pub unassigned: u32,
 }
 
 /// Whether a member can serve: what a readiness probe reports. From
@@ -279,7 +294,17 @@ impl RingNode {
             None => None,
         };
         let unhealthy_reason = self.inner.unhealthy_reason(&s, now);
+        let ready = self.inner.store.is_ready();
+        let eligible = own.status() == Status::Member
+            && own
+                .view()
+                .and_then(|v| v.member(&self.inner.node_id))
+                .is_some_and(|m| m.is_eligible());
         NodeStatus {
+            ready,
+            eligible,
+            cordoned: own.status() == Status::Member && ready && !eligible,
+            unassigned: own.view().map_or(0, |v| v.unassigned()),
             ring_epoch: s.ring_epoch(),
             last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
             renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),
@@ -312,6 +337,20 @@ impl RingNode {
     /// again does nothing.
     pub fn stop(&self) -> Result<()> {
         self.inner.shutdown(true)
+    }
+
+    /// Makes this member ready (`true`: eligible for partitions, unless an
+    /// operator cordoned it) or not (`false`: it gives up its partitions
+    /// gracefully, with drain, as on any view change, and stays a live
+    /// member holding nothing). Written to the database under the ring's
+    /// lock as a membership change (the epoch bumps, every member is told),
+    /// on a pool connection from the calling thread; the partitions move
+    /// as the members apply it. Remembered: a rejoin after an eviction joins
+    /// as ready as this says. A no-op after [`stop`](RingNode::stop). On
+    /// an error (database unreachable, lock timeout) the readiness is still
+    /// remembered for the next join, but not written: call it again.
+    pub fn set_ready(&self, ready: bool) -> Result<()> {
+        self.inner.set_ready(ready)
     }
 
     /// For tests and demos (feature `test-util`): freezes this member's

@@ -208,11 +208,11 @@ impl Inner {
 }
 
 /// Partitions of the ring that the placement gives to no member
-/// (`leasering_partitions_unassigned`). Always 0 for now: every member
-/// takes any share. Capacity (issue 19, item 3) will compute it here, from
-/// the view, once members can declare fewer partitions than the ring has.
-fn unassigned_partitions(_session: &Session) -> u32 {
-    0
+/// (`leasering_partitions_unassigned`): all of them while every member is
+/// ineligible (not ready, or cordoned), else 0. Capacity (issue 19, item 3)
+/// will add its own shortfall here.
+fn unassigned_partitions(session: &Session) -> u32 {
+    session.view().map_or(0, |v| v.unassigned())
 }
 
 fn log_release(ring: &str, node: &str, n: usize, reason: ReleaseReason, epoch: u64) {

@@ -167,6 +167,25 @@ impl Inner {
         Ok(true)
     }
 
+    /// [`RingNode::set_ready`](crate::RingNode::set_ready): serialised
+    /// against rejoins and `stop()` (so a rejoin files the readiness this
+    /// writes, or finds its row written).
+    pub(crate) fn set_ready(&self, ready: bool) -> Result<()> {
+        let _m = self.membership.lock();
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut conn = self
+            .client
+            .pool
+            .get(self.cfg.effective_statement_timeout(), "set_ready")?;
+        let epoch = self.store.set_ready(&mut conn, ready)?;
+        log::info!(target: "leasering", ring = self.cfg.ring_id.as_str(), node = self.node_id.as_str();
+            "node {}: set_ready({ready}){}", self.node_id,
+            epoch.map_or(String::new(), |e| format!(": eligibility changed (epoch {e})")));
+        Ok(())
+    }
+
     /// Asks the changes thread to rejoin this member.
     pub(crate) fn want_rejoin(&self) {
         self.rejoin_wanted

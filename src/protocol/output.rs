@@ -84,10 +84,11 @@ pub enum Effect {
 /// member can tell: the label of the handoff-latency histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandoffCause {
-    /// A member joined (this one, or a rejoin after an eviction; or a
-    /// change the member could not attribute).
+    /// A member joined (this one, or a rejoin after an eviction), or was
+    /// made eligible; or a change the member could not attribute.
     Join,
-    /// A member left gracefully (removed while its lease still ran).
+    /// A member left gracefully (removed while its lease still ran), or was
+    /// made ineligible (unready, cordoned).
     Leave,
     /// A member crashed: removed once its lease had ended.
     Crash,

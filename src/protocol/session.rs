@@ -484,7 +484,12 @@ impl Session {
         let mut cause = HandoffCause::Join;
         for m in old.members() {
             let id = m.node_id();
-            if new.member(id).is_some() {
+            if let Some(now_there) = new.member(id) {
+                // A member made ineligible (unready, cordoned) gives its
+                // partitions up gracefully, as a leaver does.
+                if m.is_eligible() && !now_there.is_eligible() && cause == HandoffCause::Join {
+                    cause = HandoffCause::Leave;
+                }
                 continue;
             }
             let expired =

@@ -46,6 +46,7 @@ fn apply_matches_rebuild() {
         removed: vec!["b".into()],
         added: Some(("d".into(), vec![20, 50])),
         added_metadata: None,
+        ..Default::default()
     };
     let w = v.apply(&c);
     let x = RingView::build(2, 64, [(3, "a"), (40, "c"), (20, "d"), (50, "d")]);
@@ -119,7 +120,7 @@ proptest! {
         let taken: HashSet<u32> = pairs.iter().map(|(p, _)| *p).collect();
         let newpos = newpos % ring_size;
         prop_assume!(!taken.contains(&newpos));
-        let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])), added_metadata: None });
+        let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])), added_metadata: None, ..Default::default() });
         // Every partition that changed owner went to the joiner, and all of
         // them came from the same vnode: the arc that contained newpos.
         let mut from: HashMap<u32, ()> = HashMap::new();
@@ -154,6 +155,7 @@ proptest! {
             removed: removed.iter().map(|i| name(*i)).collect(),
             added: added.clone().map(|(i, ps)| (name(i), ps)),
             added_metadata: None,
+            ..Default::default()
         };
         let got = before.apply(&change);
         // The reference: the old view's pairs, changed, built anew.
@@ -227,6 +229,7 @@ fn balanced_history(ring_size: u32, steps: &[(bool, u8, u8)]) -> (Vec<Change>, V
                 removed: vec![],
                 added: Some((name, ps)),
                 added_metadata: Some(format!("md{who}")),
+                ..Default::default()
             }
         } else {
             let name = live.remove(*who as usize % live.len());
@@ -238,6 +241,7 @@ fn balanced_history(ring_size: u32, steps: &[(bool, u8, u8)]) -> (Vec<Change>, V
                 removed: vec![name],
                 added: None,
                 added_metadata: None,
+                ..Default::default()
             }
         };
         let epoch_fixed = Change {
@@ -304,7 +308,7 @@ proptest! {
             let stored = Table::decode(&t.encode()).unwrap();
             prop_assert!(stored == t);
             let pairs: Vec<(u32, &str)> = v.vnodes().collect();
-            let read = RingView::build_with(v.epoch(), ring_size, pairs, Some(Arc::new(stored)), |_| None);
+            let read = RingView::build_with(v.epoch(), ring_size, pairs, Some(Arc::new(stored)), |_| None, |_| true);
             for p in 0..ring_size {
                 prop_assert_eq!(read.owner_of(p), v.owner_of(p));
             }
@@ -321,8 +325,236 @@ fn a_hashed_view_ignores_weights_and_keeps_arcs() {
         removed: vec![],
         added: Some(("a".into(), vec![3, 9])),
         added_metadata: None,
+        ..Default::default()
     });
     assert_eq!(v.member("a").unwrap().weight(), 2);
     assert_eq!(v.arcs().len(), 2);
     assert_eq!(v.owner_info(4).map(|m| m.node_id()), Some("a"));
+}
+
+// ---- eligibility (issue 19) ---------------------------------------------
+
+/// A random history of joins (eligible or not), leaves and eligibility
+/// flips, as changes, from an empty ring under `placement`.
+fn eligibility_history(
+    ring_size: u32,
+    placement: Placement,
+    steps: &[(u8, u8, u8)],
+) -> (RingView, Vec<Change>) {
+    let start = RingView::empty_with(0, ring_size, placement);
+    let mut v = start.clone();
+    let mut changes = Vec::new();
+    for (i, &(op, who, extra)) in steps.iter().enumerate() {
+        let name = format!("m{}", who % 10);
+        let epoch = i as u64 + 1;
+        let present = v.member(&name);
+        let change = match (op % 4, present) {
+            (0 | 1, None) => {
+                let taken: HashSet<u32> = v.vnodes().map(|(p, _)| p).collect();
+                let n = 1 + u32::from(extra % 4);
+                let Some(ps) = choose_positions(&name, n, ring_size, |p| taken.contains(&p)) else {
+                    continue;
+                };
+                Change {
+                    epoch,
+                    added: Some((name, ps)),
+                    added_ineligible: op % 4 == 1,
+                    ..Default::default()
+                }
+            }
+            (0 | 1, Some(_)) => Change {
+                epoch,
+                removed: vec![name],
+                ..Default::default()
+            },
+            (_, Some(m)) if m.is_eligible() => Change {
+                epoch,
+                ineligible: vec![name],
+                ..Default::default()
+            },
+            (_, Some(_)) => Change {
+                epoch,
+                eligible: vec![name],
+                ..Default::default()
+            },
+            (_, None) => continue,
+        };
+        let change = Change {
+            epoch: v.epoch() + 1,
+            ..change
+        };
+        v = v.apply(&change);
+        changes.push(change);
+    }
+    (start, changes)
+}
+
+/// The placement rules over eligible members only.
+fn check_eligible_placement(v: &RingView) -> Result<(), TestCaseError> {
+    let ring_size = v.ring_size();
+    let eligible: Vec<&MemberInfo> = v.members().iter().filter(|m| m.is_eligible()).collect();
+    for m in v.members() {
+        if !m.is_eligible() {
+            prop_assert_eq!(m.partition_count(), 0, "{} is ineligible", m.node_id());
+            prop_assert!(v.partitions_of(m.node_id()).is_empty());
+        } else {
+            prop_assert_eq!(
+                v.partitions_of(m.node_id()).len() as u32,
+                m.partition_count()
+            );
+        }
+    }
+    for p in 0..ring_size {
+        match v.owner_of(p) {
+            Some(o) => prop_assert!(v.member(o).unwrap().is_eligible(), "{} owns {}", o, p),
+            None => prop_assert!(eligible.is_empty(), "partition {} has no owner", p),
+        }
+    }
+    if eligible.is_empty() {
+        let want = if v.members().is_empty() { 0 } else { ring_size };
+        prop_assert_eq!(v.unassigned(), want);
+        prop_assert!(v.arcs().is_empty());
+        return Ok(());
+    }
+    prop_assert_eq!(v.unassigned(), 0);
+    let arcs: u32 = v
+        .arcs()
+        .iter()
+        .map(|(a, _)| {
+            if a.start <= a.end {
+                a.end - a.start + 1
+            } else {
+                ring_size - a.start + a.end + 1
+            }
+        })
+        .sum();
+    prop_assert_eq!(arcs, ring_size);
+    if v.placement() == Placement::Balanced {
+        // Within one partition of the weighted share over the eligible.
+        let w: i128 = eligible.iter().map(|m| i128::from(m.weight())).sum();
+        for m in &eligible {
+            let excess = i128::from(m.partition_count()) * w
+                - i128::from(ring_size) * i128::from(m.weight());
+            prop_assert!(
+                excess.abs() < w,
+                "{} holds {} of {}",
+                m.node_id(),
+                m.partition_count(),
+                ring_size
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn ineligible_members_own_nothing_and_every_process_agrees(
+        ring_size in 8u32..200,
+        balanced in any::<bool>(),
+        steps in proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 1..30),
+    ) {
+        let placement = if balanced { Placement::Balanced } else { Placement::Hashed };
+        let (start, changes) = eligibility_history(ring_size, placement, &steps);
+        let mut v = start.clone();
+        let mut t = Table::empty(ring_size);
+        for (k, c) in changes.iter().enumerate() {
+            let before = v.clone();
+            v = v.apply(c);
+            check_eligible_placement(&v)?;
+            // Another process applying the same changes, all at once.
+            let all = start.apply_all(&changes[..=k]);
+            // A reader of the store: vnodes, eligibility and (balanced) the
+            // table the writer computed the store's way.
+            if balanced {
+                let eligible: Vec<(&str, u32)> = c
+                    .eligible
+                    .iter()
+                    .filter_map(|n| before.member(n).map(|m| (n.as_str(), m.weight())))
+                    .collect();
+                t.apply_change(
+                    &c.removed,
+                    &c.ineligible,
+                    &eligible,
+                    c.added.as_ref().map(|(n, ps)| (n.as_str(), ps.len() as u32, !c.added_ineligible)),
+                );
+            }
+            let pairs: Vec<(u32, &str)> = v.vnodes().collect();
+            let read = RingView::build_with(
+                v.epoch(),
+                ring_size,
+                pairs,
+                balanced.then(|| Arc::new(Table::decode(&t.encode()).unwrap())),
+                |_| None,
+                |n| v.member(n).is_none_or(|m| m.is_eligible()),
+            );
+            for p in 0..ring_size {
+                prop_assert_eq!(all.owner_of(p), v.owner_of(p), "apply_all, partition {}", p);
+                prop_assert_eq!(read.owner_of(p), v.owner_of(p), "stored read, partition {}", p);
+            }
+            for (a, b) in all.members().iter().zip(v.members()) {
+                prop_assert_eq!(a.is_eligible(), b.is_eligible());
+            }
+        }
+    }
+
+    #[test]
+    fn flipping_eligibility_off_and_on_returns_to_a_valid_placement(
+        ring_size in 32u32..200,
+        balanced in any::<bool>(),
+        n in 2usize..8,
+        who in any::<prop::sample::Index>(),
+    ) {
+        let placement = if balanced { Placement::Balanced } else { Placement::Hashed };
+        let mut v = RingView::empty_with(0, ring_size, placement);
+        for i in 0..n {
+            let name = format!("m{i}");
+            let taken: HashSet<u32> = v.vnodes().map(|(p, _)| p).collect();
+            let ps = choose_positions(&name, 4, ring_size, |p| taken.contains(&p)).unwrap();
+            v = v.apply(&Change { epoch: v.epoch() + 1, added: Some((name, ps)), ..Default::default() });
+        }
+        let name = format!("m{}", who.index(n));
+        let off = v.apply(&Change { epoch: v.epoch() + 1, ineligible: vec![name.clone()], ..Default::default() });
+        check_eligible_placement(&off)?;
+        prop_assert!(off.partitions_of(&name).is_empty());
+        prop_assert!(off.member(&name).is_some(), "still a member");
+        // Nobody but the ineligible member's partitions moved.
+        for p in 0..ring_size {
+            if v.owner_of(p) != Some(name.as_str()) {
+                prop_assert_eq!(off.owner_of(p), v.owner_of(p));
+            }
+        }
+        let on = off.apply(&Change { epoch: off.epoch() + 1, eligible: vec![name.clone()], ..Default::default() });
+        check_eligible_placement(&on)?;
+        prop_assert!(!on.partitions_of(&name).is_empty());
+        if !balanced {
+            // Hashed placement is a function of the eligible members.
+            for p in 0..ring_size {
+                prop_assert_eq!(on.owner_of(p), v.owner_of(p));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_ring_of_ineligible_members_assigns_nothing() {
+    for placement in [Placement::Hashed, Placement::Balanced] {
+        let v = RingView::empty_with(0, 16, placement).apply(&Change {
+            epoch: 1,
+            added: Some(("a".into(), vec![3, 9])),
+            added_ineligible: true,
+            ..Default::default()
+        });
+        assert!(!v.member("a").unwrap().is_eligible());
+        assert!((0..16).all(|p| v.owner_of(p).is_none()));
+        assert_eq!(v.unassigned(), 16);
+        let v = v.apply(&Change {
+            epoch: 2,
+            eligible: vec!["a".into()],
+            ..Default::default()
+        });
+        assert!(v.member("a").unwrap().is_eligible());
+        assert_eq!(v.partitions_of("a").len(), 16, "{placement:?}");
+        assert_eq!(v.unassigned(), 0);
+    }
 }

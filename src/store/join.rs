@@ -65,6 +65,10 @@ struct Request {
     ttl_ms: f64,
     placement: String,
     metadata: Option<String>,
+    /// Its readiness (`join_requests.ready`).
+    ready: bool,
+    /// Whether it joins eligible: ready and its node id not cordoned.
+    eligible: bool,
 }
 
 /// Why the absorber refused a request (stored in `join_requests.refused`
@@ -294,8 +298,8 @@ impl Store {
                 &format!(
                     "WITH ins AS (INSERT INTO {s}.join_requests
                                     (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at,
-                                     placement, metadata)
-                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $11, $12
+                                     placement, metadata, ready)
+                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $11, $12, $13
                                   WHERE $8),
                           lk AS (SELECT pg_try_advisory_xact_lock($9) AS got)
                      SELECT got, CASE WHEN got THEN set_config('idle_in_transaction_session_timeout', $10, true) END
@@ -314,6 +318,7 @@ impl Store {
                     (&self.ring_lock_idle(), Type::TEXT),
                     (&self.placement.as_str(), Type::TEXT),
                     (&self.metadata, Type::TEXT),
+                    (&self.is_ready(), Type::BOOL),
                 ],
             )
             .map_err(|e| Error::db("file the join request", e))?;
@@ -393,10 +398,14 @@ impl Store {
         }
         let mut pairs: Vnodes = read.vnodes;
         let mut metadata = read.metadata;
+        let mut ineligible = read.ineligible;
         for (q, ps) in &accepted {
             pairs.extend(ps.iter().map(|p| (*p, q.node_id.clone())));
             if let Some(md) = &q.metadata {
                 metadata.push((q.node_id.clone(), md.clone()));
+            }
+            if !q.eligible {
+                ineligible.push(q.node_id.clone());
             }
         }
         Ok(Outcome::Joined(self.joined_from(
@@ -405,7 +414,7 @@ impl Store {
             read.removed,
             me,
             table,
-            metadata,
+            (metadata, ineligible),
         )))
     }
 
@@ -420,13 +429,22 @@ impl Store {
         accepted: &[(&Request, Vec<u32>)],
     ) -> Result<Table> {
         let mut t = self.table_or_empty(stored)?;
-        // The members the table must place before this change: those with
-        // vnodes now, and the expired ones this change removes.
+        // The members the table must place before this change: the
+        // eligible ones with vnodes now, and the expired ones this change
+        // removes (the table never holds an ineligible member).
         let mut weights: std::collections::BTreeMap<&str, u32> = Default::default();
         for (_, n) in &read.vnodes {
-            *weights.entry(n.as_str()).or_default() += 1;
+            if !read.ineligible.contains(n) {
+                *weights.entry(n.as_str()).or_default() += 1;
+            }
         }
-        let consistent = t.members().len() == weights.len() + read.removed.len()
+        let consistent = t.members().len()
+            == weights.len()
+                + read
+                    .removed
+                    .iter()
+                    .filter(|r| t.member(r).is_some())
+                    .count()
             && t.members().iter().all(|m| {
                 weights.get(m.node_id()) == Some(&m.weight())
                     || read.removed.iter().any(|r| r == m.node_id())
@@ -443,11 +461,16 @@ impl Store {
             }
         }
         if accepted.is_empty() {
-            t.apply(&read.removed, None);
+            t.apply_change(&read.removed, &[], &[], None);
         }
         for (i, (q, ps)) in accepted.iter().enumerate() {
             let removed: &[String] = if i == 0 { &read.removed } else { &[] };
-            t.apply(removed, Some((q.node_id.as_str(), ps.len() as u32)));
+            t.apply_change(
+                removed,
+                &[],
+                &[],
+                Some((q.node_id.as_str(), ps.len() as u32, q.eligible)),
+            );
         }
         Ok(t)
     }
@@ -460,7 +483,7 @@ impl Store {
         removed: Vec<String>,
         me: i64,
         table: Option<Table>,
-        metadata: Vec<(String, String)>,
+        (metadata, ineligible): (Vec<(String, String)>, Vec<String>),
     ) -> Joined {
         let metadata: fnv::FnvHashMap<String, Arc<str>> = metadata
             .into_iter()
@@ -472,6 +495,7 @@ impl Store {
             pairs.iter().map(|(p, n)| (*p, n.as_str())),
             table.map(Arc::new),
             |n| metadata.get(n).cloned(),
+            |n| !ineligible.iter().any(|x| x == n),
         );
         let mut positions: Vec<u32> = pairs
             .iter()
@@ -519,7 +543,7 @@ impl Store {
                                    RETURNING node_id, incarnation),
                           req AS (DELETE FROM {s}.join_requests
                                   WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= statement_timestamp())
-                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata,
+                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata, ready,
                                             refused IS NULL AND expires_at > statement_timestamp() AS live)
                      SELECT 8, placement, ring_size, epoch, 0::float8, NULL::text, placement_table FROM up
                      UNION ALL
@@ -538,8 +562,12 @@ impl Store {
                      UNION ALL
                      SELECT 6, node_id, 0, incarnation, 0, NULL, NULL FROM {s}.members WHERE incarnation = $2
                      UNION ALL
-                     SELECT 7, node_id, 0, 0, 0, metadata, NULL FROM {s}.members
-                      WHERE ring_id = $1 AND metadata IS NOT NULL AND expires_at > statement_timestamp()"
+                     SELECT 7, node_id, CASE WHEN eligible THEN 0 ELSE 1 END, 0, 0, metadata, NULL FROM {s}.members
+                      WHERE ring_id = $1 AND (metadata IS NOT NULL OR NOT eligible) AND expires_at > statement_timestamp()
+                     UNION ALL
+                     SELECT 9, q.node_id, CASE WHEN q.ready THEN 0 ELSE 1 END, q.incarnation, 0, NULL, NULL FROM req q
+                      WHERE q.live AND (NOT q.ready OR EXISTS (SELECT 1 FROM {s}.cordons c
+                                                              WHERE c.ring_id = $1 AND c.node_id = q.node_id))"
                 ),
                 &[
                     (&self.ring_id, Type::TEXT),
@@ -553,6 +581,7 @@ impl Store {
         let mut ring = None;
         let mut sizes: Vec<(i64, u32, String)> = Vec::new();
         let mut gone: Vec<i64> = Vec::new();
+        let mut unready: Vec<(i64, bool)> = Vec::new();
         for r in &rows {
             match r.get::<_, i32>(0) {
                 0 => {
@@ -570,10 +599,22 @@ impl Store {
                     ttl_ms: r.get(4),
                     placement: String::new(),
                     metadata: r.get(5),
+                    ready: true,
+                    eligible: true,
                 }),
                 5 => sizes.push((r.get(3), r.get::<_, i32>(2) as u32, r.get(5))),
                 6 => read.already_member = true,
-                7 => read.metadata.push((r.get(1), r.get(5))),
+                7 => {
+                    let n: String = r.get(1);
+                    if r.get::<_, i32>(2) == 1 {
+                        read.ineligible.push(n.clone());
+                    }
+                    if let Some(md) = r.get::<_, Option<String>>(5) {
+                        read.metadata.push((n, md));
+                    }
+                }
+                // Not eligible: not ready (1), or cordoned (0).
+                9 => unready.push((r.get::<_, i64>(3), r.get::<_, i32>(2) == 0)),
                 8 => {
                     ring = Some((
                         r.get::<_, i32>(2) as u32,
@@ -589,6 +630,10 @@ impl Store {
                 q.ring_size = *n;
                 q.placement = p.clone();
             }
+            match unready.iter().find(|(i, _)| *i == q.incarnation) {
+                Some((_, ready)) => (q.ready, q.eligible) = (*ready, false),
+                None => (q.ready, q.eligible) = (true, true),
+            }
         }
         // First come, first placed: a fixed order (by node id) so that two
         // requests for one id are decided the same way by any holder.
@@ -599,6 +644,7 @@ impl Store {
         });
         read.vnodes.retain(|(_, n)| !read.removed.contains(n));
         read.metadata.retain(|(n, _)| !read.removed.contains(n));
+        read.ineligible.retain(|n| !read.removed.contains(n));
         read.gone = gone;
         let ring = ring.ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
         Ok((read, ring))
@@ -630,6 +676,8 @@ impl Store {
             .iter()
             .map(|(q, _)| q.metadata.as_deref())
             .collect();
+        let readies: Vec<bool> = accepted.iter().map(|(q, _)| q.ready).collect();
+        let eligibles: Vec<bool> = accepted.iter().map(|(q, _)| q.eligible).collect();
         let (mut vps, mut vns, mut vis) = (Vec::new(), Vec::new(), Vec::new());
         for (q, ps) in accepted {
             for (i, p) in ps.iter().enumerate() {
@@ -656,14 +704,25 @@ impl Store {
             (&rns, Type::TEXT_ARRAY),
             (&rwhy, Type::TEXT_ARRAY),
             (&mds, Type::TEXT_ARRAY),
+            (&readies, Type::BOOL_ARRAY),
+            (&eligibles, Type::BOOL_ARRAY),
         ];
         let added: Vec<Added<'_>> = accepted
             .iter()
-            .map(|(q, ps)| (q.node_id.as_str(), ps.as_slice(), q.metadata.as_deref()))
+            .map(|(q, ps)| {
+                (
+                    q.node_id.as_str(),
+                    ps.as_slice(),
+                    q.metadata.as_deref(),
+                    q.eligible,
+                )
+            })
             .collect();
         let set = ChangeSet {
             first_epoch: epoch + 1,
             removed: &read.removed,
+            eligible: &[],
+            ineligible: &[],
             freeing: &read.gone,
             added: &added,
             table,
@@ -679,10 +738,13 @@ impl Store {
         tx.query_typed(
             &format!(
                 "WITH mem AS (INSERT INTO {s}.members
-                                (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol, metadata)
-                              SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2, a.md
-                              FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[], $13::text[])
-                                   AS a(n, vc, ttl, inc, md)),
+                                (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol, metadata,
+                                 ready, eligible)
+                              SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2, a.md,
+                                     a.rd, a.el
+                              FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[], $13::text[], $14::bool[],
+                                          $15::bool[])
+                                   AS a(n, vc, ttl, inc, md, rd, el)),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, v.p, v.n, v.i FROM unnest($7::int4[], $8::text[], $9::int4[]) AS v(p, n, i)),
                       ref AS (INSERT INTO {s}.join_requests
@@ -738,8 +800,8 @@ impl Store {
                      UNION ALL
                      SELECT 3, 0, NULL, 0, NULL, NULL FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL
                      UNION ALL
-                     SELECT 4, 0, mm.node_id, 0, NULL, mm.metadata FROM {s}.members mm
-                      WHERE mm.ring_id = $1 AND mm.metadata IS NOT NULL AND EXISTS (SELECT 1 FROM m)"
+                     SELECT 4, 0, mm.node_id, CASE WHEN mm.eligible THEN 0 ELSE 1 END, NULL, mm.metadata FROM {s}.members mm
+                      WHERE mm.ring_id = $1 AND (mm.metadata IS NOT NULL OR NOT mm.eligible) AND EXISTS (SELECT 1 FROM m)"
                 ),
                 &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
             )
@@ -748,6 +810,7 @@ impl Store {
         let mut placement = StoredPlacement::Hashed;
         let mut pairs: Vnodes = Vec::new();
         let mut metadata = Vec::new();
+        let mut ineligible = Vec::new();
         for r in &rows {
             match r.get::<_, i32>(0) {
                 0 => {
@@ -755,7 +818,15 @@ impl Store {
                     placement = StoredPlacement::from_row(r.get(2), r.get(4))?;
                 }
                 1 => pairs.push((r.get::<_, i32>(3) as u32, r.get(2))),
-                4 => metadata.push((r.get(2), r.get(5))),
+                4 => {
+                    let n: String = r.get(2);
+                    if r.get::<_, i32>(3) == 1 {
+                        ineligible.push(n.clone());
+                    }
+                    if let Some(md) = r.get::<_, Option<String>>(5) {
+                        metadata.push((n, md));
+                    }
+                }
                 2 => return Ok(Outcome::Refused(self.refusal_error(&r.get::<_, String>(2)))),
                 3 => return Ok(Outcome::Pending),
                 _ => {}
@@ -767,7 +838,14 @@ impl Store {
                     StoredPlacement::Hashed => None,
                     StoredPlacement::Balanced(t) => Some(self.table_or_empty(t.as_deref())?),
                 };
-                Outcome::Joined(self.joined_from(e, &pairs, Vec::new(), me, table, metadata))
+                Outcome::Joined(self.joined_from(
+                    e,
+                    &pairs,
+                    Vec::new(),
+                    me,
+                    table,
+                    (metadata, ineligible),
+                ))
             }
             None => Outcome::Gone,
         })
@@ -819,4 +897,6 @@ struct AbsorbRead {
     already_member: bool,
     /// The remaining members' metadata, where they have any.
     metadata: Vec<(String, String)>,
+    /// The remaining members that are ineligible.
+    ineligible: Vec<String>,
 }

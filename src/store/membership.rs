@@ -16,7 +16,7 @@
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
-use super::payload::{notify_payload, transaction_payload};
+use super::payload::{notify_payload, transaction_payload, Flips};
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
 use crate::balanced::Table;
 use crate::error::{Error, ErrorKind, Result};
@@ -34,6 +34,9 @@ pub(super) type Vnodes = Vec<(u32, String)>;
 pub(super) struct ChangeSet<'a> {
     pub(super) first_epoch: u64,
     pub(super) removed: &'a [String],
+    /// Members made eligible / ineligible (in the first change).
+    pub(super) eligible: &'a [String],
+    pub(super) ineligible: &'a [String],
     pub(super) freeing: &'a [i64],
     /// Node id, positions and metadata of each member added.
     pub(super) added: &'a [Added<'a>],
@@ -42,8 +45,9 @@ pub(super) struct ChangeSet<'a> {
     pub(super) table: Option<Vec<u8>>,
 }
 
-/// A member added by a change: node id, positions, metadata.
-pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>);
+/// A member added by a change: node id, positions, metadata, and whether
+/// it is eligible.
+pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>, bool);
 
 impl Store {
     /// The CTEs and final `SELECT` that record a set of changes, shared by
@@ -65,27 +69,34 @@ impl Store {
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl] =
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes] =
             std::array::from_fn(|i| first + i);
         let n = set.added.len().max(1);
         for i in 0..n {
             let epoch = set.first_epoch + i as u64;
-            let removed: &[String] = if i == 0 { set.removed } else { &[] };
+            let first_change = i == 0;
+            let removed: &[String] = if first_change { set.removed } else { &[] };
             let added = set.added.get(i).copied();
             values.epochs.push(pg_i64(epoch));
             values.from.push(values.positions.len() as i32 + 1);
-            if let Some((name, positions, md)) = added {
+            if let Some((name, positions, md, eligible)) = added {
                 values.added.push(Some(name.to_string()));
                 values.positions.extend(positions.iter().map(|p| *p as i32));
                 values.metadata.push(md.map(str::to_string));
+                values.added_eligible.push(eligible);
             } else {
                 values.added.push(None);
                 values.metadata.push(None);
+                values.added_eligible.push(true);
             }
             values.to.push(values.positions.len() as i32);
+            let flips = Flips {
+                eligible: if first_change { set.eligible } else { &[] },
+                ineligible: if first_change { set.ineligible } else { &[] },
+            };
             values
                 .payloads
-                .push(notify_payload(&self.ring_id, epoch, removed, added));
+                .push(notify_payload(&self.ring_id, epoch, removed, flips, added));
         }
         values.last = pg_i64(set.first_epoch + n as u64 - 1);
         values.payload = transaction_payload(&values.payloads);
@@ -97,11 +108,15 @@ impl Store {
              bump AS (UPDATE {s}.rings SET epoch = ${last}, changed_at = now(),
                              placement_table = COALESCE(${tbl}, placement_table)
                       WHERE ring_id = $1),
-             ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata)
+             ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata,
+                                              eligible, ineligible, added_eligible)
                      SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
-                            COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md
-                     FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[])
-                          WITH ORDINALITY AS c(e, a, f, t, md, o)),
+                            COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md,
+                            CASE WHEN c.o = 1 THEN ${el} ELSE '{{}}'::text[] END,
+                            CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae
+                     FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[],
+                                 ${aes}::bool[])
+                          WITH ORDINALITY AS c(e, a, f, t, md, ae, o)),
              trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
              SELECT (SELECT count(pg_notify(${c}, ${pls}::text)))"
         );
@@ -119,6 +134,9 @@ impl Store {
             (&values.payload, Type::TEXT),
             (&values.metadata, Type::TEXT_ARRAY),
             (&set.table, Type::BYTEA),
+            (&set.eligible, Type::TEXT_ARRAY),
+            (&set.ineligible, Type::TEXT_ARRAY),
+            (&values.added_eligible, Type::BOOL_ARRAY),
         ];
         (sql, params)
     }
@@ -137,13 +155,15 @@ impl Store {
             StoredPlacement::Hashed => None,
             StoredPlacement::Balanced(table) => {
                 let mut t = self.table_or_empty(table.as_deref())?;
-                t.apply(removed, None);
+                t.apply_change(removed, &[], &[], None);
                 Some(t.encode())
             }
         };
         let set = ChangeSet {
             first_epoch: epoch,
             removed,
+            eligible: &[],
+            ineligible: &[],
             freeing,
             added: &[],
             table,
@@ -379,6 +399,180 @@ impl Store {
     }
 }
 
+/// What changes a member's eligibility (issue 19): its own readiness, or
+/// an operator's cordon of its node id.
+#[derive(Debug, Clone, Copy)]
+enum EligibilitySource {
+    Ready(bool),
+    Cordon(bool),
+}
+
+impl Store {
+    /// This member's readiness ([`RingNode::set_ready`](crate::RingNode::set_ready)):
+    /// remembered (the next join, a rejoin after an eviction included, files
+    /// it) and written under the ring's lock — to its member row, and to a
+    /// join request still pending. Returns the epoch of the change if its
+    /// eligibility changed (a cordoned member's readiness changes nothing).
+    pub(crate) fn set_ready(&self, client: &mut Client, ready: bool) -> Result<Option<u64>> {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+        // No ring: nothing to write (the next join files the readiness).
+        Ok(self
+            .change_eligibility(client, EligibilitySource::Ready(ready))?
+            .flatten())
+    }
+
+    /// Cordons (`yes`) or uncordons this store's node id, stored whether or
+    /// not it is a member. Returns the epoch of the change if a member's
+    /// eligibility changed; an error naming the ring if there is no such
+    /// ring.
+    pub(crate) fn set_cordon(&self, client: &mut Client, yes: bool) -> Result<Option<u64>> {
+        self.change_eligibility(client, EligibilitySource::Cordon(yes))?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "ring_id",
+                    format!(
+                        "no ring {:?} in schema {}: cannot cordon node {:?}",
+                        self.ring_id, self.schema, self.node_id
+                    ),
+                )
+            })
+    }
+
+    /// Writes an eligibility source of `self.node_id` in one transaction
+    /// under the ring's lock and, if the member's eligibility flipped,
+    /// records it as a membership change: epoch bump, one change-log entry,
+    /// the balanced table updated (an ineligible member leaves it, an
+    /// eligible one joins), one NOTIFY — so that the member losing
+    /// partitions drains them and the others take them, as after a join or
+    /// a leave (the claim model's `note_eligibility`). `None`: no such
+    /// ring; `Some(None)`: nothing flipped.
+    fn change_eligibility(
+        &self,
+        client: &mut Client,
+        source: EligibilitySource,
+    ) -> Result<Option<Option<u64>>> {
+        let s = &self.s;
+        let mut tx = self.begin(client)?;
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "WITH adv AS (SELECT pg_advisory_xact_lock($2), set_config('idle_in_transaction_session_timeout', $3, true))
+                     SELECT r.epoch, r.placement, r.placement_table FROM {s}.rings r, adv
+                     WHERE r.ring_id = $1 FOR NO KEY UPDATE OF r"
+                ),
+                &[
+                    (&self.ring_id, Type::TEXT),
+                    (&self.ring_lock, Type::INT8),
+                    (&self.ring_lock_idle(), Type::TEXT),
+                ],
+            )
+            .map_err(|e| Error::db("lock the ring", e))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let epoch = row.get::<_, i64>(0) as u64;
+        let placement = StoredPlacement::from_row(row.get(1), row.get(2))?;
+        // The member's eligibility before (the snapshot's: it changes only
+        // under the ring's lock, held) and after, and its weight.
+        let tail = "SELECT (SELECT eligible FROM old), (SELECT eligible FROM up),
+                           (SELECT count(*) FROM {s}.vnodes WHERE ring_id = $1 AND node_id = $2)";
+        let old = format!(
+            "old AS (SELECT eligible FROM {s}.members WHERE ring_id = $1 AND node_id = $2)"
+        );
+        let (sql, yes) = match source {
+            EligibilitySource::Ready(yes) => (
+                format!(
+                    "WITH {old},
+                          jr AS (UPDATE {s}.join_requests SET ready = $3
+                                 WHERE ring_id = $1 AND node_id = $2 AND refused IS NULL),
+                          up AS (UPDATE {s}.members m SET ready = $3,
+                                        eligible = $3 AND NOT EXISTS (SELECT 1 FROM {s}.cordons c
+                                                                      WHERE c.ring_id = $1 AND c.node_id = $2)
+                                 WHERE m.ring_id = $1 AND m.node_id = $2 RETURNING m.eligible)
+                     {}",
+                    tail.replace("{s}", s)
+                ),
+                yes,
+            ),
+            EligibilitySource::Cordon(yes) => (
+                format!(
+                    "WITH {old},
+                          ins AS (INSERT INTO {s}.cordons (ring_id, node_id) SELECT $1, $2 WHERE $3
+                                  ON CONFLICT DO NOTHING),
+                          del AS (DELETE FROM {s}.cordons WHERE ring_id = $1 AND node_id = $2 AND NOT $3),
+                          up AS (UPDATE {s}.members m SET eligible = m.ready AND NOT $3
+                                 WHERE m.ring_id = $1 AND m.node_id = $2 RETURNING m.eligible)
+                     {}",
+                    tail.replace("{s}", s)
+                ),
+                yes,
+            ),
+        };
+        let rows = tx
+            .query_typed(
+                &sql,
+                &[
+                    (&self.ring_id, Type::TEXT),
+                    (&self.node_id, Type::TEXT),
+                    (&yes, Type::BOOL),
+                ],
+            )
+            .map_err(|e| Error::db("write the member's eligibility", e))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::new(ErrorKind::Database, "write eligibility: no row"))?;
+        let (before, after): (Option<bool>, Option<bool>) = (row.get(0), row.get(1));
+        let weight = row.get::<_, i64>(2) as u32;
+        let flipped = match (before, after) {
+            (Some(b), Some(a)) if a != b => Some(a),
+            _ => None,
+        };
+        let Some(now_eligible) = flipped else {
+            tx.commit()
+                .map_err(|e| Error::db("commit the eligibility", e))?;
+            return Ok(Some(None));
+        };
+        let names = [self.node_id.clone()];
+        let (eligible, ineligible): (&[String], &[String]) = if now_eligible {
+            (&names, &[])
+        } else {
+            (&[], &names)
+        };
+        let table = match &placement {
+            StoredPlacement::Hashed => None,
+            StoredPlacement::Balanced(stored) => {
+                let mut t = self.table_or_empty(stored.as_deref())?;
+                let joining: Vec<(&str, u32)> =
+                    eligible.iter().map(|n| (n.as_str(), weight)).collect();
+                t.apply_change(&[], ineligible, &joining, None);
+                Some(t.encode())
+            }
+        };
+        let set = ChangeSet {
+            first_epoch: epoch + 1,
+            removed: &[],
+            eligible,
+            ineligible,
+            freeing: &[],
+            added: &[],
+            table,
+        };
+        let mut values = RecordValues::default();
+        let (tail, mut params) = self.record_changes(&set, 2, &mut values);
+        params.insert(0, (&self.ring_id, Type::TEXT));
+        let rows = tx
+            .query_typed(&format!("WITH {tail}"), &params)
+            .map_err(|e| Error::db("record the eligibility change", e))?;
+        super::notified(rows.first().map_or(0, |r| r.get(0)));
+        tx.commit()
+            .map_err(|e| Error::db("commit the eligibility change", e))?;
+        log::info!(target: "leasering", ring = self.ring_id.as_str(), node = self.node_id.as_str();
+            "ring {:?}: node {} is now {} (epoch {})", self.ring_id, self.node_id,
+            if now_eligible { "eligible" } else { "ineligible" }, epoch + 1);
+        Ok(Some(Some(epoch + 1)))
+    }
+}
+
 /// When a cleanup found the ring's lock held: look again this many
 /// milliseconds later.
 const CLEANUP_BUSY_RETRY_MS: f64 = 100.0;
@@ -436,5 +630,6 @@ pub(super) struct RecordValues {
     payloads: Vec<String>,
     payload: String,
     metadata: Vec<Option<String>>,
+    added_eligible: Vec<bool>,
     last: i64,
 }

@@ -34,9 +34,10 @@ pub(crate) use join::JoinAttempt;
 pub(crate) use statements::{hold, hold_setup, HeldConn, RenewItem};
 
 /// Version of the schema this build creates and understands (2: claims;
-/// 3: placement and member metadata). Older schemas are migrated in place;
+/// 3: placement and member metadata; 4: eligibility — readiness and
+/// cordons). Older schemas are migrated in place;
 /// see [`migrate`](crate::migrate).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// NOTIFYs this process's statements sent (each counted when its
 /// statement returns): see [`crate::telemetry::notifications_sent`].
@@ -83,6 +84,10 @@ pub(crate) struct Store {
     /// prepared statements, session settings, LISTEN): not behind a pooler
     /// in transaction mode ([`Config::transaction_pooling`](crate::Config)).
     pub(crate) session_state: bool,
+    /// This member's readiness (issue 19), shared by every clone of its
+    /// store: a join (and a rejoin after an eviction) files it, and
+    /// [`Store::set_ready`] changes it.
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(super) fn pg_i64(v: u64) -> i64 {
@@ -114,6 +119,7 @@ impl Store {
                 cfg.ring_id.as_bytes(),
             ]) as i64,
             session_state: !cfg.transaction_pooling,
+            ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(cfg.start_ready)),
         })
     }
 
@@ -123,6 +129,11 @@ impl Store {
     pub(crate) fn ring_channel(schema: &str, ring_id: &str) -> String {
         let h = fmix64(fnv1a64(&[schema.as_bytes(), &[0], ring_id.as_bytes()]));
         format!("leasering_{h:016x}")
+    }
+
+    /// Whether this member is ready (what its next join files).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The schema's name (unquoted).

@@ -24,25 +24,47 @@ pub(crate) fn transaction_payload(changes: &[String]) -> String {
     last.split(' ').next().unwrap_or("0").to_string()
 }
 
+/// The eligibility flips of a change (issue 19).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flips<'a> {
+    /// Members made eligible.
+    pub(crate) eligible: &'a [String],
+    /// Members made ineligible.
+    pub(crate) ineligible: &'a [String],
+}
+
 /// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
 /// change itself, so that members apply it without reading the change log:
-/// ` r<len>:<ring id>` then `-<len>:<node>` per removed member, then
-/// `+<len>:<node>@<p>,<p>,…` for an added one, followed by
-/// `~<len>:<metadata>` when it has metadata (`len` in bytes).
+/// ` r<len>:<ring id>` then `-<len>:<node>` per removed member,
+/// `!<len>:<node>` per member made ineligible, `*<len>:<node>` per member
+/// made eligible, then `+<len>:<node>@<p>,<p>,…` for an added one, followed
+/// by `?` when it joined ineligible and `~<len>:<metadata>` when it has
+/// metadata (`len` in bytes). The eligibility marks (schema version 4) are
+/// additions: a payload without them reads as before.
 pub(crate) fn notify_payload(
     ring_id: &str,
     epoch: u64,
     removed: &[String],
-    added: Option<(&str, &[u32], Option<&str>)>,
+    flips: Flips<'_>,
+    added: Option<(&str, &[u32], Option<&str>, bool)>,
 ) -> String {
     use std::fmt::Write;
     let mut out = format!("{epoch} r{}:{ring_id}", ring_id.len());
     for n in removed {
         let _ = write!(out, "-{}:{n}", n.len());
     }
-    if let Some((n, ps, md)) = added {
+    for n in flips.ineligible {
+        let _ = write!(out, "!{}:{n}", n.len());
+    }
+    for n in flips.eligible {
+        let _ = write!(out, "*{}:{n}", n.len());
+    }
+    if let Some((n, ps, md, eligible)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
         write_list(&mut out, ps.iter());
+        if !eligible {
+            out.push('?');
+        }
         if let Some(md) = md {
             let _ = write!(out, "~{}:{md}", md.len());
         }
@@ -149,18 +171,33 @@ fn parse_one<'a>(ring_id: &str, payload: &'a str) -> Option<(Notice, &'a str)> {
         removed: Vec::new(),
         added: None,
         added_metadata: None,
+        ..Default::default()
     };
     while let Some(tail) = rest.strip_prefix('-') {
         let (n, r) = field(tail)?;
         change.removed.push(n.to_string());
         rest = r;
     }
+    while let Some(tail) = rest.strip_prefix('!') {
+        let (n, r) = field(tail)?;
+        change.ineligible.push(n.to_string());
+        rest = r;
+    }
+    while let Some(tail) = rest.strip_prefix('*') {
+        let (n, r) = field(tail)?;
+        change.eligible.push(n.to_string());
+        rest = r;
+    }
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
         let r = r.strip_prefix('@')?;
-        let end = r.find(['~', '\n']).unwrap_or(r.len());
+        let end = r.find(['~', '?', '\n']).unwrap_or(r.len());
         change.added = Some((n.to_string(), parse_list(&r[..end])?));
         rest = &r[end..];
+        if let Some(tail) = rest.strip_prefix('?') {
+            change.added_ineligible = true;
+            rest = tail;
+        }
         if let Some(md) = rest.strip_prefix('~') {
             let (md, tail) = field(md)?;
             change.added_metadata = Some(md.to_string());
@@ -201,7 +238,8 @@ mod tests {
             "orders",
             42,
             &["a b".into(), "c:d-e".into()],
-            Some(("x+y@z,", &[3, 1, 7], Some("10.0.0.1:80 ~1:x"))),
+            Flips::default(),
+            Some(("x+y@z,", &[3, 1, 7], Some("10.0.0.1:80 ~1:x"), true)),
         );
         let (e, ch) = change_of(parse_payload("orders", &p).unwrap());
         assert_eq!(e, 42);
@@ -221,7 +259,7 @@ mod tests {
         assert!(parse_payload("orders", "junk").is_none());
         let big: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
         assert_eq!(
-            notify_payload("orders", 9, &big, None),
+            notify_payload("orders", 9, &big, Flips::default(), None),
             "9",
             "too big: the epoch only"
         );
@@ -263,7 +301,8 @@ mod tests {
                     "orders",
                     10 + i,
                     &removed,
-                    Some((&name, &[i as u32, 7], Some(md))),
+                    Flips::default(),
+                    Some((&name, &[i as u32, 7], Some(md), true)),
                 )
             })
             .collect();
@@ -286,7 +325,8 @@ mod tests {
                     "orders",
                     i + 1,
                     &[],
-                    Some((&format!("{i:0>60}"), &[1, 2], None)),
+                    Flips::default(),
+                    Some((&format!("{i:0>60}"), &[1, 2], None, true)),
                 )
             })
             .collect();
@@ -323,7 +363,8 @@ mod tests {
                         &ring,
                         first + i as u64,
                         removed,
-                        added.as_ref().map(|(n, ps, md)| (n.as_str(), ps.as_slice(), md.as_deref())),
+                        Flips::default(),
+                        added.as_ref().map(|(n, ps, md)| (n.as_str(), ps.as_slice(), md.as_deref(), true)),
                     )
                 })
                 .collect();
@@ -359,15 +400,23 @@ mod tests {
             ring in "\\PC{1,30}",
             epoch in any::<u64>(),
             removed in proptest::collection::vec("\\PC{1,20}", 0..4),
+            eligible in proptest::collection::vec("\\PC{1,20}", 0..3),
+            ineligible in proptest::collection::vec("\\PC{1,20}", 0..3),
             added in proptest::option::of(("\\PC{1,20}", proptest::collection::vec(any::<u32>(), 0..10))),
+            added_eligible in any::<bool>(),
             metadata in proptest::option::of("\\PC{0,40}"),
         ) {
             let md = metadata.as_deref().filter(|_| added.is_some());
-            let p = notify_payload(&ring, epoch, &removed, added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice(), md)));
+            let flips = Flips { eligible: &eligible, ineligible: &ineligible };
+            let p = notify_payload(&ring, epoch, &removed, flips,
+                added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice(), md, added_eligible)));
             let (e, ch) = change_of(parse_payload(&ring, &p).unwrap());
             prop_assert_eq!(e, epoch);
             let ch = ch.unwrap();
             prop_assert_eq!(ch.removed, removed);
+            prop_assert_eq!(ch.eligible, eligible);
+            prop_assert_eq!(ch.ineligible, ineligible);
+            prop_assert_eq!(ch.added_ineligible, added.is_some() && !added_eligible);
             prop_assert_eq!(ch.added, added);
             prop_assert_eq!(ch.added_metadata.as_deref(), md);
         }

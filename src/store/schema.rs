@@ -88,7 +88,13 @@ impl Store {
             }
             _ => {}
         }
-        let ddl = format!("{}\n{}\n{}", self.v1_ddl(), self.v2_ddl(), self.v3_ddl());
+        let ddl = format!(
+            "{}\n{}\n{}\n{}",
+            self.v1_ddl(),
+            self.v2_ddl(),
+            self.v3_ddl(),
+            self.v4_ddl()
+        );
         tx.batch_execute(&ddl).map_err(|e| {
             let err = Error::db(format!("create schema {}", self.schema), e);
             if err.kind() == ErrorKind::Privileges {
@@ -265,6 +271,38 @@ impl Store {
                  timeline bigint PRIMARY KEY,
                  first_served timestamptz NOT NULL
              );"
+        )
+    }
+
+    /// Version 4, on top of version 3 (issue 19: eligibility; existing
+    /// members stay ready and eligible):
+    ///
+    /// * `members.ready`: the member's own readiness
+    ///   ([`RingNode::set_ready`](crate::RingNode::set_ready)), and
+    ///   `join_requests.ready` a joiner's;
+    /// * `cordons`: node ids an operator cordoned ([`cordon`](crate::cordon)),
+    ///   by node id, so that a cordon outlives the member's restarts and may
+    ///   exist while it is absent;
+    /// * `members.eligible`: ready and not cordoned — kept with the row (in
+    ///   the transaction that changes either source) so that a view reads it
+    ///   with the vnodes, at one epoch;
+    /// * `changes.eligible`, `changes.ineligible`: the members whose
+    ///   eligibility a change flipped; `changes.added_eligible`: the added
+    ///   member's.
+    fn v4_ddl(&self) -> String {
+        let s = &self.s;
+        format!(
+            "ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS ready boolean NOT NULL DEFAULT true;
+             ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS eligible boolean NOT NULL DEFAULT true;
+             ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS ready boolean NOT NULL DEFAULT true;
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS eligible text[] NOT NULL DEFAULT '{{}}';
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS ineligible text[] NOT NULL DEFAULT '{{}}';
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS added_eligible boolean NOT NULL DEFAULT true;
+             CREATE TABLE IF NOT EXISTS {s}.cordons (
+                 ring_id text NOT NULL,
+                 node_id text NOT NULL,
+                 cordoned_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, node_id));"
         )
     }
 

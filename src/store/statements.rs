@@ -435,7 +435,8 @@ impl Store {
             ),
             Held::Changes => (
                 format!(
-                    "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata
+                    "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata,
+                        c.eligible, c.ineligible, c.added_eligible
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
                 ),
@@ -450,13 +451,15 @@ impl Store {
                     // One statement, so one snapshot: the vnodes, the
                     // members' metadata and the placement table all at
                     // the epoch of the first row (the ring's).
-                    "SELECT r.epoch, NULL::int4, r.placement, r.placement_table, NULL::text
+                    // Members are listed only when they have metadata or
+                    // are ineligible (the defaults otherwise).
+                    "SELECT r.epoch, NULL::int4, r.placement, r.placement_table, NULL::text, NULL::bool
                  FROM {s}.rings r WHERE r.ring_id = $1
                  UNION ALL
-                 SELECT NULL, v.position, v.node_id, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1
+                 SELECT NULL, v.position, v.node_id, NULL, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1
                  UNION ALL
-                 SELECT NULL, NULL, m.node_id, NULL, m.metadata FROM {s}.members m
-                  WHERE m.ring_id = $1 AND m.metadata IS NOT NULL"
+                 SELECT NULL, NULL, m.node_id, NULL, m.metadata, m.eligible FROM {s}.members m
+                  WHERE m.ring_id = $1 AND (m.metadata IS NOT NULL OR NOT m.eligible)"
                 ),
                 "prepare the ring read",
             ),
@@ -744,6 +747,9 @@ impl Store {
                 removed: r.get(2),
                 added: added.map(|n| (n, positions.iter().map(|p| *p as u32).collect())),
                 added_metadata: r.get(5),
+                eligible: r.get(6),
+                ineligible: r.get(7),
+                added_ineligible: !r.get::<_, bool>(8),
             });
         }
         if contiguous && expect == ring_epoch + 1 {
@@ -781,6 +787,7 @@ impl Store {
         let mut placement = StoredPlacement::Hashed;
         let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len());
         let mut metadata: fnv::FnvHashMap<String, Arc<str>> = Default::default();
+        let mut ineligible: fnv::FnvHashSet<String> = Default::default();
         for r in rows {
             let name: Option<String> = r.get(2);
             if let Some(e) = r.get::<_, Option<i64>>(0) {
@@ -788,8 +795,13 @@ impl Store {
                 placement = StoredPlacement::from_row(name, r.get(3))?;
             } else if let Some(p) = r.get::<_, Option<i32>>(1) {
                 pairs.extend(name.map(|n| (p as u32, n)));
-            } else if let (Some(n), Some(md)) = (name, r.get::<_, Option<String>>(4)) {
-                metadata.insert(n, Arc::from(md));
+            } else if let Some(n) = name {
+                if r.get::<_, Option<bool>>(5) == Some(false) {
+                    ineligible.insert(n.clone());
+                }
+                if let Some(md) = r.get::<_, Option<String>>(4) {
+                    metadata.insert(n, Arc::from(md));
+                }
             }
         }
         let table = match placement {
@@ -802,6 +814,7 @@ impl Store {
             pairs.iter().map(|(p, n)| (*p, n.as_str())),
             table,
             |n| metadata.get(n).cloned(),
+            |n| !ineligible.contains(n),
         ))
     }
 }

@@ -743,3 +743,197 @@ fn a_group_commit_of_three_joins_sends_one_notification_with_three_changes() {
     assert_eq!(notified.len(), 3, "{notices:?}");
     assert_eq!(notified.last(), epochs.last(), "up to the last epoch");
 }
+
+/// Issue 19: an eligibility change (readiness or cordon) is a membership
+/// change — one epoch, one change-log row, one NOTIFY carrying it — and
+/// what members apply from it is what a full read of the ring gives.
+fn eligibility_changes_are_membership_changes(placement: crate::Placement) {
+    let db = TestPostgres::shared().unwrap();
+    let schema = unique_name("store");
+    let mut cfg = Config::new(unique_name("ring"));
+    cfg.schema = schema.clone();
+    cfg.ring_size = 64;
+    cfg.placement = placement;
+    cfg.lease_ttl = Duration::from_secs(10);
+    let a = Store::new(&cfg, "a").unwrap();
+    let mut admin = db.client().unwrap();
+    a.migrate(&mut admin).unwrap();
+    let pool = db.pool(1).unwrap();
+    let mut held = a
+        .hold(
+            crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
+            false,
+        )
+        .unwrap();
+    a.join(&mut admin).unwrap();
+    // b joins not ready: a member that owns nothing.
+    let (b, _hb) = other(&a, "b");
+    b.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let joined = b.join(&mut admin).unwrap();
+    let bi = joined.view.member("b").unwrap();
+    assert!(!bi.is_eligible() && bi.partition_count() == 0);
+    assert_eq!(joined.view.partitions_of("a").len(), 64);
+    let mut view = joined.view;
+    let mut listener = db.client().unwrap();
+    listener
+        .batch_execute(&format!("LISTEN \"{}\"", a.channel))
+        .unwrap();
+    let epoch_of = |admin: &mut Client| -> u64 {
+        admin
+            .query_one(
+                &format!("SELECT epoch FROM {schema}.rings WHERE ring_id = $1"),
+                &[&a.ring_id],
+            )
+            .unwrap()
+            .get::<_, i64>(0) as u64
+    };
+    let check = |admin: &mut Client,
+                 listener: &mut Client,
+                 held: &mut HeldConn,
+                 epoch: Option<u64>,
+                 view: &mut crate::RingView,
+                 want: (Vec<&str>, Vec<&str>)| {
+        let before = view.epoch();
+        let e = epoch.expect("an eligibility change");
+        assert_eq!(e, before + 1, "one epoch");
+        assert_eq!(epoch_of(admin), e);
+        let heard = heard(listener, Duration::from_millis(300));
+        assert_eq!(heard.len(), 1, "one NOTIFY: {heard:?}");
+        let notices = crate::store::payload::parse_payloads(&a.ring_id, &heard[0].1);
+        let crate::protocol::input::Notice::Change {
+            change: Some(change),
+            ..
+        } = &notices[0]
+        else {
+            panic!("{notices:?}")
+        };
+        assert_eq!(change.epoch, e);
+        assert_eq!(change.eligible, want.0);
+        assert_eq!(change.ineligible, want.1);
+        let rows: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.changes WHERE ring_id = $1 AND epoch = $2"),
+                &[&a.ring_id, &(e as i64)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 1, "one change-log row");
+        let CatchUp::Changes(logged) = a.catch_up(held, before).unwrap() else {
+            panic!("the change log covers it")
+        };
+        assert_eq!(
+            logged.as_slice(),
+            std::slice::from_ref(change),
+            "the log and the payload agree"
+        );
+        let applied = view.apply(change);
+        let read = a.read_ring(held).unwrap();
+        assert_eq!(read.epoch(), e);
+        for p in 0..64 {
+            assert_eq!(applied.owner_of(p), read.owner_of(p), "partition {p}");
+        }
+        for (x, y) in applied.members().iter().zip(read.members()) {
+            assert_eq!(x.is_eligible(), y.is_eligible());
+        }
+        *view = applied;
+    };
+    let e = b.set_ready(&mut admin, true).unwrap();
+    check(
+        &mut admin,
+        &mut listener,
+        &mut held,
+        e,
+        &mut view,
+        (vec!["b"], vec![]),
+    );
+    assert!(!view.partitions_of("b").is_empty());
+    assert_eq!(b.set_ready(&mut admin, true).unwrap(), None, "no flip");
+    // A cordon of a present member.
+    let e = a.set_cordon(&mut admin, true).unwrap();
+    check(
+        &mut admin,
+        &mut listener,
+        &mut held,
+        e,
+        &mut view,
+        (vec![], vec!["a"]),
+    );
+    assert!(view.partitions_of("a").is_empty());
+    assert_eq!(view.partitions_of("b").len(), 64);
+    // Readiness of a cordoned member flips nothing.
+    assert_eq!(a.set_ready(&mut admin, false).unwrap(), None);
+    assert_eq!(a.set_ready(&mut admin, true).unwrap(), None);
+    assert_eq!(epoch_of(&mut admin), view.epoch());
+    // b not ready either: nobody is eligible, nothing is assigned.
+    let e = b.set_ready(&mut admin, false).unwrap();
+    check(
+        &mut admin,
+        &mut listener,
+        &mut held,
+        e,
+        &mut view,
+        (vec![], vec!["b"]),
+    );
+    assert_eq!(view.unassigned(), 64);
+    let e = a.set_cordon(&mut admin, false).unwrap();
+    check(
+        &mut admin,
+        &mut listener,
+        &mut held,
+        e,
+        &mut view,
+        (vec!["a"], vec![]),
+    );
+    assert_eq!(view.partitions_of("a").len(), 64);
+    // A cordon of an absent node id is stored, and its join is ineligible.
+    let (c, _hc) = other(&a, "c");
+    assert_eq!(c.set_cordon(&mut admin, true).unwrap(), None);
+    let joined = c.join(&mut admin).unwrap();
+    assert!(!joined.view.member("c").unwrap().is_eligible());
+    assert!(joined.view.partitions_of("c").is_empty());
+    let _ = heard(&mut listener, Duration::from_millis(100));
+    // An unknown ring is an error naming it.
+    let mut lost = a.clone();
+    lost.ring_id = "no-such-ring".into();
+    let err = lost.set_cordon(&mut admin, true).unwrap_err();
+    assert!(err.to_string().contains("no-such-ring"), "{err}");
+}
+
+#[test]
+fn an_eligibility_change_is_one_epoch_one_change_and_one_notification() {
+    eligibility_changes_are_membership_changes(crate::Placement::Hashed);
+}
+
+#[test]
+fn an_eligibility_change_of_a_balanced_ring_moves_the_stored_table_alike() {
+    eligibility_changes_are_membership_changes(crate::Placement::Balanced);
+}
+
+/// Schema version 3 → 4 in place: existing members stay ready and
+/// eligible, and the ring works on.
+#[test]
+fn a_version_3_schema_migrates_to_version_4_with_its_members() {
+    let (a, mut held, mut admin, schema) = setup("a");
+    a.join(&mut admin).unwrap();
+    // Back to what version 3 had.
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.members DROP COLUMN ready, DROP COLUMN eligible;
+             ALTER TABLE {schema}.join_requests DROP COLUMN ready;
+             ALTER TABLE {schema}.changes DROP COLUMN eligible, DROP COLUMN ineligible,
+                                          DROP COLUMN added_eligible;
+             DROP TABLE {schema}.cordons;
+             UPDATE {schema}.schema_version SET version = 3;"
+        ))
+        .unwrap();
+    assert!(a.check_schema(&mut admin).is_err());
+    a.migrate(&mut admin).unwrap();
+    a.check_schema(&mut admin).unwrap();
+    let view = a.read_ring(&mut held).unwrap();
+    assert!(view.member("a").unwrap().is_eligible());
+    assert_eq!(view.partitions_of("a").len(), view.ring_size() as usize);
+    let (b, _hb) = other(&a, "b");
+    let joined = b.join(&mut admin).unwrap();
+    assert!(joined.view.members().iter().all(|m| m.is_eligible()));
+    assert!(a.set_cordon(&mut admin, true).unwrap().is_some());
+}

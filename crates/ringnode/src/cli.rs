@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// N members in this process on a throwaway PostgreSQL, with a live dashboard
-    /// (keys: j join, l leave, k crash, p pause, c churn, q quit)
+    /// (keys: j join, l leave, k crash, p pause, r ready, u cordon, c churn, q quit)
     Demo(DemoArgs),
     /// One member in this process against a shared database: run one per terminal
     Node(NodeArgs),
@@ -37,6 +37,32 @@ pub enum Command {
                             3 ring not found (or no leasering schema); 4 database unreachable."
     )]
     Status(StatusArgs),
+    /// Empties a member without stopping it: it gives up its partitions with
+    /// drain and stays in the ring holding nothing. Stored by node id in the
+    /// database: it outlives the member's restarts (and may be set while it is absent)
+    #[command(after_help = "Exit codes: 0 done; 1 another error; 2 bad flags; \
+                            3 ring not found (or no leasering schema); 4 database unreachable.")]
+    Cordon(CordonArgs),
+    /// Lifts a cordon: the member takes a share again
+    #[command(after_help = "Exit codes: 0 done; 1 another error; 2 bad flags; \
+                            3 ring not found (or no leasering schema); 4 database unreachable.")]
+    Uncordon(CordonArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CordonArgs {
+    /// The ring's PostgreSQL (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the ring
+    #[arg(long, default_value = "ringnode", value_name = "ID")]
+    pub ring_id: String,
+    /// The member's node id
+    #[arg(long, value_name = "ID")]
+    pub node_id: String,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -52,8 +78,8 @@ pub struct StatusArgs {
     pub schema: String,
     /// JSON for scripts: {ring_id, schema, epoch, ring_size, changed_ago_seconds,
     /// members: [{node_id, lease_left_seconds, expired, acked_epoch, epoch_lag,
-    /// vnodes, partitions_claimed, metadata}], waiting: [{partition, assigned_to,
-    /// held_by, waiter_marked}]}
+    /// vnodes, partitions_claimed, metadata, ready, cordoned}], cordoned: [node ids],
+    /// waiting: [{partition, assigned_to, held_by, waiter_marked}]}
     #[arg(long)]
     pub json: bool,
 }

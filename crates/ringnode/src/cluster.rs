@@ -452,6 +452,100 @@ impl Cluster {
         Some((node, m.slot, m.work.clone()))
     }
 
+    /// A live (or paused) member's node, leaving its phase as it is.
+    fn live_node(&self, name: &str) -> Option<(RingNode, usize)> {
+        let ms = self.members.lock();
+        let m = ms.iter().find(|m| m.name == name)?;
+        if !matches!(m.phase, Phase::Live | Phase::Paused { .. }) {
+            return None;
+        }
+        Some((m.node.clone()?, m.slot))
+    }
+
+    /// Toggles a member's readiness (`set_ready`), on a worker thread: not
+    /// ready, it sheds its partitions with drain and stays a live member
+    /// holding nothing; ready again, it takes a share.
+    pub fn toggle_ready(self: &Arc<Self>, name: &str, origin: &str) {
+        let Some((node, slot)) = self.live_node(name) else {
+            return;
+        };
+        let me = self.clone();
+        let (name, origin) = (name.to_string(), origin.to_string());
+        self.spawn(format!("ready-{name}"), move || {
+            let to = !node.status().ready;
+            let what = if to {
+                "ready: takes a share"
+            } else {
+                "not ready: sheds its partitions, stays a member"
+            };
+            match node.set_ready(to) {
+                Ok(()) => me.note(
+                    Some((&name, slot)),
+                    Tone::Action,
+                    format!("[{origin}] {what}"),
+                ),
+                Err(e) => me.note(
+                    Some((&name, slot)),
+                    Tone::Warn,
+                    format!("[{origin}] set_ready({to}) failed: {e}"),
+                ),
+            }
+        });
+    }
+
+    /// Toggles an operator's cordon of a member (`leasering::cordon`, as
+    /// `ringnode cordon` / `uncordon` do), on a worker thread.
+    pub fn toggle_cordon(self: &Arc<Self>, name: &str, origin: &str) {
+        let Some((node, slot)) = self.live_node(name) else {
+            return;
+        };
+        let me = self.clone();
+        let (name, origin) = (name.to_string(), origin.to_string());
+        let (pg, schema, ring) = (
+            self.settings.pg.clone(),
+            self.settings.member.schema.clone(),
+            self.settings.member.ring_id.clone(),
+        );
+        self.spawn(format!("cordon-{name}"), move || {
+            let node_id = node.node_id().to_string();
+            let result = pg
+                .connect(NoTls)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| {
+                    let cordoned: bool = c
+                        .query_one(
+                            &format!(
+                                "SELECT EXISTS (SELECT 1 FROM \"{schema}\".cordons
+                                                WHERE ring_id = $1 AND node_id = $2)"
+                            ),
+                            &[&ring, &node_id],
+                        )
+                        .map_err(|e| e.to_string())?
+                        .get(0);
+                    leasering::cordon(&mut c, &schema, &ring, &node_id, !cordoned)
+                        .map(|_| !cordoned)
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(true) => me.note(
+                    Some((&name, slot)),
+                    Tone::Action,
+                    format!("[{origin}] cordoned: sheds its partitions, stays a member"),
+                ),
+                Ok(false) => me.note(
+                    Some((&name, slot)),
+                    Tone::Action,
+                    format!("[{origin}] uncordoned: takes a share"),
+                ),
+                Err(e) => me.note(
+                    Some((&name, slot)),
+                    Tone::Warn,
+                    format!("[{origin}] cordon failed: {e}"),
+                ),
+            }
+        });
+    }
+
     /// Graceful leave, on a worker thread.
     pub fn leave(self: &Arc<Self>, name: &str, origin: &str) {
         let Some((node, slot)) = self.take_for(name, Phase::Leaving) else {

@@ -59,6 +59,10 @@ enum Action {
     Leave,
     Crash,
     Pause,
+    /// Toggle readiness (`set_ready`).
+    Ready,
+    /// Toggle an operator's cordon.
+    Cordon,
 }
 
 impl Churn {
@@ -136,6 +140,8 @@ fn perform(
         Action::Leave => cluster.leave(&name, origin),
         Action::Crash => cluster.crash(&name, origin),
         Action::Pause => cluster.pause(&name, pause, origin),
+        Action::Ready => cluster.toggle_ready(&name, origin),
+        Action::Cordon => cluster.toggle_cordon(&name, origin),
         Action::Join => {}
     }
 }
@@ -863,6 +869,8 @@ fn parse_command(line: &str) -> Result<Command, String> {
         "l" => Action::Leave,
         "k" => Action::Crash,
         "p" => Action::Pause,
+        "r" => Action::Ready,
+        "u" => Action::Cordon,
         "c" | "v" | "q" if target.is_some() => {
             return Err(format!("{line:?}: {verb} takes no member"))
         }
@@ -871,7 +879,7 @@ fn parse_command(line: &str) -> Result<Command, String> {
         "q" => return Ok(Command::Quit),
         _ => {
             return Err(format!(
-                "{line:?}: not a command (j, l [member], k [member], p [member], c, v, q)"
+                "{line:?}: not a command (j, l [member], k [member], p [member], r [member], u [member], c, v, q)"
             ))
         }
     };
@@ -908,6 +916,8 @@ fn run_command(demo: &mut Demo, command: Command) -> Option<Quit> {
         Action::Leave => "l",
         Action::Crash => "k",
         Action::Pause => "p",
+        Action::Ready => "r",
+        Action::Cordon => "u",
     };
     let counts = demo.cluster.counts();
     match action {
@@ -1273,6 +1283,10 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
             Span::raw(" crash  "),
             key(" p "),
             Span::raw(format!(" pause {}  ", human(demo.pause))),
+            key(" r "),
+            Span::raw(" ready  "),
+            key(" u "),
+            Span::raw(" cordon  "),
             key(" c "),
             Span::raw(" churn  "),
             key(" v "),
@@ -1318,6 +1332,11 @@ mod tests {
         assert!(parse_command("q now").is_err());
         assert!(parse_command("l a b").is_err());
         assert!(parse_command("x").unwrap_err().contains("not a command"));
+        assert_eq!(parse_command("r"), Ok(Command::Act(Action::Ready, None)));
+        assert_eq!(
+            parse_command("u node-1"),
+            Ok(Command::Act(Action::Cordon, Some("node-1".into())))
+        );
     }
 
     #[test]

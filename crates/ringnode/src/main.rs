@@ -58,6 +58,8 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Node(args)) => node_cmd::run(args),
         Some(Command::Status(args)) => status_cmd::run(args),
+        Some(Command::Cordon(args)) => status_cmd::cordon(args, true),
+        Some(Command::Uncordon(args)) => status_cmd::cordon(args, false),
         None => demo::run(DemoArgs::default()),
     };
     match result {

@@ -13,7 +13,7 @@ use leasering::RingView;
 use postgres::error::SqlState;
 use serde_json::json;
 
-use crate::cli::StatusArgs;
+use crate::cli::{CordonArgs, StatusArgs};
 use crate::util::{describe_target, parse_database_url, with_sources, AppError, AppResult};
 
 /// `ringnode status`: the ring was not found (or the schema is missing).
@@ -31,6 +31,10 @@ struct Member {
     claimed: i64,
     metadata: Option<String>,
     incarnation: Option<i64>,
+    /// Its own readiness (`set_ready`); true on schemas before version 4.
+    ready: bool,
+    /// An operator cordoned its node id.
+    cordoned: bool,
 }
 
 /// A partition whose claim is not held by the member the ring assigns it to.
@@ -51,6 +55,8 @@ struct Ring {
     epoch: i64,
     changed_ago_ms: f64,
     members: Vec<Member>,
+    /// Every cordoned node id of the ring, present or not.
+    cordons: Vec<String>,
     waiting: Vec<Waiting>,
 }
 
@@ -168,7 +174,8 @@ fn read(
             "SELECT m.node_id, m.vnode_count, m.acked_epoch,
                     extract(epoch FROM m.expires_at - now())::float8 * 1000,
                     to_jsonb(m)->>'metadata',
-                    (to_jsonb(m)->>'incarnation')::bigint
+                    (to_jsonb(m)->>'incarnation')::bigint,
+                    COALESCE((to_jsonb(m)->>'ready')::bool, true)
                FROM {s}.members m WHERE m.ring_id = $1 ORDER BY m.node_id"
         ),
         &[&ring_id],
@@ -182,9 +189,28 @@ fn read(
             lease_left_ms: r.get(3),
             metadata: r.get(4),
             incarnation: r.get(5),
+            ready: r.get(6),
+            cordoned: false,
             claimed: 0,
         })
         .collect();
+    // Cordons (schema version 4), in a savepoint: an older schema has none.
+    let cordons: Vec<String> = {
+        let mut sp = tx.transaction()?;
+        match sp.query(
+            &format!("SELECT node_id FROM {s}.cordons WHERE ring_id = $1 ORDER BY node_id"),
+            &[&ring_id],
+        ) {
+            Ok(rows) => {
+                sp.commit()?;
+                rows.iter().map(|r| r.get(0)).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    };
+    for m in &mut members {
+        m.cordoned = cordons.contains(&m.node_id);
+    }
     // The view as the members see it (a balanced ring's stored table
     // included), in a savepoint: a schema older than the library's has no
     // placement columns, and is then read as the hashed ring it is.
@@ -258,6 +284,7 @@ fn read(
         epoch,
         changed_ago_ms,
         members,
+        cordons,
         waiting,
     }))
 }
@@ -305,8 +332,8 @@ fn to_text(r: &Ring) -> String {
             .unwrap_or(4)
             .max(4);
         s.push_str(&format!(
-            "\n{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  METADATA\n",
-            "NODE", "LEASE LEFT", "ACKED", "VNODES", "CLAIMED"
+            "\n{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  METADATA\n",
+            "NODE", "LEASE LEFT", "ACKED", "VNODES", "CLAIMED", "STATE"
         ));
         for m in &r.members {
             let lease = if m.lease_left_ms >= 0.0 {
@@ -321,15 +348,31 @@ fn to_text(r: &Ring) -> String {
                 m.acked_epoch.to_string()
             };
             s.push_str(&format!(
-                "{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {}\n",
+                "{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  {}\n",
                 m.node_id,
                 lease,
                 acked,
                 m.vnodes,
                 m.claimed,
+                state(m),
                 m.metadata.as_deref().unwrap_or("-")
             ));
         }
+    }
+    let absent: Vec<&str> = r
+        .cordons
+        .iter()
+        .filter(|n| !r.members.iter().any(|m| &m.node_id == *n))
+        .map(String::as_str)
+        .collect();
+    if !absent.is_empty() {
+        s.push_str(&format!(
+            "\ncordoned, not members now: {}\n",
+            absent.join(", ")
+        ));
+    }
+    if !r.members.is_empty() && r.members.iter().all(|m| !m.ready || m.cordoned) {
+        s.push_str("\nevery member is cordoned or not ready: no partition has an owner\n");
     }
     if r.waiting.is_empty() {
         s.push_str("\nno partition waits for a claim\n");
@@ -360,6 +403,76 @@ fn to_text(r: &Ring) -> String {
     s
 }
 
+/// A member's eligibility, one word or two: `eligible`, `unready`,
+/// `cordoned`, `cordoned,unready`.
+fn state(m: &Member) -> &'static str {
+    match (m.cordoned, m.ready) {
+        (false, true) => "eligible",
+        (false, false) => "unready",
+        (true, true) => "cordoned",
+        (true, false) => "cordoned,unready",
+    }
+}
+
+/// `ringnode cordon` / `uncordon`: through [`leasering::cordon`], so that
+/// the change is recorded under the ring's lock like any membership change.
+pub fn cordon(args: CordonArgs, yes: bool) -> AppResult<u8> {
+    if !valid_ident(&args.schema) {
+        return Err(AppError(format!(
+            "invalid --schema {:?}: letters, digits and underscores, not starting with a digit",
+            args.schema
+        )));
+    }
+    let pg = parse_database_url(&args.database_url)?;
+    let mut client = match pg.connect(postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ringnode: database unreachable: {}: {}",
+                describe_target(&pg),
+                with_sources(&e)
+            );
+            return Ok(EXIT_UNREACHABLE);
+        }
+    };
+    let verb = if yes { "cordoned" } else { "uncordoned" };
+    match leasering::cordon(&mut client, &args.schema, &args.ring_id, &args.node_id, yes) {
+        Ok(epoch) => {
+            let mut out = std::io::stdout().lock();
+            let _ = match epoch {
+                Some(e) => writeln!(
+                    out,
+                    "{verb} node {:?} of ring {:?} (epoch {e})",
+                    args.node_id, args.ring_id
+                ),
+                None => writeln!(
+                    out,
+                    "{verb} node {:?} of ring {:?} (no member's eligibility changed)",
+                    args.node_id, args.ring_id
+                ),
+            };
+            Ok(0)
+        }
+        Err(e) if e.kind() == leasering::ErrorKind::InvalidConfig => {
+            eprintln!("ringnode: {e}");
+            Ok(if e.to_string().contains("no ring") {
+                EXIT_NOT_FOUND
+            } else {
+                2
+            })
+        }
+        Err(e) if e.kind() == leasering::ErrorKind::Schema => {
+            eprintln!("ringnode: {e}");
+            Ok(EXIT_NOT_FOUND)
+        }
+        Err(e) => Err(AppError(format!(
+            "cannot {} node {:?}: {e}",
+            if yes { "cordon" } else { "uncordon" },
+            args.node_id
+        ))),
+    }
+}
+
 fn to_json(r: &Ring) -> serde_json::Value {
     json!({
         "ring_id": r.ring_id,
@@ -377,7 +490,10 @@ fn to_json(r: &Ring) -> serde_json::Value {
             "vnodes": m.vnodes,
             "partitions_claimed": m.claimed,
             "metadata": m.metadata,
+            "ready": m.ready,
+            "cordoned": m.cordoned,
         })).collect::<Vec<_>>(),
+        "cordoned": r.cordons,
         "waiting": r.waiting.iter().map(|w| json!({
             "partition": w.partition,
             "assigned_to": w.assigned_to,

@@ -607,3 +607,36 @@ fn drains_show_in_the_band_and_come_before_the_takeover() {
     let (status, stderr, lines) = d.quit();
     assert_clean_end(status, &stderr, &lines);
 }
+
+/// Issue 19: `u` cordons (and uncordons) a member, `r` toggles its
+/// readiness; the ring stays covered through both and ends clean.
+#[test]
+fn cordon_and_readiness_keys_empty_a_member_and_give_it_back() {
+    let mut d = Driven::start(&["demo", "--plain", "--nodes", "2", "--seconds", "120"]);
+    d.wait(settled, "both members active");
+    d.send("u node-1");
+    d.wait(
+        |l| l.contains("node-1") && l.contains("[u] cordoned"),
+        "node-1 cordoned",
+    );
+    d.wait(settled, "the ring active on node-0 alone");
+    d.send("u node-1");
+    d.wait(
+        |l| l.contains("node-1") && l.contains("[u] uncordoned"),
+        "node-1 uncordoned",
+    );
+    d.send("r node-0");
+    d.wait(
+        |l| l.contains("node-0") && l.contains("[r] not ready"),
+        "node-0 not ready",
+    );
+    d.wait(settled, "the ring active on node-1");
+    d.send("r node-0");
+    d.wait(
+        |l| l.contains("node-0") && l.contains("[r] ready"),
+        "node-0 ready again",
+    );
+    d.wait(settled, "the ring active again");
+    let (status, stderr, lines) = d.quit();
+    assert_clean_end(status, &stderr, &lines);
+}

@@ -118,6 +118,7 @@ fn adopting_releases_first_naming_the_tokens() {
         removed: vec![],
         added: Some(("b".into(), vec![3])),
         added_metadata: None,
+        ..Default::default()
     });
     let rel = a.adopt(v2.clone());
     assert_eq!(
@@ -210,11 +211,11 @@ proptest! {
                     epoch += 1;
                     let name = names[who];
                     let change = if view.member(name).is_some() && who != 0 {
-                        Change { epoch, removed: vec![name.to_string()], added: None, added_metadata: None }
+                        Change { epoch, removed: vec![name.to_string()], added: None, added_metadata: None, ..Default::default() }
                     } else {
                         let taken: Vec<u32> = view.vnodes().map(|(p, _)| p).collect();
                         let ps = crate::placement::choose_positions(&format!("{name}-{x}"), 2, SIZE, |p| taken.contains(&p)).unwrap();
-                        Change { epoch, removed: vec![], added: Some((name.to_string(), ps)), added_metadata: None }
+                        Change { epoch, removed: vec![], added: Some((name.to_string(), ps)), added_metadata: None, ..Default::default() }
                     };
                     view = view.apply(&change);
                     m.adopt(view.clone())

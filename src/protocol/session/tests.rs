@@ -150,6 +150,7 @@ fn hand_off_to_b(s: &mut Session, t: Instant) -> (WatcherStep, Output) {
             removed: vec![],
             added: Some(("b".into(), vec![3])),
             added_metadata: None,
+            ..Default::default()
         }),
     });
     s.watcher_next(t)
@@ -215,6 +216,7 @@ fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
             removed: vec!["a".into()],
             added: None,
             added_metadata: None,
+            ..Default::default()
         }),
     });
     let (step, _) = s2.watcher_next(t0);
@@ -277,6 +279,7 @@ fn a_release_heard_while_its_take_is_on_the_way_is_taken_again_at_once() {
             removed: vec![who.into()],
             added: None,
             added_metadata: None,
+            ..Default::default()
         }),
     };
     s.notified(removal(3, "a"));
@@ -407,6 +410,7 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
             removed: vec!["b".into()],
             added: None,
             added_metadata: None,
+            ..Default::default()
         }),
     });
     let (step, _) = s.watcher_next(t0);
@@ -644,18 +648,21 @@ fn notified_changes_apply_in_order_and_a_gap_reads_the_log() {
         removed: vec![],
         added: Some(("b".into(), vec![3])),
         added_metadata: None,
+        ..Default::default()
     };
     let c3 = Change {
         epoch: 3,
         removed: vec!["b".into()],
         added: None,
         added_metadata: None,
+        ..Default::default()
     };
     let c5 = Change {
         epoch: 5,
         removed: vec![],
         added: Some(("c".into(), vec![1])),
         added_metadata: None,
+        ..Default::default()
     };
     // 2 and 3 arrive with their changes, 4 is lost, 5 arrives.
     for c in [&c2, &c3, &c5] {
@@ -679,6 +686,7 @@ fn notified_changes_apply_in_order_and_a_gap_reads_the_log() {
         removed: vec![],
         added: Some(("d".into(), vec![5])),
         added_metadata: None,
+        ..Default::default()
     };
     s.caught_up(ticket, CatchUp::Changes(vec![c4, c5]), t0);
     assert_eq!(s.ownership().view_epoch(), 5);
@@ -811,6 +819,7 @@ fn removal_of_b(b_expires_in_ms: f64) -> Output {
             removed: vec!["b".into()],
             added: None,
             added_metadata: None,
+            ..Default::default()
         }),
     });
     let (step, _) = a.watcher_next(t0);

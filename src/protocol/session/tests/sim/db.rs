@@ -68,6 +68,7 @@ impl Db {
             removed,
             added,
             added_metadata: None,
+            ..Default::default()
         };
         self.view = self.view.apply(&change);
         self.log.push((change.clone(), now));
