@@ -184,8 +184,12 @@ impl Store {
     /// ring), its placement, and the deleted members' node ids and
     /// incarnations.
     pub(super) fn lock_and_delete(&self, tx: &mut Tx<'_>, which: &str) -> Result<Locked> {
-        self.lock_and_delete_with(tx, which, true)?
-            .ok_or_else(|| Error::new(ErrorKind::Database, "remove members: the ring's lock was not taken"))
+        self.lock_and_delete_with(tx, which, true)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Database,
+                "remove members: the ring's lock was not taken",
+            )
+        })
     }
 
     /// [`Store::lock_and_delete`], waiting for the ring's lock or (`wait`
