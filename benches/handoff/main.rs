@@ -49,7 +49,7 @@
 //! `LEASERING_BENCH_HANDOFF_ONLY=drain` runs the drain section alone (its
 //! table, its counts and its `handoff drain` line); `=burst` the bursts
 //! (`burst.rs`), `=notifications` the notifications a change costs
-//! (`notifications.rs`).
+//! (`notifications.rs`), `=join` the join and leave cycles.
 
 mod burst;
 mod notifications;
@@ -1041,19 +1041,20 @@ fn main() {
             .map(|k| burst::burst(&db, pss, k, burst_rounds))
             .collect()
     };
-    match std::env::var("LEASERING_BENCH_HANDOFF_ONLY").as_deref() {
-        Err(_) | Ok("") => {}
-        Ok("notifications") => {
+    let only = std::env::var("LEASERING_BENCH_HANDOFF_ONLY").unwrap_or_default();
+    match only.as_str() {
+        "" | "join" => {}
+        "notifications" => {
             notifications::notifications(&db, if q { 10 } else { 40 });
             return;
         }
-        Ok("burst") => {
+        "burst" => {
             let bursts = run_bursts();
             burst::report(&bursts);
             println!("loadavg after: {}", loadavg());
             return;
         }
-        Ok("drain") => {
+        "drain" => {
             let drained = drain(&db, drain_handoffs);
             println!();
             println!("{}", drain_title(&drained));
@@ -1067,8 +1068,8 @@ fn main() {
             println!("{}", drain_line(&drained));
             return;
         }
-        Ok(other) => panic!(
-            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `drain`, `burst` and `notifications`"
+        other => panic!(
+            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `join`, `drain`, `burst` and `notifications`"
         ),
     }
 
@@ -1098,6 +1099,57 @@ fn main() {
     let mut failures = shared.failures + warm.failures + cold.failures;
     fleet.wait_settled(Duration::from_secs(30));
     let overlaps = fleet.replay.verdict().overlaps.len() as u64;
+    if only == "join" {
+        let row = stat_row;
+        println!();
+        println!("Join and leave, {MEMBERS} members + 1, ring {RING_SIZE}, TTL 30 s:");
+        print_table(
+            &["measure", "n", "min", "p50", "p90", "p99", "max"],
+            &[
+                row("join (ms)", &stats(&shared.join_ms), 1.0),
+                row(
+                    "  start() returned (ms)",
+                    &stats(&shared.start_call_ms),
+                    1.0,
+                ),
+                row(
+                    "  then old owners released (ms)",
+                    &stats(&shared.released_ms),
+                    1.0,
+                ),
+                row(
+                    "  then the joiner activated (ms)",
+                    &stats(&shared.activated_ms),
+                    1.0,
+                ),
+                row("leave (ms)", &stats(&shared.leave_ms), 1.0),
+                row("  stop() returned (ms)", &stats(&shared.stop_call_ms), 1.0),
+                row(
+                    "  first other member adopted the leave (ms)",
+                    &stats(&shared.leave_notified_ms),
+                    1.0,
+                ),
+                row(
+                    "  last other member adopted the leave (ms)",
+                    &stats(&shared.leave_adopted_ms),
+                    1.0,
+                ),
+                row(
+                    "  then the successors activated (ms)",
+                    &stats(&shared.leave_activated_ms),
+                    1.0,
+                ),
+                row("join_warm (ms)", &stats(&warm.join_ms), 1.0),
+                row("join_cold (ms)", &stats(&cold.join_ms), 1.0),
+            ],
+        );
+        println!("overlaps: {overlaps}; failed repetitions: {failures}");
+        println!("loadavg after: {}", loadavg());
+        for (_, n) in &fleet.nodes {
+            let _ = n.stop();
+        }
+        return;
+    }
 
     // ---- at rest ---------------------------------------------------------------
     // Past one renewal interval (every member's heartbeat has opened its
