@@ -1994,3 +1994,33 @@ mod tests {
         );
     }
 }
+
+// TEMPORARY (replaced by the capacity/zones rule): the attributes type.
+/// What a member declares about its placement besides its weight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct MemberAttrs {
+    pub(crate) capacity: Option<u32>,
+    pub(crate) zone: Option<Arc<str>>,
+}
+
+// TEMPORARY (replaced by the capacity/zones rule).
+impl Table {
+    pub(crate) fn join_with(&mut self, node_id: &str, weight: u32, _a: &MemberAttrs) -> Moved {
+        self.join(node_id, weight)
+    }
+    pub(crate) fn apply_change_attrs(
+        &mut self,
+        removed: &[String],
+        ineligible: &[String],
+        eligible: &[(&str, u32, MemberAttrs)],
+        added: Option<(&str, u32, bool, MemberAttrs)>,
+    ) -> Moved {
+        let e: Vec<(&str, u32)> = eligible.iter().map(|(n, w, _)| (*n, *w)).collect();
+        self.apply_change(
+            removed,
+            ineligible,
+            &e,
+            added.map(|(n, w, el, _)| (n, w, el)),
+        )
+    }
+}

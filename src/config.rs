@@ -114,6 +114,14 @@ pub struct Config {
     /// [`Builder::start_unready`](crate::Builder::start_unready): it joins
     /// holding nothing until [`RingNode::set_ready`](crate::RingNode::set_ready).
     pub start_ready: bool,
+    /// At most this many partitions for this member (balanced placement
+    /// only). Default `None`: no limit. See
+    /// [`Builder::capacity`](crate::Builder::capacity).
+    pub capacity: Option<u32>,
+    /// The member's zone (failure domain: a rack, an availability zone),
+    /// for balanced placement only. Default `None`. See
+    /// [`Builder::zone`](crate::Builder::zone).
+    pub zone: Option<String>,
 }
 
 impl Config {
@@ -139,6 +147,8 @@ impl Config {
             metadata: None,
             failover_grace: None,
             start_ready: true,
+            capacity: None,
+            zone: None,
         }
     }
 
@@ -181,6 +191,36 @@ impl Config {
         validate_schema(&self.schema)?;
         if let Some(m) = &self.metadata {
             validate_metadata(m)?;
+        }
+        if let Some(z) = &self.zone {
+            validate_zone(z)?;
+        }
+        if self.capacity == Some(0) {
+            return Err(Error::invalid(
+                "capacity",
+                "capacity 0 is out of range: it must be at least 1 (to hold nothing, \
+                 start unready or cordon the member)",
+            ));
+        }
+        if self.placement == crate::Placement::Hashed {
+            if let Some(c) = self.capacity {
+                return Err(Error::invalid(
+                    "capacity",
+                    format!(
+                        "capacity {c} needs Placement::Balanced: hashed placement is a function \
+                         of the positions alone and cannot honour a limit"
+                    ),
+                ));
+            }
+            if let Some(z) = &self.zone {
+                return Err(Error::invalid(
+                    "zone",
+                    format!(
+                        "zone {z:?} needs Placement::Balanced: hashed placement is a function \
+                         of the positions alone and cannot spread by zone"
+                    ),
+                ));
+            }
         }
         if self.transaction_pooling && self.notifications {
             return Err(Error::invalid(
@@ -315,6 +355,28 @@ fn validate_metadata(m: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Longest accepted zone name, in bytes.
+pub const MAX_ZONE_LEN: usize = 63;
+
+/// A zone is a short name of letters, digits, `.`, `_`, `-` and `:` (an
+/// availability zone such as `eu-west-1a`, a rack such as `dc1:r12`).
+pub(crate) fn validate_zone(z: &str) -> Result<()> {
+    let ok = !z.is_empty()
+        && z.len() <= MAX_ZONE_LEN
+        && z.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "zone",
+            format!(
+                "zone {z:?} is not a zone name: 1 to {MAX_ZONE_LEN} letters, digits, '.', '_', '-' or ':'"
+            ),
+        ))
+    }
 }
 
 /// A schema name must be a plain lowercase identifier: it is the only name

@@ -499,6 +499,41 @@
 //! `leasering_partitions_unassigned` then show the ring's size, and
 //! `ringnode status` says so.
 //!
+//! ## Capacity and zones
+//!
+//! With [`Placement::Balanced`], a member can declare two attributes,
+//! stored with its row from its join on:
+//!
+//! * **Capacity** ([`Builder::capacity`]): it holds at most that many
+//!   partitions; what does not fit goes to the other members by weight.
+//! * **Zone** ([`Builder::zone`]): a failure domain (an availability zone,
+//!   a rack). Each zone holds within one partition of its share by weight
+//!   (the sum of its members' weights, capped by their capacities); within
+//!   a zone, each member holds within one partition of its part of the
+//!   zone's count, so within two of its share of the ring. When a zone is
+//!   lost, its partitions spread over the other zones by weight. Members
+//!   without a zone count as one zone of their own.
+//!
+//! [`MemberInfo::capacity`] and [`MemberInfo::zone`] show them, and
+//! `ringnode status` lists them. Hashed placement cannot honour either (it
+//! is a function of the positions alone): [`Builder::start`] refuses them
+//! there with an [`ErrorKind::InvalidConfig`] error naming the value.
+//!
+//! **Failure mode:** when the members' capacities add up to less than the
+//! ring, the rest of the partitions have no owner and their work waits.
+//! [`NodeStatus::unassigned`], the gauge `leasering_partitions_unassigned`
+//! (and the shipped alert `LeaseringPartitionsUnassigned`) and `ringnode
+//! status` show how many; starting a member, or raising a capacity (a
+//! restart with the new value), places them.
+//!
+//! While a ring has a member with a capacity or a zone, balanced placement
+//! uses a target-count rule (each member's count is computed first, then
+//! the fewest partitions move to reach it); a ring without them keeps the
+//! rule described under [`Placement::Balanced`], change for change. Every
+//! member of the ring must run a build that knows the attributes
+//! (schema version 5): an older member ignores them and would compute
+//! another placement — claims keep that safe, but partitions would wait.
+//!
 //! ## Routing: member metadata and the observer
 //!
 //! A member can publish a small string with its row
@@ -816,6 +851,7 @@
 #![deny(missing_docs)]
 
 #[allow(dead_code)]
+mod attrs;
 mod balanced;
 mod client;
 mod clock;

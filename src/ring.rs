@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::balanced::Table;
+use crate::balanced::{MemberAttrs, Table};
 use crate::Placement;
 
 /// One membership change, as stored in the change log and carried by
@@ -34,6 +34,11 @@ pub struct Change {
     /// Members that became ineligible (made unready, or cordoned): they stay
     /// members and give up their partitions.
     pub ineligible: Vec<String>,
+    /// The added member's [capacity](MemberInfo::capacity), if it declared
+    /// one.
+    pub added_capacity: Option<u32>,
+    /// The added member's [zone](MemberInfo::zone), if it declared one.
+    pub added_zone: Option<String>,
 }
 
 /// A member as seen in a [`RingView`]. Cheap to clone (one `Arc`).
@@ -50,6 +55,8 @@ struct MemberData {
     metadata: Option<Arc<str>>,
     /// Ready and not cordoned: the placement gives it partitions.
     eligible: bool,
+    /// Its capacity and zone (balanced placement).
+    attrs: MemberAttrs,
 }
 
 impl MemberInfo {
@@ -81,6 +88,15 @@ impl MemberInfo {
     pub fn is_eligible(&self) -> bool {
         self.0.eligible
     }
+    /// The most partitions it takes ([`Builder::capacity`](crate::Builder::capacity)),
+    /// if it declared a limit.
+    pub fn capacity(&self) -> Option<u32> {
+        self.0.attrs.capacity
+    }
+    /// Its zone ([`Builder::zone`](crate::Builder::zone)), if it declared one.
+    pub fn zone(&self) -> Option<&str> {
+        self.0.attrs.zone.as_deref()
+    }
 
     /// A copy that shares no reference count with `self`: for a thread's
     /// own cache, whose clones then contend with no other thread's.
@@ -92,7 +108,19 @@ impl MemberInfo {
             partitions: d.partitions,
             metadata: d.metadata.as_deref().map(Arc::from),
             eligible: d.eligible,
+            attrs: MemberAttrs {
+                capacity: d.attrs.capacity,
+                zone: d.attrs.zone.as_deref().map(Arc::from),
+            },
         }))
+    }
+}
+
+/// The placement attributes a change gives the member it adds.
+fn added_attrs(change: &Change) -> MemberAttrs {
+    MemberAttrs {
+        capacity: change.added_capacity,
+        zone: change.added_zone.as_deref().map(Arc::from),
     }
 }
 
@@ -178,6 +206,7 @@ impl RingView {
             table,
             |_| None,
             |_| true,
+            |_| MemberAttrs::default(),
         )
     }
 
@@ -189,12 +218,21 @@ impl RingView {
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
     ) -> RingView {
-        RingView::build_with(epoch, ring_size, vnodes, None, |_| None, |_| true)
+        RingView::build_with(
+            epoch,
+            ring_size,
+            vnodes,
+            None,
+            |_| None,
+            |_| true,
+            |_| MemberAttrs::default(),
+        )
     }
 
     /// [`build`](RingView::build) for either placement: with `table`, the
     /// balanced placement's owners (the table read with the vnodes, at the
-    /// same epoch); and each member's metadata and eligibility.
+    /// same epoch); and each member's metadata, eligibility and placement
+    /// attributes.
     pub(crate) fn build_with<'a>(
         epoch: u64,
         ring_size: u32,
@@ -202,6 +240,7 @@ impl RingView {
         table: Option<Arc<Table>>,
         metadata: impl Fn(&str) -> Option<Arc<str>>,
         eligible: impl Fn(&str) -> bool,
+        attrs: impl Fn(&str) -> MemberAttrs,
     ) -> RingView {
         let mut pairs: Vec<(u32, &str)> =
             vnodes.into_iter().filter(|(p, _)| *p < ring_size).collect();
@@ -256,6 +295,7 @@ impl RingView {
                 partitions: 0,
                 metadata: metadata(n),
                 eligible: eligible(n),
+                attrs: attrs(n),
             })
             .collect();
         RingView::finish(epoch, ring_size, members, vnodes, table)
@@ -374,6 +414,7 @@ impl RingView {
         let mut members: Vec<MemberData> = Vec::with_capacity(inner.members.len() + 1);
         let mut added_idx = NO_OWNER;
         let added_metadata: Option<Arc<str>> = change.added_metadata.as_deref().map(Arc::from);
+        let added_attrs = added_attrs(change);
         let mut push_added = |members: &mut Vec<MemberData>, name: &str| {
             added_idx = members.len() as u32;
             members.push(MemberData {
@@ -382,6 +423,7 @@ impl RingView {
                 partitions: 0,
                 metadata: added_metadata.clone(),
                 eligible: !change.added_ineligible,
+                attrs: added_attrs.clone(),
             });
         };
         for (i, m) in inner.members.iter().enumerate() {
@@ -400,6 +442,7 @@ impl RingView {
                 partitions: 0,
                 metadata: m.0.metadata.clone(),
                 eligible: m.0.eligible,
+                attrs: m.0.attrs.clone(),
             });
         }
         if let Some((name, at)) = added {
@@ -439,19 +482,26 @@ impl RingView {
         let mut t = Table::clone(old);
         // A member that becomes eligible joins with its weight in this
         // view, as the store counts its vnodes.
-        let eligible: Vec<(&str, u32)> = change
+        let eligible: Vec<(&str, u32, MemberAttrs)> = change
             .eligible
             .iter()
-            .filter_map(|n| self.member(n).map(|m| (n.as_str(), m.weight())))
+            .filter_map(|n| {
+                self.member(n)
+                    .map(|m| (n.as_str(), m.weight(), m.0.attrs.clone()))
+            })
             .collect();
-        t.apply_change(
+        t.apply_change_attrs(
             &change.removed,
             &change.ineligible,
             &eligible,
-            change
-                .added
-                .as_ref()
-                .map(|(n, ps)| (n.as_str(), ps.len() as u32, !change.added_ineligible)),
+            change.added.as_ref().map(|(n, ps)| {
+                (
+                    n.as_str(),
+                    ps.len() as u32,
+                    !change.added_ineligible,
+                    added_attrs(change),
+                )
+            }),
         );
         Some(Arc::new(t))
     }
@@ -484,14 +534,19 @@ impl RingView {
             // The table is history: each change is applied in turn.
             return changes.iter().fold(self.clone(), |v, c| v.apply(c));
         }
-        type Entry<'a> = (Vec<u32>, Option<Arc<str>>, bool);
+        type Entry<'a> = (Vec<u32>, Option<Arc<str>>, bool, MemberAttrs);
         let mut members: std::collections::BTreeMap<&str, Entry<'_>> = self
             .members()
             .iter()
             .map(|m| {
                 (
                     m.node_id(),
-                    (m.positions().to_vec(), m.0.metadata.clone(), m.0.eligible),
+                    (
+                        m.positions().to_vec(),
+                        m.0.metadata.clone(),
+                        m.0.eligible,
+                        m.0.attrs.clone(),
+                    ),
                 )
             })
             .collect();
@@ -510,7 +565,12 @@ impl RingView {
                 let md = change.added_metadata.as_deref().map(Arc::from);
                 members.insert(
                     name.as_str(),
-                    (positions.clone(), md, !change.added_ineligible),
+                    (
+                        positions.clone(),
+                        md,
+                        !change.added_ineligible,
+                        added_attrs(change),
+                    ),
                 );
             }
         }
@@ -519,10 +579,16 @@ impl RingView {
             self.inner.ring_size,
             members
                 .iter()
-                .flat_map(|(n, (ps, _, _))| ps.iter().map(move |p| (*p, *n))),
+                .flat_map(|(n, (ps, _, _, _))| ps.iter().map(move |p| (*p, *n))),
             None,
-            |n| members.get(n).and_then(|(_, md, _)| md.clone()),
-            |n| members.get(n).is_none_or(|(_, _, e)| *e),
+            |n| members.get(n).and_then(|(_, md, _, _)| md.clone()),
+            |n| members.get(n).is_none_or(|(_, _, e, _)| *e),
+            |n| {
+                members
+                    .get(n)
+                    .map(|(_, _, _, a)| a.clone())
+                    .unwrap_or_default()
+            },
         )
     }
 
@@ -559,6 +625,15 @@ impl RingView {
                     true
                 } else {
                     self.member(n).is_none_or(|m| m.0.eligible)
+                }
+            },
+            |n| {
+                if Some(n) == added_name {
+                    added_attrs(change)
+                } else {
+                    self.member(n)
+                        .map(|m| m.0.attrs.clone())
+                        .unwrap_or_default()
                 }
             },
         )

@@ -409,3 +409,161 @@ fn an_observer_of_a_ring_that_does_not_exist_yet_follows_it_once_created() {
     n.stop().unwrap();
     obs.stop();
 }
+
+// ---- capacity and zones (issue 19, items 3 and 4) ---------------------------
+
+/// Members' owned sets are disjoint (at most one owner per partition), and
+/// every member holds exactly what its view gives it; returns how many
+/// partitions are held.
+fn held_disjoint_and_settled(nodes: &[RingNode], size: u32) -> Option<u32> {
+    let mut seen = vec![0u8; size as usize];
+    for n in nodes {
+        for p in n.owned_partitions().iter() {
+            seen[p as usize] += 1;
+        }
+    }
+    assert!(
+        seen.iter().all(|c| *c <= 1),
+        "a partition is active on two members"
+    );
+    settled(nodes).then(|| seen.iter().map(|c| *c as u32).sum())
+}
+
+fn balanced(ring: &str, node: &str, size: u32) -> leasering::Builder {
+    builder(pool(4), ring, node)
+        .ring_size(size)
+        .placement(Placement::Balanced)
+}
+
+/// Capacity: a member never holds more than it declared; when the
+/// capacities add up to less than the ring, the rest is held by nobody and
+/// every member's status counts it; a member without a limit then takes
+/// it, and a leave spreads only what fits.
+#[test]
+fn capacity_caps_members_and_a_shortfall_is_unassigned_and_reported() {
+    init_logs();
+    let ring = ring_name("cap");
+    let size = 64u32;
+    let a = balanced(&ring, "a", size).capacity(10).start().unwrap();
+    let b = balanced(&ring, "b", size).capacity(20).start().unwrap();
+    let two = vec![a.clone(), b.clone()];
+    wait_until(SETTLE, "a and b to hold 30 of 64", || {
+        held_disjoint_and_settled(&two, size) == Some(30)
+    });
+    assert_eq!(a.owned_partitions().len(), 10);
+    assert_eq!(b.owned_partitions().len(), 20);
+    for n in &two {
+        let st = n.status();
+        assert_eq!(st.unassigned, 34, "{}: {st:?}", n.node_id());
+    }
+    let info = b.ring().member("a").cloned().expect("a in b's view");
+    assert_eq!(info.capacity(), Some(10));
+    assert_eq!(info.zone(), None);
+
+    let c = balanced(&ring, "c", size).start().unwrap();
+    let three = vec![a.clone(), b.clone(), c.clone()];
+    settle(&three, size, "three members to cover the ring");
+    assert!(a.owned_partitions().len() <= 10 && b.owned_partitions().len() <= 20);
+    for n in &three {
+        assert_eq!(n.status().unassigned, 0, "{}", n.node_id());
+    }
+    // a leaves: b is full already at 20, or nearly; c takes the rest.
+    a.stop().unwrap();
+    let rest = vec![b.clone(), c.clone()];
+    settle(&rest, size, "b and c to cover the ring");
+    assert_eq!(b.owned_partitions().len(), 20);
+    assert_eq!(c.owned_partitions().len(), 44);
+    for n in rest {
+        n.stop().unwrap();
+    }
+}
+
+/// Zones: each zone holds within one partition of its weighted share, and
+/// when a whole zone stops its partitions spread over the other zones by
+/// weight, again within one each.
+#[test]
+fn zones_hold_their_weighted_share_and_a_lost_zone_spreads_over_the_rest() {
+    init_logs();
+    let ring = ring_name("zones");
+    let size = 101u32;
+    // (node, zone, vnodes): zone weights 12, 8 and 6.
+    let spec = [
+        ("a1", "z-a", 4),
+        ("a2", "z-a", 4),
+        ("a3", "z-a", 4),
+        ("b1", "z-b", 5),
+        ("b2", "z-b", 3),
+        ("c1", "z-c", 6),
+    ];
+    let nodes: Vec<RingNode> = spec
+        .iter()
+        .map(|(n, z, v)| {
+            balanced(&ring, n, size)
+                .zone(*z)
+                .vnode_count(*v)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    settle(&nodes, size, "six members in three zones");
+    let check_zones = |nodes: &[RingNode]| {
+        let view = nodes[0].ring();
+        let mut weight: BTreeMap<String, u64> = BTreeMap::new();
+        let mut count: BTreeMap<String, u64> = BTreeMap::new();
+        for m in view.members() {
+            let z = m.zone().expect("every member has a zone").to_string();
+            *weight.entry(z.clone()).or_default() += m.weight() as u64;
+            *count.entry(z).or_default() += m.partition_count() as u64;
+        }
+        let total: u64 = weight.values().sum();
+        for (z, w) in &weight {
+            let share = size as f64 * *w as f64 / total as f64;
+            let c = count[z] as f64;
+            assert!(
+                (c - share).abs() < 1.0,
+                "zone {z} holds {c}, its share is {share:.2} (epoch {})",
+                view.epoch()
+            );
+        }
+        assert_eq!(count.values().sum::<u64>(), size as u64);
+    };
+    check_zones(&nodes);
+    assert_eq!(nodes[0].ring().member("b2").unwrap().zone(), Some("z-b"));
+    // Zone b is lost.
+    nodes[3].stop().unwrap();
+    nodes[4].stop().unwrap();
+    let rest: Vec<RingNode> = [0, 1, 2, 5].iter().map(|i| nodes[*i].clone()).collect();
+    settle(&rest, size, "zones a and c to cover the ring");
+    check_zones(&rest);
+    for n in rest {
+        n.stop().unwrap();
+    }
+}
+
+/// Bad capacity and zone values, and either one with hashed placement,
+/// are typed errors that name the value.
+#[test]
+fn bad_capacity_and_zone_values_are_typed_errors_naming_them() {
+    init_logs();
+    let ring = ring_name("capbad");
+    let err = balanced(&ring, "x", 16).capacity(0).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("capacity 0"), "{err}");
+    let err = balanced(&ring, "x", 16)
+        .zone("eu west")
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("\"eu west\""), "{err}");
+    let err = builder(pool(4), &ring, "x")
+        .capacity(5)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(
+        err.to_string().contains("capacity 5") && err.to_string().contains("Balanced"),
+        "{err}"
+    );
+    let err = builder(pool(4), &ring, "x").zone("z1").start().unwrap_err();
+    assert!(err.to_string().contains("\"z1\""), "{err}");
+}

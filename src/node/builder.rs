@@ -89,6 +89,30 @@ impl Builder {
         self.cfg.metadata = Some(metadata.into());
         self
     }
+    /// At most `c` partitions for this member (at least 1; needs
+    /// [`Placement::Balanced`](crate::Placement::Balanced)). Default: no
+    /// limit. Balanced placement gives it no more than `c` and spreads what
+    /// does not fit over the other members by weight. When the members'
+    /// capacities add up to less than the ring, the rest is held by
+    /// nobody: [`NodeStatus::unassigned`](crate::NodeStatus::unassigned)
+    /// and the gauge `leasering_partitions_unassigned` count it, and the
+    /// work of those partitions waits until capacity is added. Stored
+    /// with the member: it counts from its join.
+    pub fn capacity(mut self, c: u32) -> Builder {
+        self.cfg.capacity = Some(c);
+        self
+    }
+    /// This member's zone: a failure domain such as an availability zone
+    /// or a rack (1 to 63 letters, digits, `.`, `_`, `-`, `:`; needs
+    /// [`Placement::Balanced`](crate::Placement::Balanced)). Default none
+    /// (members without a zone count as one zone of their own). Balanced
+    /// placement keeps each zone's partitions within one of its share by
+    /// weight; when a zone is lost, its partitions spread over the others
+    /// by weight. Shown in [`MemberInfo::zone`](crate::MemberInfo::zone).
+    pub fn zone(mut self, zone: impl Into<String>) -> Builder {
+        self.cfg.zone = Some(zone.into());
+        self
+    }
     /// Schema of the tables. Default `leasering`.
     pub fn schema(mut self, schema: impl Into<String>) -> Builder {
         self.cfg.schema = schema.into();

@@ -136,8 +136,10 @@ pub struct NodeStatus {
     /// status` reads the cordons themselves.)
     pub cordoned: bool,
     /// Partitions its view gives to no member: the whole ring while every
-    /// member is ineligible (not ready, or cordoned) — nobody owns them
-    /// then — else 0. Also the gauge `leasering_partitions_unassigned`.
+    /// member is ineligible (not ready, or cordoned); the shortfall when
+    /// the members' [capacities](crate::Builder::capacity) add up to less
+    /// than the ring; else 0. Nobody owns them. Also the gauge
+    /// `leasering_partitions_unassigned`.
     pub unassigned: u32,
 }
 

@@ -209,8 +209,7 @@ impl Inner {
 
 /// Partitions of the ring that the placement gives to no member
 /// (`leasering_partitions_unassigned`): all of them while every member is
-/// ineligible (not ready, or cordoned), else 0. Capacity (issue 19, item 3)
-/// will add its own shortfall here.
+/// ineligible (not ready, or cordoned); with capacities, what does not fit.
 fn unassigned_partitions(session: &Session) -> u32 {
     session.view().map_or(0, |v| v.unassigned())
 }

@@ -308,7 +308,7 @@ proptest! {
             let stored = Table::decode(&t.encode()).unwrap();
             prop_assert!(stored == t);
             let pairs: Vec<(u32, &str)> = v.vnodes().collect();
-            let read = RingView::build_with(v.epoch(), ring_size, pairs, Some(Arc::new(stored)), |_| None, |_| true);
+            let read = RingView::build_with(v.epoch(), ring_size, pairs, Some(Arc::new(stored)), |_| None, |_| true, |_| Default::default());
             for p in 0..ring_size {
                 prop_assert_eq!(read.owner_of(p), v.owner_of(p));
             }
@@ -487,6 +487,7 @@ proptest! {
                 balanced.then(|| Arc::new(Table::decode(&t.encode()).unwrap())),
                 |_| None,
                 |n| v.member(n).is_none_or(|m| m.is_eligible()),
+                |_| Default::default(),
             );
             for p in 0..ring_size {
                 prop_assert_eq!(all.owner_of(p), v.owner_of(p), "apply_all, partition {}", p);

@@ -65,6 +65,8 @@ struct Request {
     ttl_ms: f64,
     placement: String,
     metadata: Option<String>,
+    /// Its placement attributes, stored form.
+    attrs: Option<String>,
     /// Its readiness (`join_requests.ready`).
     ready: bool,
     /// Whether it joins eligible: ready and its node id not cordoned.
@@ -298,8 +300,8 @@ impl Store {
                 &format!(
                     "WITH ins AS (INSERT INTO {s}.join_requests
                                     (incarnation, ring_id, node_id, vnode_count, ring_size, ttl_ms, expires_at,
-                                     placement, metadata, ready)
-                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $11, $12, $13
+                                     placement, metadata, ready, attrs)
+                                  SELECT $2, $1, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $11, $12, $13, $14
                                   WHERE $8),
                           lk AS (SELECT pg_try_advisory_xact_lock($9) AS got)
                      SELECT got, CASE WHEN got THEN set_config('idle_in_transaction_session_timeout', $10, true) END
@@ -319,6 +321,7 @@ impl Store {
                     (&self.placement.as_str(), Type::TEXT),
                     (&self.metadata, Type::TEXT),
                     (&self.is_ready(), Type::BOOL),
+                    (&self.attrs, Type::TEXT),
                 ],
             )
             .map_err(|e| Error::db("file the join request", e))?;
@@ -399,10 +402,14 @@ impl Store {
         let mut pairs: Vnodes = read.vnodes;
         let mut metadata = read.metadata;
         let mut ineligible = read.ineligible;
+        let mut attrs = read.attrs;
         for (q, ps) in &accepted {
             pairs.extend(ps.iter().map(|p| (*p, q.node_id.clone())));
             if let Some(md) = &q.metadata {
                 metadata.push((q.node_id.clone(), md.clone()));
+            }
+            if let Some(a) = &q.attrs {
+                attrs.push((q.node_id.clone(), a.clone()));
             }
             if !q.eligible {
                 ineligible.push(q.node_id.clone());
@@ -414,7 +421,11 @@ impl Store {
             read.removed,
             me,
             table,
-            (metadata, ineligible),
+            Described {
+                metadata,
+                ineligible,
+                attrs,
+            },
         )))
     }
 
@@ -457,19 +468,29 @@ impl Store {
                 self.ring_id, t.members().len(), weights.len());
             t = Table::empty(self.ring_size);
             for (n, w) in &weights {
-                t.join(n, *w);
+                let a = read
+                    .attrs
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, a)| a.as_str());
+                t.join_with(n, *w, &crate::attrs::decode(a));
             }
         }
         if accepted.is_empty() {
-            t.apply_change(&read.removed, &[], &[], None);
+            t.apply_change_attrs(&read.removed, &[], &[], None);
         }
         for (i, (q, ps)) in accepted.iter().enumerate() {
             let removed: &[String] = if i == 0 { &read.removed } else { &[] };
-            t.apply_change(
+            t.apply_change_attrs(
                 removed,
                 &[],
                 &[],
-                Some((q.node_id.as_str(), ps.len() as u32, q.eligible)),
+                Some((
+                    q.node_id.as_str(),
+                    ps.len() as u32,
+                    q.eligible,
+                    crate::attrs::decode(q.attrs.as_deref()),
+                )),
             );
         }
         Ok(t)
@@ -483,11 +504,20 @@ impl Store {
         removed: Vec<String>,
         me: i64,
         table: Option<Table>,
-        (metadata, ineligible): (Vec<(String, String)>, Vec<String>),
+        described: Described,
     ) -> Joined {
+        let Described {
+            metadata,
+            ineligible,
+            attrs,
+        } = described;
         let metadata: fnv::FnvHashMap<String, Arc<str>> = metadata
             .into_iter()
             .map(|(n, md)| (n, Arc::from(md)))
+            .collect();
+        let attrs: fnv::FnvHashMap<String, crate::attrs::MemberAttrs> = attrs
+            .into_iter()
+            .map(|(n, a)| (n, crate::attrs::decode(Some(&a))))
             .collect();
         let view = RingView::build_with(
             epoch,
@@ -496,6 +526,7 @@ impl Store {
             table.map(Arc::new),
             |n| metadata.get(n).cloned(),
             |n| !ineligible.iter().any(|x| x == n),
+            |n| attrs.get(n).cloned().unwrap_or_default(),
         );
         let mut positions: Vec<u32> = pairs
             .iter()
@@ -543,29 +574,30 @@ impl Store {
                                    RETURNING node_id, incarnation),
                           req AS (DELETE FROM {s}.join_requests
                                   WHERE ring_id = $1 AND (refused IS NULL OR expires_at <= statement_timestamp())
-                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata, ready,
+                                  RETURNING incarnation, node_id, vnode_count, ring_size, ttl_ms, placement, metadata, ready, attrs,
                                             refused IS NULL AND expires_at > statement_timestamp() AS live)
-                     SELECT 8, placement, ring_size, epoch, 0::float8, NULL::text, placement_table FROM up
+                     SELECT 8, placement, ring_size, epoch, 0::float8, NULL::text, placement_table, NULL::text FROM up
                      UNION ALL
-                     SELECT 0, node_id, 0, incarnation, 0::float8, NULL::text, NULL::bytea FROM gone
+                     SELECT 0, node_id, 0, incarnation, 0::float8, NULL::text, NULL::bytea, NULL FROM gone
                      UNION ALL
-                     SELECT 1, m.node_id, 0, 0, 0, NULL, NULL FROM {s}.members m
+                     SELECT 1, m.node_id, 0, 0, 0, NULL, NULL, NULL FROM {s}.members m
                       WHERE m.ring_id = $1 AND m.expires_at > statement_timestamp() AND m.node_id IN (SELECT node_id FROM req)
                      UNION ALL
-                     SELECT 2, node_id, position, 0, 0, NULL, NULL FROM {s}.vnodes WHERE ring_id = $1
+                     SELECT 2, node_id, position, 0, 0, NULL, NULL, NULL FROM {s}.vnodes WHERE ring_id = $1
                      UNION ALL
-                     SELECT 3, node_id, 0, 0, 0, NULL, NULL FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
+                     SELECT 3, node_id, 0, 0, 0, NULL, NULL, NULL FROM {s}.members WHERE ring_id = $1 AND protocol = 1 AND expires_at > statement_timestamp()
                      UNION ALL
-                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms, metadata, NULL FROM req WHERE live
+                     SELECT 4, node_id, vnode_count, incarnation, ttl_ms, metadata, NULL, attrs FROM req WHERE live
                      UNION ALL
-                     SELECT 5, node_id, ring_size, incarnation, 0, placement, NULL FROM req WHERE live
+                     SELECT 5, node_id, ring_size, incarnation, 0, placement, NULL, NULL FROM req WHERE live
                      UNION ALL
-                     SELECT 6, node_id, 0, incarnation, 0, NULL, NULL FROM {s}.members WHERE incarnation = $2
+                     SELECT 6, node_id, 0, incarnation, 0, NULL, NULL, NULL FROM {s}.members WHERE incarnation = $2
                      UNION ALL
-                     SELECT 7, node_id, CASE WHEN eligible THEN 0 ELSE 1 END, 0, 0, metadata, NULL FROM {s}.members
-                      WHERE ring_id = $1 AND (metadata IS NOT NULL OR NOT eligible) AND expires_at > statement_timestamp()
+                     SELECT 7, node_id, CASE WHEN eligible THEN 0 ELSE 1 END, 0, 0, metadata, NULL, attrs FROM {s}.members
+                      WHERE ring_id = $1 AND (metadata IS NOT NULL OR attrs IS NOT NULL OR NOT eligible)
+                        AND expires_at > statement_timestamp()
                      UNION ALL
-                     SELECT 9, q.node_id, CASE WHEN q.ready THEN 0 ELSE 1 END, q.incarnation, 0, NULL, NULL FROM req q
+                     SELECT 9, q.node_id, CASE WHEN q.ready THEN 0 ELSE 1 END, q.incarnation, 0, NULL, NULL, NULL FROM req q
                       WHERE q.live AND (NOT q.ready OR EXISTS (SELECT 1 FROM {s}.cordons c
                                                               WHERE c.ring_id = $1 AND c.node_id = q.node_id))"
                 ),
@@ -599,6 +631,7 @@ impl Store {
                     ttl_ms: r.get(4),
                     placement: String::new(),
                     metadata: r.get(5),
+                    attrs: r.get(7),
                     ready: true,
                     eligible: true,
                 }),
@@ -608,6 +641,9 @@ impl Store {
                     let n: String = r.get(1);
                     if r.get::<_, i32>(2) == 1 {
                         read.ineligible.push(n.clone());
+                    }
+                    if let Some(a) = r.get::<_, Option<String>>(7) {
+                        read.attrs.push((n.clone(), a));
                     }
                     if let Some(md) = r.get::<_, Option<String>>(5) {
                         read.metadata.push((n, md));
@@ -644,6 +680,7 @@ impl Store {
         });
         read.vnodes.retain(|(_, n)| !read.removed.contains(n));
         read.metadata.retain(|(n, _)| !read.removed.contains(n));
+        read.attrs.retain(|(n, _)| !read.removed.contains(n));
         read.ineligible.retain(|n| !read.removed.contains(n));
         read.gone = gone;
         let ring = ring.ok_or_else(|| Error::new(ErrorKind::Database, "lock the ring: no row"))?;
@@ -678,6 +715,7 @@ impl Store {
             .collect();
         let readies: Vec<bool> = accepted.iter().map(|(q, _)| q.ready).collect();
         let eligibles: Vec<bool> = accepted.iter().map(|(q, _)| q.eligible).collect();
+        let attrss: Vec<Option<&str>> = accepted.iter().map(|(q, _)| q.attrs.as_deref()).collect();
         let (mut vps, mut vns, mut vis) = (Vec::new(), Vec::new(), Vec::new());
         for (q, ps) in accepted {
             for (i, p) in ps.iter().enumerate() {
@@ -706,6 +744,7 @@ impl Store {
             (&mds, Type::TEXT_ARRAY),
             (&readies, Type::BOOL_ARRAY),
             (&eligibles, Type::BOOL_ARRAY),
+            (&attrss, Type::TEXT_ARRAY),
         ];
         let added: Vec<Added<'_>> = accepted
             .iter()
@@ -715,6 +754,7 @@ impl Store {
                     ps.as_slice(),
                     q.metadata.as_deref(),
                     q.eligible,
+                    q.attrs.as_deref(),
                 )
             })
             .collect();
@@ -739,12 +779,12 @@ impl Store {
             &format!(
                 "WITH mem AS (INSERT INTO {s}.members
                                 (ring_id, node_id, vnode_count, acked_epoch, expires_at, incarnation, protocol, metadata,
-                                 ready, eligible)
+                                 ready, eligible, attrs)
                               SELECT $1, a.n, a.vc, $6, statement_timestamp() + a.ttl * interval '1 millisecond', a.inc, 2, a.md,
-                                     a.rd, a.el
+                                     a.rd, a.el, a.at
                               FROM unnest($2::text[], $3::int4[], $4::float8[], $5::int8[], $13::text[], $14::bool[],
-                                          $15::bool[])
-                                   AS a(n, vc, ttl, inc, md, rd, el)),
+                                          $15::bool[], $16::text[])
+                                   AS a(n, vc, ttl, inc, md, rd, el, at)),
                       vn AS (INSERT INTO {s}.vnodes (ring_id, position, node_id, vnode_idx)
                              SELECT $1, v.p, v.n, v.i FROM unnest($7::int4[], $8::text[], $9::int4[]) AS v(p, n, i)),
                       ref AS (INSERT INTO {s}.join_requests
@@ -791,17 +831,19 @@ impl Store {
                     "WITH q AS (DELETE FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NOT NULL
                                 RETURNING refused),
                           m AS (SELECT 1 FROM {s}.members WHERE incarnation = $2)
-                     SELECT 0, r.epoch, r.placement, 0, r.placement_table, NULL::text FROM {s}.rings r
+                     SELECT 0, r.epoch, r.placement, 0, r.placement_table, NULL::text, NULL::text FROM {s}.rings r
                       WHERE r.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
                      UNION ALL
-                     SELECT 1, 0, v.node_id, v.position, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
+                     SELECT 1, 0, v.node_id, v.position, NULL, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1 AND EXISTS (SELECT 1 FROM m)
                      UNION ALL
-                     SELECT 2, 0, q.refused, 0, NULL, NULL FROM q
+                     SELECT 2, 0, q.refused, 0, NULL, NULL, NULL FROM q
                      UNION ALL
-                     SELECT 3, 0, NULL, 0, NULL, NULL FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL
+                     SELECT 3, 0, NULL, 0, NULL, NULL, NULL FROM {s}.join_requests WHERE incarnation = $2 AND refused IS NULL
                      UNION ALL
-                     SELECT 4, 0, mm.node_id, CASE WHEN mm.eligible THEN 0 ELSE 1 END, NULL, mm.metadata FROM {s}.members mm
-                      WHERE mm.ring_id = $1 AND (mm.metadata IS NOT NULL OR NOT mm.eligible) AND EXISTS (SELECT 1 FROM m)"
+                     SELECT 4, 0, mm.node_id, CASE WHEN mm.eligible THEN 0 ELSE 1 END, NULL, mm.metadata, mm.attrs
+                       FROM {s}.members mm
+                      WHERE mm.ring_id = $1 AND (mm.metadata IS NOT NULL OR mm.attrs IS NOT NULL OR NOT mm.eligible)
+                        AND EXISTS (SELECT 1 FROM m)"
                 ),
                 &[(&self.ring_id, Type::TEXT), (&me, Type::INT8)],
             )
@@ -811,6 +853,7 @@ impl Store {
         let mut pairs: Vnodes = Vec::new();
         let mut metadata = Vec::new();
         let mut ineligible = Vec::new();
+        let mut attrs = Vec::new();
         for r in &rows {
             match r.get::<_, i32>(0) {
                 0 => {
@@ -822,6 +865,9 @@ impl Store {
                     let n: String = r.get(2);
                     if r.get::<_, i32>(3) == 1 {
                         ineligible.push(n.clone());
+                    }
+                    if let Some(a) = r.get::<_, Option<String>>(6) {
+                        attrs.push((n.clone(), a));
                     }
                     if let Some(md) = r.get::<_, Option<String>>(5) {
                         metadata.push((n, md));
@@ -844,7 +890,11 @@ impl Store {
                     Vec::new(),
                     me,
                     table,
-                    (metadata, ineligible),
+                    Described {
+                        metadata,
+                        ineligible,
+                        attrs,
+                    },
                 ))
             }
             None => Outcome::Gone,
@@ -899,4 +949,16 @@ struct AbsorbRead {
     metadata: Vec<(String, String)>,
     /// The remaining members that are ineligible.
     ineligible: Vec<String>,
+    /// The remaining members' placement attributes (stored form), where
+    /// they have any.
+    attrs: Vec<(String, String)>,
+}
+
+/// What a view needs besides the vnodes: each member's metadata,
+/// eligibility and placement attributes (listed only where not the
+/// default).
+struct Described {
+    metadata: Vec<(String, String)>,
+    ineligible: Vec<String>,
+    attrs: Vec<(String, String)>,
 }

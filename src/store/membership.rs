@@ -45,9 +45,9 @@ pub(super) struct ChangeSet<'a> {
     pub(super) table: Option<Vec<u8>>,
 }
 
-/// A member added by a change: node id, positions, metadata, and whether
-/// it is eligible.
-pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>, bool);
+/// A member added by a change: node id, positions, metadata, whether it is
+/// eligible, and its placement attributes (stored form).
+pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>, bool, Option<&'a str>);
 
 impl Store {
     /// The CTEs and final `SELECT` that record a set of changes, shared by
@@ -69,7 +69,7 @@ impl Store {
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes] =
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes, ats] =
             std::array::from_fn(|i| first + i);
         let n = set.added.len().max(1);
         for i in 0..n {
@@ -79,15 +79,17 @@ impl Store {
             let added = set.added.get(i).copied();
             values.epochs.push(pg_i64(epoch));
             values.from.push(values.positions.len() as i32 + 1);
-            if let Some((name, positions, md, eligible)) = added {
+            if let Some((name, positions, md, eligible, attrs)) = added {
                 values.added.push(Some(name.to_string()));
                 values.positions.extend(positions.iter().map(|p| *p as i32));
                 values.metadata.push(md.map(str::to_string));
                 values.added_eligible.push(eligible);
+                values.attrs.push(attrs.map(str::to_string));
             } else {
                 values.added.push(None);
                 values.metadata.push(None);
                 values.added_eligible.push(true);
+                values.attrs.push(None);
             }
             values.to.push(values.positions.len() as i32);
             let flips = Flips {
@@ -109,14 +111,14 @@ impl Store {
                              placement_table = COALESCE(${tbl}, placement_table)
                       WHERE ring_id = $1),
              ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata,
-                                              eligible, ineligible, added_eligible)
+                                              eligible, ineligible, added_eligible, added_attrs)
                      SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
                             COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md,
                             CASE WHEN c.o = 1 THEN ${el} ELSE '{{}}'::text[] END,
-                            CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae
+                            CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae, c.at
                      FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[],
-                                 ${aes}::bool[])
-                          WITH ORDINALITY AS c(e, a, f, t, md, ae, o)),
+                                 ${aes}::bool[], ${ats}::text[])
+                          WITH ORDINALITY AS c(e, a, f, t, md, ae, at, o)),
              trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
              SELECT (SELECT count(pg_notify(${c}, ${pls}::text)))"
         );
@@ -137,6 +139,7 @@ impl Store {
             (&set.eligible, Type::TEXT_ARRAY),
             (&set.ineligible, Type::TEXT_ARRAY),
             (&values.added_eligible, Type::BOOL_ARRAY),
+            (&values.attrs, Type::TEXT_ARRAY),
         ];
         (sql, params)
     }
@@ -635,5 +638,6 @@ pub(super) struct RecordValues {
     payload: String,
     metadata: Vec<Option<String>>,
     added_eligible: Vec<bool>,
+    attrs: Vec<Option<String>>,
     last: i64,
 }

@@ -35,9 +35,9 @@ pub(crate) use statements::{hold, hold_setup, HeldConn, RenewItem};
 
 /// Version of the schema this build creates and understands (2: claims;
 /// 3: placement and member metadata; 4: eligibility — readiness and
-/// cordons). Older schemas are migrated in place;
-/// see [`migrate`](crate::migrate).
-pub const SCHEMA_VERSION: i32 = 4;
+/// cordons; 5: placement attributes — capacity and zone). Older schemas
+/// are migrated in place; see [`migrate`](crate::migrate).
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// NOTIFYs this process's statements sent (each counted when its
 /// statement returns): see [`crate::telemetry::notifications_sent`].
@@ -66,6 +66,9 @@ pub(crate) struct Store {
     vnode_count: u32,
     placement: crate::Placement,
     metadata: Option<String>,
+    /// The member's placement attributes, stored form
+    /// ([`crate::attrs::encode`]).
+    attrs: Option<String>,
     ttl_s: f64,
     /// The grace period of a new timeline (by default a lease TTL and the
     /// margin, for the clock difference of the old and the new primary): no
@@ -106,6 +109,7 @@ impl Store {
             vnode_count: cfg.vnode_count,
             placement: cfg.placement,
             metadata: cfg.metadata.clone(),
+            attrs: crate::attrs::of_config(cfg),
             ttl_s: cfg.lease_ttl.as_secs_f64(),
             grace_s: cfg.effective_failover_grace().as_secs_f64(),
             lag_s: cfg.lag_limit().as_secs_f64(),

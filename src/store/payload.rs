@@ -38,15 +38,17 @@ pub(crate) struct Flips<'a> {
 /// ` r<len>:<ring id>` then `-<len>:<node>` per removed member,
 /// `!<len>:<node>` per member made ineligible, `*<len>:<node>` per member
 /// made eligible, then `+<len>:<node>@<p>,<p>,…` for an added one, followed
-/// by `?` when it joined ineligible and `~<len>:<metadata>` when it has
-/// metadata (`len` in bytes). The eligibility marks (schema version 4) are
-/// additions: a payload without them reads as before.
+/// by `?` when it joined ineligible, `#<len>:<attributes>` when it has
+/// placement attributes (capacity, zone: schema version 5) and
+/// `~<len>:<metadata>` when it has metadata (`len` in bytes). The
+/// eligibility and attribute marks are additions: a payload without them
+/// reads as before.
 pub(crate) fn notify_payload(
     ring_id: &str,
     epoch: u64,
     removed: &[String],
     flips: Flips<'_>,
-    added: Option<(&str, &[u32], Option<&str>, bool)>,
+    added: Option<(&str, &[u32], Option<&str>, bool, Option<&str>)>,
 ) -> String {
     use std::fmt::Write;
     let mut out = format!("{epoch} r{}:{ring_id}", ring_id.len());
@@ -59,11 +61,14 @@ pub(crate) fn notify_payload(
     for n in flips.eligible {
         let _ = write!(out, "*{}:{n}", n.len());
     }
-    if let Some((n, ps, md, eligible)) = added {
+    if let Some((n, ps, md, eligible, attrs)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
         write_list(&mut out, ps.iter());
         if !eligible {
             out.push('?');
+        }
+        if let Some(a) = attrs {
+            let _ = write!(out, "#{}:{a}", a.len());
         }
         if let Some(md) = md {
             let _ = write!(out, "~{}:{md}", md.len());
@@ -191,11 +196,18 @@ fn parse_one<'a>(ring_id: &str, payload: &'a str) -> Option<(Notice, &'a str)> {
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
         let r = r.strip_prefix('@')?;
-        let end = r.find(['~', '?', '\n']).unwrap_or(r.len());
+        let end = r.find(['~', '?', '#', '\n']).unwrap_or(r.len());
         change.added = Some((n.to_string(), parse_list(&r[..end])?));
         rest = &r[end..];
         if let Some(tail) = rest.strip_prefix('?') {
             change.added_ineligible = true;
+            rest = tail;
+        }
+        if let Some(a) = rest.strip_prefix('#') {
+            let (a, tail) = field(a)?;
+            let attrs = crate::attrs::decode(Some(a));
+            change.added_capacity = attrs.capacity;
+            change.added_zone = attrs.zone.map(|z| z.to_string());
             rest = tail;
         }
         if let Some(md) = rest.strip_prefix('~') {
@@ -239,7 +251,7 @@ mod tests {
             42,
             &["a b".into(), "c:d-e".into()],
             Flips::default(),
-            Some(("x+y@z,", &[3, 1, 7], Some("10.0.0.1:80 ~1:x"), true)),
+            Some(("x+y@z,", &[3, 1, 7], Some("10.0.0.1:80 ~1:x"), true, None)),
         );
         let (e, ch) = change_of(parse_payload("orders", &p).unwrap());
         assert_eq!(e, 42);
@@ -302,7 +314,7 @@ mod tests {
                     10 + i,
                     &removed,
                     Flips::default(),
-                    Some((&name, &[i as u32, 7], Some(md), true)),
+                    Some((&name, &[i as u32, 7], Some(md), true, None)),
                 )
             })
             .collect();
@@ -326,7 +338,7 @@ mod tests {
                     i + 1,
                     &[],
                     Flips::default(),
-                    Some((&format!("{i:0>60}"), &[1, 2], None, true)),
+                    Some((&format!("{i:0>60}"), &[1, 2], None, true, None)),
                 )
             })
             .collect();
@@ -364,7 +376,7 @@ mod tests {
                         first + i as u64,
                         removed,
                         Flips::default(),
-                        added.as_ref().map(|(n, ps, md)| (n.as_str(), ps.as_slice(), md.as_deref(), true)),
+                        added.as_ref().map(|(n, ps, md)| (n.as_str(), ps.as_slice(), md.as_deref(), true, None)),
                     )
                 })
                 .collect();
@@ -405,11 +417,18 @@ mod tests {
             added in proptest::option::of(("\\PC{1,20}", proptest::collection::vec(any::<u32>(), 0..10))),
             added_eligible in any::<bool>(),
             metadata in proptest::option::of("\\PC{0,40}"),
+            capacity in proptest::option::of(1u32..),
+            zone in proptest::option::of("[a-z0-9:.-]{1,20}"),
         ) {
             let md = metadata.as_deref().filter(|_| added.is_some());
             let flips = Flips { eligible: &eligible, ineligible: &ineligible };
+            let attrs = crate::attrs::encode(&crate::attrs::MemberAttrs {
+                capacity,
+                zone: zone.as_deref().map(std::sync::Arc::from),
+            });
+            let attrs = attrs.filter(|_| added.is_some());
             let p = notify_payload(&ring, epoch, &removed, flips,
-                added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice(), md, added_eligible)));
+                added.as_ref().map(|(n, ps)| (n.as_str(), ps.as_slice(), md, added_eligible, attrs.as_deref())));
             let (e, ch) = change_of(parse_payload(&ring, &p).unwrap());
             prop_assert_eq!(e, epoch);
             let ch = ch.unwrap();
@@ -417,8 +436,11 @@ mod tests {
             prop_assert_eq!(ch.eligible, eligible);
             prop_assert_eq!(ch.ineligible, ineligible);
             prop_assert_eq!(ch.added_ineligible, added.is_some() && !added_eligible);
+            let some = added.is_some();
             prop_assert_eq!(ch.added, added);
             prop_assert_eq!(ch.added_metadata.as_deref(), md);
+            prop_assert_eq!(ch.added_capacity, capacity.filter(|_| some));
+            prop_assert_eq!(ch.added_zone, zone.filter(|_| some));
         }
 
         #[test]

@@ -89,11 +89,12 @@ impl Store {
             _ => {}
         }
         let ddl = format!(
-            "{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}",
             self.v1_ddl(),
             self.v2_ddl(),
             self.v3_ddl(),
-            self.v4_ddl()
+            self.v4_ddl(),
+            self.v5_ddl()
         );
         tx.batch_execute(&ddl).map_err(|e| {
             let err = Error::db(format!("create schema {}", self.schema), e);
@@ -303,6 +304,20 @@ impl Store {
                  node_id text NOT NULL,
                  cordoned_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (ring_id, node_id));"
+        )
+    }
+
+    /// Version 5, on top of version 4 (issue 19: capacity and zones;
+    /// existing members have neither): `members.attrs`,
+    /// `join_requests.attrs` and `changes.added_attrs` hold a member's
+    /// placement attributes in their text form (`zone=<z> capacity=<n>`,
+    /// `NULL` for none), which balanced placement reads.
+    fn v5_ddl(&self) -> String {
+        let s = &self.s;
+        format!(
+            "ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS attrs text;
+             ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS attrs text;
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS added_attrs text;"
         )
     }
 

@@ -436,7 +436,7 @@ impl Store {
             Held::Changes => (
                 format!(
                     "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata,
-                        c.eligible, c.ineligible, c.added_eligible
+                        c.eligible, c.ineligible, c.added_eligible, c.added_attrs
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
                 ),
@@ -452,14 +452,15 @@ impl Store {
                     // members' metadata and the placement table all at
                     // the epoch of the first row (the ring's).
                     // Members are listed only when they have metadata or
-                    // are ineligible (the defaults otherwise).
-                    "SELECT r.epoch, NULL::int4, r.placement, r.placement_table, NULL::text, NULL::bool
+                    // placement attributes, or are ineligible (the
+                    // defaults otherwise).
+                    "SELECT r.epoch, NULL::int4, r.placement, r.placement_table, NULL::text, NULL::bool, NULL::text
                  FROM {s}.rings r WHERE r.ring_id = $1
                  UNION ALL
-                 SELECT NULL, v.position, v.node_id, NULL, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1
+                 SELECT NULL, v.position, v.node_id, NULL, NULL, NULL, NULL FROM {s}.vnodes v WHERE v.ring_id = $1
                  UNION ALL
-                 SELECT NULL, NULL, m.node_id, NULL, m.metadata, m.eligible FROM {s}.members m
-                  WHERE m.ring_id = $1 AND (m.metadata IS NOT NULL OR NOT m.eligible)"
+                 SELECT NULL, NULL, m.node_id, NULL, m.metadata, m.eligible, m.attrs FROM {s}.members m
+                  WHERE m.ring_id = $1 AND (m.metadata IS NOT NULL OR m.attrs IS NOT NULL OR NOT m.eligible)"
                 ),
                 "prepare the ring read",
             ),
@@ -742,7 +743,10 @@ impl Store {
             expect += 1;
             let added: Option<String> = r.get(3);
             let positions: Vec<i32> = r.get(4);
+            let attrs = crate::attrs::decode(r.get::<_, Option<&str>>(9));
             changes.push(Change {
+                added_capacity: attrs.capacity,
+                added_zone: attrs.zone.map(|z| z.to_string()),
                 epoch: e,
                 removed: r.get(2),
                 added: added.map(|n| (n, positions.iter().map(|p| *p as u32).collect())),
@@ -788,6 +792,7 @@ impl Store {
         let mut pairs: Vec<(u32, String)> = Vec::with_capacity(rows.len());
         let mut metadata: fnv::FnvHashMap<String, Arc<str>> = Default::default();
         let mut ineligible: fnv::FnvHashSet<String> = Default::default();
+        let mut attrs: fnv::FnvHashMap<String, crate::attrs::MemberAttrs> = Default::default();
         for r in rows {
             let name: Option<String> = r.get(2);
             if let Some(e) = r.get::<_, Option<i64>>(0) {
@@ -798,6 +803,9 @@ impl Store {
             } else if let Some(n) = name {
                 if r.get::<_, Option<bool>>(5) == Some(false) {
                     ineligible.insert(n.clone());
+                }
+                if let Some(a) = r.get::<_, Option<&str>>(6) {
+                    attrs.insert(n.clone(), crate::attrs::decode(Some(a)));
                 }
                 if let Some(md) = r.get::<_, Option<String>>(4) {
                     metadata.insert(n, Arc::from(md));
@@ -815,6 +823,7 @@ impl Store {
             table,
             |n| metadata.get(n).cloned(),
             |n| !ineligible.contains(n),
+            |n| attrs.get(n).cloned().unwrap_or_default(),
         ))
     }
 }

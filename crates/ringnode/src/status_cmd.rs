@@ -35,6 +35,9 @@ struct Member {
     ready: bool,
     /// An operator cordoned its node id.
     cordoned: bool,
+    /// Its zone and capacity (schema version 5), as the view shows them.
+    zone: Option<String>,
+    capacity: Option<u32>,
 }
 
 /// A partition whose claim is not held by the member the ring assigns it to.
@@ -58,6 +61,9 @@ struct Ring {
     /// Every cordoned node id of the ring, present or not.
     cordons: Vec<String>,
     waiting: Vec<Waiting>,
+    /// Partitions the placement gives to nobody (every member ineligible,
+    /// or capacities below the ring's size).
+    unassigned: u32,
 }
 
 /// Runs the command; the exit code on success or a known failure.
@@ -192,6 +198,8 @@ fn read(
             ready: r.get(6),
             cordoned: false,
             claimed: 0,
+            zone: None,
+            capacity: None,
         })
         .collect();
     // Cordons (schema version 4), in a savepoint: an older schema has none.
@@ -237,6 +245,18 @@ fn read(
                 pairs.iter().map(|(p, n)| (*p, n.as_str())),
             )
         }
+    };
+    for m in &mut members {
+        if let Some(info) = view.member(&m.node_id) {
+            m.zone = info.zone().map(str::to_string);
+            m.capacity = info.capacity();
+        }
+    }
+    let assigned: u32 = view.members().iter().map(|m| m.partition_count()).sum();
+    let unassigned = if view.members().is_empty() {
+        0
+    } else {
+        view.ring_size() - assigned
     };
     let by_inc: BTreeMap<i64, usize> = members
         .iter()
@@ -286,6 +306,7 @@ fn read(
         members,
         cordons,
         waiting,
+        unassigned,
     }))
 }
 
@@ -332,8 +353,8 @@ fn to_text(r: &Ring) -> String {
             .unwrap_or(4)
             .max(4);
         s.push_str(&format!(
-            "\n{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  METADATA\n",
-            "NODE", "LEASE LEFT", "ACKED", "VNODES", "CLAIMED", "STATE"
+            "\n{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  {:<10}  {:>5}  METADATA\n",
+            "NODE", "LEASE LEFT", "ACKED", "VNODES", "CLAIMED", "STATE", "ZONE", "CAP"
         ));
         for m in &r.members {
             let lease = if m.lease_left_ms >= 0.0 {
@@ -348,13 +369,15 @@ fn to_text(r: &Ring) -> String {
                 m.acked_epoch.to_string()
             };
             s.push_str(&format!(
-                "{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  {}\n",
+                "{:<w$}  {:>11}  {:>9}  {:>6}  {:>7}  {:<17}  {:<10}  {:>5}  {}\n",
                 m.node_id,
                 lease,
                 acked,
                 m.vnodes,
                 m.claimed,
                 state(m),
+                m.zone.as_deref().unwrap_or("-"),
+                m.capacity.map_or("-".to_string(), |c| c.to_string()),
                 m.metadata.as_deref().unwrap_or("-")
             ));
         }
@@ -373,6 +396,11 @@ fn to_text(r: &Ring) -> String {
     }
     if !r.members.is_empty() && r.members.iter().all(|m| !m.ready || m.cordoned) {
         s.push_str("\nevery member is cordoned or not ready: no partition has an owner\n");
+    } else if r.unassigned > 0 {
+        s.push_str(&format!(
+            "\n{} of {} partitions have no owner: the members' capacities add up to less than the ring (add members or capacity)\n",
+            r.unassigned, r.ring_size
+        ));
     }
     if r.waiting.is_empty() {
         s.push_str("\nno partition waits for a claim\n");
@@ -492,7 +520,10 @@ fn to_json(r: &Ring) -> serde_json::Value {
             "metadata": m.metadata,
             "ready": m.ready,
             "cordoned": m.cordoned,
+            "zone": m.zone,
+            "capacity": m.capacity,
         })).collect::<Vec<_>>(),
+        "partitions_unassigned": r.unassigned,
         "cordoned": r.cordons,
         "waiting": r.waiting.iter().map(|w| json!({
             "partition": w.partition,
