@@ -158,7 +158,7 @@ impl Store {
             StoredPlacement::Hashed => None,
             StoredPlacement::Balanced(table) => {
                 let mut t = self.table_or_empty(table.as_deref())?;
-                t.apply_change(removed, &[], &[], None);
+                t.apply_change_attrs(removed, &[], &[], None);
                 Some(t.encode())
             }
         };
@@ -482,7 +482,8 @@ impl Store {
         // The member's eligibility before (the snapshot's: it changes only
         // under the ring's lock, held) and after, and its weight.
         let tail = "SELECT (SELECT eligible FROM old), (SELECT eligible FROM up),
-                           (SELECT count(*) FROM {s}.vnodes WHERE ring_id = $1 AND node_id = $2)";
+                           (SELECT count(*) FROM {s}.vnodes WHERE ring_id = $1 AND node_id = $2),
+                           (SELECT attrs FROM {s}.members WHERE ring_id = $1 AND node_id = $2)";
         let old = format!(
             "old AS (SELECT eligible FROM {s}.members WHERE ring_id = $1 AND node_id = $2)"
         );
@@ -530,6 +531,7 @@ impl Store {
             .ok_or_else(|| Error::new(ErrorKind::Database, "write eligibility: no row"))?;
         let (before, after): (Option<bool>, Option<bool>) = (row.get(0), row.get(1));
         let weight = row.get::<_, i64>(2) as u32;
+        let attrs = crate::attrs::decode(row.get::<_, Option<&str>>(3));
         let flipped = match (before, after) {
             (Some(b), Some(a)) if a != b => Some(a),
             _ => None,
@@ -549,9 +551,11 @@ impl Store {
             StoredPlacement::Hashed => None,
             StoredPlacement::Balanced(stored) => {
                 let mut t = self.table_or_empty(stored.as_deref())?;
-                let joining: Vec<(&str, u32)> =
-                    eligible.iter().map(|n| (n.as_str(), weight)).collect();
-                t.apply_change(&[], ineligible, &joining, None);
+                let joining: Vec<(&str, u32, crate::attrs::MemberAttrs)> = eligible
+                    .iter()
+                    .map(|n| (n.as_str(), weight, attrs.clone()))
+                    .collect();
+                t.apply_change_attrs(&[], ineligible, &joining, None);
                 Some(t.encode())
             }
         };
