@@ -2024,3 +2024,10 @@ impl Table {
         )
     }
 }
+
+// TEMPORARY (replaced by the pins rule).
+impl Table {
+    pub(crate) fn apply_pins(&mut self, _pinned: &[(u32, String)], _unpinned: &[u32]) -> Moved {
+        Moved::default()
+    }
+}

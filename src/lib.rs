@@ -955,6 +955,77 @@ pub fn cordon(
     store::Store::new(&cfg, node_id)?.set_cordon(client, cordoned)
 }
 
+/// Pins partition `partition` of ring `ring_id` to node `node_id` (an
+/// operator's manual placement; `ringnode pin`). Balanced placement only.
+///
+/// Stored with the ring (table `pins`) and written under the ring's lock as
+/// a membership change, so every member's placement takes it at the same
+/// epoch: the partition moves to `node_id` (with the usual handoff: its old
+/// owner drains and releases it) and stays there through joins and leaves
+/// while `node_id` is an eligible member. While `node_id` is absent,
+/// ineligible or full ([`Builder::capacity`]), the partition follows the
+/// placement; it goes back when the node does. The rest of the ring is
+/// placed around the pins. Returns the change's epoch, `None` when the pin
+/// was there already.
+///
+/// An unknown ring, a partition outside the ring or a hashed ring is an
+/// [`ErrorKind::InvalidConfig`] error naming the value.
+///
+/// ```no_run
+/// # fn main() -> leasering::Result<()> {
+/// let mut client = postgres::Client::connect("host=db user=ops", postgres::NoTls).unwrap();
+/// leasering::pin(&mut client, "leasering", "orders", 17, "node-3")?;
+/// leasering::unpin(&mut client, "leasering", "orders", 17)?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn pin(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+    partition: u32,
+    node_id: &str,
+) -> Result<Option<u64>> {
+    let store = pin_store(schema, ring_id, Some(node_id))?;
+    store.check_schema(client)?;
+    store.set_pin(client, partition, Some(node_id))
+}
+
+/// Removes the pin of `partition` ([`pin`]); the placement decides its
+/// owner again. Returns the change's epoch, `None` when it was not pinned.
+pub fn unpin(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+    partition: u32,
+) -> Result<Option<u64>> {
+    let store = pin_store(schema, ring_id, None)?;
+    store.check_schema(client)?;
+    store.set_pin(client, partition, None)
+}
+
+/// The pins of ring `ring_id`: `(partition, node id)`, ascending by
+/// partition ([`pin`]).
+pub fn pins(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+) -> Result<Vec<(u32, String)>> {
+    let store = pin_store(schema, ring_id, None)?;
+    store.check_schema(client)?;
+    store.pins(client)
+}
+
+/// A store to write ring `ring_id`'s pins with; checks the names and the
+/// schema's version first.
+fn pin_store(schema: &str, ring_id: &str, node_id: Option<&str>) -> Result<store::Store> {
+    let mut cfg = Config::new(ring_id);
+    cfg.schema = schema.to_string();
+    cfg.node_id = node_id.map(str::to_string);
+    cfg.validate()?;
+    store::Store::new(&cfg, node_id.unwrap_or("operator"))
+}
+
 /// Creates or migrates the leasering schema `schema` with `client`, for
 /// administrators who start nodes with a DML-only role
 /// (`Builder::create_schema(false)`). Idempotent.

@@ -39,6 +39,11 @@ pub struct Change {
     pub added_capacity: Option<u32>,
     /// The added member's [zone](MemberInfo::zone), if it declared one.
     pub added_zone: Option<String>,
+    /// Partitions an operator pinned, with the node each is pinned to
+    /// ([`pin`](crate::pin)).
+    pub pinned: Vec<(u32, String)>,
+    /// Partitions an operator unpinned.
+    pub unpinned: Vec<u32>,
 }
 
 /// A member as seen in a [`RingView`]. Cheap to clone (one `Arc`).
@@ -490,6 +495,7 @@ impl RingView {
                     .map(|m| (n.as_str(), m.weight(), m.0.attrs.clone()))
             })
             .collect();
+        t.apply_pins(&change.pinned, &change.unpinned);
         t.apply_change_attrs(
             &change.removed,
             &change.ineligible,

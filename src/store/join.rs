@@ -37,6 +37,7 @@ use postgres::Client;
 use std::sync::Arc;
 
 use super::membership::{Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes};
+use super::payload::Pins;
 use super::{pg_i64, Store, Tx};
 use crate::balanced::Table;
 use crate::config::random_incarnation;
@@ -766,6 +767,7 @@ impl Store {
             freeing: &read.gone,
             added: &added,
             table,
+            pins: Pins::default(),
         };
         let mut values = RecordValues::default();
         let tail = if last > epoch {

@@ -16,7 +16,7 @@
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
-use super::payload::{notify_payload, transaction_payload, Flips};
+use super::payload::{notify_payload, transaction_payload, Flips, Pins};
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
 use crate::balanced::Table;
 use crate::error::{Error, ErrorKind, Result};
@@ -43,6 +43,8 @@ pub(super) struct ChangeSet<'a> {
     /// The balanced placement's table after the last change, encoded
     /// (`None`: a hashed ring).
     pub(super) table: Option<Vec<u8>>,
+    /// Partitions pinned and unpinned (in the first change).
+    pub(super) pins: Pins<'a>,
 }
 
 /// A member added by a change: node id, positions, metadata, whether it is
@@ -69,7 +71,7 @@ impl Store {
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes, ats] =
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes, ats, pp, pn, up] =
             std::array::from_fn(|i| first + i);
         let n = set.added.len().max(1);
         for i in 0..n {
@@ -95,11 +97,19 @@ impl Store {
             let flips = Flips {
                 eligible: if first_change { set.eligible } else { &[] },
                 ineligible: if first_change { set.ineligible } else { &[] },
+                pins: if first_change {
+                    set.pins
+                } else {
+                    Pins::default()
+                },
             };
             values
                 .payloads
                 .push(notify_payload(&self.ring_id, epoch, removed, flips, added));
         }
+        values.pinned = set.pins.pinned.iter().map(|(p, _)| *p as i32).collect();
+        values.pinned_to = set.pins.pinned.iter().map(|(_, n)| n.clone()).collect();
+        values.unpinned = set.pins.unpinned.iter().map(|p| *p as i32).collect();
         values.last = pg_i64(set.first_epoch + n as u64 - 1);
         values.payload = transaction_payload(&values.payloads);
         let sql = format!(
@@ -111,11 +121,15 @@ impl Store {
                              placement_table = COALESCE(${tbl}, placement_table)
                       WHERE ring_id = $1),
              ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata,
-                                              eligible, ineligible, added_eligible, added_attrs)
+                                              eligible, ineligible, added_eligible, added_attrs,
+                                              pinned, pinned_to, unpinned)
                      SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
                             COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md,
                             CASE WHEN c.o = 1 THEN ${el} ELSE '{{}}'::text[] END,
-                            CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae, c.at
+                            CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae, c.at,
+                            CASE WHEN c.o = 1 THEN ${pp}::int4[] ELSE '{{}}'::int4[] END,
+                            CASE WHEN c.o = 1 THEN ${pn}::text[] ELSE '{{}}'::text[] END,
+                            CASE WHEN c.o = 1 THEN ${up}::int4[] ELSE '{{}}'::int4[] END
                      FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[],
                                  ${aes}::bool[], ${ats}::text[])
                           WITH ORDINALITY AS c(e, a, f, t, md, ae, at, o)),
@@ -140,6 +154,9 @@ impl Store {
             (&set.ineligible, Type::TEXT_ARRAY),
             (&values.added_eligible, Type::BOOL_ARRAY),
             (&values.attrs, Type::TEXT_ARRAY),
+            (&values.pinned, Type::INT4_ARRAY),
+            (&values.pinned_to, Type::TEXT_ARRAY),
+            (&values.unpinned, Type::INT4_ARRAY),
         ];
         (sql, params)
     }
@@ -170,6 +187,7 @@ impl Store {
             freeing,
             added: &[],
             table,
+            pins: Pins::default(),
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
@@ -567,6 +585,7 @@ impl Store {
             freeing: &[],
             added: &[],
             table,
+            pins: Pins::default(),
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
@@ -643,5 +662,8 @@ pub(super) struct RecordValues {
     metadata: Vec<Option<String>>,
     added_eligible: Vec<bool>,
     attrs: Vec<Option<String>>,
+    pinned: Vec<i32>,
+    pinned_to: Vec<String>,
+    unpinned: Vec<i32>,
     last: i64,
 }

@@ -19,6 +19,7 @@
 mod join;
 mod membership;
 pub(crate) mod payload;
+mod pins;
 mod schema;
 mod statements;
 #[cfg(test)]

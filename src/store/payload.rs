@@ -24,20 +24,33 @@ pub(crate) fn transaction_payload(changes: &[String]) -> String {
     last.split(' ').next().unwrap_or("0").to_string()
 }
 
-/// The eligibility flips of a change (issue 19).
+/// The eligibility flips and pins of a change (issue 19).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Flips<'a> {
     /// Members made eligible.
     pub(crate) eligible: &'a [String],
     /// Members made ineligible.
     pub(crate) ineligible: &'a [String],
+    /// Partitions pinned and unpinned.
+    pub(crate) pins: Pins<'a>,
+}
+
+/// The pins a change sets and removes (issue 19: an operator's
+/// `ringnode pin`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Pins<'a> {
+    /// `(partition, node id)` pinned.
+    pub(crate) pinned: &'a [(u32, String)],
+    /// Partitions unpinned.
+    pub(crate) unpinned: &'a [u32],
 }
 
 /// The NOTIFY payload of a change: `<epoch>` followed, when it fits, by the
 /// change itself, so that members apply it without reading the change log:
 /// ` r<len>:<ring id>` then `-<len>:<node>` per removed member,
 /// `!<len>:<node>` per member made ineligible, `*<len>:<node>` per member
-/// made eligible, then `+<len>:<node>@<p>,<p>,…` for an added one, followed
+/// made eligible, `^<p>=<len>:<node>` per partition pinned and `_<p>` per
+/// partition unpinned (schema version 5), then `+<len>:<node>@<p>,<p>,…` for an added one, followed
 /// by `?` when it joined ineligible, `#<len>:<attributes>` when it has
 /// placement attributes (capacity, zone: schema version 5) and
 /// `~<len>:<metadata>` when it has metadata (`len` in bytes). The
@@ -60,6 +73,12 @@ pub(crate) fn notify_payload(
     }
     for n in flips.eligible {
         let _ = write!(out, "*{}:{n}", n.len());
+    }
+    for (p, n) in flips.pins.pinned {
+        let _ = write!(out, "^{p}={}:{n}", n.len());
+    }
+    for p in flips.pins.unpinned {
+        let _ = write!(out, "_{p}");
     }
     if let Some((n, ps, md, eligible, attrs)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
@@ -192,6 +211,19 @@ fn parse_one<'a>(ring_id: &str, payload: &'a str) -> Option<(Notice, &'a str)> {
         let (n, r) = field(tail)?;
         change.eligible.push(n.to_string());
         rest = r;
+    }
+    while let Some(tail) = rest.strip_prefix('^') {
+        let (p, r) = tail.split_once('=')?;
+        let (n, r) = field(r)?;
+        change.pinned.push((p.parse().ok()?, n.to_string()));
+        rest = r;
+    }
+    while let Some(tail) = rest.strip_prefix('_') {
+        let end = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        change.unpinned.push(tail[..end].parse().ok()?);
+        rest = &tail[end..];
     }
     if let Some(tail) = rest.strip_prefix('+') {
         let (n, r) = field(tail)?;
@@ -418,10 +450,17 @@ mod tests {
             added_eligible in any::<bool>(),
             metadata in proptest::option::of("\\PC{0,40}"),
             capacity in proptest::option::of(1u32..),
+            pinned in proptest::collection::vec((any::<u32>(), "\\PC{1,20}"), 0..3),
+            unpinned in proptest::collection::vec(any::<u32>(), 0..3),
             zone in proptest::option::of("[a-z0-9:.-]{1,20}"),
         ) {
             let md = metadata.as_deref().filter(|_| added.is_some());
-            let flips = Flips { eligible: &eligible, ineligible: &ineligible };
+            let pinned: Vec<(u32, String)> = pinned;
+            let flips = Flips {
+                eligible: &eligible,
+                ineligible: &ineligible,
+                pins: Pins { pinned: &pinned, unpinned: &unpinned },
+            };
             let attrs = crate::attrs::encode(&crate::attrs::MemberAttrs {
                 capacity,
                 zone: zone.as_deref().map(std::sync::Arc::from),
@@ -435,6 +474,8 @@ mod tests {
             prop_assert_eq!(ch.removed, removed);
             prop_assert_eq!(ch.eligible, eligible);
             prop_assert_eq!(ch.ineligible, ineligible);
+            prop_assert_eq!(ch.pinned, pinned);
+            prop_assert_eq!(ch.unpinned, unpinned);
             prop_assert_eq!(ch.added_ineligible, added.is_some() && !added_eligible);
             let some = added.is_some();
             prop_assert_eq!(ch.added, added);

@@ -311,13 +311,25 @@ impl Store {
     /// existing members have neither): `members.attrs`,
     /// `join_requests.attrs` and `changes.added_attrs` hold a member's
     /// placement attributes in their text form (`zone=<z> capacity=<n>`,
-    /// `NULL` for none), which balanced placement reads.
+    /// `NULL` for none), which balanced placement reads; `pins`: the
+    /// partitions an operator pinned to a node id (`leasering::pin`), kept
+    /// while the node is away, and `changes.pinned`, `pinned_to`,
+    /// `unpinned`: the pins a change set and removed.
     fn v5_ddl(&self) -> String {
         let s = &self.s;
         format!(
             "ALTER TABLE {s}.members ADD COLUMN IF NOT EXISTS attrs text;
              ALTER TABLE {s}.join_requests ADD COLUMN IF NOT EXISTS attrs text;
-             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS added_attrs text;"
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS added_attrs text;
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS pinned int[] NOT NULL DEFAULT '{{}}';
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS pinned_to text[] NOT NULL DEFAULT '{{}}';
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS unpinned int[] NOT NULL DEFAULT '{{}}';
+             CREATE TABLE IF NOT EXISTS {s}.pins (
+                 ring_id text NOT NULL,
+                 partition int NOT NULL,
+                 node_id text NOT NULL,
+                 pinned_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (ring_id, partition));"
         )
     }
 

@@ -436,7 +436,8 @@ impl Store {
             Held::Changes => (
                 format!(
                     "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata,
-                        c.eligible, c.ineligible, c.added_eligible, c.added_attrs
+                        c.eligible, c.ineligible, c.added_eligible, c.added_attrs,
+                        c.pinned, c.pinned_to, c.unpinned
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
                 ),
@@ -744,7 +745,16 @@ impl Store {
             let added: Option<String> = r.get(3);
             let positions: Vec<i32> = r.get(4);
             let attrs = crate::attrs::decode(r.get::<_, Option<&str>>(9));
+            let pinned: Vec<i32> = r.get::<_, Option<Vec<i32>>>(10).unwrap_or_default();
+            let pinned_to: Vec<String> = r.get::<_, Option<Vec<String>>>(11).unwrap_or_default();
+            let unpinned: Vec<i32> = r.get::<_, Option<Vec<i32>>>(12).unwrap_or_default();
             changes.push(Change {
+                pinned: pinned
+                    .iter()
+                    .zip(pinned_to)
+                    .map(|(p, n)| (*p as u32, n))
+                    .collect(),
+                unpinned: unpinned.iter().map(|p| *p as u32).collect(),
                 added_capacity: attrs.capacity,
                 added_zone: attrs.zone.map(|z| z.to_string()),
                 epoch: e,
