@@ -567,3 +567,90 @@ fn bad_capacity_and_zone_values_are_typed_errors_naming_them() {
     let err = builder(pool(4), &ring, "x").zone("z1").start().unwrap_err();
     assert!(err.to_string().contains("\"z1\""), "{err}");
 }
+
+// ---- pins (issue 19, item 6) -----------------------------------------------
+
+/// A partition pinned to a node moves there and stays through joins and
+/// leaves of others; while the node is away it follows the placement, and
+/// it goes back when the node returns; unpinned, the placement decides.
+/// At most one owner at every step, and the ring covered once settled.
+#[test]
+fn a_pinned_partition_stays_with_its_node_and_follows_the_placement_while_it_is_away() {
+    init_logs();
+    let ring = ring_name("pin");
+    let size = 32u32;
+    let a = balanced(&ring, "a", size).start().unwrap();
+    let b = balanced(&ring, "b", size).start().unwrap();
+    let two = vec![a.clone(), b.clone()];
+    settle(&two, size, "a and b");
+    let p = b.ring().partitions_of("b")[0];
+    let mut client = db().client().unwrap();
+    let epoch = leasering::pin(&mut client, "leasering", &ring, p, "a").unwrap();
+    assert!(epoch.is_some(), "a new pin is a change");
+    assert_eq!(
+        leasering::pin(&mut client, "leasering", &ring, p, "a").unwrap(),
+        None,
+        "the same pin again changes nothing"
+    );
+    assert_eq!(
+        leasering::pins(&mut client, "leasering", &ring).unwrap(),
+        vec![(p, "a".to_string())]
+    );
+    wait_until(SETTLE, "a to own the pinned partition", || {
+        settled(&two) && covered_exactly_once(&two, size) && a.owned_partitions().contains(p)
+    });
+    // Others join and leave: the pin holds.
+    let c = balanced(&ring, "c", size).start().unwrap();
+    let three = vec![a.clone(), b.clone(), c.clone()];
+    settle(&three, size, "a, b and c");
+    assert!(a.owned_partitions().contains(p), "the pin held through a join");
+    c.stop().unwrap();
+    settle(&two, size, "a and b again");
+    assert!(a.owned_partitions().contains(p), "the pin held through a leave");
+    // a goes away: the partition follows the placement.
+    a.stop().unwrap();
+    settle(std::slice::from_ref(&b), size, "b alone");
+    assert!(b.owned_partitions().contains(p));
+    // a comes back: the partition goes back to it.
+    let a = balanced(&ring, "a", size).start().unwrap();
+    let two = vec![a.clone(), b.clone()];
+    wait_until(SETTLE, "a back with its pinned partition", || {
+        settled(&two) && covered_exactly_once(&two, size) && a.owned_partitions().contains(p)
+    });
+    // Unpinned: the placement decides, and the ring stays covered.
+    assert!(leasering::unpin(&mut client, "leasering", &ring, p)
+        .unwrap()
+        .is_some());
+    assert!(leasering::pins(&mut client, "leasering", &ring)
+        .unwrap()
+        .is_empty());
+    settle(&two, size, "a and b after the unpin");
+    for n in two {
+        n.stop().unwrap();
+    }
+}
+
+/// Pins on a hashed ring, outside the ring, or on an unknown ring are
+/// typed errors that name the value.
+#[test]
+fn bad_pins_are_typed_errors_naming_the_value() {
+    init_logs();
+    let ring = ring_name("pinbad");
+    let hashed = builder(pool(4), &ring, "h").ring_size(16).start().unwrap();
+    let mut client = db().client().unwrap();
+    let err = leasering::pin(&mut client, "leasering", &ring, 3, "h").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("hashed"), "{err}");
+    hashed.stop().unwrap();
+    let ring = ring_name("pinbad_b");
+    let n = balanced(&ring, "n", 16).start().unwrap();
+    let err = leasering::pin(&mut client, "leasering", &ring, 16, "n").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("partition 16"), "{err}");
+    let err = leasering::pin(&mut client, "leasering", "no_such_ring", 1, "n").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("no_such_ring"), "{err}");
+    let err = leasering::pin(&mut client, "leasering", &ring, 1, "bad\0id").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    n.stop().unwrap();
+}
