@@ -603,10 +603,16 @@ fn a_pinned_partition_stays_with_its_node_and_follows_the_placement_while_it_is_
     let c = balanced(&ring, "c", size).start().unwrap();
     let three = vec![a.clone(), b.clone(), c.clone()];
     settle(&three, size, "a, b and c");
-    assert!(a.owned_partitions().contains(p), "the pin held through a join");
+    assert!(
+        a.owned_partitions().contains(p),
+        "the pin held through a join"
+    );
     c.stop().unwrap();
     settle(&two, size, "a and b again");
-    assert!(a.owned_partitions().contains(p), "the pin held through a leave");
+    assert!(
+        a.owned_partitions().contains(p),
+        "the pin held through a leave"
+    );
     // a goes away: the partition follows the placement.
     a.stop().unwrap();
     settle(std::slice::from_ref(&b), size, "b alone");

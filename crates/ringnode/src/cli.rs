@@ -47,6 +47,20 @@ pub enum Command {
     #[command(after_help = "Exit codes: 0 done; 1 another error; 2 bad flags; \
                             3 ring not found (or no leasering schema); 4 database unreachable.")]
     Uncordon(CordonArgs),
+    /// Pins a partition to a node id (balanced placement): the partition
+    /// moves there and stays through joins and leaves while the node is an
+    /// eligible member, and follows the placement while it is away. Stored
+    /// with the ring
+    #[command(
+        after_help = "Exit codes: 0 done; 1 another error; 2 bad flags (a partition \
+                            outside the ring, a hashed ring); 3 ring not found (or no leasering \
+                            schema); 4 database unreachable."
+    )]
+    Pin(PinArgs),
+    /// Removes a partition's pin: the placement decides its owner again
+    #[command(after_help = "Exit codes: 0 done; 1 another error; 2 bad flags; \
+                            3 ring not found (or no leasering schema); 4 database unreachable.")]
+    Unpin(PinArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -60,6 +74,25 @@ pub struct CordonArgs {
     /// The member's node id
     #[arg(long, value_name = "ID")]
     pub node_id: String,
+    /// Schema of the leasering tables
+    #[arg(long, default_value = "leasering", value_name = "NAME")]
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    /// The ring's PostgreSQL (libpq `key=value` string or `postgresql://` URL)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the ring
+    #[arg(long, default_value = "ringnode", value_name = "ID")]
+    pub ring_id: String,
+    /// The partition
+    #[arg(long, value_name = "P")]
+    pub partition: u32,
+    /// The node id to pin it to (`pin` only)
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
     /// Schema of the leasering tables
     #[arg(long, default_value = "leasering", value_name = "NAME")]
     pub schema: String,

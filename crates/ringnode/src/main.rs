@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => status_cmd::run(args),
         Some(Command::Cordon(args)) => status_cmd::cordon(args, true),
         Some(Command::Uncordon(args)) => status_cmd::cordon(args, false),
+        Some(Command::Pin(args)) => status_cmd::pin(args, true),
+        Some(Command::Unpin(args)) => status_cmd::pin(args, false),
         None => demo::run(DemoArgs::default()),
     };
     match result {

@@ -13,7 +13,7 @@ use leasering::RingView;
 use postgres::error::SqlState;
 use serde_json::json;
 
-use crate::cli::{CordonArgs, StatusArgs};
+use crate::cli::{CordonArgs, PinArgs, StatusArgs};
 use crate::util::{describe_target, parse_database_url, with_sources, AppError, AppResult};
 
 /// `ringnode status`: the ring was not found (or the schema is missing).
@@ -64,6 +64,8 @@ struct Ring {
     /// Partitions the placement gives to nobody (every member ineligible,
     /// or capacities below the ring's size).
     unassigned: u32,
+    /// `(partition, node id)` pinned by an operator (schema version 5).
+    pins: Vec<(u32, String)>,
 }
 
 /// Runs the command; the exit code on success or a known failure.
@@ -219,6 +221,24 @@ fn read(
     for m in &mut members {
         m.cordoned = cordons.contains(&m.node_id);
     }
+    // Pins (schema version 5), in a savepoint: an older schema has none.
+    let pins: Vec<(u32, String)> = {
+        let mut sp = tx.transaction()?;
+        match sp.query(
+            &format!(
+                "SELECT partition, node_id FROM {s}.pins WHERE ring_id = $1 ORDER BY partition"
+            ),
+            &[&ring_id],
+        ) {
+            Ok(rows) => {
+                sp.commit()?;
+                rows.iter()
+                    .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    };
     // The view as the members see it (a balanced ring's stored table
     // included), in a savepoint: a schema older than the library's has no
     // placement columns, and is then read as the hashed ring it is.
@@ -307,6 +327,7 @@ fn read(
         cordons,
         waiting,
         unassigned,
+        pins,
     }))
 }
 
@@ -393,6 +414,20 @@ fn to_text(r: &Ring) -> String {
             "\ncordoned, not members now: {}\n",
             absent.join(", ")
         ));
+    }
+    if !r.pins.is_empty() {
+        let shown: Vec<String> = r
+            .pins
+            .iter()
+            .map(|(p, n)| {
+                if r.members.iter().any(|m| &m.node_id == n) {
+                    format!("{p} -> {n}")
+                } else {
+                    format!("{p} -> {n} (away: placed as usual)")
+                }
+            })
+            .collect();
+        s.push_str(&format!("\npinned: {}\n", shown.join(", ")));
     }
     if !r.members.is_empty() && r.members.iter().all(|m| !m.ready || m.cordoned) {
         s.push_str("\nevery member is cordoned or not ready: no partition has an owner\n");
@@ -524,6 +559,11 @@ fn to_json(r: &Ring) -> serde_json::Value {
             "capacity": m.capacity,
         })).collect::<Vec<_>>(),
         "partitions_unassigned": r.unassigned,
+        "pins": r.pins.iter().map(|(p, n)| json!({
+            "partition": p,
+            "node_id": n,
+            "present": r.members.iter().any(|m| &m.node_id == n),
+        })).collect::<Vec<_>>(),
         "cordoned": r.cordons,
         "waiting": r.waiting.iter().map(|w| json!({
             "partition": w.partition,
@@ -532,6 +572,86 @@ fn to_json(r: &Ring) -> serde_json::Value {
             "waiter_marked": w.marked,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `ringnode pin` / `unpin`: through [`leasering::pin`] and
+/// [`leasering::unpin`], recorded under the ring's lock like any
+/// membership change.
+pub fn pin(args: PinArgs, yes: bool) -> AppResult<u8> {
+    if !valid_ident(&args.schema) {
+        return Err(AppError(format!(
+            "invalid --schema {:?}: letters, digits and underscores, not starting with a digit",
+            args.schema
+        )));
+    }
+    let node = match (&args.node_id, yes) {
+        (Some(n), true) => Some(n.as_str()),
+        (None, true) => {
+            eprintln!(
+                "ringnode: pin needs --node-id: the node to pin partition {} to",
+                args.partition
+            );
+            return Ok(2);
+        }
+        (Some(n), false) => {
+            eprintln!("ringnode: unpin takes no --node-id (got {n:?}): a partition has one pin");
+            return Ok(2);
+        }
+        (None, false) => None,
+    };
+    let pg = parse_database_url(&args.database_url)?;
+    let mut client = match pg.connect(postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ringnode: database unreachable: {}: {}",
+                describe_target(&pg),
+                with_sources(&e)
+            );
+            return Ok(EXIT_UNREACHABLE);
+        }
+    };
+    let done = match node {
+        Some(n) => leasering::pin(&mut client, &args.schema, &args.ring_id, args.partition, n),
+        None => leasering::unpin(&mut client, &args.schema, &args.ring_id, args.partition),
+    };
+    let what = match node {
+        Some(n) => format!(
+            "pinned partition {} of ring {:?} to node {n:?}",
+            args.partition, args.ring_id
+        ),
+        None => format!(
+            "unpinned partition {} of ring {:?}",
+            args.partition, args.ring_id
+        ),
+    };
+    match done {
+        Ok(epoch) => {
+            let mut out = std::io::stdout().lock();
+            let _ = match epoch {
+                Some(e) => writeln!(out, "{what} (epoch {e})"),
+                None => writeln!(out, "{what} (it was already)"),
+            };
+            Ok(0)
+        }
+        Err(e) if e.kind() == leasering::ErrorKind::InvalidConfig => {
+            eprintln!("ringnode: {e}");
+            Ok(if e.to_string().contains("no ring") {
+                EXIT_NOT_FOUND
+            } else {
+                2
+            })
+        }
+        Err(e) if e.kind() == leasering::ErrorKind::Schema => {
+            eprintln!("ringnode: {e}");
+            Ok(EXIT_NOT_FOUND)
+        }
+        Err(e) => Err(AppError(format!(
+            "cannot {} partition {}: {e}",
+            if yes { "pin" } else { "unpin" },
+            args.partition
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -134,3 +134,77 @@ fn cordon_and_uncordon_a_member_and_status_shows_it() {
     a.stop().unwrap();
     b.stop().unwrap();
 }
+
+/// `ringnode pin` / `unpin` (issue 19, item 6): the partition moves to the
+/// node, `ringnode status` lists the pin (text and JSON), a partition
+/// outside the ring exits 2 naming it, a pin without `--node-id` exits 2.
+#[test]
+fn pin_and_unpin_a_partition_and_status_shows_it() {
+    let db = TestPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    let url = db.url();
+    let ring = unique_name("pin");
+    let start = |id: &str| {
+        RingNode::builder(db.pool(4).unwrap(), ring.clone())
+            .node_id(id)
+            .ring_size(64)
+            .placement(leasering::Placement::Balanced)
+            .lease_ttl(Duration::from_secs(10))
+            .start()
+            .unwrap()
+    };
+    let a = start("alpha");
+    let b = start("beta");
+    wait_until("both to hold a share", || {
+        a.owned_partitions().len() + b.owned_partitions().len() == 64
+            && !b.owned_partitions().is_empty()
+    });
+    let p = b.owned_partitions().iter().next().unwrap();
+    let ps = p.to_string();
+    let args = ["--database-url", &url, "--ring-id", &ring, "--partition", &ps];
+    let (code, out, err) = ringnode(&[&["pin"][..], &args, &["--node-id", "alpha"]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("pinned partition {p}")), "{out}");
+    wait_until("alpha to own the pinned partition", || {
+        a.owned_partitions().contains(p) && !b.owned_partitions().contains(p)
+    });
+    let (code, text, err) = ringnode(&["status", "--database-url", &url, "--ring-id", &ring]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(&format!("pinned: {p} -> alpha")), "{text}");
+    let (code, json, err) = ringnode(&[
+        "status",
+        "--database-url",
+        &url,
+        "--ring-id",
+        &ring,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["pins"][0]["partition"], p);
+    assert_eq!(v["pins"][0]["node_id"], "alpha");
+    // Bad input.
+    let (code, _, err) = ringnode(&[
+        "pin",
+        "--database-url",
+        &url,
+        "--ring-id",
+        &ring,
+        "--partition",
+        "64",
+        "--node-id",
+        "alpha",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("partition 64"), "{err}");
+    let (code, _, err) = ringnode(&[&["pin"][..], &args].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--node-id"), "{err}");
+    // Unpinned.
+    let (code, out, err) = ringnode(&[&["unpin"][..], &args].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("unpinned partition {p}")), "{out}");
+    let (_, text, _) = ringnode(&["status", "--database-url", &url, "--ring-id", &ring]);
+    assert!(!text.contains("pinned:"), "{text}");
+    a.stop().unwrap();
+    b.stop().unwrap();
+}
