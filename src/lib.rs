@@ -526,7 +526,18 @@
 //! status` show how many; starting a member, or raising a capacity (a
 //! restart with the new value), places them.
 //!
-//! While a ring has a member with a capacity or a zone, balanced placement
+//! ## Pins
+//!
+//! An operator can pin a partition to a node id ([`pin`], [`unpin`],
+//! `ringnode pin`): with balanced placement, the partition moves there with
+//! the usual drained handoff and stays through joins and leaves while that
+//! node is an eligible member with room ([`Builder::capacity`]). While the
+//! node is away, unready or cordoned, the partition is placed as any other,
+//! and it goes back when the node does. The other partitions are placed
+//! around the pins. A pin is stored with the ring and written as a
+//! membership change, so every member applies it at the same epoch.
+//!
+//! While a ring has a member with a capacity or a zone, or a pin, balanced placement
 //! uses a target-count rule (each member's count is computed first, then
 //! the fewest partitions move to reach it); a ring without them keeps the
 //! rule described under [`Placement::Balanced`], change for change. Every
