@@ -9,6 +9,9 @@ use leasering::Placement;
 /// and the throwaway server allows 200.
 pub const MAX_MEMBERS: u32 = 50;
 
+/// Most zones `ringnode demo --zones` names: `zone-a` to `zone-z`.
+pub const MAX_ZONES: u32 = 26;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ringnode",
@@ -26,7 +29,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// N members in this process on a throwaway PostgreSQL, with a live dashboard
-    /// (keys: j join, l leave, k crash, p pause, r ready, u cordon, c churn, q quit)
+    /// (keys: j join, l leave, k crash, p pause, r ready, u cordon, c churn, q quit;
+    /// `--zones N` spreads the members over N zones)
     Demo(DemoArgs),
     /// One member in this process against a shared database: run one per terminal
     Node(NodeArgs),
@@ -111,7 +115,8 @@ pub struct StatusArgs {
     pub schema: String,
     /// JSON for scripts: {ring_id, schema, epoch, ring_size, changed_ago_seconds,
     /// members: [{node_id, lease_left_seconds, expired, acked_epoch, epoch_lag,
-    /// vnodes, partitions_claimed, metadata, ready, cordoned}], cordoned: [node ids],
+    /// vnodes, partitions_claimed, metadata, ready, cordoned, zone, capacity}],
+    /// partitions_unassigned, cordoned: [node ids],
     /// waiting: [{partition, assigned_to, held_by, waiter_marked}]}
     #[arg(long)]
     pub json: bool,
@@ -138,9 +143,19 @@ pub struct DemoArgs {
     pub vnodes: u32,
     /// How partitions are placed: `hashed` (consistent hashing) or
     /// `balanced` (every member within one partition of its share, minimal
-    /// moves); fixed when the ring is created
-    #[arg(long, default_value = "hashed", value_name = "PLACEMENT", value_parser = parse_placement)]
-    pub placement: Placement,
+    /// moves); fixed when the ring is created [default: hashed; balanced
+    /// with --zones]
+    #[arg(long, value_name = "PLACEMENT", value_parser = parse_placement)]
+    pub placement: Option<Placement>,
+    /// Spread the members over N zones (failure domains) `zone-a`, `zone-b`,
+    /// …: member i gets zone i mod N, and each member joined later (`j`,
+    /// churn) the next zone in turn. Needs balanced placement (the default
+    /// with this flag): the dashboard colours members by zone and shows each
+    /// zone's partitions and weighted share; `--plain` prints a
+    /// `zones: zone-a 342 (341.3) · …` line with each status line
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_ZONES as i64))]
+    pub zones: Option<u32>,
     /// Lease time-to-live: a crashed or paused member's partitions move after about this long
     #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -192,7 +207,8 @@ impl Default for DemoArgs {
             ring_id: "demo".into(),
             ring_size: 1024,
             vnodes: 8,
-            placement: Placement::Hashed,
+            placement: None,
+            zones: None,
             lease_ttl: Duration::from_secs(3),
             churn: false,
             churn_every: Duration::from_millis(1500),
@@ -203,6 +219,47 @@ impl Default for DemoArgs {
             seed: None,
             drain: None,
             http: None,
+        }
+    }
+}
+
+impl DemoArgs {
+    /// The placement in force: `--placement` if given, else balanced with
+    /// `--zones`, else hashed.
+    pub fn effective_placement(&self) -> Placement {
+        match (self.placement, self.zones) {
+            (Some(p), _) => p,
+            (None, Some(_)) => Placement::Balanced,
+            (None, None) => Placement::Hashed,
+        }
+    }
+
+    /// Flags that parse one by one but not together: a usage error (exit 2).
+    pub fn check(&self) -> Result<(), String> {
+        if let (Some(n), Some(Placement::Hashed)) = (self.zones, self.placement) {
+            return Err(format!(
+                "--zones {n} needs balanced placement: it cannot be used with --placement hashed \
+                 (leave --placement out, or use --placement balanced)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The names of the `--zones` zones, in turn: `zone-a`, `zone-b`, …
+    pub fn zone_names(&self) -> Vec<String> {
+        (0..self.zones.unwrap_or(0).min(MAX_ZONES))
+            .map(|i| format!("zone-{}", (b'a' + i as u8) as char))
+            .collect()
+    }
+}
+
+impl Cli {
+    /// Checks across flags that clap does not express; the message of a
+    /// usage error (exit 2).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.command {
+            Some(Command::Demo(a)) => a.check(),
+            _ => Ok(()),
         }
     }
 }
@@ -228,6 +285,18 @@ pub struct NodeArgs {
     /// agree)
     #[arg(long, default_value = "hashed", value_name = "PLACEMENT", value_parser = parse_placement)]
     pub placement: Placement,
+    /// This member's zone: a failure domain such as an availability zone or
+    /// a rack (1 to 63 letters, digits, `.`, `_`, `-`, `:`). Balanced
+    /// placement keeps each zone within one partition of its weighted
+    /// share and spreads a lost zone's partitions over the others. Needs
+    /// `--placement balanced`
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// The most partitions this member holds; when the members' capacities
+    /// add up to less than the ring, the rest has no owner (`ringnode
+    /// status` says how many). Needs `--placement balanced`
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
     /// A small string stored with this member and shown to every member and
     /// observer (e.g. the address where it serves its partitions)
     #[arg(long, value_name = "TEXT")]
@@ -382,6 +451,32 @@ mod tests {
             "{}",
             one_line_clap(&e)
         );
+        let demo = |args: &[&str]| match Cli::try_parse_from(
+            ["ringnode", "demo"].iter().chain(args).copied(),
+        ) {
+            Ok(Cli {
+                command: Some(Command::Demo(a)),
+            }) => a,
+            other => panic!("{other:?}"),
+        };
+        let a = demo(&["--zones", "3"]);
+        assert_eq!(a.zones, Some(3));
+        assert_eq!(a.effective_placement(), Placement::Balanced);
+        assert_eq!(a.zone_names(), ["zone-a", "zone-b", "zone-c"]);
+        assert!(a.check().is_ok());
+        let a = demo(&["--zones", "2", "--placement", "balanced"]);
+        assert!(a.check().is_ok());
+        let a = demo(&["--zones", "2", "--placement", "hashed"]);
+        let e = a.check().unwrap_err();
+        assert!(
+            e.contains("--zones") && e.contains("--placement hashed"),
+            "{e}"
+        );
+        assert_eq!(demo(&[]).effective_placement(), Placement::Hashed);
+        assert_eq!(demo(&[]).zone_names(), Vec::<String>::new());
+        assert_eq!(demo(&["--zones", "26"]).zone_names()[25], "zone-z");
+        assert!(Cli::try_parse_from(["ringnode", "demo", "--zones", "0"]).is_err());
+        assert!(Cli::try_parse_from(["ringnode", "demo", "--zones", "27"]).is_err());
         let e = Cli::try_parse_from(["ringnode", "node"]).unwrap_err();
         let line = one_line_clap(&e);
         assert!(line.contains("not provided: --database-url"), "{line}");

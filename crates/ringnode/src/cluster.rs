@@ -32,6 +32,9 @@ pub struct Settings {
     /// With `--drain`: each member's simulated worker, whose unit of work
     /// takes this long (`member.drain_timeout` is set too).
     pub work_unit: Option<Duration>,
+    /// With `--zones`: the zones, given to the members in turn (each
+    /// member's `zone`); empty without.
+    pub zones: Vec<String>,
 }
 
 /// Starts one member configured by `cfg` (the fields the demo's flags set,
@@ -61,6 +64,12 @@ pub fn start_member(
     if let Some(md) = &cfg.metadata {
         b = b.metadata(md.clone());
     }
+    if let Some(z) = &cfg.zone {
+        b = b.zone(z.clone());
+    }
+    if let Some(c) = cfg.capacity {
+        b = b.capacity(c);
+    }
     if let Some(d) = cfg.drain_timeout {
         b = b.drain_timeout(d);
     }
@@ -86,6 +95,8 @@ pub struct Member {
     pub phase: Phase,
     /// Its simulated worker, with `--drain`.
     pub work: Option<Arc<Work>>,
+    /// Its zone (`--zones`), given when it was reserved.
+    pub zone: Option<String>,
 }
 
 impl Phase {
@@ -154,6 +165,8 @@ pub struct Row {
     pub vnodes: Option<usize>,
     /// Partitions its worker is draining (with `--drain`).
     pub draining: Vec<u32>,
+    /// Its zone (`--zones`).
+    pub zone: Option<String>,
 }
 
 /// Everything the dashboard and the status lines show, read from the
@@ -172,6 +185,85 @@ pub struct Snapshot {
     /// The largest member's partitions over its weighted fair share, in
     /// the newest view (1.00: perfectly even; 0 with no view).
     pub share_max_over_mean: f64,
+    /// Per zone, in the newest view: its partitions and weighted share
+    /// (empty when no member has a zone).
+    pub zones: Vec<ZoneTally>,
+}
+
+/// A zone's partitions in a view, and its share of the ring by weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneTally {
+    /// The zone's name; `None` for the members without a zone (each of
+    /// them a zone of its own for the placement), counted together.
+    pub zone: Option<String>,
+    /// Partitions the view assigns to the zone's members.
+    pub partitions: u32,
+    /// The ring's size times the zone's eligible weight over all eligible
+    /// weight (ready, not cordoned members; capacities not counted).
+    pub share: f64,
+}
+
+/// Each zone's partitions and weighted share in `view`, zones by name,
+/// the members without a zone last; empty when no member has a zone.
+pub fn zone_tallies(view: &RingView) -> Vec<ZoneTally> {
+    tally_zones(
+        view.ring_size(),
+        view.members()
+            .iter()
+            .map(|m| (m.zone(), m.partition_count(), m.weight(), m.is_eligible())),
+    )
+}
+
+/// [`zone_tallies`] of members given as (zone, partitions, weight,
+/// eligible).
+fn tally_zones<'a>(
+    ring_size: u32,
+    members: impl Iterator<Item = (Option<&'a str>, u32, u32, bool)> + Clone,
+) -> Vec<ZoneTally> {
+    if members.clone().all(|m| m.0.is_none()) {
+        return Vec::new();
+    }
+    let total: u64 = members.clone().filter(|m| m.3).map(|m| m.2 as u64).sum();
+    // (false, zone) sorts before (true, None): the zoneless last.
+    let mut by: std::collections::BTreeMap<(bool, Option<&str>), (u32, u64)> =
+        std::collections::BTreeMap::new();
+    for (zone, partitions, weight, eligible) in members {
+        let e = by.entry((zone.is_none(), zone)).or_default();
+        e.0 += partitions;
+        if eligible {
+            e.1 += weight as u64;
+        }
+    }
+    by.into_iter()
+        .map(|((_, zone), (partitions, weight))| ZoneTally {
+            zone: zone.map(str::to_string),
+            partitions,
+            share: if total == 0 {
+                0.0
+            } else {
+                ring_size as f64 * weight as f64 / total as f64
+            },
+        })
+        .collect()
+}
+
+/// `zones: zone-a 342 (341.3) · zone-b 341 (341.3) · …`: each zone's
+/// partitions and, in brackets, its weighted share.
+pub fn zones_line(zones: &[ZoneTally]) -> String {
+    let parts: Vec<String> = zones.iter().map(ZoneTally::text).collect();
+    format!("zones: {}", parts.join(" · "))
+}
+
+impl ZoneTally {
+    /// `zone-a 342 (341.3)`.
+    pub fn text(&self) -> String {
+        format!(
+            "{} {} ({:.1})",
+            self.zone.as_deref().unwrap_or("no zone"),
+            self.partitions,
+            self.share
+        )
+    }
 }
 
 /// The largest ratio of a member's partitions to its weighted fair share.
@@ -217,6 +309,8 @@ pub struct Cluster {
     pub settings: Settings,
     members: Mutex<Vec<Member>>,
     next_slot: AtomicUsize,
+    /// The next member's zone, in turn (with `--zones`).
+    next_zone: AtomicUsize,
     tx: Sender<Msg>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closing: AtomicBool,
@@ -228,6 +322,7 @@ impl Cluster {
             settings,
             members: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),
+            next_zone: AtomicUsize::new(0),
             tx,
             threads: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
@@ -250,18 +345,34 @@ impl Cluster {
         }
     }
 
-    /// Reserves the next `node-N` and lists it as starting.
+    /// Reserves the next `node-N` and lists it as starting, with the next
+    /// zone in turn (`--zones`).
     pub fn reserve(&self) -> (String, usize) {
         let slot = self.next_slot.fetch_add(1, Ordering::SeqCst);
         let name = format!("node-{slot}");
+        let zones = &self.settings.zones;
+        let zone = (!zones.is_empty()).then(|| {
+            let turn = self.next_zone.fetch_add(1, Ordering::SeqCst);
+            zones[turn % zones.len()].clone()
+        });
         self.members.lock().push(Member {
             name: name.clone(),
             slot,
             node: None,
             phase: Phase::Starting,
             work: None,
+            zone,
         });
         (name, slot)
+    }
+
+    /// A listed member's zone.
+    pub fn zone_of(&self, name: &str) -> Option<String> {
+        self.members
+            .lock()
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.zone.clone())
     }
 
     fn start_member(&self, name: &str) -> leasering::Result<(RingNode, Receiver<Event>)> {
@@ -269,7 +380,15 @@ impl Cluster {
         pg.application_name(&format!("ringnode {name}"));
         let mut cfg = self.settings.member.clone();
         cfg.node_id = Some(name.to_string());
+        cfg.zone = self.zone_of(name);
         start_member(pg, &cfg)
+    }
+
+    /// ` in zone-b` for a member with a zone, else nothing.
+    fn in_zone(&self, name: &str) -> String {
+        self.zone_of(name)
+            .map(|z| format!(" in {z}"))
+            .unwrap_or_default()
     }
 
     /// Starts a reserved member; blocks until it joined (or failed, in which
@@ -308,7 +427,11 @@ impl Cluster {
                         self.note(
                             Some((&name, slot)),
                             Tone::Info,
-                            format!("started: join committed in {}", human(t0.elapsed())),
+                            format!(
+                                "started{}: join committed in {}",
+                                self.in_zone(&name),
+                                human(t0.elapsed())
+                            ),
                         );
                     }
                     return Ok(name);
@@ -418,7 +541,7 @@ impl Cluster {
         self.note(
             Some((&name, slot)),
             Tone::Action,
-            format!("[{origin}] joining…"),
+            format!("[{origin}] joining{}…", self.in_zone(&name)),
         );
         let me = self.clone();
         self.spawn(format!("join-{name}"), move || {
@@ -749,7 +872,14 @@ impl Cluster {
 
     /// The state of every member, from memory.
     pub fn snapshot(&self) -> Snapshot {
-        type Listed = (String, usize, Phase, Option<RingNode>, Option<Arc<Work>>);
+        type Listed = (
+            String,
+            usize,
+            Phase,
+            Option<RingNode>,
+            Option<Arc<Work>>,
+            Option<String>,
+        );
         let listed: Vec<Listed> = self
             .members
             .lock()
@@ -761,6 +891,7 @@ impl Cluster {
                     m.phase,
                     m.node.clone(),
                     m.work.clone(),
+                    m.zone.clone(),
                 )
             })
             .collect();
@@ -770,7 +901,7 @@ impl Cluster {
         let mut newest: Option<RingView> = None;
         let mut rows = Vec::with_capacity(listed.len());
         let mut in_ring = 0;
-        for (name, slot, phase, node, work) in listed {
+        for (name, slot, phase, node, work, zone) in listed {
             let status = node.as_ref().map(|n| n.status());
             if let Some(n) = &node {
                 for p in n.owned_partitions().iter() {
@@ -800,6 +931,7 @@ impl Cluster {
                 status,
                 vnodes: None,
                 draining: work.map(|w| w.draining()).unwrap_or_default(),
+                zone,
             });
         }
         let seen: Vec<Seen> = rows.iter().map(Seen::of).collect();
@@ -816,6 +948,7 @@ impl Cluster {
             stalls,
             epoch: newest.as_ref().map_or(0, |v| v.epoch()),
             share_max_over_mean: newest.as_ref().map_or(0.0, share_max_over_mean),
+            zones: newest.as_ref().map(zone_tallies).unwrap_or_default(),
             in_ring,
         }
     }
@@ -1092,6 +1225,36 @@ mod tests {
         assert_eq!(
             stalls.lines()[1],
             "4 on node-0: unused (paused and fenced: until it wakes up or its lease ends)"
+        );
+    }
+
+    #[test]
+    fn zones_are_tallied_with_their_weighted_share() {
+        let none: [(Option<&str>, u32, u32, bool); 2] = [(None, 10, 8, true), (None, 6, 8, true)];
+        assert!(tally_zones(16, none.into_iter()).is_empty());
+        // node-0..4 over three zones, as `--zones 3` gives them; node-4
+        // not eligible (cordoned): its weight is no share.
+        let ms = [
+            (Some("zone-a"), 300, 8, true),
+            (Some("zone-b"), 260, 8, true),
+            (Some("zone-c"), 256, 8, true),
+            (Some("zone-a"), 208, 8, true),
+            (Some("zone-b"), 0, 8, false),
+            (None, 0, 8, true),
+        ];
+        let t = tally_zones(1024, ms.into_iter());
+        let names: Vec<Option<&str>> = t.iter().map(|z| z.zone.as_deref()).collect();
+        assert_eq!(
+            names,
+            [Some("zone-a"), Some("zone-b"), Some("zone-c"), None]
+        );
+        assert_eq!(t[0].partitions, 508);
+        assert_eq!(t[1].partitions, 260);
+        assert!((t[0].share - 409.6).abs() < 1e-9, "{t:?}");
+        assert!((t[1].share - 204.8).abs() < 1e-9, "{t:?}");
+        assert_eq!(
+            zones_line(&t),
+            "zones: zone-a 508 (409.6) · zone-b 260 (204.8) · zone-c 256 (204.8) · no zone 0 (204.8)"
         );
     }
 

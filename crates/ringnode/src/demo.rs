@@ -2,7 +2,7 @@
 //! in this process, and either a live dashboard or, with `--plain`, one
 //! line per event, a status line per second and a final summary line.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +21,10 @@ use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row as TableRow, Tab
 
 use crate::band;
 use crate::cli::{DemoArgs, MAX_MEMBERS};
-use crate::cluster::{Cell, Cluster, Counts, Msg, Phase, Settings, Snapshot};
+use crate::cluster::{zones_line, Cell, Cluster, Counts, Msg, Phase, Settings, Snapshot};
 use crate::journal::{Journal, Line, Tone};
 use crate::signals;
-use crate::ui::{self, member_color, Screen};
+use crate::ui::{self, member_color, zone_color, Screen};
 use crate::util::{
     clock, describe_target, human, parse_database_url, preflight, AppError, AppResult,
 };
@@ -383,7 +383,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     let mut cfg = Config::new(args.ring_id.clone());
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
-    cfg.placement = args.placement;
+    cfg.placement = args.effective_placement();
     cfg.lease_ttl = ttl;
     cfg.schema = args.schema.clone();
     if let Some(unit) = args.drain {
@@ -448,6 +448,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
         pg,
         member: cfg,
         work_unit: args.drain,
+        zones: args.zone_names(),
     };
     let cluster = Cluster::new(settings, tx);
     let start = Instant::now();
@@ -484,12 +485,13 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     demo.journal.show_views = plain;
 
     let header = format!(
-        "demo: {} · ring {:?} · {} partitions · {} members × {} vnodes · lease TTL {} · churn {}{}",
+        "demo: {} · ring {:?} · {} partitions · {} members × {} vnodes{} · lease TTL {} · churn {}{}",
         demo.db_desc,
         args.ring_id,
         args.ring_size,
         args.nodes,
         args.vnodes,
+        zones_note(&args.zone_names(), args.effective_placement()),
         human(ttl),
         if args.churn {
             format!("on (seed {})", demo.churn.seed)
@@ -604,6 +606,20 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     }
 }
 
+/// ` · 3 zones (zone-a, zone-b, zone-c), balanced placement` with
+/// `--zones`.
+fn zones_note(zones: &[String], placement: leasering::Placement) -> String {
+    if zones.is_empty() {
+        return String::new();
+    }
+    format!(
+        " · {} zone{} ({}), {placement} placement",
+        zones.len(),
+        if zones.len() == 1 { "" } else { "s" },
+        zones.join(", ")
+    )
+}
+
 /// ` · drained handoffs, unit of work 2.00 s` with `--drain`.
 fn drain_note(unit: Option<Duration>) -> String {
     unit.map(|u| format!(" · drained handoffs, unit of work {}", human(u)))
@@ -680,6 +696,11 @@ fn plain_loop(demo: &mut Demo, out: &mut Out) -> Quit {
             let snap = demo.cluster.snapshot();
             let counts = demo.cluster.counts();
             out.line(&demo.status_line(&snap, &counts));
+            // Each zone's partitions and weighted share (`--zones`, or a
+            // shared ring whose members have zones).
+            if !snap.zones.is_empty() {
+                out.line(&zones_line(&snap.zones));
+            }
             while next_status <= now {
                 next_status += Duration::from_secs(1);
             }
@@ -962,8 +983,10 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     let max_band = 8;
     let band_h = ui::band_rows(snap.cells.len(), inner_w, max_band) as u16;
     let table_h = (snap.rows.len() as u16 + 3).clamp(4, 16);
+    let pal = Palette::of(demo, snap);
+    let zoned = !pal.zones.is_empty();
     let [head, ring, table, log, foot] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(if zoned { 6 } else { 5 }),
         Constraint::Length(band_h + BAND_TEXT_ROWS as u16 + 2),
         Constraint::Length(table_h),
         Constraint::Min(4),
@@ -1060,10 +1083,11 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
             dim,
         ),
     ]);
-    f.render_widget(
-        Paragraph::new(vec![line1, TextLine::from(spans2), line3]).block(Block::bordered()),
-        head,
-    );
+    let mut head_lines = vec![line1, TextLine::from(spans2), line3];
+    if zoned {
+        head_lines.push(pal.zones_line(snap));
+    }
+    f.render_widget(Paragraph::new(head_lines).block(Block::bordered()), head);
 
     // The ring.
     let (mut lines, per) = ui::band(
@@ -1074,29 +1098,29 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         |c, starts| match c {
             Cell::Active(slot) if starts => (
                 ui::slot_label(slot),
-                Style::new().fg(Color::Black).bg(member_color(slot)).bold(),
+                Style::new().fg(Color::Black).bg(pal.member(slot)).bold(),
             ),
-            Cell::Active(slot) => ('█', Style::new().fg(member_color(slot))),
+            Cell::Active(slot) => ('█', Style::new().fg(pal.member(slot))),
             Cell::Pending(slot) if starts => (
                 ui::slot_label(slot),
-                Style::new().fg(member_color(slot)).bold(),
+                Style::new().fg(pal.member(slot)).bold(),
             ),
-            Cell::Pending(slot) => ('░', Style::new().fg(member_color(slot))),
+            Cell::Pending(slot) => ('░', Style::new().fg(pal.member(slot))),
             // Labelled by the member that waits, drawn in the holder's colour.
             Cell::Claimed { owner, .. } if starts => (
                 ui::slot_label(owner),
-                Style::new().fg(member_color(owner)).bold(),
+                Style::new().fg(pal.member(owner)).bold(),
             ),
             Cell::Claimed { holder, .. } => (
                 '▞',
-                Style::new().fg(holder.map_or(Color::Gray, member_color)),
+                Style::new().fg(holder.map_or(Color::Gray, |h| pal.member(h))),
             ),
             Cell::Draining(slot) if starts => (
                 ui::slot_label(slot),
-                Style::new().fg(member_color(slot)).bold(),
+                Style::new().fg(pal.member(slot)).bold(),
             ),
-            Cell::Draining(slot) => ('≈', Style::new().fg(member_color(slot))),
-            Cell::Waiting(slot) => ('·', Style::new().fg(member_color(slot)).bold()),
+            Cell::Draining(slot) => ('≈', Style::new().fg(pal.member(slot))),
+            Cell::Waiting(slot) => ('·', Style::new().fg(pal.member(slot)).bold()),
             Cell::Free => ('·', dim),
             Cell::Double => ('!', bad),
         },
@@ -1183,8 +1207,12 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
                 } else {
                     format!("{}█", ui::slot_label(r.slot))
                 })
-                .style(Style::new().fg(member_color(r.slot)).bold()),
-                TableCell::from(r.name.clone()).style(Style::new().fg(member_color(r.slot)).bold()),
+                .style(Style::new().fg(pal.member(r.slot)).bold()),
+                TableCell::from(match &r.zone {
+                    Some(z) => format!("{} {z}", r.name),
+                    None => r.name.clone(),
+                })
+                .style(Style::new().fg(pal.member(r.slot)).bold()),
                 TableCell::from(state).style(Style::new().fg(tone)),
                 TableCell::from(num(r.vnodes.map(|v| v.to_string()))),
                 TableCell::from(num(st.filter(|_| !crashed).map(|s| s.epoch.to_string()))),
@@ -1206,9 +1234,17 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
             }
         })
         .collect();
+    // The member's name, and its zone after it.
+    let name_w = snap
+        .rows
+        .iter()
+        .map(|r| r.name.chars().count() + r.zone.as_ref().map_or(0, |z| z.chars().count() + 1))
+        .max()
+        .unwrap_or(0)
+        .clamp(10, 40) as u16;
     let widths = [
         Constraint::Length(2),
-        Constraint::Length(10),
+        Constraint::Length(name_w),
         Constraint::Length(24),
         Constraint::Length(6),
         Constraint::Length(6),
@@ -1248,6 +1284,7 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
         demo.start,
         log.width.saturating_sub(2) as usize,
         log.height.saturating_sub(2) as usize,
+        &|slot| pal.member(slot),
     );
     let title = if board.scroll > 0 {
         format!(
@@ -1302,6 +1339,81 @@ fn draw(f: &mut ratatui::Frame, demo: &Demo, snap: &Snapshot, board: &Board) {
     f.render_widget(Paragraph::new(footer), foot);
 }
 
+/// How the dashboard colours members: with zones (`--zones`), each by its
+/// zone's colour (a fixed palette, cycling); else each its own.
+struct Palette {
+    /// The zones in colour order: the demo's own (`zone-a`, …) first, then
+    /// any other the ring shows.
+    zones: Vec<String>,
+    /// Per member slot, its zone's index in `zones`.
+    by_slot: HashMap<usize, usize>,
+}
+
+impl Palette {
+    fn of(demo: &Demo, snap: &Snapshot) -> Palette {
+        let mut zones: Vec<String> = demo.cluster.settings.zones.clone();
+        let seen = snap
+            .rows
+            .iter()
+            .filter_map(|r| r.zone.as_deref())
+            .chain(snap.zones.iter().filter_map(|z| z.zone.as_deref()));
+        for z in seen {
+            if !zones.iter().any(|k| k == z) {
+                zones.push(z.to_string());
+            }
+        }
+        let by_slot = snap
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let z = r.zone.as_deref()?;
+                Some((r.slot, zones.iter().position(|k| k == z)?))
+            })
+            .collect();
+        Palette { zones, by_slot }
+    }
+
+    /// A member's colour, by its slot.
+    fn member(&self, slot: usize) -> Color {
+        match self.by_slot.get(&slot) {
+            Some(&i) => zone_color(i),
+            None => member_color(slot),
+        }
+    }
+
+    fn zone(&self, zone: &str) -> Option<Color> {
+        self.zones.iter().position(|k| k == zone).map(zone_color)
+    }
+
+    /// `zones: zone-a 342 (341.3) · …`, each zone's name in its colour.
+    fn zones_line(&self, snap: &Snapshot) -> TextLine<'static> {
+        let mut spans = vec![Span::raw("zones: ")];
+        if snap.zones.is_empty() {
+            spans.push(Span::styled(
+                "no view yet",
+                Style::new().fg(Color::DarkGray),
+            ));
+        }
+        for (i, z) in snap.zones.iter().enumerate() {
+            if i > 0 {
+                spans.push(Span::raw(" · "));
+            }
+            let name = z.zone.clone().unwrap_or_else(|| "no zone".into());
+            let style = match z.zone.as_deref().and_then(|n| self.zone(n)) {
+                Some(c) => Style::new().fg(c).bold(),
+                None => Style::new().bold(),
+            };
+            spans.push(Span::styled(name, style));
+            spans.push(Span::raw(format!(" {} ({:.1})", z.partitions, z.share)));
+        }
+        spans.push(Span::styled(
+            " — partitions (weighted share)",
+            Style::new().fg(Color::DarkGray),
+        ));
+        TextLine::from(spans)
+    }
+}
+
 /// A member's claim waits for the table: `node-4: 60`, `node-4: 60 +1`
 /// (one more holder), `None` when it waits for nobody.
 fn claim_waits(waiting_for: &[(String, Vec<u32>)]) -> Option<String> {
@@ -1337,6 +1449,177 @@ mod tests {
             parse_command("u node-1"),
             Ok(Command::Act(Action::Cordon, Some("node-1".into())))
         );
+    }
+
+    /// A demo of four members over three zones, nothing started: enough
+    /// for `draw`.
+    fn zoned_demo() -> Demo {
+        let (tx, rx) = unbounded();
+        let settings = Settings {
+            pg: r2d2_postgres::postgres::Config::new(),
+            member: Config::new("demo"),
+            work_unit: None,
+            zones: ["zone-a", "zone-b", "zone-c"].map(String::from).to_vec(),
+        };
+        let start = Instant::now();
+        Demo {
+            cluster: Cluster::new(settings, tx),
+            rx,
+            journal: Journal::new(16, start),
+            churn: Churn {
+                on: false,
+                rng: Rng::new(1),
+                seed: 1,
+                every: Duration::from_secs(1),
+                next: start,
+                pause: Duration::from_secs(1),
+                ttl: Duration::from_secs(3),
+                drain: Duration::ZERO,
+                min_live: 2,
+                max_members: 6,
+            },
+            start,
+            end: None,
+            settle_until: None,
+            pause: Duration::from_secs(1),
+            ttl: Duration::from_secs(3),
+            ring_size: 16,
+            sampler: None,
+            db_desc: "no database".into(),
+            rng: Rng::new(2),
+        }
+    }
+
+    /// The text of each row of a rendered buffer.
+    fn rows_of(buf: &ratatui::buffer::Buffer) -> Vec<String> {
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf.cell((x, y)).map_or(" ", |c| c.symbol()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_colours_members_by_zone_and_sums_up_the_zones() {
+        use crate::cluster::{Row, Tally, ZoneTally};
+        let demo = zoned_demo();
+        let zones = ["zone-a", "zone-b", "zone-c", "zone-a"];
+        let rows: Vec<Row> = zones
+            .iter()
+            .enumerate()
+            .map(|(slot, z)| Row {
+                name: format!("node-{slot}"),
+                slot,
+                phase: Phase::Live,
+                status: None,
+                vnodes: Some(8),
+                draining: Vec::new(),
+                zone: Some(z.to_string()),
+            })
+            .collect();
+        let cells: Vec<Cell> = (0..16).map(|p| Cell::Active(p / 4)).collect();
+        let tally = |z: &str, partitions, share| ZoneTally {
+            zone: Some(z.to_string()),
+            partitions,
+            share,
+        };
+        let snap = Snapshot {
+            rows,
+            tally: Tally {
+                active: 16,
+                ..Tally::default()
+            },
+            cells,
+            stalls: Default::default(),
+            epoch: 4,
+            in_ring: 4,
+            share_max_over_mean: 1.0,
+            zones: vec![
+                tally("zone-a", 8, 8.0),
+                tally("zone-b", 4, 4.0),
+                tally("zone-c", 4, 4.0),
+            ],
+        };
+        let board = Board {
+            log: VecDeque::new(),
+            scroll: 0,
+            selected: None,
+            quitting: false,
+        };
+        let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(200, 50)).unwrap();
+        term.draw(|f| draw(f, &demo, &snap, &board)).unwrap();
+        let buf = term.backend().buffer();
+        let text = rows_of(buf);
+        let all = text.join("\n");
+        assert!(
+            text.iter()
+                .any(|l| l.contains("zones: zone-a 8 (8.0) · zone-b 4 (4.0) · zone-c 4 (4.0)")),
+            "{all}"
+        );
+        // Each member's name with its zone, in its zone's colour (node-3
+        // shares node-0's, zone-a's); the band's runs too.
+        let colour_at = |needle: &str| {
+            let (y, l) = text
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in\n{all}"));
+            let x = l[..l.find(needle).unwrap()].chars().count();
+            buf.cell((x as u16, y as u16)).unwrap().fg
+        };
+        for (slot, z) in zones.iter().enumerate() {
+            let i = ["zone-a", "zone-b", "zone-c"]
+                .iter()
+                .position(|k| k == z)
+                .unwrap();
+            assert_eq!(
+                colour_at(&format!("node-{slot} {z}")),
+                zone_color(i),
+                "node-{slot}\n{all}"
+            );
+        }
+        assert_ne!(zone_color(0), zone_color(1));
+        assert_ne!(zone_color(1), zone_color(2));
+        // The band: one cell a partition, node-3's run (label `3`) is
+        // zone-a's colour.
+        let band_row = text
+            .iter()
+            .position(|l| l.contains("0███1███2███3███"))
+            .unwrap_or_else(|| panic!("no band in\n{all}"));
+        let x = text[band_row].find("0███1███2███3███").unwrap();
+        let x = text[band_row][..x].chars().count() as u16;
+        let bg = |dx: u16| buf.cell((x + dx, band_row as u16)).unwrap().bg;
+        assert_eq!(bg(12), zone_color(0));
+        assert_eq!(bg(4), zone_color(1));
+        // The keys are all there, `r` and `u` among them.
+        assert!(
+            all.contains(" r  ready ") && all.contains(" u  cordon "),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn without_zones_the_dashboard_has_no_zone_line() {
+        let mut demo = zoned_demo();
+        Arc::get_mut(&mut demo.cluster)
+            .unwrap()
+            .settings
+            .zones
+            .clear();
+        let snap = demo.cluster.snapshot();
+        let board = Board {
+            log: VecDeque::new(),
+            scroll: 0,
+            selected: None,
+            quitting: false,
+        };
+        let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(200, 50)).unwrap();
+        term.draw(|f| draw(f, &demo, &snap, &board)).unwrap();
+        let all = rows_of(term.backend().buffer()).join("\n");
+        assert!(!all.contains("zones:"), "{all}");
+        assert!(all.contains("leasering demo"), "{all}");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! * `ringnode demo` — N members in this process on a throwaway PostgreSQL
 //!   (or `--database-url`), with a live terminal dashboard; `--plain` prints
 //!   one line per event instead, for scripts and CI (commands then come on
-//!   stdin, one a line, when it is not a terminal).
+//!   stdin, one a line, when it is not a terminal). `--zones N` spreads the
+//!   members over N zones (balanced placement) and shows each zone's share.
 //! * `ringnode node` — one member in this process against a shared database,
-//!   one per terminal, with a live view of the ring from its eyes.
+//!   one per terminal, with a live view of the ring from its eyes
+//!   (`--zone` and `--capacity` with `--placement balanced`).
 //!
 //! * `ringnode status` — a ring read straight from its database: members,
 //!   partitions waiting for a claim, epoch (`--json` for scripts).
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
             }
         }
     };
+    if let Err(e) = cli.check() {
+        eprintln!("ringnode: {e} (see `ringnode --help`)");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Node(args)) => node_cmd::run(args),

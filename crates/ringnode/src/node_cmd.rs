@@ -157,6 +157,8 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
     cfg.vnode_count = args.vnodes;
     cfg.placement = args.placement;
     cfg.metadata = args.metadata.clone();
+    cfg.zone = args.zone.clone();
+    cfg.capacity = args.capacity;
     cfg.lease_ttl = args.lease_ttl;
     cfg.failover_grace = args.failover_grace;
     cfg.schema = args.schema.clone();
@@ -214,9 +216,11 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
         log_rx,
         log: VecDeque::new(),
         header: format!(
-            "ring {:?} · {} partitions · lease TTL {} · PostgreSQL {version} at {target}",
+            "{}ring {:?} · {} partitions · {} placement · lease TTL {} · PostgreSQL {version} at {target}",
+            attrs_note(args.zone.as_deref(), args.capacity),
             args.ring_id,
             args.ring_size,
+            args.placement,
             human(args.lease_ttl)
         ),
         crash: args.crash,
@@ -248,6 +252,18 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
             Err(e)
         }
     }
+}
+
+/// `zone z1 · capacity 5 · ` for the header (each part only when set).
+fn attrs_note(zone: Option<&str>, capacity: Option<u32>) -> String {
+    let mut s = String::new();
+    if let Some(z) = zone {
+        s.push_str(&format!("zone {z} · "));
+    }
+    if let Some(c) = capacity {
+        s.push_str(&format!("capacity {c} · "));
+    }
+    s
 }
 
 struct App {
@@ -505,11 +521,16 @@ impl App {
             .iter()
             .map(|m| {
                 let slot = slot_of(m.node_id());
-                let name = if m.node_id() == me.as_str() {
-                    format!("{} (this one)", m.node_id())
-                } else {
-                    m.node_id().to_string()
-                };
+                let mut name = m.node_id().to_string();
+                if let Some(z) = m.zone() {
+                    name.push_str(&format!(" {z}"));
+                }
+                if let Some(c) = m.capacity() {
+                    name.push_str(&format!(" (cap {c})"));
+                }
+                if m.node_id() == me.as_str() {
+                    name.push_str(" (this one)");
+                }
                 TableRow::new(vec![
                     TableCell::from(format!("{}█", ui::slot_label(slot)))
                         .style(Style::new().fg(member_color(slot)).bold()),
@@ -547,6 +568,7 @@ impl App {
             self.start,
             log.width.saturating_sub(2) as usize,
             log.height.saturating_sub(2) as usize,
+            &member_color,
         );
         f.render_widget(
             Paragraph::new(lines).block(Block::bordered().title(" events of this member ")),

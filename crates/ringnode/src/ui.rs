@@ -157,6 +157,14 @@ pub fn member_color(slot: usize) -> Color {
     Color::Indexed(PALETTE[slot % PALETTE.len()])
 }
 
+/// Colours of zones (`ringnode demo --zones`), by zone index, cycling:
+/// few and far apart (blue, orange, green, purple, yellow, red, cyan, pink).
+const ZONE_PALETTE: [u8; 8] = [33, 208, 40, 135, 226, 196, 51, 213];
+
+pub fn zone_color(index: usize) -> Color {
+    Color::Indexed(ZONE_PALETTE[index % ZONE_PALETTE.len()])
+}
+
 pub fn tone_style(tone: Tone) -> Style {
     match tone {
         Tone::Acquire => Style::new().fg(Color::Green),
@@ -174,8 +182,14 @@ pub fn tone_style(tone: Tone) -> Style {
 /// Width of a log line's prefix: time and member.
 const PREFIX: usize = 19;
 
-/// One log line with colours, wrapped at `width` (continuations indented).
-pub fn log_lines(l: &Line, start: Instant, width: usize) -> Vec<TextLine<'static>> {
+/// One log line with colours (its member's from `colour` of its slot),
+/// wrapped at `width` (continuations indented).
+pub fn log_lines(
+    l: &Line,
+    start: Instant,
+    width: usize,
+    colour: &dyn Fn(usize) -> Color,
+) -> Vec<TextLine<'static>> {
     let mut first = vec![Span::styled(
         format!("{:>8.3}s ", crate::util::since(start, l.at)),
         Style::new().fg(Color::DarkGray),
@@ -183,9 +197,7 @@ pub fn log_lines(l: &Line, start: Instant, width: usize) -> Vec<TextLine<'static
     match &l.member {
         Some((name, slot)) => first.push(Span::styled(
             format!("{name:<8} "),
-            Style::new()
-                .fg(member_color(*slot))
-                .add_modifier(Modifier::BOLD),
+            Style::new().fg(colour(*slot)).add_modifier(Modifier::BOLD),
         )),
         None => first.push(Span::raw(format!("{:<8} ", ""))),
     }
@@ -234,17 +246,19 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// The last lines of `log` (skipping the newest `skip` entries) that fill
-/// `height` rows of `width` columns, oldest first.
+/// `height` rows of `width` columns, oldest first; members in `colour` of
+/// their slot.
 pub fn log_tail<'a>(
     log: impl DoubleEndedIterator<Item = &'a Line>,
     skip: usize,
     start: Instant,
     width: usize,
     height: usize,
+    colour: &dyn Fn(usize) -> Color,
 ) -> Vec<TextLine<'static>> {
     let mut rows: Vec<TextLine<'static>> = Vec::new();
     for l in log.rev().skip(skip) {
-        let mut lines = log_lines(l, start, width);
+        let mut lines = log_lines(l, start, width, colour);
         if rows.len() + lines.len() > height {
             if rows.is_empty() {
                 // Taller than the panel: its last rows.

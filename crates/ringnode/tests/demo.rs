@@ -9,6 +9,9 @@
 //!   makes one leave gracefully and the other take its partitions over.
 //! * Bad input ends with one line on stderr and a non-zero exit, never a
 //!   panic.
+//! * `--zones N` spreads the demo's members over zones and prints each
+//!   zone's share; `ringnode node --zone --capacity` reach the ring, and
+//!   `ringnode status` shows them.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
@@ -639,4 +642,232 @@ fn cordon_and_readiness_keys_empty_a_member_and_give_it_back() {
     d.wait(settled, "the ring active again");
     let (status, stderr, lines) = d.quit();
     assert_clean_end(status, &stderr, &lines);
+}
+
+/// `--zones 3`: the five members get `zone-a`, `zone-b`, `zone-c`, `zone-a`,
+/// `zone-b` in turn (placement balanced without asking), the plain output
+/// names each member's zone and prints a per-zone line with each status
+/// line. Its counts depend on the placement rule; what is checked here is
+/// what the demo builds: the zones reach the members, the line adds up to
+/// the ring, and the shares are the zones' weights (2, 2 and 1 members of
+/// 8 vnodes: 409.6, 409.6 and 204.8 of 1024).
+#[test]
+fn a_zoned_demo_names_its_zones_and_prints_their_shares() {
+    let out = run(
+        &["demo", "--plain", "--zones", "3", "--seconds", "3"],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+    assert_clean_end(out.status, &stderr, &lines);
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("demo: ") && l.contains(" vnodes"))
+        .unwrap_or_else(|| panic!("no header:\n{stdout}"));
+    assert!(
+        header.contains("3 zones (zone-a, zone-b, zone-c), balanced placement"),
+        "{header}"
+    );
+    for (node, zone) in [
+        ("node-0", "zone-a"),
+        ("node-1", "zone-b"),
+        ("node-2", "zone-c"),
+        ("node-3", "zone-a"),
+        ("node-4", "zone-b"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(&format!(" {node} "))
+                && l.contains(&format!("started in {zone}: join committed"))),
+            "{node} in {zone}:\n{stdout}"
+        );
+    }
+    let zone_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("zones: ")).collect();
+    assert!(!zone_lines.is_empty(), "no per-zone line:\n{stdout}");
+    let last = zone_lines.last().unwrap();
+    // `zones: zone-a 410 (409.6) · zone-b 409 (409.6) · zone-c 205 (204.8)`
+    let parts: Vec<(String, u32, String)> = last["zones: ".len()..]
+        .split(" · ")
+        .map(|p| {
+            let f: Vec<&str> = p.split(' ').collect();
+            assert_eq!(f.len(), 3, "{last}");
+            (
+                f[0].to_string(),
+                f[1].parse().expect(last),
+                f[2].to_string(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["zone-a", "zone-b", "zone-c"], "{last}");
+    assert_eq!(parts.iter().map(|p| p.1).sum::<u32>(), 1024, "{last}");
+    let shares: Vec<&str> = parts.iter().map(|p| p.2.as_str()).collect();
+    assert_eq!(shares, ["(409.6)", "(409.6)", "(204.8)"], "{last}");
+    // One per status line (each second, skipped ones aside).
+    let status = lines.iter().filter(|l| l.starts_with("status t=")).count();
+    assert_eq!(zone_lines.len(), status, "{stdout}");
+}
+
+/// `--zones` forces balanced placement: asking for hashed too is a usage
+/// error naming both flags (exit 2, nothing started).
+#[test]
+fn zones_with_hashed_placement_is_a_usage_error() {
+    rejects(
+        &["demo", "--zones", "2", "--placement", "hashed"],
+        2,
+        "--zones 2 needs balanced placement: it cannot be used with --placement hashed",
+    );
+    rejects(&["demo", "--zones", "0"], 2, "--zones");
+    // `ringnode node`: the library's typed error, as is (before any
+    // connection).
+    rejects(
+        &["node", "--database-url", "host=localhost", "--zone", "z1"],
+        1,
+        "zone \"z1\" needs Placement::Balanced",
+    );
+    rejects(
+        &[
+            "node",
+            "--database-url",
+            "host=localhost",
+            "--placement",
+            "balanced",
+            "--zone",
+            "no spaces",
+        ],
+        1,
+        "is not a zone name",
+    );
+    rejects(
+        &[
+            "node",
+            "--database-url",
+            "host=localhost",
+            "--placement",
+            "balanced",
+            "--capacity",
+            "0",
+        ],
+        1,
+        "capacity 0 is out of range",
+    );
+}
+
+/// `ringnode node --zone z1 --capacity 5 --placement balanced` joins with
+/// both, and `ringnode status` shows them: the ZONE and CAP columns, the
+/// `zone` and `capacity` JSON fields.
+#[test]
+fn a_node_with_a_zone_and_a_capacity_shows_them_in_status() {
+    let db = leasering_testkit::TestPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    let url = db.url();
+    let ring = leasering_testkit::unique_name("zoned");
+    let mut node = Reaped(Some(
+        ringnode()
+            .args([
+                "node",
+                "--plain",
+                "--ring-id",
+                &ring,
+                "--node-id",
+                "zed",
+                "--ring-size",
+                "64",
+                "--placement",
+                "balanced",
+                "--zone",
+                "z1",
+                "--capacity",
+                "5",
+            ])
+            .env("DATABASE_URL", &url)
+            .spawn()
+            .expect("spawn ringnode node"),
+    ));
+    let lines = lines_of(node.0.as_mut().expect("running"));
+    let mut seen = Vec::new();
+    wait_line(
+        &lines,
+        &mut seen,
+        |l| l.contains("zone z1 · capacity 5 · ring "),
+        "the header naming its zone and capacity",
+    );
+    wait_line(
+        &lines,
+        &mut seen,
+        |l| l.contains(" zed ") && l.contains("joined at epoch"),
+        "zed joining",
+    );
+    let status = |json: bool| {
+        let mut args = vec!["status", "--database-url", &url, "--ring-id", &ring];
+        if json {
+            args.push("--json");
+        }
+        let out = run(&args, Duration::from_secs(30));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "status exit {}: {}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let text = status(false);
+    let head = text
+        .lines()
+        .find(|l| l.starts_with("NODE "))
+        .unwrap_or_else(|| panic!("no table header:\n{text}"));
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("zed "))
+        .unwrap_or_else(|| panic!("no row of zed:\n{text}"));
+    // The row's fields under the header's ZONE and CAP columns.
+    let col = |name: &str| {
+        let at = head.find(name).unwrap_or_else(|| panic!("{name}: {head}"));
+        let end = at + name.len();
+        (at, end)
+    };
+    let (zone_at, _) = col("ZONE");
+    let zone: String = row[zone_at..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(zone, "z1", "\n{text}");
+    let (_, cap_end) = col("CAP");
+    let cap: String = row[..cap_end]
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(cap, "5", "\n{text}");
+    let json = status(true);
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let me = v["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["node_id"] == "zed"))
+        .unwrap_or_else(|| panic!("no zed in {v}"));
+    assert_eq!(me["zone"], "z1", "{v}");
+    assert_eq!(me["capacity"], 5, "{v}");
+    // SIGTERM: it leaves cleanly.
+    // SAFETY: plain kill(2) on our own child.
+    let node = node.0.take().expect("running");
+    unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    let out = wait_output(node, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "node exit {}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A child killed if the test fails before it is waited for.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
