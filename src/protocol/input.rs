@@ -92,6 +92,9 @@ pub struct Cleaned {
 }
 
 /// A notification on the ring's channel.
+// A change is most notices' payload and is moved once, from the parser to
+// the session: boxing it would add an allocation to every one of them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// A membership change: its epoch and, when the payload had room for

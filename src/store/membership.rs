@@ -47,9 +47,7 @@ pub(super) struct ChangeSet<'a> {
     pub(super) pins: Pins<'a>,
 }
 
-/// A member added by a change: node id, positions, metadata, whether it is
-/// eligible, and its placement attributes (stored form).
-pub(super) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>, bool, Option<&'a str>);
+pub(super) use super::payload::Added;
 
 impl Store {
     /// The CTEs and final `SELECT` that record a set of changes, shared by

@@ -24,6 +24,10 @@ pub(crate) fn transaction_payload(changes: &[String]) -> String {
     last.split(' ').next().unwrap_or("0").to_string()
 }
 
+/// A member added by a change: node id, positions, metadata, whether it is
+/// eligible, and its placement attributes (stored form).
+pub(crate) type Added<'a> = (&'a str, &'a [u32], Option<&'a str>, bool, Option<&'a str>);
+
 /// The eligibility flips and pins of a change (issue 19).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Flips<'a> {
@@ -61,7 +65,7 @@ pub(crate) fn notify_payload(
     epoch: u64,
     removed: &[String],
     flips: Flips<'_>,
-    added: Option<(&str, &[u32], Option<&str>, bool, Option<&str>)>,
+    added: Option<Added<'_>>,
 ) -> String {
     use std::fmt::Write;
     let mut out = format!("{epoch} r{}:{ring_id}", ring_id.len());

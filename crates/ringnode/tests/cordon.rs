@@ -160,7 +160,14 @@ fn pin_and_unpin_a_partition_and_status_shows_it() {
     });
     let p = b.owned_partitions().iter().next().unwrap();
     let ps = p.to_string();
-    let args = ["--database-url", &url, "--ring-id", &ring, "--partition", &ps];
+    let args = [
+        "--database-url",
+        &url,
+        "--ring-id",
+        &ring,
+        "--partition",
+        &ps,
+    ];
     let (code, out, err) = ringnode(&[&["pin"][..], &args, &["--node-id", "alpha"]].concat());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("pinned partition {p}")), "{out}");
