@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::balanced::Table;
+use crate::balanced::{MemberAttrs, Table};
 use crate::Placement;
 
 /// One membership change, as stored in the change log and carried by
@@ -439,19 +439,26 @@ impl RingView {
         let mut t = Table::clone(old);
         // A member that becomes eligible joins with its weight in this
         // view, as the store counts its vnodes.
-        let eligible: Vec<(&str, u32)> = change
+        let eligible: Vec<(&str, u32, MemberAttrs)> = change
             .eligible
             .iter()
-            .filter_map(|n| self.member(n).map(|m| (n.as_str(), m.weight())))
+            .filter_map(|n| {
+                self.member(n)
+                    .map(|m| (n.as_str(), m.weight(), MemberAttrs::default()))
+            })
             .collect();
         t.apply_change(
             &change.removed,
             &change.ineligible,
             &eligible,
-            change
-                .added
-                .as_ref()
-                .map(|(n, ps)| (n.as_str(), ps.len() as u32, !change.added_ineligible)),
+            change.added.as_ref().map(|(n, ps)| {
+                (
+                    n.as_str(),
+                    ps.len() as u32,
+                    !change.added_ineligible,
+                    MemberAttrs::default(),
+                )
+            }),
         );
         Some(Arc::new(t))
     }

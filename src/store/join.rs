@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use super::membership::{Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes};
 use super::{pg_i64, Store, Tx};
-use crate::balanced::Table;
+use crate::balanced::{MemberAttrs, Table};
 use crate::config::random_incarnation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::choose_positions;
@@ -469,7 +469,12 @@ impl Store {
                 removed,
                 &[],
                 &[],
-                Some((q.node_id.as_str(), ps.len() as u32, q.eligible)),
+                Some((
+                    q.node_id.as_str(),
+                    ps.len() as u32,
+                    q.eligible,
+                    MemberAttrs::default(),
+                )),
             );
         }
         Ok(t)

@@ -18,7 +18,7 @@ use postgres::Client;
 
 use super::payload::{notify_payload, transaction_payload, Flips};
 use super::{pg_i64, Store, Tx, CHANGES_KEPT};
-use crate::balanced::Table;
+use crate::balanced::{MemberAttrs, Table};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::input::Cleaned;
 
@@ -546,8 +546,10 @@ impl Store {
             StoredPlacement::Hashed => None,
             StoredPlacement::Balanced(stored) => {
                 let mut t = self.table_or_empty(stored.as_deref())?;
-                let joining: Vec<(&str, u32)> =
-                    eligible.iter().map(|n| (n.as_str(), weight)).collect();
+                let joining: Vec<(&str, u32, MemberAttrs)> = eligible
+                    .iter()
+                    .map(|n| (n.as_str(), weight, MemberAttrs::default()))
+                    .collect();
                 t.apply_change(&[], ineligible, &joining, None);
                 Some(t.encode())
             }
