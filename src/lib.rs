@@ -861,8 +861,8 @@
 
 #![deny(missing_docs)]
 
-#[allow(dead_code)]
 mod attrs;
+#[allow(dead_code)]
 mod balanced;
 mod client;
 mod clock;

@@ -496,7 +496,7 @@ impl RingView {
             })
             .collect();
         t.apply_pins(&change.pinned, &change.unpinned);
-        t.apply_change_attrs(
+        t.apply_change(
             &change.removed,
             &change.ineligible,
             &eligible,

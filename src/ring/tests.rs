@@ -467,16 +467,16 @@ proptest! {
             // A reader of the store: vnodes, eligibility and (balanced) the
             // table the writer computed the store's way.
             if balanced {
-                let eligible: Vec<(&str, u32)> = c
+                let eligible: Vec<(&str, u32, MemberAttrs)> = c
                     .eligible
                     .iter()
-                    .filter_map(|n| before.member(n).map(|m| (n.as_str(), m.weight())))
+                    .filter_map(|n| before.member(n).map(|m| (n.as_str(), m.weight(), MemberAttrs::default())))
                     .collect();
                 t.apply_change(
                     &c.removed,
                     &c.ineligible,
                     &eligible,
-                    c.added.as_ref().map(|(n, ps)| (n.as_str(), ps.len() as u32, !c.added_ineligible)),
+                    c.added.as_ref().map(|(n, ps)| (n.as_str(), ps.len() as u32, !c.added_ineligible, MemberAttrs::default())),
                 );
             }
             let pairs: Vec<(u32, &str)> = v.vnodes().collect();

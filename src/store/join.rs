@@ -478,11 +478,11 @@ impl Store {
             }
         }
         if accepted.is_empty() {
-            t.apply_change_attrs(&read.removed, &[], &[], None);
+            t.apply_change(&read.removed, &[], &[], None);
         }
         for (i, (q, ps)) in accepted.iter().enumerate() {
             let removed: &[String] = if i == 0 { &read.removed } else { &[] };
-            t.apply_change_attrs(
+            t.apply_change(
                 removed,
                 &[],
                 &[],
