@@ -171,7 +171,7 @@ pub struct DemoArgs {
     /// No terminal UI: one line per event, a status line per second, the band's
     /// text (`ring: …`) when it changes, and a final
     /// `demo: members=… partitions_active=… overlaps=… handoffs=…` line; commands
-    /// one a line on stdin unless it is a terminal (j, l/k/p [member], c, v, q)
+    /// one a line on stdin unless it is a terminal (j; l, k or p with an optional member; c; v; q)
     #[arg(long)]
     pub plain: bool,
     /// Stop by itself after this many seconds (churn stops early enough for the
