@@ -541,9 +541,11 @@
 //! uses a target-count rule (each member's count is computed first, then
 //! the fewest partitions move to reach it); a ring without them keeps the
 //! rule described under [`Placement::Balanced`], change for change. Every
-//! member of the ring must run a build that knows the attributes
-//! (schema version 5): an older member ignores them and would compute
-//! another placement — claims keep that safe, but partitions would wait.
+//! member of the ring must run a build that knows the attributes and pins
+//! (schema version 5; an older build cannot start on that schema, but one
+//! already running during an upgrade can): an older member ignores them and
+//! would compute another placement — claims keep that safe, but partitions
+//! would wait. Set capacities, zones and pins once the upgrade is done.
 //!
 //! ## Routing: member metadata and the observer
 //!
