@@ -495,7 +495,6 @@ impl RingView {
                     .map(|m| (n.as_str(), m.weight(), m.0.attrs.clone()))
             })
             .collect();
-        t.apply_pins(&change.pinned, &change.unpinned);
         t.apply_change(
             &change.removed,
             &change.ineligible,
@@ -508,6 +507,7 @@ impl RingView {
                     added_attrs(change),
                 )
             }),
+            (&change.pinned, &change.unpinned),
         );
         Some(Arc::new(t))
     }

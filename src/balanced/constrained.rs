@@ -1,5 +1,5 @@
 //! The target-count rule, for tables whose members declare a capacity or a
-//! zone ("Capacity and zones" in the module docs).
+//! zone, or with pins ("Capacity and zones" and "Pins" in the module docs).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use super::{tie_hash, BalancedMember, MemberAttrs, MoveLog, NameCache, Scorer, Table, NO_OWNER};
 
 /// One zone or one member, as [`water_fill`] splits a total among them.
-struct Share {
-    weight: u128,
+pub(super) struct Share {
+    pub(super) weight: u128,
     /// `None`: unbounded.
-    capacity: Option<u128>,
+    pub(super) capacity: Option<u128>,
+    /// At least this much (its active pins; at most `capacity`).
+    pub(super) floor: u128,
     /// What it holds now: who gets the rounding's extra units.
-    current: u64,
-    tie: u64,
+    pub(super) current: u64,
+    pub(super) tie: u64,
 }
 
 /// Splits `total` (at most the sum of the capacities) among `items`, each
@@ -24,7 +26,13 @@ struct Share {
 /// each, to free items with a fractional share, those holding most above
 /// their floor now first, then by higher tie hash, then by lower index.
 /// Exact integers throughout.
-fn water_fill(total: u64, items: &[Share]) -> Vec<u64> {
+///
+/// With floors (active pins), see [`water_fill_between`]; without, this is
+/// the computation as it was before pins existed, kept as it is.
+pub(super) fn water_fill(total: u64, items: &[Share]) -> Vec<u64> {
+    if items.iter().any(|s| s.floor > 0) {
+        return water_fill_between(total, items);
+    }
     let n = items.len();
     let mut out = vec![0u64; n];
     if n == 0 {
@@ -74,6 +82,100 @@ fn water_fill(total: u64, items: &[Share]) -> Vec<u64> {
         .iter()
         .zip(items)
         .all(|(o, s)| s.capacity.is_none_or(|c| *o as u128 <= c)));
+    out
+}
+
+/// `a/b < c/d` for positive denominators.
+fn less(a: (u128, u128), b: (u128, u128)) -> bool {
+    a.0 * b.1 < b.0 * a.1
+}
+
+/// [`water_fill`] with floors: each item gets `clamp(λ·weight, floor,
+/// capacity)` for the one level `λ` at which these sum to `total` (at least
+/// the sum of the floors, at most that of the capacities), rounded the same
+/// way: the items strictly between their bounds get the floor of their
+/// share, and the units left over go to those with a fractional share,
+/// those holding most above their floor now first, then by higher tie hash,
+/// then by lower index. Without floors that is what [`water_fill`]
+/// computes (a test checks they agree). Exact integers throughout: the
+/// level is found among the breakpoints `floor/weight` and
+/// `capacity/weight` by a binary search, O(n·log n).
+pub(super) fn water_fill_between(total: u64, items: &[Share]) -> Vec<u64> {
+    let n = items.len();
+    let mut out = vec![0u64; n];
+    if n == 0 {
+        return out;
+    }
+    let total = total as u128;
+    debug_assert!(items
+        .iter()
+        .all(|s| s.capacity.is_none_or(|c| s.floor <= c)));
+    // Σ clamp(λ·w, floor, capacity) compared with the total, at λ = a/b:
+    // Σ clamp(a·w, floor·b, capacity·b) vs total·b.
+    let at_most_total = |(a, b): (u128, u128)| -> bool {
+        let sum: u128 = items
+            .iter()
+            .map(|s| {
+                let v = (a * s.weight).max(s.floor * b);
+                s.capacity.map_or(v, |c| v.min(c * b))
+            })
+            .sum();
+        sum <= total * b
+    };
+    let mut points: Vec<(u128, u128)> = items
+        .iter()
+        .flat_map(|s| std::iter::once((s.floor, s.weight)).chain(s.capacity.map(|c| (c, s.weight))))
+        .collect();
+    points.sort_unstable_by(|x, y| (x.0 * y.1).cmp(&(y.0 * x.1)));
+    // The last breakpoint where the sum is at most the total (the first one
+    // is: every item is at its floor there); the level lies between it and
+    // the next one.
+    let k = points.partition_point(|&p| at_most_total(p)) - 1;
+    let lo = points[k];
+    let hi = points[k + 1..].iter().copied().find(|&p| less(lo, p));
+    // Between `lo` and `hi` each item is at its floor (floor/w ≥ hi), at
+    // its capacity (capacity/w ≤ lo), or free.
+    let mut rest = total;
+    let mut weight = 0u128;
+    let mut free = vec![false; n];
+    for (i, s) in items.iter().enumerate() {
+        let f = (s.floor, s.weight);
+        if hi.is_some_and(|h| !less(f, h)) {
+            out[i] = s.floor as u64;
+            rest -= s.floor;
+        } else if let Some(c) = s.capacity.filter(|&c| !less(lo, (c, s.weight))) {
+            out[i] = c as u64;
+            rest -= c;
+        } else {
+            free[i] = true;
+            weight += s.weight;
+        }
+    }
+    if weight == 0 {
+        debug_assert_eq!(rest, 0);
+        return out;
+    }
+    let mut left = rest;
+    let mut fractional: Vec<(Reverse<i128>, Reverse<u64>, usize)> = Vec::new();
+    for i in (0..n).filter(|&i| free[i]) {
+        let share = rest * items[i].weight;
+        let floor = share / weight;
+        out[i] = floor as u64;
+        left -= floor;
+        if share % weight != 0 {
+            let above = items[i].current as i128 - floor as i128;
+            fractional.push((Reverse(above), Reverse(items[i].tie), i));
+        }
+    }
+    fractional.sort_unstable();
+    debug_assert!(left as usize <= fractional.len());
+    for &(_, _, i) in &fractional[..left as usize] {
+        out[i] += 1;
+    }
+    debug_assert!(out
+        .iter()
+        .zip(items)
+        .all(|(o, s)| { *o as u128 >= s.floor && s.capacity.is_none_or(|c| *o as u128 <= c) }));
     out
 }
 
@@ -143,13 +245,20 @@ impl Table {
         }
         self.members = members;
         self.total_weight = self.members.iter().map(|m| m.weight as u64).sum();
-        let target = self.targets();
-        self.move_to(&target, log);
+        let pinned = self.active_pins();
+        let target = self.targets(&pinned);
+        self.move_to(&target, &pinned, log);
     }
 
     /// Each member's target count: the placeable total split among the
-    /// zones, then each zone's among its members (see [`water_fill`]).
-    pub(super) fn targets(&self) -> Vec<u64> {
+    /// zones, then each zone's among its members (see [`water_fill`]), each
+    /// zone and member at least its active pins (`pinned`, from
+    /// [`active_pins`](Table::active_pins)).
+    pub(super) fn targets(&self, pinned: &[(u32, usize)]) -> Vec<u64> {
+        let mut pins = vec![0u128; self.members.len()];
+        for &(_, i) in pinned {
+            pins[i] += 1;
+        }
         let cap_sum = |ms: &[usize]| -> Option<u128> {
             ms.iter()
                 .map(|&i| self.members[i].attrs.capacity.map(u128::from))
@@ -170,6 +279,7 @@ impl Table {
             .map(|(z, ms)| Share {
                 weight: ms.iter().map(|&i| self.members[i].weight as u128).sum(),
                 capacity: cap_sum(ms),
+                floor: ms.iter().map(|&i| pins[i]).sum(),
                 current: ms.iter().map(|&i| self.members[i].partitions as u64).sum(),
                 tie: tie_hash(z.unwrap_or("")),
             })
@@ -184,6 +294,7 @@ impl Table {
                     Share {
                         weight: m.weight as u128,
                         capacity: m.attrs.capacity.map(u128::from),
+                        floor: pins[i],
                         current: m.partitions as u64,
                         tie: m.tie,
                     }
@@ -197,12 +308,42 @@ impl Table {
     }
 
     /// Moves partitions so that every member holds exactly its target:
-    /// members above it give up the partitions they score lowest; then the
-    /// members below it, most below first, each take the free partitions
-    /// they score highest. The rest stays without an owner.
-    fn move_to(&mut self, target: &[u64], log: &mut MoveLog) {
+    /// first each active pin's partition goes to its node (`pinned`, from
+    /// [`active_pins`](Table::active_pins); every target covers its
+    /// member's), then the members above their target give up the unpinned
+    /// partitions they score lowest; then the members below it, most below
+    /// first, each take the free partitions they score highest. The rest
+    /// stays without an owner.
+    fn move_to(&mut self, target: &[u64], pinned: &[(u32, usize)], log: &mut MoveLog) {
         let n = self.members.len();
         let mut names = NameCache::new(n);
+        // Pins first: each active pin's partition to its node, and kept
+        // there below (marked `held`).
+        let mut held = vec![
+            false;
+            if pinned.is_empty() {
+                0
+            } else {
+                self.ring_size as usize
+            }
+        ];
+        for &(p, i) in pinned {
+            held[p as usize] = true;
+            let o = self.owner[p as usize];
+            if o == i as u32 {
+                continue;
+            }
+            let from = if o == NO_OWNER {
+                NO_OWNER
+            } else {
+                self.members[o as usize].partitions -= 1;
+                names.get(o as usize, &self.members, log)
+            };
+            self.owner[p as usize] = i as u32;
+            self.members[i].partitions += 1;
+            let to = names.get(i, &self.members, log);
+            log.units.push((p, from, to));
+        }
         // Surplus: bucket the donors' partitions, each keeps its best.
         let give: Vec<usize> = (0..n)
             .map(|i| (self.members[i].partitions as u64).saturating_sub(target[i]) as usize)
@@ -213,7 +354,7 @@ impl Table {
                 .map(|i| (give[i] > 0).then(|| Scorer::new(&self.members[i].node_id)))
                 .collect();
             for (p, &o) in self.owner.iter().enumerate() {
-                if o != NO_OWNER {
+                if o != NO_OWNER && !held.get(p).is_some_and(|h| *h) {
                     if let Some(s) = &scorers[o as usize] {
                         theirs[o as usize].push((s.score(p as u32), p as u32));
                     }

@@ -60,9 +60,10 @@
 //! A member may declare a **capacity** `C` (it holds at most `C`
 //! partitions; 0 counts as 1) and a **zone** (a failure domain; members
 //! without one, or with an empty one, form the "no zone" zone of their
-//! own). While no member of the table declares either, the rule above runs
-//! unchanged, bit for bit, and the table is stored in format 1. Otherwise
-//! every change is one step of a **target-count rule**:
+//! own). While no member of the table declares either (and no partition
+//! is pinned: see "Pins"), the rule above runs unchanged, bit for bit, and
+//! the table is stored in format 1. Otherwise every change is one step of a
+//! **target-count rule** (stored in format 2, or 3 with pins):
 //!
 //! 1. **Targets.** The placeable total is `min(R, Σ C)` (a member without a
 //!    capacity counts as unbounded). It is split between the zones (a
@@ -108,6 +109,54 @@
 //! the units that must move. When the last member with attributes leaves,
 //! that step places every partition within one of the plain shares, and the
 //! rule above takes over from there.
+//!
+//! # Pins
+//!
+//! An operator may **pin** partition `p` to a node id `n`
+//! (`leasering::pin`): a change that every process applies at the same
+//! epoch. The table stores its pins, partition → node id, also for node ids
+//! that are not members (a pin outlives its node's absence), and stores them
+//! in format 3 (format 2 followed by the pins). A table with a pin is
+//! constrained: every change runs the target-count rule above, with these
+//! additions.
+//!
+//! * **Active pins.** A pin is active while its node is a member of the
+//!   table (so eligible) and has room: a member with more pins than its
+//!   capacity honours its lowest-numbered pinned partitions up to its
+//!   capacity. Any other pin (node away, ineligible, or beyond capacity) is
+//!   inactive, and its partition is placed like any other.
+//! * **Targets with floors.** A member's active-pin count is a floor for
+//!   its target, and a zone's floor is the sum of its members'. Both
+//!   water-fillings take `clamp(λ·w, floor, capacity)` for the one level
+//!   `λ` at which these sum to what is split (found exactly among the
+//!   breakpoints `floor/w` and `capacity/w`), rounded as above. So a
+//!   member whose pins exceed its share keeps them, exactly, and the others
+//!   share the rest by weight: each member whose pins do not bind is within
+//!   one of `λ·w`, its share of what the binding members leave (of its
+//!   zone's count, with zones; that is what the tests check). Likewise a
+//!   zone whose members' pins force it above its share holds exactly those
+//!   pins, and the other zones share the rest; a zone within its share
+//!   keeps the zone rule unchanged. The placeable total, the capacities and
+//!   the sum are as without pins (the floors never exceed the capacities:
+//!   pins beyond a capacity are inactive). Without an active pin, every
+//!   floor is 0 and the computation is the one above, bit for bit.
+//! * **Moves.** First each active pin's partition goes to its node, from
+//!   wherever it was (forced moves); then the round of moves above, where a
+//!   member above its target gives up only partitions that are not actively
+//!   pinned to it. So after every change each active pin is owned by its
+//!   node, and the other moves are the minimum for the targets.
+//! * **One step.** [`Table::apply_change`] takes the pins with the
+//!   membership: the unpinned partitions lose their pin, the pinned ones
+//!   get theirs (replacing any), pins outside the ring are ignored; then
+//!   the leaves and joins, one target computation and one round of moves.
+//!   A node that comes back takes its active pins back in that step; an
+//!   unpinned partition stays where it is unless its owner's target drops
+//!   (its floor is gone) and it is among the owner's least preferred.
+//!
+//! When the last pin goes, a table whose members declare nothing and whose
+//! partitions all have an owner is stored in format 1 again and returns to
+//! the unconstrained rule (the step that removed the pin placed it within
+//! one of the plain shares).
 //!
 //! Cost of one constrained change: O(`R` + `M`·log `M`) for the re-index,
 //! the targets and the donors' buckets, plus O(free · receivers) to score
@@ -161,6 +210,10 @@ const FORMAT_VERSION: u8 = 1;
 /// a zone: format 1 with each member's attributes, and an index for "no
 /// owner".
 const FORMAT_VERSION_ATTRS: u8 = 2;
+
+/// The format [`Table::encode`] writes when some partition is pinned:
+/// format 2 followed by the pins.
+const FORMAT_VERSION_PINS: u8 = 3;
 
 /// The rendezvous score of partition `p` for `node_id`:
 /// `fmix64(fnv1a64(node_id ‖ be_u32(p)))`. A member prefers the partitions
@@ -349,7 +402,7 @@ impl MoveLog {
 }
 
 /// The balanced placement of one ring at one epoch: the owner of every
-/// partition, and the members with their weights and counts.
+/// partition, the members with their weights and counts, and the pins.
 ///
 /// Canonical: members are kept ascending by node id and `owner` holds
 /// indices into that order, so two tables that place every partition alike
@@ -363,6 +416,9 @@ pub(crate) struct Table {
     members: Vec<BalancedMember>,
     /// Sum of the members' weights.
     total_weight: u64,
+    /// The operator's pins: partition → node id, also for node ids that are
+    /// not members now ("Pins" in the module docs).
+    pins: BTreeMap<u32, Arc<str>>,
 }
 
 impl fmt::Debug for Table {
@@ -378,6 +434,7 @@ impl fmt::Debug for Table {
                     .map(|m| (m.node_id(), m.weight, m.partitions))
                     .collect::<Vec<_>>(),
             )
+            .field("pins", &self.pins.len())
             .finish()
     }
 }
@@ -390,6 +447,7 @@ impl Table {
             owner: vec![NO_OWNER; ring_size as usize],
             members: Vec::new(),
             total_weight: 0,
+            pins: BTreeMap::new(),
         }
     }
 
@@ -474,12 +532,47 @@ impl Table {
         self.owner.iter().filter(|o| **o == NO_OWNER).count() as u32
     }
 
-    /// Whether the next change must use the target-count rule: some member
-    /// declares a capacity or a zone, or some partition has no owner
-    /// although members are present (left over from such members).
+    /// Whether the next change must use the target-count rule: some
+    /// partition is pinned, or some member declares a capacity or a zone, or
+    /// some partition has no owner although members are present (left over
+    /// from such members).
     fn is_constrained(&self) -> bool {
-        !self.members.is_empty()
-            && (self.members.iter().any(|m| !m.attrs.is_plain()) || self.owner.contains(&NO_OWNER))
+        !self.pins.is_empty()
+            || (!self.members.is_empty()
+                && (self.members.iter().any(|m| !m.attrs.is_plain())
+                    || self.owner.contains(&NO_OWNER)))
+    }
+
+    /// The pins, `(partition, node id)`, ascending by partition: also those
+    /// whose node is not a member now (see "Pins" in the module docs).
+    pub(crate) fn pins(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        self.pins.iter().map(|(p, n)| (*p, &**n))
+    }
+
+    /// The node id partition `p` is pinned to, if any (member or not).
+    pub(crate) fn pinned_to(&self, p: u32) -> Option<&str> {
+        self.pins.get(&p).map(|n| &**n)
+    }
+
+    /// The active pins, `(partition, member index)` ascending by partition:
+    /// those whose node is a member, each member's lowest-numbered pinned
+    /// partitions up to its capacity.
+    fn active_pins(&self) -> Vec<(u32, usize)> {
+        if self.pins.is_empty() {
+            return Vec::new();
+        }
+        let mut held = vec![0u32; self.members.len()];
+        let mut out = Vec::new();
+        for (&p, n) in &self.pins {
+            let Some(i) = self.index_of(n) else {
+                continue;
+            };
+            if self.members[i].capacity().is_none_or(|c| held[i] < c) {
+                held[i] += 1;
+                out.push((p, i));
+            }
+        }
+        out
     }
 
     /// Adds `node_id` with `weight` (0 counts as 1: every member has a
@@ -496,7 +589,13 @@ impl Table {
     /// member): [`apply_change`](Table::apply_change) with only an eligible
     /// added member.
     pub(crate) fn join_with(&mut self, node_id: &str, weight: u32, attrs: &MemberAttrs) -> Moved {
-        self.apply_change(&[], &[], &[], Some((node_id, weight, true, attrs.clone())))
+        self.apply_change(
+            &[],
+            &[],
+            &[],
+            Some((node_id, weight, true, attrs.clone())),
+            (&[], &[]),
+        )
     }
 
     /// Removes `node_id` (a no-op for a non-member): its partitions go to
@@ -504,7 +603,7 @@ impl Table {
     /// the ring.
     pub(crate) fn leave(&mut self, node_id: &str) -> Moved {
         if self.is_constrained() {
-            return self.apply_change(&[node_id.to_string()], &[], &[], None);
+            return self.apply_change(&[node_id.to_string()], &[], &[], None, (&[], &[]));
         }
         let mut log = MoveLog::default();
         self.leave_into(node_id, &mut log);
@@ -521,29 +620,46 @@ impl Table {
             &[],
             &[],
             added.map(|(n, w)| (n, w, true, MemberAttrs::default())),
+            (&[], &[]),
         )
     }
 
-    /// One membership change with eligibility (issue 19), in the one order
-    /// every process uses: the removals and the members that became
-    /// ineligible leave (ascending node id each), then the members that
-    /// became eligible join (ascending node id, with their weights and
-    /// attributes), then the added member joins if it is eligible (an
-    /// ineligible one that replaces its old self leaves instead). The table
-    /// only ever holds eligible members: an ineligible member is a live
-    /// member that owns nothing.
+    /// One membership change with eligibility and pins (issue 19), in the
+    /// one order every process uses: the pins change first (`pins` is
+    /// `(pinned, unpinned)`: the unpinned partitions lose their pin, then
+    /// each pinned one is pinned to its node, replacing any pin it had, in
+    /// the order listed; partitions outside the ring are ignored), then the
+    /// removals and the members that became ineligible leave (ascending
+    /// node id each), then the members that became eligible join (ascending
+    /// node id, with their weights and attributes), then the added member
+    /// joins if it is eligible (an ineligible one that replaces its old self
+    /// leaves instead). The table only ever holds eligible members: an
+    /// ineligible member is a live member that owns nothing.
     ///
-    /// When neither the table nor a joining member declares a capacity or a
-    /// zone, each leave and join runs the unconstrained rule in that order;
-    /// otherwise the whole change is one step of the target-count rule
-    /// ("Capacity and zones" in the module docs).
+    /// When the table has no pin before or after the change, and neither
+    /// the table nor a joining member declares a capacity or a zone, each
+    /// leave and join runs the unconstrained rule in that order; otherwise
+    /// the whole change is one step of the target-count rule ("Capacity and
+    /// zones" and "Pins" in the module docs): one target computation and
+    /// one round of moves.
     pub(crate) fn apply_change(
         &mut self,
         removed: &[String],
         ineligible: &[String],
         eligible: &[(&str, u32, MemberAttrs)],
         added: Option<(&str, u32, bool, MemberAttrs)>,
+        pins: (&[(u32, String)], &[u32]),
     ) -> Moved {
+        let was_constrained = self.is_constrained();
+        let (pinned, unpinned) = pins;
+        for p in unpinned {
+            self.pins.remove(p);
+        }
+        for (p, n) in pinned {
+            if *p < self.ring_size {
+                self.pins.insert(*p, Arc::from(n.as_str()));
+            }
+        }
         let mut removed: Vec<&str> = removed.iter().map(String::as_str).collect();
         removed.sort_unstable();
         removed.dedup();
@@ -560,7 +676,7 @@ impl Table {
         let attrs_join = joining.iter().any(|j| !j.2.normalized().is_plain())
             || added.is_some_and(|(_, _, e, a)| e && !a.normalized().is_plain());
         let mut log = MoveLog::default();
-        if attrs_join || self.is_constrained() {
+        if attrs_join || was_constrained || self.is_constrained() {
             self.change_constrained(&removed, &leaving, &joining, added, &mut log);
             return log.finish();
         }
@@ -845,12 +961,22 @@ impl Table {
     /// ceil(ring_size · b / 8) bytes: owner indices 0..=n, b bits each
     /// ```
     ///
+    /// Format 3 when some partition is pinned: format 2 (with version 3),
+    /// then the pins, also those of node ids that are not members:
+    ///
+    /// ```text
+    /// u32 pin count k (≥ 1)
+    /// k × (u32 partition, u32 id length, id bytes)   ascending by partition
+    /// ```
+    ///
     /// Counts are not stored: they follow from the owners. 2^20 partitions
     /// among 4096 members take 1.5 MiB.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let n = self.members.len();
         let v2 = self.is_constrained();
-        let (version, bits, none) = if v2 {
+        let (version, bits, none) = if !self.pins.is_empty() {
+            (FORMAT_VERSION_PINS, index_bits(n + 1), n as u32)
+        } else if v2 {
             (FORMAT_VERSION_ATTRS, index_bits(n + 1), n as u32)
         } else {
             (FORMAT_VERSION, index_bits(n), NO_OWNER)
@@ -902,12 +1028,21 @@ impl Table {
                 out.push(acc as u8);
             }
         }
+        if !self.pins.is_empty() {
+            out.extend_from_slice(&(self.pins.len() as u32).to_le_bytes());
+            for (p, id) in &self.pins {
+                out.extend_from_slice(&p.to_le_bytes());
+                out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+                out.extend_from_slice(id.as_bytes());
+            }
+        }
         out
     }
 
-    /// Reads what [`encode`](Table::encode) wrote (either format). Checks
-    /// the structure (version, lengths, ids ascending and UTF-8, weights
-    /// ≥ 1, zones UTF-8, indices in range), not the balance: see
+    /// Reads what [`encode`](Table::encode) wrote (any format). Checks the
+    /// structure (version, lengths, ids ascending and UTF-8, weights ≥ 1,
+    /// zones UTF-8, indices in range, pins present, ascending, inside the
+    /// ring and UTF-8), not the balance: see
     /// [`within_quota`](Table::within_quota).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Table> {
         let bad = |what: &str| {
@@ -918,15 +1053,16 @@ impl Table {
         };
         let mut r = Reader { bytes, at: 0 };
         let version = r.u8().ok_or_else(|| bad("empty"))?;
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_ATTRS {
+        if !(FORMAT_VERSION..=FORMAT_VERSION_PINS).contains(&version) {
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(
-                    "stored balanced placement table has format version {version}; this version of leasering reads versions {FORMAT_VERSION} and {FORMAT_VERSION_ATTRS}"
+                    "stored balanced placement table has format version {version}; this version of leasering reads versions {FORMAT_VERSION} to {FORMAT_VERSION_PINS}"
                 ),
             ));
         }
-        let v2 = version == FORMAT_VERSION_ATTRS;
+        // Format 3 is format 2 followed by the pins.
+        let v2 = version != FORMAT_VERSION;
         let ring_size = r.u32().ok_or_else(|| bad("truncated header"))?;
         if ring_size > MAX_RING_SIZE {
             return Err(bad(&format!("ring_size {ring_size} > {MAX_RING_SIZE}")));
@@ -974,6 +1110,31 @@ impl Table {
         }
         let packed = (ring_size as usize * bits as usize).div_ceil(8);
         let data = r.take(packed).ok_or_else(|| bad("truncated owner table"))?;
+        let mut pins = BTreeMap::new();
+        if version == FORMAT_VERSION_PINS {
+            let k = r.u32().ok_or_else(|| bad("truncated pins"))?;
+            if k == 0 {
+                return Err(bad("format 3 without pins"));
+            }
+            let mut last: Option<u32> = None;
+            for _ in 0..k {
+                let p = r.u32().ok_or_else(|| bad("truncated pins"))?;
+                let len = r.u32().ok_or_else(|| bad("truncated pins"))? as usize;
+                let id = r.take(len).ok_or_else(|| bad("truncated pins"))?;
+                let id = std::str::from_utf8(id)
+                    .map_err(|_| bad(&format!("the pin of partition {p}: node id is not UTF-8")))?;
+                if p >= ring_size {
+                    return Err(bad(&format!(
+                        "pin of partition {p} >= ring_size {ring_size}"
+                    )));
+                }
+                if last.is_some_and(|l| l >= p) {
+                    return Err(bad(&format!("pins not ascending at partition {p}")));
+                }
+                last = Some(p);
+                pins.insert(p, Arc::from(id));
+            }
+        }
         if r.at != bytes.len() {
             return Err(bad("trailing bytes"));
         }
@@ -1018,6 +1179,7 @@ impl Table {
             owner,
             members,
             total_weight,
+            pins,
         })
     }
 }
@@ -1073,10 +1235,3 @@ mod constrained;
 
 #[cfg(test)]
 mod tests;
-
-// TEMPORARY (replaced by the pins rule).
-impl Table {
-    pub(crate) fn apply_pins(&mut self, _pinned: &[(u32, String)], _unpinned: &[u32]) -> Moved {
-        Moved::default()
-    }
-}

@@ -477,6 +477,7 @@ proptest! {
                     &c.ineligible,
                     &eligible,
                     c.added.as_ref().map(|(n, ps)| (n.as_str(), ps.len() as u32, !c.added_ineligible, MemberAttrs::default())),
+                    (&[], &[]),
                 );
             }
             let pairs: Vec<(u32, &str)> = v.vnodes().collect();

@@ -478,7 +478,7 @@ impl Store {
             }
         }
         if accepted.is_empty() {
-            t.apply_change(&read.removed, &[], &[], None);
+            t.apply_change(&read.removed, &[], &[], None, (&[], &[]));
         }
         for (i, (q, ps)) in accepted.iter().enumerate() {
             let removed: &[String] = if i == 0 { &read.removed } else { &[] };
@@ -492,6 +492,7 @@ impl Store {
                     q.eligible,
                     crate::attrs::decode(q.attrs.as_deref()),
                 )),
+                (&[], &[]),
             );
         }
         Ok(t)

@@ -184,7 +184,7 @@ impl Store {
             StoredPlacement::Hashed => None,
             StoredPlacement::Balanced(table) => {
                 let mut t = self.table_or_empty(table.as_deref())?;
-                t.apply_change(removed, &[], &[], None);
+                t.apply_change(removed, &[], &[], None, (&[], &[]));
                 Some(t.encode())
             }
         };
@@ -582,7 +582,7 @@ impl Store {
                     .iter()
                     .map(|n| (n.as_str(), weight, attrs.clone()))
                     .collect();
-                t.apply_change(&[], ineligible, &joining, None);
+                t.apply_change(&[], ineligible, &joining, None, (&[], &[]));
                 Some(t.encode())
             }
         };

@@ -9,7 +9,8 @@ use postgres::Client;
 use super::membership::{ChangeSet, RecordValues, StoredPlacement};
 use super::payload::Pins;
 use super::Store;
-use crate::error::{Error, Result};
+use crate::balanced::Table;
+use crate::error::{Error, ErrorKind, Result};
 
 impl Store {
     /// Pins `partition` to `node` (`Some`) or unpins it (`None`), in one
@@ -118,8 +119,23 @@ impl Store {
             pinned: &pinned,
             unpinned: &unpinned,
         };
-        let mut t = self.table_or_empty(stored.as_deref())?;
-        t.apply_pins(&pinned, &unpinned);
+        // The operator's store does not know the ring's size (its config
+        // has the default): the ring's row does.
+        let mut t = match stored.as_deref() {
+            None => Table::empty(size),
+            Some(bytes) => Table::decode(bytes)?,
+        };
+        if t.ring_size() != size {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "ring {:?}: its stored placement table has {} partitions, the ring {size}",
+                    self.ring_id,
+                    t.ring_size()
+                ),
+            ));
+        }
+        t.apply_change(&[], &[], &[], None, (&pinned, &unpinned));
         let set = ChangeSet {
             first_epoch: epoch + 1,
             removed: &[],
