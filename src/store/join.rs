@@ -467,6 +467,8 @@ impl Store {
             log::warn!(target: "leasering",
                 "ring {:?}: the stored placement table does not match its members ({} vs {}): rebuilt",
                 self.ring_id, t.members().len(), weights.len());
+            // The pins are the ring's, not the members': carried over.
+            let pins: Vec<(u32, String)> = t.pins().map(|(p, n)| (p, n.to_string())).collect();
             t = Table::empty(self.ring_size);
             for (n, w) in &weights {
                 let a = read
@@ -475,6 +477,9 @@ impl Store {
                     .find(|(m, _)| m == n)
                     .map(|(_, a)| a.as_str());
                 t.join_with(n, *w, &crate::attrs::decode(a));
+            }
+            if !pins.is_empty() {
+                t.apply_change(&[], &[], &[], None, (&pins, &[]));
             }
         }
         if accepted.is_empty() {
