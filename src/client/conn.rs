@@ -94,7 +94,11 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
             // or changed what is due.
             continue;
         }
-        if mode.notifications {
+        // Nothing listened to (the last member left, or is leaving: its
+        // `stop()` retired it, and `prepare` above unlistened): nothing can
+        // arrive on the socket, and a wait there would hold up the
+        // shutdown for `MAX_WAIT` (one `stop()` in 40 took a second).
+        if mode.notifications && !shared.listens_to_nothing() {
             match c.notifications(wait) {
                 Ok(notes) => dispatch(shared, notes),
                 Err(e) => {

@@ -482,6 +482,12 @@ impl Shared {
             && !self.listened.lock().contains(channel)
     }
 
+    /// Whether the held connection LISTENs on no channel (as of its last
+    /// update).
+    pub(crate) fn listens_to_nothing(&self) -> bool {
+        self.listened.lock().is_empty()
+    }
+
     /// Records what the held connection LISTENs on now.
     pub(crate) fn set_listened(&self, channels: BTreeSet<String>) {
         *self.listened.lock() = channels;
