@@ -250,18 +250,36 @@ fn child(n: usize, bouncer: Option<u16>) {
     }
     let rss0 = rss_kb();
     let mut hub = EventHub::default();
-    let pools: Vec<Pool> = (0..n + restarts)
+    // Built before the clock starts; each is handed over (taken) to its
+    // member, so that a stopped member's pool, and the idle connections it
+    // keeps (r2d2 closes them only after its idle timeout), go with it —
+    // as when a restarted process exits. (Kept here, 64 restarts' pools
+    // held 128 idle backends and the 51st restart found the server full.)
+    let pools: Vec<std::cell::Cell<Option<Pool>>> = (0..n + restarts)
         .map(|k| {
             let app = format!("n{:03}", k % n);
-            match bouncer {
+            std::cell::Cell::new(Some(match bouncer {
                 None => pool(&db, &app, POOL_SIZE),
                 Some(port) => bouncer_pool(&db, port, &app),
-            }
+            }))
+        })
+        .collect();
+    // The first members' pools, for their `state()` at rest; dropped
+    // before the rolling restart.
+    let measured: Vec<Pool> = pools[..n]
+        .iter()
+        .map(|c| {
+            let p = c.take().expect("not handed over yet");
+            let q = p.clone();
+            c.set(Some(p));
+            q
         })
         .collect();
     let next_pool = std::cell::Cell::new(0usize);
     let builder = |name: &str| {
-        let p = pools[next_pool.get()].clone();
+        let p = pools[next_pool.get()]
+            .take()
+            .expect("each pool is handed over once");
         next_pool.set(next_pool.get() + 1);
         let b = RingNode::builder(p, ring.clone())
             .node_id(name)
@@ -379,7 +397,7 @@ fn child(n: usize, bouncer: Option<u16>) {
     let db_cpu_pct = (db1 - db0) / secs * 100.0;
     let members_cpu_pct = (own1 - own0) / secs * 100.0;
     let rss_per_member = rss_kb().saturating_sub(rss0) as f64 / members.len().max(1) as f64;
-    let (held_at_rest, pool_idle) = pools[..n].iter().fold((0u32, 0u32), |(h, i), p| {
+    let (held_at_rest, pool_idle) = measured.iter().fold((0u32, 0u32), |(h, i), p| {
         let s = p.state();
         (
             h + s.connections - s.idle_connections,
@@ -399,6 +417,7 @@ fn child(n: usize, bouncer: Option<u16>) {
         .count();
 
     // ---- rolling restart -----------------------------------------------------
+    drop(measured);
     let mut restart_ms = Vec::new();
     let mut gap_ms = Vec::new();
     let mut next_instance = n;

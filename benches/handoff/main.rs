@@ -1145,6 +1145,18 @@ fn main() {
         );
         println!("overlaps: {overlaps}; failed repetitions: {failures}");
         println!("loadavg after: {}", loadavg());
+        println!();
+        for (what, v) in [
+            ("join", &shared.join_ms),
+            ("join_warm", &warm.join_ms),
+            ("join_cold", &cold.join_ms),
+            ("leave", &shared.leave_ms),
+            ("leave_warm", &warm.leave_ms),
+            ("leave_cold", &cold.leave_ms),
+        ] {
+            let st = stats(v);
+            println!("handoff {what} p50_ms={:.2} p99_ms={:.2}", st.p50, st.p99);
+        }
         for (_, n) in &fleet.nodes {
             let _ = n.stop();
         }
