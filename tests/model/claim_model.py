@@ -49,6 +49,16 @@ any other change. Chaos toggles readiness and cordons at random; the quiet burst
 members not ready (ready 50-300 ms later) and cordon and uncordon now and then, all inside the
 liveness check (an ineligible member owns nothing in the database's ring, so nobody waits for
 it).
+Move budget (issue 19). Odd seeds place partitions with a balanced table (equal shares, rounding
+toward what is held) and a move budget M = BUDGET instead of hashing: every membership change
+(join, leave, removal, eligibility) recomputes the table under the ring's lock; partitions whose
+owner is gone or ineligible (orphans) are placed at once, and moves between two live members are
+limited to M minus the partitions *in motion* (the table gives them to a member that does not hold
+their claim). A member whose take got claims asks for the next *step* (and now and then, as a
+safety net, without one): under the lock the moves the budget allows now are made as a change that
+bumps the epoch and notifies, like any other. Checked: 6. at every check, at most M partitions that
+a budgeted move gave to a live member have not been taken by it yet; 7. at the end the table is
+balanced (every step was made). Every rule above holds with the table as the ring.
 Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
 in the quiet last stretch) the primary dies, requests and replies in flight are lost, and after
 an outage of 0.1-2 s a standby is promoted on a new timeline (the DB's timeline starts at 1 and
@@ -104,6 +114,10 @@ earlier burst started, so that the blocked ones stay); and for failover:
   silent_eligibility (issue 19: an eligibility change bumps the epoch but notifies nobody, as a
     column update outside the membership path would): the members that gain partitions learn it
     from their next heartbeat -- invariant 5.
+  per_change_budget (each change may move M, whatever is still in motion: a burst of joins puts
+    2M and more in motion -- invariant 6); no_budget (a change moves everything at once --
+    invariant 6); no_step (nobody asks for the next step: the table stays unbalanced after the
+    first M moves -- invariant 7).
 Modes (must stay clean): cold_failover -- that extra early failover with rule B as built;
   ring_release -- every release that freed a waited-for claim notifies every member (the
     simpler rule, at the cost of a delivery to every member per release);
@@ -145,6 +159,7 @@ TAKE_BOUND = 2 * QUIET_DELAY[1] + CHECK_EVERY + 1e-6
 # The same, counted whether or not the member's view has the partition yet (issue 19): the
 # change that gave it to the member notifies it too, so its view lags by at most one delivery.
 VIEW_BOUND = TAKE_BOUND + QUIET_DELAY[1]
+BUDGET = 4               # max_moving of the seeds with balanced placement (issue 19)
 
 
 class DB:
@@ -162,10 +177,15 @@ class DB:
         # written with the schema, before any member exists (not so under mutation unseeded: the
         # first take then finds the table empty and takes that for a fresh database)
         s.timelines = {} if MUT == 'unseeded' else {1: float('-inf')}
+        # the move budget (issue 19): None -- hashed placement, a function of the ring; else
+        # balanced placement with at most `budget` live-to-live moves in motion (see place())
+        s.budget = None
+        s.table = [None] * R   # p -> the member the balanced placement gives it to
+        s.moving = set()       # partitions a budgeted move gave a new owner that has not taken them yet
 
     def snapshot(s):
         """What a standby that replayed up to now would hold."""
-        return dict(epoch=s.epoch, cordoned=set(s.cordoned),
+        return dict(epoch=s.epoch, cordoned=set(s.cordoned), table=list(s.table), moving=set(s.moving),
                     members={n: dict(m, vnodes=set(m['vnodes'])) for n, m in s.members.items()},
                     claims={p: dict(c) for p, c in s.claims.items()},
                     timelines=dict(s.timelines))
@@ -176,9 +196,14 @@ class DB:
         s.members = {n: dict(m, vnodes=set(m['vnodes'])) for n, m in snap['members'].items()}
         s.claims = {p: dict(c) for p, c in snap['claims'].items()}
         s.timelines = dict(snap['timelines'])
+        s.table = list(snap['table'])
+        s.moving = set(snap['moving'])
 
     def ring(s):
-        """Vnode -> member, of the eligible members (ready, not cordoned) only."""
+        """Vnode -> member, of the eligible members (ready, not cordoned) only; with a move budget,
+        the balanced table instead (what members adopt: `owners` reads either)."""
+        if s.budget is not None:
+            return ('table', tuple(s.table))
         return {p: n for n, m in s.members.items() if m['ready'] and n not in s.cordoned
                 for p in m['vnodes']}
 
@@ -204,10 +229,95 @@ class DB:
             del s.members[n]
         if dead:
             s.epoch += 1
+            s.place()
         return dead
+
+    def holder_name(s, p):
+        c = s.claims.get(p)
+        if c is None or not s.holder_present(c['owner']):
+            return None
+        return c['owner'][0]
+
+    def in_motion(s):
+        """Partitions the table gives to a member that does not hold their claim (yet)."""
+        return sum(1 for p, o in enumerate(s.table) if o is not None and s.holder_name(p) != o)
+
+    def pending(s):
+        """Partitions still to move before the table is balanced (targets as in place())."""
+        elig = s.eligible()
+        if not elig:
+            return 0
+        cnt = {n: 0 for n in elig}
+        for o in s.table:
+            if o in cnt:
+                cnt[o] += 1
+        tgt = s.targets(cnt)
+        return sum(max(0, tgt[n] - cnt[n]) for n in elig)
+
+    def eligible(s):
+        return sorted(n for n, m in s.members.items() if m['ready'] and n not in s.cordoned)
+
+    @staticmethod
+    def targets(cnt):
+        """Equal shares, the extra units to those holding most now (then by name): sticky."""
+        names = sorted(cnt, key=lambda n: (-cnt[n], n))
+        base, extra = divmod(R, len(names))
+        return {n: base + (1 if i < extra else 0) for i, n in enumerate(names)}
+
+    def place(s):
+        """Balanced placement with a move budget (issue 19), at every membership change and step,
+        under the ring's lock. Partitions of members that left or became ineligible (orphans) are
+        placed at once: nobody serves them. Moves between two live members are limited to
+        budget - in_motion (under per_change_budget: to budget, whatever is still in motion)."""
+        if s.budget is None:
+            return
+        elig = s.eligible()
+        s.moving = {p for p in s.moving if s.table[p] in elig and s.holder_name(p) != s.table[p]}
+        if not elig:
+            s.table = [None] * R
+            return
+        cnt = {n: 0 for n in elig}
+        for p, o in enumerate(s.table):
+            if o in cnt:
+                cnt[o] += 1
+            else:
+                s.table[p] = None
+        tgt = s.targets(cnt)
+        k = s.budget if MUT == 'per_change_budget' else max(0, s.budget - s.in_motion())
+        if MUT == 'no_budget':
+            k = R
+        free = [p for p in range(R) if s.table[p] is None]
+        given = []
+        while k > 0:
+            d = min(elig, key=lambda n: (-(cnt[n] - tgt[n]), n))
+            if cnt[d] <= tgt[d]:
+                break
+            p = max(q for q in range(R) if s.table[q] == d and q not in given)
+            given.append(p)
+            cnt[d] -= 1
+            k -= 1
+        for p in given:
+            s.table[p] = None
+        for p in sorted(free + given):
+            r = min(elig, key=lambda n: (-(tgt[n] - cnt[n]), n))
+            if cnt[r] >= tgt[r]:
+                break
+            s.table[p] = r
+            cnt[r] += 1
+            if p in given and s.holder_name(p) != r:
+                s.moving.add(p)
+            else:
+                s.moving.discard(p)
+
+    def taken(s, p, name):
+        """A claim taken: a budgeted move to this member has arrived."""
+        if s.table[p] == name:
+            s.moving.discard(p)
 
 
 def owners(ring):
+    if isinstance(ring, tuple):
+        return {p: n for p, n in enumerate(ring[1]) if n is not None}
     if not ring:
         return {}
     ps = sorted(ring)
@@ -274,6 +384,11 @@ class Sim:
         s.fences = 0
         s.graced = 0
         s.first_take = float('inf')
+        # odd seeds place with the balanced table and a move budget (issue 19), even ones hash
+        if seed % 2 == 1 or MUT in ('per_change_budget', 'no_budget', 'no_step'):
+            s.db.budget = BUDGET
+        s.max_moving = 0
+        s.slow = set()
 
     def at(s, t, fn, *a):
         s.seq += 1
@@ -311,6 +426,7 @@ class Sim:
                 db.epoch += 1
                 db.members[m.name] = dict(inc=db.inc, expires=t + TTL, vnodes=set(free[:2]),
                                           ready=not payload)
+                db.place()
                 res = ('ok', db.inc, db.epoch, db.ring(), db.incs())
                 s.note_ring()
         elif op == 'hb':
@@ -351,6 +467,7 @@ class Sim:
                             c['owner'] = (m.name, inc)
                             c['waiter'] = None
                             got.append((p, c['token']))
+                            db.taken(p, m.name)
                         else:
                             # held by a live member: mark this member as waiting, so that the
                             # release tells it. One waiter is named; a second one makes it ALL
@@ -382,7 +499,18 @@ class Sim:
             if live_me and me['ready'] != payload:
                 me['ready'] = payload
                 db.epoch += 1
+                db.place()
                 s.note_eligibility()
+            res = ('ok',)
+        elif op == 'step':
+            # the move budget's next step (a member took claims, or its periodic safety net):
+            # under the ring's lock, the moves the budget allows now, as a change
+            if live_me and db.budget is not None:
+                before = list(db.table)
+                db.place()
+                if db.table != before:
+                    db.epoch += 1
+                    s.note_ring()
             res = ('ok',)
         elif op == 'cleanup':
             if db.remove_expired(t):
@@ -395,6 +523,7 @@ class Sim:
             if me is not None and me['inc'] == inc:
                 del db.members[m.name]
                 db.epoch += 1
+                db.place()
                 s.note_ring()
             res = ('ok',)
         s.at(t + s.delay(), s.deliver, m, op, res, t_send, inc, payload)
@@ -436,6 +565,7 @@ class Sim:
             db.cordoned.discard(name)
         if name in db.members:
             db.epoch += 1
+            db.place()
             s.note_eligibility()
 
     def set_ready(s, m, yes):
@@ -558,6 +688,10 @@ class Sim:
                     stray.append((p, tok))  # taken for a view it has left, or too late to use
             if stray:
                 s.send_release(m, stray)
+            if s.db.budget is not None and res[1] and MUT != 'no_step':
+                # a move arrived: the budget may allow the next ones (the library's member writes
+                # the step on the connection of its take)
+                s.request(m, 'step')
             # what was asked and not got waits: for its holder's release (it was marked as
             # waiting) or removal, or -- lost notifications -- for the safety net
             got = {p for p, _ in res[1]}
@@ -731,6 +865,8 @@ class Sim:
                 s.request(m, 'release', list(m.unreleased))
             if s.rng.random() < 0.3:
                 s.request(m, 'cleanup')
+            if s.db.budget is not None and MUT != 'no_step' and s.rng.random() < 0.3:
+                s.request(m, 'step')   # the step's safety net: a trigger lost with its take
         s.at(s.t + s.rng.uniform(0.05, TTL / 3) / m.rate, s.tick, m)
 
     # ---------------------------------------------------------------- chaos
@@ -859,6 +995,13 @@ class Sim:
                 if p in busy:
                     s.violations.append(('busy_overlap', round(s.t, 3), p, busy[p], m.name))
                 busy[p] = m.name
+        if s.db.budget is not None:
+            # at most `budget` live-to-live moves in motion (taken by their new owner = arrived)
+            moving = sum(1 for p in s.db.moving if s.db.holder_name(p) != s.db.table[p])
+            s.max_moving = max(s.max_moving, moving)
+            if moving > s.db.budget and 'budget' not in s.slow:
+                s.slow.add('budget')
+                s.violations.append(('over_budget', round(s.t, 3), moving, s.db.budget))
         if s.t >= s.measure_from:
             s.check_takes()
         s.at(s.t + CHECK_EVERY, s.check)
@@ -900,7 +1043,7 @@ class Sim:
                 s.slow.add(p)
                 s.violations.append(('slow_take', round(s.t, 3), p, round((s.t - since) * 1000), name,
                                      'waited %s' % (m.waiting.get(p),)))
-        s.slow &= set(s.takeable_since) | {('view', p) for p in s.due_since}
+        s.slow &= set(s.takeable_since) | {('view', p) for p in s.due_since} | {'budget'}
         s.max_takeable = max([s.max_takeable] + [s.t - t for t in s.takeable_since.values()])
 
     def burst(s):
@@ -942,7 +1085,7 @@ class Sim:
         s.until = until
         s.quiet_from = until - 12 * TTL
         s.measure_from = s.quiet_from + 2.5 * TTL
-        s.takeable_since, s.slow, s.max_takeable, s.bursts, s.deployed = {}, set(), 0.0, 0, set()
+        s.takeable_since, s.max_takeable, s.bursts, s.deployed = {}, 0.0, 0, set()
         s.due_since = {}
         s.spawn()
         s.spawn()
@@ -962,6 +1105,9 @@ class Sim:
             used = [p for m in s.members.values() for p in m.reported(s.t)]
             if sorted(used) != list(range(R)) and any(m.alive for m in s.members.values()):
                 s.violations.append(('not_settled', round(s.t, 3), R - len(set(used))))
+            elif s.db.budget is not None and s.db.pending():
+                # liveness of the steps: the table reaches balance once the changes stop
+                s.violations.append(('unbalanced', round(s.t, 3), s.db.pending()))
         return s.violations
 
     def quiet(s):
@@ -987,7 +1133,7 @@ if __name__ == '__main__':
     if MUT in ('no_timeline_grace', 'lossless_no_grace'):
         GRACE = 0.0
     bad, acts, lossy, lossless, fences, graced = 0, 0, 0, 0, 0, 0
-    bursts, worst = 0, 0.0
+    bursts, worst, most_moving = 0, 0.0, 0
     for seed in range(seeds):
         sim = Sim(seed)
         v = sim.run(400.0)
@@ -998,6 +1144,7 @@ if __name__ == '__main__':
         graced += sim.graced
         bursts += sim.bursts
         worst = max(worst, sim.max_takeable)
+        most_moving = max(most_moving, sim.max_moving)
         if v:
             bad += 1
             if bad <= 3:
@@ -1007,3 +1154,4 @@ if __name__ == '__main__':
           'takes refused in grace', graced)
     print('quiet bursts', bursts, 'longest a free claim waited for its owner %.1f ms (bound %.1f ms)'
           % (worst * 1000, TAKE_BOUND * 1000))
+    print('move budget %d: most partitions in motion at once %d' % (BUDGET, most_moving))
