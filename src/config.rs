@@ -122,6 +122,11 @@ pub struct Config {
     /// for balanced placement only. Default `None`. See
     /// [`Builder::zone`](crate::Builder::zone).
     pub zone: Option<String>,
+    /// The ring's move budget: at most this many partitions in motion
+    /// between live members at once (balanced placement only; stored with
+    /// the ring). Default `None`: no budget. See
+    /// [`Builder::max_moving`](crate::Builder::max_moving).
+    pub max_moving: Option<u32>,
 }
 
 impl Config {
@@ -148,6 +153,7 @@ impl Config {
             failover_grace: None,
             start_ready: true,
             capacity: None,
+            max_moving: None,
             zone: None,
         }
     }
@@ -202,7 +208,23 @@ impl Config {
                  start unready or cordon the member)",
             ));
         }
+        if self.max_moving == Some(0) {
+            return Err(Error::invalid(
+                "max_moving",
+                "max_moving 0 is out of range: it must be at least 1 (a ring that may move \
+                 nothing between live members could never take in a new member)",
+            ));
+        }
         if self.placement == crate::Placement::Hashed {
+            if let Some(m) = self.max_moving {
+                return Err(Error::invalid(
+                    "max_moving",
+                    format!(
+                        "max_moving {m} needs Placement::Balanced: hashed placement is a function \
+                         of the positions alone, so a change moves all it moves at once"
+                    ),
+                ));
+            }
             if let Some(c) = self.capacity {
                 return Err(Error::invalid(
                     "capacity",

@@ -170,6 +170,24 @@ impl Error {
         e
     }
 
+    pub(crate) fn max_moving_mismatch(
+        ring_id: &str,
+        stored: Option<u32>,
+        configured: Option<u32>,
+    ) -> Error {
+        let show = |m: Option<u32>| m.map_or_else(|| "none".to_string(), |m| m.to_string());
+        let mut e = Error::new(
+            ErrorKind::PlacementMismatch,
+            format!(
+                "ring {ring_id:?} has max_moving {} in the database, but this node was configured with max_moving {}",
+                show(stored),
+                show(configured)
+            ),
+        );
+        e.0.detail = Detail::Setting("max_moving");
+        e
+    }
+
     pub(crate) fn node_id_in_use(node_id: &str, ring_id: &str) -> Error {
         let mut e = Error::new(
             ErrorKind::NodeIdInUse,

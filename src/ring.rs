@@ -44,6 +44,11 @@ pub struct Change {
     pub pinned: Vec<(u32, String)>,
     /// Partitions an operator unpinned.
     pub unpinned: Vec<u32>,
+    /// On a ring with a move budget ([`Builder::max_moving`](crate::Builder::max_moving)),
+    /// how many partitions this change may move between members that stay
+    /// (the budget less what was in motion when it was written); `None`:
+    /// no budget. A change with nothing else in it is a budget's next step.
+    pub move_budget: Option<u32>,
 }
 
 /// A member as seen in a [`RingView`]. Cheap to clone (one `Arc`).
@@ -495,7 +500,7 @@ impl RingView {
                     .map(|m| (n.as_str(), m.weight(), m.0.attrs.clone()))
             })
             .collect();
-        t.apply_change(
+        t.apply_change_within(
             &change.removed,
             &change.ineligible,
             &eligible,
@@ -508,6 +513,7 @@ impl RingView {
                 )
             }),
             (&change.pinned, &change.unpinned),
+            change.move_budget,
         );
         Some(Arc::new(t))
     }
@@ -517,6 +523,13 @@ impl RingView {
     /// cordoned), else 0. (`leasering_partitions_unassigned`.)
     pub(crate) fn unassigned(&self) -> u32 {
         self.inner.unassigned
+    }
+
+    /// On a balanced view: how many partitions its table would still move
+    /// to reach its targets (a ring with a move budget moves them in later
+    /// steps). 0 for a hashed view.
+    pub(crate) fn moves_pending(&self) -> u64 {
+        self.inner.table.as_ref().map_or(0, |t| t.pending_moves())
     }
 
     /// How this view places partitions.

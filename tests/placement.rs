@@ -660,3 +660,127 @@ fn bad_pins_are_typed_errors_naming_the_value() {
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     n.stop().unwrap();
 }
+
+// ---- the move budget (issue 19, item 5) -------------------------------------
+
+/// A join of 4 members to a ring of 4 with `max_moving(4)` happens in
+/// steps: the old owners drain each handoff for 300 ms (their guards are
+/// never dropped), yet the partitions not held by anyone never number more
+/// than the budget's (twice it: a step may start moves while a taker has
+/// not yet switched on what its committed take got), no partition is ever
+/// active twice, the ring ends balanced, and it took at least 32 / 4
+/// changes. Without the budget the first join alone leaves 12 uncovered.
+#[test]
+fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
+    init_logs();
+    let ring = ring_name("budget");
+    let size = 64u32;
+    let budget = 4u32;
+    let all: Arc<Mutex<Vec<RingNode>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut drains = Vec::new();
+    for i in 0..4 {
+        let mut b = balanced(&ring, &format!("old-{i}"), size)
+            .max_moving(budget)
+            .drain_timeout(Duration::from_millis(300));
+        drains.push(b.subscribe());
+        all.lock().unwrap().push(b.start().unwrap());
+    }
+    let old = all.lock().unwrap().clone();
+    settle(&old, size, "the four old members to settle");
+    let epoch = old[0].ring().epoch();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (all, stop) = (all.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut worst = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let nodes = all.lock().unwrap().clone();
+                let mut seen = vec![0u8; size as usize];
+                for n in &nodes {
+                    for p in n.owned_partitions().iter() {
+                        seen[p as usize] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|c| *c <= 1), "a partition is active twice");
+                worst = worst.max(seen.iter().filter(|c| **c == 0).count() as u32);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            worst
+        })
+    };
+    let joiners: Vec<_> = (0..4)
+        .map(|i| {
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                balanced(&ring, &format!("new-{i}"), size)
+                    .max_moving(budget)
+                    .start()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for j in joiners {
+        let n = j.join().unwrap();
+        all.lock().unwrap().push(n);
+    }
+    let nodes = all.lock().unwrap().clone();
+    wait_until(
+        SETTLE,
+        "the eight members to hold 8 partitions each",
+        || {
+            covered_exactly_once(&nodes, size)
+                && settled(&nodes)
+                && nodes.iter().all(|n| n.owned_partitions().len() == 8)
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let worst = sampler.join().expect("no partition was active twice");
+    let changes = nodes[0].ring().epoch() - epoch;
+    log::info!("budgeted join: {changes} changes, at most {worst} partitions uncovered");
+    assert!(
+        worst <= 2 * budget,
+        "{worst} partitions were uncovered at once; the budget is {budget}"
+    );
+    assert!(
+        changes >= (32 / budget) as u64,
+        "32 moves with a budget of {budget} took only {changes} changes"
+    );
+    assert_within_one_of_share(&nodes[0].ring());
+    drop(drains);
+    for n in nodes {
+        n.stop().unwrap();
+    }
+}
+
+/// The budget is stored with the ring: a member configured with another
+/// one (or none) is refused with a typed error naming both values; with
+/// hashed placement or 0 it is bad input.
+#[test]
+fn a_mismatched_or_bad_move_budget_is_a_typed_error_naming_the_values() {
+    init_logs();
+    let ring = ring_name("budgetbad");
+    let a = balanced(&ring, "a", 16).max_moving(8).start().unwrap();
+    let err = balanced(&ring, "b", 16).max_moving(4).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PlacementMismatch);
+    assert!(
+        err.to_string().contains("max_moving 8") && err.to_string().contains("max_moving 4"),
+        "{err}"
+    );
+    let err = balanced(&ring, "b", 16).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PlacementMismatch);
+    assert!(err.to_string().contains("max_moving none"), "{err}");
+    let err = balanced(&ring, "b", 16).max_moving(0).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("max_moving 0"), "{err}");
+    let err = builder(pool(4), &ring, "b")
+        .max_moving(3)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(
+        err.to_string().contains("max_moving 3") && err.to_string().contains("Balanced"),
+        "{err}"
+    );
+    a.stop().unwrap();
+}

@@ -2,7 +2,7 @@
 //! zone, or with pins ("Capacity and zones" and "Pins" in the module docs).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::{tie_hash, BalancedMember, MemberAttrs, MoveLog, NameCache, Scorer, Table, NO_OWNER};
 
@@ -190,6 +190,7 @@ impl Table {
         leaving: &[&str],
         joining: &[(&str, u32, &MemberAttrs)],
         added: Option<(&str, u32, bool, &MemberAttrs)>,
+        budget: Option<u32>,
         log: &mut MoveLog,
     ) {
         // The next member set: node id → (weight, attributes, old index).
@@ -247,7 +248,23 @@ impl Table {
         self.total_weight = self.members.iter().map(|m| m.weight as u64).sum();
         let pinned = self.active_pins();
         let target = self.targets(&pinned);
-        self.move_to(&target, &pinned, log);
+        self.move_to(&target, &pinned, budget, log);
+    }
+
+    /// How many partitions the target-count rule would still place: the
+    /// members' shortfalls below their targets. 0 when the table is
+    /// balanced; on a ring with a move budget, what later steps move.
+    pub(crate) fn pending_moves(&self) -> u64 {
+        if self.members.is_empty() {
+            return 0;
+        }
+        let pinned = self.active_pins();
+        let target = self.targets(&pinned);
+        target
+            .iter()
+            .zip(&self.members)
+            .map(|(t, m)| t.saturating_sub(m.partitions as u64))
+            .sum()
     }
 
     /// Each member's target count: the placeable total split among the
@@ -314,7 +331,20 @@ impl Table {
     /// partitions they score lowest; then the members below it, most below
     /// first, each take the free partitions they score highest. The rest
     /// stays without an owner.
-    fn move_to(&mut self, target: &[u64], pinned: &[(u32, usize)], log: &mut MoveLog) {
+    ///
+    /// With a move budget `Some(k)`, the members above their target give up
+    /// at most `k` partitions between them, one at a time from the one then
+    /// most above (higher tie hash, lower index on a tie); the free
+    /// partitions (those and the orphans) then go one at a time to the
+    /// member then most below its target, so that a step spreads over the
+    /// receivers. Pins' forced moves are an operator's and not counted.
+    fn move_to(
+        &mut self,
+        target: &[u64],
+        pinned: &[(u32, usize)],
+        budget: Option<u32>,
+        log: &mut MoveLog,
+    ) {
         let n = self.members.len();
         let mut names = NameCache::new(n);
         // Pins first: each active pin's partition to its node, and kept
@@ -345,9 +375,12 @@ impl Table {
             log.units.push((p, from, to));
         }
         // Surplus: bucket the donors' partitions, each keeps its best.
-        let give: Vec<usize> = (0..n)
+        let mut give: Vec<usize> = (0..n)
             .map(|i| (self.members[i].partitions as u64).saturating_sub(target[i]) as usize)
             .collect();
+        if let Some(k) = budget {
+            give = self.spread(&give, k as usize);
+        }
         if give.iter().any(|g| *g > 0) {
             let mut theirs: Vec<Vec<(u64, u32)>> = vec![Vec::new(); n];
             let scorers: Vec<Option<Scorer>> = (0..n)
@@ -391,10 +424,30 @@ impl Table {
         let mut free: Vec<u32> = (0..self.ring_size)
             .filter(|p| self.owner[*p as usize] == NO_OWNER)
             .collect();
+        let short: usize = order.iter().map(|(Reverse(g), _, _)| *g as usize).sum();
+        if short > free.len() {
+            // Fewer free partitions than places (a budgeted step): one
+            // at a time to the member then most below its target.
+            let want: Vec<usize> = {
+                let mut w = vec![0usize; n];
+                for &(Reverse(g), _, i) in &order {
+                    w[i] = g as usize;
+                }
+                w
+            };
+            let got = self.spread(&want, free.len());
+            order.retain_mut(|(g, _, i)| {
+                *g = Reverse(got[*i] as u64);
+                got[*i] > 0
+            });
+        }
         let mut scored: Vec<(Reverse<u64>, u32)> = Vec::with_capacity(free.len());
         for (Reverse(g), _, r) in order {
             let g = g as usize;
             debug_assert!(g <= free.len(), "targets sum to at most the ring");
+            if g == 0 {
+                continue;
+            }
             let rid = Scorer::new(&self.members[r].node_id);
             scored.clear();
             scored.extend(free.iter().map(|&p| (Reverse(rid.score(p)), p)));
@@ -410,5 +463,31 @@ impl Table {
             free.clear();
             free.extend(scored[g..].iter().map(|(_, p)| *p));
         }
+    }
+
+    /// Of the amounts `want` (per member index), at most `k` units in all:
+    /// one at a time to the member then wanting most, then higher tie hash,
+    /// then lower index. All of `want` when it sums to at most `k`.
+    fn spread(&self, want: &[usize], k: usize) -> Vec<usize> {
+        if want.iter().sum::<usize>() <= k {
+            return want.to_vec();
+        }
+        let mut heap: BinaryHeap<(usize, u64, Reverse<usize>)> = want
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w > 0)
+            .map(|(i, w)| (*w, self.members[i].tie, Reverse(i)))
+            .collect();
+        let mut got = vec![0usize; want.len()];
+        for _ in 0..k {
+            let Some((w, tie, Reverse(i))) = heap.pop() else {
+                break;
+            };
+            got[i] += 1;
+            if w > 1 {
+                heap.push((w - 1, tie, Reverse(i)));
+            }
+        }
+        got
     }
 }

@@ -650,6 +650,23 @@ impl Table {
         added: Option<(&str, u32, bool, MemberAttrs)>,
         pins: (&[(u32, String)], &[u32]),
     ) -> Moved {
+        self.apply_change_within(removed, ineligible, eligible, added, pins, None)
+    }
+
+    /// [`apply_change`](Table::apply_change) on a ring with a move budget
+    /// (`Some(k)`: `k` is what the budget leaves this change, see "Move
+    /// budget" in the module docs): the whole change is one step of the
+    /// target-count rule, whose round of moves takes at most `k` partitions
+    /// from members that stay. `None`: no budget, as `apply_change`.
+    pub(crate) fn apply_change_within(
+        &mut self,
+        removed: &[String],
+        ineligible: &[String],
+        eligible: &[(&str, u32, MemberAttrs)],
+        added: Option<(&str, u32, bool, MemberAttrs)>,
+        pins: (&[(u32, String)], &[u32]),
+        budget: Option<u32>,
+    ) -> Moved {
         let was_constrained = self.is_constrained();
         let (pinned, unpinned) = pins;
         for p in unpinned {
@@ -676,8 +693,8 @@ impl Table {
         let attrs_join = joining.iter().any(|j| !j.2.normalized().is_plain())
             || added.is_some_and(|(_, _, e, a)| e && !a.normalized().is_plain());
         let mut log = MoveLog::default();
-        if attrs_join || was_constrained || self.is_constrained() {
-            self.change_constrained(&removed, &leaving, &joining, added, &mut log);
+        if attrs_join || was_constrained || self.is_constrained() || budget.is_some() {
+            self.change_constrained(&removed, &leaving, &joining, added, budget, &mut log);
             return log.finish();
         }
         for r in removed {

@@ -2594,3 +2594,114 @@ proptest! {
         }
     }
 }
+
+// ---- the move budget (issue 19 item 5) ------------------------------------
+
+/// Moves of a change between two members that both stay in the table (not
+/// a leaver's orphans).
+fn live_moves(before: &Table, after: &Table, moved: &Moved) -> usize {
+    moved
+        .iter()
+        .filter(|(_, f, t)| {
+            t.is_some()
+                && f.is_some_and(|f| before.member(f).is_some() && after.member(f).is_some())
+        })
+        .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A change with a budget `k` moves at most `k` partitions between
+    /// members that stay, places every orphan at once, and steps of `k`
+    /// reach the balance the unbudgeted change reaches, with no more moves
+    /// between live members in all than it made (plus one per member: the
+    /// targets' rounding may settle on other members on the way).
+    #[test]
+    fn a_budget_limits_each_step_and_the_steps_reach_balance(
+        ring_size in 1u32..=512,
+        start in 1usize..8,
+        joins in 0usize..6,
+        leaves in 0usize..4,
+        budget in 1u32..=16,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        let ids: Vec<(String, u32)> =
+            (0..start).map(|_| (rng.id(), 1 + rng.below(8) as u32)).collect();
+        let mut t = build(ring_size, &ids);
+        let removed: Vec<String> =
+            ids.iter().take(leaves.min(start - 1)).map(|(n, _)| n.clone()).collect();
+        let added: Vec<(String, u32)> =
+            (0..joins).map(|_| (rng.id(), 1 + rng.below(8) as u32)).collect();
+        let eligible: Vec<(&str, u32, MemberAttrs)> = added
+            .iter()
+            .map(|(n, w)| (n.as_str(), *w, MemberAttrs::default()))
+            .collect();
+        let mut free = t.clone();
+        let all = free.apply_change_within(&removed, &[], &eligible, None, (&[], &[]), Some(u32::MAX));
+        let unbudgeted = live_moves(&t, &free, &all);
+        let before = t.clone();
+        let moved = t.apply_change_within(&removed, &[], &eligible, None, (&[], &[]), Some(budget));
+        prop_assert!(live_moves(&before, &t, &moved) <= budget as usize);
+        prop_assert_eq!(t.unassigned(), 0, "orphans are placed at once");
+        let mut total = live_moves(&before, &t, &moved);
+        let mut steps = 0;
+        while t.pending_moves() > 0 {
+            let prev = t.clone();
+            let m = t.apply_change_within(&[], &[], &[], None, (&[], &[]), Some(budget));
+            prop_assert!(!m.is_empty(), "a step with moves pending moves something");
+            prop_assert!(m.len() <= budget as usize, "a step moves {} > budget {}", m.len(), budget);
+            total += live_moves(&prev, &t, &m);
+            steps += 1;
+            prop_assert!(steps <= ring_size as usize, "steps do not converge");
+        }
+        prop_assert_eq!(free.pending_moves(), 0);
+        let w: u64 = t.members().iter().map(|m| m.weight() as u64).sum();
+        for m in t.members() {
+            let c = m.partition_count() as u64;
+            prop_assert!(
+                (floor_share(ring_size, m.weight(), w)..=ceil_share(ring_size, m.weight(), w)).contains(&c),
+                "{} holds {} of {} (weight {} of {})", m.node_id(), c, ring_size, m.weight(), w
+            );
+        }
+        prop_assert!(total <= unbudgeted + t.members().len(),
+            "budgeted steps moved {} between live members, the change alone {}", total, unbudgeted);
+        // Deterministic, and the stored form reads back.
+        prop_assert_eq!(Table::decode(&t.encode()).unwrap(), t);
+    }
+}
+
+/// A join of 4 members to a ring of 4 with a budget of 8 happens in steps
+/// of at most 8, each member keeps what has not moved, and it ends where
+/// the unbudgeted join ends up in counts.
+#[test]
+fn a_budgeted_join_of_four_to_four_moves_in_steps() {
+    let old: Vec<(String, u32)> = (0..4).map(|i| (format!("old-{i}"), 8)).collect();
+    let mut t = build(64, &old);
+    let new: Vec<(String, u32, MemberAttrs)> = (0..4)
+        .map(|i| (format!("new-{i}"), 8, MemberAttrs::default()))
+        .collect();
+    let eligible: Vec<(&str, u32, MemberAttrs)> = new
+        .iter()
+        .map(|(n, w, a)| (n.as_str(), *w, a.clone()))
+        .collect();
+    let first = t.apply_change_within(&[], &[], &eligible, None, (&[], &[]), Some(8));
+    assert_eq!(first.len(), 8, "the join moves what the budget allows");
+    let mut steps = 1;
+    while t.pending_moves() > 0 {
+        let m = t.apply_change_within(&[], &[], &[], None, (&[], &[]), Some(8));
+        assert!(m.len() <= 8);
+        for (_, from, _) in m.iter() {
+            assert!(
+                from.is_some_and(|f| f.starts_with("old-")),
+                "only the old members give"
+            );
+        }
+        steps += 1;
+    }
+    assert_eq!(steps, 4, "32 moves in steps of 8");
+    for m in t.members() {
+        assert_eq!(m.partition_count(), 8, "{} is balanced", m.node_id());
+    }
+}

@@ -113,6 +113,23 @@ impl Builder {
         self.cfg.zone = Some(zone.into());
         self
     }
+    /// The ring's move budget: at most `m` partitions in motion between
+    /// live members at once (at least 1; needs
+    /// [`Placement::Balanced`](crate::Placement::Balanced)). Default: no
+    /// budget, a change moves everything it moves at once. With a budget,
+    /// a join (or a member made ready, a pin's neighbours) takes its share
+    /// in steps: each change moves at most what the budget has left, the
+    /// old owners keep serving what has not moved yet, and each member that
+    /// takes a moved partition writes the next step. Partitions without an
+    /// owner (a member left, crashed or was cordoned) are placed at once
+    /// and count against the budget until taken. Stored with the ring like
+    /// the placement: every member must say the same, or its `start()`
+    /// fails with [`ErrorKind::PlacementMismatch`](crate::ErrorKind)
+    /// naming both values. See "Move budget" in the crate docs.
+    pub fn max_moving(mut self, m: u32) -> Builder {
+        self.cfg.max_moving = Some(m);
+        self
+    }
     /// Schema of the tables. Default `leasering`.
     pub fn schema(mut self, schema: impl Into<String>) -> Builder {
         self.cfg.schema = schema.into();

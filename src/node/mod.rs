@@ -408,6 +408,10 @@ pub(crate) struct Inner {
     pub(crate) telemetry: crate::telemetry::Telemetry,
     /// The last renewal or rejoin error (for the health reason).
     pub(crate) last_error: Mutex<Option<String>>,
+    /// On a ring with a move budget: when this member next tries the
+    /// budget's step while its view has moves pending (the safety net for
+    /// a step lost with the member that was to write it).
+    pub(crate) step_at: Mutex<Option<Instant>>,
     /// Test hook: the threads sleep until then.
     #[cfg(feature = "test-util")]
     frozen_until: Mutex<Option<Instant>>,
@@ -430,6 +434,7 @@ impl Inner {
             subscribers: Mutex::new(subscribers),
             rejoin_attempt: Mutex::new(None),
             rejoin_wanted: AtomicBool::new(false),
+            step_at: Mutex::new(None),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),
             last_error: Mutex::new(None),

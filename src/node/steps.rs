@@ -46,7 +46,18 @@ impl Inner {
             step
         };
         if let WatcherStep::Wait(d) = step {
-            return Ok(Some(d));
+            return Ok(Some(match self.step_due(Instant::now()) {
+                Some(left) => left.min(d),
+                None => {
+                    // The budget's safety net: its step is due.
+                    let c = match conn {
+                        Some(c) => c,
+                        None => conn.insert(connect()?),
+                    };
+                    self.budget_step(c, "safety net");
+                    d.min(self.step_retry())
+                }
+            }));
         }
         // A catch-up follows every reconnect: its success alone does not
         // show that the watcher can do its work again.
@@ -95,6 +106,10 @@ impl Inner {
                     self.node_id, got, partitions.len(), t.elapsed(), took.held_by.len());
                 self.update(|s, now| s.took(ticket, took, now));
                 self.finish_with(op, partitions.len(), format_args!("took {got}"));
+                if got > 0 && self.store.max_moving.is_some() && self.moves_pending() {
+                    // Moves arrived: the budget may allow the next ones.
+                    self.budget_step(c, "take");
+                }
             }
             WatcherStep::Release { claims, ticket } => {
                 let op = self.op(Kind::Release);
@@ -110,6 +125,64 @@ impl Inner {
             WatcherStep::Wait(_) => {}
         }
         Ok(())
+    }
+
+    /// Whether this member's view has moves its ring's budget held back.
+    fn moves_pending(&self) -> bool {
+        self.session
+            .read()
+            .view()
+            .is_some_and(|v| v.moves_pending() > 0)
+    }
+
+    /// How long between two tries of the budget's step by one member while
+    /// its view has moves pending: a third of the lease TTL, at least
+    /// 200 ms.
+    fn step_retry(&self) -> std::time::Duration {
+        (self.cfg.lease_ttl / 3).max(std::time::Duration::from_millis(200))
+    }
+
+    /// `None` when the budget's step is due now (the safety net); else how
+    /// long until it is (`Duration::MAX`-like when nothing is pending).
+    fn step_due(&self, now: Instant) -> Option<std::time::Duration> {
+        let idle = crate::protocol::IDLE_TICK;
+        if self.store.max_moving.is_none() {
+            return Some(idle);
+        }
+        let mut at = self.step_at.lock();
+        if !self.moves_pending() {
+            *at = None;
+            return Some(idle);
+        }
+        match *at {
+            None => {
+                *at = Some(now + self.step_retry());
+                Some(self.step_retry())
+            }
+            Some(t) if t > now => Some(t - now),
+            Some(_) => None,
+        }
+    }
+
+    /// Writes the move budget's next step if the budget allows one
+    /// ([`Store::step`](crate::store::Store::step)). Its failure is logged
+    /// and left to the next take or the safety net: the member's own work
+    /// does not depend on it.
+    fn budget_step(&self, c: &mut HeldConn, why: &str) {
+        *self.step_at.lock() = Some(Instant::now() + self.step_retry());
+        match self.store.step(&mut c.client) {
+            Ok(Some(epoch)) => {
+                log::debug!(target: "leasering", ring = self.cfg.ring_id.as_str(), node = self.node_id.as_str();
+                    "node {}: wrote the move budget's step (after a {why}), epoch {epoch}", self.node_id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(), node = self.node_id.as_str(),
+                    error = e.to_string().as_str();
+                    "node {}: the move budget's step failed (the next take or the safety net tries again): {}",
+                    self.node_id, e);
+            }
+        }
     }
 
     /// A renewal that could not be made (no connection, a failed

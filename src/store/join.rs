@@ -36,7 +36,10 @@ use postgres::Client;
 
 use std::sync::Arc;
 
-use super::membership::{Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes};
+use super::budget::Motion;
+use super::membership::{
+    parse_placement_text, Added, ChangeSet, Param, RecordValues, StoredPlacement, Vnodes,
+};
 use super::payload::Pins;
 use super::{pg_i64, Store, Tx};
 use crate::balanced::Table;
@@ -79,7 +82,8 @@ struct Request {
 enum Refusal {
     NodeId,
     RingSize(u32),
-    Placement(crate::Placement),
+    /// The ring's placement as stored ([`placement_text`]).
+    Placement(String),
     Protocol(Vec<String>),
     RingFull(usize),
 }
@@ -294,6 +298,7 @@ impl Store {
     /// this transaction, visible to the absorption that follows.
     fn file_and_try_lock(&self, tx: &mut Tx<'_>, incarnation: i64, file: bool) -> Result<bool> {
         let s = &self.s;
+        let placement = self.placement_text();
         let (vnodes, size) = (self.vnode_count as i32, self.ring_size as i32);
         let (ttl_ms, expiry_ms) = (self.ttl_s * 1000.0, self.statement_timeout_ms as f64 * 4.0);
         let rows = tx
@@ -319,7 +324,7 @@ impl Store {
                     (&file, Type::BOOL),
                     (&self.ring_lock, Type::INT8),
                     (&self.ring_lock_idle(), Type::TEXT),
-                    (&self.placement.as_str(), Type::TEXT),
+                    (&placement, Type::TEXT),
                     (&self.metadata, Type::TEXT),
                     (&self.is_ready(), Type::BOOL),
                     (&self.attrs, Type::TEXT),
@@ -334,7 +339,7 @@ impl Store {
     /// refusals, and commits. Returns this member's outcome.
     fn absorb(&self, mut tx: Tx<'_>, me: i64, after: &str) -> Result<Outcome> {
         let (read, (stored_size, epoch, placement)) = self.read_for_absorb(&mut tx, me)?;
-        let stored_placement = placement.placement();
+        let stored_text = placement.text();
         let mut taken = vec![false; stored_size as usize];
         for (p, _) in &read.vnodes {
             if let Some(t) = taken.get_mut(*p as usize) {
@@ -349,8 +354,8 @@ impl Store {
                 Some(Refusal::Protocol(read.older.clone()))
             } else if req.ring_size != stored_size {
                 Some(Refusal::RingSize(stored_size))
-            } else if req.placement != stored_placement.as_str() {
-                Some(Refusal::Placement(stored_placement))
+            } else if req.placement != stored_text {
+                Some(Refusal::Placement(stored_text.clone()))
             } else if live.contains(&req.node_id.as_str()) {
                 Some(Refusal::NodeId)
             } else {
@@ -378,14 +383,28 @@ impl Store {
             } else {
                 accepted.len() as u64
             };
-        let table = match &placement {
-            StoredPlacement::Hashed => None,
-            StoredPlacement::Balanced(stored) => {
-                Some(self.next_table(stored.as_deref(), &read, &accepted)?)
+        let motion = if last > epoch {
+            self.read_motion(&mut tx, &placement)?
+        } else {
+            None
+        };
+        let (table, budgets) = match &placement {
+            StoredPlacement::Hashed => (None, Vec::new()),
+            StoredPlacement::Balanced(stored, _) => {
+                let (t, b) =
+                    self.next_table(stored.as_deref(), motion.as_ref(), &read, &accepted)?;
+                (Some(t), b)
             }
         };
         let encoded = table.as_ref().filter(|_| last > epoch).map(Table::encode);
-        self.insert_absorbed(&mut tx, (epoch, last), &accepted, &refused, &read, encoded)?;
+        self.insert_absorbed(
+            &mut tx,
+            (epoch, last),
+            &accepted,
+            &refused,
+            &read,
+            (encoded, budgets),
+        )?;
         tx.commit_with(after)
             .map_err(|e| Error::db("commit the join", e))?;
         if accepted.len() + refused.len() > 1 {
@@ -434,12 +453,19 @@ impl Store {
     /// against the members it must place), with the expired members
     /// removed in the first change and each accepted member added in its
     /// own, exactly as members applying the changes compute it.
+    ///
+    /// On a ring with a move budget (`motion`: the budget and who holds
+    /// each claim), each change gets what the budget leaves it, in order;
+    /// returned with the table, by change.
     fn next_table(
         &self,
         stored: Option<&[u8]>,
+        motion: Option<&(u32, Motion)>,
         read: &AbsorbRead,
         accepted: &[(&Request, Vec<u32>)],
-    ) -> Result<Table> {
+    ) -> Result<(Table, Vec<Option<u32>>)> {
+        let allowance = |t: &Table| motion.map(|(m, mo)| mo.left(*m, t));
+        let mut budgets = Vec::new();
         let mut t = self.table_or_empty(stored)?;
         // The members the table must place before this change: the
         // eligible ones with vnodes now, and the expired ones this change
@@ -483,11 +509,15 @@ impl Store {
             }
         }
         if accepted.is_empty() {
-            t.apply_change(&read.removed, &[], &[], None, (&[], &[]));
+            let budget = allowance(&t);
+            budgets.push(budget);
+            t.apply_change_within(&read.removed, &[], &[], None, (&[], &[]), budget);
         }
         for (i, (q, ps)) in accepted.iter().enumerate() {
             let removed: &[String] = if i == 0 { &read.removed } else { &[] };
-            t.apply_change(
+            let budget = allowance(&t);
+            budgets.push(budget);
+            t.apply_change_within(
                 removed,
                 &[],
                 &[],
@@ -498,9 +528,10 @@ impl Store {
                     crate::attrs::decode(q.attrs.as_deref()),
                 )),
                 (&[], &[]),
+                budget,
             );
         }
-        Ok(t)
+        Ok((t, budgets))
     }
 
     /// The `Joined` of this member from the ring's vnodes at `epoch`.
@@ -563,6 +594,7 @@ impl Store {
     ) -> Result<(AbsorbRead, (u32, u64, StoredPlacement))> {
         let s = &self.s;
         let size = self.ring_size as i32;
+        let placement_text = self.placement_text();
         // The ring's row is created — with a free claim row for each
         // partition — or locked in the same statement (`DO UPDATE`, a
         // no-op, locks it and returns it): one round trip less per join.
@@ -612,7 +644,7 @@ impl Store {
                     (&self.ring_id, Type::TEXT),
                     (&me, Type::INT8),
                     (&size, Type::INT4),
-                    (&self.placement.as_str(), Type::TEXT),
+                    (&placement_text, Type::TEXT),
                 ],
             )
             .map_err(|e| Error::db("lock and read the ring and its join requests", e))?;
@@ -706,7 +738,7 @@ impl Store {
         accepted: &[(&Request, Vec<u32>)],
         refused: &[(&Request, Refusal)],
         read: &AbsorbRead,
-        table: Option<Vec<u8>>,
+        (table, budgets): (Option<Vec<u8>>, Vec<Option<u32>>),
     ) -> Result<()> {
         if last == epoch && refused.is_empty() {
             return Ok(());
@@ -774,6 +806,7 @@ impl Store {
             added: &added,
             table,
             pins: Pins::default(),
+            budgets,
         };
         let mut values = RecordValues::default();
         let tail = if last > epoch {
@@ -890,7 +923,7 @@ impl Store {
             Some(e) => {
                 let table = match placement {
                     StoredPlacement::Hashed => None,
-                    StoredPlacement::Balanced(t) => Some(self.table_or_empty(t.as_deref())?),
+                    StoredPlacement::Balanced(t, _) => Some(self.table_or_empty(t.as_deref())?),
                 };
                 Outcome::Joined(self.joined_from(
                     e,
@@ -917,11 +950,16 @@ impl Store {
             "ring_size" => {
                 Error::ring_size_mismatch(&self.ring_id, arg.parse().unwrap_or(0), self.ring_size)
             }
-            "placement" => Error::placement_mismatch(
-                &self.ring_id,
-                arg.parse().unwrap_or_default(),
-                self.placement,
-            ),
+            "placement" => match parse_placement_text(arg) {
+                Some((p, stored)) if p == self.placement => {
+                    Error::max_moving_mismatch(&self.ring_id, stored, self.max_moving)
+                }
+                parsed => Error::placement_mismatch(
+                    &self.ring_id,
+                    parsed.map(|(p, _)| p).unwrap_or_default(),
+                    self.placement,
+                ),
+            },
             "protocol" => Error::protocol_mismatch(
                 &self.ring_id,
                 arg.split(',').map(str::to_string).collect(),

@@ -45,6 +45,9 @@ pub(super) struct ChangeSet<'a> {
     pub(super) table: Option<Vec<u8>>,
     /// Partitions pinned and unpinned (in the first change).
     pub(super) pins: Pins<'a>,
+    /// On a ring with a move budget, the moves between live members each
+    /// change was allowed (by index; missing: none, no budget).
+    pub(super) budgets: Vec<Option<u32>>,
 }
 
 pub(super) use super::payload::Added;
@@ -69,7 +72,7 @@ impl Store {
         values: &'a mut RecordValues,
     ) -> (String, Vec<Param<'a>>) {
         let s = &self.s;
-        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes, ats, pp, pn, up] =
+        let [f, r, es, ads, fs, ts, ps, last, k, c, pls, mds, tbl, el, inel, aes, ats, pp, pn, up, bg] =
             std::array::from_fn(|i| first + i);
         let n = set.added.len().max(1);
         for i in 0..n {
@@ -100,7 +103,11 @@ impl Store {
                 } else {
                     Pins::default()
                 },
+                budget: set.budgets.get(i).copied().flatten(),
             };
+            values
+                .budgets
+                .push(flips.budget.map(|k| k.min(i32::MAX as u32) as i32));
             values
                 .payloads
                 .push(notify_payload(&self.ring_id, epoch, removed, flips, added));
@@ -131,17 +138,17 @@ impl Store {
                       WHERE ring_id = $1),
              ins AS (INSERT INTO {s}.changes (ring_id, epoch, removed, added, positions, metadata,
                                               eligible, ineligible, added_eligible, added_attrs,
-                                              pinned, pinned_to, unpinned)
+                                              pinned, pinned_to, unpinned, budget)
                      SELECT $1, c.e, CASE WHEN c.o = 1 THEN ${r} ELSE '{{}}'::text[] END, c.a,
                             COALESCE((${ps}::int4[])[c.f:c.t], '{{}}'), c.md,
                             CASE WHEN c.o = 1 THEN ${el} ELSE '{{}}'::text[] END,
                             CASE WHEN c.o = 1 THEN ${inel} ELSE '{{}}'::text[] END, c.ae, c.at,
                             CASE WHEN c.o = 1 THEN ${pp}::int4[] ELSE '{{}}'::int4[] END,
                             CASE WHEN c.o = 1 THEN ${pn}::text[] ELSE '{{}}'::text[] END,
-                            CASE WHEN c.o = 1 THEN ${up}::int4[] ELSE '{{}}'::int4[] END
+                            CASE WHEN c.o = 1 THEN ${up}::int4[] ELSE '{{}}'::int4[] END, c.bg
                      FROM unnest(${es}::int8[], ${ads}::text[], ${fs}::int4[], ${ts}::int4[], ${mds}::text[],
-                                 ${aes}::bool[], ${ats}::text[])
-                          WITH ORDINALITY AS c(e, a, f, t, md, ae, at, o)),
+                                 ${aes}::bool[], ${ats}::text[], ${bg}::int4[])
+                          WITH ORDINALITY AS c(e, a, f, t, md, ae, at, bg, o)),
              trim AS (DELETE FROM {s}.changes WHERE ring_id = $1 AND epoch <= ${last} - ${k})
              SELECT (SELECT count(pg_notify(${c}, ${pls}::text)))"
         );
@@ -166,6 +173,7 @@ impl Store {
             (&values.pinned, Type::INT4_ARRAY),
             (&values.pinned_to, Type::TEXT_ARRAY),
             (&values.unpinned, Type::INT4_ARRAY),
+            (&values.budgets, Type::INT4_ARRAY),
         ];
         (sql, params)
     }
@@ -180,11 +188,13 @@ impl Store {
         freeing: &[i64],
     ) -> Result<()> {
         let removed = &locked.removed;
+        let mut budget = None;
         let table = match &locked.placement {
             StoredPlacement::Hashed => None,
-            StoredPlacement::Balanced(table) => {
+            StoredPlacement::Balanced(table, _) => {
                 let mut t = self.table_or_empty(table.as_deref())?;
-                t.apply_change(removed, &[], &[], None, (&[], &[]));
+                budget = self.allowance(tx, &locked.placement, &t)?;
+                t.apply_change_within(removed, &[], &[], None, (&[], &[]), budget);
                 Some(t.encode())
             }
         };
@@ -197,6 +207,7 @@ impl Store {
             added: &[],
             table,
             pins: Pins::default(),
+            budgets: vec![budget],
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
@@ -574,15 +585,17 @@ impl Store {
         } else {
             (&[], &names)
         };
+        let mut budget = None;
         let table = match &placement {
             StoredPlacement::Hashed => None,
-            StoredPlacement::Balanced(stored) => {
+            StoredPlacement::Balanced(stored, _) => {
                 let mut t = self.table_or_empty(stored.as_deref())?;
+                budget = self.allowance(&mut tx, &placement, &t)?;
                 let joining: Vec<(&str, u32, crate::attrs::MemberAttrs)> = eligible
                     .iter()
                     .map(|n| (n.as_str(), weight, attrs.clone()))
                     .collect();
-                t.apply_change(&[], ineligible, &joining, None, (&[], &[]));
+                t.apply_change_within(&[], ineligible, &joining, None, (&[], &[]), budget);
                 Some(t.encode())
             }
         };
@@ -595,6 +608,7 @@ impl Store {
             added: &[],
             table,
             pins: Pins::default(),
+            budgets: vec![budget],
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);
@@ -626,10 +640,35 @@ pub(super) struct Locked {
 }
 
 /// A ring's placement as stored: balanced with its table (`None` until
-/// someone joins).
+/// someone joins) and its move budget.
 pub(super) enum StoredPlacement {
     Hashed,
-    Balanced(Option<Vec<u8>>),
+    Balanced(Option<Vec<u8>>, Option<u32>),
+}
+
+/// The text of a ring's placement in `rings.placement` and
+/// `join_requests.placement`: `hashed`, `balanced`, or
+/// `balanced max_moving=<m>` (issue 19: the move budget is stored with the
+/// placement, so that the join compares both in one and a mismatch is
+/// refused like a placement's).
+pub(crate) fn placement_text(p: crate::Placement, max_moving: Option<u32>) -> String {
+    match max_moving {
+        Some(m) if p == crate::Placement::Balanced => format!("{p} max_moving={m}"),
+        _ => p.to_string(),
+    }
+}
+
+/// The placement and move budget of a [`placement_text`]; `None` for a
+/// text this version does not know.
+pub(crate) fn parse_placement_text(text: &str) -> Option<(crate::Placement, Option<u32>)> {
+    match text.split_once(' ') {
+        None => text.parse().ok().map(|p| (p, None)),
+        Some(("balanced", budget)) => {
+            let m = budget.strip_prefix("max_moving=")?.parse::<u32>().ok()?;
+            Some((crate::Placement::Balanced, Some(m)))
+        }
+        Some(_) => None,
+    }
 }
 
 impl StoredPlacement {
@@ -637,22 +676,36 @@ impl StoredPlacement {
         name: Option<String>,
         table: Option<Vec<u8>>,
     ) -> Result<StoredPlacement> {
-        match name.as_deref() {
-            None | Some("hashed") => Ok(StoredPlacement::Hashed),
-            Some("balanced") => Ok(StoredPlacement::Balanced(table)),
-            Some(other) => Err(Error::new(
+        let Some(name) = name else {
+            return Ok(StoredPlacement::Hashed);
+        };
+        match parse_placement_text(&name) {
+            Some((crate::Placement::Hashed, _)) => Ok(StoredPlacement::Hashed),
+            Some((crate::Placement::Balanced, budget)) => {
+                Ok(StoredPlacement::Balanced(table, budget))
+            }
+            None => Err(Error::new(
                 ErrorKind::Schema,
                 format!(
-                    "the ring's stored placement {other:?} is unknown to this version of leasering"
+                    "the ring's stored placement {name:?} is unknown to this version of leasering"
                 ),
             )),
         }
     }
 
-    pub(super) fn placement(&self) -> crate::Placement {
+    /// As [`placement_text`] writes it.
+    pub(super) fn text(&self) -> String {
         match self {
-            StoredPlacement::Hashed => crate::Placement::Hashed,
-            StoredPlacement::Balanced(_) => crate::Placement::Balanced,
+            StoredPlacement::Hashed => placement_text(crate::Placement::Hashed, None),
+            StoredPlacement::Balanced(_, m) => placement_text(crate::Placement::Balanced, *m),
+        }
+    }
+
+    /// The ring's move budget.
+    pub(super) fn max_moving(&self) -> Option<u32> {
+        match self {
+            StoredPlacement::Hashed => None,
+            StoredPlacement::Balanced(_, m) => *m,
         }
     }
 }
@@ -674,5 +727,6 @@ pub(super) struct RecordValues {
     pinned: Vec<i32>,
     pinned_to: Vec<String>,
     unpinned: Vec<i32>,
+    budgets: Vec<Option<i32>>,
     last: i64,
 }

@@ -16,6 +16,7 @@
 //! Nothing here holds state between calls except prepared statements on a
 //! connection a thread keeps ([`HeldConn`]).
 
+mod budget;
 mod join;
 mod membership;
 pub(crate) mod payload;
@@ -66,6 +67,9 @@ pub(crate) struct Store {
     ring_size: u32,
     vnode_count: u32,
     placement: crate::Placement,
+    /// The ring's move budget this member was configured with (stored
+    /// with the placement: [`membership::placement_text`]).
+    pub(crate) max_moving: Option<u32>,
     metadata: Option<String>,
     /// The member's placement attributes, stored form
     /// ([`crate::attrs::encode`]).
@@ -109,6 +113,7 @@ impl Store {
             ring_size: cfg.ring_size,
             vnode_count: cfg.vnode_count,
             placement: cfg.placement,
+            max_moving: cfg.max_moving,
             metadata: cfg.metadata.clone(),
             attrs: crate::attrs::of_config(cfg),
             ttl_s: cfg.lease_ttl.as_secs_f64(),
@@ -134,6 +139,12 @@ impl Store {
     pub(crate) fn ring_channel(schema: &str, ring_id: &str) -> String {
         let h = fmix64(fnv1a64(&[schema.as_bytes(), &[0], ring_id.as_bytes()]));
         format!("leasering_{h:016x}")
+    }
+
+    /// The ring's placement as this member files it and a new ring stores
+    /// it: `hashed`, `balanced`, or `balanced max_moving=<m>`.
+    pub(crate) fn placement_text(&self) -> String {
+        membership::placement_text(self.placement, self.max_moving)
     }
 
     /// Whether this member is ready (what its next join files).

@@ -37,6 +37,9 @@ pub(crate) struct Flips<'a> {
     pub(crate) ineligible: &'a [String],
     /// Partitions pinned and unpinned.
     pub(crate) pins: Pins<'a>,
+    /// On a ring with a move budget, how many moves between live members
+    /// this change may make ([`Change::move_budget`]).
+    pub(crate) budget: Option<u32>,
 }
 
 /// The pins a change sets and removes (issue 19: an operator's
@@ -54,7 +57,8 @@ pub(crate) struct Pins<'a> {
 /// ` r<len>:<ring id>` then `-<len>:<node>` per removed member,
 /// `!<len>:<node>` per member made ineligible, `*<len>:<node>` per member
 /// made eligible, `^<p>=<len>:<node>` per partition pinned and `_<p>` per
-/// partition unpinned (schema version 5), then `+<len>:<node>@<p>,<p>,…` for an added one, followed
+/// partition unpinned (schema version 5), `%<k>` for the moves a ring with
+/// a move budget allows the change, then `+<len>:<node>@<p>,<p>,…` for an added one, followed
 /// by `?` when it joined ineligible, `#<len>:<attributes>` when it has
 /// placement attributes (capacity, zone: schema version 5) and
 /// `~<len>:<metadata>` when it has metadata (`len` in bytes). The
@@ -83,6 +87,9 @@ pub(crate) fn notify_payload(
     }
     for p in flips.pins.unpinned {
         let _ = write!(out, "_{p}");
+    }
+    if let Some(k) = flips.budget {
+        let _ = write!(out, "%{k}");
     }
     if let Some((n, ps, md, eligible, attrs)) = added {
         let _ = write!(out, "+{}:{n}@", n.len());
@@ -227,6 +234,13 @@ fn parse_one<'a>(ring_id: &str, payload: &'a str) -> Option<(Notice, &'a str)> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(tail.len());
         change.unpinned.push(tail[..end].parse().ok()?);
+        rest = &tail[end..];
+    }
+    if let Some(tail) = rest.strip_prefix('%') {
+        let end = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        change.move_budget = Some(tail[..end].parse().ok()?);
         rest = &tail[end..];
     }
     if let Some(tail) = rest.strip_prefix('+') {
@@ -457,6 +471,7 @@ mod tests {
             pinned in proptest::collection::vec((any::<u32>(), "\\PC{1,20}"), 0..3),
             unpinned in proptest::collection::vec(any::<u32>(), 0..3),
             zone in proptest::option::of("[a-z0-9:.-]{1,20}"),
+            budget in proptest::option::of(any::<u32>()),
         ) {
             let md = metadata.as_deref().filter(|_| added.is_some());
             let pinned: Vec<(u32, String)> = pinned;
@@ -464,6 +479,7 @@ mod tests {
                 eligible: &eligible,
                 ineligible: &ineligible,
                 pins: Pins { pinned: &pinned, unpinned: &unpinned },
+                budget,
             };
             let attrs = crate::attrs::encode(&crate::attrs::MemberAttrs {
                 capacity,
@@ -480,6 +496,7 @@ mod tests {
             prop_assert_eq!(ch.ineligible, ineligible);
             prop_assert_eq!(ch.pinned, pinned);
             prop_assert_eq!(ch.unpinned, unpinned);
+            prop_assert_eq!(ch.move_budget, budget);
             prop_assert_eq!(ch.added_ineligible, added.is_some() && !added_eligible);
             let some = added.is_some();
             prop_assert_eq!(ch.added, added);

@@ -56,7 +56,7 @@ impl Store {
         let epoch = row.get::<_, i64>(0) as u64;
         let placement = StoredPlacement::from_row(row.get(1), row.get(2))?;
         let size = row.get::<_, i32>(3) as u32;
-        let StoredPlacement::Balanced(stored) = placement else {
+        let StoredPlacement::Balanced(stored, _) = &placement else {
             return Err(Error::invalid(
                 "placement",
                 format!(
@@ -135,7 +135,8 @@ impl Store {
                 ),
             ));
         }
-        t.apply_change(&[], &[], &[], None, (&pinned, &unpinned));
+        let budget = self.allowance(&mut tx, &placement, &t)?;
+        t.apply_change_within(&[], &[], &[], None, (&pinned, &unpinned), budget);
         let set = ChangeSet {
             first_epoch: epoch + 1,
             removed: &[],
@@ -145,6 +146,7 @@ impl Store {
             added: &[],
             table: Some(t.encode()),
             pins,
+            budgets: vec![budget],
         };
         let mut values = RecordValues::default();
         let (tail, mut params) = self.record_changes(&set, 2, &mut values);

@@ -331,7 +331,10 @@ impl Store {
     /// `NULL` for none), which balanced placement reads; `pins`: the
     /// partitions an operator pinned to a node id (`leasering::pin`), kept
     /// while the node is away, and `changes.pinned`, `pinned_to`,
-    /// `unpinned`: the pins a change set and removed.
+    /// `unpinned`: the pins a change set and removed; `changes.budget`: on
+    /// a ring with a move budget (stored in `rings.placement` as
+    /// `balanced max_moving=<m>`), the moves between live members the
+    /// change was allowed.
     fn v5_ddl(&self) -> String {
         let s = &self.s;
         format!(
@@ -341,6 +344,7 @@ impl Store {
              ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS pinned int[] NOT NULL DEFAULT '{{}}';
              ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS pinned_to text[] NOT NULL DEFAULT '{{}}';
              ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS unpinned int[] NOT NULL DEFAULT '{{}}';
+             ALTER TABLE {s}.changes ADD COLUMN IF NOT EXISTS budget int;
              CREATE TABLE IF NOT EXISTS {s}.pins (
                  ring_id text NOT NULL,
                  partition int NOT NULL,

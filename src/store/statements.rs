@@ -437,7 +437,7 @@ impl Store {
                 format!(
                     "SELECT r.epoch, c.epoch, c.removed, c.added, c.positions, c.metadata,
                         c.eligible, c.ineligible, c.added_eligible, c.added_attrs,
-                        c.pinned, c.pinned_to, c.unpinned
+                        c.pinned, c.pinned_to, c.unpinned, c.budget
                  FROM {s}.rings r LEFT JOIN {s}.changes c ON c.ring_id = r.ring_id AND c.epoch > $2
                  WHERE r.ring_id = $1 ORDER BY c.epoch"
                 ),
@@ -755,6 +755,7 @@ impl Store {
                     .map(|(p, n)| (*p as u32, n))
                     .collect(),
                 unpinned: unpinned.iter().map(|p| *p as u32).collect(),
+                move_budget: r.get::<_, Option<i32>>(13).map(|k| k.max(0) as u32),
                 added_capacity: attrs.capacity,
                 added_zone: attrs.zone.map(|z| z.to_string()),
                 epoch: e,
@@ -824,7 +825,7 @@ impl Store {
         }
         let table = match placement {
             StoredPlacement::Hashed => None,
-            StoredPlacement::Balanced(t) => Some(Arc::new(self.table_or_empty(t.as_deref())?)),
+            StoredPlacement::Balanced(t, _) => Some(Arc::new(self.table_or_empty(t.as_deref())?)),
         };
         Ok(RingView::build_with(
             epoch,
