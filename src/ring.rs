@@ -525,10 +525,11 @@ impl RingView {
         self.inner.unassigned
     }
 
-    /// On a balanced view: how many partitions its table would still move
-    /// to reach its targets (a ring with a move budget moves them in later
-    /// steps). 0 for a hashed view.
-    pub(crate) fn moves_pending(&self) -> u64 {
+    /// On a balanced view: how many partitions its placement would still
+    /// move to reach its targets — on a ring with a move budget
+    /// ([`Builder::max_moving`](crate::Builder::max_moving)), what later
+    /// steps move. 0 for a balanced ring at rest and for a hashed view.
+    pub fn moves_pending(&self) -> u64 {
         self.inner.table.as_ref().map_or(0, |t| t.pending_moves())
     }
 

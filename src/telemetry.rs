@@ -27,6 +27,7 @@
 //! | `leasering_partitions_draining` | gauge | | partitions released locally whose claims are held until the user's work on them stops | above 0 for longer than the drain timeout |
 //! | `leasering_ring_partitions` | gauge | | the ring's size (its number of partitions), to compare `sum by (ring) (leasering_partitions_active)` with | |
 //! | `leasering_partitions_unassigned` | gauge | | partitions of the ring the placement gives to no member: all of them while every member is ineligible (not ready, or cordoned; see `RingNode::set_ready`, `leasering::cordon`); and the shortfall when the members' capacities add up to less than the ring (`Builder::capacity`) | above 0 |
+//! | `leasering_partitions_moves_pending` | gauge | | on a ring with a move budget (`Builder::max_moving`), the moves its view's placement still holds back for later steps; 0 without a budget | not falling for several lease TTLs |
 //! | `leasering_partitions_acquired_total` | counter | | partitions activated | |
 //! | `leasering_partitions_released_total` | counter | `reason`: `handoff`, `lease_expired`, `evicted`, `stopping` | partitions released | rate of `lease_expired`/`evicted` above 0 |
 //! | `leasering_handoff_seconds` | histogram | `cause`: `join`, `leave`, `crash` | from partitions becoming pending to their activation, by the membership change behind it (a removal at or after the removed member's lease end counts as a crash; a member made ineligible — unready or cordoned — as a leave, made eligible as a join) | p99 of `join`/`leave` above a second; `crash` is about one lease TTL by design |
@@ -68,6 +69,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "leasering_partitions_draining",
     "leasering_ring_partitions",
     "leasering_partitions_unassigned",
+    "leasering_partitions_moves_pending",
     "leasering_partitions_acquired_total",
     "leasering_partitions_released_total",
     "leasering_handoff_seconds",
@@ -119,6 +121,11 @@ const HELP: &[(char, &str, &str)] = &[
         'g',
         "leasering_partitions_unassigned",
         "Partitions the placement gives to no member (declared capacity below the ring size).",
+    ),
+    (
+        'g',
+        "leasering_partitions_moves_pending",
+        "Moves the ring's move budget still holds back for later steps.",
     ),
     (
         'c',
@@ -243,6 +250,8 @@ pub(crate) struct Gauges {
     pub ring_partitions: u32,
     /// Partitions of the ring the placement gives to no member.
     pub unassigned: u32,
+    /// Moves the ring's budget holds back.
+    pub moves_pending: u32,
     pub epoch: u64,
     pub ring_epoch: u64,
     pub lease_left: Duration,
@@ -381,6 +390,7 @@ impl Telemetry {
         metrics::gauge!("leasering_partitions_draining", l).set(g.draining as f64);
         metrics::gauge!("leasering_ring_partitions", l).set(g.ring_partitions as f64);
         metrics::gauge!("leasering_partitions_unassigned", l).set(g.unassigned as f64);
+        metrics::gauge!("leasering_partitions_moves_pending", l).set(g.moves_pending as f64);
         metrics::gauge!("leasering_epoch", l).set(g.epoch as f64);
         metrics::gauge!("leasering_epoch_lag", l).set(g.ring_epoch.saturating_sub(g.epoch) as f64);
         metrics::gauge!("leasering_lease_remaining_seconds", l).set(g.lease_left.as_secs_f64());

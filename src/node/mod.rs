@@ -141,6 +141,11 @@ pub struct NodeStatus {
     /// than the ring; else 0. Nobody owns them. Also the gauge
     /// `leasering_partitions_unassigned`.
     pub unassigned: u32,
+    /// On a ring with a move budget ([`Builder::max_moving`]): the moves
+    /// its view's placement still holds back for later steps (0 once the
+    /// ring is balanced; always 0 without a budget). Also the gauge
+    /// `leasering_partitions_moves_pending`.
+    pub moves_pending: u32,
 }
 
 /// Whether a member can serve: what a readiness probe reports. From
@@ -307,6 +312,11 @@ impl RingNode {
             eligible,
             cordoned: own.status() == Status::Member && ready && !eligible,
             unassigned: own.view().map_or(0, |v| v.unassigned()),
+            moves_pending: if self.inner.cfg.max_moving.is_some() {
+                own.view().map_or(0, |v| v.moves_pending() as u32)
+            } else {
+                0
+            },
             ring_epoch: s.ring_epoch(),
             last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
             renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),

@@ -193,6 +193,11 @@ impl Inner {
             draining: session.draining_count() as u32,
             ring_partitions: self.cfg.ring_size,
             unassigned: unassigned_partitions(session),
+            moves_pending: if self.cfg.max_moving.is_some() {
+                session.view().map_or(0, |v| v.moves_pending() as u32)
+            } else {
+                0
+            },
             epoch: own.view_epoch(),
             ring_epoch: session.ring_epoch(),
             lease_left,

@@ -156,6 +156,12 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=MAX_ZONES as i64))]
     pub zones: Option<u32>,
+    /// The ring's move budget: at most N partitions in motion between live
+    /// members at once, so a join (`j`) takes its share in steps while the
+    /// old owners keep serving the rest. Needs balanced placement (the
+    /// default with this flag)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_moving: Option<u32>,
     /// Lease time-to-live: a crashed or paused member's partitions move after about this long
     #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -209,6 +215,7 @@ impl Default for DemoArgs {
             vnodes: 8,
             placement: None,
             zones: None,
+            max_moving: None,
             lease_ttl: Duration::from_secs(3),
             churn: false,
             churn_every: Duration::from_millis(1500),
@@ -225,12 +232,15 @@ impl Default for DemoArgs {
 
 impl DemoArgs {
     /// The placement in force: `--placement` if given, else balanced with
-    /// `--zones`, else hashed.
+    /// `--zones` or `--max-moving`, else hashed.
     pub fn effective_placement(&self) -> Placement {
-        match (self.placement, self.zones) {
+        match (
+            self.placement,
+            self.zones.is_some() || self.max_moving.is_some(),
+        ) {
             (Some(p), _) => p,
-            (None, Some(_)) => Placement::Balanced,
-            (None, None) => Placement::Hashed,
+            (None, true) => Placement::Balanced,
+            (None, false) => Placement::Hashed,
         }
     }
 
@@ -239,6 +249,12 @@ impl DemoArgs {
         if let (Some(n), Some(Placement::Hashed)) = (self.zones, self.placement) {
             return Err(format!(
                 "--zones {n} needs balanced placement: it cannot be used with --placement hashed \
+                 (leave --placement out, or use --placement balanced)"
+            ));
+        }
+        if let (Some(m), Some(Placement::Hashed)) = (self.max_moving, self.placement) {
+            return Err(format!(
+                "--max-moving {m} needs balanced placement: it cannot be used with --placement hashed \
                  (leave --placement out, or use --placement balanced)"
             ));
         }
@@ -297,6 +313,11 @@ pub struct NodeArgs {
     /// status` says how many). Needs `--placement balanced`
     #[arg(long, value_name = "N")]
     pub capacity: Option<u32>,
+    /// The ring's move budget: at most N partitions in motion between live
+    /// members at once (every member must agree; stored with the ring).
+    /// Needs `--placement balanced`
+    #[arg(long, value_name = "N")]
+    pub max_moving: Option<u32>,
     /// A small string stored with this member and shown to every member and
     /// observer (e.g. the address where it serves its partitions)
     #[arg(long, value_name = "TEXT")]

@@ -70,6 +70,9 @@ pub fn start_member(
     if let Some(c) = cfg.capacity {
         b = b.capacity(c);
     }
+    if let Some(m) = cfg.max_moving {
+        b = b.max_moving(m);
+    }
     if let Some(d) = cfg.drain_timeout {
         b = b.drain_timeout(d);
     }

@@ -384,6 +384,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
     cfg.placement = args.effective_placement();
+    cfg.max_moving = args.max_moving;
     cfg.lease_ttl = ttl;
     cfg.schema = args.schema.clone();
     if let Some(unit) = args.drain {
@@ -491,7 +492,7 @@ pub fn run(args: DemoArgs) -> AppResult<u8> {
         args.ring_size,
         args.nodes,
         args.vnodes,
-        zones_note(&args.zone_names(), args.effective_placement()),
+        zones_note(&args.zone_names(), args.effective_placement()) + &budget_note(args.max_moving),
         human(ttl),
         if args.churn {
             format!("on (seed {})", demo.churn.seed)
@@ -618,6 +619,13 @@ fn zones_note(zones: &[String], placement: leasering::Placement) -> String {
         if zones.len() == 1 { "" } else { "s" },
         zones.join(", ")
     )
+}
+
+/// ` · move budget 8 (balanced placement)` with `--max-moving 8`.
+fn budget_note(max_moving: Option<u32>) -> String {
+    max_moving
+        .map(|m| format!(" · move budget {m} (balanced placement)"))
+        .unwrap_or_default()
 }
 
 /// ` · drained handoffs, unit of work 2.00 s` with `--drain`.

@@ -159,6 +159,7 @@ pub fn run(args: NodeArgs) -> AppResult<u8> {
     cfg.metadata = args.metadata.clone();
     cfg.zone = args.zone.clone();
     cfg.capacity = args.capacity;
+    cfg.max_moving = args.max_moving;
     cfg.lease_ttl = args.lease_ttl;
     cfg.failover_grace = args.failover_grace;
     cfg.schema = args.schema.clone();

@@ -66,6 +66,10 @@ struct Ring {
     unassigned: u32,
     /// `(partition, node id)` pinned by an operator (schema version 5).
     pins: Vec<(u32, String)>,
+    /// The ring's move budget, if it has one.
+    max_moving: Option<u32>,
+    /// Moves the budget still holds back ([`RingView::moves_pending`]).
+    moves_pending: u64,
 }
 
 /// Runs the command; the exit code on success or a known failure.
@@ -164,8 +168,9 @@ fn read(
         .start()?;
     let Some(row) = tx.query_opt(
         &format!(
-            "SELECT ring_size, epoch, extract(epoch FROM now() - changed_at)::float8 * 1000
-               FROM {s}.rings WHERE ring_id = $1"
+            "SELECT ring_size, epoch, extract(epoch FROM now() - changed_at)::float8 * 1000,
+                    to_jsonb(r)->>'placement'
+               FROM {s}.rings r WHERE ring_id = $1"
         ),
         &[&ring_id],
     )?
@@ -175,6 +180,12 @@ fn read(
     let ring_size: i32 = row.get(0);
     let epoch: i64 = row.get(1);
     let changed_ago_ms: f64 = row.get(2);
+    // `balanced max_moving=<m>` (leasering's text for a ring with a move
+    // budget); an older schema has no placement column.
+    let max_moving: Option<u32> = row.get::<_, Option<String>>(3).and_then(|t| {
+        t.split_once(" max_moving=")
+            .and_then(|(_, m)| m.parse().ok())
+    });
     // `to_jsonb(m)`: the row whatever its columns, so that `metadata` (a
     // later schema's column) and `incarnation` read as null when absent.
     let rows = tx.query(
@@ -328,6 +339,8 @@ fn read(
         waiting,
         unassigned,
         pins,
+        max_moving,
+        moves_pending: view.moves_pending(),
     }))
 }
 
@@ -435,6 +448,18 @@ fn to_text(r: &Ring) -> String {
         s.push_str(&format!(
             "\n{} of {} partitions have no owner: the members' capacities add up to less than the ring (add members or capacity)\n",
             r.unassigned, r.ring_size
+        ));
+    }
+    if let Some(m) = r.max_moving {
+        s.push_str(&format!(
+            "\nmove budget {m}: {} in motion, {} moves held back for later steps{}\n",
+            r.waiting.len(),
+            r.moves_pending,
+            if r.moves_pending == 0 {
+                " (balanced)"
+            } else {
+                ""
+            }
         ));
     }
     if r.waiting.is_empty() {
@@ -559,6 +584,8 @@ fn to_json(r: &Ring) -> serde_json::Value {
             "capacity": m.capacity,
         })).collect::<Vec<_>>(),
         "partitions_unassigned": r.unassigned,
+        "max_moving": r.max_moving,
+        "moves_pending": r.moves_pending,
         "pins": r.pins.iter().map(|(p, n)| json!({
             "partition": p,
             "node_id": n,

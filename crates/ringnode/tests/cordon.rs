@@ -215,3 +215,49 @@ fn pin_and_unpin_a_partition_and_status_shows_it() {
     a.stop().unwrap();
     b.stop().unwrap();
 }
+
+/// Issue 19: `ringnode status` of a ring with a move budget says so, how
+/// many partitions are in motion and how many moves are held back (text
+/// and JSON); once settled, balanced.
+#[test]
+fn status_shows_a_rings_move_budget() {
+    let db = TestPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    let url = db.url();
+    let ring = unique_name("budget");
+    let start = |id: &str| {
+        RingNode::builder(db.pool(4).unwrap(), ring.clone())
+            .node_id(id)
+            .ring_size(64)
+            .placement(leasering::Placement::Balanced)
+            .max_moving(4)
+            .lease_ttl(Duration::from_secs(10))
+            .start()
+            .unwrap()
+    };
+    let a = start("alpha");
+    let b = start("beta");
+    wait_until("both to hold 32", || {
+        a.owned_partitions().len() == 32 && b.owned_partitions().len() == 32
+    });
+    assert_eq!(b.status().moves_pending, 0);
+    let (code, text, err) = ringnode(&["status", "--database-url", &url, "--ring-id", &ring]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("move budget 4: 0 in motion, 0 moves held back for later steps (balanced)"),
+        "{text}"
+    );
+    let (code, json, err) = ringnode(&[
+        "status",
+        "--database-url",
+        &url,
+        "--ring-id",
+        &ring,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["max_moving"], 4);
+    assert_eq!(v["moves_pending"], 0);
+    a.stop().unwrap();
+    b.stop().unwrap();
+}

@@ -871,3 +871,62 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// Issue 19: `--max-moving 16` (balanced placement without asking): a
+/// member joined with `j` takes its share of a 1024-partition ring in
+/// steps of at most 16 partitions, and the ring ends covered, clean.
+#[test]
+fn a_budgeted_demo_joins_in_steps() {
+    let mut d = Driven::start(&[
+        "demo",
+        "--plain",
+        "--nodes",
+        "2",
+        "--max-moving",
+        "16",
+        "--seconds",
+        "120",
+    ]);
+    let header = d.wait(
+        |l| l.starts_with("demo: ") && l.contains(" vnodes"),
+        "the header",
+    );
+    assert!(
+        header.contains("move budget 16 (balanced placement)"),
+        "{header}"
+    );
+    d.wait(settled, "both members active");
+    d.send("j");
+    d.wait(
+        |l| l.contains(" node-2 ") && l.contains("acquired"),
+        "node-2 to take partitions",
+    );
+    d.wait(settled, "the ring active on three members");
+    let (status, stderr, lines) = d.quit();
+    let taken: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.contains(" node-2 ") && l.contains(" acquired"))
+        .filter_map(|l| {
+            let plus = l.split_whitespace().find(|w| w.starts_with('+'))?;
+            plus[1..].parse().ok()
+        })
+        .collect();
+    assert!(taken.len() >= 2, "node-2 took its share at once: {taken:?}");
+    assert!(
+        taken.iter().all(|n| *n <= 16),
+        "node-2 took more than the budget at once: {taken:?}"
+    );
+    assert_clean_end(status, &stderr, &lines);
+}
+
+/// `--max-moving` needs balanced placement: with hashed it is a usage
+/// error naming both flags.
+#[test]
+fn max_moving_with_hashed_placement_is_a_usage_error() {
+    rejects(
+        &["demo", "--max-moving", "4", "--placement", "hashed"],
+        2,
+        "--max-moving 4 needs balanced placement",
+    );
+    rejects(&["demo", "--max-moving", "0"], 2, "--max-moving");
+}
