@@ -48,9 +48,12 @@
 //! `LEASERING_BENCH_DRAIN_HANDOFFS` set the repetitions.
 //! `LEASERING_BENCH_HANDOFF_ONLY=drain` runs the drain section alone (its
 //! table, its counts and its `handoff drain` line); `=burst` the bursts
-//! (`burst.rs`), `=notifications` the notifications a change costs
-//! (`notifications.rs`), `=join` the join and leave cycles.
+//! (`burst.rs`), `=budget` the move budget's joins (`budget.rs`:
+//! `LEASERING_BENCH_BUDGET_REPS` reps each, without a budget and with
+//! `max_moving` 64 and 16), `=notifications` the notifications a change
+//! costs (`notifications.rs`), `=join` the join and leave cycles.
 
+mod budget;
 mod burst;
 mod notifications;
 #[path = "../support/mod.rs"]
@@ -1041,9 +1044,22 @@ fn main() {
             .map(|k| burst::burst(&db, pss, k, burst_rounds))
             .collect()
     };
+    let budget_reps = env_usize("LEASERING_BENCH_BUDGET_REPS", if q { 1 } else { 3 });
+    let run_budgets = || -> Vec<budget::Budgeted> {
+        [None, Some(64), Some(16)]
+            .into_iter()
+            .map(|m| budget::budget(&db, m, budget_reps))
+            .collect()
+    };
     let only = std::env::var("LEASERING_BENCH_HANDOFF_ONLY").unwrap_or_default();
     match only.as_str() {
         "" | "join" => {}
+        "budget" => {
+            let budgets = run_budgets();
+            budget::report(&budgets);
+            println!("loadavg after: {}", loadavg());
+            return;
+        }
         "notifications" => {
             notifications::notifications(&db, if q { 10 } else { 40 });
             return;
@@ -1069,7 +1085,7 @@ fn main() {
             return;
         }
         other => panic!(
-            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `join`, `drain`, `burst` and `notifications`"
+            "LEASERING_BENCH_HANDOFF_ONLY={other}: the sections that run alone are `join`, `drain`, `burst`, `budget` and `notifications`"
         ),
     }
 
@@ -1193,6 +1209,7 @@ fn main() {
     let frozen = frozen_member(&db, frozen_reps, &dir);
     let drained = drain(&db, drain_handoffs);
     let bursts = run_bursts();
+    let budgets = run_budgets();
     notifications::notifications(&db, if q { 10 } else { 40 });
 
     // ---- crash (kill -9 of a member process) ----------------------------------
@@ -1418,6 +1435,7 @@ fn main() {
     print_drain_counts(&drained);
     println!("targets (DESIGN §10): join while a member is frozen p99 <= 50 ms; 0 user-work overlaps over >= 1,000 drained handoffs");
     burst::report(&bursts);
+    budget::report(&budgets);
     println!("loadavg after: {}", loadavg());
     println!();
     println!("handoff join p50_ms={:.2} p99_ms={:.2}", j.p50, j.p99);

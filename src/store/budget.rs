@@ -16,8 +16,10 @@
 //! nothing in it but its allowance. A member that took claims writes one
 //! ([`Store::step`]) when its view's table still has moves pending, and
 //! every member tries one now and then while they are (a safety net for a
-//! step lost with its member). The step reads the claims under the lock, so
-//! it never lets more than `M` be in motion, whoever writes it.
+//! step lost with its member). A step is written once at least a quarter
+//! of the budget is free, or what is pending fits in what is free: fewer,
+//! larger steps. The step reads the claims under the lock, so it never lets
+//! more than `M` be in motion, whoever writes it.
 
 use postgres::types::Type;
 use postgres::Client;
@@ -138,7 +140,11 @@ impl Store {
             return Ok(None);
         };
         let k = motion.left(m, &t);
-        if k == 0 {
+        // A step once a quarter of the budget is free (or what is pending
+        // fits): each take that completes does not cost a change of its
+        // own (a join of 4 to 4 on 1024 partitions with a budget of 16
+        // took 341 changes stepping at every free unit, for 512 moves).
+        if k == 0 || (k < m.div_ceil(4) && u64::from(k) < t.pending_moves()) {
             return Ok(None);
         }
         let moved = t.apply_change_within(&[], &[], &[], None, (&[], &[]), Some(k));

@@ -55,8 +55,9 @@ toward what is held) and a move budget M = BUDGET instead of hashing: every memb
 owner is gone or ineligible (orphans) are placed at once, and moves between two live members are
 limited to M minus the partitions *in motion* (the table gives them to a member that does not hold
 their claim). A member whose take got claims asks for the next *step* (and now and then, as a
-safety net, without one): under the lock the moves the budget allows now are made as a change that
-bumps the epoch and notifies, like any other. Checked: 6. at every check, at most M partitions that
+safety net, without one): under the lock, once a quarter of the budget is free (or what is
+pending fits), the moves it allows are made as a change that bumps the epoch and notifies, like
+any other. Checked: 6. at every check, at most M partitions that
 a budgeted move gave to a live member have not been taken by it yet; 7. at the end the table is
 balanced (every step was made). Every rule above holds with the table as the ring.
 Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
@@ -505,7 +506,9 @@ class Sim:
         elif op == 'step':
             # the move budget's next step (a member took claims, or its periodic safety net):
             # under the ring's lock, the moves the budget allows now, as a change
-            if live_me and db.budget is not None:
+            # (once a quarter of the budget is free, or what is pending fits: fewer, larger steps)
+            free = db.budget - db.in_motion() if db.budget is not None else 0
+            if live_me and db.budget is not None and (free >= -(-db.budget // 4) or 0 < db.pending() <= free):
                 before = list(db.table)
                 db.place()
                 if db.table != before:

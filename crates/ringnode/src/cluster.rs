@@ -191,6 +191,9 @@ pub struct Snapshot {
     /// Per zone, in the newest view: its partitions and weighted share
     /// (empty when no member has a zone).
     pub zones: Vec<ZoneTally>,
+    /// Moves the ring's move budget still holds back, in the newest view
+    /// (`--max-moving`; 0 without a budget).
+    pub moves_pending: u64,
 }
 
 /// A zone's partitions in a view, and its share of the ring by weight.
@@ -952,6 +955,7 @@ impl Cluster {
             epoch: newest.as_ref().map_or(0, |v| v.epoch()),
             share_max_over_mean: newest.as_ref().map_or(0.0, share_max_over_mean),
             zones: newest.as_ref().map(zone_tallies).unwrap_or_default(),
+            moves_pending: newest.as_ref().map_or(0, |v| v.moves_pending()),
             in_ring,
         }
     }

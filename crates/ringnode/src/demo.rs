@@ -253,7 +253,7 @@ impl Demo {
 
     fn status_line(&self, snap: &Snapshot, c: &Counts) -> String {
         format!(
-            "status t={:.1}s epoch={} members={} largest_share={:.2} paused={} crashed={} active={}/{} pending={} waiting={} claim_waits={} draining={} overlaps={} handoffs={}",
+            "status t={:.1}s epoch={} members={} largest_share={:.2} paused={} crashed={} active={}/{} pending={} waiting={} claim_waits={} draining={} overlaps={} handoffs={} moves_pending={}",
             self.start.elapsed().as_secs_f64(),
             snap.epoch,
             snap.in_ring,
@@ -267,7 +267,8 @@ impl Demo {
             snap.stalls.claim_waits(),
             snap.tally.draining,
             self.overlaps(),
-            self.journal.handoffs()
+            self.journal.handoffs(),
+            snap.moves_pending
         )
     }
 

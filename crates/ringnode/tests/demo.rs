@@ -901,7 +901,10 @@ fn a_budgeted_demo_joins_in_steps() {
         |l| l.contains(" node-2 ") && l.contains("acquired"),
         "node-2 to take partitions",
     );
-    d.wait(settled, "the ring active on three members");
+    d.wait(
+        |l| settled(l) && l.contains(" members=3 ") && l.ends_with(" moves_pending=0"),
+        "the ring balanced over three members",
+    );
     let (status, stderr, lines) = d.quit();
     let taken: Vec<u64> = lines
         .iter()
