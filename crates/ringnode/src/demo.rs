@@ -1545,6 +1545,7 @@ mod tests {
             epoch: 4,
             in_ring: 4,
             share_max_over_mean: 1.0,
+            moves_pending: 0,
             zones: vec![
                 tally("zone-a", 8, 8.0),
                 tally("zone-b", 4, 4.0),
