@@ -688,6 +688,9 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
     let old = all.lock().unwrap().clone();
     settle(&old, size, "the four old members to settle");
     let epoch = old[0].ring().epoch();
+    // An observer follows the steps (changes with nothing but their
+    // allowance) like any other change.
+    let obs = RingObserver::builder(pool(2), &ring).start().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -747,6 +750,16 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
         "32 moves with a budget of {budget} took only {changes} changes"
     );
     assert_within_one_of_share(&nodes[0].ring());
+    let last = nodes[0].ring();
+    wait_until(SETTLE, "the observer at the members' epoch", || {
+        obs.view().epoch() == last.epoch()
+    });
+    assert_eq!(
+        owners(&obs.view()),
+        owners(&last),
+        "the observer places alike"
+    );
+    obs.stop();
     drop(drains);
     for n in nodes {
         n.stop().unwrap();
