@@ -645,3 +645,56 @@ fn start_survives_losing_the_answer_to_its_joins_commit() {
     assert_eq!(node.ring().epoch(), 1, "one join, no second membership");
     node.stop().unwrap();
 }
+
+/// Issue 19: the database stops in the middle of a join held back by a
+/// move budget (takes and the budget's steps fail while it is down) and
+/// comes back well within the lease TTL: the steps resume — written after
+/// the next takes, or by a member's safety net — and the ring reaches its
+/// balance, with no partition ever active on two members.
+#[test]
+fn a_budgeted_join_resumes_its_steps_after_a_database_restart() {
+    init_logs();
+    let server = TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let ring = ring_name("budgetdb");
+    let recorder = Recorder::default();
+    let member = |name: &str| {
+        builder(named_pool(&server, name, 4), &ring, name)
+            .ring_size(64)
+            .placement(leasering::Placement::Balanced)
+            .max_moving(4)
+            .drain_timeout(Duration::from_millis(300))
+    };
+    let mut nodes: Vec<RingNode> = ["o0", "o1"]
+        .iter()
+        .map(|n| recorder.start(member(n)))
+        .collect();
+    wait_until(SETTLE, "the two old members to hold 32 each", || {
+        nodes.iter().all(|n| n.owned_partitions().len() == 32)
+    });
+    nodes.extend(["n0", "n1"].iter().map(|n| recorder.start(member(n))));
+    wait_until(SETTLE, "the joiners to have taken some partitions", || {
+        nodes[2].owned_partitions().len() + nodes[3].owned_partitions().len() >= 4
+    });
+    assert!(
+        nodes[0].status().moves_pending > 0 || nodes[2].status().moves_pending > 0,
+        "the budget holds moves back while the joiners take their share"
+    );
+    server.stop_fast().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    server.start_again().unwrap();
+    wait_until(
+        SETTLE,
+        "the four members to hold 16 each, nothing held back",
+        || {
+            covered_exactly_once(&nodes, 64)
+                && settled(&nodes)
+                && nodes
+                    .iter()
+                    .all(|n| n.owned_partitions().len() == 16 && n.status().moves_pending == 0)
+        },
+    );
+    recorder.assert_no_overlap_and_tokens_increase();
+    for n in nodes {
+        n.stop().unwrap();
+    }
+}
