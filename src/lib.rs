@@ -484,7 +484,7 @@
 //!
 //! An eligibility change is a membership change: the transaction that
 //! writes it, under the ring's lock, bumps the epoch, records a change
-//! ([`Change::eligible`], [`Change::ineligible`]) and notifies the ring, as
+//! (the members made eligible and ineligible) and notifies the ring, as
 //! joins and leaves do. The placement considers eligible members only —
 //! hashed skips ineligible members' vnodes, balanced treats becoming
 //! ineligible as a table leave and becoming eligible as a join — so the
@@ -772,14 +772,15 @@
 //! In the manner of raft-rs, the protocol is a pure core driven by inputs,
 //! and I/O lives at the edge:
 //!
-//! * [`protocol`] — the core, without I/O and without clock reads:
-//!   [`protocol::Ownership`] (the partition state machine: pending, active,
-//!   the local lease) and [`protocol::Session`] (everything else a member
-//!   decides: stale answers, deltas and catch-up, which claims to take and
-//!   when to retry, which to drain and give back, reconciliation, renewals,
-//!   rejoins, cleanup, release timestamps). Inputs in [`protocol::input`],
-//!   effects and next steps in [`protocol::output`]. Public, so that it can
-//!   be simulated and benchmarked; it follows the protocol, not semver.
+//! * `protocol` — the core, without I/O and without clock reads:
+//!   `Ownership` (the partition state machine: pending, active, the local
+//!   lease) and `Session` (everything else a member decides: stale
+//!   answers, deltas and catch-up, which claims to take and when to retry,
+//!   which to drain and give back, reconciliation, renewals, rejoins,
+//!   cleanup, release timestamps), inputs in `protocol::input`, effects and
+//!   next steps in `protocol::output`. Public only with the feature
+//!   `unstable`, for simulation and benchmarks: it follows the protocol,
+//!   not semver.
 //! * [`RingView`] and [`partition_for`] — the ring and the placement, pure.
 //! * the store (private) — each protocol step as one statement or one short
 //!   transaction against PostgreSQL, returning the core's input types.
@@ -902,6 +903,21 @@
 #![deny(missing_docs)]
 
 mod attrs;
+/// A function that is public with the `unstable` feature (see
+/// `Cargo.toml`: the protocol's internals, for simulation and benches) and
+/// crate-private without it, under one name and one body.
+macro_rules! unstable_fn {
+    ($(#[$attr:meta])* fn $($rest:tt)*) => {
+        #[cfg(feature = "unstable")]
+        $(#[$attr])*
+        pub fn $($rest)*
+        #[cfg(not(feature = "unstable"))]
+        $(#[$attr])*
+        #[allow(dead_code)]
+        pub(crate) fn $($rest)*
+    };
+}
+
 #[allow(dead_code)]
 mod balanced;
 mod client;
@@ -914,7 +930,11 @@ mod observer;
 mod owned;
 mod placement;
 mod pool;
+#[cfg(feature = "unstable")]
 pub mod protocol;
+#[cfg(not(feature = "unstable"))]
+#[allow(dead_code, unused_imports)]
+mod protocol;
 mod ring;
 mod store;
 pub mod telemetry;
@@ -931,7 +951,9 @@ pub use node::{Builder, Health, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use observer::{ObserverBuilder, RingObserver};
 pub use owned::OwnedPartitions;
 pub use placement::{partition_for, Placement};
-pub use ring::{Change, MemberInfo, RingArc, RingView};
+#[cfg(feature = "unstable")]
+pub use ring::Change;
+pub use ring::{MemberInfo, RingArc, RingView};
 pub use store::SCHEMA_VERSION;
 
 /// Reads ring `ring_id` of schema `schema` once, as its members see it

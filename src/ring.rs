@@ -183,6 +183,7 @@ impl RingView {
         RingView::build(epoch, ring_size, std::iter::empty::<(u32, &str)>())
     }
 
+    unstable_fn! {
     /// An empty ring under `placement`: [`apply`](RingView::apply) the
     /// ring's changes to it, in order, to get the views the members get
     /// (a balanced view is history, so it cannot be built from the vnodes
@@ -204,7 +205,7 @@ impl RingView {
     /// }
     /// assert!(v.members().iter().all(|m| m.partition_count() == 4));
     /// ```
-    pub fn empty_with(epoch: u64, ring_size: u32, placement: Placement) -> RingView {
+    fn empty_with(epoch: u64, ring_size: u32, placement: Placement) -> RingView {
         let table = match placement {
             Placement::Hashed => None,
             Placement::Balanced => Some(Arc::new(Table::empty(ring_size))),
@@ -219,11 +220,13 @@ impl RingView {
             |_| MemberAttrs::default(),
         )
     }
+    }
 
+    unstable_fn! {
     /// Builds a view from `(position, node id)` pairs. Positions outside the
     /// ring and duplicates (never produced by the store) are ignored; of two
     /// vnodes at one position, the smaller node id wins.
-    pub fn build<'a>(
+    fn build<'a>(
         epoch: u64,
         ring_size: u32,
         vnodes: impl IntoIterator<Item = (u32, &'a str)>,
@@ -237,6 +240,7 @@ impl RingView {
             |_| true,
             |_| MemberAttrs::default(),
         )
+    }
     }
 
     /// [`build`](RingView::build) for either placement: with `table`, the
@@ -386,10 +390,11 @@ impl RingView {
         }
     }
 
+    unstable_fn! {
     /// The view that follows `change`; `self` must be at `change.epoch − 1`
     /// for the result to be the ring at `change.epoch`. Works on member
     /// indices (no string sorting): O(members + vnodes + ring_size).
-    pub fn apply(&self, change: &Change) -> RingView {
+    fn apply(&self, change: &Change) -> RingView {
         let inner = &*self.inner;
         let find = |name: &str| inner.members.binary_search_by(|m| m.node_id().cmp(name));
         let mut dropped = vec![false; inner.members.len()];
@@ -483,6 +488,7 @@ impl RingView {
         let table = self.next_table(change);
         RingView::finish(change.epoch, inner.ring_size, members, vnodes, table)
     }
+    }
 
     /// The balanced table after `change` (`None` for a hashed view). The
     /// added member's weight is the number of positions the change lists,
@@ -542,11 +548,12 @@ impl RingView {
         }
     }
 
+    unstable_fn! {
     /// The view after several consecutive changes (`changes[0]` following
     /// this view's epoch), built once: cheaper than applying them one by one
     /// when a member that fell behind — hundreds of members joining at once
     /// — has many to apply.
-    pub fn apply_all(&self, changes: &[Change]) -> RingView {
+    fn apply_all(&self, changes: &[Change]) -> RingView {
         let Some(last) = changes.last() else {
             return self.clone();
         };
@@ -610,6 +617,7 @@ impl RingView {
                     .unwrap_or_default()
             },
         )
+    }
     }
 
     /// `apply` the slow way: the old view's pairs, changed, built anew.
