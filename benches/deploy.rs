@@ -7,7 +7,7 @@
 //!   server with notifications on (`direct`) and off (`direct-polling`),
 //!   through PgBouncer in session mode with notifications on
 //!   (`pgbouncer-session`), and in transaction mode with
-//!   `transaction_pooling(true)` and notifications off
+//!   `pooling(Pooling::Transaction)`
 //!   (`pgbouncer-transaction`, 4 server connections for everyone). `join`:
 //!   from `start()` until the joiner holds its whole share and nobody else
 //!   holds any of it; `leave`: from `stop()` until every partition of the
@@ -24,7 +24,7 @@
 //!   repointed. `settled`: from the kill until every member holds its share
 //!   again on the new primary; `join_after`: a 5th member started right
 //!   then, from `start()` until it holds its share — with the default
-//!   [`failover_grace`](leasering::Builder::failover_grace) (a TTL and the
+//!   [`failover_grace`](leasering::NodeBuilder::failover_grace) (a TTL and the
 //!   margin: the new primary's grace period) and with `0` (a deployment
 //!   that only promotes synchronous standbys). `LEASERING_BENCH_REPS`
 //!   failovers each (at most 3).
@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasering::{Builder, RingNode};
+use leasering::{NodeBuilder, RingNode};
 use leasering_testkit::{PgBouncer, PoolMode, Sampler, TcpProxy, TestPostgres};
 use support::*;
 
@@ -111,18 +111,20 @@ impl Setup<'_> {
         }
     }
 
-    fn builder(&self, pool: Pool, ring: &str, name: &str) -> Builder {
+    fn builder(&self, pool: Pool, ring: &str, name: &str) -> NodeBuilder {
         let b = RingNode::builder(pool, ring)
             .node_id(name)
             .ring_size(RING_SIZE)
             .lease_ttl(self.ttl)
             .start_timeout(Duration::from_secs(30));
         match self.route {
-            Route::Direct { notify } => b.notifications(notify),
+            Route::Direct { notify } => b.pooling(if notify {
+                leasering::Pooling::Session
+            } else {
+                leasering::Pooling::SessionPolling
+            }),
             Route::Bouncer(PoolMode::Session) => b,
-            Route::Bouncer(PoolMode::Transaction) => {
-                b.transaction_pooling(true).notifications(false)
-            }
+            Route::Bouncer(PoolMode::Transaction) => b.pooling(leasering::Pooling::Transaction),
         }
     }
 }
@@ -141,9 +143,9 @@ fn sample(nodes: &Arc<Mutex<Vec<RingNode>>>) -> Sampler {
 }
 
 fn settled(nodes: &[RingNode]) -> bool {
-    let e = nodes[0].ring().epoch();
+    let e = nodes[0].view().epoch();
     nodes.iter().all(|n| {
-        let v = n.ring();
+        let v = n.view();
         v.epoch() == e
             && v.members().len() == nodes.len()
             && n.owned_partitions().to_vec() == v.partitions_of(n.node_id())
@@ -208,7 +210,7 @@ fn cycles(setup: &Setup<'_>, ring: &str, reps: usize) -> Measured {
         let t0 = Instant::now();
         let joiner = b.start().unwrap_or_else(|e| panic!("start {name}: {e}"));
         nodes.lock().unwrap().push(joiner.clone());
-        let share = joiner.ring().partitions_of(&name);
+        let share = joiner.view().partitions_of(&name);
         let joined = wait("the joiner's share", settle, || {
             let others = &fleet;
             share.iter().all(|p| joiner.owns(*p))
@@ -294,7 +296,7 @@ fn failover_once(ttl: Duration, grace: Option<Duration>, ring: &str) -> (Option<
         let t1 = Instant::now();
         let joiner = start("f4");
         nodes.lock().unwrap().push(joiner.clone());
-        let share = joiner.ring().partitions_of("f4");
+        let share = joiner.view().partitions_of("f4");
         let joined = wait("the joiner's share", settle, || {
             share.iter().all(|p| joiner.owns(*p))
                 && fleet.iter().all(|n| share.iter().all(|p| !n.owns(*p)))

@@ -103,7 +103,7 @@ fn main() {
     let keys: Vec<Vec<u8>> = (0..1024)
         .map(|i| format!("customer-{i}").into_bytes())
         .collect();
-    let view = node.ring();
+    let view = node.view();
     let mask = RING - 1;
 
     let mut rows: Vec<(&str, Stats)> = Vec::new();
@@ -130,7 +130,7 @@ fn main() {
     rows.push((
         "ring().owner_of(p) (view fetched per call)",
         measure(iters / 4, reps, |i| {
-            node.ring().owner_of(i & mask).map(str::len)
+            node.view().owner_of(i & mask).map(str::len)
         }),
     ));
     let observer = leasering::RingObserver::builder(pool(&db, "hot-observer", 2), "hot-path")
@@ -160,7 +160,7 @@ fn main() {
     rows.push((
         "ring().owner_of(p), 2 threads",
         measure_threads(2, iters / 4, reps, |i| {
-            node.ring().owner_of(i & mask).map(str::len)
+            node.view().owner_of(i & mask).map(str::len)
         }),
     ));
 

@@ -35,7 +35,7 @@
 //! members; `0` skips it): a second PostgreSQL with the default
 //! `max_connections = 100`, PgBouncer in transaction mode in front of it
 //! (80 server connections), and n members, each with a client of its own,
-//! in `transaction_pooling` mode with notifications off (TTL 9 s:
+//! with `Pooling::Transaction` (no notifications) (TTL 9 s:
 //! a heartbeat every 3 s, which is what a change waits for without
 //! notifications), then a rolling restart of 16. One line:
 //! `deploy pgbouncer-fleet members=<n> max_connections=100 settle_s=…
@@ -289,8 +289,7 @@ fn child(n: usize, bouncer: Option<u16>) {
             None => b,
             Some(_) => b
                 .lease_ttl(BOUNCER_TTL)
-                .transaction_pooling(true)
-                .notifications(false),
+                .pooling(leasering::Pooling::Transaction),
         }
     };
 
@@ -449,7 +448,7 @@ fn child(n: usize, bouncer: Option<u16>) {
             let instance = next_instance;
             next_instance += 1;
             hub.add(instance, rx);
-            let share = node.ring().partitions_of(&name);
+            let share = node.view().partitions_of(&name);
             members.push(Member { node });
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut done_at = None;
@@ -768,7 +767,7 @@ fn multi() {
     while Instant::now() < deadline {
         let ok = all.iter().all(|m| {
             let s = m.status();
-            s.joined && s.pending == 0 && m.ring().members().len() == MULTI_CLIENTS
+            s.joined && s.pending == 0 && m.view().members().len() == MULTI_CLIENTS
         });
         if ok {
             break;

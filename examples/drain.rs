@@ -1,6 +1,6 @@
 //! Drained handoffs: the next owner starts only when the old one is done.
 //!
-//! With [`Builder::drain_timeout`](leasering::Builder::drain_timeout), the
+//! With [`NodeBuilder::drain_timeout`](leasering::NodeBuilder::drain_timeout), the
 //! `Released` event of a handoff carries a [`DrainGuard`]: the member keeps
 //! the partitions' claims until the guard is dropped (or the timeout
 //! passes), so the next owner starts only after the old one finished the

@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     (200, metrics.render())
                 }
                 "/healthz" => (200, "ok\n".to_string()),
-                "/readyz" => match probe.status().health() {
+                "/readyz" => match probe.status().health {
                     Health::Healthy => (200, "ready\n".to_string()),
                     Health::Unhealthy(why) => (503, format!("not ready: {why}\n")),
                 },

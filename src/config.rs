@@ -31,7 +31,7 @@ pub const MAX_ID_LEN: usize = 200;
 /// bytes) and in every view.
 pub const MAX_METADATA_LEN: usize = 1024;
 
-/// The settings of one ring member. Built by [`Builder`](crate::Builder);
+/// The settings of one ring member. Built by [`NodeBuilder`](crate::NodeBuilder);
 /// usable on its own to validate settings without a database.
 ///
 /// ```
@@ -68,18 +68,10 @@ pub struct Config {
     /// Create (or migrate) the schema at start. Default `true`; turn off to
     /// run with a role that has only DML rights after [`migrate`](crate::migrate).
     pub create_schema: bool,
-    /// Use `LISTEN`/`NOTIFY` for fast handoffs. Default `true`; turn off for
-    /// poolers in transaction mode (handoffs then wait for the heartbeat).
-    pub notifications: bool,
-    /// The pool's connections go through a pooler in *transaction* mode
-    /// (PgBouncer `pool_mode = transaction`), so that nothing may outlive a
-    /// transaction on a server connection. Default `false`. With it, no
-    /// statement is prepared by name (each is sent unnamed and typed), no
-    /// session setting is made (each of a kept connection's statements runs
-    /// in a transaction of its own with `SET LOCAL` timeouts: three round
-    /// trips instead of one) and nothing is `LISTEN`ed to — so
-    /// `notifications` must be `false`.
-    pub transaction_pooling: bool,
+    /// How the pool reaches PostgreSQL, and so how changes are heard.
+    /// Default [`Pooling::Session`]. See
+    /// [`NodeBuilder::pooling`](crate::NodeBuilder::pooling).
+    pub pooling: Pooling,
     /// How long `start()` may take before it fails. Default 10 s.
     pub start_timeout: Duration,
     /// How long `stop()` may take before it fails. Default 5 s.
@@ -111,21 +103,21 @@ pub struct Config {
     pub failover_grace: Option<Duration>,
     /// Whether the member joins ready (eligible for partitions, unless
     /// cordoned). Default `true`; `false` is
-    /// [`Builder::start_unready`](crate::Builder::start_unready): it joins
+    /// [`NodeBuilder::start_unready`](crate::NodeBuilder::start_unready): it joins
     /// holding nothing until [`RingNode::set_ready`](crate::RingNode::set_ready).
     pub start_ready: bool,
     /// At most this many partitions for this member (balanced placement
     /// only). Default `None`: no limit. See
-    /// [`Builder::capacity`](crate::Builder::capacity).
+    /// [`NodeBuilder::capacity`](crate::NodeBuilder::capacity).
     pub capacity: Option<u32>,
     /// The member's zone (failure domain: a rack, an availability zone),
     /// for balanced placement only. Default `None`. See
-    /// [`Builder::zone`](crate::Builder::zone).
+    /// [`NodeBuilder::zone`](crate::NodeBuilder::zone).
     pub zone: Option<String>,
     /// The ring's move budget: at most this many partitions in motion
     /// between live members at once (balanced placement only; stored with
     /// the ring). Default `None`: no budget. See
-    /// [`Builder::max_moving`](crate::Builder::max_moving).
+    /// [`NodeBuilder::max_moving`](crate::NodeBuilder::max_moving).
     pub max_moving: Option<u32>,
 }
 
@@ -142,8 +134,7 @@ impl Config {
             margin: None,
             schema: "leasering".to_string(),
             create_schema: true,
-            notifications: true,
-            transaction_pooling: false,
+            pooling: Pooling::Session,
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             statement_timeout: None,
@@ -243,13 +234,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.transaction_pooling && self.notifications {
-            return Err(Error::invalid(
-                "notifications",
-                "transaction_pooling needs notifications(false): a pooler in transaction mode \
-                 does not deliver LISTEN/NOTIFY",
-            ));
         }
         if self.ring_size == 0 || self.ring_size > MAX_RING_SIZE {
             return Err(Error::invalid(
@@ -548,5 +532,52 @@ mod tests {
         assert_eq!(a.len(), 21);
         assert!(a.starts_with("node_"));
         assert_ne!(a, b);
+    }
+}
+
+/// How a pool reaches PostgreSQL, and so how members and observers hear of
+/// changes ([`NodeBuilder::pooling`](crate::NodeBuilder::pooling),
+/// [`ObserverBuilder::pooling`](crate::ObserverBuilder::pooling)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// Direct connections, or a pooler in *session* mode: `LISTEN`/`NOTIFY`
+    /// tells every change and release at once, so handoffs take
+    /// milliseconds. The default.
+    #[default]
+    Session,
+    /// The same connections, without `LISTEN`: changes and releases are
+    /// found by polling (the renewal, every `lease_ttl / 3`, and the take's
+    /// safety net), so handoffs take that long. For a database where
+    /// listeners are unwelcome.
+    SessionPolling,
+    /// A pooler in *transaction* mode (PgBouncer `pool_mode = transaction`):
+    /// nothing may outlive a transaction on a server connection, so no
+    /// statement is prepared by name (each is sent unnamed and typed), no
+    /// session setting is made (each statement of a kept connection runs in
+    /// a transaction of its own with `SET LOCAL` timeouts) and nothing is
+    /// `LISTEN`ed to: changes are found by polling, as with
+    /// [`SessionPolling`](Pooling::SessionPolling).
+    Transaction,
+}
+
+impl Pooling {
+    /// Whether it `LISTEN`s for notifications.
+    pub(crate) fn notifications(self) -> bool {
+        self == Pooling::Session
+    }
+
+    /// Whether nothing may outlive a transaction.
+    pub(crate) fn transaction_pooling(self) -> bool {
+        self == Pooling::Transaction
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Session => "session",
+            Pooling::SessionPolling => "session polling",
+            Pooling::Transaction => "transaction",
+        })
     }
 }

@@ -14,7 +14,7 @@ pub enum ReleaseReason {
     /// A newer view of the ring gives them to another member (a join, or a
     /// change of arcs). Emitted when the partitions stop being active here,
     /// *before* their claims are given back (after the drain, with
-    /// [`drain_timeout`](crate::Builder::drain_timeout)), so the new owner
+    /// [`drain_timeout`](crate::NodeBuilder::drain_timeout)), so the new owner
     /// cannot start before this event.
     Handoff,
     /// The local lease ran out without a successful renewal (database down,
@@ -75,7 +75,7 @@ pub enum Event {
         epoch: u64,
         /// When they stopped being active.
         at: Instant,
-        /// With [`Builder::drain_timeout`](crate::Builder::drain_timeout)
+        /// With [`NodeBuilder::drain_timeout`](crate::NodeBuilder::drain_timeout)
         /// set, on a handoff or a stop: the next owner starts only when
         /// every copy of this guard (one per subscriber) is dropped, or at
         /// its [`deadline`](DrainGuard::deadline). Keep it while finishing

@@ -33,7 +33,7 @@
 //! Two questions are kept apart:
 //!
 //! * **Who *should* own `p`** — the **view**, a member's copy of the ring
-//!   at some epoch ([`RingNode::ring`]). It is pure placement: every member
+//!   at some epoch ([`RingNode::view`]). It is pure placement: every member
 //!   that has seen the same epoch computes the same owners. Views move
 //!   from member to member at different moments, so two members may both
 //!   believe, for a few milliseconds, that `p` is theirs.
@@ -101,7 +101,7 @@
 //!
 //! ## Events
 //!
-//! [`RingNode::subscribe`] (or [`Builder::subscribe`], before start, to miss
+//! [`RingNode::subscribe`] (or [`NodeBuilder::subscribe`], before start, to miss
 //! nothing) gives an unbounded `crossbeam-channel` receiver: a slow consumer
 //! never blocks the member. Events leave in the order of the state changes,
 //! each stamped with the instant it took effect. The channel disconnects
@@ -243,7 +243,7 @@
 //! claims its members wait for; the payload names the partitions when
 //! they fit). A lost notification is covered by a backing-off retake of
 //! everything still waiting and by the epoch that every renewal returns.
-//! With [`Builder::notifications`] off the ring still works, by polling,
+//! With [`Pooling::SessionPolling`] or [`Pooling::Transaction`] the ring still works, by polling,
 //! only slower.
 //!
 //! **What a handoff waits for.** Between live members that are not frozen,
@@ -343,7 +343,7 @@
 //!   only if none has a longer one than the members that take after a
 //!   failover (give a ring's members one TTL). A take refused this way
 //!   says how long is left, and the member takes again then. The period is
-//!   [`Builder::failover_grace`]: a deployment that only ever promotes a
+//!   [`NodeBuilder::failover_grace`]: a deployment that only ever promotes a
 //!   synchronous standby may set it to zero, so that handoffs right after a
 //!   failover do not wait (nothing acknowledged is lost, so no lease of the
 //!   old timeline is unknown to the new one). The timeline the schema is
@@ -388,7 +388,7 @@
 //!
 //! `Released` means "`owns()` is already false", not "your work has
 //! stopped": a request started just before the handoff may still be
-//! running when the next owner starts. With [`Builder::drain_timeout`] set
+//! running when the next owner starts. With [`NodeBuilder::drain_timeout`] set
 //! (off by default), the `Released` of a handoff or a stop carries a
 //! [`DrainGuard`], cloned into every subscriber's copy of the event. The
 //! member holds on to the partition's claim — so the next owner cannot
@@ -473,7 +473,7 @@
 //! A member takes partitions only while it is *eligible*: ready and not
 //! cordoned. Both are sources of one mechanism (issue 19):
 //!
-//! * **Readiness** is the member's own. [`Builder::start_unready`] joins
+//! * **Readiness** is the member's own. [`NodeBuilder::start_unready`] joins
 //!   holding nothing (the ring stays covered by the others) until
 //!   [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once caches
 //!   are warm; `set_ready(false)` takes it away again. A rejoin after an
@@ -489,7 +489,7 @@
 //! hashed skips ineligible members' vnodes, balanced treats becoming
 //! ineligible as a table leave and becoming eligible as a join — so the
 //! member that loses its partitions releases them as on any view change,
-//! with its drain ([`Builder::drain_timeout`]), and stays a live member
+//! with its drain ([`NodeBuilder::drain_timeout`]), and stays a live member
 //! that renews, holding nothing. Every view lists it
 //! ([`MemberInfo::is_eligible`] says it owns nothing);
 //! [`NodeStatus`] has `ready`, `eligible` and `cordoned`.
@@ -504,9 +504,9 @@
 //! With [`Placement::Balanced`], a member can declare two attributes,
 //! stored with its row from its join on:
 //!
-//! * **Capacity** ([`Builder::capacity`]): it holds at most that many
+//! * **Capacity** ([`NodeBuilder::capacity`]): it holds at most that many
 //!   partitions; what does not fit goes to the other members by weight.
-//! * **Zone** ([`Builder::zone`]): a failure domain (an availability zone,
+//! * **Zone** ([`NodeBuilder::zone`]): a failure domain (an availability zone,
 //!   a rack). Each zone holds within one partition of its share by weight
 //!   (the sum of its members' weights, capped by their capacities); within
 //!   a zone, each member holds within one partition of its part of the
@@ -516,7 +516,7 @@
 //!
 //! [`MemberInfo::capacity`] and [`MemberInfo::zone`] show them, and
 //! `ringnode status` lists them. Hashed placement cannot honour either (it
-//! is a function of the positions alone): [`Builder::start`] refuses them
+//! is a function of the positions alone): [`NodeBuilder::start`] refuses them
 //! there with an [`ErrorKind::InvalidConfig`] error naming the value.
 //!
 //! **Failure mode:** when the members' capacities add up to less than the
@@ -531,7 +531,7 @@
 //! An operator can pin a partition to a node id ([`pin`], [`unpin`],
 //! `ringnode pin`): with balanced placement, the partition moves there with
 //! the usual drained handoff and stays through joins and leaves while that
-//! node is an eligible member with room ([`Builder::capacity`]). While the
+//! node is an eligible member with room ([`NodeBuilder::capacity`]). While the
 //! node is away, unready or cordoned, the partition is placed as any other,
 //! and it goes back when the node does. The other partitions are placed
 //! around the pins. A pin is stored with the ring and written as a
@@ -552,7 +552,7 @@
 //! By default a change moves everything it moves at once: four members
 //! joining a ring of four hand over half the ring together, and each of
 //! those partitions is idle for its drain and handoff. A ring with a
-//! **move budget** ([`Builder::max_moving`], balanced placement, stored with
+//! **move budget** ([`NodeBuilder::max_moving`], balanced placement, stored with
 //! the ring) keeps at most `M` partitions *in motion* between live members
 //! at once — a partition is in motion while the placement gives it to a
 //! member that does not hold its claim yet:
@@ -588,7 +588,7 @@
 //! ## Routing: member metadata and the observer
 //!
 //! A member can publish a small string with its row
-//! ([`Builder::metadata`], e.g. `"10.0.0.7:8080"`): every view shows it in
+//! ([`NodeBuilder::metadata`], e.g. `"10.0.0.7:8080"`): every view shows it in
 //! [`MemberInfo::metadata`]. A process that is not a member — a gateway, a
 //! producer — follows the ring with a [`RingObserver`]: no lease, no claim,
 //! one connection; it reads the ring, applies the changes the members'
@@ -830,7 +830,7 @@
 //!
 //! /// A readiness endpoint's status code and one-line body.
 //! fn readyz(node: &RingNode) -> (u16, String) {
-//!     match node.status().health() {
+//!     match node.status().health {
 //!         Health::Healthy => (200, "ready".into()),
 //!         Health::Unhealthy(why) => (503, format!("not ready: {why}")),
 //!     }
@@ -894,8 +894,8 @@
 //! already`: the error says so (for pools [`Client::connect`] builds).
 //!
 //! Behind a pooler in *transaction* mode (PgBouncer `pool_mode =
-//! transaction`) set [`Builder::transaction_pooling`] and turn
-//! notifications off: nothing then outlives a transaction on a server
+//! transaction`) set [`NodeBuilder::pooling`] to
+//! [`Pooling::Transaction`]: nothing then outlives a transaction on a server
 //! connection (no named prepared statements, no session settings, no
 //! `LISTEN`), and handoffs wait for the renewals instead. Session mode needs
 //! nothing. TLS is whatever connector the pool was built with.
@@ -943,11 +943,11 @@ pub mod trace;
 pub use client::Client;
 pub use clock::monotonic_ns;
 pub use config::{
-    Config, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,
+    Config, Pooling, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use event::{DrainGuard, Event, ReleaseReason};
-pub use node::{Builder, Health, NodeStatus, RingNode, MIN_POOL_SIZE};
+pub use node::{Health, NodeBuilder, NodeStatus, RingNode, MIN_POOL_SIZE};
 pub use observer::{ObserverBuilder, RingObserver};
 pub use owned::OwnedPartitions;
 pub use placement::{partition_for, Placement};
@@ -1036,7 +1036,7 @@ pub fn cordon(
 /// epoch: the partition moves to `node_id` (with the usual handoff: its old
 /// owner drains and releases it) and stays there through joins and leaves
 /// while `node_id` is an eligible member. While `node_id` is absent,
-/// ineligible or full ([`Builder::capacity`]), the partition follows the
+/// ineligible or full ([`NodeBuilder::capacity`]), the partition follows the
 /// placement; it goes back when the node does. The rest of the ring is
 /// placed around the pins. Returns the change's epoch, `None` when the pin
 /// was there already.
@@ -1101,7 +1101,7 @@ fn pin_store(schema: &str, ring_id: &str, node_id: Option<&str>) -> Result<store
 
 /// Creates or migrates the leasering schema `schema` with `client`, for
 /// administrators who start nodes with a DML-only role
-/// (`Builder::create_schema(false)`). Idempotent.
+/// (`NodeBuilder::create_schema(false)`). Idempotent.
 pub fn migrate(client: &mut postgres::Client, schema: &str) -> Result<()> {
     let mut cfg = Config::new("migrate");
     cfg.schema = schema.to_string();

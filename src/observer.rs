@@ -34,7 +34,7 @@ use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::client::{Client, Mode};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::partition_for;
 use crate::pool::ConnSource;
@@ -58,8 +58,7 @@ pub struct ObserverBuilder {
     source: Source,
     ring_id: String,
     schema: String,
-    notifications: bool,
-    transaction_pooling: bool,
+    pooling: crate::Pooling,
     poll_interval: Duration,
     start_timeout: Duration,
     statement_timeout: Duration,
@@ -71,8 +70,7 @@ impl ObserverBuilder {
             source,
             ring_id,
             schema: "leasering".into(),
-            notifications: true,
-            transaction_pooling: false,
+            pooling: crate::Pooling::Session,
             poll_interval: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(5),
@@ -88,19 +86,13 @@ impl ObserverBuilder {
         self.schema = schema.into();
         self
     }
-    /// Follow the members' notifications (`LISTEN`). Default `true`; off
-    /// behind a pooler in transaction mode, when the view follows by
-    /// polling alone.
-    pub fn notifications(mut self, yes: bool) -> ObserverBuilder {
-        self.notifications = yes;
-        self
-    }
-    /// Behind a pooler in transaction mode (like
-    /// [`Builder::transaction_pooling`](crate::Builder::transaction_pooling)):
-    /// no session state on the kept connection, each read a transaction of
-    /// its own. Needs `notifications(false)`. Default `false`.
-    pub fn transaction_pooling(mut self, yes: bool) -> ObserverBuilder {
-        self.transaction_pooling = yes;
+    /// How the pool reaches PostgreSQL, as for a member
+    /// ([`NodeBuilder::pooling`](crate::NodeBuilder::pooling)). Default
+    /// [`Pooling::Session`](crate::Pooling::Session): the view follows the
+    /// members' notifications; otherwise it follows by polling alone
+    /// ([`poll_interval`](ObserverBuilder::poll_interval)).
+    pub fn pooling(mut self, pooling: crate::Pooling) -> ObserverBuilder {
+        self.pooling = pooling;
         self
     }
     /// How often the change log is read even without a notification.
@@ -131,8 +123,7 @@ impl ObserverBuilder {
     pub fn start(self) -> Result<RingObserver> {
         let mut cfg = Config::new(self.ring_id.clone());
         cfg.schema = self.schema.clone();
-        cfg.notifications = self.notifications;
-        cfg.transaction_pooling = self.transaction_pooling;
+        cfg.pooling = self.pooling;
         cfg.statement_timeout = Some(self.statement_timeout);
         cfg.validate()?;
         if self.poll_interval < Duration::from_millis(10) {
@@ -148,10 +139,7 @@ impl ObserverBuilder {
             Source::Pool(pool) => Client::with_source(pool, Some("observer".into())),
             Source::Client(c) => c,
         };
-        client.shared.check_mode(Mode {
-            notifications: self.notifications,
-            transaction_pooling: self.transaction_pooling,
-        })?;
+        client.shared.check_mode(self.pooling)?;
         let follower = Arc::new(Follower::new(cfg, self.poll_interval));
         let pool = client.shared.pool.clone();
         let deadline = Instant::now() + self.start_timeout;
@@ -159,7 +147,11 @@ impl ObserverBuilder {
             let first = pool
                 .get(self.statement_timeout, "observe the ring")
                 .and_then(|c| {
-                    let mut held = hold(c, self.statement_timeout, !self.transaction_pooling)?;
+                    let mut held = hold(
+                        c,
+                        self.statement_timeout,
+                        !self.pooling.transaction_pooling(),
+                    )?;
                     let r = follower.read_full(&mut follower.state.lock(), &mut held);
                     held.unhold();
                     r
@@ -448,7 +440,10 @@ impl Follower {
 
     /// The channel the client's connection listens on for this observer.
     pub(crate) fn channel(&self) -> Option<String> {
-        self.cfg.notifications.then(|| self.channel.clone())
+        self.cfg
+            .pooling
+            .notifications()
+            .then(|| self.channel.clone())
     }
 
     /// A notification on the ring's channel (from the connection thread).

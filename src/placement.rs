@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// with 2.8× the mean is the one that falls over), `Hashed` when other
 /// programs must compute owners from the vnodes alone, or a member should
 /// get exactly its old partitions back after a restart. Weights: a member's
-/// [`vnode_count`](crate::Builder::vnode_count) is its weight in both.
+/// [`vnode_count`](crate::NodeBuilder::vnode_count) is its weight in both.
 ///
 /// ```
 /// use leasering::Placement;

@@ -44,7 +44,7 @@ pub struct Change {
     pub pinned: Vec<(u32, String)>,
     /// Partitions an operator unpinned.
     pub unpinned: Vec<u32>,
-    /// On a ring with a move budget ([`Builder::max_moving`](crate::Builder::max_moving)),
+    /// On a ring with a move budget ([`NodeBuilder::max_moving`](crate::NodeBuilder::max_moving)),
     /// how many partitions this change may move between members that stay
     /// (the budget less what was in motion when it was written); `None`:
     /// no budget. A change with nothing else in it is a budget's next step.
@@ -87,7 +87,7 @@ impl MemberInfo {
         self.0.positions.len() as u32
     }
     /// The metadata it was started with
-    /// ([`Builder::metadata`](crate::Builder::metadata)), e.g. its address.
+    /// ([`NodeBuilder::metadata`](crate::NodeBuilder::metadata)), e.g. its address.
     pub fn metadata(&self) -> Option<&str> {
         self.0.metadata.as_deref()
     }
@@ -98,12 +98,12 @@ impl MemberInfo {
     pub fn is_eligible(&self) -> bool {
         self.0.eligible
     }
-    /// The most partitions it takes ([`Builder::capacity`](crate::Builder::capacity)),
+    /// The most partitions it takes ([`NodeBuilder::capacity`](crate::NodeBuilder::capacity)),
     /// if it declared a limit.
     pub fn capacity(&self) -> Option<u32> {
         self.0.attrs.capacity
     }
-    /// Its zone ([`Builder::zone`](crate::Builder::zone)), if it declared one.
+    /// Its zone ([`NodeBuilder::zone`](crate::NodeBuilder::zone)), if it declared one.
     pub fn zone(&self) -> Option<&str> {
         self.0.attrs.zone.as_deref()
     }
@@ -533,7 +533,7 @@ impl RingView {
 
     /// On a balanced view: how many partitions its placement would still
     /// move to reach its targets — on a ring with a move budget
-    /// ([`Builder::max_moving`](crate::Builder::max_moving)), what later
+    /// ([`NodeBuilder::max_moving`](crate::NodeBuilder::max_moving)), what later
     /// steps move. 0 for a balanced ring at rest and for a hashed view.
     pub fn moves_pending(&self) -> u64 {
         self.inner.table.as_ref().map_or(0, |t| t.pending_moves())

@@ -9,7 +9,7 @@ use common::*;
 use leasering::{ErrorKind, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
-fn expect(kind: ErrorKind, needle: &str, b: leasering::Builder) {
+fn expect(kind: ErrorKind, needle: &str, b: leasering::NodeBuilder) {
     match b.start() {
         Ok(n) => {
             let _ = n.stop();

@@ -95,7 +95,7 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     wait_until(SETTLE, "3 members to settle", || {
         nodes
             .iter()
-            .all(|n| n.ring().members().len() == 3 && n.status().pending == 0)
+            .all(|n| n.view().members().len() == 3 && n.status().pending == 0)
     });
     let held_by_frozen = claims_of(db, &ring, "frozen");
     assert!(!held_by_frozen.is_empty());
@@ -103,7 +103,7 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     // A join while a member is frozen: what the joiner takes from the live
     // members moves at once — while the frozen member's lease is still live.
     let joiner = recorder.start(b("joiner"));
-    let share = joiner.ring().partitions_of("joiner");
+    let share = joiner.view().partitions_of("joiner");
     let from_live: Vec<u32> = share
         .iter()
         .copied()
@@ -148,7 +148,7 @@ fn a_frozen_member_delays_only_the_partitions_whose_claims_it_holds() {
     // (Those the frozen member now succeeds to wait for it, like those it
     // holds.)
     wait_until(SETTLE, "the leaver's partitions to be taken over", || {
-        let view = joiner.ring();
+        let view = joiner.view();
         leaver_parts.iter().all(|p| {
             nodes.iter().any(|n| n.owns(*p))
                 || held_by_frozen.contains(p)
@@ -216,7 +216,7 @@ struct Working {
 }
 
 impl Working {
-    fn start(b: leasering::Builder, log: &Log) -> Working {
+    fn start(b: leasering::NodeBuilder, log: &Log) -> Working {
         let mut b = b;
         let rx = b.subscribe();
         let node = b.start().unwrap();
@@ -373,7 +373,7 @@ fn a_drain_whose_guard_is_kept_ends_at_its_timeout() {
         acquired_at - released_at
     );
     wait_until(SETTLE, "the new member to hold its share", || {
-        new.owned_partitions().len() == new.ring().partitions_of("new").len()
+        new.owned_partitions().len() == new.view().partitions_of("new").len()
     });
     drop(kept);
     new.stop().unwrap();
@@ -552,7 +552,7 @@ fn a_release_whose_answer_is_lost_does_not_block_the_partition_while_its_member_
     // the database; the connection is cut meanwhile: the answer is lost.
     slow_claims_for(db, &app, 1.5, "BEFORE", "UPDATE");
     let b = recorder.start(builder(pool(4), &ring, "b").lease_ttl(ttl).ring_size(64));
-    let b_share = b.ring().partitions_of("b");
+    let b_share = b.view().partitions_of("b");
     wait_until(SETTLE, "a to hand b's partitions off", || {
         b_share.iter().all(|p| !a.owns(*p))
     });
@@ -599,7 +599,7 @@ fn a_claim_whose_take_answer_was_lost_is_given_back_at_the_next_renewal() {
     // a's partitions: a no longer wants them, and nothing but the
     // reconciliation at a's next renewal gives them back.
     let a_name = "a";
-    let y_name = follower_of(&x.ring(), a_name, 64);
+    let y_name = follower_of(&x.view(), a_name, 64);
     // After the rows are updated: y's take of them waits for a's to commit.
     slow_takes_for(db, &app, 1.5);
     let a = recorder.start(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leasering::{Builder, ErrorKind, RingNode};
+use leasering::{ErrorKind, NodeBuilder, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
 use leasering_testkit::{MemberArgs, MemberProcess, PgBouncer, PoolMode, ProxyMode, TcpProxy};
@@ -76,14 +76,14 @@ fn bouncer(mode: PoolMode, server_pool: u32) -> PgBouncer {
 }
 
 /// A member of `ring` through `b`, set for its pool mode.
-fn member_via(b: &PgBouncer, ring: &str, node: &str) -> Builder {
+fn member_via(b: &PgBouncer, ring: &str, node: &str) -> NodeBuilder {
     let pool = b.pool(node, 4).unwrap_or_else(|e| panic!("pool: {e}"));
     let builder = common::builder(pool, ring, node)
         .lease_ttl(TTL)
         .ring_size(RING_SIZE);
     match b.mode() {
         PoolMode::Session => builder,
-        PoolMode::Transaction => builder.transaction_pooling(true).notifications(false),
+        PoolMode::Transaction => builder.pooling(leasering::Pooling::Transaction),
     }
 }
 
@@ -158,14 +158,14 @@ fn through_pgbouncer(mode: PoolMode, server_pool: u32) {
     .unwrap_or_else(|e| panic!("{e}"));
     wait_until(SETTLE, "the member process to get its share", || {
         let all = nodes.lock().unwrap().clone();
-        let view = all[0].ring();
+        let view = all[0].view();
         let theirs = view.partitions_of("victim");
         view.members().len() == 7
             && !theirs.is_empty()
-            && all.iter().all(|n| n.ring().epoch() == view.epoch())
+            && all.iter().all(|n| n.view().epoch() == view.epoch())
             && theirs.iter().all(|p| {
                 all.iter()
-                    .all(|n| !n.ring().partitions_of(n.node_id()).contains(p))
+                    .all(|n| !n.view().partitions_of(n.node_id()).contains(p))
             })
             && all
                 .iter()
@@ -272,14 +272,32 @@ fn through_pgbouncer_in_transaction_mode_without_notifications() {
     through_pgbouncer(PoolMode::Transaction, 3);
 }
 
+/// The members and observers of one client share its connection, so its
+/// pooling mode: a second mode is refused with a typed error naming both.
 #[test]
-fn transaction_pooling_refuses_notifications() {
-    let err = RingNode::builder(pool(3), "tp")
-        .transaction_pooling(true)
+fn a_client_refuses_a_second_pooling_mode() {
+    let client = leasering::Client::new(pool(3));
+    let ring = ring_name("tp");
+    let a = client.member(&ring).node_id("a").start().unwrap();
+    let err = client
+        .member(&ring)
+        .node_id("b")
+        .pooling(leasering::Pooling::Transaction)
         .start()
-        .expect_err("transaction pooling with notifications on must be refused");
+        .expect_err("a second pooling mode on one client must be refused");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
-    assert!(err.to_string().contains("notifications(false)"), "{err}");
+    assert!(
+        err.to_string().contains("pooling session")
+            && err.to_string().contains("pooling transaction"),
+        "{err}"
+    );
+    let err = client
+        .observer(&ring)
+        .pooling(leasering::Pooling::SessionPolling)
+        .start()
+        .expect_err("an observer with another mode must be refused");
+    assert!(err.to_string().contains("pooling session polling"), "{err}");
+    a.stop().unwrap();
 }
 
 // ---- a pool shared with the application -----------------------------------
@@ -788,7 +806,7 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
     // It agrees with the members: same epoch, same owner of every partition.
     let agrees = |nodes: &Arc<Mutex<Vec<RingNode>>>| {
         let v = observer.view();
-        let m = nodes.lock().unwrap()[0].ring();
+        let m = nodes.lock().unwrap()[0].view();
         v.epoch() == m.epoch() && (0..RING_SIZE).all(|p| v.owner_of(p) == m.owner_of(p))
     };
     wait_until(SETTLE, "the observer to agree with the members", || {

@@ -1,5 +1,5 @@
 //! Eligibility (issue 19, items 1 and 2) on a real PostgreSQL: the
-//! readiness gate (`Builder::start_unready`, `RingNode::set_ready`) and
+//! readiness gate (`NodeBuilder::start_unready`, `RingNode::set_ready`) and
 //! cordons (`leasering::cordon`), one mechanism: an ineligible member is a
 //! live member that owns nothing, and becoming ineligible sheds its
 //! partitions with drain, as on any view change.
@@ -16,7 +16,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Whether `n` is gated: it owns nothing and its view gives it nothing.
 fn holds_nothing(n: &RingNode) -> bool {
-    n.owned_partitions().is_empty() && n.ring().partitions_of(n.node_id()).is_empty()
+    n.owned_partitions().is_empty() && n.view().partitions_of(n.node_id()).is_empty()
 }
 
 /// A rolling deploy: each new member starts not ready, warms up for 1 s
@@ -66,7 +66,7 @@ fn a_rolling_deploy_with_a_warm_up_never_assigns_an_unready_member() {
                 .cloned()
                 .collect();
             for o in &others {
-                let view = o.ring();
+                let view = o.view();
                 if let Some(m) = view.member(new.node_id()) {
                     assert!(!m.is_eligible() && m.partition_count() == 0);
                 }
@@ -180,7 +180,7 @@ fn readiness_taken_away_sheds_with_drain_and_given_back_restores_a_share() {
         "{st:?}"
     );
     assert!(holds_nothing(&b));
-    assert!(a.ring().member("b").is_some(), "b is still a member");
+    assert!(a.view().member("b").is_some(), "b is still a member");
     b.set_ready(true).unwrap();
     wait_until(SETTLE, "b to get a share back", || {
         !b.owned_partitions().is_empty() && covered_exactly_once(&both, size) && settled(&both)

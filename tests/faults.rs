@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use leasering::{Builder, Event, ReleaseReason, RingNode};
+use leasering::{Event, NodeBuilder, ReleaseReason, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
 use leasering_testkit::{instant_of, MemberArgs, MemberProcess, ProxyMode, TcpProxy, TestPostgres};
@@ -17,7 +17,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(2);
 
 /// The common test builder with the short TTL these fault tests are about.
-fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
+fn builder(pool: Pool, ring: &str, node: &str) -> NodeBuilder {
     common::builder(pool, ring, node).lease_ttl(TTL)
 }
 
@@ -78,14 +78,14 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
         .map(|i| recorder.start(builder(pool(4), &ring, &format!("s{i}")).schema(schema.clone())))
         .collect();
     wait_until(SETTLE, "survivors to see 3 members", || {
-        survivors.iter().all(|n| n.ring().members().len() == 3)
+        survivors.iter().all(|n| n.view().members().len() == 3)
     });
     wait_until(SETTLE, "survivors to hold their share", || {
         survivors
             .iter()
-            .all(|n| n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len())
+            .all(|n| n.owned_partitions().len() == n.view().partitions_of(n.node_id()).len())
     });
-    let victim_parts = survivors[0].ring().partitions_of("victim");
+    let victim_parts = survivors[0].view().partitions_of("victim");
     assert!(!victim_parts.is_empty());
     // Let it renew a few times, then kill it hard.
     std::thread::sleep(TTL / 2);
@@ -206,7 +206,7 @@ fn a_member_paused_past_its_ttl_fences_does_not_resurrect_and_rejoins() {
     wait_until(
         SETTLE,
         "the paused member to rejoin and the ring to settle",
-        || covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3),
+        || covered_exactly_once(&all, 1024) && all.iter().all(|n| n.view().members().len() == 3),
     );
     sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
@@ -288,8 +288,8 @@ fn database_down_longer_than_ttl_fences_everyone_before_their_lease_ends() {
         || {
             covered_exactly_once(&nodes, 1024)
                 && nodes.iter().all(|n| {
-                    n.ring().members().len() == 3
-                        && n.owned_partitions().len() == n.ring().partitions_of(n.node_id()).len()
+                    n.view().members().len() == 3
+                        && n.owned_partitions().len() == n.view().partitions_of(n.node_id()).len()
                 })
         },
     );
@@ -438,7 +438,7 @@ fn a_stalled_connection_fences_the_member_and_a_cut_one_heals() {
     });
     proxy.set_mode(ProxyMode::Pass);
     wait_until(SETTLE, "the stalled member to come back", || {
-        covered_exactly_once(&all, 1024) && all.iter().all(|n| n.ring().members().len() == 3)
+        covered_exactly_once(&all, 1024) && all.iter().all(|n| n.view().members().len() == 3)
     });
     // A stop while the connection is stalled keeps its bound and owns
     // nothing afterwards; the member's row goes once its lease ends.
@@ -520,20 +520,20 @@ fn a_failing_watcher_makes_the_member_unready_while_its_lease_runs() {
     };
     let a = start(role_pool, "wa");
     wait_until(SETTLE, "wa to own the ring and be healthy", || {
-        a.owned_partitions().len() == 32 && a.status().is_healthy()
+        a.owned_partitions().len() == 32 && a.status().health.is_healthy()
     });
     admin
         .batch_execute(&format!("REVOKE UPDATE ON {schema}.claims FROM {role}"))
         .unwrap();
     // A join: `wa` must give `wb` its share and cannot.
     let b = start(pool(4), "wb");
-    let share = b.ring().partitions_of("wb");
+    let share = b.view().partitions_of("wb");
     assert!(!share.is_empty());
     wait_until(
         SETTLE,
         "wa to be unhealthy because its watcher fails (permission denied)",
         || {
-            a.status().unhealthy_reason.is_some_and(|r| {
+            a.status().health.reason().is_some_and(|r| {
                 r.starts_with("watcher failing for") && r.contains("permission denied")
             })
         },
@@ -553,7 +553,7 @@ fn a_failing_watcher_makes_the_member_unready_while_its_lease_runs() {
     wait_until(
         SETTLE,
         "wb to get its share and wa to be healthy again",
-        || share.iter().all(|p| b.owns(*p)) && a.status().is_healthy(),
+        || share.iter().all(|p| b.owns(*p)) && a.status().health.is_healthy(),
     );
     b.stop().unwrap();
     a.stop().unwrap();
@@ -642,7 +642,7 @@ fn start_survives_losing_the_answer_to_its_joins_commit() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 1, "one member row: no ghost of a lost try");
-    assert_eq!(node.ring().epoch(), 1, "one join, no second membership");
+    assert_eq!(node.view().epoch(), 1, "one join, no second membership");
     node.stop().unwrap();
 }
 

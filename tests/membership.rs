@@ -23,11 +23,11 @@ fn a_single_member_owns_every_partition_with_a_token() {
         node.owned_partitions().len() == 256
     });
     let owned = node.owned_partitions();
-    let epoch = node.ring().epoch();
+    let epoch = node.view().epoch();
     for p in 0..256 {
         assert!(node.owns(p), "partition {p}");
         assert_eq!(owned.token(p), Some(epoch), "token of {p}");
-        assert_eq!(node.ring().owner_of(p), Some("solo"));
+        assert_eq!(node.view().owner_of(p), Some("solo"));
     }
     assert!(!node.owns(256));
     assert_eq!(
@@ -87,11 +87,11 @@ fn converge_checked(join_at_once: bool) {
         SETTLE,
         "all views at one epoch, each member holding its share",
         || {
-            let e = all[0].ring().epoch();
-            all.iter().all(|n| n.ring().epoch() == e)
+            let e = all[0].view().epoch();
+            all.iter().all(|n| n.view().epoch() == e)
                 && all
                     .iter()
-                    .all(|n| n.owned_partitions().to_vec() == n.ring().partitions_of(n.node_id()))
+                    .all(|n| n.owned_partitions().to_vec() == n.view().partitions_of(n.node_id()))
         },
     );
     let sampled = sampler.finish();
@@ -264,7 +264,7 @@ fn a_live_node_id_cannot_be_taken_over() {
     assert!(err.to_string().contains("same"), "{err}");
     a.stop().unwrap();
     // Once it left, the id is free again, with the same positions.
-    let positions = |n: &RingNode| n.ring().member(n.node_id()).unwrap().positions().to_vec();
+    let positions = |n: &RingNode| n.view().member(n.node_id()).unwrap().positions().to_vec();
     let b = builder(pool(4), &ring, "same").start().unwrap();
     let first = positions(&b);
     b.stop().unwrap();
@@ -298,7 +298,7 @@ fn notifications_off_still_hands_over() {
         builder(pool(4), &ring, name)
             .ring_size(64)
             .lease_ttl(Duration::from_secs(3))
-            .notifications(false)
+            .pooling(leasering::Pooling::SessionPolling)
             .start()
             .unwrap()
     };

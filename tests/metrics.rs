@@ -183,7 +183,11 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
         builder(pool(4), &ring, node)
             .ring_size(64)
             .lease_ttl(ttl)
-            .notifications(notifications)
+            .pooling(if notifications {
+                leasering::Pooling::Session
+            } else {
+                leasering::Pooling::SessionPolling
+            })
     };
     let start = |node: &str, notifications: bool, ttl: Duration| -> RingNode {
         member(node, notifications, ttl).start().unwrap()
@@ -201,7 +205,7 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
     assert!(m.gauge("leasering_lease_remaining_seconds", "ma") > 0.0);
     assert!(m.gauge("leasering_epoch", "ma") >= 1.0);
     assert_eq!(m.gauge("leasering_healthy", "ma"), 1.0);
-    assert!(a.status().is_healthy());
+    assert!(a.status().health.is_healthy());
 
     // A join while `ma` is frozen: `mb` waits for claims `ma` holds. The
     // pause (`mb` made ready beforehand) is far longer than the join and
@@ -221,14 +225,14 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
                     &["reason=handoff"],
                 ) > 0
                 && m.gauge("leasering_partitions_active", "mb")
-                    == b.ring().partitions_of("mb").len() as f64
+                    == b.view().partitions_of("mb").len() as f64
         },
     );
     assert!(m.gauge_max("leasering_partitions_pending", "mb") > 0.0);
     assert!(m.gauge_max("leasering_partitions_waiting_for_claim", "mb") > 0.0);
     assert_eq!(
         m.count("leasering_partitions_acquired_total", "mb", &[]),
-        b.ring().partitions_of("mb").len() as u64
+        b.view().partitions_of("mb").len() as u64
     );
     wait_until(SETTLE, "ma's epoch lag to show and end", || {
         m.gauge_max("leasering_epoch_lag", "ma") >= 1.0
@@ -237,7 +241,7 @@ fn membership_changes_move_the_partition_handoff_epoch_and_claim_metrics() {
 
     // A graceful leave: `ma` takes `mb`'s share over, cause `leave`.
     b.stop().unwrap();
-    assert!(!b.status().is_healthy());
+    assert!(!b.status().health.is_healthy());
     assert_eq!(m.gauge("leasering_healthy", "mb"), 0.0);
     wait_until(SETTLE, "a leave handoff on ma", || {
         m.count("leasering_handoff_seconds", "ma", &["cause=leave"]) > 0
@@ -316,7 +320,9 @@ fn a_stalled_link_moves_the_failure_fence_eviction_and_rejoin_metrics() {
     });
     let reason = p
         .status()
-        .unhealthy_reason
+        .health
+        .reason()
+        .map(str::to_string)
         .expect("a fenced member is unhealthy");
     assert!(reason.starts_with("fenced"), "{reason}");
     // A stalled link hangs the renewal on the connection the heartbeat
@@ -341,8 +347,8 @@ fn a_stalled_link_moves_the_failure_fence_eviction_and_rejoin_metrics() {
             .expect("status() of a member whose renewals fail did not return");
         st.last_error.is_some()
             && st
-                .unhealthy_reason
-                .as_deref()
+                .health
+                .reason()
                 .is_some_and(|r| r.contains("renewals failing for") && r.contains("last error: "))
     });
     wait_until(SETTLE, "sq to clean sp up and cover the ring", || {
@@ -355,7 +361,7 @@ fn a_stalled_link_moves_the_failure_fence_eviction_and_rejoin_metrics() {
             && m.count("leasering_rejoins_total", "sp", &[]) > 0
             && m.gauge("leasering_healthy", "sp") == 1.0
     });
-    assert!(p.status().is_healthy());
+    assert!(p.status().health.is_healthy());
     p.stop().unwrap();
     q.stop().unwrap();
 }

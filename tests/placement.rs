@@ -48,10 +48,10 @@ fn settle(nodes: &[RingNode], size: u32, what: &str) {
     });
     // Views built by different paths (the absorber's own, a delta, a full
     // read) place every partition alike.
-    let first = owners(&nodes[0].ring());
+    let first = owners(&nodes[0].view());
     for n in &nodes[1..] {
         assert_eq!(
-            owners(&n.ring()),
+            owners(&n.view()),
             first,
             "{} disagrees with {}",
             n.node_id(),
@@ -83,7 +83,7 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
         nodes.lock().unwrap().push(n);
         let all = nodes.lock().unwrap().clone();
         settle(&all, size, &format!("{} balanced members to settle", i + 1));
-        let view = all[0].ring();
+        let view = all[0].view();
         assert_eq!(view.placement(), Placement::Balanced);
         assert_within_one_of_share(&view);
         if let Some(old) = &before {
@@ -105,7 +105,7 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
     let all = nodes.lock().unwrap().clone();
     // A graceful leave moves only the leaver's partitions.
     let leaver = all[3].clone();
-    let old = owners(&leaver.ring());
+    let old = owners(&leaver.view());
     leaver.stop().unwrap();
     let rest: Vec<RingNode> = all
         .iter()
@@ -114,7 +114,7 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
         .collect();
     *nodes.lock().unwrap() = rest.clone();
     settle(&rest, size, "5 members to settle after b3 left");
-    let view = rest[0].ring();
+    let view = rest[0].view();
     assert_within_one_of_share(&view);
     let v = owners(&view);
     assert!(
@@ -132,17 +132,17 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
         .collect();
     *nodes.lock().unwrap() = alive.clone();
     settle(&alive, size, "4 members to settle after a crash");
-    assert_within_one_of_share(&alive[0].ring());
+    assert_within_one_of_share(&alive[0].view());
     // The table the database stored (read whole by a new observer) is the
     // one the members computed change by change.
     let late = RingObserver::builder(pool(2), &ring).start().unwrap();
     wait_until(SETTLE, "a new observer to read the members' epoch", || {
-        late.view().epoch() == alive[0].ring().epoch()
+        late.view().epoch() == alive[0].view().epoch()
     });
     assert_eq!(late.view().placement(), Placement::Balanced);
     assert_eq!(
         owners(&late.view()),
-        owners(&alive[0].ring()),
+        owners(&alive[0].view()),
         "stored table != members' tables"
     );
     late.stop();
@@ -176,7 +176,7 @@ fn a_mismatched_placement_is_a_typed_error_naming_both() {
         "{err}"
     );
     assert!(
-        first.status().is_healthy(),
+        first.status().health.is_healthy(),
         "the ring's member is unaffected"
     );
     first.stop().unwrap();
@@ -221,13 +221,13 @@ fn metadata_reaches_every_view_and_the_observer() {
     wait_until(
         SETTLE,
         "every view (and the observer's) to show a's and b's metadata",
-        || [&a, &b, &c].iter().all(|n| want(&n.ring())) && want(&obs.view()),
+        || [&a, &b, &c].iter().all(|n| want(&n.view())) && want(&obs.view()),
     );
     // A late observer gets it from a full read.
     let late = RingObserver::builder(pool(2), &ring).start().unwrap();
     assert!(want(&late.view()), "{:?}", late.view().members());
     let p = (0..64)
-        .find(|p| a.ring().owner_of(*p) == Some("b"))
+        .find(|p| a.view().owner_of(*p) == Some("b"))
         .unwrap();
     let owner = obs.owner_of(p).unwrap();
     assert_eq!(
@@ -269,7 +269,7 @@ fn observer_agrees_through_churn(placement: Placement) {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for n in shared_nodes.lock().unwrap().iter() {
-                    let v = n.ring();
+                    let v = n.view();
                     truth
                         .lock()
                         .unwrap()
@@ -281,8 +281,8 @@ fn observer_agrees_through_churn(placement: Placement) {
         })
     };
     let agree = |nodes: &[RingNode]| {
-        let v = nodes[0].ring();
-        nodes.iter().all(|n| n.ring().epoch() == v.epoch())
+        let v = nodes[0].view();
+        nodes.iter().all(|n| n.view().epoch() == v.epoch())
             && obs.view().epoch() == v.epoch()
             && keys.iter().all(|k| {
                 obs.owner_of_key(k).map(|m| m.node_id().to_string())
@@ -293,7 +293,7 @@ fn observer_agrees_through_churn(placement: Placement) {
     // Each agreed view goes into the truth too: the sampler may not run
     // between the members' adopting an epoch and the next change.
     let record_agreed = |nodes: &[RingNode]| {
-        let v = nodes[0].ring();
+        let v = nodes[0].view();
         truth
             .lock()
             .unwrap()
@@ -336,7 +336,7 @@ fn observer_agrees_through_churn(placement: Placement) {
             agree(&nodes)
                 && crashed
                     .as_deref()
-                    .is_none_or(|c| nodes[0].ring().member(c).is_none())
+                    .is_none_or(|c| nodes[0].view().member(c).is_none())
         });
         record_agreed(&nodes);
     }
@@ -429,7 +429,7 @@ fn held_disjoint_and_settled(nodes: &[RingNode], size: u32) -> Option<u32> {
     settled(nodes).then(|| seen.iter().map(|c| *c as u32).sum())
 }
 
-fn balanced(ring: &str, node: &str, size: u32) -> leasering::Builder {
+fn balanced(ring: &str, node: &str, size: u32) -> leasering::NodeBuilder {
     builder(pool(4), ring, node)
         .ring_size(size)
         .placement(Placement::Balanced)
@@ -456,7 +456,7 @@ fn capacity_caps_members_and_a_shortfall_is_unassigned_and_reported() {
         let st = n.status();
         assert_eq!(st.unassigned, 34, "{}: {st:?}", n.node_id());
     }
-    let info = b.ring().member("a").cloned().expect("a in b's view");
+    let info = b.view().member("a").cloned().expect("a in b's view");
     assert_eq!(info.capacity(), Some(10));
     assert_eq!(info.zone(), None);
 
@@ -507,7 +507,7 @@ fn zones_hold_their_weighted_share_and_a_lost_zone_spreads_over_the_rest() {
         .collect();
     settle(&nodes, size, "six members in three zones");
     let check_zones = |nodes: &[RingNode]| {
-        let view = nodes[0].ring();
+        let view = nodes[0].view();
         let mut weight: BTreeMap<String, u64> = BTreeMap::new();
         let mut count: BTreeMap<String, u64> = BTreeMap::new();
         for m in view.members() {
@@ -528,7 +528,7 @@ fn zones_hold_their_weighted_share_and_a_lost_zone_spreads_over_the_rest() {
         assert_eq!(count.values().sum::<u64>(), size as u64);
     };
     check_zones(&nodes);
-    assert_eq!(nodes[0].ring().member("b2").unwrap().zone(), Some("z-b"));
+    assert_eq!(nodes[0].view().member("b2").unwrap().zone(), Some("z-b"));
     // Zone b is lost.
     nodes[3].stop().unwrap();
     nodes[4].stop().unwrap();
@@ -583,7 +583,7 @@ fn a_pinned_partition_stays_with_its_node_and_follows_the_placement_while_it_is_
     let b = balanced(&ring, "b", size).start().unwrap();
     let two = vec![a.clone(), b.clone()];
     settle(&two, size, "a and b");
-    let p = b.ring().partitions_of("b")[0];
+    let p = b.view().partitions_of("b")[0];
     let mut client = db().client().unwrap();
     let epoch = leasering::pin(&mut client, "leasering", &ring, p, "a").unwrap();
     assert!(epoch.is_some(), "a new pin is a change");
@@ -687,7 +687,7 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
     }
     let old = all.lock().unwrap().clone();
     settle(&old, size, "the four old members to settle");
-    let epoch = old[0].ring().epoch();
+    let epoch = old[0].view().epoch();
     // An observer follows the steps (changes with nothing but their
     // allowance) like any other change.
     let obs = RingObserver::builder(pool(2), &ring).start().unwrap();
@@ -739,7 +739,7 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
     );
     stop.store(true, Ordering::SeqCst);
     let worst = sampler.join().expect("no partition was active twice");
-    let changes = nodes[0].ring().epoch() - epoch;
+    let changes = nodes[0].view().epoch() - epoch;
     log::info!("budgeted join: {changes} changes, at most {worst} partitions uncovered");
     assert!(
         worst <= 2 * budget,
@@ -749,8 +749,8 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
         changes >= (32 / budget) as u64,
         "32 moves with a budget of {budget} took only {changes} changes"
     );
-    assert_within_one_of_share(&nodes[0].ring());
-    let last = nodes[0].ring();
+    assert_within_one_of_share(&nodes[0].view());
+    let last = nodes[0].view();
     wait_until(SETTLE, "the observer at the members' epoch", || {
         obs.view().epoch() == last.epoch()
     });

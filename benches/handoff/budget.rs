@@ -68,7 +68,7 @@ fn balanced(members: &Members, n: usize) -> bool {
     let share = RING_SIZE as usize / n;
     nodes.len() == n
         && nodes.iter().all(|m| {
-            let v = m.ring();
+            let v = m.view();
             v.members().len() == n
                 && m.owned_partitions().len() == share
                 && v.partitions_of(m.node_id()).len() == share
@@ -100,7 +100,7 @@ pub fn budget(db: &TestPostgres, max_moving: Option<u32>, reps: usize) -> Budget
         while !balanced(&members, OLD) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let epoch0 = members.lock().unwrap()[0].ring().epoch();
+        let epoch0 = members.lock().unwrap()[0].view().epoch();
         let overlaps = {
             let m = members.clone();
             Sampler::start(Duration::from_millis(1), move || {
@@ -194,7 +194,7 @@ pub fn budget(db: &TestPostgres, max_moving: Option<u32>, reps: usize) -> Budget
             out.balance_ms.push(ms(took));
             out.uncovered_most.push(most);
             out.uncovered_longest_ms.push(ms(longest));
-            out.changes.push(nodes[0].ring().epoch() - epoch0);
+            out.changes.push(nodes[0].view().epoch() - epoch0);
         } else {
             out.failed += 1;
         }

@@ -133,7 +133,7 @@ impl Coverage {
     }
 }
 
-fn builder(db: &TestPostgres, ring: &str, name: &str) -> (leasering::Builder, Receiver<Event>) {
+fn builder(db: &TestPostgres, ring: &str, name: &str) -> (leasering::NodeBuilder, Receiver<Event>) {
     let mut b = RingNode::builder(pool(db, name, 3), ring.to_string())
         .node_id(name)
         .ring_size(RING_SIZE)
@@ -148,10 +148,10 @@ fn settled(members: &Members) -> bool {
     let Some((_, first)) = nodes.first() else {
         return true;
     };
-    let e = first.ring().epoch();
+    let e = first.view().epoch();
     let mut seen = 0;
     let all = nodes.iter().all(|(_, n)| {
-        let v = n.ring();
+        let v = n.view();
         let owned = n.owned_partitions().len();
         seen += owned;
         v.epoch() == e && owned == v.partitions_of(n.node_id()).len()
@@ -223,7 +223,7 @@ pub fn burst(db: &TestPostgres, pss: bool, k: usize, rounds: usize) -> Burst {
             .flat_map(|(_, n)| n.owned_partitions().iter().collect::<Vec<_>>())
             .collect();
         let joiner_names: Vec<String> = (0..k).map(|i| format!("b{k}-r{round}-{i}")).collect();
-        let joining: Vec<(String, leasering::Builder)> = (0..k)
+        let joining: Vec<(String, leasering::NodeBuilder)> = (0..k)
             .map(|i| {
                 let name = format!("b{k}-r{round}-{i}");
                 let (b, rx) = builder(db, &ring, &name);

@@ -64,7 +64,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use leasering::{Builder, Event, RingNode};
+use leasering::{Event, NodeBuilder, RingNode};
 use leasering_testkit::member_log::{parse_events, Ev};
 use leasering_testkit::oracle::{self, End, History, Ns, ReleaseKind, RunId, Work, WorkOverlap};
 use leasering_testkit::rng::Rng;
@@ -167,9 +167,9 @@ impl Fleet {
         let Some((_, first)) = self.nodes.first() else {
             return true;
         };
-        let e = first.ring().epoch();
+        let e = first.view().epoch();
         self.nodes.iter().all(|(_, n)| {
-            let v = n.ring();
+            let v = n.view();
             v.epoch() == e && n.owned_partitions().len() == v.partitions_of(n.node_id()).len()
         })
     }
@@ -197,9 +197,9 @@ impl Fleet {
         let Some((_, first)) = self.nodes.first() else {
             return true;
         };
-        let e = first.ring().epoch();
+        let e = first.view().epoch();
         self.nodes.iter().all(|(_, n)| {
-            let v = n.ring();
+            let v = n.view();
             let want: BTreeSet<u32> = v
                 .partitions_of(n.node_id())
                 .into_iter()
@@ -248,7 +248,7 @@ impl JoinLeave {
         fleet.wait_settled(Duration::from_secs(30));
         let (i, t0, node) = fleet.start(pool, name);
         let started = Instant::now();
-        let share = node.ring().partitions_of(name);
+        let share = node.view().partitions_of(name);
         let joined = fleet.until(Duration::from_secs(10), "the joiner's share", |h| {
             h.covered_once_without(None) && share.iter().all(|p| h.holder(*p) == Some(i))
         });
@@ -448,7 +448,7 @@ fn wait_process_settled(
     let deadline = Instant::now() + timeout;
     loop {
         let (claims, has_acked, _) = member_state(c, &fleet.ring, FROZEN_NODE);
-        let view = fleet.nodes[0].1.ring();
+        let view = fleet.nodes[0].1.view();
         let share: BTreeSet<u32> = view.partitions_of(FROZEN_NODE).into_iter().collect();
         let adopted = adopted_epoch(log) >= view.epoch();
         if !share.is_empty()
@@ -499,7 +499,7 @@ fn frozen_member(db: &TestPostgres, reps: usize, dir: &Path) -> Frozen {
             let name = format!("fj-{rep}");
             rep += 1;
             let (i, t0, node) = fleet.start(jpool.clone(), &name);
-            let share = node.ring().partitions_of(&name);
+            let share = node.view().partitions_of(&name);
             let (blocked, live): (Vec<u32>, Vec<u32>) =
                 share.iter().partition(|p| held.contains(p));
             let joined = if live.is_empty() {
@@ -751,7 +751,7 @@ impl DrainFleet {
     fn start(&mut self, db: &TestPostgres) {
         let i = self.names.len();
         let name = format!("d{i:03}");
-        let mut b: Builder = RingNode::builder(pool(db, &name, 3), "handoff-drain")
+        let mut b: NodeBuilder = RingNode::builder(pool(db, &name, 3), "handoff-drain")
             .node_id(name.clone())
             .ring_size(DRAIN_RING)
             .lease_ttl(Duration::from_secs(30))
@@ -792,9 +792,9 @@ impl DrainFleet {
         let Some((_, first, _)) = self.members.first() else {
             return true;
         };
-        let e = first.ring().epoch();
+        let e = first.view().epoch();
         self.members.iter().all(|(_, n, _)| {
-            let v = n.ring();
+            let v = n.view();
             v.epoch() == e && n.owned_partitions().len() == v.partitions_of(n.node_id()).len()
         })
     }
@@ -1231,7 +1231,7 @@ fn main() {
         // Wait until the victim holds its share and the others hold the rest.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let share = crash.nodes[0].1.ring().partitions_of(&victim);
+            let share = crash.nodes[0].1.view().partitions_of(&victim);
             if !share.is_empty() && crash.settled() && held_in_log(&events) == share.len() {
                 break;
             }

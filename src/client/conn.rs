@@ -98,7 +98,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
         // `stop()` retired it, and `prepare` above unlistened): nothing can
         // arrive on the socket, and a wait there would hold up the
         // shutdown for `MAX_WAIT` (one `stop()` in 40 took a second).
-        if mode.notifications && !shared.listens_to_nothing() {
+        if mode.notifications() && !shared.listens_to_nothing() {
             match c.notifications(wait) {
                 Ok(notes) => dispatch(shared, notes),
                 Err(e) => {
@@ -125,7 +125,7 @@ fn connect(shared: &Shared) -> Result<HeldConn> {
     let c = shared
         .pool
         .get(timeout, "hold a connection for renewals and notifications")?;
-    let mut held = hold(c, timeout, !shared.mode().transaction_pooling)?;
+    let mut held = hold(c, timeout, !shared.mode().transaction_pooling())?;
     shared
         .listen_changed
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -136,7 +136,7 @@ fn connect(shared: &Shared) -> Result<HeldConn> {
 
 /// Brings the held connection's LISTENs and timeout up to date.
 fn prepare(shared: &Shared, c: &mut HeldConn) -> Result<()> {
-    if shared.mode().notifications
+    if shared.mode().notifications()
         && shared
             .listen_changed
             .swap(false, std::sync::atomic::Ordering::SeqCst)

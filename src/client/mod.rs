@@ -168,8 +168,8 @@ impl Client {
     }
 
     /// A builder for a member of ring `ring_id` served by this client.
-    pub fn member(&self, ring_id: impl Into<String>) -> crate::Builder {
-        crate::Builder::new(self.clone(), ring_id.into())
+    pub fn member(&self, ring_id: impl Into<String>) -> crate::NodeBuilder {
+        crate::NodeBuilder::new(self.clone(), ring_id.into())
     }
 
     /// A builder for an observer of ring `ring_id` served by this client.
@@ -185,13 +185,7 @@ impl Client {
 
 /// How a client talks to the database; fixed by its first registration
 /// (members and observers of one client share its connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Mode {
-    /// LISTEN for notifications.
-    pub(crate) notifications: bool,
-    /// Keep no session state (behind a pooler in transaction mode).
-    pub(crate) transaction_pooling: bool,
-}
+pub(crate) type Mode = crate::Pooling;
 
 /// The channel of dropped drain guards: `(member uid, drain id)`.
 pub(crate) type Drained = (Sender<(u64, u64)>, Receiver<(u64, u64)>);
@@ -299,25 +293,17 @@ impl Shared {
             }
             Some(have) if have == m => Ok(()),
             Some(have) => Err(Error::invalid(
-                "notifications",
+                "pooling",
                 format!(
-                    "this client runs with notifications {} and transaction pooling {}; \
-                     a member or observer asking for notifications {} and transaction pooling {} \
-                     needs a client of its own",
-                    have.notifications,
-                    have.transaction_pooling,
-                    m.notifications,
-                    m.transaction_pooling
+                    "this client runs with pooling {have}; a member or observer asking for \
+                     pooling {m} needs a client of its own"
                 ),
             )),
         }
     }
 
     pub(crate) fn mode(&self) -> Mode {
-        self.mode.lock().unwrap_or(Mode {
-            notifications: true,
-            transaction_pooling: false,
-        })
+        self.mode.lock().unwrap_or_default()
     }
 
     /// Adds a member (started, joined) and makes sure the threads run.
@@ -478,7 +464,7 @@ impl Shared {
     /// not listened on yet).
     pub(crate) fn wants_wake_for(&self, channel: &str) -> bool {
         self.lifecycle.lock().is_some()
-            && self.mode().notifications
+            && self.mode().notifications()
             && !self.listened.lock().contains(channel)
     }
 

@@ -119,7 +119,7 @@ fn connect(shared: &Shared) -> Result<HeldConn> {
     let c = shared
         .pool
         .get(timeout, "borrow a connection for takes and releases")?;
-    hold(c, timeout, !shared.mode().transaction_pooling)
+    hold(c, timeout, !shared.mode().transaction_pooling())
 }
 
 /// Hands the drains whose guards were dropped to their members.

@@ -1,4 +1,4 @@
-//! [`Builder`]: the settings of a member, and `start()` — validation,
+//! [`NodeBuilder`]: the settings of a member, and `start()` — validation,
 //! the schema, and the join, bounded by `start_timeout` even when the
 //! database does not answer at all.
 
@@ -10,7 +10,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::shutdown::{bounded, Bounded};
 use super::{Inner, RingNode, MIN_POOL_SIZE};
-use crate::client::{Client, Mode};
+use crate::client::Client;
 use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -35,7 +35,7 @@ use crate::store::{JoinAttempt, Store};
 ///     .start()?;
 /// # Ok(()) }
 /// ```
-pub struct Builder {
+pub struct NodeBuilder {
     source: Source,
     cfg: Config,
     subscribers: Vec<Sender<Event>>,
@@ -49,27 +49,27 @@ enum Source {
     Client(Client),
 }
 
-impl Builder {
+impl NodeBuilder {
     /// Vnodes (positions) this member holds: its weight. Default 8.
-    pub fn vnode_count(mut self, n: u32) -> Builder {
+    pub fn vnode_count(mut self, n: u32) -> NodeBuilder {
         self.cfg.vnode_count = n;
         self
     }
     /// Lease time-to-live. Default 30 s, at least 500 ms. A crashed member's
     /// partitions are covered again at most about one TTL after it stopped
     /// renewing.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Builder {
+    pub fn lease_ttl(mut self, ttl: Duration) -> NodeBuilder {
         self.cfg.lease_ttl = ttl;
         self
     }
     /// Number of partitions; every member of a ring must agree. Default 1024.
-    pub fn ring_size(mut self, n: u32) -> Builder {
+    pub fn ring_size(mut self, n: u32) -> NodeBuilder {
         self.cfg.ring_size = n;
         self
     }
     /// This member's id. Default `node_` + 16 random hex digits. A fixed id
     /// gets its old positions back after a restart (when they are free).
-    pub fn node_id(mut self, id: impl Into<String>) -> Builder {
+    pub fn node_id(mut self, id: impl Into<String>) -> NodeBuilder {
         self.cfg.node_id = Some(id.into());
         self
     }
@@ -77,7 +77,7 @@ impl Builder {
     /// agree (the ring stores it when it is created). Default
     /// [`Placement::Hashed`](crate::Placement::Hashed); see
     /// [`Placement`](crate::Placement) for when to pick which.
-    pub fn placement(mut self, placement: crate::Placement) -> Builder {
+    pub fn placement(mut self, placement: crate::Placement) -> NodeBuilder {
         self.cfg.placement = placement;
         self
     }
@@ -85,7 +85,7 @@ impl Builder {
     /// shown to every member and [`RingObserver`](crate::RingObserver) in
     /// [`MemberInfo::metadata`](crate::MemberInfo::metadata) — typically
     /// the address where it serves its partitions. Default none.
-    pub fn metadata(mut self, metadata: impl Into<String>) -> Builder {
+    pub fn metadata(mut self, metadata: impl Into<String>) -> NodeBuilder {
         self.cfg.metadata = Some(metadata.into());
         self
     }
@@ -98,7 +98,7 @@ impl Builder {
     /// and the gauge `leasering_partitions_unassigned` count it, and the
     /// work of those partitions waits until capacity is added. Stored
     /// with the member: it counts from its join.
-    pub fn capacity(mut self, c: u32) -> Builder {
+    pub fn capacity(mut self, c: u32) -> NodeBuilder {
         self.cfg.capacity = Some(c);
         self
     }
@@ -109,7 +109,7 @@ impl Builder {
     /// placement keeps each zone's partitions within one of its share by
     /// weight; when a zone is lost, its partitions spread over the others
     /// by weight. Shown in [`MemberInfo::zone`](crate::MemberInfo::zone).
-    pub fn zone(mut self, zone: impl Into<String>) -> Builder {
+    pub fn zone(mut self, zone: impl Into<String>) -> NodeBuilder {
         self.cfg.zone = Some(zone.into());
         self
     }
@@ -126,62 +126,55 @@ impl Builder {
     /// the placement: every member must say the same, or its `start()`
     /// fails with [`ErrorKind::PlacementMismatch`](crate::ErrorKind)
     /// naming both values. See "Move budget" in the crate docs.
-    pub fn max_moving(mut self, m: u32) -> Builder {
+    pub fn max_moving(mut self, m: u32) -> NodeBuilder {
         self.cfg.max_moving = Some(m);
         self
     }
     /// Schema of the tables. Default `leasering`.
-    pub fn schema(mut self, schema: impl Into<String>) -> Builder {
+    pub fn schema(mut self, schema: impl Into<String>) -> NodeBuilder {
         self.cfg.schema = schema.into();
         self
     }
     /// Whether `start()` creates/migrates the schema. Default `true`.
-    pub fn create_schema(mut self, yes: bool) -> Builder {
+    pub fn create_schema(mut self, yes: bool) -> NodeBuilder {
         self.cfg.create_schema = yes;
         self
     }
-    /// Use LISTEN/NOTIFY. Default `true`. Without it, handoffs wait for the
-    /// next heartbeat (`lease_ttl / 3`).
-    pub fn notifications(mut self, yes: bool) -> Builder {
-        self.cfg.notifications = yes;
-        self
-    }
-    /// The pool reaches PostgreSQL through a pooler in transaction mode
-    /// (PgBouncer `pool_mode = transaction`). Default `false`. Then nothing
-    /// outlives a transaction: no named prepared statements, no session
-    /// settings (each statement of a kept connection runs in its own short
-    /// transaction with `SET LOCAL` timeouts), no `LISTEN`. Needs
-    /// [`notifications(false)`](Builder::notifications): handoffs and
-    /// removals are then found by polling. A pooler in *session* mode
-    /// needs none of this.
-    pub fn transaction_pooling(mut self, yes: bool) -> Builder {
-        self.cfg.transaction_pooling = yes;
+    /// How the pool reaches PostgreSQL. Default [`Pooling::Session`](crate::Pooling::Session)
+    /// (direct connections or a pooler in session mode; `LISTEN`/`NOTIFY`
+    /// makes handoffs take milliseconds). [`Pooling::Transaction`](crate::Pooling::Transaction) behind a
+    /// pooler in transaction mode (PgBouncer `pool_mode = transaction`):
+    /// nothing outlives a transaction and changes are found by polling, as
+    /// with [`Pooling::SessionPolling`](crate::Pooling::SessionPolling). Members and observers of one
+    /// [`Client`](crate::Client) share its mode.
+    pub fn pooling(mut self, pooling: crate::Pooling) -> NodeBuilder {
+        self.cfg.pooling = pooling;
         self
     }
     /// Safety margin between the local and the database lease. Default
     /// `lease_ttl / 10`; must cover clock-rate differences over one TTL.
-    pub fn margin(mut self, margin: Duration) -> Builder {
+    pub fn margin(mut self, margin: Duration) -> NodeBuilder {
         self.cfg.margin = Some(margin);
         self
     }
     /// Renewal interval. Default `lease_ttl / 3`.
-    pub fn heartbeat_interval(mut self, every: Duration) -> Builder {
+    pub fn heartbeat_interval(mut self, every: Duration) -> NodeBuilder {
         self.cfg.heartbeat_interval = Some(every);
         self
     }
     /// Bound on `start()`. Default 10 s.
-    pub fn start_timeout(mut self, t: Duration) -> Builder {
+    pub fn start_timeout(mut self, t: Duration) -> NodeBuilder {
         self.cfg.start_timeout = t;
         self
     }
     /// Bound on `stop()`. Default 5 s.
-    pub fn stop_timeout(mut self, t: Duration) -> Builder {
+    pub fn stop_timeout(mut self, t: Duration) -> NodeBuilder {
         self.cfg.stop_timeout = t;
         self
     }
     /// Server-side bound on each statement. Default `lease_ttl / 3`, clamped
     /// to 1..=10 s.
-    pub fn statement_timeout(mut self, t: Duration) -> Builder {
+    pub fn statement_timeout(mut self, t: Duration) -> NodeBuilder {
         self.cfg.statement_timeout = Some(t);
         self
     }
@@ -193,7 +186,7 @@ impl Builder {
     /// the local lease runs out (then a second `Released` with
     /// [`ReleaseReason::LeaseExpired`](crate::ReleaseReason) says "stop
     /// now"). Graceful `stop()` waits for drains within `stop_timeout`.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
+    pub fn drain_timeout(mut self, timeout: Duration) -> NodeBuilder {
         self.cfg.drain_timeout = Some(timeout);
         self
     }
@@ -224,7 +217,7 @@ impl Builder {
     /// # drop(node);
     /// # Ok(()) }
     /// ```
-    pub fn failover_grace(mut self, grace: Duration) -> Builder {
+    pub fn failover_grace(mut self, grace: Duration) -> NodeBuilder {
         self.cfg.failover_grace = Some(grace);
         self
     }
@@ -233,7 +226,7 @@ impl Builder {
     /// [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once its
     /// caches are warm. A rejoin after an eviction joins as ready as the
     /// member is then.
-    pub fn start_unready(mut self) -> Builder {
+    pub fn start_unready(mut self) -> NodeBuilder {
         self.cfg.start_ready = false;
         self
     }
@@ -251,16 +244,16 @@ impl Builder {
         &self.cfg
     }
 
-    pub(super) fn from_pool(pool: Arc<dyn ConnSource>, ring_id: String) -> Builder {
-        Builder {
+    pub(super) fn from_pool(pool: Arc<dyn ConnSource>, ring_id: String) -> NodeBuilder {
+        NodeBuilder {
             source: Source::Pool(pool),
             cfg: Config::new(ring_id),
             subscribers: Vec::new(),
         }
     }
 
-    pub(crate) fn new(client: Client, ring_id: String) -> Builder {
-        Builder {
+    pub(crate) fn new(client: Client, ring_id: String) -> NodeBuilder {
+        NodeBuilder {
             source: Source::Client(client),
             cfg: Config::new(ring_id),
             subscribers: Vec::new(),
@@ -273,7 +266,7 @@ impl Builder {
     /// active (with an [`Event::Acquired`]) as soon as their previous owners
     /// have let go — milliseconds on a healthy ring.
     pub fn start(self) -> Result<RingNode> {
-        let Builder {
+        let NodeBuilder {
             source,
             mut cfg,
             subscribers,
@@ -296,10 +289,7 @@ impl Builder {
                 ),
             ));
         }
-        client.shared.check_mode(Mode {
-            notifications: cfg.notifications,
-            transaction_pooling: cfg.transaction_pooling,
-        })?;
+        client.shared.check_mode(cfg.pooling)?;
         let mut store = Store::new(&cfg, &node_id)?;
         // Releases of the claims it waits for are told on its client's
         // channel, which one LISTEN serves for all of the client's members.
@@ -309,7 +299,7 @@ impl Builder {
         // work thread will use for the first take: set up (session
         // settings) with the join's first statement. Later members join on
         // a borrowed one and give it back.
-        let session_state = !cfg.transaction_pooling;
+        let session_state = !cfg.pooling.transaction_pooling();
         let timeout = cfg.effective_statement_timeout();
         let first = client.registrations() == 0;
         let keep = (first && session_state).then(|| crate::store::hold_setup(timeout, &[]));

@@ -2,7 +2,7 @@
 //! hold, the lock-free hot path they read, and the threads that run the
 //! session's steps against the database.
 //!
-//! * [`builder`] — [`Builder`] and `start()` (validation, schema, the
+//! * [`builder`] — [`NodeBuilder`] and `start()` (validation, schema, the
 //!   bounded join);
 //! * [`hot_path`] — the atomic bitset, deadline and snapshot behind
 //!   [`RingNode::owns`] and [`RingNode::owned_partitions`];
@@ -34,7 +34,7 @@ use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
-pub use self::builder::Builder;
+pub use self::builder::NodeBuilder;
 use self::hot_path::HotPath;
 use crate::clock::coarse_resolution_ns;
 use crate::config::Config;
@@ -121,10 +121,24 @@ pub struct NodeStatus {
     pub renewals_failing_for: Option<Duration>,
     /// The last renewal or rejoin error, while renewals fail.
     pub last_error: Option<String>,
-    /// Why the member is not healthy, one line; `None` when it is. See
-    /// [`NodeStatus::health`].
-    pub unhealthy_reason: Option<String>,
-    /// Its own readiness ([`Builder::start_unready`],
+    /// Whether the member can serve — what a readiness probe reports:
+    /// healthy when it is in the ring, not stopped, its local lease runs,
+    /// its renewals are neither refused (the lag bound) nor failing for so
+    /// long that less than half the lease is left, and its watcher (takes,
+    /// releases, views) has not been failing for half the TTL. Pending
+    /// partitions are normal for a few milliseconds after a change and do
+    /// not count against it; one failed renewal does not either.
+    ///
+    /// ```no_run
+    /// # fn probe(node: &leasering::RingNode) -> (u16, String) {
+    /// match node.status().health {
+    ///     leasering::Health::Healthy => (200, "ready\n".into()),
+    ///     leasering::Health::Unhealthy(why) => (503, format!("{why}\n")),
+    /// }
+    /// # }
+    /// ```
+    pub health: Health,
+    /// Its own readiness ([`NodeBuilder::start_unready`],
     /// [`RingNode::set_ready`]).
     pub ready: bool,
     /// Whether its view makes it eligible for partitions (ready and not
@@ -137,11 +151,11 @@ pub struct NodeStatus {
     pub cordoned: bool,
     /// Partitions its view gives to no member: the whole ring while every
     /// member is ineligible (not ready, or cordoned); the shortfall when
-    /// the members' [capacities](crate::Builder::capacity) add up to less
+    /// the members' [capacities](crate::NodeBuilder::capacity) add up to less
     /// than the ring; else 0. Nobody owns them. Also the gauge
     /// `leasering_partitions_unassigned`.
     pub unassigned: u32,
-    /// On a ring with a move budget ([`Builder::max_moving`]): the moves
+    /// On a ring with a move budget ([`NodeBuilder::max_moving`]): the moves
     /// its view's placement still holds back for later steps (0 once the
     /// ring is balanced; always 0 without a budget). Also the gauge
     /// `leasering_partitions_moves_pending`.
@@ -168,6 +182,14 @@ impl Health {
     pub fn is_healthy(&self) -> bool {
         matches!(self, Health::Healthy)
     }
+
+    /// Why the member is not healthy, one line; `None` when it is.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Health::Healthy => None,
+            Health::Unhealthy(why) => Some(why),
+        }
+    }
 }
 
 impl std::fmt::Display for Health {
@@ -179,49 +201,19 @@ impl std::fmt::Display for Health {
     }
 }
 
-impl NodeStatus {
-    /// Healthy: in the ring, not stopped, the local lease runs, and its
-    /// renewals are neither refused (the lag bound) nor failing for so
-    /// long that less than half the lease is left — what a readiness probe
-    /// should check; and its watcher (takes, releases, views) has not been
-    /// failing for half the TTL. (Pending partitions are normal for a few milliseconds
-    /// after a change and do not count against it; one failed renewal does
-    /// not either.)
-    pub fn is_healthy(&self) -> bool {
-        self.unhealthy_reason.is_none()
-    }
-
-    /// [`Health::Healthy`], or why not — for a readiness endpoint:
-    ///
-    /// ```no_run
-    /// # fn probe(node: &leasering::RingNode) -> (u16, String) {
-    /// match node.status().health() {
-    ///     leasering::Health::Healthy => (200, "ready\n".into()),
-    ///     leasering::Health::Unhealthy(why) => (503, format!("{why}\n")),
-    /// }
-    /// # }
-    /// ```
-    pub fn health(&self) -> Health {
-        match &self.unhealthy_reason {
-            None => Health::Healthy,
-            Some(why) => Health::Unhealthy(why.clone()),
-        }
-    }
-}
-
 impl RingNode {
     /// A builder for a member of ring `ring_id` using `pool`.
     pub fn builder<T>(
         pool: Pool<PostgresConnectionManager<T>>,
         ring_id: impl Into<String>,
-    ) -> Builder
+    ) -> NodeBuilder
     where
         T: MakeTlsConnect<Socket> + Clone + 'static + Sync + Send,
         T::TlsConnect: Send,
         T::Stream: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        Builder::from_pool(Arc::new(pool), ring_id.into())
+        NodeBuilder::from_pool(Arc::new(pool), ring_id.into())
     }
 
     fn from_inner(inner: Arc<Inner>) -> RingNode {
@@ -271,7 +263,7 @@ impl RingNode {
     }
 
     /// This member's current view of the ring.
-    pub fn ring(&self) -> RingView {
+    pub fn view(&self) -> RingView {
         self.inner.view()
     }
 
@@ -321,7 +313,10 @@ impl RingNode {
             last_renewal: s.last_renewed().map(|t| now.saturating_duration_since(t)),
             renewals_failing_for: s.failing_since().map(|t| now.saturating_duration_since(t)),
             last_error,
-            unhealthy_reason,
+            health: match unhealthy_reason {
+                None => Health::Healthy,
+                Some(why) => Health::Unhealthy(why),
+            },
             epoch: own.view_epoch(),
             active: if lease_left.is_some() {
                 own.active_count()
@@ -459,7 +454,7 @@ impl Inner {
     }
 
     /// Why the member is not healthy at `now`, or `None`. See
-    /// [`NodeStatus::is_healthy`].
+    /// [`NodeStatus::health`].
     pub(crate) fn unhealthy_reason(&self, s: &Session, now: Instant) -> Option<String> {
         let own = s.ownership();
         // Failing renewals and their last error; else (a renewal still on

@@ -66,7 +66,7 @@ fn a_failed_start_withdraws_its_join_request() {
         .start()
         .unwrap();
     let members: Vec<String> = b
-        .ring()
+        .view()
         .members()
         .iter()
         .map(|m| m.node_id().to_string())

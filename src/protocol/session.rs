@@ -130,7 +130,7 @@ impl SessionConfig {
             heartbeat_interval: cfg.effective_heartbeat_interval(),
             hot_path_lead,
             drain_timeout: cfg.drain_timeout,
-            notifications: cfg.notifications,
+            notifications: cfg.pooling.notifications(),
         }
     }
 

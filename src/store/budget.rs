@@ -1,4 +1,4 @@
-//! The move budget (issue 19, [`Builder::max_moving`](crate::Builder::max_moving)):
+//! The move budget (issue 19, [`NodeBuilder::max_moving`](crate::NodeBuilder::max_moving)):
 //! what a ring's budget leaves a change, and the budget's next step.
 //!
 //! A partition is **in motion** while the balanced table gives it to a

@@ -90,7 +90,7 @@ pub(crate) struct Store {
     pub(crate) ring_lock: i64,
     /// Whether anything may outlive a transaction on a connection (named
     /// prepared statements, session settings, LISTEN): not behind a pooler
-    /// in transaction mode ([`Config::transaction_pooling`](crate::Config)).
+    /// in transaction mode ([`Pooling::Transaction`](crate::Pooling::Transaction)).
     pub(crate) session_state: bool,
     /// This member's readiness (issue 19), shared by every clone of its
     /// store: a join (and a rejoin after an eviction) files it, and
@@ -128,7 +128,7 @@ impl Store {
                 &[0],
                 cfg.ring_id.as_bytes(),
             ]) as i64,
-            session_state: !cfg.transaction_pooling,
+            session_state: !cfg.pooling.transaction_pooling(),
             ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(cfg.start_ready)),
         })
     }

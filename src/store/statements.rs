@@ -3,7 +3,7 @@
 //! view, for the lag bound, and the claims it holds, for reconciliation),
 //! the take and the release of claims, the change-log catch-up and the
 //! whole-ring read. Prepared once per connection, with generic plans — or,
-//! behind a pooler in transaction mode (`Config::transaction_pooling`),
+//! behind a pooler in transaction mode (`Pooling::Transaction`),
 //! sent unnamed and typed, each in a transaction of its own that sets its
 //! timeouts locally (nothing outlives a transaction on a server connection).
 //!

@@ -538,7 +538,11 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
             let mut cfg = Config::new(unique_name("ring"));
             cfg.schema = schema.clone();
             cfg.lease_ttl = Duration::from_secs(10);
-            cfg.transaction_pooling = pooling;
+            cfg.pooling = if pooling {
+                crate::Pooling::Transaction
+            } else {
+                crate::Pooling::Session
+            };
             let store = Store::new(&cfg, "a").unwrap();
             let pool = db.pool(2).unwrap();
             let mut admin = db.client().unwrap();

@@ -26,7 +26,7 @@
 //! ```
 //!
 //! `--transaction-pooling` is for a database reached through a pooler in
-//! transaction mode (`Builder::transaction_pooling`, notifications off).
+//! transaction mode (`Pooling::Transaction`).
 //!
 //! `--extra-rings=N` makes the process one that serves several rings, the
 //! way a service with one member per tenant does: it builds one
@@ -39,7 +39,7 @@
 //! rings' members have no subscriber: their drains end at once). Without
 //! the flag the member makes a client of its own (`RingNode::builder`).
 //!
-//! `--drain-ms` turns drained handoffs on (`Builder::drain_timeout`).
+//! `--drain-ms` turns drained handoffs on (`NodeBuilder::drain_timeout`).
 //! `--work=MIN-MAX` runs the drain workload (`leasering_testkit::worker`):
 //! units of user work of MIN..=MAX ms on the partitions it owns, in
 //! `--work-lanes` threads (default 4), their lengths drawn from
@@ -293,7 +293,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // held connection and threads); without, the builder's own client, as
     // a one-member process makes it.
     let client = (opts.extra_rings > 0).then(|| leasering::Client::new(pool.clone()));
-    let member_of = |ring: String| -> leasering::Builder {
+    let member_of = |ring: String| -> leasering::NodeBuilder {
         let builder = match &client {
             Some(c) => c.member(ring),
             None => RingNode::builder(pool.clone(), ring),
@@ -389,11 +389,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The settings of every member of the process, whatever its ring.
 fn configure(
-    mut builder: leasering::Builder,
+    mut builder: leasering::NodeBuilder,
     args: &[String],
     ttl_ms: u64,
     opts: &Options,
-) -> leasering::Builder {
+) -> leasering::NodeBuilder {
     builder = builder
         .node_id(args[2].clone())
         .lease_ttl(Duration::from_millis(ttl_ms))
@@ -409,7 +409,7 @@ fn configure(
         builder = builder.drain_timeout(d);
     }
     if opts.transaction_pooling {
-        builder = builder.transaction_pooling(true).notifications(false);
+        builder = builder.pooling(leasering::Pooling::Transaction);
     }
     builder
 }

@@ -53,7 +53,7 @@ pub struct Settings {
 /// The drain workload of the member processes (`leasering_testkit::worker`).
 #[derive(Debug, Clone)]
 pub struct WorkLoad {
-    /// `Builder::drain_timeout` of every member.
+    /// `NodeBuilder::drain_timeout` of every member.
     pub drain: Duration,
     /// Units of work last this long (drawn per unit, in milliseconds).
     pub unit_ms: (u64, u64),

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasering::{Builder, RingNode};
+use leasering::{NodeBuilder, RingNode};
 use leasering_testkit::{unique_name, TestPostgres};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
@@ -83,9 +83,9 @@ pub fn settled(nodes: &[RingNode]) -> bool {
     let Some(first) = nodes.first() else {
         return true;
     };
-    let e = first.ring().epoch();
+    let e = first.view().epoch();
     nodes.iter().all(|n| {
-        let view = n.ring();
+        let view = n.view();
         view.epoch() == e
             && view.members().len() == nodes.len()
             && n.owned_partitions().to_vec() == view.partitions_of(n.node_id())
@@ -109,7 +109,7 @@ pub fn start_sampler(nodes: Arc<Mutex<Vec<RingNode>>>) -> Sampler {
 /// depend on it (joins and leaves are driven by notifications), and a
 /// loaded machine must not make members fence themselves by accident.
 /// Fault tests set a short TTL themselves.
-pub fn builder(pool: Pool, ring: &str, node: &str) -> Builder {
+pub fn builder(pool: Pool, ring: &str, node: &str) -> NodeBuilder {
     RingNode::builder(pool, ring)
         .node_id(node)
         .lease_ttl(Duration::from_secs(10))

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_channel::Receiver;
-use leasering::{Builder, Event, RingNode};
+use leasering::{Event, NodeBuilder, RingNode};
 
 use crate::oracle::{self, History, Interval, Verdict};
 
@@ -39,7 +39,7 @@ impl Recorder {
     /// Starts a member with a subscription registered before its start, so
     /// that every event it ever emits is recorded. A test helper: panics if
     /// the member does not start.
-    pub fn start(&self, mut b: Builder) -> RingNode {
+    pub fn start(&self, mut b: NodeBuilder) -> RingNode {
         let rx = b.subscribe();
         let node = b.start().unwrap_or_else(|e| panic!("start failed: {e}"));
         self.watch(node.node_id(), rx);
@@ -47,7 +47,7 @@ impl Recorder {
     }
 
     /// Records `rx`, a receiver of member `node_id` that has seen every one
-    /// of its events (from [`Builder::subscribe`]).
+    /// of its events (from [`NodeBuilder::subscribe`]).
     pub fn watch(&self, node_id: &str, rx: Receiver<Event>) {
         self.lock().subs.push((node_id.to_string(), rx));
     }

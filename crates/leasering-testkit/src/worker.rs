@@ -1,7 +1,7 @@
 //! The drain workload (DESIGN §4.0 rule 7, §5.6): a user's worker that does
 //! units of work on the partitions its member owns and holds back their
 //! handoff with the drain guard until the unit in progress has ended — the
-//! way a service is meant to use `Builder::drain_timeout`. Shared by the
+//! way a service is meant to use `NodeBuilder::drain_timeout`. Shared by the
 //! in-process drain test (`tests/claims.rs`), the member process
 //! (`tests/bin/member.rs`, the chaos harness's members) and the handoff
 //! bench's drain section (`benches/handoff.rs`), so that all of them do
@@ -161,7 +161,7 @@ fn now_ns() -> u64 {
 
 impl Worker {
     /// Starts working for `node`; `events` must be a subscription of that
-    /// node that sees every event (from `Builder::subscribe`, before the
+    /// node that sees every event (from `NodeBuilder::subscribe`, before the
     /// start), and no one else's: the worker holds the guards of its copies.
     pub fn start(node: RingNode, events: Receiver<Event>, cfg: WorkConfig, sink: Sink) -> Worker {
         let lanes = cfg.lanes.max(1);

@@ -803,7 +803,7 @@ impl Cluster {
         let mut active = 0;
         for (name, node) in &live {
             let st = node.status();
-            if let leasering::Health::Unhealthy(why) = st.health() {
+            if let leasering::Health::Unhealthy(why) = &st.health {
                 return Err(format!("{name}: {why}"));
             }
             active += st.active;
@@ -872,7 +872,7 @@ impl Cluster {
         nodes
             .iter()
             .filter(|n| n.status().joined)
-            .map(|n| n.ring())
+            .map(|n| n.view())
             .max_by_key(|v| v.epoch())
     }
 
@@ -926,7 +926,7 @@ impl Cluster {
                 {
                     in_ring += 1;
                     if newest.as_ref().is_none_or(|v| v.epoch() < st.epoch) {
-                        newest = Some(n.ring());
+                        newest = Some(n.view());
                     }
                 }
             }

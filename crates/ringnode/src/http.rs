@@ -103,7 +103,7 @@ fn answer(
 pub fn member_ready(node: leasering::RingNode) -> Ready {
     Arc::new(move || {
         let st = node.status();
-        match st.health() {
+        match &st.health {
             leasering::Health::Healthy => Ok(format!(
                 "ready: {} active partitions, epoch {}, lease left {:.1} s",
                 st.active,

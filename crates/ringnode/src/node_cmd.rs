@@ -280,7 +280,7 @@ struct App {
 
 impl App {
     fn pump(&mut self) -> Vec<Line> {
-        let view = self.node.ring();
+        let view = self.node.view();
         let mut out: Vec<Line> = self
             .events
             .try_iter()
@@ -296,7 +296,7 @@ impl App {
             "status t={:.1}s epoch={} members={} joined={} active={} pending={} waiting_for={} draining={} lease_left={} renewals={} token={}",
             self.start.elapsed().as_secs_f64(),
             st.epoch,
-            self.node.ring().members().len(),
+            self.node.view().members().len(),
             st.joined,
             st.active,
             st.pending,
@@ -385,7 +385,7 @@ impl App {
 
     fn draw(&self, f: &mut ratatui::Frame) {
         let area = f.area();
-        let view = self.node.ring();
+        let view = self.node.view();
         let owned = self.node.owned_partitions();
         let st = self.node.status();
         let me = &self.story.me;
