@@ -99,7 +99,7 @@ pub struct Config {
     /// commits. `Some(Duration::ZERO)` is safe only if **every promotion
     /// loses nothing** (a synchronous standby, e.g. Patroni's
     /// `synchronous_mode_strict`): then handoffs right after a failover do
-    /// not wait. See the crate docs, "Failover and timelines".
+    /// not wait. See "Failover and timelines" in `docs/protocol.md`.
     pub failover_grace: Option<Duration>,
     /// Whether the member joins ready (eligible for partitions, unless
     /// cordoned). Default `true`; `false` is
@@ -174,7 +174,7 @@ impl Config {
     }
 
     /// How long a member may trail the ring's epoch before its renewals are
-    /// refused (DESIGN §4 "lag bound"): half the TTL.
+    /// refused (docs/protocol.md §4, "Leases"): half the TTL.
     pub fn lag_limit(&self) -> Duration {
         self.lease_ttl / 2
     }

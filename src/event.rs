@@ -24,7 +24,7 @@ pub enum ReleaseReason {
     /// The database no longer holds this member's lease (it was removed as
     /// expired, or its renewal was refused), or a failover to another
     /// database timeline lost claims or changes this member relied on (it
-    /// fences: see the crate docs, "Failover and timelines"); the member
+    /// fences: see "Failover and timelines" in `docs/protocol.md`); the member
     /// rejoins.
     Evicted,
     /// `stop()` (or drop) of this member.
@@ -58,7 +58,7 @@ pub enum Event {
         /// token of those partitions, at least the ring's epoch when taken,
         /// and above every token of an earlier database timeline
         /// (`GREATEST(token + 1, epoch, (timeline - 1) << 32)`: see the
-        /// crate docs, "Failover and timelines").
+        /// `docs/protocol.md`, "Failover and timelines").
         token: u64,
         /// Epoch of the view in which they were activated.
         epoch: u64,
@@ -115,7 +115,7 @@ impl Event {
 }
 
 /// Holds back the handoff of released partitions while the user's work on
-/// them finishes (DESIGN §4.0, rule 7). Every subscriber's copy of a
+/// them finishes (docs/protocol.md §4). Every subscriber's copy of a
 /// [`Event::Released`] carries a clone; when the last clone is dropped the
 /// member gives the partitions' claims back and their next owner starts.
 ///

@@ -12,11 +12,9 @@
 //! PostgreSQL through your `r2d2` pool; there is no async runtime in its
 //! API.
 //!
-//! This page describes version 2 of the protocol (per-partition
-//! **claims**). Version 1 activated a partition only once *every* live
-//! member had acknowledged the ring's epoch, so one frozen member stalled
-//! every handoff in the ring; see [Upgrading from version
-//! 1](#upgrading-from-version-1).
+//! This page is a user's tour; the protocol itself (version 2:
+//! per-partition **claims**), its races and its history are in
+//! `docs/protocol.md` in the repository.
 //!
 //! ## The model
 //!
@@ -160,229 +158,19 @@
 //! Tokens compare only within one partition: partitions taken together
 //! usually share a token, but nothing orders the tokens of two partitions.
 //!
-//! ## The protocol
+//! ## How it works
 //!
-//! **Leases.** A member's lease is its row in `members`; its expiry is
-//! always computed by the database (`now() + ttl`), and only the
-//! database's clock decides it. Every `heartbeat_interval` (by default
-//! `lease_ttl / 3`) the member renews its own row (never anyone else's), and only while the database still
-//! considers it live: an expired lease is never resurrected, the member
-//! rejoins instead. Its *local* lease is `sent_at + ttl − margin`, on the
-//! monotonic clock, `sent_at` taken *before* the renewal is sent, so it
-//! always ends before the database's. When it passes without a renewal, the
-//! member **fences itself**: a thread that does no I/O releases everything
-//! with [`ReleaseReason::LeaseExpired`], and the hot path checks the
-//! deadline itself, so even a process waking from a long pause never
-//! reports a stale partition.
-//!
-//! **Join.** A joiner files a request row and tries the ring's advisory
-//! lock without waiting. Whoever gets the lock *absorbs every pending
-//! request* in one transaction (group commit): it removes expired members
-//! (freeing their claims), places each requester, inserts them all with
-//! their vnodes, records one change — one epoch — per member, and notifies
-//! the ring. A joiner that did not get the lock waits for that notification
-//! and looks up what became of its request: absorbed (it has a view),
-//! refused (a typed error: [`ErrorKind::NodeIdInUse`],
-//! [`ErrorKind::RingSizeMismatch`], [`ErrorKind::RingFull`],
-//! [`ErrorKind::ProtocolMismatch`]), or still pending (it tries the lock
-//! again). Hundreds of members starting at once thus cost a few dozen
-//! commits instead of one each.
-//!
-//! **Take.** Everything the new view assigns to a member is pending. It
-//! takes the claims of its pending partitions in *one statement*: it
-//! locks the free ones (`FOR UPDATE SKIP LOCKED`, in partition order) and
-//! makes them its own, with a new token, provided its own lease is live in
-//! the database; claims it already holds come back with their token; and a
-//! claim another member holds gets this member as its **waiter**, so that
-//! its release will tell it — and, once a second member waits for the same
-//! claim (views disagree for a moment during concurrent joins and leaves),
-//! every member. The members that lose a partition in the new view are
-//! releasing it meanwhile (below); whatever the take did not get, it asks
-//! for again when told of a release or of the holder's removal.
-//!
-//! **Activate.** A partition becomes active when the take's answer arrives
-//! *while the local lease still runs*. The database lease then has not
-//! ended, so the member's row — and with it its claims — cannot have been
-//! removed: nobody else can hold the claim. An answer that arrives after
-//! the local deadline is never used; its claims are given back.
-//!
-//! **Release.** A member that adopts a view which no longer gives it `p`
-//! first stops using `p` locally (`owns(p)` is false from then on, and
-//! [`Event::Released`] with [`ReleaseReason::Handoff`] goes out), then —
-//! after the drain, if one is configured — writes the release **naming the
-//! token** it frees. A stale or repeated release can never free a newer
-//! claim; releases are retried until confirmed, and the member does not
-//! take `p` again while its own release is unconfirmed. A release sends
-//! one notification, and only if somebody waits: on the waiter's own
-//! channel when the freed claims name one waiter, on the ring's channel
-//! (every member hears it) when they name two or more. So every waiter is
-//! told, at the cost of one `NOTIFY` per release that anyone waits for.
-//!
-//! **Reconcile.** Answers get lost: a connection can die after the take
-//! committed but before its answer arrived. Every renewal therefore also
-//! returns the claims the database says this incarnation holds; any that
-//! the member neither uses nor is draining or giving back (and that no take
-//! in flight asked for) is released by token. No partition stays blocked
-//! behind a live member that forgot it holds the claim.
-//!
-//! **Crashes and leaves.** A member whose lease expired in the database is
-//! removed by its successor on the ring at the moment of expiry (any other
-//! member follows after a fallback of 50–100 ms; the removal is
-//! idempotent), scheduled from the `expires_at` that renewals read. The
-//! transaction that deletes the member's row also frees its claims and
-//! notifies the ring, and members waiting for those claims take them at
-//! once. [`RingNode::stop`] releases everything locally first (waiting for
-//! drains, if configured), then deletes the member — freeing its claims —
-//! in one transaction, so successors take over within milliseconds.
-//!
-//! **Notifications.** A [`Client`]'s one held connection listens on the
-//! channel of every ring it has a member or an observer of (membership
-//! changes, for everyone; the payload carries the changes of the
-//! transaction, so members apply them without reading anything; one
-//! `NOTIFY` per transaction) and on the client's own (releases of the
-//! claims its members wait for; the payload names the partitions when
-//! they fit). A lost notification is covered by a backing-off retake of
-//! everything still waiting and by the epoch that every renewal returns.
-//! With [`Pooling::SessionPolling`] or [`Pooling::Transaction`] the ring still works, by polling,
-//! only slower.
-//!
-//! **What a handoff waits for.** Between live members that are not frozen,
-//! with notifications on, a handoff waits for no timer. It waits for: the
-//! old owner adopting the view that moves the partition (the change's
-//! notification), the old owner's work on it (the drain, if configured),
-//! the old owner's release (one statement), that release's notification to
-//! the new owner (or the notification of the old owner's removal, for a
-//! leave), and the new owner's take (one statement) — whatever the order in
-//! which views, releases and takes meet, and however many members wait for
-//! one claim. The one exception is a claim row locked by a transaction in
-//! flight (a release or another take): the take skips it rather than wait
-//! for the lock, and looks again 2 ms later. The backoff (100 ms, doubling
-//! to 2 s) only covers a notification lost with a connection; a crashed or
-//! frozen holder is waited for until its lease ends (see the guarantees),
-//! and a new timeline's takes until its grace period ends.
-//!
-//! ## How races are serialised
-//!
-//! `now()` in PostgreSQL is the *transaction's* start time. Two
-//! transactions that each compare `now()` with `expires_at` prove nothing
-//! about the order in which they commit, so no decision here rests on such
-//! a comparison. Every race is settled by a row lock, or by a row that is
-//! gone:
-//!
-//! * **Take against take.** A take locks each free claim it takes
-//!   (`FOR UPDATE`), which re-reads the row's newest version: of two takes
-//!   of one partition, only one finds it free. Rows another transaction
-//!   has locked are skipped (`SKIP LOCKED`), and the skipper looks again
-//!   2 ms later.
-//! * **Take against the taker's removal.** The take key-share locks the
-//!   taker's own member row before it touches a claim; deleting that row
-//!   (cleanup after expiry, leave) needs a stronger lock on it, and the
-//!   deleting transaction frees the deleted incarnation's claims in a
-//!   *later* statement, whose snapshot includes every take that committed
-//!   while the deletion waited. Either the take committed first (its claims
-//!   are freed with the member), or it finds the row gone and takes
-//!   nothing. A claim never names a deleted member.
-//! * **Take against release.** A take marks itself as a held claim's waiter
-//!   under that row's lock; the release locks the row and reads the waiter
-//!   from its newest version. Either the mark came first (the release
-//!   notifies the taker), or the release did (the take finds the claim
-//!   free, or — freed after the take's snapshot — neither takes nor marks
-//!   it and looks again in 2 ms).
-//! * **Renewal against cleanup.** The renewal updates the member's row only
-//!   while it is live, under the row's lock; the cleanup's delete waits for
-//!   that lock and re-checks the newest version. Either the cleanup deleted
-//!   the row first (the renewal finds nothing: the member was evicted), or
-//!   it finds the lease extended.
-//! * **Membership changes** (join absorption, leave, cleanup) are
-//!   serialised by a transaction-scoped advisory lock of the ring (a joiner
-//!   tries it without waiting; leaves and cleanups queue on it), then lock
-//!   the ring's row.
-//!
-//! **Lock order is partition order everywhere.** Takes, releases and the
-//! freeing of a removed member's claims all lock claim rows in ascending
-//! partition order (member rows before claim rows), so they cannot deadlock
-//! with each other.
-//!
-//! **Locked rows are found again by key, not by `ctid`.** A statement over
-//! a list of partitions first locks the rows it will write (a probe of the
-//! primary key per element of the sorted list, which also fixes the lock
-//! order), then updates them. A row that another transaction
-//! updated after this statement's snapshot — a take marking its waiter,
-//! say — is locked in its *newest* version, whose `ctid` the snapshot
-//! cannot see; an update by `ctid` silently skipped such rows (a release
-//! freed 61 of 143 claims, and the rest waited for the holder's next
-//! renewal). An update by key finds the version its snapshot sees and
-//! follows the update chain to the one it locked.
-//!
-//! ## Failover and timelines
-//!
-//! A standby promoted behind the old primary has lost the last commits:
-//! claims taken, tokens issued, members joined or left, epochs. Three rules
-//! (checked first in the randomised claim model, `tests/model/claim_model.py`,
-//! with lossy and lossless promotions and a mutation for each rule, and by
-//! `tests/deploy.rs`) keep guarantees 1 and 3 through it, with nobody
-//! stopping the members:
-//!
-//! * **Tokens above every earlier timeline's.** PostgreSQL moves to a new
-//!   *timeline* at every promotion and point-in-time recovery. The take
-//!   reads the server's current one from the name of the WAL file being
-//!   written (`pg_walfile_name(pg_current_wal_lsn())`, which any role may
-//!   call; `pg_control_checkpoint()` would show the old timeline until the
-//!   first checkpoint after the promotion) and gives a new holder the token
-//!   `GREATEST(token + 1, epoch, (timeline - 1) << 32)`. So a fenced store
-//!   that saw the lost tokens accepts the new ones, assuming **fewer than
-//!   2³² tokens (and epochs) per partition per timeline**.
-//! * **A grace period on a new timeline.** The take records in a table
-//!   (`timelines`) the instant the database first served a take on its
-//!   current timeline, and takes nothing — not even a claim the database
-//!   says is already the taker's — until one lease TTL and the margin
-//!   after it (the margin covers the two primaries' clocks differing). By
-//!   then every lease granted on the old timeline has ended, or its holder
-//!   has renewed on the new timeline and been checked (next rule). The TTL
-//!   is the *taker's*: members of one ring with different TTLs are covered
-//!   only if none has a longer one than the members that take after a
-//!   failover (give a ring's members one TTL). A take refused this way
-//!   says how long is left, and the member takes again then. The period is
-//!   [`NodeBuilder::failover_grace`]: a deployment that only ever promotes a
-//!   synchronous standby may set it to zero, so that handoffs right after a
-//!   failover do not wait (nothing acknowledged is lost, so no lease of the
-//!   old timeline is unknown to the new one). The timeline the schema is
-//!   created on is recorded with it as needing no grace (a cold start waits
-//!   for nothing); a take that finds no row for its timeline starts the
-//!   grace. (A first version let a take that found the table *empty* skip
-//!   the grace, taking it for a fresh database; the model found that a
-//!   standby promoted before that first take's row reached it then handed
-//!   out claims still in use.)
-//! * **Members check what they rely on when the timeline changes.** The
-//!   renewal (and, before the first renewal of a membership, the take)
-//!   returns the timeline; the member remembers it. A renewal from another
-//!   timeline is checked against what the member relies on: the ring's
-//!   epoch is not behind its view's, and every claim it uses (active or
-//!   draining) is still its own under the same token. If so (nothing it
-//!   relied on was lost: a synchronous standby, a replay that had caught
-//!   up) it adopts the new timeline and carries on. If not it **fences**:
-//!   every partition is released at once ([`ReleaseReason::Evicted`] — the
-//!   member leaves the ring as far as it is concerned; drains are cut
-//!   short), it deletes its own stale row on the new primary (which would
-//!   refuse its join as "node id in use" until it expired) and rejoins.
-//!   The check runs only on a change of timeline: on one timeline a
-//!   renewal's answer may be older than a take's answer that arrived after
-//!   it was sent, and a check there would fence healthy members.
-//!
-//! A member whose join was lost is simply evicted (the renewal finds no
-//! row) and rejoins. Members that left or crashed on the old timeline but
-//! are still in the new primary's rows expire and are cleaned up as after
-//! any crash. After a lossy failover the ring covers every partition again
-//! about one TTL (the grace period) after the new primary answers. After a
-//! lossless one nobody fences, and only handoffs inside the grace period
-//! wait for its end.
-//!
-//! Epochs of two timelines are not comparable: the new primary may have
-//! lost the last changes and made others under the same epochs. So a
-//! member whose check passes reads the whole ring again and adopts it
-//! whatever its epoch, and a [`RingObserver`] re-reads the whole ring when
-//! the timeline changes, instead of applying the new timeline's deltas to
-//! a view of the lost one.
+//! The database's clock alone decides leases; a member's local lease always
+//! ends first, and it fences itself when that passes. The view says who
+//! *should* own a partition; a claim row per partition says who *may* use
+//! it: a member takes only free claims, starts only when its take's answer
+//! comes back within its local lease, and gives a claim back — naming its
+//! token — only after it stopped using the partition. Races are settled by
+//! row locks and deleted rows, never by comparing clocks; a promoted standby
+//! on a new timeline hands nothing on until every lease of the old one has
+//! ended. The whole protocol, its races and their reasoning are in
+//! `docs/protocol.md` in the repository, and each rule in
+//! `tests/model/claim_model.py`, with the mutations its checks catch.
 //!
 //! ## Drained handoffs
 //!
@@ -439,7 +227,7 @@
 //!
 //! ## Placement: hashed or balanced
 //!
-//! [`Placement::Hashed`] (the default) is DESIGN §2's consistent hashing:
+//! [`Placement::Hashed`] (the default) is docs/protocol.md §2's consistent hashing:
 //! a partition belongs to the member holding the next vnode clockwise. It
 //! is a pure function of the vnodes, so any program can compute it, and a
 //! member restarted under its node id gets exactly its old partitions back.
@@ -647,7 +435,7 @@
 //! recoveries do; a `pg_dump` restored into a fresh cluster, or a logical
 //! replica switched over, does *not*, and needs the manual recovery in the
 //! README. With it, guarantees 1 and 3 hold through such a failover with
-//! the members running (see "Failover and timelines" below), at the cost
+//! the members running (see "Failover and timelines" in `docs/protocol.md`), at the cost
 //! of one TTL without takes on the new timeline; without it, the lost
 //! tokens, claims and epochs are handed out again (a fenced store accepts
 //! repeated tokens, two members can use one partition for up to one TTL).
@@ -660,156 +448,6 @@
 //! session (`idle_in_transaction_session_timeout`, four statement
 //! timeouts); joins, leaves and removals queue behind it meanwhile, though
 //! handoffs between the members already in the ring do not.
-//!
-//! ## Upgrading from version 1
-//!
-//! The schema migrates in place ([`SCHEMA_VERSION`] 2; run [`migrate`] or
-//! let the first member with `create_schema(true)` do it): it adds the
-//! `claims` table (one free row per partition for every existing ring,
-//! token 0), the `join_requests` table, the `claims.waiter` column, and
-//! `members.incarnation` and `members.protocol` (rows already there are
-//! marked as protocol 1).
-//!
-//! **Members of the two versions cannot share a ring**, and the library
-//! refuses rather than risk an overlap:
-//!
-//! * a version-2 member joining a ring that still has live version-1
-//!   members fails with [`ErrorKind::ProtocolMismatch`], naming them;
-//! * a version-1 member started against a migrated schema fails with
-//!   [`ErrorKind::Schema`] (the schema is newer than it understands), and
-//!   a version-1 member that was already running can no longer rejoin
-//!   after an eviction (its insert lacks the incarnation).
-//!
-//! So an upgrade from version 1 is a **stop-the-ring upgrade**, not a
-//! rolling one: stop every version-1 member of the ring (or let their
-//! leases end), then start the version-2 members. The ring's partitions are
-//! owned by nobody in between. Fencing tokens stay monotonic across the
-//! upgrade: version 1's tokens were epochs, and a version-2 token is never
-//! below the epoch at which it is taken — which is past every epoch
-//! version 1 handed out, since the version-2 members' joins bumped it.
-//!
-//! ## Differences from DESIGN.md, and why
-//!
-//! * **Joins are group commits** (DESIGN: one transaction per join under
-//!   the ring row's lock). Joins serialised one by one made a cold start of
-//!   512 members take about 32 s on two cores: each held the lock for
-//!   several round trips of a busy database, and each commit woke every
-//!   listening backend. Epochs stay one per member, so the change log, the
-//!   payloads and the delta application are unchanged.
-//! * **Membership changes queue on a transaction-scoped advisory lock** of
-//!   the ring before they touch its row: hundreds of members queueing on
-//!   the row lock itself kept the database's lock manager busy, since every
-//!   commit woke every waiter; an advisory lock is handed to one waiter at
-//!   a time.
-//! * **Release notifications go to the waiters only** (DESIGN §4.0 rule 4:
-//!   every release notifies the ring). A take that finds a claim held marks
-//!   itself as its `waiter`; the release notifies that member's own
-//!   channel, and nobody when nobody waits. With hundreds of members,
-//!   releases that always notified were most of the database's CPU at a
-//!   cold start. A claim that a second member marks names the ring's
-//!   channel instead, and its release tells every member, in one
-//!   notification. (A first version kept one waiter, the latest take to
-//!   mark it: a member whose mark a stale view's take overwrote waited for
-//!   the safety net, 100 ms to 2 s, during every burst of joins and leaves;
-//!   the claim model's `single_waiter` mutation.) Removals of a holder
-//!   reach everyone through the ring's channel.
-//! * **The take asks only for what may have changed, with a safety net.**
-//!   A take asks for the partitions newly pending or named by a release or
-//!   a removal; the ones still waiting are asked for again after a backoff
-//!   (100 ms, doubling to 2 s; at most 100 ms without notifications) in
-//!   case a notification was lost, and after 2 ms when a claim was skipped
-//!   as locked (no notification will come for it). Retaking everything on
-//!   every notification meant takes of thousands of partitions, thousands
-//!   of times, at a cold start. Right after its join a member takes first
-//!   and reads what changed since next.
-//! * **Claim rows exist from the ring's creation on** (and from the
-//!   migration for existing rings), free, with token 0. Inserting them at
-//!   the first take made concurrent takes wait on each other's inserts (a
-//!   unique-key check waits for the inserting transaction). The take still
-//!   inserts a row that is missing, as a fallback.
-//! * **Claims are freed explicitly**, in the transaction that deletes the
-//!   member, not by a foreign key `ON DELETE SET NULL`: the key's check on
-//!   every claim a take writes cost a query per row (a take of 300 claims
-//!   took 9 ms), while one key-share lock on the taker's member row
-//!   serialises a take against that row's deletion just as well (see
-//!   [How races are serialised](#how-races-are-serialised)).
-//! * **Updates find locked rows by key, not `ctid`** (same section): the
-//!   `ctid` of a row updated after the statement's snapshot is invisible
-//!   to it.
-//! * **Tokens are `GREATEST(token + 1, epoch)`** (DESIGN: strictly greater
-//!   than every earlier token). The `+ 1` gives strictness; the epoch keeps
-//!   tokens above those of version 1 (see the upgrade section).
-//! * **Incarnations are random 64-bit numbers** with a unique index, not a
-//!   sequence, so that a role with DML rights only can join (a sequence
-//!   needs its own `USAGE` grant).
-//! * A renewal only extends a lease that is still live in the database
-//!   (`expires_at > now()`), and a renewal answered after the local deadline
-//!   fences before it extends. With claims, safety no longer depends on
-//!   this (claims are freed only when a member row is deleted, so renewing
-//!   an expired but present row cannot let two members hold one claim); it
-//!   stays as defence in depth, and so that an expired lease means the
-//!   same thing to every member.
-//! * Each membership change is both in the `NOTIFY` payload (epoch, ring
-//!   id, removed and added members; the epoch alone if it would not fit)
-//!   and in the change log (`changes` table): members apply the notified
-//!   delta without reading anything, and read the log only to fill a gap
-//!   (or the whole ring when the log no longer reaches back).
-//! * A member acknowledges its view's epoch with its renewal, for the lag
-//!   bound only (nothing waits for acknowledgements any more): a member
-//!   that renews but has not adopted the ring's epoch for `ttl / 2` is not
-//!   extended, fences itself and rejoins.
-//! * `ring_size` is capped at [`MAX_RING_SIZE`] (2^20): every member keeps
-//!   O(`ring_size`) state for its lock-free hot path.
-//! * **A second placement** (not in DESIGN): the balanced table above,
-//!   stored with the ring; with it, `RingView`'s arcs are runs of
-//!   consecutive partitions with one owner, not vnode arcs. Vnodes are
-//!   still chosen and stored under it (they carry the weight, and pick the
-//!   member that cleans up a crashed one), so a ring still needs room for
-//!   every member's `vnode_count` positions.
-//!
-//! ## How the crate is built
-//!
-//! In the manner of raft-rs, the protocol is a pure core driven by inputs,
-//! and I/O lives at the edge:
-//!
-//! * `protocol` — the core, without I/O and without clock reads:
-//!   `Ownership` (the partition state machine: pending, active, the local
-//!   lease) and `Session` (everything else a member decides: stale
-//!   answers, deltas and catch-up, which claims to take and when to retry,
-//!   which to drain and give back, reconciliation, renewals, rejoins,
-//!   cleanup, release timestamps), inputs in `protocol::input`, effects and
-//!   next steps in `protocol::output`. Public only with the feature
-//!   `unstable`, for simulation and benchmarks: it follows the protocol,
-//!   not semver.
-//! * [`RingView`] and [`partition_for`] — the ring and the placement, pure.
-//! * the store (private) — each protocol step as one statement or one short
-//!   transaction against PostgreSQL, returning the core's input types.
-//! * [`RingNode`] and [`Client`] — the edge: the member's lock-free hot
-//!   path and event fan-out, and the client's four threads, shared by all
-//!   of its members, that each loop "ask a session for its next step, run
-//!   that statement, hand the answer back".
-//!
-//! ## Threads
-//!
-//! A [`Client`] runs four named threads for all of its members and
-//! observers, whatever their number: `leasering-conn-*` (the held
-//! connection: LISTEN, one batched renewal per heartbeat, reconciliation),
-//! `leasering-work-*` (adopting views, taking and releasing claims, drains,
-//! observers' reads, on a connection borrowed while there is work),
-//! `leasering-changes-*` (rejoins, removing crashed members at the moment
-//! their lease ends) and `leasering-fence-*` (self-fencing, cutting drains
-//! short when a lease runs out; it does no I/O). They start with its first
-//! member or observer and end with its last: [`RingNode::stop`] of a
-//! client's last member joins them; a thread stuck in a stalled socket is
-//! left to finish on its own, and `stop()` still returns within
-//! `stop_timeout`. A renewal never waits behind a take: they run on
-//! different threads and connections.
-//!
-//! Dropping the last clone of a [`RingNode`] without `stop()` never blocks
-//! the caller: local ownership ends at once (nothing is reported after the
-//! drop, subscribers get `Released { Stopping }`), and the leave runs on a
-//! background thread (`leasering-leave-*`); the event channels disconnect
-//! when it is done. Call `stop()` to wait for the leave and see its error.
 //!
 //! ## Health, metrics and spans
 //!

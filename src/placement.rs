@@ -1,4 +1,4 @@
-//! Where things go on the ring (DESIGN §2): the position of a member's
+//! Where things go on the ring (docs/protocol.md §2): the position of a member's
 //! vnodes and the partition of a key. Pure functions, identical in every
 //! process, so that all members agree without talking.
 
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 ///
 /// | | `Hashed` (default) | `Balanced` |
 /// |---|---|---|
-/// | owner of a partition | the next vnode clockwise (DESIGN §2) | a table carried from epoch to epoch |
+/// | owner of a partition | the next vnode clockwise (docs/protocol.md §2) | a table carried from epoch to epoch |
 /// | balance (16 members × 8 vnodes) | max/mean ≈ 1.6, worst ≈ 2.8 | within one partition of the weighted share |
 /// | partitions moved by a join / leave | about the minimum, on average | the minimum |
 /// | a member that leaves and comes back | gets exactly its old partitions | gets most of them (affinity) |

@@ -1,4 +1,4 @@
-//! Every bad input of DESIGN §5.4 gets a typed error naming the value —
+//! Every bad input of the crate docs' guarantees gets a typed error naming the value —
 //! never a panic.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Chaos: real faults against member processes and a real PostgreSQL, judged
-//! from outside by an independent checker (DESIGN §5, issue 3).
+//! from outside by an independent checker (the crate docs' guarantees, issue 3).
 //!
 //! A private PostgreSQL; members are separate processes (the
 //! `leasering-member` bin, `tests/bin/member.rs`), each with its database

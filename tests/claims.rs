@@ -1,4 +1,4 @@
-//! Protocol version 2 against a real PostgreSQL (DESIGN §4.0, guarantees 5
+//! Protocol version 2 against a real PostgreSQL (docs/protocol.md §4, guarantees 5
 //! and 6): a frozen member delays only the partitions whose claims it
 //! holds; drained handoffs never overlap user work; a drain ends at its
 //! timeout; a lost answer never blocks a partition for a lease while its

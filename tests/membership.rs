@@ -169,7 +169,7 @@ fn graceful_leave_hands_partitions_over_and_leaves_no_row() {
     }
 }
 
-/// DESIGN §9: the Go version failed with 3 nodes starting at once on an
+/// The Go original failed with 3 nodes starting at once on an
 /// empty database (a DDL race); here 50 start at once, with a short TTL
 /// (so a 1 s statement timeout: joins queue on the ring's row lock and are
 /// retried within the start timeout), on a server of their own.

@@ -22,13 +22,13 @@
 //!   pay for forking PostgreSQL backends.
 //! * **at rest**: statements and transactions per member per second of the
 //!   16 members (`pg_stat_statements`, `pg_stat_database.xact_commit`).
-//! * **frozen member** (DESIGN §10, guarantee 5): 3 in-process members and
+//! * **frozen member** (the crate docs, guarantee 5): 3 in-process members and
 //!   one member *process*, TTL 10 s; the process is frozen (`SIGSTOP`) and,
 //!   while it is, members join and leave again: the time from `start()`
 //!   until the joiner holds every partition of its share whose claim the
 //!   frozen member does *not* hold, and from `stop()` until the leaver's
 //!   partitions are active elsewhere.
-//! * **drain** (DESIGN §10, guarantee 6): members with a drain timeout,
+//! * **drain** (the crate docs, guarantee 6): members with a drain timeout,
 //!   each with the testkit's drain workload ([`Worker`], as in
 //!   `tests/claims.rs`) doing 200 ms units of user work on its partitions;
 //!   members join and leave until over 1,000 partitions have moved between
@@ -349,7 +349,7 @@ fn spawn_member(
 
 // ---- frozen member ------------------------------------------------------------
 
-/// TTL of the frozen-member ring (DESIGN §10 measured version 1 at 10 s).
+/// TTL of the frozen-member ring (the first design measured version 1 at 10 s).
 const FROZEN_TTL: Duration = Duration::from_secs(10);
 
 /// How long one freeze lasts at most. Why several short freezes rather

@@ -2,7 +2,7 @@
 //!
 //! # Why a table, and not a function of the member set
 //!
-//! Plain consistent hashing (DESIGN §2) is a pure function of the member
+//! Plain consistent hashing (docs/protocol.md §2) is a pure function of the member
 //! set, and leaves members unequal (max/mean partitions 1.64 at 16 members
 //! with 8 vnodes). A pure function can be made exactly balanced — e.g.
 //! rendezvous hashing capped at each member's quota — but then one join

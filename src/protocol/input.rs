@@ -35,7 +35,7 @@ pub struct Renewal {
     pub next_expiry: Option<(String, f64)>,
     /// The claims the database says this member's incarnation holds
     /// (`(partition, token)`, ascending), for reconciliation: any it does
-    /// not use is given back (DESIGN §4.0, rule 5).
+    /// not use is given back (docs/protocol.md §4).
     pub held: Vec<(u32, u64)>,
     /// The database server's timeline (`None`: not read). It goes up at
     /// every promotion of a standby and every point-in-time recovery: a

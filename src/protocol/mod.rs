@@ -4,7 +4,7 @@
 //! it.
 //!
 //! * [`Ownership`] — the partition state machine of one member: active,
-//!   pending (assigned, waiting for its claim), the local lease (DESIGN §4.0).
+//!   pending (assigned, waiting for its claim), the local lease (docs/protocol.md §4).
 //! * [`Session`] — everything else a member decides: which answers are
 //!   stale, how notified changes are applied, which claims to take, when
 //!   to release (after a drain), reconcile, poll, renew, rejoin and clean

@@ -1,4 +1,4 @@
-//! The partition state machine of one member (DESIGN §4.0): which
+//! The partition state machine of one member (docs/protocol.md §4): which
 //! partitions are *active* (usable now, each under its claim's fencing
 //! token) and which are *pending* (assigned by the view, waiting for their
 //! claim).
@@ -183,7 +183,7 @@ impl Ownership {
         released
     }
 
-    /// Adopts a newer view (DESIGN §4.0, rule 4): every active partition the
+    /// Adopts a newer view (docs/protocol.md §4): every active partition the
     /// view no longer gives this member stops being active first; newly
     /// assigned ones are pending. Older or equal views are ignored.
     pub fn adopt(&mut self, view: RingView) -> Vec<Action> {
@@ -231,7 +231,7 @@ impl Ownership {
     /// member (`(partition, token)`, ascending). A claim activates its
     /// partition if the partition is pending and the local lease still runs
     /// *now* — the database lease then has not ended, so nobody else can
-    /// hold the claim (DESIGN §4.0, rule 3). Returns the acquisitions and,
+    /// hold the claim (docs/protocol.md §4). Returns the acquisitions and,
     /// per claim, what became of it.
     pub fn claimed(&mut self, claims: &[(u32, u64)], now: Instant) -> (Vec<Action>, Vec<Taken>) {
         let usable = self.status == Status::Member && self.lease_runs(now);

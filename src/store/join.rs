@@ -157,7 +157,7 @@ impl JoinAttempt {
 }
 
 impl Store {
-    /// Joins the ring (DESIGN §4 "Join") in one attempt of its own; the
+    /// Joins the ring (docs/protocol.md §4, "Join") in one attempt of its own; the
     /// connection is left as it was.
     #[cfg(test)]
     pub(crate) fn join(&self, client: &mut Client) -> Result<Joined> {

@@ -1,4 +1,4 @@
-//! The PostgreSQL side (DESIGN §3): each protocol step as one statement or
+//! The PostgreSQL side (docs/protocol.md §3): each protocol step as one statement or
 //! one short transaction, returning the core's input types
 //! ([`crate::protocol::input`]). All lease times are computed by the
 //! database (`now()`); every call runs under a statement and lock timeout.

@@ -1,4 +1,4 @@
-//! Creating and migrating the tables (DESIGN §3). Idempotent, and safe when
+//! Creating and migrating the tables (docs/protocol.md §3). Idempotent, and safe when
 //! many members start at once on an empty database: the DDL runs under a
 //! transaction-scoped advisory lock (concurrent `CREATE TABLE IF NOT
 //! EXISTS` fails in PostgreSQL).

@@ -21,7 +21,7 @@
 //! connection, often before the table has statistics, it became a filter
 //! over every row of the ring.)
 //!
-//! How races are settled (DESIGN §4.0): never by comparing `now()` — the
+//! How races are settled (docs/protocol.md §4): never by comparing `now()` — the
 //! *transaction's* start time — read in two transactions, but by row locks
 //! and by rows that are gone:
 //!
@@ -333,7 +333,7 @@ impl Store {
             // (a unique-key check waits for the inserting transaction);
             // `fresh` only covers rows that are missing all the same.
             //
-            // Failover (DESIGN §4.0, "Timelines"): tokens are at least
+            // Failover (docs/protocol.md §6): tokens are at least
             // `(timeline - 1) << 32`, above every token of an earlier
             // timeline; and nothing is taken (nor returned as already this
             // member's) until `$5` seconds after the first take served on
@@ -569,7 +569,7 @@ impl Store {
     }
 
     /// Renews the leases of `items` — memberships of rings of one schema —
-    /// acknowledging their views' epochs (DESIGN §4 "Heartbeat"), in one
+    /// acknowledging their views' epochs (docs/protocol.md §4, "Leases"), in one
     /// statement; one answer per item, in order. Each only ever updates its
     /// own member's row, and only while that row's lease is live: an
     /// expired lease is never resurrected — the member rejoins.
@@ -773,8 +773,8 @@ impl Store {
         self.read_ring(conn).map(CatchUp::Full)
     }
 
-    /// The server's current timeline (see "Failover and timelines" in the
-    /// crate docs): an observer re-reads the whole ring when it changes.
+    /// The server's current timeline (see "Failover and timelines" in
+    /// `docs/protocol.md`): an observer re-reads the whole ring when it changes.
     pub(crate) fn timeline(&self, conn: &mut HeldConn) -> Result<u64> {
         let rows = self.held_query(conn, Held::Timeline, &[], "read the timeline")?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))

@@ -1,4 +1,4 @@
-"""Randomised model check of the per-partition claim handoff (shared/DESIGN.md section 4, "claims").
+"""Randomised model check of the per-partition claim handoff (docs/protocol.md §4).
 
 The ring view says who *should* own a partition; a claim row per partition says who *may*
 use it. A member uses partition p only while it holds p's claim and its local lease is
@@ -60,7 +60,7 @@ pending fits), the moves it allows are made as a change that bumps the epoch and
 any other. Checked: 6. at every check, at most M partitions that
 a budgeted move gave to a live member have not been taken by it yet; 7. at the end the table is
 balanced (every step was made). Every rule above holds with the table as the ring.
-Database failover (DESIGN section 4.0, "Timelines"). At random moments (about 4 per run, none
+Database failover (docs/protocol.md §6). At random moments (about 4 per run, none
 in the quiet last stretch) the primary dies, requests and replies in flight are lost, and after
 an outage of 0.1-2 s a standby is promoted on a new timeline (the DB's timeline starts at 1 and
 increments; its clock is continuous). A *lossy* promotion (an asynchronous standby that lagged)

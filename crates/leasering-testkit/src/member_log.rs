@@ -13,7 +13,7 @@
 //! <t0_ns> wrote <t1_ns> <accepted p:token,...|-> <rejected p:token,...|->
 //! ```
 //!
-//! `drain` marks a release that handed the user a drain guard (DESIGN §4.0
+//! `drain` marks a release that handed the user a drain guard (docs/protocol.md §4
 //! rule 7): its claims are given back only when the user's work on them has
 //! stopped. The work lines are the drain workload's
 //! ([`worker`](crate::worker)): a unit of work on those partitions began

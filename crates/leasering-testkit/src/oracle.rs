@@ -1,4 +1,4 @@
-//! The one judge of ownership histories (DESIGN §5.1, §7): who held which
+//! The one judge of ownership histories (the crate docs, "Guarantees and their assumptions"): who held which
 //! partition when, whether two *runs* ever held one partition at once, and
 //! whether fencing tokens rose from owner to owner. The integration tests,
 //! the chaos harness, the benches and the demo all use it, so that they
@@ -38,7 +38,7 @@
 //! [`judge`] does it for a finished history; [`Online`] does the same as
 //! intervals close, for a live display (the demo).
 //!
-//! # User work (DESIGN §5.6, the drain workload)
+//! # User work (the drain workload)
 //!
 //! A history also pairs each run's *units of user work*
 //! ([`History::work_started`], [`History::work_ended`], the `work-start` /

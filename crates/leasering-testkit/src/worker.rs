@@ -1,4 +1,4 @@
-//! The drain workload (DESIGN §4.0 rule 7, §5.6): a user's worker that does
+//! The drain workload (docs/protocol.md §4): a user's worker that does
 //! units of work on the partitions its member owns and holds back their
 //! handoff with the drain guard until the unit in progress has ended — the
 //! way a service is meant to use `NodeBuilder::drain_timeout`. Shared by the

@@ -1,6 +1,6 @@
 //! What the ring band says about partitions in handoff, or stuck behind a
 //! member that cannot give them up, grouped by why (protocol version 2,
-//! DESIGN §4.0): a new owner taking its claims (milliseconds), a new owner
+//! docs/protocol.md §4): a new owner taking its claims (milliseconds), a new owner
 //! waiting for the claim another member still holds (a frozen or crashed
 //! holder blocks exactly these, until its lease ends — whether or not it
 //! still uses them), an old owner draining them (its work finishes first),

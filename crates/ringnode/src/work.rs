@@ -1,5 +1,5 @@
 //! The simulated worker of a demo member with `--drain` (drained handoffs,
-//! DESIGN §4.0 rule 7). Its unit of work on a partition takes the drain
+//! docs/protocol.md §4). Its unit of work on a partition takes the drain
 //! time to finish; when partitions are released it keeps the release's
 //! [`DrainGuard`] until the unit in progress on them is done, so their next
 //! owner starts only after this member's work has stopped — and the band

@@ -1,4 +1,4 @@
-//! The session's claims (DESIGN §4.0): which pending partitions to take and
+//! The session's claims (docs/protocol.md §4): which pending partitions to take and
 //! when to try again, what a take's answer activates, which claims it holds
 //! without using them — draining until the user's work has stopped (see
 //! [`drains`](super::drains)), or to be given back by token — and the
@@ -201,7 +201,7 @@ impl Session {
         Output::default()
     }
 
-    /// Reconciliation (DESIGN §4.0, rule 5): answers get lost (a connection
+    /// Reconciliation (docs/protocol.md §4): answers get lost (a connection
     /// dies mid-statement), so the renewal reads the claims the database
     /// says this incarnation holds; any it neither uses nor already drains
     /// or gives back — and no take's answer is on its way for — is given

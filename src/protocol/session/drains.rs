@@ -1,4 +1,4 @@
-//! The session's drains (DESIGN §4.0, rule 7): with a drain timeout, the
+//! The session's drains (docs/protocol.md §4): with a drain timeout, the
 //! claims of partitions handed off (or stopped) are held until every copy
 //! of the user's guard is dropped, or until the timeout — and never past
 //! the local lease. A lease that runs out cannot wait for a drain: its

@@ -140,7 +140,7 @@ impl Session {
         out
     }
 
-    /// Timelines (DESIGN §4.0; issue 11, 3b): whether a renewal that
+    /// Timelines (docs/protocol.md §6; issue 11, 3b): whether a renewal that
     /// found this member's row may be relied on. The first timeline seen is
     /// remembered. A renewal from another one means the database was
     /// promoted from a standby or recovered to a point in time, and may

@@ -1,4 +1,4 @@
-//! Drains and the local lease (DESIGN §4.0, rule 7): the release of a
+//! Drains and the local lease (docs/protocol.md §4): the release of a
 //! drained partition is written when every copy of its guard is dropped,
 //! at the drain timeout — or never past the local lease. A lease that runs
 //! out cannot wait for a drain: its partitions end as `LeaseExpired`,
