@@ -607,13 +607,7 @@ pub fn read_ring(
     let mut cfg = Config::new(ring_id);
     cfg.schema = schema.to_string();
     cfg.validate()?;
-    let rows = client
-        .query_typed(
-            &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
-            &[(&ring_id, postgres::types::Type::TEXT)],
-        )
-        .map_err(|e| Error::db(format!("read ring {ring_id:?}"), e))?;
-    let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+    let Some(size) = store::stored_ring_size(client, schema, ring_id)? else {
         return Ok(None);
     };
     cfg.ring_size = size;
@@ -650,13 +644,7 @@ pub fn cordon(
     // A missing schema, or one older than the cordons (version 4), is a
     // typed error saying so, not a database error about a table.
     store::Store::new(&cfg, node_id)?.check_schema(client)?;
-    let rows = client
-        .query_typed(
-            &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
-            &[(&ring_id, postgres::types::Type::TEXT)],
-        )
-        .map_err(|e| Error::db(format!("read ring {ring_id:?}"), e))?;
-    let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+    let Some(size) = store::stored_ring_size(client, schema, ring_id)? else {
         return Err(Error::invalid(
             "ring_id",
             format!("no ring {ring_id:?} in schema {schema}: cannot cordon node {node_id:?}"),

@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use postgres::error::SqlState;
 use postgres::tls::{MakeTlsConnect, TlsConnect};
-use postgres::types::Type;
 use postgres::Socket;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
@@ -580,24 +578,13 @@ impl Follower {
     /// the ring does not exist.
     fn read_full(&self, st: &mut State, c: &mut HeldConn) -> Result<()> {
         if st.store.is_none() {
-            let schema = &self.cfg.schema;
-            let rows = match c.client.query_typed(
-                &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
-                &[(&self.cfg.ring_id, Type::TEXT)],
-            ) {
-                Ok(rows) => rows,
-                // No schema yet: no ring yet either.
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
-                    ) =>
-                {
-                    Vec::new()
-                }
-                Err(e) => return Err(Error::db(format!("read ring {:?}", self.cfg.ring_id), e)),
-            };
-            let Some(size) = rows.first().map(|r| r.get::<_, i32>(0) as u32) else {
+            // No schema yet: no ring yet either.
+            let Some(size) = crate::store::stored_ring_size(
+                &mut *c.client,
+                &self.cfg.schema,
+                &self.cfg.ring_id,
+            )?
+            else {
                 return Ok(());
             };
             let mut cfg = self.cfg.clone();

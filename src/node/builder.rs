@@ -344,8 +344,7 @@ impl NodeBuilder {
         // reads (see `conn::prepare`).
         let ch = inner.store.channel.clone();
         if client.shared.wants_wake_for(&ch) {
-            let own = inner.store.own_channel.clone();
-            if let Err(e) = conn.execute("SELECT pg_notify($1, '')", &[&own]) {
+            if let Err(e) = inner.store.wake_listener(&mut conn) {
                 log::debug!(target: "leasering", "node {}: could not wake its client's connection: {e}", inner.node_id);
             }
         }
@@ -408,7 +407,7 @@ fn join_within_start_timeout(
             };
             if abandoned.load(Ordering::SeqCst) {
                 // The caller has given up: this member never runs.
-                let _ = conn.batch_execute("UNLISTEN *");
+                let _ = crate::store::unlisten_all(&mut conn);
                 withdraw(&store, &pool, joined.incarnation, start_timeout);
             }
             Ok((joined, attempt.sent_at(), conn))

@@ -17,6 +17,7 @@
 //! connection a thread keeps ([`HeldConn`]).
 
 mod budget;
+pub(crate) use schema::stored_ring_size;
 mod join;
 mod membership;
 pub(crate) mod payload;
@@ -145,6 +146,16 @@ impl Store {
     /// it: `hashed`, `balanced`, or `balanced max_moving=<m>`.
     pub(crate) fn placement_text(&self) -> String {
         membership::placement_text(self.placement, self.max_moving)
+    }
+
+    /// Wakes this member's client's listening connection with an empty
+    /// NOTIFY on the member's own channel (it waits on its socket for up to
+    /// a second before it LISTENs on a channel new to it).
+    pub(crate) fn wake_listener(&self, client: &mut Client) -> Result<()> {
+        client
+            .execute("SELECT pg_notify($1, '')", &[&self.own_channel])
+            .map(|_| ())
+            .map_err(|e| Error::db("wake the client's connection", e))
     }
 
     /// Whether this member is ready (what its next join files).
@@ -300,4 +311,12 @@ pub(crate) fn node_channel(schema: &str, ring_id: &str, node_id: &str) -> String
         node_id.as_bytes(),
     ]));
     format!("leasering_n{h:016x}")
+}
+
+/// Stops listening to every channel on `client` (a connection going back to
+/// the pool after a join that nobody waits for any more).
+pub(crate) fn unlisten_all(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute("UNLISTEN *")
+        .map_err(|e| Error::db("unlisten", e))
 }

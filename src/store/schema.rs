@@ -10,6 +10,35 @@ use super::{Store, SCHEMA_VERSION};
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::fnv1a64;
 
+/// The size of ring `ring_id` in `schema` (validated by the caller: it is
+/// formatted into the statement), read with any client; `None` when there
+/// is no such ring, or no schema or tables yet. The one statement a
+/// schema-level caller (an operator's function, an observer before its
+/// ring exists) needs before it can make a [`Store`], which is per ring and
+/// knows its size.
+pub(crate) fn stored_ring_size(
+    client: &mut impl GenericClient,
+    schema: &str,
+    ring_id: &str,
+) -> Result<Option<u32>> {
+    use postgres::error::SqlState;
+    match client.query_typed(
+        &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
+        &[(&ring_id, Type::TEXT)],
+    ) {
+        Ok(rows) => Ok(rows.first().map(|r| r.get::<_, i32>(0) as u32)),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::db(format!("read ring {ring_id:?}"), e)),
+    }
+}
+
 impl Store {
     /// The installed schema version, if the schema exists.
     fn installed_version(&self, client: &mut impl GenericClient) -> Result<Option<i32>> {

@@ -58,6 +58,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::input::{CatchUp, Renewal, Took};
 use crate::ring::{Change, RingView};
 
+// The kinds of the take's result rows (its first column): a claim taken
+// now, a claim that was this member's already (a repeated take), a claim
+// another member holds (with its node id), the taker's lease is live (with
+// the timeline), and the new timeline's grace still runs (with the
+// milliseconds left).
+const TAKEN: i32 = 0;
+const MINE: i32 = 1;
+const HELD_BY: i32 = 2;
+const LIVE: i32 = 3;
+const GRACE: i32 = 4;
+
 /// The server's current timeline, as SQL: the first eight hex digits of
 /// the name of the WAL file being written. Readable by any role (unlike
 /// `pg_control_checkpoint()`, which also lags until the first checkpoint
@@ -389,18 +400,18 @@ impl Store {
                                 SET waiter = CASE WHEN c.waiter IS NULL OR c.waiter = $4 THEN $4 ELSE $6 END
                                 FROM mk WHERE c.ring_id = $1 AND c.partition = mk.p
                                 RETURNING c.partition)
-                     SELECT 0, t.partition, t.token, NULL::text FROM took t
+                     SELECT {TAKEN}, t.partition, t.token, NULL::text FROM took t
                      UNION ALL
-                     SELECT 0, f.partition, f.token, NULL FROM fresh f
+                     SELECT {TAKEN}, f.partition, f.token, NULL FROM fresh f
                      UNION ALL
-                     SELECT 1, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM ok)
+                     SELECT {MINE}, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM ok)
                      UNION ALL
-                     SELECT 2, cur.p, 0, m.node_id FROM cur JOIN {s}.members m ON m.incarnation = cur.holder
+                     SELECT {HELD_BY}, cur.p, 0, m.node_id FROM cur JOIN {s}.members m ON m.incarnation = cur.holder
                       WHERE cur.holder <> $2 AND cur.p IN (SELECT partition FROM marked)
                      UNION ALL
-                     SELECT 3, 0, tl.t, NULL FROM me, tl
+                     SELECT {LIVE}, 0, tl.t, NULL FROM me, tl
                      UNION ALL
-                     SELECT 4, 0, ceil(g.wait_ms)::int8, NULL FROM g WHERE g.wait_ms IS NOT NULL"
+                     SELECT {GRACE}, 0, ceil(g.wait_ms)::int8, NULL FROM g WHERE g.wait_ms IS NOT NULL"
                 ),
                 "prepare the take",
             ),
@@ -655,9 +666,9 @@ impl Store {
         for r in &rows {
             let p = r.get::<_, i32>(1) as u32;
             match r.get::<_, i32>(0) {
-                0 | 1 => took.got.push((p, r.get::<_, i64>(2) as u64)),
-                2 => others.push((p, r.get::<_, String>(3))),
-                3 => {
+                TAKEN | MINE => took.got.push((p, r.get::<_, i64>(2) as u64)),
+                HELD_BY => others.push((p, r.get::<_, String>(3))),
+                LIVE => {
                     took.live = true;
                     took.timeline = Some(r.get::<_, i64>(2) as u64);
                 }
