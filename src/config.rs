@@ -31,18 +31,10 @@ pub const MAX_ID_LEN: usize = 200;
 /// bytes) and in every view.
 pub const MAX_METADATA_LEN: usize = 1024;
 
-/// The settings of one ring member. Built by [`NodeBuilder`](crate::NodeBuilder);
-/// usable on its own to validate settings without a database.
-///
-/// ```
-/// use std::time::Duration;
-/// use leasering::Config;
-///
-/// let mut cfg = Config::new("orders");
-/// cfg.lease_ttl = Duration::from_secs(10);
-/// cfg.validate().unwrap();
-/// assert_eq!(cfg.effective_margin(), Duration::from_secs(1));
-/// ```
+/// The settings of one ring member, as [`NodeBuilder`](crate::NodeBuilder)
+/// collects them (its setters are the one public way to configure, and
+/// document the defaults; [`NodeBuilder::check`](crate::NodeBuilder::check)
+/// validates without a database).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {

@@ -106,11 +106,13 @@ struct Inner {
 /// on the same line, as `postgres::Error` does.
 ///
 /// ```
-/// use leasering::{Config, ErrorKind};
+/// use leasering::{ErrorKind, RingNode};
+/// use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 ///
-/// let mut cfg = Config::new("orders");
-/// cfg.ring_size = 0;
-/// let err = cfg.validate().unwrap_err();
+/// // A pool that never connects: `check()` only looks at the settings.
+/// let manager = PostgresConnectionManager::new(postgres::Config::new(), NoTls);
+/// let pool = r2d2::Pool::builder().build_unchecked(manager);
+/// let err = RingNode::builder(pool, "orders").ring_size(0).check().unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
 /// assert_eq!(err.setting(), Some("ring_size"));
 /// assert!(err.to_string().contains("ring_size 0"));

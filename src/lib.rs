@@ -580,8 +580,9 @@ pub mod trace;
 
 pub use client::Client;
 pub use clock::monotonic_ns;
+pub(crate) use config::Config;
 pub use config::{
-    Config, Pooling, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,
+    Pooling, MAX_ID_LEN, MAX_LEASE_TTL, MAX_METADATA_LEN, MAX_RING_SIZE, MIN_LEASE_TTL,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use event::{DrainGuard, Event, ReleaseReason};

@@ -239,9 +239,13 @@ impl NodeBuilder {
         rx
     }
 
-    /// The configuration so far.
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// Checks the settings so far without connecting: the typed
+    /// [`InvalidConfig`](crate::ErrorKind::InvalidConfig) error `start()`
+    /// would fail with for a bad value (a ring id, a node id, a TTL out of
+    /// range, a zone with hashed placement, …), naming it. For a program
+    /// that wants to refuse bad flags before it does anything else.
+    pub fn check(&self) -> Result<()> {
+        self.cfg.validate()
     }
 
     pub(super) fn from_pool(pool: Arc<dyn ConnSource>, ring_id: String) -> NodeBuilder {

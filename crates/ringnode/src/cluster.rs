@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use leasering::{Config, ErrorKind, Event, NodeStatus, RingNode, RingView};
+use leasering::{ErrorKind, Event, NodeStatus, RingNode, RingView};
+
+use crate::member_config::MemberConfig;
 use leasering_testkit::rng::Rng;
 use parking_lot::Mutex;
 use r2d2_postgres::postgres::{self, NoTls};
@@ -28,7 +30,7 @@ use crate::work::{Drained, Work};
 pub struct Settings {
     pub pg: postgres::Config,
     /// The members' configuration, validated; each gets its own node id.
-    pub member: Config,
+    pub member: MemberConfig,
     /// With `--drain`: each member's simulated worker, whose unit of work
     /// takes this long (`member.drain_timeout` is set too).
     pub work_unit: Option<Duration>,
@@ -43,39 +45,14 @@ pub struct Settings {
 /// alike.
 pub fn start_member(
     pg: postgres::Config,
-    cfg: &Config,
+    cfg: &MemberConfig,
 ) -> leasering::Result<(RingNode, Receiver<Event>)> {
     let pool = r2d2::Pool::builder()
         .max_size(4)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(3))
         .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
-    let mut b = RingNode::builder(pool, cfg.ring_id.clone())
-        .vnode_count(cfg.vnode_count)
-        .ring_size(cfg.ring_size)
-        .placement(cfg.placement)
-        .lease_ttl(cfg.lease_ttl)
-        .schema(cfg.schema.clone())
-        .start_timeout(cfg.start_timeout)
-        .stop_timeout(cfg.stop_timeout);
-    if let Some(id) = &cfg.node_id {
-        b = b.node_id(id.clone());
-    }
-    if let Some(md) = &cfg.metadata {
-        b = b.metadata(md.clone());
-    }
-    if let Some(z) = &cfg.zone {
-        b = b.zone(z.clone());
-    }
-    if let Some(c) = cfg.capacity {
-        b = b.capacity(c);
-    }
-    if let Some(m) = cfg.max_moving {
-        b = b.max_moving(m);
-    }
-    if let Some(d) = cfg.drain_timeout {
-        b = b.drain_timeout(d);
-    }
+    let mut b = cfg.builder(pool);
     let rx = b.subscribe();
     let node = b.start()?;
     Ok((node, rx))

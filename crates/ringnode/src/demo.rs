@@ -7,11 +7,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::member_config::MemberConfig;
 use crossbeam_channel::{unbounded, Receiver};
 use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
-use leasering::Config;
 use leasering_testkit::rng::Rng;
 use leasering_testkit::{Sampler, TestPostgres};
 use ratatui::layout::{Constraint, Layout};
@@ -381,7 +381,7 @@ impl Out {
 
 pub fn run(args: DemoArgs) -> AppResult<u8> {
     let ttl = args.lease_ttl;
-    let mut cfg = Config::new(args.ring_id.clone());
+    let mut cfg = MemberConfig::new(args.ring_id.clone());
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
     cfg.placement = args.effective_placement();
@@ -1466,7 +1466,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let settings = Settings {
             pg: r2d2_postgres::postgres::Config::new(),
-            member: Config::new("demo"),
+            member: MemberConfig::new("demo"),
             work_unit: None,
             zones: ["zone-a", "zone-b", "zone-c"].map(String::from).to_vec(),
         };

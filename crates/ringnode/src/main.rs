@@ -23,6 +23,7 @@ mod cluster;
 mod demo;
 mod http;
 mod journal;
+mod member_config;
 mod node_cmd;
 mod signals;
 mod status_cmd;

@@ -12,7 +12,9 @@ use crossbeam_channel::{unbounded, Receiver};
 use crossterm::event::{
     self as term_event, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers,
 };
-use leasering::{Config, Event, ReleaseReason, RingNode, RingView};
+use leasering::{Event, ReleaseReason, RingNode, RingView};
+
+use crate::member_config::MemberConfig;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line as TextLine, Span};
@@ -152,7 +154,7 @@ fn join(v: &[&String]) -> String {
 }
 
 pub fn run(args: NodeArgs) -> AppResult<u8> {
-    let mut cfg = Config::new(args.ring_id.clone());
+    let mut cfg = MemberConfig::new(args.ring_id.clone());
     cfg.ring_size = args.ring_size;
     cfg.vnode_count = args.vnodes;
     cfg.placement = args.placement;
