@@ -175,7 +175,7 @@ fn main() {
     );
     println!("targets (DESIGN §9): owns <= 5 ns with the expiry check; owned_partitions <= 25 ns; Go's unchecked read 5.35 ns");
     println!("loadavg after: {}", loadavg());
-    observer.stop();
+    observer.stop().unwrap();
     node.stop().unwrap_or_else(|e| panic!("stop: {e}"));
     println!();
     println!(

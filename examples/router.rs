@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "a key routed to a member that left"
         );
     }
-    router.stop();
+    router.stop()?;
     for m in &members[1..] {
         m.stop()?;
     }

@@ -212,23 +212,26 @@ struct Handle {
 impl Handle {
     /// Leaves the client (idempotent); with `wait`, waits for its threads
     /// if they stop with this observer.
-    fn stop(&self, wait: Duration) {
+    /// Stops following; returns the names of the client's threads that
+    /// did not end within `wait` (when this was its last registration).
+    fn stop(&self, wait: Duration) -> Vec<String> {
         let mut stopped = self.stopped.lock();
         if std::mem::replace(&mut *stopped, true) {
-            return;
+            return Vec::new();
         }
-        let _ = self
+        let left = self
             .client
             .shared
             .deregister_observer(&self.follower, Instant::now() + wait);
         self.follower.subscribers.lock().clear();
+        left
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
         // Never blocks: threads that stop with it end on their own.
-        self.stop(Duration::ZERO);
+        let _ = self.stop(Duration::ZERO);
     }
 }
 
@@ -287,9 +290,23 @@ impl RingObserver {
 
     /// Stops following (idempotent); when it was its client's last member
     /// or observer, waits up to 5 s for the client's threads. The view
-    /// stays readable, frozen.
-    pub fn stop(&self) {
-        self.handle.stop(Duration::from_secs(5));
+    /// stays readable, frozen. Like [`RingNode::stop`](crate::RingNode::stop),
+    /// an [`ErrorKind::Timeout`] error when they did not end in time (a
+    /// statement stalled on a dead link; they end on their own, and the
+    /// observer is stopped either way); dropping the last handle stops it
+    /// too, without waiting.
+    pub fn stop(&self) -> Result<()> {
+        let left = self.handle.stop(Duration::from_secs(5));
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the observer of ring {:?} stopped, but its client's threads {left:?} did not end within 5 s",
+                self.handle.follower.cfg.ring_id
+            ),
+        ))
     }
 }
 

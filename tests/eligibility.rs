@@ -288,7 +288,7 @@ fn a_cordon_empties_a_member_across_its_restart_until_lifted() {
         v.member("b").is_some_and(|m| m.is_eligible())
             && v.member("c").is_some_and(|m| !m.is_eligible())
     });
-    observer.stop();
+    observer.stop().unwrap();
     sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     for n in [a, b2, c] {

@@ -145,7 +145,7 @@ fn a_balanced_ring_keeps_shares_within_one_and_moves_the_minimum_through_joins_l
         owners(&alive[0].view()),
         "stored table != members' tables"
     );
-    late.stop();
+    late.stop().unwrap();
     sampler.finish().assert_no_overlap();
     recorder.assert_no_overlap_and_tokens_increase();
     for n in &alive {
@@ -237,8 +237,8 @@ fn metadata_reaches_every_view_and_the_observer() {
     for n in [a, b, c] {
         n.stop().unwrap();
     }
-    obs.stop();
-    late.stop();
+    obs.stop().unwrap();
+    late.stop().unwrap();
 }
 
 fn observer_agrees_through_churn(placement: Placement) {
@@ -370,7 +370,7 @@ fn observer_agrees_through_churn(placement: Placement) {
     for n in nodes {
         n.stop().unwrap();
     }
-    obs.stop();
+    obs.stop().unwrap();
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn an_observer_of_a_ring_that_does_not_exist_yet_follows_it_once_created() {
     );
     assert_eq!(obs.view().ring_size(), 32);
     n.stop().unwrap();
-    obs.stop();
+    obs.stop().unwrap();
 }
 
 // ---- capacity and zones (issue 19, items 3 and 4) ---------------------------
@@ -759,7 +759,7 @@ fn a_budgeted_join_of_four_to_four_moves_in_steps_and_keeps_the_ring_covered() {
         owners(&last),
         "the observer places alike"
     );
-    obs.stop();
+    obs.stop().unwrap();
     drop(drains);
     for n in nodes {
         n.stop().unwrap();
