@@ -225,153 +225,39 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Placement: hashed or balanced
+//! ## Placement and its controls
 //!
-//! [`Placement::Hashed`] (the default) is docs/protocol.md §2's consistent hashing:
-//! a partition belongs to the member holding the next vnode clockwise. It
-//! is a pure function of the vnodes, so any program can compute it, and a
-//! member restarted under its node id gets exactly its old partitions back.
-//! Its weakness is balance: with 8 vnodes, the largest of 16 members holds
-//! 1.6× the mean (2.8× in the worst of many random rings).
+//! [`Placement::Hashed`] (the default) is consistent hashing: a partition
+//! belongs to the member holding the next vnode clockwise, a pure function
+//! of the vnodes (a member restarted under its node id gets exactly its old
+//! partitions back), balanced within about 1.6× the mean with 8 vnodes.
+//! [`Placement::Balanced`] keeps every member within one partition of its
+//! weighted share and moves the minimum on each change: a table carried
+//! from epoch to epoch, which every member computes alike. Balanced
+//! placement takes the controls operators ask for:
 //!
-//! [`Placement::Balanced`] keeps every member strictly within one
-//! partition of its weighted fair share (`ring_size · w / W`, the weight
-//! being its `vnode_count`), and a join moves partitions only to the
-//! joiner, a leave only away from the leaver: the minimum that must move.
-//! No pure function of the member set can do both — capping rendezvous
-//! hashing at each member's quota balances as well, but each join cascades
-//! through the caps and moves 1.3× the minimum at 16 members and 4.5× at
-//! 256 — so the balanced placement is a **table carried from epoch to
-//! epoch**: every change applies one deterministic rule (integer
-//! arithmetic, ties broken by a hash of the node id) to the previous table.
-//! The transaction that records a change writes the new table with the
-//! ring (`rings.placement_table`, a few bytes per partition); members apply
-//! the change themselves, getting the same table bit for bit, and read the
-//! stored one only on a gap. Safety does not depend on it: claims, not the
-//! view, decide who may use a partition, so a table that two members
-//! computed differently could cost time, never an overlap.
+//! * **readiness and cordons** — a member takes partitions only while it
+//!   is *eligible*: ready ([`NodeBuilder::start_unready`],
+//!   [`RingNode::set_ready`]) and not cordoned by an operator ([`cordon`],
+//!   `ringnode cordon`; stored, it outlives restarts). Also with hashed
+//!   placement. An ineligible member stays a live member holding nothing;
+//!   while *every* member is, no partition has an owner
+//!   ([`NodeStatus::unassigned`]).
+//! * **capacity** ([`NodeBuilder::capacity`]) and **zones**
+//!   ([`NodeBuilder::zone`]) — at most `c` partitions for a member; each
+//!   zone within one partition of its share, a lost zone's partitions
+//!   spread over the others by weight. Capacities below the ring leave the
+//!   rest unowned, and say so.
+//! * **pins** ([`pin`], [`unpin`], `ringnode pin`) — a partition stays on
+//!   a node while it is an eligible member with room.
+//! * **a move budget** ([`NodeBuilder::max_moving`]) — at most `M`
+//!   partitions in motion between live members at once: a join takes its
+//!   share in steps while the old owners keep serving the rest.
 //!
-//! The placement is stored with the ring when it is created; a member
+//! The placement and the budget are stored with the ring; a member
 //! configured otherwise is refused with [`ErrorKind::PlacementMismatch`]
-//! ([`Error::placements`] names both). The benchmark `benches/ring.rs`
-//! measures both placements.
-//!
-//! ## Eligibility: readiness and cordons
-//!
-//! A member takes partitions only while it is *eligible*: ready and not
-//! cordoned. Both are sources of one mechanism (issue 19):
-//!
-//! * **Readiness** is the member's own. [`NodeBuilder::start_unready`] joins
-//!   holding nothing (the ring stays covered by the others) until
-//!   [`RingNode::set_ready(true)`](RingNode::set_ready), e.g. once caches
-//!   are warm; `set_ready(false)` takes it away again. A rejoin after an
-//!   eviction joins as ready as the member then is.
-//! * **A cordon** is an operator's, by node id ([`cordon`], `ringnode
-//!   cordon` / `uncordon`): stored in the database, so it outlives the
-//!   member's restarts and may be set while the member is absent.
-//!
-//! An eligibility change is a membership change: the transaction that
-//! writes it, under the ring's lock, bumps the epoch, records a change
-//! (the members made eligible and ineligible) and notifies the ring, as
-//! joins and leaves do. The placement considers eligible members only —
-//! hashed skips ineligible members' vnodes, balanced treats becoming
-//! ineligible as a table leave and becoming eligible as a join — so the
-//! member that loses its partitions releases them as on any view change,
-//! with its drain ([`NodeBuilder::drain_timeout`]), and stays a live member
-//! that renews, holding nothing. Every view lists it
-//! ([`MemberInfo::is_eligible`] says it owns nothing);
-//! [`NodeStatus`] has `ready`, `eligible` and `cordoned`.
-//!
-//! **Failure mode:** while *every* member is ineligible, no partition has an
-//! owner. [`NodeStatus::unassigned`] and the gauge
-//! `leasering_partitions_unassigned` then show the ring's size, and
-//! `ringnode status` says so.
-//!
-//! ## Capacity and zones
-//!
-//! With [`Placement::Balanced`], a member can declare two attributes,
-//! stored with its row from its join on:
-//!
-//! * **Capacity** ([`NodeBuilder::capacity`]): it holds at most that many
-//!   partitions; what does not fit goes to the other members by weight.
-//! * **Zone** ([`NodeBuilder::zone`]): a failure domain (an availability zone,
-//!   a rack). Each zone holds within one partition of its share by weight
-//!   (the sum of its members' weights, capped by their capacities); within
-//!   a zone, each member holds within one partition of its part of the
-//!   zone's count, so within two of its share of the ring. When a zone is
-//!   lost, its partitions spread over the other zones by weight. Members
-//!   without a zone count as one zone of their own.
-//!
-//! [`MemberInfo::capacity`] and [`MemberInfo::zone`] show them, and
-//! `ringnode status` lists them. Hashed placement cannot honour either (it
-//! is a function of the positions alone): [`NodeBuilder::start`] refuses them
-//! there with an [`ErrorKind::InvalidConfig`] error naming the value.
-//!
-//! **Failure mode:** when the members' capacities add up to less than the
-//! ring, the rest of the partitions have no owner and their work waits.
-//! [`NodeStatus::unassigned`], the gauge `leasering_partitions_unassigned`
-//! (and the shipped alert `LeaseringPartitionsUnassigned`) and `ringnode
-//! status` show how many; starting a member, or raising a capacity (a
-//! restart with the new value), places them.
-//!
-//! ## Pins
-//!
-//! An operator can pin a partition to a node id ([`pin`], [`unpin`],
-//! `ringnode pin`): with balanced placement, the partition moves there with
-//! the usual drained handoff and stays through joins and leaves while that
-//! node is an eligible member with room ([`NodeBuilder::capacity`]). While the
-//! node is away, unready or cordoned, the partition is placed as any other,
-//! and it goes back when the node does. The other partitions are placed
-//! around the pins. A pin is stored with the ring and written as a
-//! membership change, so every member applies it at the same epoch.
-//!
-//! While a ring has a member with a capacity or a zone, or a pin, balanced placement
-//! uses a target-count rule (each member's count is computed first, then
-//! the fewest partitions move to reach it); a ring without them keeps the
-//! rule described under [`Placement::Balanced`], change for change. Every
-//! member of the ring must run a build that knows the attributes and pins
-//! (schema version 5; an older build cannot start on that schema, but one
-//! already running during an upgrade can): an older member ignores them and
-//! would compute another placement — claims keep that safe, but partitions
-//! would wait. Set capacities, zones and pins once the upgrade is done.
-//!
-//! ## Move budget
-//!
-//! By default a change moves everything it moves at once: four members
-//! joining a ring of four hand over half the ring together, and each of
-//! those partitions is idle for its drain and handoff. A ring with a
-//! **move budget** ([`NodeBuilder::max_moving`], balanced placement, stored with
-//! the ring) keeps at most `M` partitions *in motion* between live members
-//! at once — a partition is in motion while the placement gives it to a
-//! member that does not hold its claim yet:
-//!
-//! * Each membership change is written under the ring's lock with what the
-//!   budget leaves it: `M` less what is in motion then (read from the
-//!   claims in the same transaction). The placement's target-count rule
-//!   moves at most that many partitions between members that stay, from
-//!   the members most above their target to those most below it. The
-//!   allowance is part of the change, so every member computes the same
-//!   table.
-//! * Partitions whose owner left, crashed, or became ineligible are placed
-//!   at once (nobody serves them); they count against the budget until
-//!   taken.
-//! * What the budget held back moves in **steps**: a change with nothing
-//!   in it but its allowance. The member that takes moved partitions writes
-//!   the next step right after its take, so a join proceeds as fast as the
-//!   handoffs complete, `M` at a time; each member also tries one every
-//!   third of a lease TTL while its view has moves pending, in case the one
-//!   that should have written it is gone.
-//!
-//! The old owners keep serving what has not moved yet, so at most `M`
-//! partitions are ever idle for a handoff (the integration test joins four
-//! members to four with a budget of 4 and 300 ms drains: at most 4
-//! partitions uncovered at any moment, against 32 without it). The price is
-//! time: `moved ÷ M` rounds of handoffs instead of one.
-//! [`NodeStatus::moves_pending`], the gauge
-//! `leasering_partitions_moves_pending` and `ringnode status` show what is
-//! held back. Hashed placement is a function of the positions alone and
-//! cannot hold moves back: `max_moving` with it is a typed
-//! [`InvalidConfig`](ErrorKind::InvalidConfig) error.
+//! naming both values. How each rule works, its failure modes and its
+//! costs: `docs/protocol.md` in the repository, §2 and §7.
 //!
 //! ## Routing: member metadata and the observer
 //!

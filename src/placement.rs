@@ -43,7 +43,7 @@ pub enum Placement {
     Hashed,
     /// Every member's share within one partition of its weighted fair
     /// share, and the minimum moved by each join and leave (see the
-    /// crate docs, "Placement").
+    /// crate docs, "Placement and its controls").
     Balanced,
 }
 

@@ -125,7 +125,7 @@ impl NodeBuilder {
     /// and count against the budget until taken. Stored with the ring like
     /// the placement: every member must say the same, or its `start()`
     /// fails with [`ErrorKind::PlacementMismatch`](crate::ErrorKind)
-    /// naming both values. See "Move budget" in the crate docs.
+    /// naming both values. See `docs/protocol.md` §7.
     pub fn max_moving(mut self, m: u32) -> NodeBuilder {
         self.cfg.max_moving = Some(m);
         self
