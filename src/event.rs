@@ -130,6 +130,13 @@ impl Event {
 ///   during the drain, a second `Released` with
 ///   [`ReleaseReason::LeaseExpired`] names the partitions — stop at once;
 ///   from then on fencing tokens protect what follows.
+/// * A subscriber that does not keep its copy lets go at once; with no
+///   subscriber at all, nothing waits. Releases for
+///   [`ReleaseReason::LeaseExpired`] and [`ReleaseReason::Evicted`] never
+///   carry a guard.
+/// * A graceful [`stop`](crate::RingNode::stop) waits for the drains of its
+///   [`ReleaseReason::Stopping`] release within `stop_timeout`, then leaves
+///   (the leave frees every claim).
 ///
 /// ```no_run
 /// # fn demo(node: leasering::RingNode) {

@@ -42,8 +42,8 @@ pub enum Placement {
     #[default]
     Hashed,
     /// Every member's share within one partition of its weighted fair
-    /// share, and the minimum moved by each join and leave (see the
-    /// crate docs, "Placement and its controls").
+    /// share, and the minimum moved by each join and leave (see
+    /// `docs/protocol.md`, "Placement and its controls, for operators").
     Balanced,
 }
 
