@@ -1,13 +1,11 @@
 //! The main log lines carry structured key-values (the `log` crate's `kv`):
 //! a logger of the test's own collects them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::*;
+use leasering_testkit::fixtures::*;
 use log::kv::{Key, Value, VisitSource};
 
 /// (message, key-values) of every `leasering` record.

@@ -4,16 +4,14 @@
 //! A gauge's highest value is kept too, so that a state that lasts a few
 //! milliseconds (pending partitions, an epoch lag) is seen.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::*;
 use leasering::telemetry::METRIC_NAMES;
 use leasering::RingNode;
+use leasering_testkit::fixtures::*;
 use leasering_testkit::{ProxyMode, TcpProxy};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,

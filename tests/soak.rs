@@ -28,14 +28,12 @@
 //! * `LEASERING_SOAK_SECS=7200 cargo test --release --test soak -- --ignored --nocapture`
 //!   runs the long one (`soak`), which prints a sample line every 30 s.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use leasering::{Client, Event, RingNode};
+use leasering_testkit::fixtures::*;
 use leasering_testkit::rng::Rng;
 
 /// The system allocator, counting the bytes it has handed out and not yet

@@ -2,14 +2,12 @@
 //! is a span with the fields ring, node, epoch, partitions, outcome and
 //! duration_ms (collected here by a small subscriber of the test's own).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use leasering_testkit::fixtures::*;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};

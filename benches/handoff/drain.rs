@@ -30,7 +30,7 @@ const DRAIN_RING: u32 = 128;
 /// Members at rest; one more joins, then the oldest leaves, in turn.
 const DRAIN_MEMBERS: usize = 5;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// A unit of user work (the `tests/claims.rs` workload's): well under the
+/// A unit of user work (the `tests/it/one_owner/claims.rs` workload's): well under the
 /// drain timeout, so that a drain always ends with the unit.
 const DRAIN_UNIT: Duration = Duration::from_millis(200);
 

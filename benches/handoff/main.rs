@@ -6,7 +6,7 @@
 //!   its whole share (replayed from every member's events, on one clock).
 //! * **leave**: that joiner calls `stop()`; the time until each of its
 //!   partitions is active on one of the others.
-//! * **crash**: a member *process* (`tests/bin/member.rs`, the
+//! * **crash**: a member *process* (the testkit's
 //!   `leasering-member` bin) on a ring of 16 with TTL 2 s is killed with
 //!   `kill -9` at a random moment of its renewal cycle; the time until its
 //!   partitions are active elsewhere, also as a multiple of the TTL.
@@ -30,7 +30,7 @@
 //!   partitions are active elsewhere.
 //! * **drain** (the crate docs, guarantee 6): members with a drain timeout,
 //!   each with the testkit's drain workload ([`Worker`], as in
-//!   `tests/claims.rs`) doing 200 ms units of user work on its partitions;
+//!   `tests/it/one_owner/claims.rs`) doing 200 ms units of user work on its partitions;
 //!   members join and leave until over 1,000 partitions have moved between
 //!   owners; the user work of two members on one partition must never
 //!   intersect (the oracle's [`History::judge_work`] over the workers'
@@ -80,9 +80,6 @@ use support::*;
 use drain::{drain, drain_line, drain_rows, drain_title, print_drain_counts};
 use frozen::frozen_member;
 
-/// The member process, built by Cargo with the benches.
-const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
-
 const RING_SIZE: u32 = 1024;
 const MEMBERS: usize = 16;
 
@@ -100,7 +97,7 @@ fn spawn_member(
 ) -> MemberProcess {
     let url = db.url();
     let args = MemberArgs {
-        exe: MEMBER,
+        exe: leasering_testkit::member_binary(),
         url: &url,
         ring,
         node: name,

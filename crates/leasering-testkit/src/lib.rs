@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod debian;
+pub mod fixtures;
 pub mod member_log;
 pub mod member_process;
 pub mod oracle;
@@ -55,7 +56,7 @@ pub mod sampler;
 pub mod tls;
 pub mod worker;
 
-pub use self::member_process::{MemberArgs, MemberProcess};
+pub use self::member_process::{member_binary, MemberArgs, MemberProcess};
 pub use self::pgbouncer::{PgBouncer, PoolMode};
 pub use self::postgres::{instant_of, TestPostgres, TestPostgresOptions};
 pub use self::proxy::{ProxyMode, TcpProxy};

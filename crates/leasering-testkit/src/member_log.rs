@@ -1,5 +1,5 @@
-//! The log format of the member process (`tests/bin/member.rs`, the
-//! library's `leasering-member` bin), written and parsed in one place:
+//! The log format of the member process (`leasering-member`, this crate's
+//! bin), written and parsed in one place:
 //! ownership events, units of user work and fenced writes, one line each,
 //! every time in CLOCK_MONOTONIC nanoseconds.
 //!

@@ -1,5 +1,5 @@
-//! A member process (`tests/bin/member.rs` of the library) run by a test or
-//! a bench, killed when its handle drops.
+//! A member process (this crate's `leasering-member` bin, found by
+//! [`member_binary`]) run by a test or a bench, killed when its handle drops.
 //!
 //! Why a handle and not a bare [`Child`]: a test that panics while its
 //! member process is stopped with `SIGSTOP` would otherwise leave the
@@ -27,7 +27,7 @@ pub struct MemberProcess {
 /// `leasering-member <url> <ring> <node> <ttl_ms> <schema> <events>`.
 #[derive(Debug, Clone, Copy)]
 pub struct MemberArgs<'a> {
-    /// The member binary (`env!("CARGO_BIN_EXE_leasering-member")`).
+    /// The member binary ([`member_binary`]).
     pub exe: &'a str,
     /// The connection string of the database.
     pub url: &'a str,
@@ -133,4 +133,73 @@ impl Drop for MemberProcess {
     fn drop(&mut self) {
         self.reap();
     }
+}
+
+/// The path of the member binary (`leasering-member`, this crate's bin),
+/// built up to date for the calling test or bench on the first call.
+///
+/// A test or bench of another package cannot name another package's bin
+/// (`env!("CARGO_BIN_EXE_…")` is for a package's own), and Cargo builds a
+/// dependency's bins only for that package's own tests: so the first call
+/// runs `cargo build -p leasering-testkit --bin leasering-member` (with
+/// `--release` when the caller was built in `target/release`, as benches
+/// are), which is a no-op after `cargo test --workspace` and takes a few
+/// seconds after a change. Cargo has released its build lock by the time it
+/// runs a test, so this does not wait on the caller's own `cargo test`.
+/// The binary lands next to the caller's `deps/` folder, in the same target
+/// folder (`CARGO_TARGET_DIR` is inherited).
+///
+/// Panics, saying what failed, if the build fails: no test can run a member
+/// process without it.
+pub fn member_binary() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| match build_member_binary() {
+        Ok(path) => path,
+        Err(e) => panic!("{e}"),
+    })
+}
+
+fn build_member_binary() -> Result<String, TestkitError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| TestkitError::new(format!("where is this test binary? {e}")))?;
+    // target/<profile>/deps/<test>-<hash>, or target/<profile>/<bench>.
+    let profile_dir = exe
+        .ancestors()
+        .find(|d| d.file_name().is_some_and(|n| n == "debug" || n == "release"))
+        .ok_or_else(|| {
+            TestkitError::new(format!(
+                "{} is not in a target/debug or target/release folder: build the member \
+                 with `cargo build -p leasering-testkit --bin leasering-member` and run it yourself",
+                exe.display()
+            ))
+        })?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--manifest-path", manifest]);
+    cmd.args(["-p", "leasering-testkit", "--bin", "leasering-member"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        TestkitError::new(format!(
+            "could not run {cargo} to build leasering-member: {e}"
+        ))
+    })?;
+    if !out.status.success() {
+        return Err(TestkitError::new(format!(
+            "`cargo build -p leasering-testkit --bin leasering-member` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let path = profile_dir.join("leasering-member");
+    if !path.exists() {
+        return Err(TestkitError::new(format!(
+            "built leasering-member, but it is not at {} (a different CARGO_TARGET_DIR?)",
+            path.display()
+        )));
+    }
+    Ok(path.to_string_lossy().into_owned())
 }

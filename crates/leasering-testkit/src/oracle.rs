@@ -1,4 +1,4 @@
-//! The one judge of ownership histories (the crate docs, "Guarantees and their assumptions"): who held which
+//! The one judge of ownership histories (docs/protocol.md §11, "Guarantees and their assumptions"): who held which
 //! partition when, whether two *runs* ever held one partition at once, and
 //! whether fencing tokens rose from owner to owner. The integration tests,
 //! the chaos harness, the benches and the demo all use it, so that they

@@ -5,10 +5,6 @@
 //!
 //! Not for cryptography, and not a statistics-grade generator: enough to
 //! make a run reproducible from one printed number.
-//!
-//! This file uses nothing outside `core`/`std`: the member process
-//! (`tests/bin/member.rs`, a bin of the library, which cannot use the
-//! library's dev-dependencies) compiles it in through `#[path]`.
 
 /// A small seeded generator; the same seed gives the same sequence.
 #[derive(Debug, Clone)]

@@ -2,8 +2,8 @@
 //! units of work on the partitions its member owns and holds back their
 //! handoff with the drain guard until the unit in progress has ended — the
 //! way a service is meant to use `NodeBuilder::drain_timeout`. Shared by the
-//! in-process drain test (`tests/claims.rs`), the member process
-//! (`tests/bin/member.rs`, the chaos harness's members) and the handoff
+//! in-process drain test (`tests/it/one_owner/claims.rs`), the member process
+//! (`leasering-member`, this crate's bin: the chaos harness's members) and the handoff
 //! bench's drain section (`benches/handoff.rs`), so that all of them do
 //! the same thing and log it in the same [`member_log`](crate::member_log)
 //! lines.

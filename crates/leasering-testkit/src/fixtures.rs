@@ -1,24 +1,22 @@
-//! Shared helpers of the integration tests: the throwaway PostgreSQL,
-//! pools, starting members, waiting for conditions. The two independent
-//! overlap checks (events judged by the oracle through a [`Recorder`], and
-//! a [`Sampler`] of `owned_partitions()`) live in the testkit, shared with
-//! the chaos harness, the benches and the demo.
-#![allow(dead_code)]
+//! Fixtures of the integration tests, benches and examples: the shared
+//! throwaway PostgreSQL of the process, pools, a builder with test settings,
+//! waiting for a condition, and the checks of a settled, covered ring. The
+//! two independent overlap checks ([`Recorder`] for events, [`Sampler`] for
+//! `owned_partitions()`) are re-exported here for the same tests.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leasering::{NodeBuilder, RingNode};
-use leasering_testkit::{unique_name, TestPostgres};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
-// For the test files that use them (not all do).
-#[allow(unused_imports)]
-pub use leasering_testkit::{Recorder, Sampler};
+pub use crate::{unique_name, Recorder, Sampler, TestPostgres};
 
+/// The pool the fixtures build (plain TCP to the test server).
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
-/// The test binary's shared server (started once, torn down at exit).
+/// The process's shared server ([`TestPostgres::shared`]: started once,
+/// torn down at exit); panics, saying what to install, without PostgreSQL.
 pub fn db() -> &'static TestPostgres {
     match TestPostgres::shared() {
         Ok(db) => db,
@@ -26,10 +24,12 @@ pub fn db() -> &'static TestPostgres {
     }
 }
 
+/// A pool of at most `max` connections to `db`.
 pub fn pool_of(db: &TestPostgres, max: u32) -> Pool {
     db.pool(max).unwrap_or_else(|e| panic!("pool: {e}"))
 }
 
+/// A pool of at most `max` connections to the shared server.
 pub fn pool(max: u32) -> Pool {
     pool_of(db(), max)
 }
@@ -41,10 +41,13 @@ pub fn named_pool(db: &TestPostgres, app: &str, max: u32) -> Pool {
         .unwrap_or_else(|e| panic!("pool: {e}"))
 }
 
+/// A ring id no other test of the process uses.
 pub fn ring_name(prefix: &str) -> String {
     unique_name(prefix)
 }
 
+/// env_logger as `RUST_LOG` says, in the form tests want (captured per
+/// test); the first call installs it, later ones do nothing.
 pub fn init_logs() {
     let _ = env_logger::builder().is_test(true).try_init();
 }

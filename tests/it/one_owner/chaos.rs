@@ -2,7 +2,7 @@
 //! from outside by an independent checker (the crate docs' guarantees, issue 3).
 //!
 //! A private PostgreSQL; members are separate processes (the
-//! `leasering-member` bin, `tests/bin/member.rs`), each with its database
+//! testkit's `leasering-member` bin), each with its database
 //! connections through its own TCP proxy, each logging its ownership events
 //! and its fenced writes on CLOCK_MONOTONIC. Every member runs the drain
 //! workload (`leasering_testkit::worker`): drained handoffs on, units of
@@ -23,7 +23,7 @@
 //! for all of its members) that joins and is then killed with `kill -9`, or
 //! frozen (`SIGSTOP`, thawed 0.8–2.5 × TTL later), with all its members at
 //! once — judged on the checked ring as a kill or a pause is. Then every member
-//! stops and the checker (`chaos_support::checker`, on the testkit's oracle)
+//! stops and the checker (`chaos::checker`, on the testkit's oracle)
 //! judges the logs — user work included: no two members' units on one
 //! partition may intersect while both leases ran. The extra rings are not
 //! judged; only rows of killed processes may remain in them at the end.
@@ -35,7 +35,7 @@
 //!
 //! * `cargo test` runs about a minute (`LEASERING_CHAOS_SECS`, default 60;
 //!   the first round always injects every kind of fault once).
-//! * `LEASERING_CHAOS_SECS=600 cargo test --release --test chaos -- --nocapture`
+//! * `LEASERING_CHAOS_SECS=600 cargo test --release --test it one_owner::chaos::chaos -- --nocapture`
 //!   for a long run.
 //! * `LEASERING_CHAOS_SEED=<n>` replays the fault schedule of a run (the
 //!   seed is printed first); `LEASERING_CHAOS_KEEP=1` keeps the logs of a
@@ -47,13 +47,16 @@
 //! `chaos-undrained:` instead):
 //! `chaos: transitions=<n> overlaps=<n> user_overlaps=<n> token_regressions=<n> stale_writes=<n> max_uncovered_ms=<n> faults=<n> leaked_rows=<n>`.
 
-mod chaos_support;
+#[allow(dead_code)]
+mod checker;
+#[allow(dead_code)]
+mod cluster;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chaos_support::checker::{check, End, FaultSpan, Input, IsolationSpan, Report};
-use chaos_support::cluster::{mono_now, Cluster, Member, Settings, WorkLoad};
+use checker::{check, End, FaultSpan, Input, IsolationSpan, Report};
+use cluster::{mono_now, Cluster, Member, Settings, WorkLoad};
 use leasering_testkit::rng::{fresh_seed, Rng};
 use leasering_testkit::{unique_name, ProxyMode};
 
@@ -159,7 +162,7 @@ impl Kind {
 /// A change made while a member was frozen: from `from` to `to` (its thaw)
 /// every partition but `exempt` must be covered again within one lease TTL
 /// (the exact, timing-free check that a join and a leave take nothing from
-/// a frozen member's lease is `tests/claims.rs`'s
+/// a frozen member's lease is `tests/it/one_owner/claims.rs`'s
 /// `a_frozen_member_delays_only_the_partitions_whose_claims_it_holds`).
 struct Isolation {
     from: u64,
@@ -1025,7 +1028,7 @@ fn print_details(report: &Report, chaos: &Chaos, sink: &[String]) {
     }
     let mut closest: Vec<_> = report.coverage.iter().collect();
     closest.sort_by(|a, b| {
-        let r = |c: &&chaos_support::checker::Coverage| c.worst_ns as f64 / c.bound_ms as f64;
+        let r = |c: &&checker::Coverage| c.worst_ns as f64 / c.bound_ms as f64;
         r(b).total_cmp(&r(a))
     });
     for c in closest.iter().take(3) {

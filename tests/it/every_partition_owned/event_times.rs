@@ -7,11 +7,9 @@
 //! on it: a paused ex-owner whose release is stamped late would look like
 //! it overlapped its successor.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use leasering::{Event, ReleaseReason, RingNode};
 
 fn released(events: &crossbeam_channel::Receiver<Event>) -> Vec<(ReleaseReason, Instant, usize)> {

@@ -1,6 +1,5 @@
-//! A ring member as its own process (the library's `leasering-member` bin,
-//! built only with the `test-util` feature, i.e. for tests and benches,
-//! which find it as `env!("CARGO_BIN_EXE_leasering-member")`): for fault
+//! A ring member as its own process (the testkit's `leasering-member` bin;
+//! tests and benches find it with `leasering_testkit::member_binary()`): for fault
 //! tests (kill -9, SIGSTOP), the chaos harness and the crash bench. It joins
 //! a ring and appends every ownership event to a file, one line each,
 //! flushed at once, stamped with CLOCK_MONOTONIC nanoseconds (shared by all
@@ -66,10 +65,9 @@
 //! ring) when its standard input closes or says `stop`.
 //! Library logs go to standard error (`RUST_LOG`).
 //!
-//! A bin cannot use the library's dev-dependencies, and the library gains
-//! no normal dependency for it: the log format and the generator are the
-//! testkit's own source files compiled in through `#[path]`, and the logger
-//! is the few lines of [`StderrLog`].
+//! It lives in the testkit and uses it like any other consumer: the event
+//! log's format ([`member_log`](leasering_testkit::member_log)), the seeded generator ([`rng`]) and the
+//! user-work simulation ([`worker`]) are the ones the tests read and run.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,19 +77,8 @@ use std::time::{Duration, Instant};
 use leasering::{monotonic_ns, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
-// The testkit's files, shared with the tests that read these logs (the
-// parsers are unused here) and with the in-process drain test (the worker).
-#[allow(dead_code)]
-#[path = "../../crates/leasering-testkit/src/member_log.rs"]
-mod member_log;
-#[allow(dead_code)]
-#[path = "../../crates/leasering-testkit/src/rng.rs"]
-mod rng;
-#[allow(dead_code)]
-#[path = "../../crates/leasering-testkit/src/worker.rs"]
-mod worker;
-
-use member_log::WriteRec;
+use leasering_testkit::member_log::WriteRec;
+use leasering_testkit::{rng, worker};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -100,73 +87,22 @@ const USAGE: &str = "usage: leasering-member <database-url> <ring-id> <node-id> 
      [--drain-ms=N] [--work=MIN-MAX] [--work-lanes=N] [--work-seed=N] [--work-drop-guards] [--transaction-pooling] \
      [--extra-rings=N]";
 
-/// Log records to standard error, filtered by `RUST_LOG` roughly as
-/// env_logger does: comma-separated `level` or `target=level` directives,
-/// the longest matching target prefix winning; `error` when unset.
-struct StderrLog {
-    default: log::LevelFilter,
-    targets: Vec<(String, log::LevelFilter)>,
-}
-
-impl StderrLog {
-    fn from_env() -> StderrLog {
-        let spec = std::env::var("RUST_LOG").unwrap_or_default();
-        let mut me = StderrLog {
-            default: log::LevelFilter::Error,
-            targets: Vec::new(),
-        };
-        for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            match d.split_once('=') {
-                Some((t, l)) => me
-                    .targets
-                    .push((t.to_string(), l.parse().unwrap_or(me.default))),
-                None => match d.parse() {
-                    Ok(l) => me.default = l,
-                    // A bare module name turns everything on for it.
-                    Err(_) => me.targets.push((d.to_string(), log::LevelFilter::Trace)),
-                },
-            }
-        }
-        me
-    }
-
-    fn level_for(&self, target: &str) -> log::LevelFilter {
-        self.targets
-            .iter()
-            .filter(|(t, _)| target.starts_with(t.as_str()))
-            .max_by_key(|(t, _)| t.len())
-            .map_or(self.default, |(_, l)| *l)
-    }
-
-    fn max(&self) -> log::LevelFilter {
-        self.targets
-            .iter()
-            .map(|(_, l)| *l)
-            .fold(self.default, Ord::max)
-    }
-}
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level_for(m.target())
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let ms = monotonic_ns(Instant::now()) as f64 / 1e6;
-            eprintln!("[{ms:.3} {:<5} {}] {}", r.level(), r.target(), r.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 fn main() {
-    let logger = StderrLog::from_env();
-    log::set_max_level(logger.max());
-    // Leaked: the logger lives as long as the process (and `set_logger`
-    // needs no feature of the log crate, unlike `set_boxed_logger`).
-    let _ = log::set_logger(Box::leak(Box::new(logger)));
+    // Library logs to standard error as `RUST_LOG` says, each stamped with
+    // CLOCK_MONOTONIC milliseconds, the clock of the event log, so that the
+    // two can be read side by side.
+    env_logger::Builder::from_default_env()
+        .format(|buf, r| {
+            let ms = monotonic_ns(Instant::now()) as f64 / 1e6;
+            writeln!(
+                buf,
+                "[{ms:.3} {:<5} {}] {}",
+                r.level(),
+                r.target(),
+                r.args()
+            )
+        })
+        .init();
     if let Err(e) = run() {
         eprintln!("member: {e}");
         std::process::exit(2);

@@ -1,5 +1,5 @@
 //! The cluster of a chaos run: a private PostgreSQL, member processes (the
-//! `leasering-member` bin, `tests/bin/member.rs`), each with its own TCP
+//! testkit's `leasering-member` bin), each with its own TCP
 //! proxy, their logs followed live (to know when the ring has settled) and
 //! collected at the end for the checker. Some processes also serve members
 //! of extra rings (`<RING>-x1`, …) on the same client: only [`RING`] is
@@ -34,7 +34,6 @@ pub fn mono_now() -> u64 {
 const ME: RunId = RunId(0);
 
 /// The member process, built by Cargo with the tests.
-const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -255,7 +254,7 @@ impl Cluster {
             .range(self.settings.vnodes.0 as u64, self.settings.vnodes.1 as u64);
         let work_seed = self.rng.next_u64();
         let s = &self.settings;
-        let mut cmd = Command::new(MEMBER);
+        let mut cmd = Command::new(leasering_testkit::member_binary());
         cmd.args([
             url.as_str(),
             RING,

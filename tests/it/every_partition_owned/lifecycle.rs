@@ -2,11 +2,9 @@
 //! the leave, yet stops local ownership at once and leaves the ring in the
 //! background; errors carry their structured facts.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, Event, ReleaseReason};
 use leasering_testkit::{ProxyMode, TcpProxy};
 

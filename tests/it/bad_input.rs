@@ -1,11 +1,9 @@
-//! Every bad input of the crate docs' guarantees gets a typed error naming the value —
+//! Every bad input (docs/protocol.md §11, guarantee "typed errors") gets a typed error naming the value —
 //! never a panic.
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, RingNode};
 use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 

@@ -5,13 +5,11 @@
 //! member lives; a member restarted under the same node id inherits
 //! nothing; a version-1 schema migrates and version-1 members are refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, Event, ReleaseReason, RingNode};
 use leasering_testkit::member_log::{parse_events, Ev};
 use leasering_testkit::oracle::{End, History};
@@ -19,9 +17,6 @@ use leasering_testkit::worker::{Sink, WorkConfig, Worker};
 use leasering_testkit::{MemberArgs, MemberProcess, ProxyMode, TcpProxy, TestPostgres};
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// The member process (`tests/bin/member.rs`).
-const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 /// A member process of `ring`, ready (joined) when this returns.
 fn member_process(
@@ -33,7 +28,7 @@ fn member_process(
 ) -> MemberProcess {
     let url = db.url();
     let args = MemberArgs {
-        exe: MEMBER,
+        exe: leasering_testkit::member_binary(),
         url: &url,
         ring,
         node,

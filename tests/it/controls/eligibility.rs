@@ -4,12 +4,10 @@
 //! live member that owns nothing, and becoming ineligible sheds its
 //! partitions with drain, as on any view change.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, Event, ReleaseReason, RingNode};
 
 const SETTLE: Duration = Duration::from_secs(30);

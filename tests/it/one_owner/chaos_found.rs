@@ -1,11 +1,9 @@
-//! Bugs of the core found by the chaos harness (`tests/chaos.rs`), each
+//! Bugs of the core found by the chaos harness (`tests/it/one_owner/chaos.rs`), each
 //! reproduced on its own, deterministically enough to fail without its fix.
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use leasering::{Event, ReleaseReason};
 use leasering_testkit::{ProxyMode, TcpProxy};
 

@@ -1,12 +1,10 @@
 //! Joins, leaves and convergence against a real PostgreSQL, with two
 //! independent overlap checkers watching every change.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use leasering::{Event, ReleaseReason, RingNode};
 
 const SETTLE: Duration = Duration::from_secs(30);

@@ -3,14 +3,12 @@
 //! weights, a mismatched placement, member metadata, and a
 //! [`RingObserver`] agreeing with the members.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, Placement, RingNode, RingObserver, RingView};
 
 const SETTLE: Duration = Duration::from_secs(30);

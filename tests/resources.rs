@@ -3,15 +3,13 @@
 //! statement per heartbeat — and what happens to every membership of a
 //! client when its one connection is cut or stalled.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use leasering::{Client, ErrorKind, Event, ReleaseReason, RingNode};
+use leasering_testkit::fixtures::*;
 use leasering_testkit::{ProxyMode, Recorder, TcpProxy, TestPostgres};
 
 const TTL: Duration = Duration::from_secs(3);

@@ -2,12 +2,10 @@
 //! (session mode with notifications, transaction mode without), a pool
 //! shared with the application, TLS, and a PostgreSQL failover.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use leasering::{ErrorKind, NodeBuilder, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
@@ -20,57 +18,6 @@ const RING_SIZE: u32 = 64;
 /// need is measured by the benches.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// The member process (`tests/bin/member.rs`), built by Cargo with the tests.
-const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
-
-/// Warnings and errors of the library that say a statement or a session
-/// setting did not follow a connection through the pooler, counted by
-/// [`init_counting_logs`].
-static POOLER_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// env_logger (as `RUST_LOG` says), and the count of [`POOLER_ERRORS`].
-struct CountingLog(env_logger::Logger);
-
-impl log::Log for CountingLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Warn || self.0.enabled(m)
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if r.level() <= log::Level::Warn && r.target().starts_with("leasering") {
-            let text = r.args().to_string();
-            if [
-                "prepared statement",
-                "does not exist",
-                "already exists",
-                "unnamed portal",
-            ]
-            .iter()
-            .any(|s| text.contains(s))
-            {
-                POOLER_ERRORS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("pooler error: {text}");
-            }
-        }
-        if self.0.enabled(r.metadata()) {
-            self.0.log(r);
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn init_counting_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let inner = env_logger::Builder::from_default_env()
-            .is_test(true)
-            .build();
-        let max = inner.filter().max(log::LevelFilter::Warn);
-        if log::set_boxed_logger(Box::new(CountingLog(inner))).is_ok() {
-            log::set_max_level(max);
-        }
-    });
-}
-
 fn bouncer(mode: PoolMode, server_pool: u32) -> PgBouncer {
     PgBouncer::start(db(), mode, server_pool).unwrap_or_else(|e| panic!("pgbouncer: {e}"))
 }
@@ -78,7 +25,7 @@ fn bouncer(mode: PoolMode, server_pool: u32) -> PgBouncer {
 /// A member of `ring` through `b`, set for its pool mode.
 fn member_via(b: &PgBouncer, ring: &str, node: &str) -> NodeBuilder {
     let pool = b.pool(node, 4).unwrap_or_else(|e| panic!("pool: {e}"));
-    let builder = common::builder(pool, ring, node)
+    let builder = crate::common::builder(pool, ring, node)
         .lease_ttl(TTL)
         .ring_size(RING_SIZE);
     match b.mode() {
@@ -97,7 +44,7 @@ fn settled_and_covered(nodes: &Arc<Mutex<Vec<RingNode>>>) -> bool {
 /// `mode`; every member's events judged by the oracle, the members sampled
 /// meanwhile.
 fn through_pgbouncer(mode: PoolMode, server_pool: u32) {
-    init_counting_logs();
+    init_logs();
     let b = bouncer(mode, server_pool);
     let tag = match mode {
         PoolMode::Session => "pgbs",
@@ -145,7 +92,7 @@ fn through_pgbouncer(mode: PoolMode, server_pool: u32) {
     };
     let victim = MemberProcess::spawn_with(
         MemberArgs {
-            exe: MEMBER,
+            exe: leasering_testkit::member_binary(),
             url: &url,
             ring: &ring,
             node: "victim",
@@ -252,7 +199,7 @@ fn through_pgbouncer(mode: PoolMode, server_pool: u32) {
     let _ = paused;
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(
-        POOLER_ERRORS.load(std::sync::atomic::Ordering::SeqCst),
+        pooler_errors(),
         0,
         "statements or settings that did not follow a connection through pgbouncer ({mode:?}; logged above)"
     );
@@ -367,7 +314,7 @@ fn terminate_member_backends(
 
 #[test]
 fn a_pool_the_application_exhausts_for_longer_than_the_ttl() {
-    init_counting_logs();
+    init_logs();
     let db = db();
     let ring = ring_name("hog");
     let recorder = Recorder::default();
@@ -376,7 +323,7 @@ fn a_pool_the_application_exhausts_for_longer_than_the_ttl() {
     let shared = named_pool(db, "hogged", 4);
     let start = |pool: Pool, name: &str| {
         recorder.start(
-            common::builder(pool, &ring, name)
+            crate::common::builder(pool, &ring, name)
                 .lease_ttl(TTL)
                 .ring_size(RING_SIZE)
                 .stop_timeout(Duration::from_secs(3)),
@@ -680,7 +627,7 @@ fn failover_to_a_synchronous_standby_carries_on() {
             .pool_via(pair.proxy.port(), 4)
             .unwrap_or_else(|e| panic!("{e}"));
         recorder.start(
-            common::builder(pool, &ring, name)
+            crate::common::builder(pool, &ring, name)
                 .ring_size(RING_SIZE)
                 .lease_ttl(ttl)
                 .failover_grace(Duration::ZERO),
@@ -778,7 +725,7 @@ fn a_failover_that_loses_commits_fences_and_rejoins_on_its_own() {
             .pool_via(pair.proxy.port(), 4)
             .unwrap_or_else(|e| panic!("{e}"));
         recorder.start(
-            common::builder(pool, &ring, name)
+            crate::common::builder(pool, &ring, name)
                 .ring_size(RING_SIZE)
                 .lease_ttl(ttl),
         )
@@ -989,7 +936,7 @@ fn a_failover_that_loses_commits_with_the_documented_recovery() {
             .pool_via(pair.proxy.port(), 4)
             .unwrap_or_else(|e| panic!("{e}"));
         recorder.start(
-            common::builder(pool, &ring, name)
+            crate::common::builder(pool, &ring, name)
                 .ring_size(RING_SIZE)
                 .lease_ttl(ttl),
         )

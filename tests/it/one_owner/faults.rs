@@ -2,12 +2,10 @@
 //! `kill -9`, a member frozen past its TTL, the database stopped for longer
 //! than the TTL, a connection stalled or cut by a loopback proxy.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use leasering::{Event, NodeBuilder, ReleaseReason, RingNode};
 use leasering_testkit::member_log::parse_events;
 use leasering_testkit::oracle::{self, End};
@@ -18,11 +16,8 @@ const TTL: Duration = Duration::from_secs(2);
 
 /// The common test builder with the short TTL these fault tests are about.
 fn builder(pool: Pool, ring: &str, node: &str) -> NodeBuilder {
-    common::builder(pool, ring, node).lease_ttl(TTL)
+    crate::common::builder(pool, ring, node).lease_ttl(TTL)
 }
-
-/// The member process (`tests/bin/member.rs`), built by Cargo with the tests.
-const MEMBER: &str = env!("CARGO_BIN_EXE_leasering-member");
 
 /// Installs an audit trigger on `schema.members` recording every write
 /// with the writing connection's application_name.
@@ -64,7 +59,7 @@ fn a_killed_member_is_replaced_only_after_its_lease_ends_then_at_once() {
     let events_file = dir.join("victim.log");
     let url = db.url();
     let child = MemberProcess::spawn(MemberArgs {
-        exe: MEMBER,
+        exe: leasering_testkit::member_binary(),
         url: &url,
         ring: &ring,
         node: "victim",
@@ -616,7 +611,7 @@ fn start_survives_losing_the_answer_to_its_joins_commit() {
         })
     };
     let ring = ring_name("lostcommit");
-    let node = common::builder(db.pool_via(proxy.port(), 4).unwrap(), &ring, "lc")
+    let node = crate::common::builder(db.pool_via(proxy.port(), 4).unwrap(), &ring, "lc")
         .schema(schema)
         .create_schema(false)
         .ring_size(16)
