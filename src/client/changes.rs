@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::{members, sleep, stopping, Shared};
+use crate::protocol::input::Input;
 use crate::protocol::output::CleanupStep;
 use crate::telemetry::DbOp;
 use crate::trace::Kind;
@@ -27,6 +28,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
                 continue;
             }
             if m.take_rejoin_wanted() {
+                let ticket = m.session.read().ticket();
                 match m.rejoin() {
                     Ok(true) => {
                         *m.last_error.lock() = None;
@@ -41,7 +43,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
                             "node {}: rejoin failed: {}", m.node_id, e);
                         m.telemetry.db_error(DbOp::Rejoin, e.kind());
                         *m.last_error.lock() = Some(e.to_string());
-                        m.session.write().rejoin_failed(Instant::now());
+                        m.update(|s, now| s.step(Input::RejoinFailed { ticket }, now));
                     }
                 }
             }
@@ -49,7 +51,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
             match step {
                 CleanupStep::Stop => {}
                 CleanupStep::Wait(d) => wait = wait.min(d),
-                CleanupStep::Run { node } => {
+                CleanupStep::Run { node, ticket } => {
                     let op = m.op(Kind::Cleanup);
                     let result = shared
                         .pool
@@ -58,7 +60,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
                     match result {
                         Ok(cleaned) => {
                             let removed = cleaned.removed.len();
-                            m.update(|s, now| s.cleaned(cleaned, now));
+                            m.update(|s, now| s.step(Input::Cleaned { ticket, cleaned }, now));
                             m.finish_with(op, removed, "cleaned");
                         }
                         Err(e) => {
@@ -66,7 +68,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
                                 node = m.node_id.as_str(), op = "cleanup", error = e.to_string().as_str();
                                 "node {}: cleanup of {node:?} failed: {}", m.node_id, e);
                             m.telemetry.db_error(DbOp::Cleanup, e.kind());
-                            m.session.write().cleanup_failed(node, Instant::now());
+                            m.update(|s, now| s.step(Input::CleanupFailed { ticket, node }, now));
                         }
                     }
                     wait = Duration::ZERO;

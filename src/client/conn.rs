@@ -26,7 +26,7 @@ use crossbeam_channel::Receiver;
 use super::{members, observers, sleep, stopping, Shared};
 use crate::error::{Error, Result};
 use crate::node::Inner;
-use crate::protocol::input::Renewal;
+use crate::protocol::input::{Input, Renewal};
 use crate::protocol::output::HeartbeatStep;
 use crate::protocol::Ticket;
 use crate::store::payload::parse_payloads;
@@ -53,7 +53,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
                     // Notifications may have been missed before this
                     // LISTEN: every member reads what changed.
                     for m in members(shared) {
-                        m.session.write().watcher_connected();
+                        m.update(|s, now| s.step(Input::WatcherConnected, now));
                     }
                     for o in observers(shared) {
                         o.reconnected();
@@ -160,7 +160,7 @@ fn prepare(shared: &Shared, c: &mut HeldConn) -> Result<()> {
         if !added.is_empty() {
             for m in members(shared) {
                 if added.contains(&m.store.channel) || added.contains(&m.store.own_channel) {
-                    m.session.write().watcher_connected();
+                    m.update(|s, now| s.step(Input::WatcherConnected, now));
                 }
             }
             for o in observers(shared) {
@@ -258,7 +258,7 @@ fn renew(shared: &Shared, c: &mut HeldConn, batch: &[Due]) -> Result<()> {
             Err(e) => {
                 log::warn!(target: "leasering", "client {}: lease renewal of {} memberships failed: {e}", shared.name, part.len());
                 for (d, op) in part.iter().zip(ops) {
-                    d.member.renewal_failed(&e, op);
+                    d.member.renewal_failed(d.ticket, &e, op);
                 }
                 return Err(e);
             }
@@ -270,7 +270,14 @@ fn renew(shared: &Shared, c: &mut HeldConn, batch: &[Due]) -> Result<()> {
 /// One membership's renewal answer.
 fn renewed(m: &Inner, ticket: Ticket, reply: Renewal, sent_at: Instant, op: crate::trace::Op) {
     *m.last_error.lock() = None;
-    let out = m.update(|s, now| s.renewed(ticket, reply, sent_at, now));
+    let out = m.update(|s, now| {
+        let renewed = Input::Renewed {
+            ticket,
+            reply,
+            sent_at,
+        };
+        s.step(renewed, now)
+    });
     if let Some((seen, now_on)) = out.timeline_fence {
         log::warn!(target: "leasering", ring = m.cfg.ring_id.as_str(),
             node = m.node_id.as_str(), op = "renew";
@@ -292,9 +299,9 @@ fn fail_due(shared: &Shared, e: &Error, now: Instant) {
             continue;
         }
         let step = m.session.write().heartbeat_next(now);
-        if let HeartbeatStep::Renew { .. } = step {
+        if let HeartbeatStep::Renew { ticket, .. } = step {
             let op = m.op(Kind::Renew);
-            m.renewal_failed(e, op);
+            m.renewal_failed(ticket, e, op);
         }
     }
 }
@@ -313,9 +320,13 @@ fn dispatch(shared: &Shared, notes: Vec<(String, String)>) {
             .flat_map(|(_, p)| parse_payloads(&store.ring_id, p))
             .collect();
         if !mine.is_empty() {
+            // A notice only notes what to read or take next (the watcher
+            // does it, woken below): nothing to make visible.
             let mut s = m.session.write();
+            let now = Instant::now();
             for n in mine {
-                s.notified(n);
+                let out = s.step(Input::Notified(n), now);
+                debug_assert!(out.is_empty(), "a notice changed nothing visible");
             }
             any = true;
         }

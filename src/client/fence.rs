@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::{members, sleep, stopping, Shared};
+use crate::protocol::input::Input;
 
 /// Longest wait with nothing to guard.
 const IDLE_TICK: Duration = Duration::from_secs(3600);
@@ -26,7 +27,7 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
             let deadline = m.session.read().fence_deadline();
             match deadline {
                 Some(d) if d <= now => {
-                    m.update(|s, now| s.tick(now));
+                    m.update(|s, now| s.step(Input::Tick, now));
                 }
                 Some(d) => wait = wait.min(d - now),
                 None => {}

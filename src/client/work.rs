@@ -15,6 +15,7 @@ use crossbeam_channel::{select, Receiver};
 
 use super::{members, observers, stopping, Shared};
 use crate::error::Result;
+use crate::protocol::input::Input;
 use crate::store::{hold, HeldConn};
 
 /// A borrowed connection goes back to the pool after this long without
@@ -133,6 +134,6 @@ fn collect_drains(shared: &Shared) {
 fn drained(shared: &Shared, uid: u64, id: u64) {
     let member = shared.members.read().iter().find(|m| m.uid == uid).cloned();
     if let Some(m) = member {
-        m.update(|s, now| s.drained(id, now));
+        m.update(|s, now| s.step(Input::Drained { id }, now));
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{random_node_id, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::pool::{Conn, ConnSource};
-use crate::protocol::input::Joined;
+use crate::protocol::input::{Input, Joined};
 use crate::store::{JoinAttempt, Store};
 
 /// Builds and starts a [`RingNode`]. Setters consume and return the
@@ -316,7 +316,7 @@ impl NodeBuilder {
             client.shared.clone(),
             subscribers,
         ));
-        inner.update(|s, now| s.joined(joined, sent_at, now));
+        inner.update(|s, now| s.step(Input::Joined { joined, sent_at }, now));
         if first {
             // The work thread takes first on it: no connection to open
             // before the first take. (The client's held connection, which

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{short_id, Inner};
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::input::Input;
 use crate::telemetry::DbOp;
 
 /// What became of a job run by [`bounded`].
@@ -50,7 +51,7 @@ impl Inner {
         if self.stopped.load(Ordering::SeqCst) {
             return;
         }
-        self.update(|s, now| s.stop(now));
+        self.update(|s, now| s.step(Input::Stop, now));
         let inner = Arc::clone(self);
         let name = format!("leasering-leave-{}", short_id(&self.node_id));
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
@@ -89,12 +90,12 @@ impl Inner {
         let deadline = started + self.cfg.stop_timeout;
         if leave {
             if self.cfg.drain_timeout.is_some() {
-                self.update(|s, now| s.stop(now));
+                self.update(|s, now| s.step(Input::Stop, now));
                 self.wait_for_drains(deadline);
             }
         } else {
             // A crash cannot drain: no guard is handed out.
-            self.update(|s, now| s.crash(now));
+            self.update(|s, now| s.step(Input::Crash, now));
         }
         // Out of the client before the leave: nothing of the leave needs
         // its threads (its own connection, the local release in its
@@ -111,7 +112,7 @@ impl Inner {
         // Whatever became of the leave (it failed, timed out, or never got
         // the lock): nothing is owned once stop() returns. A no-op if the
         // leave released already.
-        self.update(|s, now| s.stop(now));
+        self.update(|s, now| s.step(Input::Stop, now));
         let stuck = retiring.map_or_else(Vec::new, |r| r.join(deadline));
         self.subscribers.lock().clear();
         left?;
@@ -136,7 +137,7 @@ impl Inner {
             // The client's work thread hands dropped guards to the session;
             // a lapsed lease cuts the drains (and says so) even if the
             // fence thread is late.
-            self.update(|s, now| s.tick(now));
+            self.update(|s, now| s.step(Input::Tick, now));
             let left = self.session.write().still_draining(Instant::now());
             if left == 0 {
                 return;
@@ -169,7 +170,7 @@ impl Inner {
             let mut conn = pool
                 .get(remaining.max(Duration::from_millis(1)), "leave")?;
             store.leave_releasing(&mut conn, || {
-                inner.update(|s, now| s.stop(now));
+                inner.update(|s, now| s.step(Input::Stop, now));
             })
         })
         .and_then(|b| match b {

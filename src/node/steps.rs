@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use super::Inner;
 use crate::error::{Error, Result};
+use crate::protocol::input::Input;
 use crate::protocol::output::WatcherStep;
-use crate::protocol::Status;
+use crate::protocol::{Status, Ticket};
 use crate::store::{HeldConn, JoinAttempt};
 use crate::telemetry::DbOp;
 use crate::trace::{Kind, Op};
@@ -72,16 +73,15 @@ impl Inner {
         match result {
             Ok(()) => {
                 if proves && self.session.read().watcher_failing().is_some() {
-                    self.session.write().watcher_ok();
+                    self.update(|s, now| s.step(Input::WatcherOk, now));
                 }
                 Ok(None)
             }
             Err(e) => {
                 log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
                 self.telemetry.db_error(DbOp::Watch, e.kind());
-                self.session
-                    .write()
-                    .watcher_failed(Instant::now(), e.to_string());
+                let error = e.to_string();
+                self.update(|s, now| s.step(Input::WatcherFailed { error }, now));
                 Err(e)
             }
         }
@@ -93,7 +93,7 @@ impl Inner {
             WatcherStep::CatchUp { from, ticket } => {
                 let op = self.op_at(Kind::View, from);
                 let read = self.store.catch_up(c, from)?;
-                self.update(|s, now| s.caught_up(ticket, read, now));
+                self.update(|s, now| s.step(Input::CaughtUp { ticket, read }, now));
                 let s = self.session.read();
                 op.finish(s.ownership().view_epoch(), assigned(&s), "caught up");
             }
@@ -104,7 +104,7 @@ impl Inner {
                 let got = took.got.len();
                 log::debug!(target: "leasering", "node {}: took {} of {} claims in {:?} ({} held by others)",
                     self.node_id, got, partitions.len(), t.elapsed(), took.held_by.len());
-                self.update(|s, now| s.took(ticket, took, now));
+                self.update(|s, now| s.step(Input::Took { ticket, took }, now));
                 self.finish_with(op, partitions.len(), format_args!("took {got}"));
                 if got > 0 && self.store.max_moving.is_some() && self.moves_pending() {
                     // Moves arrived: the budget may allow the next ones.
@@ -119,7 +119,7 @@ impl Inner {
                     .release_claims(c, ticket.incarnation(), &claims)?;
                 log::debug!(target: "leasering", "node {}: gave back {freed} of {} claims in {:?}",
                     self.node_id, claims.len(), t.elapsed());
-                self.update(|s, now| s.released(ticket, now));
+                self.update(|s, now| s.step(Input::Released { ticket }, now));
                 self.finish_with(op, claims.len(), format_args!("freed {freed}"));
             }
             WatcherStep::Wait(_) => {}
@@ -187,13 +187,13 @@ impl Inner {
 
     /// A renewal that could not be made (no connection, a failed
     /// statement): logged, counted, handed to the session.
-    pub(crate) fn renewal_failed(&self, e: &Error, op: Op) {
+    pub(crate) fn renewal_failed(&self, ticket: Ticket, e: &Error, op: Op) {
         log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
             node = self.node_id.as_str(), op = "renew", error = e.to_string().as_str();
             "node {}: lease renewal failed: {}", self.node_id, e);
         self.telemetry.db_error(DbOp::Renew, e.kind());
         *self.last_error.lock() = Some(e.to_string());
-        self.update(|s, now| s.renewal_failed(now));
+        self.update(|s, now| s.step(Input::RenewalFailed { ticket }, now));
         self.finish(op, "failed");
     }
 
@@ -231,7 +231,7 @@ impl Inner {
         };
         let sent_at = attempt.sent_at();
         let positions = joined.positions.len();
-        self.update(|s, now| s.joined(joined, sent_at, now));
+        self.update(|s, now| s.step(Input::Joined { joined, sent_at }, now));
         op.finish(
             self.session.read().ownership().view_epoch(),
             positions,

@@ -3,7 +3,104 @@
 //! (the crate's private store) produces these; the core never sees a
 //! connection.
 
+use std::time::Instant;
+
+use crate::protocol::ticket::Ticket;
 use crate::ring::{Change, RingView};
+
+/// Everything that happens to a [`Session`](crate::protocol::Session),
+/// handed to [`Session::step`](crate::protocol::Session::step) with `now`.
+/// Answers to a step carry the [`Ticket`] the step was issued with.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A join (first or rejoin) committed; it was sent at `sent_at`. It
+    /// starts a membership, so it has no ticket: it makes the new one.
+    Joined {
+        /// What it committed.
+        joined: Joined,
+        /// When it was sent.
+        sent_at: Instant,
+    },
+    /// The answer of a [`HeartbeatStep::Renew`](crate::protocol::output::HeartbeatStep::Renew)
+    /// sent at `sent_at`.
+    Renewed {
+        /// The step's ticket.
+        ticket: Ticket,
+        /// The answer.
+        reply: Renewal,
+        /// When it was sent.
+        sent_at: Instant,
+    },
+    /// A renewal could not be made (no connection, a failed statement).
+    RenewalFailed {
+        /// The step's ticket.
+        ticket: Ticket,
+    },
+    /// A rejoin failed; the heartbeat tries again a little later.
+    RejoinFailed {
+        /// The session's ticket when the rejoin was tried.
+        ticket: Ticket,
+    },
+    /// The answer of a [`WatcherStep::CatchUp`](crate::protocol::output::WatcherStep::CatchUp).
+    CaughtUp {
+        /// The step's ticket.
+        ticket: Ticket,
+        /// What was read.
+        read: CatchUp,
+    },
+    /// The answer of a [`WatcherStep::Take`](crate::protocol::output::WatcherStep::Take).
+    Took {
+        /// The step's ticket.
+        ticket: Ticket,
+        /// What the take got.
+        took: Took,
+    },
+    /// The answer of a [`WatcherStep::Release`](crate::protocol::output::WatcherStep::Release):
+    /// those claims are free.
+    Released {
+        /// The step's ticket.
+        ticket: Ticket,
+    },
+    /// The answer of a [`CleanupStep::Run`](crate::protocol::output::CleanupStep::Run).
+    Cleaned {
+        /// The step's ticket.
+        ticket: Ticket,
+        /// What the pass removed.
+        cleaned: Cleaned,
+    },
+    /// A cleanup pass for `node` failed: it is tried again shortly.
+    CleanupFailed {
+        /// The step's ticket.
+        ticket: Ticket,
+        /// The member the pass was for.
+        node: String,
+    },
+    /// A notification on the ring's channel (or the member's own).
+    Notified(Notice),
+    /// The watcher has a new connection: notifications may have been
+    /// missed before its LISTEN.
+    WatcherConnected,
+    /// A watcher step succeeded.
+    WatcherOk,
+    /// A watcher step failed (its connection died, a statement failed): a
+    /// take's answer is lost, a release is sent again.
+    WatcherFailed {
+        /// What failed, for health.
+        error: String,
+    },
+    /// Every guard of drain `id` was dropped.
+    Drained {
+        /// The drain ([`Drain::id`](crate::protocol::output::Drain::id)).
+        id: u64,
+    },
+    /// Time passed: the local lease, drains and polls are looked at.
+    Tick,
+    /// The member stops: everything is released, drains go on.
+    Stop,
+    /// A crash (`RingNode::crash`, feature `test-util`): everything is
+    /// released, nothing drains, nothing is given back.
+    Crash,
+}
 
 /// What a join transaction committed.
 #[derive(Debug, Clone)]

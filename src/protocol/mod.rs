@@ -8,8 +8,17 @@
 //! * [`Session`] — everything else a member decides: which answers are
 //!   stale, how notified changes are applied, which claims to take, when
 //!   to release (after a drain), reconcile, poll, renew, rejoin and clean
-//!   up, and when released partitions really stopped being reported. Inputs are in [`input`], outputs in
-//!   [`output`].
+//!   up, and when released partitions really stopped being reported.
+//!
+//! The session has one entry point for what happens to it, as raft-rs's
+//! `step`: [`Session::step`] takes an [`Input`](input::Input) (an answer
+//! of the database with the [`Ticket`] of the step it answers, a
+//! notification, a drain's end, a tick, a stop) and `now`, and returns an
+//! [`Output`](output::Output): effects to make visible, threads to wake. Each
+//! thread of the edge asks what to do next (`heartbeat_next`,
+//! `watcher_next`, `cleanup_next`: raft-rs's `ready`), does it, and steps
+//! the answer in. Modules depend one way: `ticket` ← `input`, `output` ←
+//! `ownership` ← `session`.
 //!
 //! Neither reads a clock (`now` is an argument) nor touches a connection,
 //! so every interleaving can be driven from a test.
@@ -21,7 +30,9 @@ pub mod input;
 pub mod output;
 mod ownership;
 mod session;
+mod ticket;
 
 pub use crate::placement::choose_positions;
 pub use ownership::{Action, Ownership, Status};
-pub use session::{local_instant, Session, SessionConfig, Ticket, IDLE_TICK};
+pub use session::{local_instant, Session, SessionConfig, IDLE_TICK};
+pub use ticket::Ticket;

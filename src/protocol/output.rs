@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::event::ReleaseReason;
-use crate::protocol::session::Ticket;
+use crate::protocol::ticket::Ticket;
 
 /// One change the edge must make visible, in the order given: the hot path
 /// first (a released partition stops answering before anyone hears of it),
@@ -109,8 +109,8 @@ impl HandoffCause {
 /// only when every copy of its guard is dropped, or at `deadline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drain {
-    /// Which drain ([`Session::drained`](crate::protocol::Session::drained)
-    /// takes it back).
+    /// Which drain ([`Input::Drained`](crate::protocol::input::Input::Drained)
+    /// hands it back).
     pub id: u64,
     /// When the drain ends at the latest.
     pub deadline: std::time::Instant,
@@ -221,6 +221,8 @@ pub enum CleanupStep {
     Run {
         /// The member whose lease end this pass is for.
         node: String,
+        /// Hand back with the answer.
+        ticket: Ticket,
     },
     /// Nothing to do for this long (or until woken).
     Wait(Duration),

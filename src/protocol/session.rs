@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::event::ReleaseReason;
 use crate::placement::fnv1a64;
-use crate::protocol::input::Joined;
+use crate::protocol::input::{Input, Joined};
 use crate::protocol::output::{Effect, HandoffCause, Output};
 use crate::protocol::ownership::{Action, Ownership, Status};
+use crate::protocol::ticket::Ticket;
 use crate::ring::{Change, RingView};
 
 mod claims;
@@ -75,22 +76,6 @@ pub fn local_instant(read_at: Instant, ms: f64) -> Instant {
         read_at + Duration::from_secs_f64(ms / 1000.0)
     } else {
         read_at
-    }
-}
-
-/// Which membership a step was issued for. Hand it back with the answer:
-/// an answer about an earlier membership (before an eviction and rejoin) is
-/// ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket {
-    generation: u64,
-    incarnation: i64,
-}
-
-impl Ticket {
-    /// The member row's incarnation the step is for: the statements name it.
-    pub fn incarnation(&self) -> i64 {
-        self.incarnation
     }
 }
 
@@ -508,12 +493,50 @@ impl Session {
         ticket.generation != self.generation || self.own.status() != Status::Member
     }
 
+    /// Something happened to the session at `now`: the one entry point for
+    /// every answer, notification and event ([`Input`]). What the edge must
+    /// make visible, and whom to wake, is the returned [`Output`]. Answers
+    /// carry the [`Ticket`] of the step they answer; one about an earlier
+    /// membership (before an eviction and rejoin) changes nothing.
+    pub fn step(&mut self, input: Input, now: Instant) -> Output {
+        match input {
+            Input::Joined { joined, sent_at } => self.joined(joined, sent_at, now),
+            Input::Renewed {
+                ticket,
+                reply,
+                sent_at,
+            } => self.renewed(ticket, reply, sent_at, now),
+            Input::RenewalFailed { ticket } => self.renewal_failed(ticket, now),
+            Input::RejoinFailed { ticket } => self.rejoin_failed(ticket, now),
+            Input::CaughtUp { ticket, read } => self.caught_up(ticket, read, now),
+            Input::Took { ticket, took } => self.took(ticket, took, now),
+            Input::Released { ticket } => self.released(ticket),
+            Input::Cleaned { ticket, cleaned } => self.cleaned(ticket, cleaned, now),
+            Input::CleanupFailed { ticket, node } => self.cleanup_failed(ticket, node, now),
+            Input::Notified(notice) => self.notified(notice),
+            Input::WatcherConnected => self.watcher_connected(),
+            Input::WatcherOk => self.watcher_ok(),
+            Input::WatcherFailed { error } => self.watcher_failed(now, error),
+            Input::Drained { id } => self.drained(id, now),
+            Input::Tick => self.tick(now),
+            Input::Stop => self.stop(now),
+            Input::Crash => self.crash(now),
+        }
+    }
+
+    /// Whether `ticket` was issued before the latest join: its answer is
+    /// about an earlier membership. (Unlike [`stale`](Self::stale), a
+    /// stopping member's own answers are not stale.)
+    fn earlier_membership(&self, ticket: Ticket) -> bool {
+        ticket.generation != self.generation
+    }
+
     // ---- joining -----------------------------------------------------------
 
     /// The join transaction committed (first join or rejoin); `sent_at` is
     /// when it was sent. Ignored once stopped. The claims of an earlier
     /// incarnation were freed with its row: nothing is inherited.
-    pub fn joined(&mut self, joined: Joined, sent_at: Instant, now: Instant) -> Output {
+    pub(super) fn joined(&mut self, joined: Joined, sent_at: Instant, now: Instant) -> Output {
         let mut out = Output::default();
         if self.own.status() == Status::Stopped {
             return out;
@@ -573,7 +596,7 @@ impl Session {
     /// cut short — a lease that runs out cannot wait for the user's work:
     /// its partitions are released again with `LeaseExpired`, meaning "stop
     /// now".
-    pub fn tick(&mut self, now: Instant) -> Output {
+    pub(super) fn tick(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         self.lapse(now, &mut out);
         out
@@ -585,7 +608,7 @@ impl Session {
     /// waits): the edge waits for [`Session::draining_count`] to reach zero
     /// (within its bound) before it leaves, and the leave frees every
     /// claim.
-    pub fn stop(&mut self, now: Instant) -> Output {
+    pub(super) fn stop(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         let released_at = self.stamp(now);
         let actions = self.own.stop();
@@ -604,7 +627,7 @@ impl Session {
     /// released again, without a guard: stop now), and nothing is given
     /// back — the claims free themselves when the lease ends in the
     /// database and the survivors remove the member.
-    pub fn crash(&mut self, now: Instant) -> Output {
+    pub(super) fn crash(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         let released_at = self.stamp(now);
         let mut actions = self.own.stop();

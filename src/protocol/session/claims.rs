@@ -111,7 +111,7 @@ impl Session {
     /// Claims it names that are being given back are late answers and are
     /// never used; claims that cannot be used (the partition has moved on,
     /// the local lease has run out) are given back.
-    pub fn took(&mut self, ticket: Ticket, took: Took, now: Instant) -> Output {
+    pub(in crate::protocol) fn took(&mut self, ticket: Ticket, took: Took, now: Instant) -> Output {
         let mut out = Output::default();
         let asked = self.taking.take().unwrap_or_default();
         if self.stale(ticket) {
@@ -182,7 +182,12 @@ impl Session {
     /// The answer of a [`WatcherStep::Release`](crate::protocol::output::WatcherStep::Release):
     /// those claims are free (or were not this member's any more). Waiting
     /// partitions they blocked may be taken at once.
-    pub fn released(&mut self, _ticket: Ticket, _now: Instant) -> Output {
+    pub(in crate::protocol) fn released(&mut self, ticket: Ticket) -> Output {
+        if self.earlier_membership(ticket) {
+            // The claims of that membership were forgotten at the rejoin
+            // (freed with its row); none of today's are in flight.
+            return Output::default();
+        }
         let mut freed = Vec::new();
         self.held.retain(|(p, _), h| {
             let done = *h == Held::Releasing;

@@ -8,6 +8,7 @@ use super::{local_instant, Session, CLEANUP_RETRY, NOTHING_PLANNED};
 use crate::protocol::input::Cleaned;
 use crate::protocol::output::{CleanupStep, Effect, Output};
 use crate::protocol::Status;
+use crate::protocol::Ticket;
 
 impl Session {
     /// Plans the removal of `node` for the moment its lease ends: at once
@@ -50,13 +51,26 @@ impl Session {
             return CleanupStep::Wait(NOTHING_PLANNED);
         }
         self.cleanup_running = Some(at);
-        CleanupStep::Run { node }
+        CleanupStep::Run {
+            node,
+            ticket: self.ticket(),
+        }
     }
 
     /// The answer of a [`CleanupStep::Run`].
-    pub fn cleaned(&mut self, cleaned: Cleaned, now: Instant) -> Output {
+    pub(in crate::protocol) fn cleaned(
+        &mut self,
+        ticket: Ticket,
+        cleaned: Cleaned,
+        now: Instant,
+    ) -> Output {
         let mut out = Output::default();
         let planned = self.cleanup_running.take().unwrap_or(now);
+        if self.earlier_membership(ticket) {
+            // The rejoin read the ring after this pass: its removals are in
+            // the new view, and its next expiry is planned anew.
+            return out;
+        }
         if !cleaned.removed.is_empty() {
             self.crashed.extend(cleaned.removed.iter().cloned());
             out.effects.push(Effect::MembersRemoved {
@@ -78,11 +92,20 @@ impl Session {
 
     /// A cleanup pass for `node` failed: try again shortly, unless a newer
     /// plan is due sooner.
-    pub fn cleanup_failed(&mut self, node: String, now: Instant) {
+    pub(in crate::protocol) fn cleanup_failed(
+        &mut self,
+        ticket: Ticket,
+        node: String,
+        now: Instant,
+    ) -> Output {
         self.cleanup_running = None;
+        if self.earlier_membership(ticket) {
+            return Output::default();
+        }
         let retry = now + CLEANUP_RETRY;
         if self.cleanup.as_ref().is_none_or(|(_, at)| *at > retry) {
             self.cleanup = Some((node, retry));
         }
+        Output::default()
     }
 }

@@ -75,7 +75,7 @@ impl Session {
     /// lease ran out first, the drain was (or is now) cut short — released
     /// again as `LeaseExpired`, stamped at the deadline — and the drop
     /// changes nothing more.
-    pub fn drained(&mut self, id: u64, now: Instant) -> Output {
+    pub(in crate::protocol) fn drained(&mut self, id: u64, now: Instant) -> Output {
         let mut out = Output::default();
         self.lapse(now, &mut out);
         if let Some((claims, _)) = self.drains.remove(&id) {
@@ -94,7 +94,7 @@ impl Session {
     /// Ends the drains whose deadline has passed and returns how many
     /// partitions still drain: what `stop()` waits for before it leaves.
     /// Past the local lease it ends nothing: the drains are cut by
-    /// [`Session::tick`], whose releases must be published.
+    /// an [`Input::Tick`](crate::protocol::input::Input::Tick), whose releases must be published.
     pub fn still_draining(&mut self, now: Instant) -> usize {
         if self.own.lease_runs(now) {
             self.end_overdue_drains(now, &mut Output::default());

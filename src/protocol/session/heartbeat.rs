@@ -26,7 +26,7 @@ impl Session {
     }
 
     /// The answer of a [`HeartbeatStep::Renew`] sent at `sent_at`.
-    pub fn renewed(
+    pub(in crate::protocol) fn renewed(
         &mut self,
         ticket: Ticket,
         reply: Renewal,
@@ -43,7 +43,12 @@ impl Session {
     }
 
     /// A renewal could not be made (no connection, a failed statement).
-    pub fn renewal_failed(&mut self, now: Instant) -> Output {
+    pub(in crate::protocol) fn renewal_failed(&mut self, ticket: Ticket, now: Instant) -> Output {
+        if self.earlier_membership(ticket) {
+            // The membership it was for is gone; the new one's first
+            // renewal is not due yet.
+            return Output::default();
+        }
         self.renewal_not_made(now);
         self.refused = false;
         self.next_renewal = now + self.cfg.retry();
@@ -54,8 +59,11 @@ impl Session {
     }
 
     /// A rejoin failed; the heartbeat tries again a little later.
-    pub fn rejoin_failed(&mut self, now: Instant) {
-        self.next_renewal = now + self.cfg.retry();
+    pub(in crate::protocol) fn rejoin_failed(&mut self, ticket: Ticket, now: Instant) -> Output {
+        if !self.earlier_membership(ticket) {
+            self.next_renewal = now + self.cfg.retry();
+        }
+        Output::default()
     }
 
     /// A renewal answer (the heartbeat's).

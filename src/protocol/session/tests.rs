@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::ReleaseReason;
-use crate::protocol::input::{CatchUp, Cleaned, Notice, Renewal, Took};
+use crate::protocol::input::{CatchUp, Cleaned, Input, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, WatcherStep};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -389,7 +389,7 @@ fn a_handoff_stops_using_first_then_gives_the_claims_back_by_token() {
     assert_eq!(c, claims(0..4, 1), "the release names the tokens it frees");
     // Until the release is confirmed the claims are held, not used.
     assert_eq!(s.unused_claims(), 4);
-    s.released(ticket, t0);
+    s.step(Input::Released { ticket }, t0);
     assert_eq!(s.unused_claims(), 0);
     assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(IDLE_TICK));
 }
@@ -430,7 +430,7 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
         panic!("the release goes again before any take: {step:?}")
     };
     assert_eq!(c, claims(0..4, 1));
-    s.released(ticket, t0);
+    s.step(Input::Released { ticket }, t0);
     let (step, _) = s.watcher_next(t0);
     let WatcherStep::Take { partitions, ticket } = step else {
         panic!("{step:?}")
@@ -579,7 +579,7 @@ fn the_fence_releases_at_the_deadline_and_gives_the_claims_back_once_renewed() {
         matches!(&step, WatcherStep::Release { claims: c, ticket: t, .. } if *c == claims(0..8, 1) && *t == ticket),
         "{step:?}"
     );
-    s.released(ticket, t0 + ms(9100));
+    s.step(Input::Released { ticket }, t0 + ms(9100));
     let (step, _) = s.watcher_next(t0 + ms(9100));
     assert!(
         matches!(step, WatcherStep::Take { .. }),
@@ -725,15 +725,20 @@ fn cleanup_is_planned_for_the_successor_first_and_others_after_a_fallback() {
     assert!(a.renewed(t, r, t0, t0).wake_cleanup);
     assert_eq!(a.cleanup_next(t0), CleanupStep::Wait(ms(501)));
     let due = t0 + ms(501);
-    assert_eq!(a.cleanup_next(due), CleanupStep::Run { node: "b".into() });
-    let out = a.cleaned(
-        Cleaned {
-            removed: vec!["b".into()],
-            epoch: Some(3),
-            next_expiry: None,
-        },
-        due + ms(2),
+    let ticket = a.ticket();
+    assert_eq!(
+        a.cleanup_next(due),
+        CleanupStep::Run {
+            node: "b".into(),
+            ticket
+        }
     );
+    let cleaned = Cleaned {
+        removed: vec!["b".into()],
+        epoch: Some(3),
+        next_expiry: None,
+    };
+    let out = a.step(Input::Cleaned { ticket, cleaned }, due + ms(2));
     assert!(out.wake_watcher);
     assert!(matches!(
         out.effects[..],

@@ -17,7 +17,7 @@ impl Session {
     /// still on its way (its answer, on another connection or later on
     /// this one, says the claim is held): those partitions are retried as
     /// soon as that answer is in, not at the safety net's deadline.
-    pub fn notified(&mut self, notice: Notice) {
+    pub(in crate::protocol) fn notified(&mut self, notice: Notice) -> Output {
         match notice {
             Notice::Change { epoch, change } => {
                 self.hint = self.hint.max(epoch);
@@ -49,21 +49,23 @@ impl Session {
                 self.recheck.extend(concerned);
             }
         }
+        Output::default()
     }
 
     /// The watcher has a new connection: notifications may have been missed
     /// before its LISTEN, so it reads the ring's changes first.
-    pub fn watcher_connected(&mut self) {
+    pub(in crate::protocol) fn watcher_connected(&mut self) -> Output {
         self.synced = false;
         // Releases told while it was away are lost too: take everything
         // waiting again.
         self.recheck.extend(self.waiting_for.keys().copied());
+        Output::default()
     }
 
     /// The watcher's step failed at `now` with `error` (its connection
     /// died, a statement failed): a take's answer is lost, a release is
     /// sent again.
-    pub fn watcher_failed(&mut self, now: Instant, error: String) {
+    pub(in crate::protocol) fn watcher_failed(&mut self, now: Instant, error: String) -> Output {
         match &mut self.watcher_failing {
             Some((_, last)) => *last = error,
             None => self.watcher_failing = Some((now, error)),
@@ -75,11 +77,13 @@ impl Session {
             }
         }
         self.synced = false;
+        Output::default()
     }
 
     /// A watcher step succeeded: it works again.
-    pub fn watcher_ok(&mut self) {
+    pub(in crate::protocol) fn watcher_ok(&mut self) -> Output {
         self.watcher_failing = None;
+        Output::default()
     }
 
     /// The watcher's next step. Changes that notifications carried are
@@ -225,7 +229,12 @@ impl Session {
     }
 
     /// The answer of a [`WatcherStep::CatchUp`].
-    pub fn caught_up(&mut self, ticket: Ticket, read: CatchUp, now: Instant) -> Output {
+    pub(in crate::protocol) fn caught_up(
+        &mut self,
+        ticket: Ticket,
+        read: CatchUp,
+        now: Instant,
+    ) -> Output {
         let mut out = Output::default();
         if !self.stale(ticket) {
             match read {

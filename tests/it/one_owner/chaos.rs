@@ -51,14 +51,16 @@
 mod checker;
 #[allow(dead_code)]
 mod cluster;
+mod faults;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use checker::{check, End, FaultSpan, Input, IsolationSpan, Report};
 use cluster::{mono_now, Cluster, Member, Settings, WorkLoad};
+use faults::Fault;
 use leasering_testkit::rng::{fresh_seed, Rng};
-use leasering_testkit::{unique_name, ProxyMode};
+use leasering_testkit::unique_name;
 
 /// Members of the ring between faults.
 const BASE_MEMBERS: usize = 4;
@@ -150,36 +152,13 @@ impl Kind {
     /// for a lease to end; crashes, pauses, link faults and database
     /// outages within two — the lease of the member that is gone, and
     /// nothing after it (a frozen member's own partitions too; the
-    /// others' are judged apart, within one TTL: see [`Isolation`]).
+    /// others' are judged apart, within one TTL: see [`faults::Isolation`]).
     fn bound(self, ttl: Duration) -> Duration {
         match self {
             Kind::Restart | Kind::JoinBurst => ttl,
             _ => ttl * 2,
         }
     }
-}
-
-/// A change made while a member was frozen: from `from` to `to` (its thaw)
-/// every partition but `exempt` must be covered again within one lease TTL
-/// (the exact, timing-free check that a join and a leave take nothing from
-/// a frozen member's lease is `tests/it/one_owner/claims.rs`'s
-/// `a_frozen_member_delays_only_the_partitions_whose_claims_it_holds`).
-struct Isolation {
-    from: u64,
-    to: u64,
-    exempt: Vec<u32>,
-}
-
-struct Fault {
-    kind: Kind,
-    label: String,
-    /// When it began.
-    start: u64,
-    /// From when uncovered time counts: its start, or for a database outage
-    /// the moment the database accepted connections again (while it is down
-    /// nobody can hold a lease, by design).
-    from: u64,
-    isolation: Option<Isolation>,
 }
 
 struct Chaos {
@@ -192,404 +171,6 @@ struct Chaos {
 
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
-}
-
-impl Chaos {
-    fn ttl_times(&mut self, lo: f64, hi: f64) -> Duration {
-        self.ttl.mul_f64(self.rng.range_f64(lo, hi))
-    }
-
-    /// Adds to `exempt` the partitions whose claims frozen member `v`
-    /// holds in the database now (its claims outlive a local lease it lost
-    /// just before it froze, and a take in flight when it froze still
-    /// commits).
-    fn exempt_claims(&self, exempt: &mut Vec<u32>, v: usize) -> Result<(), String> {
-        exempt.extend(self.cluster.claims_of(v)?);
-        exempt.sort_unstable();
-        exempt.dedup();
-        Ok(())
-    }
-
-    /// A random live, running member.
-    fn victim(&mut self) -> usize {
-        let live: Vec<usize> = self
-            .cluster
-            .live()
-            .into_iter()
-            .filter(|&i| !self.cluster.members[i].paused)
-            .collect();
-        live[self.rng.below(live.len() as u64) as usize]
-    }
-
-    /// `k` random live members.
-    fn some_members(&mut self, k: usize) -> Vec<usize> {
-        let mut live = self.cluster.live();
-        self.rng.shuffle(&mut live);
-        live.truncate(k);
-        live
-    }
-
-    fn name(&self, i: usize) -> String {
-        self.cluster.members[i].name.clone()
-    }
-
-    fn names(&self, idx: &[usize]) -> String {
-        idx.iter()
-            .map(|&i| self.name(i))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// Keeps member `v` frozen until `d` after `frozen` and at least
-    /// [`FROZEN_AFTER_CHANGE`] from now, then thaws it; returns the instant
-    /// of the thaw.
-    fn thaw_later(&mut self, v: usize, frozen: Instant, d: Duration) -> u64 {
-        let rest = d.saturating_sub(frozen.elapsed()).max(FROZEN_AFTER_CHANGE);
-        self.sleep(rest);
-        let t = mono_now();
-        self.cluster.resume(v);
-        t
-    }
-
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
-
-    /// Injects one fault; returns once it is over (the ring may still be
-    /// recovering).
-    fn inject(&mut self, kind: Kind) -> Result<Fault, String> {
-        let start = mono_now();
-        let mut from = start;
-        let mut isolation = None;
-        let label;
-        match kind {
-            Kind::Kill => {
-                // Only a settled member is killed: its log then holds every
-                // change it made (nothing in flight), which the checker
-                // relies on to end its activity at the kill.
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let v = self.victim();
-                let t = self.cluster.kill(v);
-                let id = self.cluster.fresh_node_id();
-                let r = self.cluster.spawn(&id);
-                self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
-                label = format!("kill -9 {}, replaced by {}", self.name(v), self.name(r));
-                from = t;
-            }
-            Kind::Pause => {
-                let v = self.victim();
-                let d = self.ttl_times(0.5, 3.0);
-                self.cluster.pause(v);
-                self.sleep(d);
-                self.cluster.resume(v);
-                label = format!("SIGSTOP {} for {}", self.name(v), secs(d));
-            }
-            Kind::Restart => {
-                let v = self.victim();
-                let id = self.cluster.members[v].node_id.clone();
-                let extra = self.cluster.members[v].extra_rings;
-                self.cluster.stop_many(&[v], STOP_TIMEOUT)?;
-                // Restarted as it was: a multi-ring process with its rings.
-                let r = self.cluster.spawn_with(&id, extra);
-                self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
-                label = format!("graceful restart of {} as {}", self.name(v), self.name(r));
-            }
-            Kind::JoinBurst => {
-                let k = self.rng.range(2, 3) as usize;
-                let new = self.cluster.spawn_fresh(k, STEP_TIMEOUT)?;
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let leave = self.some_members(k);
-                self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
-                label = format!(
-                    "{k} joined at once ({}), then {} left at once",
-                    new.iter()
-                        .map(|&i| self.name(i))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    leave
-                        .iter()
-                        .map(|&i| self.name(i))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-            Kind::PauseDuringJoin => {
-                let v = self.victim();
-                let k = self.rng.range(1, 2) as usize;
-                let d = self.ttl_times(0.5, 2.0);
-                let ids: Vec<String> = (0..k).map(|_| self.cluster.fresh_node_id()).collect();
-                let new: Vec<usize> = ids.iter().map(|id| self.cluster.spawn(id)).collect();
-                self.cluster.pause(v);
-                self.sleep(d);
-                self.cluster.resume(v);
-                self.cluster.wait_ready(&new, STEP_TIMEOUT)?;
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let leave = self.some_members(k);
-                self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
-                label = format!(
-                    "{k} joined while {} was stopped for {}, then {} left",
-                    self.name(v),
-                    secs(d),
-                    leave
-                        .iter()
-                        .map(|&i| self.name(i))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-            Kind::JoinWhileFrozen => {
-                // Unlike pause_during_join, the join completes while the
-                // member is frozen, and the partitions it does not hold
-                // are judged on their own: they must not wait for it.
-                let v = self.victim();
-                let d = self.ttl_times(0.8, 2.5);
-                let mut exempt = self.cluster.owned_of(v);
-                let frozen = Instant::now();
-                let frozen_at = mono_now();
-                self.cluster.pause(v);
-                // And what it holds claims of (a take in flight when it
-                // froze still commits: read again once the joiner is in).
-                self.exempt_claims(&mut exempt, v)?;
-                let id = self.cluster.fresh_node_id();
-                let r = self.cluster.spawn(&id);
-                self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
-                self.exempt_claims(&mut exempt, v)?;
-                let thawed = self.thaw_later(v, frozen, d);
-                isolation = Some(Isolation {
-                    from: frozen_at,
-                    to: thawed,
-                    exempt,
-                });
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let leave = self.some_members(1);
-                self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
-                label = format!(
-                    "{} joined while {} was stopped for {}, then {} left",
-                    self.name(r),
-                    self.name(v),
-                    secs(Duration::from_nanos(thawed - frozen_at)),
-                    self.names(&leave)
-                );
-            }
-            Kind::LeaveWhileFrozen => {
-                // The frozen member, the leaver, and someone to take over.
-                while self.cluster.live().len() < 3 {
-                    self.cluster.spawn_fresh(1, STEP_TIMEOUT)?;
-                    self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                }
-                let v = self.victim();
-                let others: Vec<usize> = self
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|&i| i != v && !self.cluster.members[i].paused)
-                    .collect();
-                let l = others[self.rng.below(others.len() as u64) as usize];
-                let d = self.ttl_times(0.8, 2.5);
-                // Left out of the judgement: what the frozen member holds,
-                // and what the leave gives it (nobody else may take those
-                // before its lease ends) — the ring without the leaver, as
-                // the library builds it from the vnodes.
-                let mut exempt = self.cluster.owned_of(v);
-                let (vn, ln) = (
-                    self.cluster.members[v].node_id.clone(),
-                    self.cluster.members[l].node_id.clone(),
-                );
-                let vnodes = self.cluster.vnodes()?;
-                let after = leasering::RingView::build(
-                    0,
-                    self.cluster.settings.ring_size,
-                    vnodes
-                        .iter()
-                        .filter(|(_, n)| *n != ln)
-                        .map(|(p, n)| (*p, n.as_str())),
-                );
-                exempt.extend(
-                    self.cluster
-                        .owned_of(l)
-                        .into_iter()
-                        .filter(|&p| after.owner_of(p) == Some(vn.as_str())),
-                );
-                exempt.sort_unstable();
-                let frozen = Instant::now();
-                let frozen_at = mono_now();
-                self.cluster.pause(v);
-                self.exempt_claims(&mut exempt, v)?;
-                self.cluster.stop_many(&[l], STOP_TIMEOUT)?;
-                self.exempt_claims(&mut exempt, v)?;
-                let thawed = self.thaw_later(v, frozen, d);
-                isolation = Some(Isolation {
-                    from: frozen_at,
-                    to: thawed,
-                    exempt,
-                });
-                let r = self.cluster.spawn_fresh(1, STEP_TIMEOUT)?;
-                label = format!(
-                    "{} left while {} was stopped for {}, then {} joined",
-                    self.name(l),
-                    self.name(v),
-                    secs(Duration::from_nanos(thawed - frozen_at)),
-                    self.names(&r)
-                );
-            }
-            Kind::MultiRingKill | Kind::MultiRingPause => {
-                // A process serving several rings on one client (one held
-                // connection, four threads for all its members) joins,
-                // then dies or freezes with all of them at once; the
-                // checked ring must fare exactly as with a one-ring
-                // process. Counted from the join: that is judged too.
-                let id = self.cluster.fresh_node_id();
-                let v = self.cluster.spawn_with(&id, EXTRA_RINGS);
-                self.cluster.wait_ready(&[v], STEP_TIMEOUT)?;
-                // Settled: it holds its share when the fault hits, and (as
-                // for kill) its log holds every change it made.
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let rings = EXTRA_RINGS + 1;
-                if kind == Kind::MultiRingKill {
-                    // It replaces nobody: the ring is back to its size.
-                    self.cluster.kill(v);
-                    label = format!("{} joined ({rings} rings), then kill -9", self.name(v));
-                } else {
-                    let d = self.ttl_times(0.8, 2.5);
-                    self.cluster.pause(v);
-                    self.sleep(d);
-                    self.cluster.resume(v);
-                    // Back to the ring's size once it is whole again.
-                    self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                    let leave = self.some_members(1);
-                    self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
-                    label = format!(
-                        "{} joined ({rings} rings), SIGSTOP for {}, then {} left",
-                        self.name(v),
-                        secs(d),
-                        self.names(&leave)
-                    );
-                }
-            }
-            Kind::StallAfterJoin => {
-                // A newcomer's link stalls the moment it first acquires:
-                // before any renewal since its activation.
-                let id = self.cluster.fresh_node_id();
-                let r = self.cluster.spawn(&id);
-                let deadline = Instant::now() + STEP_TIMEOUT;
-                while self.cluster.owned_count(r) == 0 {
-                    if Instant::now() > deadline {
-                        return Err(format!(
-                            "{} acquired nothing within {STEP_TIMEOUT:?}",
-                            self.name(r)
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                let d = self.ttl_times(1.2, 2.5);
-                self.cluster.members[r].proxy.set_mode(ProxyMode::Stall);
-                self.sleep(d);
-                self.cluster.members[r].proxy.set_mode(ProxyMode::Pass);
-                self.cluster.wait_ready(&[r], STEP_TIMEOUT)?;
-                self.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT)?;
-                let leave = self.some_members(1);
-                self.cluster.stop_many(&leave, STOP_TIMEOUT)?;
-                label = format!(
-                    "{} joined, stalled for {} as soon as it acquired, then {} left",
-                    self.name(r),
-                    secs(d),
-                    self.name(leave[0])
-                );
-            }
-            Kind::Cut => {
-                let v = self.victim();
-                let refuse = if self.rng.chance(0.5) {
-                    Some(self.ttl_times(0.3, 1.5))
-                } else {
-                    None
-                };
-                let proxy = &self.cluster.members[v].proxy;
-                if let Some(d) = refuse {
-                    proxy.set_mode(ProxyMode::Refuse);
-                    proxy.cut();
-                    self.sleep(d);
-                    self.cluster.members[v].proxy.set_mode(ProxyMode::Pass);
-                } else {
-                    proxy.cut();
-                }
-                label = match refuse {
-                    Some(d) => format!(
-                        "cut {}'s connections, refused for {}",
-                        self.name(v),
-                        secs(d)
-                    ),
-                    None => format!("cut {}'s connections", self.name(v)),
-                };
-            }
-            Kind::Stall => {
-                // Mostly longer than the TTL (the member's lease ends in the
-                // database); now and then just under it (it fenced itself,
-                // its lease is still live when the stall ends).
-                let v = self.victim();
-                let d = if self.rng.chance(0.25) {
-                    self.ttl_times(0.7, 1.0)
-                } else {
-                    self.ttl_times(1.2, 2.5)
-                };
-                self.cluster.members[v].proxy.set_mode(ProxyMode::Stall);
-                self.sleep(d);
-                self.cluster.members[v].proxy.set_mode(ProxyMode::Pass);
-                label = format!("stalled {}'s connections for {}", self.name(v), secs(d));
-            }
-            Kind::SlowLink => {
-                let v = self.victim();
-                let delay = Duration::from_millis(self.rng.range(20, 150));
-                let d = self.ttl_times(1.0, 2.5);
-                self.cluster.members[v]
-                    .proxy
-                    .set_mode(ProxyMode::Delay(delay));
-                self.sleep(d);
-                self.cluster.members[v].proxy.set_mode(ProxyMode::Pass);
-                label = format!(
-                    "delayed {}'s traffic by {delay:?} for {}",
-                    self.name(v),
-                    secs(d)
-                );
-            }
-            Kind::DbStopFast | Kind::DbStopImmediate | Kind::DbKill | Kind::DbRestart => {
-                let down = if kind == Kind::DbRestart {
-                    Duration::ZERO
-                } else {
-                    self.ttl_times(0.25, 2.0)
-                };
-                let db = &self.cluster.db;
-                match kind {
-                    Kind::DbStopImmediate => db.stop_immediate(),
-                    Kind::DbKill => db.kill(),
-                    _ => db.stop_fast(),
-                }
-                .map_err(|e| format!("stopping PostgreSQL: {e}"))?;
-                self.sleep(down);
-                self.cluster
-                    .db
-                    .start_again()
-                    .map_err(|e| format!("starting PostgreSQL again: {e}"))?;
-                from = mono_now();
-                label = format!(
-                    "PostgreSQL {} for {}",
-                    match kind {
-                        Kind::DbStopImmediate => "stopped (immediate)",
-                        Kind::DbKill => "killed",
-                        Kind::DbRestart => "restarted",
-                        _ => "stopped (fast)",
-                    },
-                    secs(Duration::from_nanos(from - start))
-                );
-            }
-        }
-        Ok(Fault {
-            kind,
-            label,
-            start,
-            from,
-            isolation,
-        })
-    }
 }
 
 /// The extra rings of the multi-ring processes are not judged, but a
@@ -753,7 +334,40 @@ fn run_chaos(plan: Plan) -> Outcome {
         began: Instant::now(),
     };
     let mut failures: Vec<String> = Vec::new();
+    inject_all(&mut chaos, &kinds, budget, &dir, &mut failures);
+    let (input, shown) = stop_and_collect(&mut chaos, ttl, settings.ring_size, &mut failures);
+    let report = check(&input);
+    print_details(&report, &chaos, &shown);
+    // Only the real run's summary starts with `chaos:` (what tools grep for).
+    println!(
+        "{}",
+        report
+            .summary_line()
+            .replacen("chaos:", &format!("{name}:"), 1)
+    );
+    let injected = chaos.faults.iter().map(|f| f.kind).collect();
+    // Tear everything down before judging, so nothing is left behind even
+    // when an assertion fails.
+    drop(chaos);
+    Outcome {
+        report,
+        failures,
+        injected,
+        dir,
+    }
+}
 
+/// Forms the ring, then injects the plan's faults one after the other —
+/// every kind once (in a seeded order), then at random until the budget is
+/// spent — each after a little steady state and followed by the ring
+/// settling, noting each in `faults.log`; stops at the first failure.
+fn inject_all(
+    chaos: &mut Chaos,
+    kinds: &[Kind],
+    budget: Duration,
+    dir: &std::path::Path,
+    failures: &mut Vec<String>,
+) {
     // The ring forms.
     let formed = chaos
         .cluster
@@ -763,7 +377,7 @@ fn run_chaos(plan: Plan) -> Outcome {
         failures.push(format!("the ring did not form: {e}"));
     }
 
-    let mut first_round = kinds.clone();
+    let mut first_round = kinds.to_vec();
     chaos.rng.shuffle(&mut first_round);
     while failures.is_empty() {
         let kind = match first_round.pop() {
@@ -792,7 +406,7 @@ fn run_chaos(plan: Plan) -> Outcome {
         chaos.faults.push(fault);
         let settled = chaos.cluster.wait_settled(SETTLE_QUIET, STEP_TIMEOUT);
         note(
-            &dir,
+            dir,
             &format!(
                 "chaos-fault: #{n} {} at mono {:.3}s (counted from {:.3}s): {label}; {}",
                 kind.name(),
@@ -808,7 +422,17 @@ fn run_chaos(plan: Plan) -> Outcome {
             failures.push(format!("after fault #{n} ({label}): {e}"));
         }
     }
+}
 
+/// Stops every member (nothing of theirs may remain), checks the extra
+/// rings, and gathers what the checker judges; returns it with the sink's
+/// anomalies to show.
+fn stop_and_collect(
+    chaos: &mut Chaos,
+    ttl: Duration,
+    ring_size: u32,
+    failures: &mut Vec<String>,
+) -> (Input, Vec<String>) {
     // Every member stops; nothing of theirs may remain.
     let end = mono_now();
     let live = chaos.cluster.live();
@@ -859,7 +483,7 @@ fn run_chaos(plan: Plan) -> Outcome {
         })
         .collect();
     let input = Input {
-        ring_size: settings.ring_size,
+        ring_size,
         runs,
         faults: spans,
         isolation,
@@ -867,25 +491,7 @@ fn run_chaos(plan: Plan) -> Outcome {
         leaked_rows,
         notes,
     };
-    let report = check(&input);
-    print_details(&report, &chaos, &shown);
-    // Only the real run's summary starts with `chaos:` (what tools grep for).
-    println!(
-        "{}",
-        report
-            .summary_line()
-            .replacen("chaos:", &format!("{name}:"), 1)
-    );
-    let injected = chaos.faults.iter().map(|f| f.kind).collect();
-    // Tear everything down before judging, so nothing is left behind even
-    // when an assertion fails.
-    drop(chaos);
-    Outcome {
-        report,
-        failures,
-        injected,
-        dir,
-    }
+    (input, shown)
 }
 
 #[test]

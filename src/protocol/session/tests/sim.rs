@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use self::db::Db;
 use crate::event::ReleaseReason;
-use crate::protocol::input::{CatchUp, Cleaned, Joined, Notice, Renewal, Took};
+use crate::protocol::input::{CatchUp, Cleaned, Input, Joined, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, Output, WatcherStep};
 use crate::protocol::{Session, SessionConfig, Status, Ticket};
 use crate::ring::Change;
@@ -64,7 +64,7 @@ enum Req {
     Take(Vec<u32>, Ticket),
     Release(Vec<(u32, u64)>, Ticket),
     Renew(u64, Ticket),
-    Rejoin,
+    Rejoin(Ticket),
     Cleanup(Ticket),
 }
 
@@ -236,7 +236,7 @@ impl Sim {
         self.notify_change(change);
         let Some(joined) = joined else { return };
         let mut session = Session::new(cfg, self.now);
-        let out = session.joined(joined, sent_at, self.now);
+        let out = session.step(Input::Joined { joined, sent_at }, self.now);
         self.members.push(Member {
             name,
             session,
@@ -423,7 +423,7 @@ impl Sim {
             }
             let m = &mut self.members[g.member];
             if let (true, Some(id)) = (m.alive, g.id) {
-                let out = m.session.drained(id, now);
+                let out = m.session.step(Input::Drained { id }, now);
                 self.effects(g.member, out);
             }
         }
@@ -466,7 +466,7 @@ impl Sim {
         if self.now < self.members[i].paused_until {
             return;
         }
-        let out = self.members[i].session.stop(self.now);
+        let out = self.members[i].session.step(Input::Stop, self.now);
         self.effects(i, out);
         self.members[i].leaving = true;
     }
@@ -479,7 +479,7 @@ impl Sim {
             // The fence thread: no I/O.
             let m = &mut self.members[i];
             if m.session.fence_deadline().is_some_and(|d| d <= self.now) {
-                let out = m.session.tick(self.now);
+                let out = m.session.step(Input::Tick, self.now);
                 self.effects(i, out);
             }
             return;
@@ -508,7 +508,8 @@ impl Sim {
                 }
                 let m = &mut self.members[i];
                 for n in m.inbox.drain(..) {
-                    m.session.notified(n);
+                    let out = m.session.step(Input::Notified(n), now);
+                    assert!(out.is_empty(), "a notice changed nothing visible");
                 }
                 let (step, out) = m.session.watcher_next(now);
                 self.effects(i, out);
@@ -525,11 +526,11 @@ impl Sim {
             HEARTBEAT_T => match self.members[i].session.heartbeat_next(now) {
                 HeartbeatStep::Wait(_) | HeartbeatStep::Stop => return,
                 HeartbeatStep::Renew { ack, ticket } => Req::Renew(ack, ticket),
-                HeartbeatStep::Rejoin => Req::Rejoin,
+                HeartbeatStep::Rejoin => Req::Rejoin(self.members[i].session.ticket()),
             },
             _ => match self.members[i].session.cleanup_next(now) {
                 CleanupStep::Wait(_) | CleanupStep::Stop => return,
-                CleanupStep::Run { .. } => Req::Cleanup(self.members[i].session.ticket()),
+                CleanupStep::Run { ticket, .. } => Req::Cleanup(ticket),
             },
         };
         let exec_at = now + self.delay();
@@ -573,7 +574,7 @@ impl Sim {
                 Reply::Renewal(self.db.renew(ticket.incarnation(), *ack, now)),
                 None,
             ),
-            Req::Rejoin => {
+            Req::Rejoin(_) => {
                 let (joined, change) = self.db.join(&name, now);
                 self.notify_change(change);
                 (Reply::Joined(joined), None)
@@ -610,28 +611,39 @@ impl Sim {
         let now = self.now;
         let s = &mut self.members[i].session;
         if f.lost {
-            s.watcher_failed(now, "connection lost".into());
+            let out = s.step(
+                Input::WatcherFailed {
+                    error: "connection lost".into(),
+                },
+                now,
+            );
+            self.effects(i, out);
             return;
         }
-        let out = match (f.req, f.reply.unwrap()) {
-            (Req::CatchUp(_, ticket), Reply::CatchUp(read)) => s.caught_up(ticket, read, now),
-            (Req::Take(_, ticket), Reply::Took(took)) => s.took(ticket, took, now),
-            (Req::Release(_, ticket), Reply::Released) => s.released(ticket, now),
-            (Req::Renew(_, ticket), Reply::Renewal(r)) => s.renewed(ticket, r, f.sent_at, now),
-            (Req::Rejoin, Reply::Joined(Some(j))) => {
-                if s.status() == Status::Joining {
-                    s.joined(j, f.sent_at, now)
-                } else {
-                    Output::default()
+        // Every answer goes in through the one entry point, as the edge's do.
+        let input = match (f.req, f.reply.unwrap()) {
+            (Req::CatchUp(_, ticket), Reply::CatchUp(read)) => Input::CaughtUp { ticket, read },
+            (Req::Take(_, ticket), Reply::Took(took)) => Input::Took { ticket, took },
+            (Req::Release(_, ticket), Reply::Released) => Input::Released { ticket },
+            (Req::Renew(_, ticket), Reply::Renewal(reply)) => Input::Renewed {
+                ticket,
+                reply,
+                sent_at: f.sent_at,
+            },
+            (Req::Rejoin(_), Reply::Joined(Some(joined))) => {
+                if s.status() != Status::Joining {
+                    return;
+                }
+                Input::Joined {
+                    joined,
+                    sent_at: f.sent_at,
                 }
             }
-            (Req::Rejoin, Reply::Joined(None)) => {
-                s.rejoin_failed(now);
-                Output::default()
-            }
-            (Req::Cleanup(_), Reply::Cleaned(c)) => s.cleaned(c, now),
+            (Req::Rejoin(ticket), Reply::Joined(None)) => Input::RejoinFailed { ticket },
+            (Req::Cleanup(ticket), Reply::Cleaned(cleaned)) => Input::Cleaned { ticket, cleaned },
             _ => unreachable!("a reply of another request"),
         };
+        let out = s.step(input, now);
         self.effects(i, out);
     }
 
