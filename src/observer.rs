@@ -36,6 +36,7 @@ use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::partition_for;
 use crate::pool::ConnSource;
+use crate::protocol::follow::{Follow, FollowInput, FollowStep};
 use crate::protocol::input::{CatchUp, Notice};
 use crate::ring::{MemberInfo, RingView};
 use crate::store::payload::parse_payloads;
@@ -150,7 +151,7 @@ impl ObserverBuilder {
                         self.statement_timeout,
                         !self.pooling.transaction_pooling(),
                     )?;
-                    let r = follower.read_full(&mut follower.state.lock(), &mut held);
+                    let r = follower.first_read(&mut held);
                     held.unhold();
                     r
                 });
@@ -351,7 +352,6 @@ pub(crate) struct Follower {
     cfg: Config,
     /// The ring's channel (known without the ring: schema and ring id).
     channel: String,
-    poll: Duration,
     view: ArcSwap<RingView>,
     subscribers: Mutex<Vec<Sender<RingView>>>,
     /// Notices not applied yet (the connection thread's side).
@@ -368,17 +368,10 @@ struct Pending {
 }
 
 struct State {
+    /// The follow rules (protocol core): the view and what to read next.
+    follow: Follow,
     /// The ring's store, once its size is known.
     store: Option<Store>,
-    /// The database's timeline at the last read. Epochs of two timelines
-    /// are not comparable (a promoted standby may have lost the last
-    /// changes and made others under the same epochs), so a change of
-    /// timeline means reading the whole ring again.
-    timeline: Option<u64>,
-    next_poll: Instant,
-    /// After a failed read: not before then.
-    retry_at: Option<Instant>,
-    backoff: Duration,
 }
 
 impl Follower {
@@ -389,16 +382,12 @@ impl Follower {
             version: std::sync::atomic::AtomicU64::new(1),
             cfg,
             channel,
-            poll,
             view: ArcSwap::from_pointee(RingView::empty(0, 0)),
             subscribers: Mutex::new(Vec::new()),
             pending: Mutex::new(Pending::default()),
             state: Mutex::new(State {
+                follow: Follow::new(poll, Instant::now()),
                 store: None,
-                timeline: None,
-                next_poll: Instant::now() + poll,
-                retry_at: None,
-                backoff: Duration::from_millis(50),
             }),
         }
     }
@@ -475,9 +464,18 @@ impl Follower {
         self.pending.lock().gap = true;
     }
 
-    /// One step on the work thread: apply what was notified, read the
-    /// change log on a gap or when the poll is due. `Ok(None)`: a read
-    /// ran; `Ok(Some(d))`: nothing to do for `d`.
+    /// The read of [`ObserverBuilder::start`]: the whole ring (or nothing,
+    /// if it does not exist yet), published.
+    fn first_read(&self, c: &mut HeldConn) -> Result<()> {
+        let mut st = self.state.lock();
+        self.read(&mut st, c, FollowStep::ReadRing, Instant::now())?;
+        self.publish(st.follow.view().clone());
+        Ok(())
+    }
+
+    /// One step on the work thread: what was notified goes to the follow
+    /// rules ([`Follow`]), then the read they ask for runs. `Ok(None)`: a
+    /// read ran; `Ok(Some(d))`: nothing to do for `d`.
     pub(crate) fn step(
         &self,
         conn: &mut Option<HeldConn>,
@@ -485,134 +483,106 @@ impl Follower {
         now: Instant,
     ) -> Result<Option<Duration>> {
         let mut st = self.state.lock();
-        if let Some(t) = st.retry_at {
-            if now < t {
-                return Ok(Some(t - now));
-            }
-            st.retry_at = None;
-        }
-        let due = now >= st.next_poll;
+        let before = (st.follow.view().epoch(), st.follow.view().ring_size());
         let (notices, gap) = {
             let mut p = self.pending.lock();
             (std::mem::take(&mut p.notices), std::mem::take(&mut p.gap))
         };
-        if notices.is_empty() && !due && !gap {
-            return Ok(Some(st.next_poll - now));
+        let mut changed = false;
+        for n in notices {
+            changed |= st.follow.step(FollowInput::Notified(n), now);
         }
-        if due {
-            st.next_poll = now + self.poll;
+        if gap {
+            st.follow.step(FollowInput::Reconnected, now);
         }
-        let current = RingView::clone(&self.view.load());
-        let mut view = current.clone();
-        let mut read = due || gap;
-        if st.store.is_none() {
-            // The ring did not exist at the last look: a notice says it
-            // does now; its changes apply to no view yet.
-            read |= !notices.is_empty();
-        }
-        for n in notices.into_iter().filter(|_| st.store.is_some()) {
-            if let Notice::Change { epoch, change } = n {
-                match change {
-                    Some(c) if epoch == view.epoch() + 1 => view = view.apply(&c),
-                    _ if epoch > view.epoch() => read = true,
-                    _ => {}
+        let result = match st.follow.next(now) {
+            FollowStep::Wait(d) => Ok(Some(d)),
+            step => {
+                let read = match conn {
+                    Some(c) => self.read(&mut st, c, step, now),
+                    None => connect().and_then(|c| {
+                        let c = conn.insert(c);
+                        self.read(&mut st, c, step, now)
+                    }),
+                };
+                match read {
+                    Ok(c) => {
+                        changed |= c;
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        st.follow.step(FollowInput::ReadFailed, now);
+                        log::warn!(target: "leasering", "observer of {:?}: {e}; retrying in {:?}",
+                            self.cfg.ring_id, st.follow.backoff());
+                        Err(e)
+                    }
                 }
             }
-        }
-        let mut resynced = false;
-        if read {
-            let result = match conn {
-                Some(c) => self.read(&mut st, c, &mut view, &mut resynced),
-                None => connect().and_then(|c| {
-                    let c = conn.insert(c);
-                    self.read(&mut st, c, &mut view, &mut resynced)
-                }),
-            };
-            if let Err(e) = result {
-                log::warn!(target: "leasering", "observer of {:?}: {e}; retrying in {:?}",
-                    self.cfg.ring_id, st.backoff);
-                st.retry_at = Some(now + st.backoff);
-                st.backoff = (st.backoff * 2).min(Duration::from_secs(2));
-                self.pending.lock().gap = true;
-                return Err(e);
-            }
-            st.backoff = Duration::from_millis(50);
-        }
-        if resynced || view.epoch() != current.epoch() || view.ring_size() != current.ring_size() {
+        };
+        if changed {
+            let view = st.follow.view().clone();
             log::debug!(target: "leasering", "observer of {:?}: epoch {} -> {}",
-                self.cfg.ring_id, current.epoch(), view.epoch());
+                self.cfg.ring_id, before.0, view.epoch());
             self.publish(view.clone());
             self.subscribers
                 .lock()
                 .retain(|tx| tx.send(view.clone()).is_ok());
         }
-        Ok(if read {
-            None
-        } else {
-            Some(st.next_poll.saturating_duration_since(now))
-        })
+        result
     }
 
-    /// Reads what the view misses: the whole ring while its size is not
-    /// known, else the change log (the whole ring after a timeline change).
+    /// Runs a read the follow rules asked for and hands them the answer.
+    /// Whether the view changed.
     fn read(
         &self,
         st: &mut State,
         c: &mut HeldConn,
-        view: &mut RingView,
-        resynced: &mut bool,
-    ) -> Result<()> {
-        let Some(store) = st.store.clone() else {
-            // The ring did not exist at the last look: published once it
-            // does (its size changes from 0).
-            let before = self.view.load_full();
-            self.read_full(st, c)?;
-            *view = RingView::clone(&self.view.swap(before));
-            self.version
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
-            return Ok(());
+        step: FollowStep,
+        now: Instant,
+    ) -> Result<bool> {
+        let input = match step {
+            FollowStep::Wait(_) => return Ok(false),
+            FollowStep::ReadRing => {
+                if st.store.is_none() {
+                    // No schema yet: no ring yet either.
+                    let Some(size) = crate::store::stored_ring_size(
+                        &mut *c.client,
+                        &self.cfg.schema,
+                        &self.cfg.ring_id,
+                    )?
+                    else {
+                        return Ok(st.follow.step(FollowInput::NoRing, now));
+                    };
+                    // The store needs the ring's size; an observer takes
+                    // no positions.
+                    let mut cfg = self.cfg.clone();
+                    cfg.ring_size = size;
+                    cfg.vnode_count = 1;
+                    st.store = Some(Store::new(&cfg, "observer")?);
+                }
+                let store = st.store.as_ref().expect("set above");
+                FollowInput::Read {
+                    timeline: store.timeline(c)?,
+                    read: CatchUp::Full(store.read_ring(c)?),
+                }
+            }
+            FollowStep::CatchUp { from } => {
+                let Some(store) = st.store.as_ref() else {
+                    return Ok(st.follow.step(FollowInput::Reconnected, now));
+                };
+                FollowInput::Read {
+                    timeline: store.timeline(c)?,
+                    read: store.catch_up(c, from)?,
+                }
+            }
         };
-        let timeline = store.timeline(c)?;
-        let changed = st.timeline.is_some_and(|t| t != timeline);
-        if changed {
-            log::info!(target: "leasering", ring = self.cfg.ring_id.as_str();
-                "observer of {:?}: the database moved to timeline {timeline} (a promotion or a recovery): reading the whole ring again",
-                self.cfg.ring_id);
-            *resynced = true;
+        if let FollowInput::Read { timeline, .. } = &input {
+            if st.follow.timeline().is_some_and(|t| t != *timeline) {
+                log::info!(target: "leasering", ring = self.cfg.ring_id.as_str();
+                    "observer of {:?}: the database moved to timeline {timeline} (a promotion or a recovery): reading the whole ring again",
+                    self.cfg.ring_id);
+            }
         }
-        st.timeline = Some(timeline);
-        // From 0: the whole ring.
-        let from = if changed { 0 } else { view.epoch() };
-        *view = match store.catch_up(c, from)? {
-            CatchUp::Changes(cs) => view.apply_all(&cs),
-            CatchUp::Full(v) => v,
-        };
-        Ok(())
-    }
-
-    /// The whole ring: its size and placement first (the store needs the
-    /// size), then its view, published. An empty view (ring size 0) while
-    /// the ring does not exist.
-    fn read_full(&self, st: &mut State, c: &mut HeldConn) -> Result<()> {
-        if st.store.is_none() {
-            // No schema yet: no ring yet either.
-            let Some(size) = crate::store::stored_ring_size(
-                &mut *c.client,
-                &self.cfg.schema,
-                &self.cfg.ring_id,
-            )?
-            else {
-                return Ok(());
-            };
-            let mut cfg = self.cfg.clone();
-            cfg.ring_size = size;
-            cfg.vnode_count = 1;
-            st.store = Some(Store::new(&cfg, "observer")?);
-        }
-        let store = st.store.clone().expect("set above");
-        st.timeline = Some(store.timeline(c)?);
-        let view = store.read_ring(c)?;
-        self.publish(view);
-        Ok(())
+        Ok(st.follow.step(input, now))
     }
 }

@@ -5,6 +5,9 @@
 //!
 //! * [`Ownership`] — the partition state machine of one member: active,
 //!   pending (assigned, waiting for its claim), the local lease (docs/protocol.md §4).
+//! * [`Follow`](follow::Follow) — the follow rules of an observer
+//!   ([`RingObserver`](crate::RingObserver)): a view kept up to date from
+//!   notifications, the change log and a poll.
 //! * [`Session`] — everything else a member decides: which answers are
 //!   stale, how notified changes are applied, which claims to take, when
 //!   to release (after a drain), reconcile, poll, renew, rejoin and clean
@@ -26,6 +29,7 @@
 //! These types follow the protocol, not semver: they may change in any
 //! release as the protocol does.
 
+pub mod follow;
 pub mod input;
 pub mod output;
 mod ownership;

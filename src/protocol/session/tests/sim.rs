@@ -6,6 +6,10 @@
 //! (waiting for drains), restarts under an old name and joins. Time is
 //! simulated.
 //!
+//! Two observers follow the ring by the same rules as
+//! [`RingObserver`](crate::RingObserver) ([`Follow`]), through the same
+//! lost notifications and delayed or failed reads.
+//!
 //! Checked all along: no two members *report* a partition at one instant
 //! (active and the local lease valid: what `owns()` answers); tokens
 //! strictly increase from owner to owner. Checked at the end, from the
@@ -14,6 +18,9 @@
 //! guard's drop (or the drain's cut) — never intersect between members.
 //! That holds only if releases after a lapsed lease are stamped with the
 //! deadline and a drained claim is given back only after the drain.
+//! Every view an observer publishes is one the ring had at that epoch, and
+//! epochs never go back; after the quiet stretch each observer has the
+//! ring's current view.
 
 mod db;
 
@@ -22,10 +29,11 @@ use std::time::{Duration, Instant};
 
 use self::db::Db;
 use crate::event::ReleaseReason;
+use crate::protocol::follow::{Follow, FollowInput, FollowStep};
 use crate::protocol::input::{CatchUp, Cleaned, Input, Joined, Notice, Renewal, Took};
 use crate::protocol::output::{CleanupStep, Effect, HeartbeatStep, Output, WatcherStep};
 use crate::protocol::{Session, SessionConfig, Status, Ticket};
-use crate::ring::Change;
+use crate::ring::{Change, RingView};
 
 pub const RING: u32 = 32;
 pub const TTL: Duration = Duration::from_secs(10);
@@ -107,6 +115,19 @@ struct Member {
     leaving: bool,
 }
 
+/// An observer: the follow rules, notified like the members, reading the
+/// database through answers that are delayed and sometimes lost.
+struct Observer {
+    follow: Follow,
+    inbox: Vec<Notice>,
+    /// A read on its way: when its answer arrives, and the answer (`None`:
+    /// the read failed).
+    in_flight: Option<(Instant, Option<FollowInput>)>,
+}
+
+/// How often the observers read the change log without being told.
+const OBSERVER_POLL: Duration = Duration::from_secs(1);
+
 /// A user holding a drain guard: drops it at `at`.
 struct GuardDrop {
     at: Instant,
@@ -135,6 +156,10 @@ pub struct Sim {
     pub activations: u64,
     /// The quiet stretch: short delays, small clock steps, nothing lost.
     quiet: bool,
+    observers: Vec<Observer>,
+    /// The ring's views by epoch, as the database had them (what an
+    /// observer may publish).
+    history: BTreeMap<u64, RingView>,
 }
 
 impl Sim {
@@ -156,6 +181,14 @@ impl Sim {
             violations: Vec::new(),
             activations: 0,
             quiet: false,
+            observers: (0..2)
+                .map(|_| Observer {
+                    follow: Follow::new(OBSERVER_POLL, t0),
+                    inbox: Vec::new(),
+                    in_flight: None,
+                })
+                .collect(),
+            history: BTreeMap::new(),
         }
     }
 
@@ -188,6 +221,19 @@ impl Sim {
             };
             self.members[i].inbox.push(notice);
         }
+        for k in 0..self.observers.len() {
+            if self.lossy() {
+                continue;
+            }
+            let notice = match &notice {
+                Notice::Change { epoch, .. } if self.rng.chance(20) => Notice::Change {
+                    epoch: *epoch,
+                    change: None,
+                },
+                other => other.clone(),
+            };
+            self.observers[k].inbox.push(notice);
+        }
     }
 
     /// A notification on one member's own channel (to each live member of
@@ -201,6 +247,7 @@ impl Sim {
     }
 
     fn notify_change(&mut self, change: Option<Change>) {
+        self.record_view();
         if let Some(change) = change {
             self.notify(Notice::Change {
                 epoch: change.epoch,
@@ -378,6 +425,10 @@ impl Sim {
                 let i = pick(&mut self.rng);
                 self.leave(i);
             }
+            401..=440 => {
+                let k = self.rng.below(self.observers.len() as u64) as usize;
+                self.run_observer(k);
+            }
             24..=400 => {
                 let d = if !self.quiet && self.rng.chance(3) {
                     self.rng.ms(TTL.as_millis() as u64 / 2)
@@ -396,6 +447,64 @@ impl Sim {
                     self.run_thread(i, t);
                 }
             }
+        }
+    }
+
+    /// Keeps the database's current view in the history.
+    fn record_view(&mut self) {
+        let v = &self.db.view;
+        self.history.entry(v.epoch()).or_insert_with(|| v.clone());
+    }
+
+    /// One step of observer `k`, as its client's work thread takes it: the
+    /// answer of its read if it is in; else what it was notified, then the
+    /// read its rules ask for (answered later, or lost).
+    fn run_observer(&mut self, k: usize) {
+        let now = self.now;
+        if let Some((at, _)) = &self.observers[k].in_flight {
+            if *at > now {
+                return;
+            }
+            let (_, answer) = self.observers[k].in_flight.take().expect("checked");
+            let input = answer.unwrap_or(FollowInput::ReadFailed);
+            let changed = self.observers[k].follow.step(input, now);
+            self.check_observer(k, changed);
+            return;
+        }
+        let mut changed = false;
+        for n in std::mem::take(&mut self.observers[k].inbox) {
+            changed |= self.observers[k].follow.step(FollowInput::Notified(n), now);
+        }
+        self.check_observer(k, changed);
+        let read = match self.observers[k].follow.next(now) {
+            FollowStep::Wait(_) => return,
+            FollowStep::ReadRing => CatchUp::Full(self.db.view.clone()),
+            FollowStep::CatchUp { from } => self.db.catch_up(from),
+        };
+        self.record_view();
+        let answer = (!self.lossy()).then_some(FollowInput::Read { timeline: 1, read });
+        let at = now + self.delay();
+        self.observers[k].in_flight = Some((at, answer));
+    }
+
+    /// A view observer `k` published must be the ring's at its epoch, and
+    /// not older than the one before.
+    fn check_observer(&mut self, k: usize, changed: bool) {
+        if !changed {
+            return;
+        }
+        let v = self.observers[k].follow.view();
+        let t = (self.now - self.t0).as_secs_f64();
+        match self.history.get(&v.epoch()) {
+            Some(h) if same_view(h, v) => {}
+            Some(_) => self.violations.push(format!(
+                "t={t:.3}: observer {k} published a view the ring never had at epoch {}",
+                v.epoch()
+            )),
+            None => self.violations.push(format!(
+                "t={t:.3}: observer {k} published epoch {}, which the ring never had",
+                v.epoch()
+            )),
         }
     }
 
@@ -677,12 +786,29 @@ impl Sim {
     /// active anywhere at the end.
     pub fn settle(&mut self, steps: usize) -> usize {
         self.quiet = true;
+        // The last notifications before the quiet stretch are lost to the
+        // observers: only their poll can tell them.
+        for o in &mut self.observers {
+            o.inbox.clear();
+        }
         for m in &mut self.members {
             m.paused_until = m.paused_until.min(self.now);
         }
         for _ in 0..steps {
             self.step(false);
             self.check_reports();
+        }
+        // Every observer has the ring's current view (the poll reads what
+        // lost notifications did not say).
+        self.record_view();
+        for (k, o) in self.observers.iter().enumerate() {
+            if !same_view(o.follow.view(), &self.db.view) {
+                self.violations.push(format!(
+                    "observer {k} is at epoch {} after the quiet stretch, the ring at {}",
+                    o.follow.view().epoch(),
+                    self.db.view.epoch()
+                ));
+            }
         }
         let mut covered = vec![false; RING as usize];
         for m in self.members.iter().filter(|m| m.alive) {
@@ -720,4 +846,16 @@ impl Sim {
         }
         out
     }
+}
+
+/// Whether two views are the same ring: epoch, size, members and the owner
+/// of every partition.
+fn same_view(a: &RingView, b: &RingView) -> bool {
+    a.epoch() == b.epoch()
+        && a.ring_size() == b.ring_size()
+        && a.members()
+            .iter()
+            .map(|m| m.node_id())
+            .eq(b.members().iter().map(|m| m.node_id()))
+        && (0..a.ring_size()).all(|p| a.owner_of(p) == b.owner_of(p))
 }
