@@ -1,5 +1,5 @@
 //! The hot path of a live member: `owns(p)`, `owned_partitions()`,
-//! `partition_for(key)` and `ring().owner_of(p)`, in ns/op, on 1 and 2
+//! `partition_for(key)` and `view().owner_of(p)`, in ns/op, on 1 and 2
 //! threads. Each figure is the median of repeated timed loops (the p99 over
 //! the repetitions is in the table too).
 //!
@@ -128,7 +128,7 @@ fn main() {
     let oo = measure(iters, reps, |i| view.owner_of(i & mask).map(str::len));
     rows.push(("view.owner_of(p) (view held)", oo));
     rows.push((
-        "ring().owner_of(p) (view fetched per call)",
+        "view().owner_of(p) (view fetched per call)",
         measure(iters / 4, reps, |i| {
             node.view().owner_of(i & mask).map(str::len)
         }),
@@ -143,22 +143,22 @@ fn main() {
     }
     let ok = measure(iters / 4, reps, |i| {
         observer
-            .owner_of_key(&keys[(i & 1023) as usize])
+            .owner_info_of_key(&keys[(i & 1023) as usize])
             .map(|m| m.node_id().len())
     });
-    rows.push(("observer.owner_of_key(key)", ok));
+    rows.push(("observer.owner_info_of_key(key)", ok));
     let ok2 = measure_threads(2, iters / 4, reps, |i| {
         observer
-            .owner_of_key(&keys[(i & 1023) as usize])
+            .owner_info_of_key(&keys[(i & 1023) as usize])
             .map(|m| m.node_id().len())
     });
-    rows.push(("observer.owner_of_key(key), 2 threads", ok2));
+    rows.push(("observer.owner_info_of_key(key), 2 threads", ok2));
     let owns2 = measure_threads(2, iters, reps, |i| node.owns(i & mask));
     rows.push(("owns(p), 2 threads", owns2));
     let owned2 = measure_threads(2, iters, reps, |_| node.owned_partitions());
     rows.push(("owned_partitions(), 2 threads", owned2));
     rows.push((
-        "ring().owner_of(p), 2 threads",
+        "view().owner_of(p), 2 threads",
         measure_threads(2, iters / 4, reps, |i| {
             node.view().owner_of(i & mask).map(str::len)
         }),

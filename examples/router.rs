@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let route = |router: &RingObserver| {
         for key in keys {
             let owner = router
-                .owner_of_key(key)
+                .owner_info_of_key(key)
                 .expect("a ring with members has owners");
             println!(
                 "  {:<12} -> {} at {}",
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("epoch {} (shard-0 left):", router.view().epoch());
     route(&router);
     for key in keys {
-        let owner = router.owner_of_key(key).expect("an owner");
+        let owner = router.owner_info_of_key(key).expect("an owner");
         assert_ne!(
             owner.node_id(),
             "shard-0",

@@ -181,7 +181,7 @@
 //! # fn demo(pool: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>)
 //! #     -> leasering::Result<()> {
 //! let router = leasering::RingObserver::builder(pool, "orders").start()?;
-//! match router.owner_of_key(b"customer-42") {
+//! match router.owner_info_of_key(b"customer-42") {
 //!     Some(owner) => { let _address = owner.metadata(); /* forward the request */ }
 //!     None => { /* nobody in the ring yet */ }
 //! }

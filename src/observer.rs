@@ -189,7 +189,7 @@ impl ObserverBuilder {
 /// use leasering::RingObserver;
 ///
 /// let router = RingObserver::builder(pool, "orders").start()?;
-/// if let Some(owner) = router.owner_of_key(b"customer-42") {
+/// if let Some(owner) = router.owner_info_of_key(b"customer-42") {
 ///     // e.g. forward the request to the address the member published
 ///     println!("{} at {:?}", owner.node_id(), owner.metadata());
 /// }
@@ -258,15 +258,18 @@ impl RingObserver {
     }
 
     /// The member the current view places partition `p` on, with its
-    /// metadata; `None` on an empty ring or for `p >= ring_size`.
-    /// Lock-free, and contention-free across threads: see
-    /// [`owner_of_key`](RingObserver::owner_of_key).
-    pub fn owner_of(&self, p: u32) -> Option<MemberInfo> {
+    /// metadata (an owned [`MemberInfo`], cheap to clone); `None` on an
+    /// empty ring or for `p >= ring_size`. The same question as
+    /// [`RingView::owner_info`], which borrows from a view (and
+    /// [`RingView::owner_of`] answers the node id alone). Lock-free, and
+    /// contention-free across threads: see
+    /// [`owner_info_of_key`](RingObserver::owner_info_of_key).
+    pub fn owner_info(&self, p: u32) -> Option<MemberInfo> {
         self.handle.follower.lookup(|_| p)
     }
 
     /// The member the current view places `key` on:
-    /// [`owner_of`](RingObserver::owner_of) of
+    /// [`owner_info`](RingObserver::owner_info) of
     /// [`partition_for`](crate::partition_for)`(key, ring_size)`.
     ///
     /// For a router's hot path: lock-free, and the threads that call it do
@@ -274,7 +277,7 @@ impl RingObserver {
     /// (taken once per view), so the reference counts it touches are its
     /// own: a version check, a table lookup and one uncontended reference
     /// count increment.
-    pub fn owner_of_key(&self, key: &[u8]) -> Option<MemberInfo> {
+    pub fn owner_info_of_key(&self, key: &[u8]) -> Option<MemberInfo> {
         self.handle.follower.lookup(|size| partition_for(key, size))
     }
 

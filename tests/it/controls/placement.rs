@@ -227,7 +227,7 @@ fn metadata_reaches_every_view_and_the_observer() {
     let p = (0..64)
         .find(|p| a.view().owner_of(*p) == Some("b"))
         .unwrap();
-    let owner = obs.owner_of(p).unwrap();
+    let owner = obs.owner_info(p).unwrap();
     assert_eq!(
         (owner.node_id(), owner.metadata()),
         ("b", Some("10.0.0.2:8080 zone=b ~ +1:x"))
@@ -283,7 +283,7 @@ fn observer_agrees_through_churn(placement: Placement) {
         nodes.iter().all(|n| n.view().epoch() == v.epoch())
             && obs.view().epoch() == v.epoch()
             && keys.iter().all(|k| {
-                obs.owner_of_key(k).map(|m| m.node_id().to_string())
+                obs.owner_info_of_key(k).map(|m| m.node_id().to_string())
                     == v.owner_of(leasering::partition_for(k, size))
                         .map(str::to_string)
             })
@@ -389,7 +389,7 @@ fn an_observer_of_a_ring_that_does_not_exist_yet_follows_it_once_created() {
         .poll_interval(Duration::from_millis(50))
         .start()
         .unwrap();
-    assert!(obs.owner_of_key(b"k").is_none());
+    assert!(obs.owner_info_of_key(b"k").is_none());
     assert_eq!(obs.view().members().len(), 0);
     let n = builder(pool(4), &ring, "first")
         .ring_size(32)
@@ -399,7 +399,7 @@ fn an_observer_of_a_ring_that_does_not_exist_yet_follows_it_once_created() {
         SETTLE,
         "the observer to see the ring's first member",
         || {
-            obs.owner_of_key(b"k")
+            obs.owner_info_of_key(b"k")
                 .is_some_and(|m| m.node_id() == "first")
         },
     );
