@@ -332,14 +332,14 @@ pub fn read_ring(
     schema: &str,
     ring_id: &str,
 ) -> Result<Option<RingView>> {
-    let mut cfg = Config::new(ring_id);
-    cfg.schema = schema.to_string();
-    cfg.validate()?;
-    let Some(size) = store::stored_ring_size(client, schema, ring_id)? else {
+    let schema = store::Schema::named(schema)?;
+    // The names are checked before any statement.
+    schema.ring(ring_id, 0, None)?;
+    let Some(size) = schema.ring_size(client, ring_id)? else {
         return Ok(None);
     };
-    cfg.ring_size = size;
-    store::Store::new(&cfg, "reader")?
+    schema
+        .ring(ring_id, size, None)?
         .read_ring_once(client)
         .map(Some)
 }
@@ -365,21 +365,20 @@ pub fn cordon(
     node_id: &str,
     cordoned: bool,
 ) -> Result<Option<u64>> {
-    let mut cfg = Config::new(ring_id);
-    cfg.schema = schema.to_string();
-    cfg.node_id = Some(node_id.to_string());
-    cfg.validate()?;
+    let handle = store::Schema::named(schema)?;
+    handle.ring(ring_id, 0, Some(node_id))?;
     // A missing schema, or one older than the cordons (version 4), is a
     // typed error saying so, not a database error about a table.
-    store::Store::new(&cfg, node_id)?.check_schema(client)?;
-    let Some(size) = store::stored_ring_size(client, schema, ring_id)? else {
+    handle.check(client)?;
+    let Some(size) = handle.ring_size(client, ring_id)? else {
         return Err(Error::invalid(
             "ring_id",
             format!("no ring {ring_id:?} in schema {schema}: cannot cordon node {node_id:?}"),
         ));
     };
-    cfg.ring_size = size;
-    store::Store::new(&cfg, node_id)?.set_cordon(client, cordoned)
+    handle
+        .ring(ring_id, size, Some(node_id))?
+        .set_cordon(client, cordoned)
 }
 
 /// Pins partition `partition` of ring `ring_id` to node `node_id` (an
@@ -413,9 +412,7 @@ pub fn pin(
     partition: u32,
     node_id: &str,
 ) -> Result<Option<u64>> {
-    let store = pin_store(schema, ring_id, Some(node_id))?;
-    store.check_schema(client)?;
-    store.set_pin(client, partition, Some(node_id))
+    pin_store(client, schema, ring_id, Some(node_id))?.set_pin(client, partition, Some(node_id))
 }
 
 /// Removes the pin of `partition` ([`pin`]); the placement decides its
@@ -426,9 +423,7 @@ pub fn unpin(
     ring_id: &str,
     partition: u32,
 ) -> Result<Option<u64>> {
-    let store = pin_store(schema, ring_id, None)?;
-    store.check_schema(client)?;
-    store.set_pin(client, partition, None)
+    pin_store(client, schema, ring_id, None)?.set_pin(client, partition, None)
 }
 
 /// The pins of ring `ring_id`: `(partition, node id)`, ascending by
@@ -438,26 +433,27 @@ pub fn pins(
     schema: &str,
     ring_id: &str,
 ) -> Result<Vec<(u32, String)>> {
-    let store = pin_store(schema, ring_id, None)?;
-    store.check_schema(client)?;
-    store.pins(client)
+    pin_store(client, schema, ring_id, None)?.pins(client)
 }
 
 /// A store to write ring `ring_id`'s pins with; checks the names and the
-/// schema's version first.
-fn pin_store(schema: &str, ring_id: &str, node_id: Option<&str>) -> Result<store::Store> {
-    let mut cfg = Config::new(ring_id);
-    cfg.schema = schema.to_string();
-    cfg.node_id = node_id.map(str::to_string);
-    cfg.validate()?;
-    store::Store::new(&cfg, node_id.unwrap_or("operator"))
+/// schema's version first. (The pin statements read the ring's size
+/// themselves, under its lock.)
+fn pin_store(
+    client: &mut postgres::Client,
+    schema: &str,
+    ring_id: &str,
+    node_id: Option<&str>,
+) -> Result<store::Store> {
+    let handle = store::Schema::named(schema)?;
+    let store = handle.ring(ring_id, 0, node_id)?;
+    handle.check(client)?;
+    Ok(store)
 }
 
 /// Creates or migrates the leasering schema `schema` with `client`, for
 /// administrators who start nodes with a DML-only role
 /// (`NodeBuilder::create_schema(false)`). Idempotent.
 pub fn migrate(client: &mut postgres::Client, schema: &str) -> Result<()> {
-    let mut cfg = Config::new("migrate");
-    cfg.schema = schema.to_string();
-    store::Store::new(&cfg, "migrate")?.migrate(client)
+    store::Schema::named(schema)?.migrate(client)
 }

@@ -40,7 +40,7 @@ use crate::protocol::follow::{Follow, FollowInput, FollowStep};
 use crate::protocol::input::{CatchUp, Notice};
 use crate::ring::{MemberInfo, RingView};
 use crate::store::payload::parse_payloads;
-use crate::store::{hold, HeldConn, Store};
+use crate::store::{hold, HeldConn, Schema, Store};
 use crate::Config;
 
 /// Where an observer's connection comes from.
@@ -139,7 +139,7 @@ impl ObserverBuilder {
             Source::Client(c) => c,
         };
         client.shared.check_mode(self.pooling)?;
-        let follower = Arc::new(Follower::new(cfg, self.poll_interval));
+        let follower = Arc::new(Follower::new(cfg, self.poll_interval)?);
         let pool = client.shared.pool.clone();
         let deadline = Instant::now() + self.start_timeout;
         loop {
@@ -353,6 +353,8 @@ pub(crate) struct Follower {
     /// Bumped after every new view is stored.
     version: std::sync::atomic::AtomicU64,
     cfg: Config,
+    /// The schema-level handle: the ring's size, then its store.
+    schema: Schema,
     /// The ring's channel (known without the ring: schema and ring id).
     channel: String,
     view: ArcSwap<RingView>,
@@ -378,12 +380,14 @@ struct State {
 }
 
 impl Follower {
-    fn new(cfg: Config, poll: Duration) -> Follower {
+    fn new(cfg: Config, poll: Duration) -> Result<Follower> {
+        let schema = Schema::new(&cfg.schema, cfg.effective_statement_timeout(), cfg.pooling)?;
         let channel = Store::ring_channel(&cfg.schema, &cfg.ring_id);
-        Follower {
+        Ok(Follower {
             uid: NEXT_OBSERVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: std::sync::atomic::AtomicU64::new(1),
             cfg,
+            schema,
             channel,
             view: ArcSwap::from_pointee(RingView::empty(0, 0)),
             subscribers: Mutex::new(Vec::new()),
@@ -392,7 +396,7 @@ impl Follower {
                 follow: Follow::new(poll, Instant::now()),
                 store: None,
             }),
-        }
+        })
     }
 
     /// Stores a new view (and makes the threads' caches take it).
@@ -548,20 +552,14 @@ impl Follower {
             FollowStep::ReadRing => {
                 if st.store.is_none() {
                     // No schema yet: no ring yet either.
-                    let Some(size) = crate::store::stored_ring_size(
-                        &mut *c.client,
-                        &self.cfg.schema,
-                        &self.cfg.ring_id,
-                    )?
+                    let Some(size) = self.schema.ring_size(&mut *c.client, &self.cfg.ring_id)?
                     else {
                         return Ok(st.follow.step(FollowInput::NoRing, now));
                     };
-                    // The store needs the ring's size; an observer takes
-                    // no positions.
-                    let mut cfg = self.cfg.clone();
-                    cfg.ring_size = size;
-                    cfg.vnode_count = 1;
-                    st.store = Some(Store::new(&cfg, "observer")?);
+                    st.store = Some(
+                        self.schema
+                            .ring(&self.cfg.ring_id, size, Some("observer"))?,
+                    );
                 }
                 let store = st.store.as_ref().expect("set above");
                 FollowInput::Read {

@@ -383,9 +383,9 @@ fn join_within_start_timeout(
                 &format!("start (start_timeout {start_timeout:?})"),
             )?;
             if create {
-                store.migrate(&mut conn)?;
+                store.schema_handle()?.migrate(&mut conn)?;
             } else {
-                store.check_schema(&mut conn)?;
+                store.schema_handle()?.check(&mut conn)?;
             }
             let mut attempt = JoinAttempt::new(Instant::now()).until(deadline);
             let joined = match join_retrying(

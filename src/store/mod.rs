@@ -3,7 +3,9 @@
 //! ([`crate::protocol::input`]). All lease times are computed by the
 //! database (`now()`); every call runs under a statement and lock timeout.
 //!
-//! * [`schema`] — creating and migrating the tables;
+//! * [`schema`] — the schema-level handle ([`Schema`]): creating and
+//!   migrating the tables, checking their version, looking up a ring's size
+//!   and making a ring's [`Store`] for readers and operators;
 //! * [`join`] — the join: a request that the holder of the ring's lock
 //!   absorbs with every other pending one (group commit);
 //! * [`membership`] — the other transactions under the ring's lock: leave,
@@ -17,7 +19,7 @@
 //! connection a thread keeps ([`HeldConn`]).
 
 mod budget;
-pub(crate) use schema::stored_ring_size;
+pub(crate) use schema::Schema;
 mod join;
 mod membership;
 pub(crate) mod payload;
@@ -166,6 +168,21 @@ impl Store {
     /// The schema's name (unquoted).
     pub(crate) fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// This ring's schema-level handle (migration, version check), with
+    /// this member's statement timeout.
+    pub(crate) fn schema_handle(&self) -> Result<Schema> {
+        let pooling = if self.session_state {
+            crate::Pooling::Session
+        } else {
+            crate::Pooling::Transaction
+        };
+        Schema::new(
+            &self.schema,
+            std::time::Duration::from_millis(self.statement_timeout_ms),
+            pooling,
+        )
     }
 
     pub(super) fn timeouts_sql(&self, scope: &str) -> String {

@@ -7,39 +7,115 @@ use postgres::types::Type;
 use postgres::{Client, GenericClient};
 
 use super::{Store, SCHEMA_VERSION};
+use crate::config::validate_schema;
 use crate::error::{Error, ErrorKind, Result};
 use crate::placement::fnv1a64;
 
-/// The size of ring `ring_id` in `schema` (validated by the caller: it is
-/// formatted into the statement), read with any client; `None` when there
-/// is no such ring, or no schema or tables yet. The one statement a
-/// schema-level caller (an operator's function, an observer before its
-/// ring exists) needs before it can make a [`Store`], which is per ring and
-/// knows its size.
-pub(crate) fn stored_ring_size(
-    client: &mut impl GenericClient,
-    schema: &str,
-    ring_id: &str,
-) -> Result<Option<u32>> {
-    use postgres::error::SqlState;
-    match client.query_typed(
-        &format!("SELECT ring_size FROM \"{schema}\".rings WHERE ring_id = $1"),
-        &[(&ring_id, Type::TEXT)],
-    ) {
-        Ok(rows) => Ok(rows.first().map(|r| r.get::<_, i32>(0) as u32)),
-        Err(e)
-            if matches!(
-                e.code(),
-                Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
-            ) =>
-        {
-            Ok(None)
+/// The schema-level handle: what needs a schema and no ring — creating
+/// and migrating it, checking its version, and looking up a ring's size
+/// (the one statement needed before a ring's [`Store`] can be made, since a
+/// store knows its ring's size). Operators' functions, observers and a
+/// member's start use it; everything about one ring or member is the
+/// [`Store`]'s.
+#[derive(Debug, Clone)]
+pub(crate) struct Schema {
+    /// The quoted name, the only identifier formatted into SQL.
+    s: String,
+    schema: String,
+    statement_timeout_ms: u64,
+    pooling: crate::Pooling,
+}
+
+impl Schema {
+    /// The handle of schema `schema` (its name checked: it is formatted
+    /// into SQL), whose statements run under `statement_timeout`, reached
+    /// through connections `pooling` describes.
+    pub(crate) fn new(
+        schema: &str,
+        statement_timeout: std::time::Duration,
+        pooling: crate::Pooling,
+    ) -> Result<Schema> {
+        validate_schema(schema)?;
+        Ok(Schema {
+            s: format!("\"{schema}\""),
+            schema: schema.to_string(),
+            statement_timeout_ms: statement_timeout.as_millis().max(1) as u64,
+            pooling,
+        })
+    }
+
+    /// The handle of schema `schema` with the default statement timeout,
+    /// for operators' one-off calls (which keep nothing on a connection).
+    pub(crate) fn named(schema: &str) -> Result<Schema> {
+        let defaults = crate::Config::new("");
+        Schema::new(
+            schema,
+            defaults.effective_statement_timeout(),
+            defaults.pooling,
+        )
+    }
+
+    /// The size of ring `ring_id`, read with any client (a transaction
+    /// included); `None` when there is no such ring, or no schema or tables
+    /// yet.
+    pub(crate) fn ring_size(
+        &self,
+        client: &mut impl GenericClient,
+        ring_id: &str,
+    ) -> Result<Option<u32>> {
+        use postgres::error::SqlState;
+        match client.query_typed(
+            &format!("SELECT ring_size FROM {}.rings WHERE ring_id = $1", self.s),
+            &[(&ring_id, Type::TEXT)],
+        ) {
+            Ok(rows) => Ok(rows.first().map(|r| r.get::<_, i32>(0) as u32)),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::db(format!("read ring {ring_id:?}"), e)),
         }
-        Err(e) => Err(Error::db(format!("read ring {ring_id:?}"), e)),
+    }
+
+    /// The [`Store`] of ring `ring_id` (of `ring_size` partitions) for
+    /// reads and operators' writes that need no member: `node_id` is whom
+    /// a write names (a cordon's or a pin's member), or a label. Checks the
+    /// names (typed errors naming the value).
+    pub(crate) fn ring(
+        &self,
+        ring_id: &str,
+        ring_size: u32,
+        node_id: Option<&str>,
+    ) -> Result<Store> {
+        let mut cfg = crate::Config::new(ring_id);
+        cfg.schema = self.schema.clone();
+        cfg.node_id = node_id.map(str::to_string);
+        cfg.statement_timeout = Some(std::time::Duration::from_millis(self.statement_timeout_ms));
+        cfg.pooling = self.pooling;
+        cfg.validate()?;
+        // The ring's size is the database's (and a member's vnode count
+        // does not matter to a reader): set after the check of the names.
+        cfg.ring_size = ring_size;
+        cfg.vnode_count = 1;
+        Store::new(&cfg, node_id.unwrap_or("operator"))
+    }
+
+    fn begin<'a>(&self, client: &'a mut Client) -> Result<super::Tx<'a>> {
+        client
+            .batch_execute(&format!(
+                "BEGIN; {}",
+                super::timeouts_sql("LOCAL", self.statement_timeout_ms)
+            ))
+            .map_err(|e| Error::db("begin transaction", e))?;
+        Ok(super::Tx { client, open: true })
     }
 }
 
-impl Store {
+impl Schema {
     /// The installed schema version, if the schema exists.
     fn installed_version(&self, client: &mut impl GenericClient) -> Result<Option<i32>> {
         // A scan of pg_class under the statement's snapshot, not
@@ -384,7 +460,7 @@ impl Store {
     }
 
     /// With `create_schema` off: the schema must exist at our version.
-    pub(crate) fn check_schema(&self, client: &mut Client) -> Result<()> {
+    pub(crate) fn check(&self, client: &mut Client) -> Result<()> {
         if self.is_current(client) {
             return Ok(());
         }
@@ -403,6 +479,4 @@ impl Store {
             )),
         }
     }
-
-    // ---- membership changes (under the ring row lock) -------------------
 }

@@ -19,7 +19,7 @@ fn setup(node: &str) -> (Store, HeldConn, Client, String) {
     let store = Store::new(&cfg, node).unwrap();
     let pool = db.pool(2).unwrap();
     let mut admin = db.client().unwrap();
-    store.migrate(&mut admin).unwrap();
+    store.schema_handle().unwrap().migrate(&mut admin).unwrap();
     let held = store
         .hold(
             crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
@@ -32,8 +32,8 @@ fn setup(node: &str) -> (Store, HeldConn, Client, String) {
 #[test]
 fn migrate_is_idempotent() {
     let (store, _held, mut admin, _) = setup("a");
-    store.migrate(&mut admin).unwrap();
-    store.check_schema(&mut admin).unwrap();
+    store.schema_handle().unwrap().migrate(&mut admin).unwrap();
+    store.schema_handle().unwrap().check(&mut admin).unwrap();
 }
 
 #[test]
@@ -546,7 +546,7 @@ fn a_fresh_database_has_no_grace_and_a_later_timeline_has_one() {
             let store = Store::new(&cfg, "a").unwrap();
             let pool = db.pool(2).unwrap();
             let mut admin = db.client().unwrap();
-            store.migrate(&mut admin).unwrap();
+            store.schema_handle().unwrap().migrate(&mut admin).unwrap();
             let mut held = store
                 .hold(
                     crate::pool::ConnSource::get_raw(&pool, Duration::from_secs(5)).unwrap(),
@@ -761,7 +761,7 @@ fn eligibility_changes_are_membership_changes(placement: crate::Placement) {
     cfg.lease_ttl = Duration::from_secs(10);
     let a = Store::new(&cfg, "a").unwrap();
     let mut admin = db.client().unwrap();
-    a.migrate(&mut admin).unwrap();
+    a.schema_handle().unwrap().migrate(&mut admin).unwrap();
     let pool = db.pool(1).unwrap();
     let mut held = a
         .hold(
@@ -930,9 +930,9 @@ fn a_version_3_schema_migrates_to_version_4_with_its_members() {
              UPDATE {schema}.schema_version SET version = 3;"
         ))
         .unwrap();
-    assert!(a.check_schema(&mut admin).is_err());
-    a.migrate(&mut admin).unwrap();
-    a.check_schema(&mut admin).unwrap();
+    assert!(a.schema_handle().unwrap().check(&mut admin).is_err());
+    a.schema_handle().unwrap().migrate(&mut admin).unwrap();
+    a.schema_handle().unwrap().check(&mut admin).unwrap();
     let view = a.read_ring(&mut held).unwrap();
     assert!(view.member("a").unwrap().is_eligible());
     assert_eq!(view.partitions_of("a").len(), view.ring_size() as usize);
