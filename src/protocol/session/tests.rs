@@ -1001,3 +1001,62 @@ fn after_a_lossless_looking_promotion_the_view_is_read_again_whole() {
     let (step, _) = s.watcher_next(t);
     assert!(matches!(step, WatcherStep::Release { .. }), "{step:?}");
 }
+
+/// Every answer carries the ticket of its step: one about the membership
+/// before a rejoin (its renewal failed, or its cleanup pass) changes
+/// nothing of the new one's.
+#[test]
+fn answers_about_the_membership_before_a_rejoin_change_nothing() {
+    let t0 = Instant::now();
+    let v = view(2, &[(3, "b"), (7, "a")]);
+    let mut a = Session::new(cfg("a", None), t0);
+    a.step(
+        Input::Joined {
+            joined: joined(v.clone(), 1),
+            sent_at: t0,
+        },
+        t0,
+    );
+    let before = a.ticket();
+    // Evicted and joined again: a new membership.
+    a.step(
+        Input::Joined {
+            joined: joined(v, 2),
+            sent_at: t0,
+        },
+        t0,
+    );
+    let now = a.ticket();
+    assert_ne!(before, now);
+
+    // A renewal of the old membership failed: the new one is healthy.
+    a.step(Input::RenewalFailed { ticket: before }, t0 + ms(1));
+    assert_eq!(a.failing_since(), None);
+    a.step(Input::RenewalFailed { ticket: now }, t0 + ms(2));
+    assert_eq!(a.failing_since(), Some(t0 + ms(2)));
+
+    // A cleanup pass of the old membership failed: nothing is retried for it.
+    let out = a.step(
+        Input::CleanupFailed {
+            ticket: before,
+            node: "b".into(),
+        },
+        t0,
+    );
+    assert!(out.is_empty());
+    assert!(matches!(a.cleanup_next(t0 + ms(500)), CleanupStep::Wait(_)));
+    a.step(
+        Input::CleanupFailed {
+            ticket: now,
+            node: "b".into(),
+        },
+        t0,
+    );
+    assert_eq!(
+        a.cleanup_next(t0 + ms(500)),
+        CleanupStep::Run {
+            node: "b".into(),
+            ticket: now
+        }
+    );
+}
