@@ -19,6 +19,7 @@
 //! connection a thread keeps ([`HeldConn`]).
 
 mod budget;
+mod functions;
 pub(crate) use schema::Schema;
 mod join;
 mod membership;
@@ -40,9 +41,11 @@ pub(crate) use statements::{hold, hold_setup, HeldConn, RenewItem};
 
 /// Version of the schema this build creates and understands (2: claims;
 /// 3: placement and member metadata; 4: eligibility — readiness and
-/// cordons; 5: placement attributes — capacity and zone). Older schemas
-/// are migrated in place; see [`migrate`](crate::migrate).
-pub const SCHEMA_VERSION: i32 = 5;
+/// cordons; 5: placement attributes — capacity and zone; 6: the take and
+/// the release as server-side functions, whose plans outlive a pool
+/// borrow). Older schemas are migrated in place; see
+/// [`migrate`](crate::migrate).
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// NOTIFYs this process's statements sent (each counted when its
 /// statement returns): see [`crate::telemetry::notifications_sent`].

@@ -211,12 +211,13 @@ impl Schema {
             _ => {}
         }
         let ddl = format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
             self.v1_ddl(),
             self.v2_ddl(),
             self.v3_ddl(),
             self.v4_ddl(),
-            self.v5_ddl()
+            self.v5_ddl(),
+            self.v6_ddl()
         );
         tx.batch_execute(&ddl).map_err(|e| {
             let err = Error::db(format!("create schema {}", self.schema), e);
@@ -457,6 +458,13 @@ impl Schema {
                  pinned_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (ring_id, partition));"
         )
+    }
+
+    /// Version 6, on top of version 5 (issue 18: plans that outlive a pool
+    /// borrow): the take and the release of claims as PL/pgSQL functions
+    /// (see `functions.rs`); no table changes.
+    fn v6_ddl(&self) -> String {
+        super::functions::functions_ddl(&self.s)
     }
 
     /// With `create_schema` off: the schema must exist at our version.

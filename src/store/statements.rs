@@ -63,11 +63,11 @@ use crate::ring::{Change, RingView};
 // another member holds (with its node id), the taker's lease is live (with
 // the timeline), and the new timeline's grace still runs (with the
 // milliseconds left).
-const TAKEN: i32 = 0;
-const MINE: i32 = 1;
-const HELD_BY: i32 = 2;
-const LIVE: i32 = 3;
-const GRACE: i32 = 4;
+pub(super) const TAKEN: i32 = 0;
+pub(super) const MINE: i32 = 1;
+pub(super) const HELD_BY: i32 = 2;
+pub(super) const LIVE: i32 = 3;
+pub(super) const GRACE: i32 = 4;
 
 /// The server's current timeline, as SQL: the first eight hex digits of
 /// the name of the WAL file being written. Readable by any role (unlike
@@ -320,128 +320,14 @@ impl Store {
                 ),
                 "prepare the renewal",
             ),
-            // A free claim (never taken, released, or its holder's row
-            // deleted) gets this member and a token above every earlier one
-            // of the partition; one already this member's keeps its token.
-            // The taker's member row is key-share locked first: its deletion
-            // (cleanup after expiry) waits for the take, or the take finds
-            // it gone. Free claims are locked in partition order, skipping
-            // those another transaction has locked (a release or take in
-            // flight). Claims held by others get this member as their
-            // waiter (`$4`, its channel), so that their release tells it;
-            // a claim another member already waits for gets the ring's
-            // channel (`$6`) instead, so that its release tells every
-            // member — each waiter is told, whichever views marked it (a
-            // claim once had one waiter, the latest: a member whose mark a
-            // stale view overwrote waited for the safety net, up to 2 s).
-            // Also skipping locked ones, so a take never makes a release
-            // wait: a claim that is neither taken nor marked (locked, or
-            // freed since the snapshot) is looked at again at once.
-            // Lock order is the partition order everywhere (takes,
-            // releases, removals), so that nothing deadlocks. Every claim
-            // row exists from the ring's creation on: inserting them here,
-            // at a cold start, made takes wait for each other's inserts
-            // (a unique-key check waits for the inserting transaction);
-            // `fresh` only covers rows that are missing all the same.
-            //
-            // Failover (docs/protocol.md §6): tokens are at least
-            // `(timeline - 1) << 32`, above every token of an earlier
-            // timeline; and nothing is taken (nor returned as already this
-            // member's) until `$5` seconds after the first take served on
-            // this timeline (`timelines`; the schema's creation records its
-            // own timeline as `-infinity`: no grace at a cold start). `g.wait_ms` is
-            // the grace left (NULL: none), or a short retry when a
-            // concurrent first take's row is not visible to this snapshot.
+            // The take and the release are server-side functions
+            // (`functions.rs`), whose plans outlive a pool borrow.
             Held::Take => (
-                format!(
-                    "WITH me AS (SELECT m.incarnation FROM {s}.members m
-                                 WHERE m.ring_id = $1 AND m.incarnation = $2 AND m.expires_at > now()
-                                 FOR KEY SHARE),
-                     r AS (SELECT epoch FROM {s}.rings WHERE ring_id = $1),
-                     tl AS (SELECT {TIMELINE} AS t),
-                     seen AS (INSERT INTO {s}.timelines (timeline, first_served)
-                              SELECT tl.t, now() FROM tl
-                              ON CONFLICT (timeline) DO NOTHING
-                              RETURNING first_served),
-                     fs AS (SELECT COALESCE((SELECT first_served FROM seen),
-                                            (SELECT x.first_served FROM {s}.timelines x, tl WHERE x.timeline = tl.t)) AS at),
-                     g AS (SELECT CASE WHEN fs.at IS NULL THEN 50::float8
-                                       WHEN fs.at <= now() - $5 * interval '1 second' THEN NULL
-                                       ELSE (extract(epoch FROM fs.at - now()) + $5) * 1000 END AS wait_ms
-                           FROM fs),
-                     ok AS (SELECT 1 FROM me, g WHERE g.wait_ms IS NULL),
-                     cur AS (SELECT w.p, c.holder, c.token, c.found
-                             FROM unnest($3::int[]) AS w(p)
-                             LEFT JOIN LATERAL (SELECT c.holder, c.token, true AS found FROM {s}.claims c
-                                                WHERE c.ring_id = $1 AND c.partition = w.p OFFSET 0) c ON true),
-                     free AS (SELECT f.p FROM unnest($3::int[]) AS w(p),
-                              LATERAL (SELECT c.partition AS p FROM {s}.claims c
-                                       WHERE c.ring_id = $1 AND c.partition = w.p AND c.holder IS NULL
-                                       FOR UPDATE SKIP LOCKED) f
-                              WHERE EXISTS (SELECT 1 FROM ok)),
-                     took AS (UPDATE {s}.claims c SET holder = $2,
-                                     token = GREATEST(c.token + 1, r.epoch, (tl.t - 1) << 32),
-                                     claimed_at = now(), waiter = NULL
-                              FROM free f, r, tl WHERE c.ring_id = $1 AND c.partition = f.p
-                              RETURNING c.partition, c.token),
-                     fresh AS (INSERT INTO {s}.claims (ring_id, partition, holder, token, claimed_at)
-                               SELECT $1, cur.p, me.incarnation, GREATEST(r.epoch, (tl.t - 1) << 32), now()
-                               FROM cur, me, r, tl WHERE cur.found IS NULL AND EXISTS (SELECT 1 FROM ok)
-                               ORDER BY cur.p
-                               ON CONFLICT (ring_id, partition) DO NOTHING
-                               RETURNING partition, token),
-                     mk AS (SELECT k.p FROM cur,
-                            LATERAL (SELECT c.partition AS p FROM {s}.claims c
-                                     WHERE c.ring_id = $1 AND c.partition = cur.p
-                                       AND c.holder IS NOT NULL AND c.holder <> $2
-                                     FOR UPDATE SKIP LOCKED) k
-                            WHERE cur.holder <> $2 AND EXISTS (SELECT 1 FROM ok)),
-                     marked AS (UPDATE {s}.claims c
-                                SET waiter = CASE WHEN c.waiter IS NULL OR c.waiter = $4 THEN $4 ELSE $6 END
-                                FROM mk WHERE c.ring_id = $1 AND c.partition = mk.p
-                                RETURNING c.partition)
-                     SELECT {TAKEN}, t.partition, t.token, NULL::text FROM took t
-                     UNION ALL
-                     SELECT {TAKEN}, f.partition, f.token, NULL FROM fresh f
-                     UNION ALL
-                     SELECT {MINE}, cur.p, cur.token, NULL FROM cur WHERE cur.holder = $2 AND EXISTS (SELECT 1 FROM ok)
-                     UNION ALL
-                     SELECT {HELD_BY}, cur.p, 0, m.node_id FROM cur JOIN {s}.members m ON m.incarnation = cur.holder
-                      WHERE cur.holder <> $2 AND cur.p IN (SELECT partition FROM marked)
-                     UNION ALL
-                     SELECT {LIVE}, 0, tl.t, NULL FROM me, tl
-                     UNION ALL
-                     SELECT {GRACE}, 0, ceil(g.wait_ms)::int8, NULL FROM g WHERE g.wait_ms IS NOT NULL"
-                ),
+                format!("SELECT * FROM {s}.take_claims($1, $2, $3, $4, $5, $6)"),
                 "prepare the take",
             ),
-            // Frees only a claim this member holds under the named token, so
-            // a stale or repeated release never frees a newer claim; every
-            // member waiting for one (its take marked the claim, under the
-            // same row lock) hears of it at once, in one notification per
-            // release: on the one waiter's channel when all the freed
-            // claims name the same one, else on the ring's (`$7`), which
-            // every member hears; nobody when nobody waits. `$5` is the
-            // payload's head, the partitions follow when they fit (see
-            // `payload::release_payload`).
             Held::Release => (
-                format!(
-                    "WITH lk AS (SELECT c.p, c.waiter
-                                 FROM unnest($3::int[], $4::bigint[]) AS w(p, tok),
-                                      LATERAL (SELECT c.partition AS p, c.waiter FROM {s}.claims c
-                                               WHERE c.ring_id = $1 AND c.partition = w.p AND c.token = w.tok
-                                                 AND c.holder = $2
-                                               FOR UPDATE) c),
-                     rel AS (UPDATE {s}.claims c SET holder = NULL, released_at = now(), waiter = NULL
-                             FROM lk WHERE c.ring_id = $1 AND c.partition = lk.p
-                             RETURNING c.partition),
-                     n AS (SELECT CASE WHEN count(DISTINCT lk.waiter) = 1 THEN min(lk.waiter) ELSE $7 END AS ch,
-                                  $5 || ' ' || string_agg(lk.p::text, ',' ORDER BY lk.p) AS pl
-                           FROM lk WHERE lk.waiter IS NOT NULL AND EXISTS (SELECT 1 FROM rel)
-                           HAVING count(*) > 0)
-                     SELECT (SELECT count(*) FROM rel),
-                            (SELECT count(pg_notify(n.ch, CASE WHEN octet_length(n.pl) > $6 THEN $5 ELSE n.pl END)) FROM n)"
-                ),
+                format!("SELECT * FROM {s}.release_claims($1, $2, $3, $4, $5, $6, $7)"),
                 "prepare the release",
             ),
             Held::Changes => (

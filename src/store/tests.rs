@@ -941,3 +941,171 @@ fn a_version_3_schema_migrates_to_version_4_with_its_members() {
     assert!(joined.view.members().iter().all(|m| m.is_eligible()));
     assert!(a.set_cordon(&mut admin, true).unwrap().is_some());
 }
+
+/// A statistic of `schema`'s tables (`sql`, with `$1` the schema), once
+/// the statistics of `conns` (whose last statement asked for a flush) are
+/// in.
+fn table_stat(admin: &mut Client, schema: &str, conns: &mut [&mut HeldConn], sql: &str) -> i64 {
+    for c in conns.iter_mut() {
+        // Flushed when the backend goes idle after this statement.
+        c.client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
+    }
+    let read = |admin: &mut Client| -> i64 { admin.query_one(sql, &[&schema]).unwrap().get(0) };
+    // Another backend's flush is not visible at once: read until two
+    // reads 200 ms apart agree.
+    let mut last = read(admin);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = read(admin);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Tuples read through `claims_by_holder` in `schema` so far.
+fn holder_index_reads(admin: &mut Client, schema: &str, conns: &mut [&mut HeldConn]) -> i64 {
+    table_stat(
+        admin,
+        schema,
+        conns,
+        "SELECT COALESCE(sum(idx_tup_read), 0)::int8 FROM pg_stat_user_indexes
+         WHERE schemaname = $1 AND indexrelname = 'claims_by_holder'",
+    )
+}
+
+/// Rows of `schema`'s claims updated so far.
+fn claim_updates(admin: &mut Client, schema: &str, conns: &mut [&mut HeldConn]) -> i64 {
+    table_stat(
+        admin,
+        schema,
+        conns,
+        "SELECT COALESCE(sum(n_tup_upd), 0)::int8 FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND relname = 'claims'",
+    )
+}
+
+/// A take marks a claim held by another member once: taken again while
+/// the claim is still held (every view change and every safety-net retry
+/// takes again), it finds its mark there and writes nothing — it wrote a
+/// new version of every such claim each time, which at a cold start of
+/// 512 members was most of the database's work (settled in 33–43 s; 22 s
+/// without). A second member's take changes the mark (to the ring's
+/// channel: both are told), once.
+#[test]
+fn a_repeated_take_marks_each_claim_once() {
+    let (a, mut ha, mut admin, schema) = setup("a");
+    let ja = a.join(&mut admin).unwrap();
+    let (b, mut hb) = other(&a, "b");
+    let jb = b.join(&mut admin).unwrap();
+    let (c, mut hc) = other(&a, "c");
+    let jc = c.join(&mut admin).unwrap();
+    let some: Vec<u32> = (0..100).collect();
+    assert_eq!(
+        a.take(&mut ha, ja.incarnation, &some).unwrap().got.len(),
+        100
+    );
+    let mut conns = [&mut ha, &mut hb, &mut hc];
+    let u0 = claim_updates(&mut admin, &schema, &mut conns);
+    assert_eq!(
+        b.take(&mut hb, jb.incarnation, &some)
+            .unwrap()
+            .held_by
+            .len(),
+        100
+    );
+    let mut conns = [&mut ha, &mut hb, &mut hc];
+    let u1 = claim_updates(&mut admin, &schema, &mut conns);
+    assert_eq!(u1 - u0, 100, "the first take marks each claim");
+    for _ in 0..3 {
+        assert_eq!(
+            b.take(&mut hb, jb.incarnation, &some)
+                .unwrap()
+                .held_by
+                .len(),
+            100
+        );
+    }
+    let mut conns = [&mut ha, &mut hb, &mut hc];
+    let u2 = claim_updates(&mut admin, &schema, &mut conns);
+    assert_eq!(
+        u2 - u1,
+        0,
+        "takes repeated while the claims are held wrote {} rows",
+        u2 - u1
+    );
+    // A second waiter: each mark becomes the ring's, once.
+    for _ in 0..2 {
+        assert_eq!(
+            c.take(&mut hc, jc.incarnation, &some)
+                .unwrap()
+                .held_by
+                .len(),
+            100
+        );
+    }
+    let mut conns = [&mut ha, &mut hb, &mut hc];
+    let u3 = claim_updates(&mut admin, &schema, &mut conns);
+    assert_eq!(u3 - u2, 100, "a second waiter changes each mark once");
+    let waiters: Vec<Option<String>> = admin
+        .query(
+            &format!("SELECT DISTINCT waiter FROM {schema}.claims WHERE ring_id = $1 AND partition < 100"),
+            &[&a.ring_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        waiters,
+        vec![Some(a.channel.clone())],
+        "every member is told"
+    );
+}
+
+/// The take's and the release's plans belong to the server connection for
+/// its life (they are functions), so they must not depend on the
+/// statistics of the moment they were made. Here those statistics are the
+/// ones taken when the ring was created — no claim held, so `holder IS NOT
+/// NULL` looks like no rows at all — and a take of claims another member
+/// holds (which marks them), and that member's release, still find each
+/// claim by its key: nothing is read through the index of holders. With
+/// `c.holder IS NOT NULL AND c.holder <> $2` in the take, its plan scanned
+/// that index once per claim (512 × 512 tuples).
+#[test]
+fn takes_and_releases_find_claims_by_key_whatever_the_statistics() {
+    let (a, mut ha, mut admin, schema) = setup("a");
+    assert_eq!(a.ring_size, 1024);
+    let ja = a.join(&mut admin).unwrap();
+    let (b, mut hb) = other(&a, "b");
+    let jb = b.join(&mut admin).unwrap();
+    let half: Vec<u32> = (0..512).collect();
+    let took = a.take(&mut ha, ja.incarnation, &half).unwrap();
+    assert_eq!(took.got.len(), 512);
+    let before = holder_index_reads(&mut admin, &schema, &mut [&mut ha, &mut hb]);
+    let tb = b.take(&mut hb, jb.incarnation, &half).unwrap();
+    assert!(tb.got.is_empty());
+    assert_eq!(tb.held_by.len(), 512, "b waits for every claim a holds");
+    assert_eq!(
+        a.release_claims(&mut ha, ja.incarnation, &took.got)
+            .unwrap(),
+        512
+    );
+    let after = holder_index_reads(&mut admin, &schema, &mut [&mut ha, &mut hb]);
+    assert_eq!(
+        after - before,
+        0,
+        "a take of 512 claims held by another member and their release read {} tuples \
+         through claims_by_holder: their plans must find each claim by its key",
+        after - before
+    );
+    // And what was freed is b's at its next take.
+    assert_eq!(
+        b.take(&mut hb, jb.incarnation, &half).unwrap().got.len(),
+        512
+    );
+}
