@@ -467,9 +467,16 @@ impl Session {
     fn cause_of(&mut self, old: &RingView, new: &RingView, now: Instant) -> HandoffCause {
         let soon = now + self.cfg.lease_ttl / 3;
         let mut cause = HandoffCause::Join;
+        // Both lists ascend by node id: one merge walk, not a search per
+        // member (every member does this at every change).
+        let after = new.members();
+        let mut j = 0;
         for m in old.members() {
             let id = m.node_id();
-            if let Some(now_there) = new.member(id) {
+            while after.get(j).is_some_and(|n| n.node_id() < id) {
+                j += 1;
+            }
+            if let Some(now_there) = after.get(j).filter(|n| n.node_id() == id) {
                 // A member made ineligible (unready, cordoned) gives its
                 // partitions up gracefully, as a leaver does.
                 if m.is_eligible() && !now_there.is_eligible() && cause == HandoffCause::Join {

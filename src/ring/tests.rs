@@ -121,6 +121,18 @@ proptest! {
         let newpos = newpos % ring_size;
         prop_assume!(!taken.contains(&newpos));
         let after = before.apply(&Change { epoch: 2, removed: vec![], added: Some(("joiner".into(), vec![newpos])), added_metadata: None, ..Default::default() });
+        // A member the change left as it was is shared with the view before
+        // (every member of a fleet applies every change: one allocation per
+        // changed member, not one per member); one it changed is not.
+        for m in after.members() {
+            if let Some(old) = before.member(m.node_id()) {
+                prop_assert_eq!(
+                    std::sync::Arc::ptr_eq(&old.0, &m.0),
+                    old.partition_count() == m.partition_count(),
+                    "member {} shared although changed, or copied although unchanged", m.node_id()
+                );
+            }
+        }
         // Every partition that changed owner went to the joiner, and all of
         // them came from the same vnode: the arc that contained newpos.
         let mut from: HashMap<u32, ()> = HashMap::new();
