@@ -8,10 +8,13 @@
 //! cost 2.2 ms at p50 (22 ms at worst) of a handoff's critical path on two
 //! busy cores, its execution 2.6 ms; once planned it is bound in 0.07 ms.
 //! A PL/pgSQL function's plans belong to the server's backend and stay
-//! there across borrows, so each pooled connection plans them once in its
-//! life. Behind a pooler in transaction mode, where nothing the client
-//! prepares survives its transaction, the same holds per server
-//! connection.
+//! there across borrows, so a pooled connection plans them once, and again
+//! only when the tables' statistics change (an autovacuum `ANALYZE`
+//! invalidates them). Behind a pooler in transaction mode, where nothing
+//! the client prepares survives its transaction, the same holds per server
+//! connection. (A connection used once or twice in its life — a cold start
+//! of hundreds of members, each with a pool of its own — plans on nearly
+//! every call either way.)
 //!
 //! The planner settings the statements need (generic plans, index probes
 //! only: see [`Store::planner_sql`](super::Store)) are the functions' own
