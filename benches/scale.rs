@@ -221,6 +221,36 @@ fn settled(members: &[Member]) -> bool {
     active == RING_SIZE as u64
 }
 
+/// What keeps a fleet from settling, when it does not: which of the
+/// conditions of [`settled`] fail, and for how many members.
+fn print_unsettled(members: &[Member]) {
+    let st: Vec<_> = members.iter().map(|m| m.node.status()).collect();
+    let mut epochs: Vec<u64> = st.iter().map(|s| s.epoch).collect();
+    epochs.sort_unstable();
+    let top = *epochs.last().unwrap_or(&0);
+    let behind = epochs.iter().filter(|e| **e != top).count();
+    let pending: Vec<_> = st.iter().filter(|s| s.pending != 0).collect();
+    let waited: std::collections::BTreeMap<&str, usize> = pending
+        .iter()
+        .flat_map(|s| s.waiting_for.iter())
+        .fold(Default::default(), |mut m, (who, ps)| {
+            *m.entry(who.as_str()).or_default() += ps.len();
+            m
+        });
+    println!(
+        "  not settled: {} not joined, {behind} behind epoch {top} (lowest {}), {} with pending partitions ({} in all), {} draining, active {} of {RING_SIZE}, renewal failures {}; waited for: {:?}; errors: {:?}",
+        st.iter().filter(|s| !s.joined).count(),
+        epochs.first().unwrap_or(&0),
+        pending.len(),
+        pending.iter().map(|s| s.pending as u64).sum::<u64>(),
+        st.iter().filter(|s| s.draining != 0).count(),
+        st.iter().map(|s| s.active as u64).sum::<u64>(),
+        st.iter().map(|s| s.renewal_failures).sum::<u64>(),
+        waited.iter().take(8).collect::<Vec<_>>(),
+        st.iter().filter_map(|s| s.last_error.as_deref()).take(3).collect::<Vec<_>>(),
+    );
+}
+
 /// One fleet of `n` members, each with a client of its own: straight to
 /// the server, or through PgBouncer (transaction mode) on `bouncer`.
 fn child(n: usize, bouncer: Option<u16>) {
@@ -238,7 +268,14 @@ fn child(n: usize, bouncer: Option<u16>) {
     let ring = format!("scale-{n}-{}", std::process::id());
     let rest_window = Duration::from_secs(if q { 10 } else { 20 });
     let restarts = n.min(if q || bouncer.is_some() { 16 } else { 64 });
-    let settle_timeout = Duration::from_secs(300);
+    // LEASERING_BENCH_SCALE_SETTLE_S: how long to wait for the fleet to
+    // settle (default 300 s).
+    let settle_timeout = Duration::from_secs(
+        std::env::var("LEASERING_BENCH_SCALE_SETTLE_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
     let db_cpu = || db_pid.map_or(0.0, tree_cpu_s);
 
     println!();
@@ -343,16 +380,25 @@ fn child(n: usize, bouncer: Option<u16>) {
         }
     };
     let mut is_settled = false;
+    let mut next_report = Duration::from_secs(60);
     while t0.elapsed() < settle_timeout {
         apply(&mut hub, &mut replay, &mut last_change);
         if settled(&members) {
             is_settled = true;
             break;
         }
+        if t0.elapsed() >= next_report {
+            print!("  after {:.0} s:", t0.elapsed().as_secs_f64());
+            print_unsettled(&members);
+            next_report += Duration::from_secs(30);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     apply(&mut hub, &mut replay, &mut last_change);
     let observed = t0.elapsed();
+    if !is_settled {
+        print_unsettled(&members);
+    }
     let settle_s = if is_settled {
         (last_change - t0).as_secs_f64()
     } else {

@@ -341,6 +341,15 @@ impl Error {
     /// closed, a socket error, or the server ending the session (shutdown,
     /// an idle-in-transaction timeout, a terminated backend). The statement
     /// may or may not have taken effect.
+    /// Whether this is the pool's answer that it had no connection to
+    /// lend in time ([`Error::no_connection`]).
+    pub(crate) fn no_pooled_connection(&self) -> bool {
+        self.0
+            .source
+            .as_ref()
+            .is_some_and(|s| s.downcast_ref::<r2d2::Error>().is_some())
+    }
+
     pub(crate) fn connection_lost(&self) -> bool {
         use postgres::error::SqlState;
         let Some(pg) = self.as_postgres() else {

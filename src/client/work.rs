@@ -114,12 +114,22 @@ pub(super) fn run(shared: &Arc<Shared>, shutdown: &Receiver<()>) {
     }
 }
 
+/// Longest wait for a connection from the pool. Short, because this
+/// thread also adopts the views that notifications carry, between steps:
+/// a member waiting a statement timeout for a connection (10 s, while the
+/// server took that long to open one for each of 1,024 clients starting at
+/// once) trailed the ring long enough to be evicted by the lag bound. The
+/// pool goes on opening the connection meanwhile, and the next borrow
+/// finds it.
+const BORROW_WAIT: Duration = Duration::from_secs(1);
+
 /// A connection for the work thread, borrowed from the pool.
 fn connect(shared: &Shared) -> Result<HeldConn> {
     let timeout = shared.statement_timeout();
-    let c = shared
-        .pool
-        .get(timeout, "borrow a connection for takes and releases")?;
+    let c = shared.pool.get(
+        timeout.min(BORROW_WAIT),
+        "borrow a connection for takes and releases",
+    )?;
     hold(c, timeout, !shared.mode().transaction_pooling())
 }
 

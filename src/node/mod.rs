@@ -417,6 +417,8 @@ pub(crate) struct Inner {
     /// budget's step while its view has moves pending (the safety net for
     /// a step lost with the member that was to write it).
     pub(crate) step_at: Mutex<Option<Instant>>,
+    /// The watcher's current streak of failures was logged at warn level.
+    pub(crate) watcher_warned: AtomicBool,
     /// Test hook: the threads sleep until then.
     #[cfg(feature = "test-util")]
     frozen_until: Mutex<Option<Instant>>,
@@ -439,6 +441,7 @@ impl Inner {
             subscribers: Mutex::new(subscribers),
             rejoin_attempt: Mutex::new(None),
             rejoin_wanted: AtomicBool::new(false),
+            watcher_warned: AtomicBool::new(false),
             step_at: Mutex::new(None),
             membership: Mutex::new(()),
             stopped: AtomicBool::new(false),

@@ -149,7 +149,7 @@ impl Inner {
             Effect::RenewalRefused { ring_epoch } => {
                 log::warn!(target: "leasering", ring = self.cfg.ring_id.as_str(),
                     node = node.as_str(), ring_epoch = ring_epoch;
-                    "node {node}: renewal refused: this member's acknowledged epoch has trailed ring epoch {ring_epoch} for over {:?}",
+                    "node {node}: renewal refused: this member's acknowledged epoch has trailed ring epoch {ring_epoch}, without advancing, for over {:?}",
                     self.cfg.lag_limit());
                 None
             }

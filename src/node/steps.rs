@@ -9,6 +9,7 @@
 //! * renewals are batched across the client's members by its connection
 //!   thread, which reports each answer here ([`Inner::renewal_failed`]).
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Inner;
@@ -74,11 +75,28 @@ impl Inner {
             Ok(()) => {
                 if proves && self.session.read().watcher_failing().is_some() {
                     self.update(|s, now| s.step(Input::WatcherOk, now));
+                    self.watcher_warned.store(false, Ordering::Relaxed);
                 }
                 Ok(None)
             }
             Err(e) => {
-                log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                // Once per streak of failures: a watcher without a
+                // connection fails again every second. A pool that only
+                // has not opened a connection yet (every member of a fleet
+                // starting at once) is worth a warning once it lasts a
+                // statement timeout.
+                let streak = self
+                    .session
+                    .read()
+                    .watcher_failing()
+                    .map(|(since, _)| since.elapsed());
+                let worth = !e.no_pooled_connection()
+                    || streak.is_some_and(|d| d >= self.cfg.effective_statement_timeout());
+                if worth && !self.watcher_warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(target: "leasering", "node {}: watcher: {}", self.node_id, e);
+                } else {
+                    log::debug!(target: "leasering", "node {}: watcher, failing: {}", self.node_id, e);
+                }
                 self.telemetry.db_error(DbOp::Watch, e.kind());
                 let error = e.to_string();
                 self.update(|s, now| s.step(Input::WatcherFailed { error }, now));

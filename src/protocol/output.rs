@@ -64,7 +64,7 @@ pub enum Effect {
         at: std::time::Instant,
     },
     /// The lag bound refused a renewal: this member's acknowledged epoch
-    /// has trailed the ring's for too long.
+    /// has trailed the ring's, without advancing, for too long.
     RenewalRefused {
         /// The ring's epoch at the refusal.
         ring_epoch: u64,

@@ -43,9 +43,10 @@ pub(crate) use statements::{hold, hold_setup, HeldConn, RenewItem};
 /// 3: placement and member metadata; 4: eligibility — readiness and
 /// cordons; 5: placement attributes — capacity and zone; 6: the take and
 /// the release as server-side functions, whose plans outlive a pool
-/// borrow). Older schemas are migrated in place; see
-/// [`migrate`](crate::migrate).
-pub const SCHEMA_VERSION: i32 = 6;
+/// borrow; 7: members indexed by lease end, for the renewal's and the
+/// cleanup's reads of the next expiry). Older schemas are migrated in
+/// place; see [`migrate`](crate::migrate).
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// NOTIFYs this process's statements sent (each counted when its
 /// statement returns): see [`crate::telemetry::notifications_sent`].

@@ -281,7 +281,9 @@ impl Store {
             // this schema (`$1..$5` arrays, one element each; `i` numbers
             // them). Each only updates its own row, only while its lease is
             // live, not past the lag bound: a member is behind since the
-            // first change it has not acknowledged was committed. Each row
+            // first change it has not acknowledged was committed, and the
+            // clock restarts whenever it acknowledges a newer epoch (it is
+            // slow, not stuck: see `Config::lag_limit`). Each row
             // of the answer is one membership's, from one snapshot: the
             // ring's epoch, whether it was renewed (NULL: no live row; false:
             // refused by the lag bound), the other member whose lease ends
@@ -293,9 +295,10 @@ impl Store {
                                 WITH ORDINALITY AS q(ring, inc, ack, ttl, lag, i)),
                      b AS (SELECT q.i, m.incarnation AS inc, q.ttl, q.lag, GREATEST(m.acked_epoch, q.ack) AS ack,
                                   CASE WHEN GREATEST(m.acked_epoch, q.ack) >= r.epoch THEN NULL
-                                  ELSE COALESCE((SELECT c.at FROM {s}.changes c
+                                       WHEN q.ack > m.acked_epoch AND m.behind_since IS NOT NULL THEN now()
+                                  ELSE COALESCE(m.behind_since, (SELECT c.at FROM {s}.changes c
                                                  WHERE c.ring_id = q.ring AND c.epoch = GREATEST(m.acked_epoch, q.ack) + 1),
-                                                m.behind_since, now()) END AS since
+                                                now()) END AS since
                            FROM q JOIN {s}.rings r ON r.ring_id = q.ring
                                   JOIN {s}.members m ON m.ring_id = q.ring AND m.incarnation = q.inc),
                      u AS (UPDATE {s}.members m SET

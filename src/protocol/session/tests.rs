@@ -156,6 +156,45 @@ fn hand_off_to_b(s: &mut Session, t: Instant) -> (WatcherStep, Output) {
     s.watcher_next(t)
 }
 
+/// A member that cannot read yet (its first catch-up after a join waits
+/// for a connection) still adopts the changes notified after its join
+/// that follow its view without a gap, and reads only what they do not
+/// cover. Without this, 1,024 members starting at once trailed the ring
+/// until the lag bound evicted them (issue 18).
+#[test]
+fn notified_changes_are_adopted_before_the_first_read_after_a_join() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg("a", None), t0);
+    s.joined(joined(view(1, &[(7, "a")]), 1), t0, t0);
+    let (WatcherStep::Take { ticket, .. }, _) = s.watcher_next(t0) else {
+        panic!("a fresh join takes first")
+    };
+    // The take's connection failed; meanwhile b joined (epoch 2) and
+    // something was notified without its change (epoch 4).
+    s.step(
+        Input::WatcherFailed {
+            error: "no connection".into(),
+        },
+        t0,
+    );
+    let _ = ticket;
+    hand_off_to_b(&mut s, t0);
+    assert_eq!(
+        s.ownership().view_epoch(),
+        2,
+        "b's join adopted without a read"
+    );
+    s.notified(Notice::Change {
+        epoch: 4,
+        change: None,
+    });
+    let (step, _) = s.watcher_next(t0);
+    assert!(
+        matches!(step, WatcherStep::CatchUp { from: 2, .. }),
+        "what the notifications did not carry is read: {step:?}"
+    );
+}
+
 #[test]
 fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
     let t0 = Instant::now();
@@ -401,8 +440,10 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
     let (WatcherStep::Release { .. }, _) = hand_off_to_b(&mut s, t0) else {
         panic!()
     };
-    s.watcher_failed(t0, "connection lost".into()); // the connection died: no answer
-                                                    // The view gives 0..=3 back (b left) before the release is confirmed.
+    // The connection died: no answer.
+    s.watcher_failed(t0, "connection lost".into());
+    // The view gives 0..=3 back (b left) before the release is confirmed;
+    // the notification came on the held connection, which still works.
     s.notified(Notice::Change {
         epoch: 3,
         change: Some(Change {
@@ -414,15 +455,11 @@ fn a_lost_release_is_sent_again_and_a_partition_is_not_taken_while_its_release_i
         }),
     });
     let (step, _) = s.watcher_next(t0);
-    assert!(
-        matches!(step, WatcherStep::CatchUp { .. }),
-        "a new connection reads first"
+    assert_eq!(
+        s.ownership().view_epoch(),
+        3,
+        "the notified change is applied without a read"
     );
-    let WatcherStep::CatchUp { ticket, .. } = step else {
-        unreachable!()
-    };
-    s.caught_up(ticket, CatchUp::Changes(vec![]), t0);
-    let (step, _) = s.watcher_next(t0);
     let WatcherStep::Release {
         claims: c, ticket, ..
     } = step
@@ -756,6 +793,35 @@ fn cleanup_is_planned_for_the_successor_first_and_others_after_a_fallback() {
         panic!()
     };
     assert!(d >= ms(50) && d < ms(100), "{d:?}");
+}
+
+proptest! {
+    /// The line of cleaners: the expired member's successor first, every
+    /// other member once, so that one member acts at a time however many
+    /// there are (issue 18: all 1,024 acted after one fallback).
+    #[test]
+    fn each_member_holds_one_place_in_the_cleanup_line(
+        positions in proptest::collection::btree_map(0u32..64, 0usize..12, 2..40),
+        expired in 0usize..12,
+    ) {
+        let names: Vec<String> = (0..12).map(|i| format!("m{i:02}")).collect();
+        let v = RingView::build(1, 64, positions.iter().map(|(p, i)| (*p, names[*i].as_str())));
+        let ids: Vec<&str> = v.members().iter().map(|m| m.node_id()).collect();
+        prop_assume!(ids.len() >= 2);
+        let node = ids[expired % ids.len()];
+        let mut ranks: Vec<(u32, &str)> = ids
+            .iter()
+            .filter(|m| **m != node)
+            .map(|m| (cleanup::cleanup_rank(&v, node, m), *m))
+            .collect();
+        ranks.sort();
+        let first = ranks[0].1;
+        prop_assert_eq!(Some(first), v.successor_of(node));
+        let line: Vec<u32> = ranks.iter().map(|r| r.0).collect();
+        prop_assert_eq!(line, (0..ids.len() as u32 - 1).collect::<Vec<_>>());
+        // Someone outside the view waits behind everyone in it.
+        prop_assert_eq!(cleanup::cleanup_rank(&v, node, "zz"), ids.len() as u32);
+    }
 }
 
 #[test]

@@ -63,8 +63,19 @@ impl Session {
     }
 
     /// The watcher's step failed at `now` with `error` (its connection
-    /// died, a statement failed): a take's answer is lost, a release is
-    /// sent again.
+    /// died, a statement failed, the pool had no connection to lend): a
+    /// take's answer is lost, a release is sent again.
+    ///
+    /// The view stays in sync: notifications arrive on the client's held
+    /// connection, not on the one that failed (that one's loss is
+    /// [`Session::watcher_connected`]). So the changes notified meanwhile
+    /// are still applied without a read. Marking the view out of sync here
+    /// made a member that could not borrow a connection stop adopting
+    /// views until it could read: at 1,024 members starting at once, when
+    /// opening connections took the server longer than a borrow's wait,
+    /// members trailed the ring for more than `ttl / 2`, had their
+    /// renewals refused by the lag bound, rejoined, and made more changes
+    /// for everyone (2,048 refusals in a minute; issue 18).
     pub(in crate::protocol) fn watcher_failed(&mut self, now: Instant, error: String) -> Output {
         match &mut self.watcher_failing {
             Some((_, last)) => *last = error,
@@ -76,7 +87,6 @@ impl Session {
                 *h = Held::Release;
             }
         }
-        self.synced = false;
         Output::default()
     }
 
@@ -104,10 +114,20 @@ impl Session {
             Status::Stopped => return (WatcherStep::Wait(IDLE_TICK), out),
         }
         let ticket = self.ticket();
-        let from = self.own.view_epoch();
         if self.resync && self.own.status() == Status::Member {
             return (WatcherStep::CatchUp { from: 0, ticket }, out);
         }
+        if !self.synced && self.hint > self.own.view_epoch() {
+            // Notified changes that follow the view without a gap are the
+            // ring's own: applied even before the read that makes sure
+            // none was missed. Otherwise a member that cannot read yet (a
+            // fresh join, or a new held connection, while the pool has no
+            // connection to lend) trails the ring until it can, and the
+            // lag bound evicts it (issue 18: 620 refusals in a 1,024-member
+            // cold start).
+            self.apply_deltas(now, &mut out);
+        }
+        let from = self.own.view_epoch();
         if !self.synced {
             // Right after a join the view is the join's own, read under the
             // ring lock: take first (the partitions the old owners released
