@@ -238,7 +238,8 @@ fn print_unsettled(members: &[Member]) {
             m
         });
     println!(
-        "  not settled: {} not joined, {behind} behind epoch {top} (lowest {}), {} with pending partitions ({} in all), {} draining, active {} of {RING_SIZE}, renewal failures {}; waited for: {:?}; errors: {:?}",
+        "  not settled ({}): {} not joined, {behind} behind epoch {top} (lowest {}), {} with pending partitions ({} in all), {} draining, active {} of {RING_SIZE}, renewal failures {}; waited for: {:?}; errors: {:?}",
+        pool_events(),
         st.iter().filter(|s| !s.joined).count(),
         epochs.first().unwrap_or(&0),
         pending.len(),
@@ -296,7 +297,7 @@ fn child(n: usize, bouncer: Option<u16>) {
         .map(|k| {
             let app = format!("n{:03}", k % n);
             std::cell::Cell::new(Some(match bouncer {
-                None => pool(&db, &app, POOL_SIZE),
+                None => counted_pool(&db, &app),
                 Some(port) => bouncer_pool(&db, port, &app),
             }))
         })
@@ -396,6 +397,7 @@ fn child(n: usize, bouncer: Option<u16>) {
     }
     apply(&mut hub, &mut replay, &mut last_change);
     let observed = t0.elapsed();
+    let start_pool_events = pool_events();
     if !is_settled {
         print_unsettled(&members);
     }
@@ -583,6 +585,10 @@ fn child(n: usize, bouncer: Option<u16>) {
                 f(observed.as_secs_f64(), 2),
             ],
             vec![
+                "members' pools until then: connections".into(),
+                start_pool_events.clone(),
+            ],
+            vec![
                 "CPU during the start: database / members (s)".into(),
                 format!("{:.1} / {:.1}", cpu_b.0 - cpu_a.0, cpu_b.1 - cpu_a.1),
             ],
@@ -681,6 +687,71 @@ fn child(n: usize, bouncer: Option<u16>) {
     // others): the process exits, the connections close, the ring is
     // abandoned (its name is unique to this run).
     std::process::exit(0);
+}
+
+/// What the members' pools did, from r2d2's events: connections opened
+/// and closed, borrows that timed out, and the slowest open.
+#[derive(Debug, Default)]
+struct PoolEvents {
+    opened: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicU64,
+    timeouts: std::sync::atomic::AtomicU64,
+}
+
+static POOL_EVENTS: PoolEvents = PoolEvents {
+    opened: std::sync::atomic::AtomicU64::new(0),
+    closed: std::sync::atomic::AtomicU64::new(0),
+    timeouts: std::sync::atomic::AtomicU64::new(0),
+};
+
+#[derive(Debug)]
+struct CountEvents;
+
+impl r2d2::HandleEvent for CountEvents {
+    fn handle_acquire(&self, _: r2d2::event::AcquireEvent) {
+        POOL_EVENTS
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn handle_release(&self, _: r2d2::event::ReleaseEvent) {
+        POOL_EVENTS
+            .closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn handle_timeout(&self, _: r2d2::event::TimeoutEvent) {
+        POOL_EVENTS
+            .timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// "opened=… closed=… borrow_timeouts=…" of every member's pool so far.
+fn pool_events() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "opened={} closed={} borrow_timeouts={}",
+        POOL_EVENTS.opened.load(Relaxed),
+        POOL_EVENTS.closed.load(Relaxed),
+        POOL_EVENTS.timeouts.load(Relaxed)
+    )
+}
+
+/// A member's pool straight to the server: [`POOL_SIZE`] connections at
+/// most, opened lazily, its events counted ([`pool_events`]).
+fn counted_pool(db: &TestPostgres, app: &str) -> Pool {
+    let mut config = db.config();
+    config
+        .application_name(app)
+        .connect_timeout(Duration::from_secs(30));
+    r2d2::Pool::builder()
+        .max_size(POOL_SIZE)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(30))
+        .event_handler(Box::new(CountEvents))
+        .build_unchecked(r2d2_postgres::PostgresConnectionManager::new(
+            config,
+            r2d2_postgres::postgres::NoTls,
+        ))
 }
 
 /// A pool of at most [`POOL_SIZE`] connections through the PgBouncer on

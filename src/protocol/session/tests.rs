@@ -195,6 +195,43 @@ fn notified_changes_are_adopted_before_the_first_read_after_a_join() {
     );
 }
 
+/// A take that fails (its connection died, or the pool had none to lend)
+/// got nothing and was told nothing: what it asked for is asked for again
+/// at the next step. The take that the safety net's deadline started had
+/// cleared that deadline, so after its failure the waiting partitions were
+/// never taken again: a 1,024-member cold start ended with two free claims
+/// that their new owner waited for, for minutes (issue 18).
+#[test]
+fn a_failed_take_is_taken_again_even_when_the_safety_net_started_it() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg("b", None), t0);
+    s.joined(joined(view(2, &[(3, "b"), (7, "a")]), 7), t0, t0);
+    // a still holds 2 and 3.
+    sync_and_take(&mut s, t0, took(claims(0..2, 2), vec![(2, "a"), (3, "a")]));
+    assert_eq!(s.watcher_next(t0).0, WatcherStep::Wait(ms(100)));
+    // The safety net's deadline: every waiting partition is taken again,
+    // and the take fails.
+    let t1 = t0 + ms(100);
+    let (WatcherStep::Take { partitions, .. }, _) = s.watcher_next(t1) else {
+        panic!("the safety net takes again")
+    };
+    assert_eq!(partitions, vec![2, 3]);
+    s.step(
+        Input::WatcherFailed {
+            error: "no connection".into(),
+        },
+        t1,
+    );
+    // a released 2 and 3 meanwhile; the notification was lost with the
+    // connection. The next step takes them again.
+    let t2 = t1 + ms(1);
+    let (step, _) = s.watcher_next(t2);
+    assert!(
+        matches!(&step, WatcherStep::Take { partitions, .. } if partitions == &vec![2, 3]),
+        "a failed take is asked for again: {step:?}"
+    );
+}
+
 #[test]
 fn a_joiner_takes_at_once_and_waits_only_for_claims_held_elsewhere() {
     let t0 = Instant::now();

@@ -81,7 +81,13 @@ impl Session {
             Some((_, last)) => *last = error,
             None => self.watcher_failing = Some((now, error)),
         }
-        self.taking = None;
+        // A take that failed got nothing and was told nothing: what it
+        // asked for is asked for again at the next step. (If the safety
+        // net's deadline started it, that deadline is gone: without this
+        // its waiting partitions were never taken again.)
+        if let Some(asked) = self.taking.take() {
+            self.recheck.extend(asked);
+        }
         for h in self.held.values_mut() {
             if *h == Held::Releasing {
                 *h = Held::Release;
